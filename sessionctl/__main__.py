@@ -1,0 +1,5 @@
+import sys
+
+from sessionctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,423 @@
+"""The blocking Python client: a plain socket and msgspec, no event loop.
+
+Every method sends one request and returns the daemon's answer as a typed
+struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
+requests before reading any answer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError, from_code
+from sessiond.model import Session
+from sessiond.protocol import (
+    HEADER,
+    PAGE_MAX,
+    PROTOCOL_VERSION,
+    AnyResponse,
+    Cleanup,
+    CleanupReply,
+    CleanupResult,
+    Compact,
+    CompactReply,
+    CompactResult,
+    ConfigGet,
+    ConfigReply,
+    ConfigSet,
+    Create,
+    Delete,
+    Deleted,
+    ErrorReply,
+    Event,
+    EventReply,
+    Expire,
+    Get,
+    Hello,
+    HelloReply,
+    Import,
+    ImportReply,
+    ImportResult,
+    List,
+    Page,
+    Ping,
+    Pong,
+    Refresh,
+    Request,
+    Response,
+    SessionReply,
+    Set,
+    Stats,
+    StatsInfo,
+    StatsReply,
+    Unset,
+    Watch,
+)
+
+T = TypeVar("T")
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyResponse)
+_MISSING: Any = object()
+
+
+def _session(r: Response) -> Session:
+    assert isinstance(r, SessionReply)
+    return r.session
+
+
+class Pending(Generic[T]):
+    """The answer to a pipelined request, available after the pipeline ends."""
+
+    __slots__ = ("_value", "_error", "_convert")
+
+    def __init__(self, convert: Callable[[Response], T]) -> None:
+        self._convert = convert
+        self._value: T = _MISSING
+        self._error: SessionError | None = None
+
+    def _settle(self, response: Response) -> None:
+        if isinstance(response, ErrorReply):
+            self._error = from_code(response.code, response.message)
+        else:
+            self._value = self._convert(response)
+
+    def result(self) -> T:
+        """The value, or the error the daemon answered with."""
+        if self._error is not None:
+            raise self._error
+        if self._value is _MISSING:
+            raise RuntimeError("the pipeline has not been sent yet")
+        return self._value
+
+
+class _Operations:
+    """One method per command; ``_submit`` decides when it is sent."""
+
+    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+        raise NotImplementedError
+
+    def create(
+        self,
+        *,
+        user: str | None = None,
+        ttl: int | None = None,
+        meta: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Session:
+        """Create a session; ``ttl`` defaults to the daemon's ``default_ttl``."""
+        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id), _session)  # type: ignore[no-any-return]
+
+    def get(self, sid: str, *, touch: bool = False) -> Session:
+        """A session (``expired`` once past its deadline); ``touch`` slides it."""
+        return self._submit(Get(id=0, sid=sid, touch=touch), _session)  # type: ignore[no-any-return]
+
+    def set(self, sid: str, key: str, value: Any, *, expect_version: int | None = None) -> Session:
+        """Set ``meta[key]``; with ``expect_version``, only if unchanged since."""
+        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
+        return self._submit(req, _session)  # type: ignore[no-any-return]
+
+    def unset(self, sid: str, key: str) -> Session:
+        return self._submit(Unset(id=0, sid=sid, key=key), _session)  # type: ignore[no-any-return]
+
+    def delete(self, sid: str) -> str:
+        def convert(r: Response) -> str:
+            assert isinstance(r, Deleted)
+            return r.sid
+
+        return self._submit(Delete(id=0, sid=sid), convert)  # type: ignore[no-any-return]
+
+    def expire(self, sid: str) -> Session:
+        return self._submit(Expire(id=0, sid=sid), _session)  # type: ignore[no-any-return]
+
+    def refresh(self, sid: str, *, ttl: int | None = None, revive: bool = False) -> Session:
+        """Deadline = now + ttl; an expired session needs ``revive=True``."""
+        req = Refresh(id=0, sid=sid, ttl=ttl, revive=revive)
+        return self._submit(req, _session)  # type: ignore[no-any-return]
+
+    def list_page(
+        self,
+        *,
+        status: str | None = None,
+        user: str | None = None,
+        limit: int = PAGE_MAX,
+        cursor: str | None = None,
+    ) -> tuple[list[Session], str | None]:
+        """One page of sessions and the cursor of the next (``None`` at the end)."""
+
+        def convert(r: Response) -> tuple[list[Session], str | None]:
+            assert isinstance(r, Page)
+            return r.sessions, r.cursor
+
+        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
+        return self._submit(req, convert)  # type: ignore[no-any-return]
+
+    def stats(self) -> StatsInfo:
+        def convert(r: Response) -> StatsInfo:
+            assert isinstance(r, StatsReply)
+            return r.stats
+
+        return self._submit(Stats(id=0), convert)  # type: ignore[no-any-return]
+
+    def cleanup(self, *, before: int | None = None, dry_run: bool = False) -> CleanupResult:
+        """Remove expired sessions (and those due before ``before``, in µs)."""
+
+        def convert(r: Response) -> CleanupResult:
+            assert isinstance(r, CleanupReply)
+            return r.result
+
+        return self._submit(Cleanup(id=0, before=before, dry_run=dry_run), convert)  # type: ignore[no-any-return]
+
+    def config(self, key: str | None = None) -> dict[str, Any]:
+        """All settings, or ``{key: value}``."""
+        return self._submit(ConfigGet(id=0, key=key), _config)  # type: ignore[no-any-return]
+
+    def set_config(self, key: str, value: Any) -> dict[str, Any]:
+        """Validate, apply live and persist one setting."""
+        return self._submit(ConfigSet(id=0, key=key, value=value), _config)  # type: ignore[no-any-return]
+
+    def import_page(self, sessions: list[Session]) -> ImportResult:
+        def convert(r: Response) -> ImportResult:
+            assert isinstance(r, ImportReply)
+            return r.result
+
+        return self._submit(Import(id=0, sessions=sessions), convert)  # type: ignore[no-any-return]
+
+    def compact(self) -> CompactResult:
+        """Rewrite the journal now; sizes before and after, time taken."""
+
+        def convert(r: Response) -> CompactResult:
+            assert isinstance(r, CompactReply)
+            return r.result
+
+        return self._submit(Compact(id=0), convert)  # type: ignore[no-any-return]
+
+    def ping(self) -> Pong:
+        def convert(r: Response) -> Pong:
+            assert isinstance(r, Pong)
+            return r
+
+        return self._submit(Ping(id=0), convert)  # type: ignore[no-any-return]
+
+
+def _config(r: Response) -> dict[str, Any]:
+    assert isinstance(r, ConfigReply)
+    return r.config
+
+
+class Client(_Operations):
+    """A connection to sessiond.
+
+    ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
+    then the default path); ``autostart=True`` starts a daemon if none
+    answers, as the CLI does."""
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = 30.0,
+        autostart: bool = False,
+    ) -> None:
+        from sessiond.paths import socket_path
+
+        self.path = socket_path(os.fspath(socket) if socket is not None else None)
+        self.timeout = timeout
+        self._next = 0
+        self._buf = bytearray()
+        self._sock = self._connect(autostart)
+        self.server_version = ""
+        hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
+        assert isinstance(hello, HelloReply)
+        self.server_version = hello.server
+        self.server_pid = hello.pid
+
+    def _connect(self, autostart: bool) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(os.fspath(self.path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            if not autostart:
+                raise DaemonUnavailable(
+                    f"no sessiond answers on {self.path} ({exc.strerror}); start it with "
+                    f"'sessiond' or 'systemctl --user start sessiond', or let sessionctl "
+                    f"start it (drop --no-autostart)"
+                ) from exc
+        except OSError as exc:
+            sock.close()
+            raise DaemonUnavailable(f"cannot connect to {self.path}: {exc.strerror}") from exc
+        from sessionctl.autostart import start_daemon
+
+        start_daemon(self.path)
+        return self._connect(False)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- frames ----------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
+
+    def _read_frame(self) -> Response:
+        buf = self._buf
+        while True:
+            if len(buf) >= HEADER:
+                n = int.from_bytes(buf[:HEADER], "big")
+                if len(buf) >= HEADER + n:
+                    body = bytes(buf[HEADER : HEADER + n])
+                    del buf[: HEADER + n]
+                    try:
+                        return _decoder.decode(body)  # type: ignore[no-any-return]
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
+            try:
+                chunk = self._sock.recv(262144)
+            except TimeoutError as exc:
+                raise DaemonUnavailable(f"sessiond on {self.path} did not answer in time") from exc
+            except OSError as exc:
+                raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
+            if not chunk:
+                raise DaemonUnavailable(f"sessiond on {self.path} closed the connection")
+            buf += chunk
+
+    def _roundtrip(self, req: Request) -> Response:
+        self._next += 1
+        req.id = self._next
+        body = _encoder.encode(req)
+        self._send(len(body).to_bytes(HEADER, "big") + body)
+        while True:
+            response = self._read_frame()
+            if response.id == req.id:
+                break
+            if isinstance(response, ErrorReply) and response.id == 0:
+                raise from_code(response.code, response.message)
+        if isinstance(response, ErrorReply):
+            raise from_code(response.code, response.message)
+        return response
+
+    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+        return convert(self._roundtrip(req))
+
+    # -- higher level ----------------------------------------------------
+
+    def iter_sessions(
+        self, *, status: str | None = None, user: str | None = None, page: int = PAGE_MAX
+    ) -> Iterator[Session]:
+        """Every matching session, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            sessions, cursor = self.list_page(status=status, user=user, limit=page, cursor=cursor)
+            yield from sessions
+            if cursor is None:
+                return
+
+    def list(
+        self, *, status: str | None = None, user: str | None = None, limit: int | None = None
+    ) -> list[Session]:
+        """Matching sessions in creation order, at most ``limit``."""
+        out: list[Session] = []
+        page = min(limit, PAGE_MAX) if limit else PAGE_MAX
+        for s in self.iter_sessions(status=status, user=user, page=page):
+            out.append(s)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def import_sessions(self, sessions: list[Session]) -> ImportResult:
+        """Merge sessions from elsewhere, a page per request."""
+        total = ImportResult(reasons=[])
+        for start in range(0, len(sessions), PAGE_MAX):
+            part = self.import_page(sessions[start : start + PAGE_MAX])
+            total.imported += part.imported
+            total.updated += part.updated
+            total.skipped += part.skipped
+            total.reasons.extend(part.reasons)
+        return total
+
+    def pipeline(self) -> Pipeline:
+        """Queue requests, send them all at once on exit, then read answers.
+
+        ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``."""
+        return Pipeline(self)
+
+    def watch(self, *, user: str | None = None) -> Iterator[Event]:
+        """Events as they happen, on a connection of their own, until the
+        generator is closed."""
+        other = Client(self.path, timeout=None)
+        try:
+            first = other._roundtrip(Watch(id=0, user=user))
+            assert isinstance(first, EventReply)
+            while True:
+                reply = other._read_frame()
+                if isinstance(reply, ErrorReply):
+                    raise from_code(reply.code, reply.message)
+                assert isinstance(reply, EventReply)
+                yield reply.event
+        finally:
+            other.close()
+
+
+class Pipeline(_Operations):
+    """Requests queued on a client and sent together (see ``Client.pipeline``)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._queued: list[tuple[int, Pending[Any]]] = []
+        self._frames: list[bytes] = []
+
+    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+        c = self._client
+        c._next += 1
+        req.id = c._next
+        body = _encoder.encode(req)
+        self._frames.append(len(body).to_bytes(HEADER, "big") + body)
+        pending: Pending[Any] = Pending(convert)
+        self._queued.append((req.id, pending))
+        return pending
+
+    def execute(self) -> None:
+        """Send everything queued and settle every ``Pending``."""
+        if not self._frames:
+            return
+        c = self._client
+        c._send(b"".join(self._frames))
+        self._frames = []
+        waiting = dict(self._queued)
+        self._queued = []
+        while waiting:
+            response = c._read_frame()
+            pending = waiting.pop(response.id, None)
+            if pending is None:
+                if isinstance(response, ErrorReply):
+                    raise from_code(response.code, response.message)
+                continue
+            pending._settle(response)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if t is None:
+            self.execute()

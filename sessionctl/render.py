@@ -1,0 +1,124 @@
+"""Output: aligned fields and tables for people, JSON and CSV for programs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from sessiond.model import EXPIRED, US, Session, format_duration, iso
+
+CSV_FIELDS = ("id", "user", "status", "ttl", "created_at", "last_access", "expires_at")
+
+_json = msgspec.json.Encoder()
+
+
+def session_dict(s: Session) -> dict[str, Any]:
+    """The ``--json`` shape of a session."""
+    return {
+        "id": s.id,
+        "user": s.user,
+        "status": s.status,
+        "ttl": s.ttl,
+        "meta": s.meta,
+        "created_at": iso(s.created_at),
+        "last_access": iso(s.last_access),
+        "expires_at": iso(s.expires_at),
+        "expired_at": None if s.expired_at is None else iso(s.expired_at),
+        "version": s.version,
+    }
+
+
+def to_json(value: Any, indent: int = 2) -> str:
+    return msgspec.json.format(_json.encode(value), indent=indent).decode()
+
+
+def relative(us: int, now: int) -> str:
+    delta = (us - now) / US
+    return f"in {format_duration(delta)}" if delta >= 0 else f"{format_duration(delta)} ago"
+
+
+def time_left(s: Session, now: int) -> str:
+    if s.status == EXPIRED:
+        when = s.expired_at if s.expired_at is not None else s.expires_at
+        return f"expired {relative(when, now)}"
+    if s.expires_at <= now:
+        return f"expired {relative(s.expires_at, now)}"
+    return f"expires {relative(s.expires_at, now)}"
+
+
+def fields(rows: Iterable[tuple[str, Any]]) -> str:
+    """``key   value`` lines with the values aligned."""
+    rows = list(rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def meta_text(value: Any) -> str:
+    return value if isinstance(value, str) else _json.encode(value).decode()
+
+
+def session_fields(s: Session, now: int) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("id", s.id),
+        ("user", s.user),
+        ("status", f"{s.status} ({time_left(s, now)})"),
+        ("ttl", f"{s.ttl}s ({format_duration(s.ttl)})"),
+        ("created", f"{iso(s.created_at)} ({relative(s.created_at, now)})"),
+        ("last access", f"{iso(s.last_access)} ({relative(s.last_access, now)})"),
+        ("expires", iso(s.expires_at)),
+    ]
+    if s.expired_at is not None:
+        rows.append(("expired", iso(s.expired_at)))
+    rows.append(("version", s.version))
+    rows.extend((f"meta.{k}", meta_text(v)) for k, v in s.meta.items())
+    return fields(rows)
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = [header] + rows
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
+    )
+
+
+def session_table(sessions: list[Session], now: int) -> str:
+    rows = [
+        (
+            s.id,
+            s.user,
+            s.status,
+            f"{s.ttl}s",
+            time_left(s, now),
+            ", ".join(f"{k}={meta_text(v)}" for k, v in s.meta.items()),
+        )
+        for s in sessions
+    ]
+    count = f"{len(sessions)} session{'s' if len(sessions) != 1 else ''}"
+    if not rows:
+        return count
+    return table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows) + f"\n\n{count}"
+
+
+def csv_row(s: Session) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(
+        [s.id, s.user, s.status, s.ttl, iso(s.created_at), iso(s.last_access), iso(s.expires_at)]
+    )
+    return out.getvalue()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,330 @@
+"""``sessiond``: wiring. Lock, replay, listen, serve, stop.
+
+Exit status: 0 after a clean stop (or a healthy ``--check``), 1 when it cannot
+start (journal damaged, data dir locked, unsafe permissions, bad config), 2 on
+bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from sessiond import __version__, config, paths, systemd
+from sessiond.errors import InvalidRequest, SessionError
+from sessiond.journal import POLICIES, Journal, JournalDamaged, iter_damage, remove_leftovers, repair, scan
+from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
+from sessiond.model import Session, now_us
+from sessiond.records import LineError
+from sessiond.server import Server
+from sessiond.store import Change, Rules, Store
+
+log = logging.getLogger("sessiond")
+
+MIGRATED_MARKER = "legacy-imported"
+
+
+class StartError(SessionError):
+    """The daemon cannot start; the message says why and what to do."""
+
+    code = "start"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="sessiond",
+        description="Per-user session-state daemon (foreground; stop with SIGTERM or Ctrl-C).",
+    )
+    p.add_argument("--socket", help="Unix socket to listen on (env SESSIOND_SOCKET)")
+    p.add_argument("--data-dir", help="journal and lock directory (env SESSIOND_DATA_DIR)")
+    p.add_argument("--config", help="config.json path (env SESSIOND_CONFIG)")
+    p.add_argument("--fsync", choices=POLICIES, help="fsync policy (overrides config)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="log verbosity")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="report the journal's health and exit (0 healthy, 1 damaged)")
+    mode.add_argument("--repair", action="store_true",
+                      help="back up the journal, then drop its unreadable lines")
+    mode.add_argument("--version", action="version", version=f"sessiond {__version__}")
+    sub = p.add_subparsers(dest="command")
+    inst = sub.add_parser("install-service", help="install the systemd user units")
+    inst.add_argument("--uninstall", action="store_true", help="remove them instead")
+    return p.parse_args(argv)
+
+
+def take_lock(lock_path: Path) -> int:
+    """Exclusive lock on the data dir, held for the daemon's life."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartError(
+            f"another sessiond (pid {holder}) already uses data dir {lock_path.parent}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening socket at ``path``, created 0600 by the umask at bind.
+
+    A stale socket (nothing answers) is replaced; a live one is an error."""
+    paths.private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartError(f"{path} exists and is not a socket; remove it or choose --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("replacing stale socket %s", path)
+            path.unlink(missing_ok=True)
+        else:
+            raise StartError(f"socket {path} is in use by another running sessiond")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot bind {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    sock.listen(512)
+    return sock
+
+
+def replay(store: Store, journal_path: Path) -> tuple[int, bool]:
+    def put(record: Session) -> None:
+        try:
+            store.load(record)
+        except InvalidRequest as exc:
+            raise LineError(str(exc)) from exc
+
+    result = scan(journal_path, put, store.remove)
+    if result.torn_bytes:
+        log.warning("%s: final line is torn (%d bytes): cutting it", journal_path, result.torn_bytes)
+    log.info("replayed %d journal lines: %d sessions", result.records, len(store))
+    return result.valid_end, result.needs_newline
+
+
+def migrate_legacy(
+    store: Store, settings: config.Settings, cfg_path: Path, data_dir: Path
+) -> tuple[config.Settings, list[Change]]:
+    """First start with an empty journal: bring ``~/.session`` across once."""
+    marker = data_dir / MIGRATED_MARKER
+    source = legacy_dir()
+    legacy_file = source / "data.jsonl"
+    if len(store) or marker.exists() or not legacy_file.is_file():
+        return settings, []
+    loaded = read_sessions(legacy_file)
+    result, changes = store.import_sessions(now_us(), loaded.sessions)
+    for problem in loaded.problems + result.reasons:
+        log.warning("legacy import: %s", problem)
+    ttl = legacy_default_ttl(source)
+    if ttl is not None and not cfg_path.exists():
+        settings = config.with_value(settings, "default_ttl", ttl)
+        config.save(cfg_path, settings)
+        store.rules.default_ttl = ttl
+    log.info(
+        "imported %d sessions from legacy %s (%d unreadable lines reported above); "
+        "the legacy files are left untouched",
+        result.imported, legacy_file, len(loaded.problems),
+    )
+    marker.write_text(f"{legacy_file}\n")
+    return settings, changes
+
+
+async def run(args: argparse.Namespace) -> int:
+    where = paths.resolve(args.socket, args.data_dir, args.config)
+    paths.private_dir(where.data_dir)
+    lock_fd = take_lock(where.lock)
+    try:
+        settings = config.load(where.config)
+        if args.fsync:
+            settings = config.with_value(settings, "fsync", args.fsync)
+        for leftover in remove_leftovers(where.journal):
+            log.warning("removed %s left by an interrupted compaction", leftover)
+        store = Store(Rules(
+            default_ttl=settings.default_ttl,
+            max_lifetime=settings.max_lifetime,
+            expired_retention=settings.expired_retention,
+        ))
+        valid_end, needs_newline = replay(store, where.journal)
+        journal = Journal(where.journal, settings.fsync)
+        journal.open(valid_end, needs_newline)
+        settings, initial = migrate_legacy(store, settings, where.config, where.data_dir)
+        loop_name = type(asyncio_loop()).__module__.split(".")[0]
+        server = Server(store, journal, settings, where.config, loop_name)
+        try:
+            await serve(server, where, initial)
+        finally:
+            journal.close()
+    finally:
+        os.close(lock_fd)
+    return 0
+
+
+def asyncio_loop() -> object:
+    import asyncio
+
+    return asyncio.get_running_loop()
+
+
+async def serve(server: Server, where: paths.Paths, initial: list[Change]) -> None:
+    store, journal = server.store, server.journal
+    activated = systemd.listen_fds()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run_flusher)
+        tg.start_soon(journal.run_syncer)
+        # Replay is done; persist what it implies before anyone connects:
+        # imported legacy sessions, and deadlines that passed while we were down.
+        now = now_us()
+        initial += store.expire_due(now) + store.purge_due(now)
+        if initial:
+            await server.commit(initial)
+        if activated:
+            sock = socket.socket(fileno=activated[0])
+            own_socket = False
+            log.info("using the socket passed by systemd (fd %d)", activated[0])
+        else:
+            sock = bind_socket(where.socket)
+            own_socket = True
+        sock.setblocking(False)
+        listener = await anyio.abc.SocketListener.from_socket(sock)
+        try:
+            tg.start_soon(server.serve, listener, tg)
+            tg.start_soon(server.run_expiry)
+            tg.start_soon(server.run_compactor)
+            interval = systemd.watchdog_interval()
+            if interval:
+                tg.start_soon(_watchdog, interval)
+            log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
+                     __version__, where.socket, os.getpid(), len(store), journal.policy)
+            systemd.notify(f"READY=1\nSTATUS=serving {len(store)} sessions\nMAINPID={os.getpid()}")
+            await _until_stopped(server, where)
+            log.info("stopping: answering requests in flight")
+            systemd.notify("STOPPING=1")
+            server.stop_accepting()
+            await listener.aclose()
+            await server.drain(timeout=4.0)
+            await journal.sync()
+        finally:
+            if own_socket:
+                where.socket.unlink(missing_ok=True)
+            tg.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await anyio.sleep(interval)
+
+
+async def _until_stopped(server: Server, where: paths.Paths) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum != signal.SIGHUP:
+                log.info("received %s", signal.Signals(signum).name)
+                return
+            try:
+                new = config.load(where.config)
+            except SessionError as exc:
+                log.error("SIGHUP: config not reloaded: %s", exc)
+                continue
+            server.apply_settings(new)
+            systemd.notify(f"STATUS=serving {len(server.store)} sessions")
+            log.info("SIGHUP: reloaded %s", where.config)
+
+
+def check(where: paths.Paths) -> int:
+    report = scan(where.journal, lambda s: None, lambda s: None, stop_on_damage=False)
+    print(f"{where.journal}: {report.records} readable lines")
+    if report.torn_bytes:
+        print(f"torn final line ({report.torn_bytes} bytes): it will be cut at start")
+    for line in iter_damage(report):
+        print(f"damaged: {line}")
+    if report.damaged:
+        print(f"{len(report.damaged)} damaged lines: run 'sessiond --repair'")
+        return 1
+    print("healthy")
+    return 0
+
+
+def do_repair(where: paths.Paths) -> int:
+    lock_fd = take_lock(where.lock)
+    try:
+        backup, dropped = repair(where.journal)
+    finally:
+        os.close(lock_fd)
+    print(f"backup kept at {backup}")
+    ids = sorted({sid for *_, sid in dropped if sid})
+    print(f"dropped {len(dropped)} unreadable lines" + (f" (ids: {', '.join(ids)})" if ids else ""))
+    for lineno, offset, reason, sid in dropped:
+        print(f"  line {lineno} (byte offset {offset}): {reason}" + (f" [id {sid}]" if sid else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s sessiond[%(process)d] %(levelname)s %(message)s",
+    )
+    # A write past RLIMIT_FSIZE must fail with EFBIG, not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        if args.command == "install-service":
+            from sessiond.service import install
+
+            return install(uninstall=args.uninstall)
+        where = paths.resolve(args.socket, args.data_dir, args.config)
+        if args.check:
+            return check(where)
+        if args.repair:
+            return do_repair(where)
+        backend_options = {}
+        try:
+            import uvloop  # noqa: F401
+
+            backend_options["use_uvloop"] = True
+        except ImportError:
+            pass
+        return anyio.run(run, args, backend="asyncio", backend_options=backend_options)
+    except JournalDamaged as exc:
+        log.error("%s", exc)
+        return 1
+    except SessionError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

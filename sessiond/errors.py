@@ -1,0 +1,113 @@
+"""The one exception tree shared by the daemon, the client and the CLI.
+
+Every error that crosses the socket carries a ``code``; the client turns the
+code back into the same class, so ``except SessionNotFound`` works on both
+sides of the wire.
+"""
+
+from __future__ import annotations
+
+
+class SessionError(Exception):
+    """Base of every error sessiond and sessionctl raise on purpose."""
+
+    code = "internal"
+
+
+class SessionNotFound(SessionError):
+    """No session has that id."""
+
+    code = "not_found"
+
+
+class SessionExpired(SessionError):
+    """The session exists but has expired (refresh it with revive)."""
+
+    code = "expired"
+
+
+class Conflict(SessionError):
+    """The request contradicts the current state (id taken, stale version)."""
+
+    code = "conflict"
+
+
+class InvalidRequest(SessionError):
+    """A value or a request shape was not acceptable."""
+
+    code = "invalid"
+
+
+class TooLarge(InvalidRequest):
+    """A frame or value exceeded a configured limit."""
+
+    code = "too_large"
+
+
+class Unsupported(SessionError):
+    """Unknown operation or protocol version."""
+
+    code = "unsupported"
+
+
+class ReadOnly(SessionError):
+    """Writes are refused because the journal could not be written."""
+
+    code = "read_only"
+
+
+class Busy(SessionError):
+    """The daemon refused the connection: too many clients."""
+
+    code = "busy"
+
+
+class InternalError(SessionError):
+    """A bug in sessiond: the request did not complete."""
+
+    code = "internal"
+
+
+class DaemonUnavailable(SessionError):
+    """Nothing answers on the socket (and autostart was off or failed)."""
+
+    code = "unavailable"
+
+
+class ProtocolError(SessionError):
+    """The peer broke the framing or sent something undecodable."""
+
+    code = "protocol"
+
+
+class JournalError(SessionError):
+    """The journal on disk is damaged or cannot be written."""
+
+    code = "journal"
+
+
+class ConfigError(InvalidRequest):
+    """A configuration key or value is not acceptable."""
+
+
+BY_CODE: dict[str, type[SessionError]] = {
+    cls.code: cls
+    for cls in (
+        SessionNotFound,
+        SessionExpired,
+        Conflict,
+        InvalidRequest,
+        TooLarge,
+        Unsupported,
+        ReadOnly,
+        Busy,
+        InternalError,
+        DaemonUnavailable,
+        ProtocolError,
+    )
+}
+
+
+def from_code(code: str, message: str) -> SessionError:
+    """Rebuild the exception a daemon error frame stands for."""
+    return BY_CODE.get(code, SessionError)(message)

@@ -1,0 +1,97 @@
+"""Reading sessions from files: the legacy ``data.jsonl``, JSON exports
+(an array of records) and JSONL exports or journals (detected).
+
+Used by ``sessionctl import`` and by the daemon's one-time migration. An
+unreadable line is reported with its number, never dropped in silence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from sessiond.model import Session
+from sessiond.records import LineError, decode_line
+
+LEGACY_DIR = ".session"
+
+
+@dataclass
+class Loaded:
+    sessions: list[Session] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    format: str = "jsonl"
+
+
+def legacy_dir() -> Path:
+    return Path.home() / LEGACY_DIR
+
+
+def read_sessions(path: Path) -> Loaded:
+    """Every session in ``path`` (last record for an id wins, delete lines
+    remove), and a description of each line that could not be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
+    if data.lstrip()[:1] == b"[":
+        return _read_array(path, data)
+    loaded = Loaded(format="jsonl")
+    found: dict[str, Session] = {}
+    for lineno, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            item = decode_line(raw)
+        except LineError as exc:
+            loaded.problems.append(f"{path}: line {lineno}: {exc}")
+            continue
+        if isinstance(item, str):
+            found.pop(item, None)
+        else:
+            found.pop(item.id, None)
+            found[item.id] = item
+    loaded.sessions = list(found.values())
+    return loaded
+
+
+def _read_array(path: Path, data: bytes) -> Loaded:
+    loaded = Loaded(format="json")
+    try:
+        items = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        loaded.problems.append(f"{path}: not a valid JSON export: {exc}")
+        return loaded
+    if not isinstance(items, list):
+        loaded.problems.append(f"{path}: a JSON export must be an array of records")
+        return loaded
+    found: dict[str, Session] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, dict):
+            item.setdefault("type", "session")
+        try:
+            record = decode_line(msgspec.json.encode(item))
+        except LineError as exc:
+            loaded.problems.append(f"{path}: record {index}: {exc}")
+            continue
+        if isinstance(record, str):
+            found.pop(record, None)
+        else:
+            found.pop(record.id, None)
+            found[record.id] = record
+    loaded.sessions = list(found.values())
+    return loaded
+
+
+def legacy_default_ttl(directory: Path) -> int | None:
+    """``default_ttl`` from the legacy ``config.json``, if it has a valid one."""
+    try:
+        data = msgspec.json.decode((directory / "config.json").read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    ttl = data.get("default_ttl") if isinstance(data, dict) else None
+    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
+        return ttl
+    return None

@@ -1,0 +1,114 @@
+"""The session record, ids and time helpers.
+
+Timestamps are integers: microseconds since the Unix epoch, UTC. They are
+compact in memory (the daemon may hold millions), exact (legacy files carry
+microseconds) and cheap to compare; they become ISO 8601 text only at the
+edges (journal lines, JSON output).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Any, Final
+
+import msgspec
+
+ACTIVE: Final = sys.intern("active")
+EXPIRED: Final = sys.intern("expired")
+STATUSES: Final = (ACTIVE, EXPIRED)
+DEFAULT_USER: Final = sys.intern("anonymous")
+
+US: Final = 1_000_000
+ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
+KEY_MAX: Final = 256
+MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
+
+
+class Session(msgspec.Struct, kw_only=True, gc=False):
+    """One session. Treated as immutable: every change makes a new record,
+    so a shallow copy of the store is a consistent snapshot for compaction."""
+
+    id: str
+    user: str
+    status: str
+    ttl: int
+    meta: dict[str, Any]
+    created_at: int
+    last_access: int
+    expires_at: int
+    expired_at: int | None = None
+    version: int = 1
+
+    def seconds_left(self, now: int) -> float:
+        """Seconds until the deadline (negative once past it)."""
+        return (self.expires_at - now) / US
+
+
+def now_us() -> int:
+    """The wall clock, in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def new_id() -> str:
+    """128 random bits as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
+def valid_id(sid: object) -> bool:
+    return isinstance(sid, str) and ID_RE.fullmatch(sid) is not None
+
+
+def iso(us: int) -> str:
+    """``2026-11-24T09:13:42.067680Z``: the legacy tool's timestamp shape."""
+    secs, frac = divmod(us, US)
+    t = time.gmtime(secs)
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{frac:06d}Z"
+    )
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (``Z``, an offset, or none meaning UTC; date only is
+    midnight) or a Unix timestamp in seconds, to microseconds.
+
+    Raises ``ValueError`` with a message for people.
+    """
+    from datetime import datetime, timezone  # only the paths that parse pay for it
+
+    raw = text.strip()
+    if not raw:
+        raise ValueError("empty timestamp")
+    try:
+        return round(float(raw) * US)
+    except ValueError:
+        pass
+    candidate = raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw
+    try:
+        dt = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise ValueError(
+            f"unparsable timestamp {text!r} (expected ISO 8601 such as "
+            "2026-11-24T09:13:42Z, or Unix seconds)"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = dt - epoch
+    return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+
+
+def format_duration(seconds: float) -> str:
+    """``1d 2h``, ``59m 58s``, ``12s``: two units at most, for people."""
+    s = int(abs(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= size or (unit == "s" and not parts):
+            parts.append(f"{s // size}{unit}")
+            s %= size
+        if len(parts) == 2:
+            break
+    return " ".join(parts)

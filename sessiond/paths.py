@@ -1,0 +1,110 @@
+"""Where things live: flags, then environment, then platformdirs defaults.
+
+``sessionctl`` resolves the socket with the same function as the daemon, so
+both always agree on where to meet.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from sessiond.errors import SessionError
+
+APP = "sessiond"
+SOCKET_ENV = "SESSIOND_SOCKET"
+DATA_DIR_ENV = "SESSIOND_DATA_DIR"
+CONFIG_ENV = "SESSIOND_CONFIG"
+JOURNAL_NAME = "data.jsonl"
+LOCK_NAME = "sessiond.lock"
+LOG_NAME = "sessiond.log"
+
+
+class UnsafePath(SessionError):
+    """A directory that others could use to get at the socket or data."""
+
+    code = "unsafe"
+
+
+def _platformdirs() -> tuple[str, str, str]:
+    import platformdirs
+
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID
+        # and warns; we create and check that directory ourselves.
+        warnings.simplefilter("ignore")
+        runtime = platformdirs.user_runtime_dir(APP)
+    return runtime, platformdirs.user_state_dir(APP), platformdirs.user_config_dir(APP)
+
+
+def default_socket() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / APP / "sessiond.sock"
+    return Path(_platformdirs()[0]) / "sessiond.sock"
+
+
+def socket_path(option: str | None = None) -> Path:
+    """``--socket``, then ``$SESSIOND_SOCKET``, then the default."""
+    chosen = option or os.environ.get(SOCKET_ENV)
+    return Path(chosen).expanduser() if chosen else default_socket()
+
+
+def data_dir(option: str | None = None) -> Path:
+    chosen = option or os.environ.get(DATA_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[1])
+
+
+def config_path(option: str | None = None) -> Path:
+    chosen = option or os.environ.get(CONFIG_ENV)
+    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[2]) / "config.json"
+
+
+@dataclass(frozen=True)
+class Paths:
+    socket: Path
+    data_dir: Path
+    config: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.data_dir / JOURNAL_NAME
+
+    @property
+    def lock(self) -> Path:
+        return self.data_dir / LOCK_NAME
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / LOG_NAME
+
+
+def resolve(socket: str | None = None, data: str | None = None, config: str | None = None) -> Paths:
+    return Paths(socket_path(socket), data_dir(data), config_path(config))
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` 0700 if missing; refuse one that is a symlink, is
+    owned by someone else, or is open to group or others."""
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"unsafe permissions: {path} is a symlink")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"unsafe permissions: {path} is not a directory")
+    if st.st_uid != os.getuid():
+        raise UnsafePath(f"unsafe permissions: {path} is owned by uid {st.st_uid}, not {os.getuid()}")
+    if st.st_mode & 0o077:
+        raise UnsafePath(
+            f"unsafe permissions: {path} is open to group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}; run 'chmod 700 {path}')"
+        )
+    return path

@@ -1,0 +1,290 @@
+"""Wire protocol: 4-byte big-endian length + msgpack body.
+
+Requests are a tagged union on ``op``; responses on ``r``. Every request
+carries an integer ``id`` that its response echoes, so a client may send many
+requests before reading any answer (pipelining). This module must not import
+anyio: the CLI imports it on every start.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Union
+
+import msgspec
+
+from sessiond.errors import ProtocolError, TooLarge
+from sessiond.model import MAX_TTL, Session
+
+PROTOCOL_VERSION: Final = 1
+HEADER: Final = 4
+DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
+PAGE_MAX: Final = 1000
+
+ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Ttl = Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL)]
+Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_MAX)]
+Status = Annotated[str, msgspec.Meta(pattern=r"^(active|expired)$")]
+
+
+class Request(
+    msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    id: ReqId
+
+
+class Hello(Request, tag="hello"):
+    version: int
+    client: str = ""
+
+
+class Ping(Request, tag="ping"):
+    pass
+
+
+class Create(Request, tag="create"):
+    user: User | None = None
+    ttl: Ttl | None = None
+    meta: dict[Key, Any] = {}
+    sid: Sid | None = None
+
+
+class Get(Request, tag="get"):
+    sid: Sid
+    touch: bool = False
+
+
+class Set(Request, tag="set"):
+    sid: Sid
+    key: Key
+    value: Any
+    expect_version: int | None = None
+
+
+class Unset(Request, tag="unset"):
+    sid: Sid
+    key: Key
+
+
+class Delete(Request, tag="delete"):
+    sid: Sid
+
+
+class List(Request, tag="list"):
+    status: Status | None = None
+    user: User | None = None
+    limit: Limit = PAGE_MAX
+    cursor: str | None = None
+
+
+class Expire(Request, tag="expire"):
+    sid: Sid
+
+
+class Refresh(Request, tag="refresh"):
+    sid: Sid
+    ttl: Ttl | None = None
+    revive: bool = False
+
+
+class Stats(Request, tag="stats"):
+    pass
+
+
+class Cleanup(Request, tag="cleanup"):
+    before: int | None = None
+    dry_run: bool = False
+
+
+class ConfigGet(Request, tag="config_get"):
+    key: str | None = None
+
+
+class ConfigSet(Request, tag="config_set"):
+    key: str
+    value: Any
+
+
+class Import(Request, tag="import"):
+    sessions: Annotated[list[Session], msgspec.Meta(max_length=PAGE_MAX)]
+
+
+class Compact(Request, tag="compact"):
+    pass
+
+
+class Watch(Request, tag="watch"):
+    user: User | None = None
+
+
+AnyRequest = Union[
+    Hello, Ping, Create, Get, Set, Unset, Delete, List, Expire, Refresh, Stats,
+    Cleanup, ConfigGet, ConfigSet, Import, Compact, Watch,
+]
+WRITES: Final = (Create, Set, Unset, Delete, Expire, Refresh, Cleanup, Import)
+
+
+class Response(msgspec.Struct, tag_field="r", kw_only=True):
+    id: int
+
+
+class HelloReply(Response, tag="hello"):
+    version: int
+    server: str
+    pid: int
+
+
+class Pong(Response, tag="pong"):
+    pid: int
+    version: str
+    uptime: float
+
+
+class SessionReply(Response, tag="session"):
+    session: Session
+
+
+class Page(Response, tag="page"):
+    sessions: list[Session]
+    cursor: str | None = None
+
+
+class Deleted(Response, tag="deleted"):
+    sid: str
+
+
+class StatsInfo(msgspec.Struct, kw_only=True):
+    total_sessions: int
+    active: int
+    expired: int
+    unique_users: int
+    average_ttl_seconds: float
+    due_next_minute: int
+    expiries_done: int
+    purges_done: int
+    expiry_lag_max_ms: float
+    expiry_lag_p99_ms: float
+    pid: int
+    version: str
+    uptime_seconds: float
+    event_loop: str
+    connections: int
+    watchers: int
+    journal_path: str
+    journal_bytes: int
+    fsync: str
+    compacted_bytes: int
+    last_compaction_at: int | None
+    last_compaction_seconds: float | None
+    compactions: int
+    write_errors: int
+    read_only: str | None
+
+
+class StatsReply(Response, tag="stats"):
+    stats: StatsInfo
+
+
+class CleanupResult(msgspec.Struct, kw_only=True):
+    dry_run: bool
+    removed_count: int
+    remaining_count: int
+    removed_ids: list[str]
+
+
+class CleanupReply(Response, tag="cleanup"):
+    result: CleanupResult
+
+
+class ConfigReply(Response, tag="config"):
+    config: dict[str, Any]
+
+
+class ImportResult(msgspec.Struct, kw_only=True):
+    imported: int = 0
+    updated: int = 0
+    skipped: int = 0
+    reasons: list[str] = []
+
+
+class ImportReply(Response, tag="import"):
+    result: ImportResult
+
+
+class CompactResult(msgspec.Struct, kw_only=True):
+    bytes_before: int
+    bytes_after: int
+    sessions: int
+    seconds: float
+
+
+class CompactReply(Response, tag="compact"):
+    result: CompactResult
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """Something that happened to a session, as ``watch`` reports it.
+
+    ``kind`` is created, updated, expired, deleted, purged, or lagged (then
+    ``dropped`` says how many events this watcher missed)."""
+
+    kind: str
+    sid: str | None
+    at: int
+    session: Session | None = None
+    dropped: int = 0
+
+
+class EventReply(Response, tag="event"):
+    event: Event
+
+
+class ErrorReply(Response, tag="error"):
+    code: str
+    message: str
+
+
+AnyResponse = Union[
+    HelloReply, Pong, SessionReply, Page, Deleted, StatsReply, CleanupReply,
+    ConfigReply, ImportReply, CompactReply, EventReply, ErrorReply,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+encode_body = _encoder.encode
+
+
+def frame(msg: object) -> bytes:
+    """One frame: length header + msgpack body."""
+    body = _encoder.encode(msg)
+    return len(body).to_bytes(HEADER, "big") + body
+
+
+def frame_length(header: bytes | bytearray | memoryview, limit: int) -> int:
+    """Body length from a header, refusing a frame over ``limit`` before a
+    single body byte is read."""
+    n = int.from_bytes(header[:HEADER], "big")
+    if n > limit:
+        raise TooLarge(f"frame of {n} bytes exceeds the limit of {limit} bytes")
+    return n
+
+
+def describe_decode_error(exc: Exception) -> str:
+    """msgspec's message, which names the offending field (``$.ttl``)."""
+    text = str(exc)
+    if isinstance(exc, RecursionError):
+        return "value nested too deeply"
+    return text or type(exc).__name__
+
+
+def decoder(types: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(types)
+
+
+def decode_or_raise(dec: msgspec.msgpack.Decoder[Any], body: bytes | memoryview) -> Any:
+    """Decode a body, turning every msgspec failure into ``ProtocolError``."""
+    try:
+        return dec.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise ProtocolError(describe_decode_error(exc)) from exc
