@@ -16,6 +16,7 @@ from sessiond.model import Session
 from sessiond.records import LineError, decode_line
 
 LEGACY_DIR = ".session"
+CSV_HEADER = b"id,user,status,ttl,"
 
 
 @dataclass
@@ -36,9 +37,18 @@ def read_sessions(path: Path) -> Loaded:
         data = path.read_bytes()
     except OSError as exc:
         raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
+    # Editors on some systems save UTF-8 with a byte-order mark.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     if data.lstrip()[:1] == b"[":
         return _read_array(path, data)
     loaded = Loaded(format="jsonl")
+    if data.startswith(CSV_HEADER):
+        loaded.format = "csv"
+        loaded.problems.append(
+            f"{path}: a CSV export cannot be imported (it has no meta and no "
+            f"expired_at); export as json or jsonl instead"
+        )
+        return loaded
     found: dict[str, Session] = {}
     for lineno, raw in enumerate(data.splitlines(), 1):
         if not raw.strip():
@@ -86,12 +96,25 @@ def _read_array(path: Path, data: bytes) -> Loaded:
 
 
 def legacy_default_ttl(directory: Path) -> int | None:
-    """``default_ttl`` from the legacy ``config.json``, if it has a valid one."""
+    """``default_ttl`` from the legacy ``config.json``; ``None`` when there is
+    no such file or it sets none. Raises ``ValueError`` saying why a file
+    that is there cannot be used."""
+    path = directory / "config.json"
     try:
-        data = msgspec.json.decode((directory / "config.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
+        raw = path.read_bytes()
+    except FileNotFoundError:
         return None
-    ttl = data.get("default_ttl") if isinstance(data, dict) else None
-    if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
-        return ttl
-    return None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    ttl = data.get("default_ttl")
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+        raise ValueError(f"{path}: default_ttl must be a positive whole number, not {ttl!r}")
+    return ttl

@@ -1,0 +1,214 @@
+"""Migration from the legacy tool: the daemon's one-time import of
+``~/.session`` on first start, and ``sessionctl import`` of a legacy
+``data.jsonl``, a JSON export or a JSONL export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sessionctl import Session
+from sessiond.model import US, iso, now_us
+from tests.conftest import BIN, Daemon
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "script.sh"
+SESSIONS = 500
+DAMAGED_LINE = 251  # 1-based, in the middle of the file
+
+
+def legacy_record(i: int, now: int) -> dict[str, Any]:
+    """A session as the legacy tool wrote it: its keys, its order, no version."""
+    created = now - (SESSIONS - i) * US
+    expired = i % 10 == 0
+    ttl = 3600 + i
+    rec: dict[str, Any] = {
+        "type": "session",
+        "id": f"{i:012x}",
+        "user": f"user{i % 7}",
+        "status": "expired" if expired else "active",
+        "ttl": ttl,
+        "meta": {"n": str(i), "theme": "dark"},
+        "created_at": iso(created),
+        "last_access": iso(created),
+        "expires_at": iso(created + ttl * US),
+    }
+    if expired:
+        rec["expired_at"] = iso(created + US)
+    return rec
+
+
+def write_legacy_file(path: Path, now: int) -> list[dict[str, Any]]:
+    """``SESSIONS`` records as json.dumps wrote them, and one damaged line."""
+    records = [legacy_record(i, now) for i in range(SESSIONS)]
+    lines = [json.dumps(r) for r in records]
+    lines.insert(DAMAGED_LINE - 1, '{"type": "session", "id": "dam4ged", "user": "x", "st')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return records
+
+
+def plain(s: Session) -> dict[str, Any]:
+    return {f: getattr(s, f) for f in s.__struct_fields__}
+
+
+def all_sessions(d: Daemon) -> dict[str, Session]:
+    with d.client() as c:
+        return {s.id: s for s in c.iter_sessions()}
+
+
+def import_json(d: Daemon, path: Path) -> tuple[int, dict[str, Any], str]:
+    done = d.ctl("import", str(path), "--json")
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def test_first_start_imports_the_legacy_files_once_and_never_touches_them(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    legacy = d.root / "home" / ".session"
+    records = write_legacy_file(legacy / "data.jsonl", now_us())
+    (legacy / "config.json").write_text('{"default_ttl": 1234}')
+    before = {p.name: p.read_bytes() for p in legacy.iterdir()}
+    stamps = {p.name: os.stat(p).st_mtime_ns for p in legacy.iterdir()}
+
+    d.start()
+    found = all_sessions(d)
+    assert len(found) == SESSIONS
+    for rec in records:
+        s = found[rec["id"]]
+        assert (s.user, s.status, s.ttl, s.meta) == (
+            rec["user"], rec["status"], rec["ttl"], rec["meta"]
+        )
+        assert (iso(s.created_at), iso(s.last_access), iso(s.expires_at)) == (
+            rec["created_at"], rec["last_access"], rec["expires_at"]
+        )
+        if "expired_at" in rec:
+            assert s.expired_at is not None and iso(s.expired_at) == rec["expired_at"]
+    with d.client() as c:
+        assert c.config("default_ttl") == {"default_ttl": 1234}
+        assert c.create().ttl == 1234
+    log = d.log_text()
+    assert f"imported {SESSIONS} sessions from legacy" in log
+    assert f"line {DAMAGED_LINE}" in log
+
+    # Changes after the import must survive restarts: the legacy file is
+    # never read again, so nothing deleted comes back and nothing doubles.
+    with d.client() as c:
+        c.delete(records[0]["id"])
+        c.set(records[1]["id"], "theme", "light")
+    d.restart()
+    again = all_sessions(d)
+    assert len(again) == SESSIONS  # 500 imported + 1 created - 1 deleted
+    assert records[0]["id"] not in again
+    assert again[records[1]["id"]].meta["theme"] == "light"
+    assert d.log_text().count("sessions from legacy") == 1
+
+    assert {p.name: p.read_bytes() for p in legacy.iterdir()} == before
+    assert {p.name: os.stat(p).st_mtime_ns for p in legacy.iterdir()} == stamps
+
+
+def test_a_legacy_file_whose_sessions_all_vanish_is_still_imported_only_once(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    legacy = d.root / "home" / ".session" / "data.jsonl"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps(legacy_record(1, now_us())) + "\n")
+    d.start()
+    with d.client() as c:
+        c.delete(f"{1:012x}")
+    d.restart()  # the journal replays to an empty store: the marker decides
+    assert all_sessions(d) == {}
+    assert d.log_text().count("sessions from legacy") == 1
+
+
+def test_import_reports_imported_updated_skipped_and_unreadable(daemon: Daemon) -> None:
+    path = daemon.root / "legacy.jsonl"
+    records = write_legacy_file(path, now_us())
+
+    status, first, stderr = import_json(daemon, path)
+    assert status == 1  # the damaged line is an error, never dropped in silence
+    assert (first["imported"], first["updated"], first["skipped"]) == (SESSIONS, 0, 0)
+    assert first["unreadable"] == 1 and f"line {DAMAGED_LINE}" in first["problems"][0]
+    assert "unreadable" in stderr
+    assert len(all_sessions(daemon)) == SESSIONS
+
+    # A re-run imports nothing twice, and says why.
+    status, second, _ = import_json(daemon, path)
+    assert status == 1
+    assert (second["imported"], second["updated"], second["skipped"]) == (0, 0, SESSIONS)
+    assert all(r.endswith("already present and not newer") for r in second["reasons"])
+
+    # A newer record updates; a new one is imported; a bad one is skipped
+    # with its reason.
+    newer = dict(records[3], version=5, meta={"n": "newer"})
+    fresh = dict(records[4], id="fresh0000001")
+    bad = dict(records[5], id="badttl000001", ttl=0)
+    changes = daemon.root / "changes.jsonl"
+    changes.write_text("".join(json.dumps(r) + "\n" for r in (newer, fresh, bad)))
+    status, third, _ = import_json(daemon, changes)
+    assert status == 0
+    assert (third["imported"], third["updated"], third["skipped"]) == (1, 1, 1)
+    assert third["unreadable"] == 0 and third["problems"] == []
+    assert len(third["reasons"]) == 1 and third["reasons"][0].startswith("badttl000001")
+    found = all_sessions(daemon)
+    assert found[records[3]["id"]].meta == {"n": "newer"} and "fresh0000001" in found
+
+    human = daemon.ctl("import", str(path))
+    assert human.returncode == 1
+    assert f"skipped {SESSIONS}" in human.stdout and f"line {DAMAGED_LINE}" in human.stdout
+
+    missing = daemon.ctl("import", str(daemon.root / "nope.jsonl"))
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+
+
+def test_exports_round_trip_through_import(make_daemon: Callable[..., Daemon]) -> None:
+    source = make_daemon()
+    with source.client() as c:
+        for i in range(30):
+            meta = {"i": i, "s": "é", "l": [1, {"x": None}]}
+            s = c.create(user=f"u{i % 3}", ttl=600 + i, meta=meta)
+            if i % 4 == 0:
+                c.expire(s.id)
+    original = {sid: plain(s) for sid, s in all_sessions(source).items()}
+    exports = source.root / "exports"
+    exports.mkdir()
+    for fmt in ("json", "jsonl"):
+        done = source.ctl("export", "--format", fmt, "--output", str(exports / f"all.{fmt}"))
+        assert done.returncode == 0, done.stderr
+    # The legacy tool's own export: records without versions.
+    env = {**source.env, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [shutil.which("bash") or "/bin/bash", str(SCRIPT), "export", "--output", "legacy.json"],
+        cwd=exports, env=env, capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    for name in ("all.json", "all.jsonl"):
+        target = make_daemon()
+        status, report, _ = import_json(target, exports / name)
+        assert status == 0 and report["imported"] == len(original), report
+        assert {sid: plain(s) for sid, s in all_sessions(target).items()} == original
+        status, report, _ = import_json(target, exports / name)
+        assert (report["imported"], report["updated"], report["skipped"]) == (0, 0, len(original))
+
+    target = make_daemon()
+    status, report, _ = import_json(target, exports / "legacy.json")
+    assert status == 0 and report["imported"] == len(original)
+    ignore_version = {sid: {**rec, "version": 0} for sid, rec in original.items()}
+    assert {sid: {**plain(s), "version": 0} for sid, s in all_sessions(target).items()} == (
+        ignore_version
+    )
+
+
+def test_a_csv_export_is_refused_with_a_reason(daemon: Daemon) -> None:
+    path = daemon.root / "all.csv"
+    path.write_text("id,user,status,ttl,created_at,last_access,expires_at\n")
+    status, report, _ = import_json(daemon, path)
+    assert status == 1 and report["imported"] == 0
+    assert "CSV" in report["problems"][0]
