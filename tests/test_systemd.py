@@ -1,0 +1,396 @@
+"""systemd integration: the units, sd_notify, socket activation,
+``sessiond install-service`` and autostart's deference to an installed service.
+
+No user manager is needed: a datagram socket stands in for ``$NOTIFY_SOCKET``,
+``systemd-socket-activate`` (or a small launcher) for the socket unit, and
+every ``systemctl --user`` call is pointed at a runtime dir and bus address
+inside the test's temporary directory, so none can reach a real manager.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from sessionctl import Client
+from sessiond.service import exec_quote
+from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, wait_until
+
+REPO_UNITS = Path(__file__).resolve().parent.parent / "systemd"
+UNITS = ("sessiond.service", "sessiond.socket")
+
+# Binds a Unix stream socket, puts it at fd 3 and execs the command: what
+# systemd does for a socket unit, as the sd_listen_fds protocol describes it.
+LAUNCHER = r"""
+import os, socket, sys
+path, kind, *command = sys.argv[1:]
+sock = socket.socket(socket.AF_UNIX, getattr(socket, kind))
+sock.bind(path)
+if kind == "SOCK_STREAM":
+    sock.listen(16)
+os.dup2(sock.fileno(), 3)
+os.set_inheritable(3, True)  # dup2 onto itself leaves close-on-exec set
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(command[0], command)
+"""
+
+
+def isolated_env(d: Daemon, **extra: str) -> dict[str, str]:
+    """The daemon's environment, with ``systemctl --user`` unable to reach
+    any user manager but one living in this test's directory (there is none)."""
+    runtime = d.root / "xdg-runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    (d.root / "home").mkdir(mode=0o700, exist_ok=True)
+    env = d.env
+    env.update(
+        XDG_RUNTIME_DIR=str(runtime),
+        DBUS_SESSION_BUS_ADDRESS=f"unix:path={runtime / 'no-bus'}",
+    )
+    env.update(extra)
+    return env
+
+
+def unit_dir(d: Daemon) -> Path:
+    return Path(d.env["XDG_CONFIG_HOME"]) / "systemd" / "user"
+
+
+def install_service(d: Daemon, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SESSIOND, "install-service", *args], env=isolated_env(d, **extra),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+class NotifyListener:
+    """A stand-in for systemd's notification socket."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def poll(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def wait_for(self, line: str, d: Daemon, timeout: float = START_TIMEOUT) -> str:
+        """The first message that has ``line`` among its lines."""
+        assert d.proc is not None
+        proc = d.proc
+
+        def seen() -> str | None:
+            for message in self.poll():
+                if line in message.split("\n"):
+                    return message
+            if proc.poll() is not None:
+                raise AssertionError(f"sessiond exited with {proc.returncode}:\n{d.log_text()}")
+            return None
+
+        found: str = wait_until(seen, timeout, f"{line} on the notify socket")
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ping_once(path: Path, timeout: float = 5.0) -> int:
+    """One connection and one round trip, no retrying: the pid that answered.
+
+    ``timeout`` bounds the wait for the answer, which a connection queued in
+    a listening socket gets once the daemon has started."""
+    with Client(path, timeout=timeout) as c:
+        c.ping()
+        assert c.server_pid is not None
+        return c.server_pid
+
+
+# -- the unit files ------------------------------------------------------
+
+
+def test_units_ship_as_package_data_identical_to_the_repository_files() -> None:
+    packaged = resources.files("sessiond").joinpath("units")
+    for name in UNITS:
+        assert packaged.joinpath(name).read_text() == (REPO_UNITS / name).read_text()
+
+
+def test_service_unit_is_notify_type_hardened_and_keeps_home_visible() -> None:
+    text = (REPO_UNITS / "sessiond.service").read_text()
+    lines = set(text.splitlines())
+    for want in (
+        "Type=notify", "Restart=on-failure", "UMask=0077", "NoNewPrivileges=yes",
+        "RestrictAddressFamilies=AF_UNIX", "LockPersonality=yes",
+        "MemoryDenyWriteExecute=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
+        "SystemCallArchitectures=native",
+    ):
+        assert want in lines, want
+    assert not any(line.startswith("ProtectHome=") for line in lines)
+    exec_lines = [line for line in lines if line.startswith("ExecStart=")]
+    assert len(exec_lines) == 1 and exec_lines[0].startswith("ExecStart=/")
+
+
+def test_socket_unit_listens_on_the_daemons_default_path_privately() -> None:
+    lines = set((REPO_UNITS / "sessiond.socket").read_text().splitlines())
+    assert {
+        "ListenStream=%t/sessiond/sessiond.sock", "SocketMode=0600", "DirectoryMode=0700",
+    } <= lines
+
+
+def test_installed_units_pass_systemd_analyze_verify(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed, so the units cannot be verified")
+    d = make_daemon(start=False)
+    assert install_service(d).returncode == 0
+    installed = [str(unit_dir(d) / name) for name in UNITS]
+    done = subprocess.run(
+        [analyze, "verify", "--user", *installed], env=isolated_env(d),
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    # verify exits 0 on unknown keys and merely warns: any word about our
+    # units is a failure.
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    assert "sessiond" not in said, said
+
+
+# -- sd_notify -----------------------------------------------------------
+
+
+def test_ready_is_sent_only_once_replayed_sessions_are_served(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    with d.client() as c:
+        sids = [c.create(user="u").id for _ in range(50)]
+    d.stop()
+    listener = NotifyListener(str(d.root / "notify.sock"))
+    try:
+        d.extra_env["NOTIFY_SOCKET"] = listener.address
+        d.start(wait=False)
+        ready = listener.wait_for("READY=1", d)
+        # No retrying: at the moment READY=1 arrives the daemon must answer,
+        # with every replayed session, and say how many it holds.
+        assert d.proc is not None and ping_once(d.socket) == d.proc.pid
+        with d.client() as c:
+            assert c.get(sids[-1]).user == "u"
+        assert "STATUS=serving 50 sessions" in ready.split("\n")
+        assert d.stop() == 0
+        assert any("STOPPING=1" in m.split("\n") for m in listener.poll())
+    finally:
+        listener.close()
+
+
+def test_no_ready_when_the_journal_cannot_be_replayed(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    d.data_dir.mkdir(mode=0o700)
+    d.journal.write_text('{"type": "session", "id": "a"\n{"type": "delete", "id": "b"}\n')
+    listener = NotifyListener(str(d.root / "notify.sock"))
+    try:
+        d.extra_env["NOTIFY_SOCKET"] = listener.address
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(START_TIMEOUT) == 1
+        assert "line 1 (byte offset 0) is damaged" in d.log_text()
+        assert not any("READY=1" in m.split("\n") for m in listener.poll())
+    finally:
+        listener.close()
+
+
+def test_watchdog_pings_and_status_follows_the_session_count(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    # An abstract address, as systemd uses for user managers on some systems.
+    listener = NotifyListener(f"@sessiond-test-{uuid.uuid4().hex}")
+    try:
+        d.extra_env.update(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="200000")
+        d.start(wait=False)
+        listener.wait_for("READY=1", d)
+        listener.wait_for("WATCHDOG=1", d)
+        with d.client() as c:
+            c.create(user="w")
+        listener.wait_for("STATUS=serving 1 session", d)
+        assert d.stop() == 0
+    finally:
+        listener.close()
+
+
+# -- socket activation ---------------------------------------------------
+
+
+def _activated(d: Daemon, launcher: list[str]) -> None:
+    """Start ``launcher`` (which ends by exec-ing sessiond with the socket at
+    fd 3), check the daemon answers there and leaves the socket on SIGTERM."""
+    (d.root / "run").mkdir(mode=0o700, exist_ok=True)
+    with d.log.open("ab") as log:
+        d.proc = subprocess.Popen(
+            launcher, env=d.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+    proc = d.proc
+
+    def bound() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the launcher exited with {proc.returncode}:\n{d.log_text()}")
+        return d.socket.exists()
+
+    wait_until(bound, START_TIMEOUT, "the activation socket")
+    inode = os.stat(d.socket).st_ino
+    # The launcher execs sessiond, so the pid that answers is the launcher's.
+    assert ping_once(d.socket, START_TIMEOUT) == d.proc.pid
+    assert "using the socket passed by systemd" in d.log_text()
+    with d.client() as c:
+        sid = c.create(user="activated").id
+    assert d.stop() == 0, d.log_text()
+    st = os.lstat(d.socket)
+    assert stat.S_ISSOCK(st.st_mode) and st.st_ino == inode
+    assert sid in d.journal.read_text()
+
+
+def test_daemon_adopts_a_socket_passed_as_fd_3_and_never_unlinks_it(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    _activated(d, [sys.executable, "-c", LAUNCHER, str(d.socket), "SOCK_STREAM", SESSIOND])
+
+
+def test_daemon_refuses_a_passed_socket_that_is_not_a_stream_socket(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    (d.root / "run").mkdir(mode=0o700, exist_ok=True)
+    with d.log.open("ab") as log:
+        d.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(d.socket), "SOCK_DGRAM", SESSIOND],
+            env=d.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )
+    assert d.proc.wait(START_TIMEOUT) == 1
+    assert "not a Unix stream socket" in d.log_text()
+    assert "Traceback" not in d.log_text()
+
+
+def test_daemon_serves_under_systemd_socket_activate(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is not installed")
+    d = make_daemon(start=False)
+    # systemd-socket-activate gives the child only the variables named here.
+    names = ["SESSIOND_SOCKET", "SESSIOND_DATA_DIR", "SESSIOND_CONFIG", "HOME",
+             "XDG_CONFIG_HOME", "PATH"]
+    passed = [arg for name in names for arg in ("-E", name)]
+    _activated(d, [activate, "-l", str(d.socket), *passed, SESSIOND])
+
+
+# -- install-service and autostart ---------------------------------------
+
+
+def test_install_service_writes_both_units_and_uninstall_removes_them(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    done = install_service(d)
+    assert done.returncode == 0, done.stderr
+    target = unit_dir(d)
+    service = (target / "sessiond.service").read_text().splitlines()
+    repo = (REPO_UNITS / "sessiond.service").read_text().splitlines()
+    assert len(service) == len(repo)
+    changed = [(a, b) for a, b in zip(repo, service, strict=True) if a != b]
+    assert changed == [(next(x for x in repo if x.startswith("ExecStart=")),
+                        f"ExecStart={exec_quote(Path(SESSIOND))}")]
+    assert (target / "sessiond.socket").read_text() == (REPO_UNITS / "sessiond.socket").read_text()
+    assert done.stdout.splitlines()[-1].strip() == "systemctl --user enable --now sessiond.socket"
+    # No user manager answers here: the units are written all the same and
+    # the skipped reload is reported with its reason.
+    assert "daemon-reload skipped: " in done.stderr
+
+    again = install_service(d, "--uninstall")
+    assert again.returncode == 0, again.stderr
+    assert not any((target / name).exists() for name in UNITS)
+
+
+def test_uninstall_removes_enablement_links_systemctl_could_not(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    assert install_service(d).returncode == 0
+    wants = unit_dir(d) / "sockets.target.wants"
+    wants.mkdir()
+    (wants / "sessiond.socket").symlink_to(unit_dir(d) / "sessiond.socket")
+    done = install_service(d, "--uninstall")
+    assert done.returncode == 0, done.stderr
+    assert not (wants / "sessiond.socket").is_symlink()
+
+
+def _kill_stray_daemon(d: Daemon) -> None:
+    """If autostart wrongly spawned a daemon, do not leave it running."""
+    lock = d.data_dir / "sessiond.lock"
+    if lock.exists():
+        pid = lock.read_text().strip()
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.parametrize("systemctl", ["missing", "no user manager"])
+def test_autostart_leaves_an_installed_service_to_systemd(
+    make_daemon: Callable[..., Daemon], systemctl: str,
+) -> None:
+    d = make_daemon(start=False)
+    assert install_service(d).returncode == 0
+    extra: dict[str, str] = {"SESSIONCTL_NO_AUTOSTART": ""}
+    if systemctl == "missing":
+        empty = d.root / "empty-path"
+        empty.mkdir()
+        extra["PATH"] = str(empty)
+    elif shutil.which("systemctl") is None:
+        pytest.skip("systemctl is not installed")
+    try:
+        done = subprocess.run(
+            [SESSIONCTL, "ping"], env=isolated_env(d, **extra),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 3, done
+        assert "systemd user service" in done.stderr
+        assert "install-service --uninstall" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        # Nothing was spawned behind systemd's back.
+        assert not d.socket.exists()
+        assert not (d.data_dir / "sessiond.lock").exists()
+    finally:
+        _kill_stray_daemon(d)
+
+
+def test_install_service_needs_no_user_manager_and_no_systemctl(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    empty = d.root / "empty-path"
+    empty.mkdir()
+    done = install_service(d, PATH=str(empty))
+    assert done.returncode == 0, done.stderr
+    assert "daemon-reload skipped: systemctl is not installed" in done.stderr
+    assert all((unit_dir(d) / name).exists() for name in UNITS)
