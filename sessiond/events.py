@@ -17,18 +17,27 @@ from sessiond.store import Change
 
 
 class Watcher:
-    __slots__ = ("user", "capacity", "queue", "dropped", "ready")
+    """One ``watch`` client: what it asked for and what it has not read."""
+
+    __slots__ = ("user", "capacity", "queue", "dropped", "dropped_at", "ready")
 
     def __init__(self, user: str | None, capacity: int) -> None:
         self.user = user
         self.capacity = capacity
         self.queue: deque[Event] = deque()
         self.dropped = 0
+        self.dropped_at = 0
         self.ready = anyio.Event()
 
     def offer(self, event: Event) -> None:
+        """Queue ``event``, or count it as dropped when the queue is full.
+
+        Never blocks: the daemon's work must not wait on a slow reader."""
         if len(self.queue) >= self.capacity:
+            # The queue only empties through take(), which also emits the
+            # marker: so the marker always sits where the dropped events were.
             self.dropped += 1
+            self.dropped_at = event.at
         else:
             self.queue.append(event)
         self.ready.set()
@@ -38,14 +47,17 @@ class Watcher:
         items = list(self.queue)
         self.queue.clear()
         if self.dropped:
-            last = items[-1].at if items else 0
-            items.append(Event(kind="lagged", sid=None, at=last, dropped=self.dropped))
+            items.append(
+                Event(kind="lagged", sid=None, at=self.dropped_at, dropped=self.dropped)
+            )
             self.dropped = 0
         self.ready = anyio.Event()
         return items
 
 
 class Hub:
+    """Every watcher, and the publishing of changes to those that match."""
+
     def __init__(self) -> None:
         self.watchers: set[Watcher] = set()
 

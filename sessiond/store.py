@@ -1,16 +1,19 @@
 """Every rule of sessions, and nothing else.
 
 The store is pure and synchronous: it never reads a clock (callers pass
-``now``), never touches a file or a socket. Each operation returns its result
-and the list of ``Change`` records it made; the daemon persists those to the
-journal, publishes them to watchers, and, if the journal refuses them, hands
-them back to ``revert``. Replay feeds journal records to ``load``/``remove``.
+``now``, wall-clock microseconds), never touches a file or a socket. Each
+operation returns its result and the list of ``Change`` records it made; the
+daemon persists those to the journal, publishes them to watchers, and, if the
+journal refuses them, hands them back to ``revert``. An operation that raises
+has changed nothing. Replay feeds journal records to ``load``/``remove``.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -33,6 +36,15 @@ from sessiond.protocol import CleanupResult, ImportResult
 
 META_MAX_BYTES = 64 * 1024
 META_MAX_DEPTH = 32
+USER_MAX = 256
+# msgpack carries integers from -2**63 to 2**64 - 1; a meta value outside
+# that could be stored but never sent back to a client.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+TIME_MIN = -62135596800 * US  # 0001-01-01T00:00:00Z, in microseconds
+TIME_MAX = 253402300800 * US - 1  # 9999-12-31T23:59:59.999999Z
+# Removed sessions leave empty slots; they are packed away once they are this
+# many and outnumber the live ones, so packing costs O(1) per removal.
+PACK_SLACK = 1024
 
 _replace = msgspec.structs.replace
 _json_size = msgspec.json.encode
@@ -40,12 +52,15 @@ _json_size = msgspec.json.encode
 
 class Change(NamedTuple):
     """One transition of one session: ``before``/``after`` are ``None`` for
-    absent. ``kind`` is created, updated, expired, deleted or purged."""
+    absent. ``kind`` is created, updated, expired, deleted or purged. For a
+    removal, ``seq`` is the record's place in creation order, so that
+    ``revert`` can put it back there."""
 
     kind: str
     sid: str
     before: Session | None
     after: Session | None
+    seq: int = -1
 
 
 class Rules(msgspec.Struct, kw_only=True):
@@ -58,15 +73,32 @@ class Rules(msgspec.Struct, kw_only=True):
 
 def check_ttl(ttl: object) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
-        raise InvalidRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}, not {ttl!r}")
+        raise InvalidRequest(
+            f"ttl must be a whole number of seconds from 1 to {MAX_TTL}, not {ttl!r}"
+        )
     return ttl
+
+
+def check_user(user: object) -> None:
+    """``None`` means the default user; anything else must be a name."""
+    if user is not None and (not isinstance(user, str) or not 1 <= len(user) <= USER_MAX):
+        raise InvalidRequest(f"user must be 1 to {USER_MAX} characters")
+
+
+def check_key(key: object) -> None:
+    if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
+        raise InvalidRequest(f"meta keys must be 1 to {KEY_MAX} characters")
 
 
 def check_meta_value(value: Any, depth: int = 0) -> None:
     """JSON values only (the journal is JSON), bounded in depth."""
     if depth > META_MAX_DEPTH:
         raise InvalidRequest(f"meta value nested deeper than {META_MAX_DEPTH} levels")
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise InvalidRequest(f"meta integers must be from {INT_MIN} to {INT_MAX}")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -87,8 +119,7 @@ def check_meta_value(value: Any, depth: int = 0) -> None:
 
 def check_meta(meta: dict[str, Any]) -> dict[str, Any]:
     for key, value in meta.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
-            raise InvalidRequest(f"meta keys must be 1 to {KEY_MAX} characters")
+        check_key(key)
         check_meta_value(value, 1)
     size = len(_json_size(meta))
     if size > META_MAX_BYTES:
@@ -101,16 +132,23 @@ class Store:
 
     def __init__(self, rules: Rules | None = None) -> None:
         self.rules = rules or Rules()
-        # Slots keep creation order and give list cursors an O(1) resume
-        # point; a deleted session leaves None until the slots are packed.
+        # Slots keep creation order; a removed session leaves None until the
+        # slots are packed. Each slot has a creation sequence number (always
+        # increasing along the slots), so that a list cursor or a revert finds
+        # its place again by bisection even after a packing moved every slot.
         self._index: dict[str, int] = {}
         self._slots: list[Session | None] = []
-        self._epoch = 0
+        self._seqs = array("q")
+        self._next_seq = 0
+        # While a revert runs: where records put back out of order begin
+        # (they are sorted into place once, when it ends), and packing waits.
+        self._unsorted_from: int | None = None
+        self._reverting = False
         self._active = 0
         self._ttl_sum = 0
         self._users: dict[str, int] = {}
-        self._expiry = DeadlineQueue()
-        self._purge = DeadlineQueue()  # keyed by expired_at
+        self._expiry = DeadlineQueue()  # keyed by expires_at, active sessions
+        self._purge = DeadlineQueue()  # keyed by expired_at, expired sessions
         self.expiries_done = 0
         self.purges_done = 0
 
@@ -145,29 +183,23 @@ class Store:
         assert record is not None
         return record
 
-    def _lazy_expire(self, record: Session, now: int, out: list[Change]) -> Session:
-        """A session past its deadline is expired, whether or not the timer
-        has got to it yet."""
-        if record.status is ACTIVE and record.expires_at <= now:
-            after = _replace(record, status=EXPIRED, expired_at=now, version=record.version + 1)
-            self._put(record.id, record, after)
-            self.expiries_done += 1
-            out.append(Change("expired", record.id, record, after))
-            return after
-        return record
-
     def get(self, now: int, sid: str, touch: bool = False) -> tuple[Session, list[Change]]:
+        """A session; past its deadline it is expired, whether or not the
+        timer has got to it yet. ``touch`` records the access and slides the
+        deadline to now + ttl (within ``max_lifetime``)."""
         changes: list[Change] = []
         record = self._lazy_expire(self._require(sid), now, changes)
         if touch and record.status is ACTIVE:
+            deadline = self._deadline(record, now, record.ttl)
+            if deadline <= now:
+                # max_lifetime was lowered below this session's age: sliding
+                # it would move its deadline into the past.
+                return self._expire(record, now, changes), changes
             after = _replace(
-                record,
-                last_access=now,
-                expires_at=self._deadline(record, now, record.ttl),
-                version=record.version + 1,
+                record, last_access=now, expires_at=deadline, version=record.version + 1
             )
             self._put(sid, record, after)
-            changes.append(Change("updated", sid, record, after))
+            self._record(changes, Change("updated", sid, record, after))
             record = after
         return record, changes
 
@@ -184,11 +216,12 @@ class Store:
         the cursor of the next page (``None`` at the end)."""
         if status not in (None, ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {status!r}: use active or expired")
-        start = self._resume(cursor)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidRequest(f"limit must be a positive whole number, not {limit!r}")
+        i = self._resume(cursor)
         changes: list[Change] = []
         page: list[Session] = []
         slots = self._slots
-        i = start
         while i < len(slots) and len(page) < limit:
             record = slots[i]
             i += 1
@@ -197,25 +230,17 @@ class Store:
             record = self._lazy_expire(record, now, changes)
             if status is None or record.status == status:
                 page.append(record)
-        last = page[-1].id if page else ""
-        next_cursor = f"{self._epoch}:{i}:{last}" if i < len(slots) else None
+        next_cursor = str(self._seqs[i - 1]) if i < len(slots) else None
         return page, next_cursor, changes
 
     def _resume(self, cursor: str | None) -> int:
+        """The slot after the one a cursor names (by its sequence number,
+        which survives packing; its record may since have been removed)."""
         if not cursor:
             return 0
-        try:
-            epoch_s, slot_s, last = cursor.split(":", 2)
-            epoch, slot = int(epoch_s), int(slot_s)
-        except ValueError:
-            raise InvalidRequest(f"invalid list cursor {cursor!r}") from None
-        if epoch == self._epoch:
-            return slot
-        # The slots were packed since this cursor was made: find our place
-        # again by the last id seen.
-        if last and last in self._index:
-            return self._index[last] + 1
-        raise Conflict("the listing was interrupted by a reorganisation; start it again")
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
+            raise InvalidRequest(f"invalid list cursor {cursor!r}")
+        return bisect_right(self._seqs, int(cursor))
 
     def stats(self, now: int) -> dict[str, Any]:
         total = len(self._index)
@@ -231,6 +256,10 @@ class Store:
         }
 
     # -- writing ---------------------------------------------------------
+    #
+    # Every operation checks everything that can refuse it before it changes
+    # anything: an error leaves the store exactly as it was, with no change
+    # that nobody would persist.
 
     def create(
         self,
@@ -247,8 +276,7 @@ class Store:
             raise InvalidRequest(f"invalid session id {sid!r}: use 1-128 of A-Z a-z 0-9 . _ -")
         if sid in self._index:
             raise Conflict(f"session {sid} already exists")
-        if user is not None and not 1 <= len(user) <= 256:
-            raise InvalidRequest("user must be 1 to 256 characters")
+        check_user(user)
         ttl = check_ttl(self.rules.default_ttl if ttl is None else ttl)
         record = Session(
             id=sid,
@@ -267,74 +295,75 @@ class Store:
     def set(
         self, now: int, sid: str, key: str, value: Any, expect_version: int | None = None
     ) -> tuple[Session, list[Change]]:
-        changes: list[Change] = []
-        record = self._writable(now, sid, expect_version, changes)
-        if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
-            raise InvalidRequest(f"meta keys must be 1 to {KEY_MAX} characters")
+        record = self._writable(now, sid, expect_version)
+        check_key(key)
         check_meta_value(value, 1)
         meta = dict(record.meta)
         meta[key] = value
         check_meta(meta)
-        return self._update(record, now, meta, changes)
+        return self._update(record, now, meta)
 
     def unset(
         self, now: int, sid: str, key: str, expect_version: int | None = None
     ) -> tuple[Session, list[Change]]:
-        changes: list[Change] = []
-        record = self._writable(now, sid, expect_version, changes)
+        record = self._writable(now, sid, expect_version)
         if key not in record.meta:
             raise SessionNotFound(f"session {sid} has no meta key {key!r}")
         meta = dict(record.meta)
         del meta[key]
-        return self._update(record, now, meta, changes)
+        return self._update(record, now, meta)
 
-    def _writable(
-        self, now: int, sid: str, expect_version: int | None, changes: list[Change]
-    ) -> Session:
-        record = self._lazy_expire(self._require(sid), now, changes)
+    def _writable(self, now: int, sid: str, expect_version: int | None) -> Session:
+        record = self._require(sid)
+        # A session past its deadline is refused without being expired here:
+        # the refusal must change nothing, and the timer expires it anyway.
+        if record.status is EXPIRED or record.expires_at <= now:
+            raise SessionExpired(f"session {sid} has expired; refresh it with revive first")
         if expect_version is not None and record.version != expect_version:
             raise Conflict(
                 f"session {sid} is at version {record.version}, not {expect_version}"
             )
-        if record.status is EXPIRED:
-            raise SessionExpired(f"session {sid} has expired; refresh it with revive first")
         return record
 
     def _update(
-        self, record: Session, now: int, meta: dict[str, Any], changes: list[Change]
+        self, record: Session, now: int, meta: dict[str, Any]
     ) -> tuple[Session, list[Change]]:
         after = _replace(record, meta=meta, last_access=now, version=record.version + 1)
         self._put(record.id, record, after)
-        changes.append(Change("updated", record.id, record, after))
-        return after, changes
+        return after, [Change("updated", record.id, record, after)]
 
     def delete(self, now: int, sid: str) -> tuple[str, list[Change]]:
         record = self._require(sid)
-        self._put(sid, record, None)
-        return sid, [Change("deleted", sid, record, None)]
+        seq = self._put(sid, record, None)
+        return sid, [Change("deleted", sid, record, None, seq)]
 
     def expire(self, now: int, sid: str) -> tuple[Session, list[Change]]:
+        """Expire now (idempotent: an expired session is returned as it is)."""
         record = self._require(sid)
         if record.status is EXPIRED:
             return record, []
-        after = _replace(record, status=EXPIRED, expired_at=now, version=record.version + 1)
-        self._put(sid, record, after)
-        self.expiries_done += 1
-        return after, [Change("expired", sid, record, after)]
+        changes: list[Change] = []
+        return self._expire(record, now, changes), changes
 
     def refresh(
         self, now: int, sid: str, ttl: int | None = None, revive: bool = False
     ) -> tuple[Session, list[Change]]:
-        changes: list[Change] = []
-        record = self._lazy_expire(self._require(sid), now, changes)
-        if record.status is EXPIRED and not revive:
-            raise SessionExpired(f"session {sid} has expired; pass revive to bring it back")
+        """Deadline = now + ttl (the session's own ttl unless given), capped
+        by ``max_lifetime``. An expired session needs ``revive``."""
+        record = self._require(sid)
         ttl = check_ttl(record.ttl if ttl is None else ttl)
+        if (record.status is EXPIRED or record.expires_at <= now) and not revive:
+            raise SessionExpired(f"session {sid} has expired; pass revive to bring it back")
         deadline = self._deadline(record, now, ttl)
         if deadline <= now:
             raise SessionExpired(
-                f"session {sid} has reached max_lifetime ({self.rules.max_lifetime}s)"
+                f"session {sid} has reached max_lifetime ({self.rules.max_lifetime}s "
+                f"from its creation); it cannot be refreshed"
             )
+        changes: list[Change] = []
+        # Reviving a session the timer has not got to yet: it did expire, and
+        # watchers and counters should hear so before it comes back.
+        record = self._lazy_expire(record, now, changes)
         after = _replace(
             record,
             status=ACTIVE,
@@ -351,19 +380,23 @@ class Store:
     def cleanup(
         self, now: int, before: int | None = None, dry_run: bool = False
     ) -> tuple[CleanupResult, list[Change]]:
-        """Remove sessions that are expired or whose deadline is before
-        ``before`` (default: now)."""
-        cutoff = now if before is None else before
+        """Remove sessions that are expired (or past their deadline), and
+        with ``before`` also those whose deadline is earlier than it."""
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+            raise InvalidRequest(f"before must be a timestamp in microseconds, not {before!r}")
         doomed = [
             s for s in self._slots
-            if s is not None and (s.status is EXPIRED or s.expires_at <= cutoff)
+            if s is not None and (
+                s.status is EXPIRED
+                or s.expires_at <= now
+                or (before is not None and s.expires_at < before)
+            )
         ]
         changes: list[Change] = []
         if not dry_run:
             for record in doomed:
-                self._put(record.id, record, None)
-                changes.append(Change("purged", record.id, record, None))
-            self.purges_done += len(doomed)
+                seq = self._put(record.id, record, None)
+                self._record(changes, Change("purged", record.id, record, None, seq))
         result = CleanupResult(
             dry_run=dry_run,
             removed_count=len(doomed),
@@ -376,8 +409,8 @@ class Store:
         self, now: int, records: list[Session]
     ) -> tuple[ImportResult, list[Change]]:
         """Merge records from elsewhere: new ids are imported, a record with
-        a higher version or later ``last_access`` replaces ours, anything
-        else is skipped with its reason."""
+        a higher version (or the same version and a later ``last_access``)
+        replaces ours, anything else is skipped with its reason."""
         result = ImportResult(reasons=[])
         changes: list[Change] = []
         for rec in records:
@@ -402,12 +435,23 @@ class Store:
         return result, changes
 
     def _normalise(self, rec: Session) -> Session:
+        """A record from a file or another daemon, checked as ``create``
+        checks, with its status interned and ``expired_at`` filled in."""
         if not valid_id(rec.id):
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {rec.status!r}")
+        check_user(rec.user or None)
         check_ttl(rec.ttl)
         check_meta(rec.meta)
+        if rec.version < 1:
+            raise InvalidRequest(f"version must be at least 1, not {rec.version}")
+        for name in ("created_at", "last_access", "expires_at", "expired_at"):
+            value = getattr(rec, name)
+            # Outside years 1..9999 a time cannot be written to the journal
+            # in a form that reads back, so accepting it would brick replay.
+            if value is not None and not TIME_MIN <= value <= TIME_MAX:
+                raise InvalidRequest(f"{name} {value} is outside the years 1 to 9999")
         status = ACTIVE if rec.status == ACTIVE else EXPIRED
         expired_at = rec.expired_at
         if status is EXPIRED and expired_at is None:
@@ -428,16 +472,35 @@ class Store:
             deadline = min(deadline, record.created_at + cap * US)
         return deadline
 
+    def _lazy_expire(self, record: Session, now: int, out: list[Change]) -> Session:
+        """Expire ``record`` if its deadline has come."""
+        if record.status is ACTIVE and record.expires_at <= now:
+            return self._expire(record, now, out)
+        return record
+
+    def _expire(self, record: Session, now: int, out: list[Change]) -> Session:
+        # A session expires at its deadline, not when someone notices: the
+        # record reads the same whether the timer, a get, or a replay after
+        # downtime expired it, and retention counts from the real expiry.
+        expired_at = min(now, record.expires_at)
+        after = _replace(record, status=EXPIRED, expired_at=expired_at, version=record.version + 1)
+        self._put(record.id, record, after)
+        self._record(out, Change("expired", record.id, record, after))
+        return after
+
     def _is_due_entry(self, sid: str, deadline: int) -> bool:
         record = self.peek(sid)
         return record is not None and record.status is ACTIVE and record.expires_at == deadline
 
     def _is_purge_entry(self, sid: str, expired_at: int) -> bool:
         record = self.peek(sid)
-        return record is not None and record.status is EXPIRED and record.expired_at == expired_at
+        return (
+            record is not None and record.status is EXPIRED and _purge_key(record) == expired_at
+        )
 
     def next_deadline(self) -> int | None:
-        """When ``expire_due``/``purge_due`` next have work (microseconds)."""
+        """When ``expire_due``/``purge_due`` next have work (wall-clock
+        microseconds), or ``None`` when nothing is scheduled."""
         self._expiry.drop_stale_head(self._is_due_entry)
         candidates = [d for d in (self._expiry.peek(),) if d is not None]
         retention = self.rules.expired_retention
@@ -448,34 +511,49 @@ class Store:
                 candidates.append(head + retention * US)
         return min(candidates) if candidates else None
 
-    def expire_due(self, now: int) -> list[Change]:
-        """Expire every active session whose deadline has come."""
+    def expire_due(self, now: int, limit: int | None = None) -> list[Change]:
+        """Expire active sessions whose deadline has come, earliest first;
+        at most ``limit`` queue entries are examined (the rest stay due)."""
         changes: list[Change] = []
-        for deadline, sid in self._expiry.pop_due(now):
+        for deadline, sid in self._expiry.pop_due(now, limit):
             if self._is_due_entry(sid, deadline):
                 record = self.peek(sid)
                 assert record is not None
-                self._lazy_expire(record, now, changes)
+                self._expire(record, now, changes)
         return changes
 
-    def purge_due(self, now: int) -> list[Change]:
-        """Remove expired sessions kept longer than ``expired_retention``."""
+    def purge_due(self, now: int, limit: int | None = None) -> list[Change]:
+        """Remove expired sessions kept longer than ``expired_retention``
+        (0: kept until cleanup); at most ``limit`` queue entries examined."""
         retention = self.rules.expired_retention
         if not retention:
             return []
         changes: list[Change] = []
-        for expired_at, sid in self._purge.pop_due(now - retention * US):
+        for expired_at, sid in self._purge.pop_due(now - retention * US, limit):
             if self._is_purge_entry(sid, expired_at):
                 record = self.peek(sid)
                 assert record is not None
-                self._put(sid, record, None)
-                self.purges_done += 1
-                changes.append(Change("purged", sid, record, None))
+                seq = self._put(sid, record, None)
+                self._record(changes, Change("purged", sid, record, None, seq))
         return changes
 
     # -- the one place state changes -------------------------------------
 
-    def _put(self, sid: str, before: Session | None, after: Session | None) -> None:
+    def _record(self, out: list[Change], change: Change) -> None:
+        """Append a change, keeping the counters that ``revert`` undoes."""
+        if change.kind == "expired":
+            self.expiries_done += 1
+        elif change.kind == "purged":
+            self.purges_done += 1
+        out.append(change)
+
+    def _put(
+        self, sid: str, before: Session | None, after: Session | None, seq: int = -1
+    ) -> int:
+        """Replace ``before`` by ``after`` (either may be ``None``), keeping
+        every counter, index and queue in step. A new record goes at the end
+        of creation order, or at ``seq`` when it is being put back. Returns
+        the record's sequence number."""
         if before is not None:
             self._ttl_sum -= before.ttl
             if before.status is ACTIVE:
@@ -488,49 +566,98 @@ class Store:
         if after is None:
             slot = self._index.pop(sid)
             self._slots[slot] = None
-            self._maybe_pack()
-            return
+            seq = self._seqs[slot]
+            if not self._reverting:
+                self._maybe_pack()
+            return seq
         self._ttl_sum += after.ttl
         self._users[after.user] = self._users.get(after.user, 0) + 1
         if after.status is ACTIVE:
             self._active += 1
-            if before is None or before.expires_at != after.expires_at or before.status is not ACTIVE:
+        seq = self._place(sid, after, seq)
+        # The queues are told last: pruning asks whether entries are live,
+        # which reads the slots just written.
+        if after.status is ACTIVE:
+            new_deadline = (
+                before is None
+                or before.status is not ACTIVE
+                or before.expires_at != after.expires_at
+            )
+            if new_deadline:
                 self._expiry.push(after.expires_at, sid)
-                if self._expiry.needs_rebuild(self._active):
-                    self._expiry.rebuild(
-                        (s.expires_at, s.id) for s in self.sessions() if s.status is ACTIVE
-                    )
-        elif after.expired_at is not None and (before is None or before.status is ACTIVE):
-            self._purge.push(after.expired_at, sid)
-            expired = len(self._index) - self._active
-            if self._purge.needs_rebuild(expired):
-                self._purge.rebuild(
-                    (s.expired_at, s.id)
-                    for s in self.sessions()
-                    if s.status is EXPIRED and s.expired_at is not None
-                )
-        slot = self._index.get(sid)
-        if slot is None:
-            self._index[sid] = len(self._slots)
-            self._slots.append(after)
+                if self._expiry.needs_prune(self._active):
+                    self._expiry.prune(self._is_due_entry)
         else:
-            self._slots[slot] = after
+            key = _purge_key(after)
+            if before is None or before.status is not EXPIRED or _purge_key(before) != key:
+                self._purge.push(key, sid)
+                if self._purge.needs_prune(len(self._index) - self._active):
+                    self._purge.prune(self._is_purge_entry)
+        return seq
+
+    def _place(self, sid: str, record: Session, seq: int) -> int:
+        slot = self._index.get(sid)
+        if slot is not None:
+            self._slots[slot] = record
+            return self._seqs[slot]
+        if seq < 0:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._index[sid] = len(self._slots)
+            self._slots.append(record)
+            self._seqs.append(seq)
+            return seq
+        # Putting a removed record back where it was in creation order.
+        end = len(self._seqs) if self._unsorted_from is None else self._unsorted_from
+        slot = bisect_left(self._seqs, seq, 0, end)
+        if slot < end and self._seqs[slot] == seq:
+            assert self._slots[slot] is None
+            self._slots[slot] = record
+            self._index[sid] = slot
+            return seq
+        # Its empty slot was packed away since. Inserting in place would cost
+        # O(n) per record; append now and sort once when the revert ends.
+        if self._unsorted_from is None:
+            self._unsorted_from = len(self._slots)
+        self._index[sid] = len(self._slots)
+        self._slots.append(record)
+        self._seqs.append(seq)
+        return seq
 
     def _maybe_pack(self) -> None:
         dead = len(self._slots) - len(self._index)
-        if dead > 1024 and dead > len(self._index):
-            self._slots = [s for s in self._slots if s is not None]
+        if dead > PACK_SLACK and dead > len(self._index):
+            keep = [i for i, s in enumerate(self._slots) if s is not None]
+            self._seqs = array("q", [self._seqs[i] for i in keep])
+            self._slots = [self._slots[i] for i in keep]
             self._index = {s.id: i for i, s in enumerate(self._slots) if s is not None}
-            self._epoch += 1
 
     def revert(self, changes: list[Change]) -> None:
-        """Undo ``changes`` (newest first): the journal refused them."""
-        for change in reversed(changes):
-            if change.kind in ("expired",):
-                self.expiries_done -= 1
-            elif change.kind == "purged":
-                self.purges_done -= 1
-            self._put(change.sid, change.after, change.before)
+        """Undo ``changes`` (newest first): the journal refused them. The
+        store, its counters and creation order end as they were before."""
+        self._reverting = True
+        try:
+            for change in reversed(changes):
+                if change.kind == "expired":
+                    self.expiries_done -= 1
+                elif change.kind == "purged":
+                    self.purges_done -= 1
+                self._put(change.sid, change.after, change.before, change.seq)
+        finally:
+            self._reverting = False
+            if self._unsorted_from is not None:
+                self._unsorted_from = None
+                self._sort_slots()
+            self._maybe_pack()
+
+    def _sort_slots(self) -> None:
+        # Two sorted runs (the slots, then what was put back): timsort
+        # merges them in linear time.
+        seqs = self._seqs
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        self._seqs = array("q", [seqs[i] for i in order])
+        self._slots = [self._slots[i] for i in order]
+        self._index = {s.id: i for i, s in enumerate(self._slots) if s is not None}
 
     # -- replay ----------------------------------------------------------
 
@@ -544,3 +671,7 @@ class Store:
         current = self.peek(sid)
         if current is not None:
             self._put(sid, current, None)
+
+
+def _purge_key(record: Session) -> int:
+    return record.expires_at if record.expired_at is None else record.expired_at

@@ -1,0 +1,264 @@
+"""``watch``: events as they happen, through ``Client.watch()`` and through
+``sessionctl watch``, and what a watcher that stops reading costs (nothing)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from sessiond.errors import DaemonUnavailable
+from sessiond.protocol import Event
+from tests.conftest import SESSIONCTL, Daemon, wait_until
+
+
+def brief(seen: list[Any]) -> str:
+    """What a failed wait saw, short enough to read."""
+    last = ", ".join(repr(x)[:200] for x in seen[-3:])
+    return f"{len(seen)} items, the last: {last}"
+
+
+class Watching:
+    """``Client.watch()`` running in a thread, its events in a queue."""
+
+    def __init__(self, d: Daemon, user: str | None = None) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.error: BaseException | None = None
+        self.ended = False
+        self._thread = threading.Thread(target=self._run, args=(d, user), daemon=True)
+        self._thread.start()
+
+    def _run(self, d: Daemon, user: str | None) -> None:
+        try:
+            with d.client() as c:
+                for event in c.watch(user=user):
+                    self.events.put(event)
+        except DaemonUnavailable:
+            self.ended = True  # the daemon stopped: that ends a watch
+        except BaseException as exc:  # handed to the test, which fails with it
+            self.error = exc
+
+    def until(self, done: Callable[[Event], bool], timeout: float = 15) -> list[Event]:
+        """Events up to and including the first for which ``done`` is true."""
+        seen: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no matching event within {timeout}s; saw {brief(seen)}, "
+                    f"error {self.error!r}"
+                ) from None
+            seen.append(event)
+            if done(event):
+                return seen
+
+    def join(self, timeout: float = 10) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the watch did not end with the daemon"
+        assert self.error is None, self.error
+
+
+class Lines:
+    """A child's output, one line at a time, read by a thread."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def until(self, done: Callable[[str], bool], timeout: float = 15) -> list[str]:
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no matching line within {timeout}s; saw {brief(seen)}"
+                ) from None
+            if line is None:
+                raise AssertionError(f"output ended before a matching line; saw {brief(seen)}")
+            seen.append(line)
+            if done(line):
+                return seen
+
+    def join(self, timeout: float = 10) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the output did not end"
+
+
+class CtlWatch:
+    """``sessionctl watch`` as a child process whose output is read only
+    once the test asks for it."""
+
+    def __init__(self, d: Daemon, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [SESSIONCTL, "watch", *args], env=d.env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._lines: Lines | None = None
+
+    @property
+    def lines(self) -> Lines:
+        if self._lines is None:
+            assert self.proc.stdout is not None
+            self._lines = Lines(self.proc.stdout)
+        return self._lines
+
+    def interrupt(self) -> tuple[int, str]:
+        """Ctrl-C: the exit status and what it wrote to stderr."""
+        lines = self.lines  # drained, so that it never blocks on a full pipe
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        try:
+            status = self.proc.wait(10)
+            lines.join()
+            return status, self.proc.stderr.read()
+        finally:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+def watchers(d: Daemon) -> int:
+    with d.client() as c:
+        return c.stats().watchers
+
+
+def started(make_daemon: Callable[..., Daemon], **settings: Any) -> Daemon:
+    d = make_daemon(start=False)
+    d.config.write_text(json.dumps(settings))
+    return d.start()
+
+
+def test_client_watch_yields_every_kind_of_event_as_it_happens(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = started(make_daemon, expired_retention=1)
+    w = Watching(d)
+    wait_until(lambda: watchers(d) == 1, 10, "the watch to start")
+    with d.client() as c:
+        a = c.create(user="alice")
+        c.set(a.id, "k", "v")
+        c.delete(a.id)
+        b = c.create(user="bob")
+        c.expire(b.id)
+        timed = c.create(user="carol", ttl=1)
+    # No client touches `timed` again: the timer expires it, retention purges it.
+    events = w.until(lambda e: e.kind == "purged" and e.sid == timed.id)
+    by_id: dict[str | None, list[str]] = {}
+    for e in events:
+        by_id.setdefault(e.sid, []).append(e.kind)
+    # b expired before timed was even created, so its purge comes first.
+    assert by_id == {
+        a.id: ["created", "updated", "deleted"],
+        b.id: ["created", "expired", "purged"],
+        timed.id: ["created", "expired", "purged"],
+    }
+    expired = next(e for e in events if e.kind == "expired" and e.sid == timed.id)
+    assert expired.session is not None and expired.session.status == "expired"
+    assert expired.session.expired_at == timed.expires_at
+    updated = next(e for e in events if e.kind == "updated")
+    assert updated.session is not None and updated.session.meta == {"k": "v"}
+    assert all(e.at > 0 for e in events)
+    d.stop()
+    w.join()
+    assert w.ended
+
+
+def test_watch_for_one_user_sees_only_that_users_events(daemon: Daemon) -> None:
+    w = Watching(daemon, user="alice")
+    wait_until(lambda: watchers(daemon) == 1, 10, "the watch to start")
+    with daemon.client() as c:
+        c.create(user="bob")
+        mine = c.create(user="alice")
+    # Events arrive in order: had bob's been sent, it would come first.
+    events = w.until(lambda e: e.sid == mine.id)
+    assert [(e.kind, e.sid) for e in events] == [("created", mine.id)]
+    daemon.stop()
+    w.join()
+
+
+def test_sessionctl_watch_prints_one_line_per_event_until_interrupted(daemon: Daemon) -> None:
+    plain = CtlWatch(daemon)
+    as_json = CtlWatch(daemon, "--json")
+    try:
+        wait_until(lambda: watchers(daemon) == 2, 15, "both watchers to start")
+        with daemon.client() as c:
+            s = c.create(user="alice", ttl=1)
+            c.set(s.id, "k", "v")
+        got = plain.lines.until(lambda line: f" expired {s.id}" in line)
+        assert [line.split(" ", 1)[1] for line in got] == [
+            f"created {s.id} user=alice",
+            f"updated {s.id} user=alice",
+            f"expired {s.id} user=alice",
+        ]
+        assert all(line[:4].isdigit() and line.split(" ")[0].endswith("Z") for line in got)
+        got = as_json.lines.until(lambda line: '"expired"' in line)
+        records = [json.loads(line) for line in got]
+        assert [(r["event"], r["id"]) for r in records] == [
+            ("created", s.id), ("updated", s.id), ("expired", s.id)
+        ]
+        assert records[1]["session"]["meta"] == {"k": "v"}
+        assert records[2]["session"]["status"] == "expired"
+    finally:
+        results = [plain.interrupt(), as_json.interrupt()]
+    assert results == [(0, ""), (0, "")]
+
+
+def test_a_watcher_that_does_not_read_never_slows_the_daemon_and_is_told_it_lagged(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = started(make_daemon, watch_queue=5)
+    # Nobody reads this watcher's output: once its pipe and socket buffers
+    # are full it stops reading from the daemon altogether.
+    stalled = CtlWatch(d, "--json")
+    try:
+        wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
+        updates = 600
+        with d.client() as c:
+            s = c.create(meta={"blob": "x" * 16_000})
+            with c.pipeline() as p:
+                for i in range(updates):
+                    p.set(s.id, "n", i)
+            # Megabytes of events are waiting for the watcher, yet every
+            # other client is answered at once.
+            slowest = 0.0
+            for _ in range(20):
+                t = time.monotonic()
+                c.ping()
+                c.get(s.id)
+                slowest = max(slowest, time.monotonic() - t)
+        assert slowest < 2.0, f"a request took {slowest:.3f}s while a watcher stalled"
+        assert stalled.proc.poll() is None
+
+        before = [json.loads(x) for x in stalled.lines.until(lambda x: '"lagged"' in x)]
+        with d.client() as c:
+            marker = c.create(user="marker")
+        after = [json.loads(x) for x in stalled.lines.until(lambda x: marker.id in x)]
+    finally:
+        result = stalled.interrupt()
+    assert result == (0, "")
+    events = before + after
+    lagged = [e for e in events if e["event"] == "lagged"]
+    dropped = sum(e["dropped"] for e in lagged)
+    assert dropped > 0 and all(e["id"] is None for e in lagged)
+    received = [e for e in events if e["event"] != "lagged"]
+    # Nothing is lost without being counted: 1 create, the updates, the marker.
+    assert len(received) + dropped == 1 + updates + 1
+    ns = [e["session"]["meta"]["n"] for e in received if e["event"] == "updated"]
+    assert ns == sorted(ns)
+    assert received[-1]["id"] == marker.id
