@@ -2,20 +2,29 @@
 
 Every method sends one request and returns the daemon's answer as a typed
 struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
-requests before reading any answer.
+requests without waiting for each answer.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
+import select
 import socket as _socket
+import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError, from_code
+from sessiond.errors import (
+    DaemonUnavailable,
+    ProtocolError,
+    SessionError,
+    Unsupported,
+    from_code,
+)
 from sessiond.model import Session
 from sessiond.protocol import (
     HEADER,
@@ -61,6 +70,9 @@ from sessiond.protocol import (
 )
 
 T = TypeVar("T")
+# Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
+# of at most 64 KiB of meta each): a bigger header means a broken stream.
+MAX_REPLY_BYTES = 1 << 30
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
@@ -69,6 +81,46 @@ _MISSING: Any = object()
 def _session(r: Response) -> Session:
     assert isinstance(r, SessionReply)
     return r.session
+
+
+def _deleted(r: Response) -> str:
+    assert isinstance(r, Deleted)
+    return r.sid
+
+
+def _page(r: Response) -> tuple[list[Session], str | None]:
+    assert isinstance(r, Page)
+    return r.sessions, r.cursor
+
+
+def _stats(r: Response) -> StatsInfo:
+    assert isinstance(r, StatsReply)
+    return r.stats
+
+
+def _cleanup(r: Response) -> CleanupResult:
+    assert isinstance(r, CleanupReply)
+    return r.result
+
+
+def _config(r: Response) -> dict[str, Any]:
+    assert isinstance(r, ConfigReply)
+    return r.config
+
+
+def _imported(r: Response) -> ImportResult:
+    assert isinstance(r, ImportReply)
+    return r.result
+
+
+def _compacted(r: Response) -> CompactResult:
+    assert isinstance(r, CompactReply)
+    return r.result
+
+
+def _pong(r: Response) -> Pong:
+    assert isinstance(r, Pong)
+    return r
 
 
 class Pending(Generic[T]):
@@ -97,7 +149,7 @@ class Pending(Generic[T]):
 
 
 class _Operations:
-    """One method per command; ``_submit`` decides when it is sent."""
+    """One method per command, each a blocking round trip (see ``Client``)."""
 
     def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
         raise NotImplementedError
@@ -111,7 +163,8 @@ class _Operations:
         id: str | None = None,
     ) -> Session:
         """Create a session; ``ttl`` defaults to the daemon's ``default_ttl``."""
-        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id), _session)  # type: ignore[no-any-return]
+        req = Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id)
+        return self._submit(req, _session)  # type: ignore[no-any-return]
 
     def get(self, sid: str, *, touch: bool = False) -> Session:
         """A session (``expired`` once past its deadline); ``touch`` slides it."""
@@ -123,16 +176,15 @@ class _Operations:
         return self._submit(req, _session)  # type: ignore[no-any-return]
 
     def unset(self, sid: str, key: str) -> Session:
+        """Remove ``meta[key]``."""
         return self._submit(Unset(id=0, sid=sid, key=key), _session)  # type: ignore[no-any-return]
 
     def delete(self, sid: str) -> str:
-        def convert(r: Response) -> str:
-            assert isinstance(r, Deleted)
-            return r.sid
-
-        return self._submit(Delete(id=0, sid=sid), convert)  # type: ignore[no-any-return]
+        """Delete a session; returns its id."""
+        return self._submit(Delete(id=0, sid=sid), _deleted)  # type: ignore[no-any-return]
 
     def expire(self, sid: str) -> Session:
+        """Expire a session now."""
         return self._submit(Expire(id=0, sid=sid), _session)  # type: ignore[no-any-return]
 
     def refresh(self, sid: str, *, ttl: int | None = None, revive: bool = False) -> Session:
@@ -149,29 +201,17 @@ class _Operations:
         cursor: str | None = None,
     ) -> tuple[list[Session], str | None]:
         """One page of sessions and the cursor of the next (``None`` at the end)."""
-
-        def convert(r: Response) -> tuple[list[Session], str | None]:
-            assert isinstance(r, Page)
-            return r.sessions, r.cursor
-
         req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, convert)  # type: ignore[no-any-return]
+        return self._submit(req, _page)  # type: ignore[no-any-return]
 
     def stats(self) -> StatsInfo:
-        def convert(r: Response) -> StatsInfo:
-            assert isinstance(r, StatsReply)
-            return r.stats
-
-        return self._submit(Stats(id=0), convert)  # type: ignore[no-any-return]
+        """Counts and the daemon's health."""
+        return self._submit(Stats(id=0), _stats)  # type: ignore[no-any-return]
 
     def cleanup(self, *, before: int | None = None, dry_run: bool = False) -> CleanupResult:
         """Remove expired sessions (and those due before ``before``, in µs)."""
-
-        def convert(r: Response) -> CleanupResult:
-            assert isinstance(r, CleanupReply)
-            return r.result
-
-        return self._submit(Cleanup(id=0, before=before, dry_run=dry_run), convert)  # type: ignore[no-any-return]
+        req = Cleanup(id=0, before=before, dry_run=dry_run)
+        return self._submit(req, _cleanup)  # type: ignore[no-any-return]
 
     def config(self, key: str | None = None) -> dict[str, Any]:
         """All settings, or ``{key: value}``."""
@@ -179,35 +219,39 @@ class _Operations:
 
     def set_config(self, key: str, value: Any) -> dict[str, Any]:
         """Validate, apply live and persist one setting."""
-        return self._submit(ConfigSet(id=0, key=key, value=value), _config)  # type: ignore[no-any-return]
+        req = ConfigSet(id=0, key=key, value=value)
+        return self._submit(req, _config)  # type: ignore[no-any-return]
 
     def import_page(self, sessions: list[Session]) -> ImportResult:
-        def convert(r: Response) -> ImportResult:
-            assert isinstance(r, ImportReply)
-            return r.result
-
-        return self._submit(Import(id=0, sessions=sessions), convert)  # type: ignore[no-any-return]
+        """Merge up to ``PAGE_MAX`` sessions (``Client.import_sessions`` pages)."""
+        return self._submit(Import(id=0, sessions=sessions), _imported)  # type: ignore[no-any-return]
 
     def compact(self) -> CompactResult:
         """Rewrite the journal now; sizes before and after, time taken."""
-
-        def convert(r: Response) -> CompactResult:
-            assert isinstance(r, CompactReply)
-            return r.result
-
-        return self._submit(Compact(id=0), convert)  # type: ignore[no-any-return]
+        return self._submit(Compact(id=0), _compacted)  # type: ignore[no-any-return]
 
     def ping(self) -> Pong:
-        def convert(r: Response) -> Pong:
-            assert isinstance(r, Pong)
-            return r
-
-        return self._submit(Ping(id=0), convert)  # type: ignore[no-any-return]
+        """The daemon's pid, version and uptime."""
+        return self._submit(Ping(id=0), _pong)  # type: ignore[no-any-return]
 
 
-def _config(r: Response) -> dict[str, Any]:
-    assert isinstance(r, ConfigReply)
-    return r.config
+def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -> None:
+    """connect(2), waiting while the daemon's accept backlog is full.
+
+    A socket with a timeout is non-blocking underneath, and a non-blocking
+    Unix-socket connect fails at once with EAGAIN when the backlog is full
+    instead of waiting its turn, as a blocking one would."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 class Client(_Operations):
@@ -231,9 +275,18 @@ class Client(_Operations):
         self._next = 0
         self._buf = bytearray()
         self._sock = self._connect(autostart)
-        self.server_version = ""
-        hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
-        assert isinstance(hello, HelloReply)
+        try:
+            hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
+            assert isinstance(hello, HelloReply)
+            if hello.version != PROTOCOL_VERSION:
+                raise Unsupported(
+                    f"sessiond {hello.server} on {self.path} speaks protocol version "
+                    f"{hello.version}, this client speaks {PROTOCOL_VERSION}; restart the "
+                    f"daemon so that both run the same release"
+                )
+        except BaseException:
+            self._sock.close()
+            raise
         self.server_version = hello.server
         self.server_pid = hello.pid
 
@@ -241,7 +294,7 @@ class Client(_Operations):
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(os.fspath(self.path))
+            _connect_patiently(sock, os.fspath(self.path), self.timeout)
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
@@ -278,27 +331,46 @@ class Client(_Operations):
         except OSError as exc:
             raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
 
-    def _read_frame(self) -> Response:
+    def _pop_frame(self) -> Response | None:
+        """The next whole reply already received, if there is one."""
         buf = self._buf
+        if len(buf) < HEADER:
+            return None
+        n = int.from_bytes(buf[:HEADER], "big")
+        if n > MAX_REPLY_BYTES:
+            # Nothing the daemon sends comes near: the stream is out of step.
+            raise ProtocolError(
+                f"reply frame of {n} bytes from {self.path} exceeds {MAX_REPLY_BYTES}; "
+                f"the connection is out of step"
+            )
+        end = HEADER + n
+        if len(buf) < end:
+            return None
+        body = bytes(buf[HEADER:end])
+        del buf[:end]
+        try:
+            return _decoder.decode(body)  # type: ignore[no-any-return]
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
+
+    def _fill(self) -> None:
+        """Receive what the daemon has sent (waiting up to ``timeout``)."""
+        try:
+            chunk = self._sock.recv(262144)
+        except TimeoutError as exc:
+            raise DaemonUnavailable(f"sessiond on {self.path} did not answer in time") from exc
+        except OSError as exc:
+            raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
+        if not chunk:
+            raise DaemonUnavailable(f"sessiond on {self.path} closed the connection")
+        self._buf += chunk
+
+    def _read_frame(self) -> Response:
         while True:
-            if len(buf) >= HEADER:
-                n = int.from_bytes(buf[:HEADER], "big")
-                if len(buf) >= HEADER + n:
-                    body = bytes(buf[HEADER : HEADER + n])
-                    del buf[: HEADER + n]
-                    try:
-                        return _decoder.decode(body)  # type: ignore[no-any-return]
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
-            try:
-                chunk = self._sock.recv(262144)
-            except TimeoutError as exc:
-                raise DaemonUnavailable(f"sessiond on {self.path} did not answer in time") from exc
-            except OSError as exc:
-                raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
-            if not chunk:
-                raise DaemonUnavailable(f"sessiond on {self.path} closed the connection")
-            buf += chunk
+            response = self._pop_frame()
+            if response is not None:
+                return response
+            self._fill()
 
     def _roundtrip(self, req: Request) -> Response:
         self._next += 1
@@ -343,7 +415,7 @@ class Client(_Operations):
                 break
         return out
 
-    def import_sessions(self, sessions: list[Session]) -> ImportResult:
+    def import_sessions(self, sessions: builtins.list[Session]) -> ImportResult:
         """Merge sessions from elsewhere, a page per request."""
         total = ImportResult(reasons=[])
         for start in range(0, len(sessions), PAGE_MAX):
@@ -377,41 +449,142 @@ class Client(_Operations):
             other.close()
 
 
-class Pipeline(_Operations):
-    """Requests queued on a client and sent together (see ``Client.pipeline``)."""
+class Pipeline:
+    """Requests queued on a client and sent together (see ``Client.pipeline``).
+
+    The same methods as ``Client``, each returning a ``Pending`` whose
+    ``result()`` is the value (or raises the error) once the pipeline is sent."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self._queued: list[tuple[int, Pending[Any]]] = []
         self._frames: list[bytes] = []
 
-    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+    def create(
+        self,
+        *,
+        user: str | None = None,
+        ttl: int | None = None,
+        meta: dict[str, Any] | None = None,
+        id: str | None = None,
+    ) -> Pending[Session]:
+        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id), _session)
+
+    def get(self, sid: str, *, touch: bool = False) -> Pending[Session]:
+        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
+
+    def set(
+        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
+    ) -> Pending[Session]:
+        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
+        return self._submit(req, _session)
+
+    def unset(self, sid: str, key: str) -> Pending[Session]:
+        return self._submit(Unset(id=0, sid=sid, key=key), _session)
+
+    def delete(self, sid: str) -> Pending[str]:
+        return self._submit(Delete(id=0, sid=sid), _deleted)
+
+    def expire(self, sid: str) -> Pending[Session]:
+        return self._submit(Expire(id=0, sid=sid), _session)
+
+    def refresh(
+        self, sid: str, *, ttl: int | None = None, revive: bool = False
+    ) -> Pending[Session]:
+        return self._submit(Refresh(id=0, sid=sid, ttl=ttl, revive=revive), _session)
+
+    def list_page(
+        self,
+        *,
+        status: str | None = None,
+        user: str | None = None,
+        limit: int = PAGE_MAX,
+        cursor: str | None = None,
+    ) -> Pending[tuple[list[Session], str | None]]:
+        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
+        return self._submit(req, _page)
+
+    def stats(self) -> Pending[StatsInfo]:
+        return self._submit(Stats(id=0), _stats)
+
+    def cleanup(
+        self, *, before: int | None = None, dry_run: bool = False
+    ) -> Pending[CleanupResult]:
+        return self._submit(Cleanup(id=0, before=before, dry_run=dry_run), _cleanup)
+
+    def config(self, key: str | None = None) -> Pending[dict[str, Any]]:
+        return self._submit(ConfigGet(id=0, key=key), _config)
+
+    def set_config(self, key: str, value: Any) -> Pending[dict[str, Any]]:
+        return self._submit(ConfigSet(id=0, key=key, value=value), _config)
+
+    def import_page(self, sessions: list[Session]) -> Pending[ImportResult]:
+        return self._submit(Import(id=0, sessions=sessions), _imported)
+
+    def compact(self) -> Pending[CompactResult]:
+        return self._submit(Compact(id=0), _compacted)
+
+    def ping(self) -> Pending[Pong]:
+        return self._submit(Ping(id=0), _pong)
+
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
         c = self._client
         c._next += 1
         req.id = c._next
         body = _encoder.encode(req)
         self._frames.append(len(body).to_bytes(HEADER, "big") + body)
-        pending: Pending[Any] = Pending(convert)
+        pending = Pending(convert)
         self._queued.append((req.id, pending))
         return pending
 
     def execute(self) -> None:
-        """Send everything queued and settle every ``Pending``."""
+        """Send everything queued and settle every ``Pending``.
+
+        Replies are read while requests are still being sent: the daemon
+        stops reading a client that does not read its replies, so sending
+        everything first would deadlock once both socket buffers are full."""
         if not self._frames:
             return
         c = self._client
-        c._send(b"".join(self._frames))
+        data = memoryview(b"".join(self._frames))
         self._frames = []
         waiting = dict(self._queued)
         self._queued = []
+        sock = c._sock
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLOUT)
+        wait_ms = None if c.timeout is None else c.timeout * 1000
+        sent = 0
+        while sent < len(data):
+            ready = poller.poll(wait_ms)
+            if not ready:
+                raise DaemonUnavailable(f"sessiond on {c.path} did not answer in time")
+            mask = ready[0][1]
+            if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                c._fill()
+                self._settle_received(waiting)
+            elif mask & select.POLLOUT:
+                try:
+                    sent += sock.send(data[sent : sent + 1024 * 1024])
+                except OSError as exc:
+                    raise DaemonUnavailable(f"connection to {c.path} lost: {exc}") from exc
+        self._settle_received(waiting)
         while waiting:
-            response = c._read_frame()
+            c._fill()
+            self._settle_received(waiting)
+
+    def _settle_received(self, waiting: dict[int, Pending[Any]]) -> None:
+        c = self._client
+        while waiting:
+            response = c._pop_frame()
+            if response is None:
+                return
             pending = waiting.pop(response.id, None)
-            if pending is None:
-                if isinstance(response, ErrorReply):
-                    raise from_code(response.code, response.message)
-                continue
-            pending._settle(response)
+            if pending is not None:
+                pending._settle(response)
+            elif isinstance(response, ErrorReply):
+                # Id 0 (or one we never sent): about the connection, not a request.
+                raise from_code(response.code, response.message)
 
     def __enter__(self) -> Pipeline:
         return self

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
 
 import msgspec
 
 from sessiond.model import EXPIRED, US, Session, format_duration, iso
+from sessiond.protocol import StatsInfo
 
 CSV_FIELDS = ("id", "user", "status", "ttl", "created_at", "last_access", "expires_at")
 
@@ -32,6 +33,18 @@ def session_dict(s: Session) -> dict[str, Any]:
 
 def to_json(value: Any, indent: int = 2) -> str:
     return msgspec.json.format(_json.encode(value), indent=indent).decode()
+
+
+def write_json_array(out: TextIO, items: Iterable[Any]) -> None:
+    """The same text as ``to_json(list(items))``, written an item at a time."""
+    first = True
+    out.write("[")
+    for item in items:
+        # Newlines inside JSON strings are escaped, so every "\n" here is
+        # layout and can take the array's extra indent.
+        out.write(("\n  " if first else ",\n  ") + to_json(item).replace("\n", "\n  "))
+        first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 def relative(us: int, now: int) -> str:
@@ -76,12 +89,12 @@ def session_fields(s: Session, now: int) -> str:
     return fields(rows)
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [len(h) for h in header]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    lines = [header] + rows
+    lines = [header, *rows]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )
@@ -105,20 +118,48 @@ def session_table(sessions: list[Session], now: int) -> str:
     return table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows) + f"\n\n{count}"
 
 
-def csv_row(s: Session) -> str:
-    import csv
-    import io
-
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(
-        [s.id, s.user, s.status, s.ttl, iso(s.created_at), iso(s.last_access), iso(s.expires_at)]
-    )
-    return out.getvalue()
-
-
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def stats_fields(st: StatsInfo, now: int) -> str:
+    """``stats`` for people: durations, sizes and times in words, "never"
+    or "no" where the daemon says null."""
+    lag = f"max {st.expiry_lag_max_ms:g} ms, p99 {st.expiry_lag_p99_ms:g} ms"
+    if st.last_compaction_at is None:
+        compacted = "never"
+    else:
+        took = st.last_compaction_seconds
+        compacted = f"{iso(st.last_compaction_at)} ({relative(st.last_compaction_at, now)}" + (
+            f", took {took:.3f}s)" if took is not None else ")"
+        )
+    rows: list[tuple[str, Any]] = [
+        ("total sessions", st.total_sessions),
+        ("active", st.active),
+        ("expired", st.expired),
+        ("unique users", st.unique_users),
+        ("average ttl", f"{st.average_ttl_seconds:g}s"),
+        ("due next minute", st.due_next_minute),
+        ("expiries done", st.expiries_done),
+        ("purges done", st.purges_done),
+        ("expiry lag", lag),
+        ("pid", st.pid),
+        ("version", st.version),
+        ("uptime", format_duration(st.uptime_seconds)),
+        ("event loop", st.event_loop),
+        ("connections", st.connections),
+        ("watchers", st.watchers),
+        ("journal", st.journal_path),
+        ("journal size", human_bytes(st.journal_bytes)),
+        ("fsync", st.fsync),
+        ("compacted size", human_bytes(st.compacted_bytes)),
+        ("last compaction", compacted),
+        ("compactions", st.compactions),
+        ("write errors", st.write_errors),
+        ("read only", "no" if st.read_only is None else f"yes: {st.read_only}"),
+    ]
+    return fields(rows)

@@ -65,7 +65,13 @@ def with_value(settings: Settings, key: str, value: Any) -> Settings:
     if key not in data:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
     data[key] = value
-    return validate(data)
+    try:
+        return msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        # The rest was valid already, so the new value is what is wrong: name
+        # it, rather than msgspec's "at `$.key`".
+        why = str(exc).rsplit(" - at ", 1)[0]
+        raise ConfigError(f"invalid value {value!r} for {key}: {why}") from exc
 
 
 def parse_value(text: str) -> Any:

@@ -25,6 +25,7 @@ US: Final = 1_000_000
 ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KEY_MAX: Final = 256
 MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
+TIME_MAX: Final = 253402300799999999  # 9999-12-31T23:59:59.999999Z, as far as iso() can go
 
 
 class Session(msgspec.Struct, kw_only=True, gc=False):
@@ -83,9 +84,17 @@ def parse_time(text: str) -> int:
     if not raw:
         raise ValueError("empty timestamp")
     try:
-        return round(float(raw) * US)
+        seconds = float(raw)
     except ValueError:
         pass
+    else:
+        # float() also accepts "nan" and "1e400": neither is a moment.
+        if not 0 <= seconds <= TIME_MAX / US:
+            raise ValueError(
+                f"timestamp {text!r} is out of range (Unix seconds from 0 to "
+                f"{TIME_MAX // US}, or ISO 8601)"
+            )
+        return round(seconds * US)
     candidate = raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw
     try:
         dt = datetime.fromisoformat(candidate)
@@ -98,7 +107,10 @@ def parse_time(text: str) -> int:
         dt = dt.replace(tzinfo=timezone.utc)
     epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
     delta = dt - epoch
-    return (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+    us = (delta.days * 86400 + delta.seconds) * US + delta.microseconds
+    if not 0 <= us <= TIME_MAX:
+        raise ValueError(f"timestamp {text!r} is before 1970 or after 9999")
+    return us
 
 
 def format_duration(seconds: float) -> str:

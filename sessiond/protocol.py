@@ -8,7 +8,7 @@ anyio: the CLI imports it on every start.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Union
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -119,10 +119,10 @@ class Watch(Request, tag="watch"):
     user: User | None = None
 
 
-AnyRequest = Union[
-    Hello, Ping, Create, Get, Set, Unset, Delete, List, Expire, Refresh, Stats,
-    Cleanup, ConfigGet, ConfigSet, Import, Compact, Watch,
-]
+AnyRequest = (
+    Hello | Ping | Create | Get | Set | Unset | Delete | List | Expire | Refresh | Stats
+    | Cleanup | ConfigGet | ConfigSet | Import | Compact | Watch
+)
 WRITES: Final = (Create, Set, Unset, Delete, Expire, Refresh, Cleanup, Import)
 
 
@@ -246,10 +246,10 @@ class ErrorReply(Response, tag="error"):
     message: str
 
 
-AnyResponse = Union[
-    HelloReply, Pong, SessionReply, Page, Deleted, StatsReply, CleanupReply,
-    ConfigReply, ImportReply, CompactReply, EventReply, ErrorReply,
-]
+AnyResponse = (
+    HelloReply | Pong | SessionReply | Page | Deleted | StatsReply | CleanupReply
+    | ConfigReply | ImportReply | CompactReply | EventReply | ErrorReply
+)
 
 _encoder = msgspec.msgpack.Encoder()
 encode_body = _encoder.encode

@@ -1,0 +1,119 @@
+"""Autostart: when nothing answers, ``sessionctl`` starts ``sessiond`` itself,
+detached, logging to the data dir, waits for it and goes on; unless told not
+to. Every daemon a test causes is found through ``ping`` and stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from sessionctl import Client, DaemonUnavailable
+from tests.conftest import Daemon, wait_until
+
+AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
+
+
+def gone(pid: int) -> bool:
+    """Dead, or a zombie nobody has reaped yet (it was started detached)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def started() -> Iterator[list[int]]:
+    """Pids of daemons a test caused to start; each is stopped afterwards."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        wait_until(partial(gone, pid), 15, f"autostarted sessiond {pid} to exit")
+
+
+def daemon_pid(d: Daemon) -> int | None:
+    try:
+        with Client(d.socket, timeout=10) as c:
+            return c.ping().pid
+    except DaemonUnavailable:
+        return None
+
+
+def test_sessionctl_starts_the_daemon_and_goes_on(
+    make_daemon: Callable[..., Daemon], started: list[int]
+) -> None:
+    d = make_daemon(start=False)
+    r = d.ctl("create", "--user", "auto", "--json", env=AUTOSTART_ON)
+    pid = daemon_pid(d)
+    if pid is not None:
+        started.append(pid)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    assert pid is not None
+    made = json.loads(r.stdout)
+    assert made["user"] == "auto"
+    # The command went on against the daemon it started, which stays up.
+    with Client(d.socket) as c:
+        assert c.get(made["id"]).user == "auto"
+    log = d.data_dir / "sessiond.log"
+    assert log.exists() and log.stat().st_mode & 0o777 == 0o600
+    # Detached: a session of its own, so the terminal's signals do not reach it.
+    assert os.getsid(pid) == pid
+    # The next command finds it running and starts nothing more.
+    again = d.ctl("ping", "--json", env=AUTOSTART_ON)
+    assert again.returncode == 0 and json.loads(again.stdout)["pid"] == pid
+
+
+def test_no_autostart_flag_turns_it_off(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(start=False)
+    r = d.ctl("ping", "--no-autostart", env=AUTOSTART_ON)
+    assert r.returncode == 3
+    assert r.stderr.startswith("sessionctl: error: ") and str(d.socket) in r.stderr
+    assert "sessiond" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_environment_variable_turns_it_off(
+    make_daemon: Callable[..., Daemon], value: str
+) -> None:
+    d = make_daemon(start=False)
+    r = d.ctl("ping", env={"SESSIONCTL_NO_AUTOSTART": value})
+    assert r.returncode == 3 and str(d.socket) in r.stderr
+    assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
+
+
+def test_a_daemon_that_cannot_start_is_exit_3_naming_the_log(
+    make_daemon: Callable[..., Daemon], started: list[int]
+) -> None:
+    d = make_daemon(start=False)
+    d.config.write_text("{ this is not json")
+    d.config.chmod(0o600)
+    r = d.ctl("ping", env=AUTOSTART_ON)
+    pid = daemon_pid(d)
+    if pid is not None:
+        started.append(pid)
+    log = d.data_dir / "sessiond.log"
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith("sessionctl: error: ") and str(log) in r.stderr
+    assert "not valid JSON" in log.read_text()
+    assert pid is None
+
+
+def test_bad_input_starts_no_daemon(make_daemon: Callable[..., Daemon]) -> None:
+    d = make_daemon(start=False)
+    r = d.ctl("get", "not/an/id", env=AUTOSTART_ON)
+    assert r.returncode == 2
+    assert not d.socket.exists() and not Path(d.data_dir / "sessiond.log").exists()

@@ -1,0 +1,177 @@
+"""Settings: defaults, validation with messages that name the key, atomic
+persistence; and ``sessionctl config`` applying a change live, persisting it
+and refusing bad keys and values (exit 2, nothing changed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from sessiond import config
+from sessiond.errors import ConfigError, InvalidRequest
+from tests.conftest import Daemon
+from tests.rawwire import Raw
+
+# -- the module, without a daemon -----------------------------------------------
+
+
+def test_defaults() -> None:
+    s = config.Settings()
+    assert (s.default_ttl, s.fsync, s.max_lifetime) == (3600, "everysec", 0)
+    assert set(config.KEYS) == set(config.as_dict(s))
+
+
+def test_config_error_is_an_invalid_request_so_it_crosses_the_wire_as_invalid() -> None:
+    assert issubclass(ConfigError, InvalidRequest) and ConfigError.code == "invalid"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("default_ttl", "soon", "Expected `int`, got `str`"),
+        ("default_ttl", 0, ">= 1"),
+        ("default_ttl", True, "got `bool`"),
+        ("default_ttl", 1.5, "Expected `int`"),
+        ("fsync", "sometimes", "'sometimes'"),
+        ("max_frame_bytes", 10, ">= 1024"),
+        ("frame_timeout", -1, "> 0"),
+    ],
+)
+def test_a_wrong_value_names_the_key_and_the_value(key: str, value: Any, needle: str) -> None:
+    before = config.Settings()
+    with pytest.raises(ConfigError) as caught:
+        config.with_value(before, key, value)
+    message = str(caught.value)
+    assert message.startswith(f"invalid value {value!r} for {key}: ")
+    assert needle in message
+    assert before == config.Settings()
+
+
+def test_an_unknown_key_is_refused_listing_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'ttl'; known keys: default_ttl"):
+        config.with_value(config.Settings(), "ttl", 5)
+    with pytest.raises(ConfigError, match="unknown config key 'colour'"):
+        config.validate({"colour": "blue"})
+
+
+def test_a_good_value_gives_new_settings() -> None:
+    assert config.with_value(config.Settings(), "default_ttl", 60).default_ttl == 60
+    assert config.with_value(config.Settings(), "frame_timeout", 5).frame_timeout == 5.0
+    assert config.with_value(config.Settings(), "fsync", "always").fsync == "always"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3600", 3600), ("1.5", 1.5), ("true", True), ("null", None), ('"x"', "x"),
+     ("always", "always"), ("", ""), ("[1, 2]", [1, 2])],
+)
+def test_command_line_values_are_json_when_they_parse_else_strings(text: str, value: Any) -> None:
+    assert config.parse_value(text) == value
+
+
+def test_load_of_a_missing_file_is_the_defaults(tmp_path: Path) -> None:
+    assert config.load(tmp_path / "absent.json") == config.Settings()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"{ nope", "not valid JSON"), (b"[1, 2]", "must hold a JSON object"),
+     (b'{"default_ttl": "x"}', "default_ttl"), (b'{"colour": 1}', "unknown config key")],
+)
+def test_load_of_a_bad_file_names_the_file(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        config.load(path)
+    assert str(path) in str(caught.value) and needle in str(caught.value)
+
+
+def test_save_is_atomic_private_and_loads_back(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "config.json"
+    settings = config.with_value(config.Settings(), "default_ttl", 120)
+    config.save(path, settings)
+    assert config.load(path) == settings
+    assert os.listdir(path.parent) == ["config.json"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    config.save(path, config.Settings())
+    assert json.loads(path.read_text())["default_ttl"] == 3600
+
+
+# -- through the daemon ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path_factory.mktemp("config"))
+    daemon.start()
+    yield daemon
+    if daemon.stop() != 0:
+        daemon.kill()
+
+
+def test_config_set_applies_live_and_persists_across_a_restart(d: Daemon) -> None:
+    r = d.ctl("config", "default_ttl", "120", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"default_ttl": 120}
+    with d.client() as c:
+        assert c.create().ttl == 120  # live: no restart needed
+    assert json.loads(d.config.read_text())["default_ttl"] == 120
+    d.restart()
+    r = d.ctl("config", "default_ttl")
+    assert (r.returncode, r.stdout) == (0, "120\n")
+    assert d.ctl("config", "default_ttl", "3600").returncode == 0
+
+
+def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
+    assert d.ctl("config", "fsync", "always").returncode == 0
+    assert d.ctl("config", "frame_timeout", "2.5").returncode == 0
+    with d.client() as c:
+        assert c.config("fsync") == {"fsync": "always"}
+        assert c.config("frame_timeout") == {"frame_timeout": 2.5}
+        c.set_config("fsync", "everysec")
+        c.set_config("frame_timeout", 10.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(("default_ttl", "soon"), "invalid value 'soon' for default_ttl"),
+     (("fsync", "sometimes"), "invalid value 'sometimes' for fsync"),
+     (("colour", "blue"), "unknown config key 'colour'"),
+     (("colour",), "unknown config key 'colour'")],
+)
+def test_a_bad_key_or_value_is_exit_2_with_the_daemons_message(
+    d: Daemon, args: tuple[str, ...], needle: str
+) -> None:
+    before = d.config.read_bytes() if d.config.exists() else None
+    r = d.ctl("config", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("sessionctl: error: ") and len(r.stderr.splitlines()) == 1
+    assert needle in r.stderr
+    assert (d.config.read_bytes() if d.config.exists() else None) == before
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"op": "config_set", "id": 9, "key": "default_ttl", "value": "soon"},
+     {"op": "config_set", "id": 9, "key": "colour", "value": 1},
+     {"op": "config_get", "id": 9, "key": "colour"}],
+)
+def test_config_errors_cross_the_wire_with_code_invalid(d: Daemon, fields: dict[str, Any]) -> None:
+    with Raw(d.socket) as raw:
+        reply = raw.call(**fields)
+    assert (reply["r"], reply["id"], reply["code"]) == ("error", 9, "invalid")
+
+
+def test_the_settings_file_holds_every_setting_the_daemon_reports(d: Daemon) -> None:
+    assert d.ctl("config", "max_lifetime", "0").returncode == 0
+    on_disk = msgspec.json.decode(d.config.read_bytes(), type=config.Settings)
+    with d.client() as c:
+        assert config.as_dict(on_disk) == c.config()

@@ -1,0 +1,347 @@
+"""The wire protocol: frames, the tagged unions, errors, the hello.
+
+The first half needs no daemon: encoding round trips, the golden bytes that
+pin the format, and the refusals of ``frame_length`` and ``decode_or_raise``.
+The second half puts hand-made bytes on a real daemon's socket and checks
+what comes back, and that the daemon goes on serving.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from sessionctl import Client
+from sessiond.errors import ProtocolError, TooLarge
+from sessiond.model import Session
+from sessiond.protocol import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    PROTOCOL_VERSION,
+    AnyRequest,
+    AnyResponse,
+    Cleanup,
+    CleanupReply,
+    CleanupResult,
+    ConfigGet,
+    ConfigReply,
+    ConfigSet,
+    Create,
+    Delete,
+    Deleted,
+    ErrorReply,
+    Expire,
+    Get,
+    Hello,
+    HelloReply,
+    List,
+    Page,
+    Ping,
+    Pong,
+    Refresh,
+    SessionReply,
+    Set,
+    Stats,
+    Unset,
+    decode_or_raise,
+    decoder,
+    frame,
+    frame_length,
+)
+from tests.conftest import Daemon
+from tests.rawwire import Raw, request
+from tests.rawwire import frame as raw_frame
+
+GOLDEN = Path(__file__).parent / "golden" / "protocol.txt"
+UPDATE_ENV = "SESSIOND_UPDATE_GOLDEN"
+
+T0 = 1795511622067680  # 2026-11-24T09:13:42.067680Z
+
+SESSION = Session(
+    id="1f0f618148e2",
+    user="alice",
+    status="active",
+    ttl=3600,
+    meta={"theme": "dark", "n": 1},
+    created_at=T0,
+    last_access=T0,
+    expires_at=T0 + 3600 * 1_000_000,
+)
+EXPIRED_SESSION = Session(
+    id="s2",
+    user="bob",
+    status="expired",
+    ttl=60,
+    meta={},
+    created_at=T0,
+    last_access=T0,
+    expires_at=T0 + 60_000_000,
+    expired_at=T0 + 60_000_001,
+    version=3,
+)
+
+# Each message and the name its frame has in the golden file. Changing how
+# any of these encode is a protocol change: bump PROTOCOL_VERSION.
+SAMPLES: dict[str, Any] = {
+    "request.hello": Hello(id=1, version=PROTOCOL_VERSION, client="sessionctl"),
+    "request.ping": Ping(id=2),
+    "request.create.defaults": Create(id=3),
+    "request.create": Create(id=4, user="alice", ttl=3600, meta={"theme": "dark"}, sid="s1"),
+    "request.get": Get(id=5, sid="s1"),
+    "request.set.cas": Set(id=6, sid="s1", key="lang", value="en", expect_version=2),
+    "request.unset": Unset(id=7, sid="s1", key="lang"),
+    "request.delete": Delete(id=8, sid="s1"),
+    "request.list": List(id=9, status="active", user="alice", limit=2, cursor="0:2:s1"),
+    "request.expire": Expire(id=10, sid="s1"),
+    "request.refresh.revive": Refresh(id=11, sid="s1", ttl=60, revive=True),
+    "request.stats": Stats(id=12),
+    "request.cleanup": Cleanup(id=13, before=T0, dry_run=True),
+    "request.config_get": ConfigGet(id=14, key="default_ttl"),
+    "request.config_set": ConfigSet(id=15, key="default_ttl", value=7200),
+    "response.hello": HelloReply(id=1, version=PROTOCOL_VERSION, server="0.1.0", pid=4242),
+    "response.pong": Pong(id=2, pid=4242, version="0.1.0", uptime=1.5),
+    "response.session": SessionReply(id=4, session=SESSION),
+    "response.page": Page(id=9, sessions=[SESSION, EXPIRED_SESSION], cursor="0:2:s2"),
+    "response.page.last": Page(id=9, sessions=[]),
+    "response.deleted": Deleted(id=8, sid="s1"),
+    "response.cleanup": CleanupReply(
+        id=13,
+        result=CleanupResult(dry_run=True, removed_count=1, remaining_count=2,
+                             removed_ids=["s2"]),
+    ),
+    "response.config": ConfigReply(id=15, config={"default_ttl": 7200}),
+    "response.error.not_found": ErrorReply(id=5, code="not_found",
+                                           message="session s1 not found"),
+    "response.error.connection": ErrorReply(
+        id=0, code="too_large", message="frame of 5000000 bytes exceeds max_frame_bytes"
+    ),
+}
+
+
+def read_golden() -> dict[str, str]:
+    pinned: dict[str, str] = {}
+    for line in GOLDEN.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, hexed = line.split()
+            pinned[name] = hexed
+    return pinned
+
+
+def write_golden() -> None:
+    lines = [
+        "# The wire format, pinned: NAME then the whole frame in hex",
+        "# (4-byte big-endian length, then the msgpack body).",
+        "# Regenerate only for a deliberate protocol change (and bump",
+        f"# PROTOCOL_VERSION): {UPDATE_ENV}=1 python -m pytest tests/test_protocol.py",
+    ]
+    lines += [f"{name} {frame(msg).hex()}" for name, msg in SAMPLES.items()]
+    GOLDEN.write_text("\n".join(lines) + "\n")
+
+
+if os.environ.get(UPDATE_ENV) == "1":
+    write_golden()
+
+
+def decode_request(body: bytes) -> Any:
+    return decode_or_raise(decoder(AnyRequest), body)
+
+
+# -- frames and encoding (no daemon) ----------------------------------------
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_frames_match_the_golden_bytes(name: str) -> None:
+    pinned = read_golden()
+    assert name in pinned, f"{name} missing from {GOLDEN.name}"
+    assert frame(SAMPLES[name]).hex() == pinned[name]
+
+
+def test_golden_file_has_no_stale_entries() -> None:
+    assert set(read_golden()) == set(SAMPLES)
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_golden_frames_decode_back_to_the_same_message(name: str) -> None:
+    raw = bytes.fromhex(read_golden()[name])
+    n = frame_length(raw[:HEADER], DEFAULT_MAX_FRAME)
+    assert n == len(raw) - HEADER
+    union = AnyRequest if name.startswith("request.") else AnyResponse
+    assert decode_or_raise(decoder(union), raw[HEADER:]) == SAMPLES[name]
+
+
+def test_frame_is_a_big_endian_length_then_the_msgpack_body() -> None:
+    msg = Get(id=7, sid="abc")
+    data = frame(msg)
+    body = msgspec.msgpack.encode(msg)
+    assert data == len(body).to_bytes(4, "big") + body
+    assert msgspec.msgpack.decode(body) == {"op": "get", "id": 7, "sid": "abc"}
+
+
+def test_requests_carry_their_tag_in_op_and_responses_in_r() -> None:
+    assert msgspec.msgpack.decode(frame(Ping(id=1))[HEADER:])["op"] == "ping"
+    assert msgspec.msgpack.decode(frame(Deleted(id=1, sid="x"))[HEADER:])["r"] == "deleted"
+
+
+def test_requests_omit_defaults_so_old_daemons_read_new_clients() -> None:
+    assert msgspec.msgpack.decode(frame(Create(id=3))[HEADER:]) == {"op": "create", "id": 3}
+
+
+def test_frame_length_accepts_a_frame_at_the_limit() -> None:
+    assert frame_length((1024).to_bytes(4, "big"), 1024) == 1024
+    assert frame_length(bytes(4), 1024) == 0
+
+
+def test_frame_length_refuses_a_header_over_the_limit_before_any_body() -> None:
+    with pytest.raises(TooLarge, match="frame of 1025 bytes exceeds the limit of 1024 bytes"):
+        frame_length((1025).to_bytes(4, "big"), 1024)
+    with pytest.raises(TooLarge, match="4294967295"):
+        frame_length(b"\xff\xff\xff\xff", DEFAULT_MAX_FRAME)
+
+
+def test_too_large_is_an_invalid_request_with_its_own_wire_code() -> None:
+    from sessiond.errors import InvalidRequest
+
+    assert issubclass(TooLarge, InvalidRequest) and TooLarge.code == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"op": "create", "id": 1, "ttl": 0}, "$.ttl"),
+        ({"op": "create", "id": 1, "ttl": "60"}, "$.ttl"),
+        ({"op": "get", "id": 1, "sid": "bad id!"}, "$.sid"),
+        ({"op": "get", "id": -1, "sid": "x"}, "$.id"),
+        ({"op": "list", "id": 1, "status": "zombie"}, "$.status"),
+        ({"op": "list", "id": 1, "limit": 100_000}, "$.limit"),
+        ({"op": "nope", "id": 1}, "$.op"),
+        ({"op": "get", "id": 1}, "sid"),
+        ({"op": "get", "id": 1, "sid": "x", "bogus": 1}, "bogus"),
+    ],
+)
+def test_decode_errors_name_the_field(fields: dict[str, Any], named: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_request(msgspec.msgpack.encode(fields))
+    assert named in str(caught.value)
+
+
+def test_decode_refuses_bytes_that_are_not_msgpack() -> None:
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode_request(b"\xc1")
+
+
+def test_decode_refuses_a_truncated_body() -> None:
+    body = msgspec.msgpack.encode(Create(id=1, user="alice"))
+    with pytest.raises(ProtocolError, match="truncated"):
+        decode_request(body[:-2])
+
+
+def test_decode_refuses_a_body_that_is_not_a_request_object() -> None:
+    with pytest.raises(ProtocolError, match="Expected `object`, got `array`"):
+        decode_request(msgspec.msgpack.encode([1, 2, 3]))
+
+
+def test_decode_refuses_deep_nesting_without_crashing() -> None:
+    deep = b"\x91" * 100_000 + b"\x00"
+    body = msgspec.msgpack.encode({"op": "set", "id": 1, "sid": "x", "key": "k"})
+    # Splice the nested value in as "value" (fixmap count goes from 4 to 5).
+    nested = b"\x85" + body[1:] + b"\xa5value" + deep
+    with pytest.raises(ProtocolError):
+        decode_request(nested)
+
+
+# -- on the wire, against a real daemon ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("protocol"))
+    d.start()
+    yield d
+    if d.stop() != 0:
+        d.kill()
+
+
+def still_serves(d: Daemon) -> bool:
+    with Client(d.socket, timeout=10) as c:
+        return c.ping().pid > 0
+
+
+def test_hello_answers_with_the_protocol_version_and_echoes_the_id(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.call(op="hello", id=41, version=PROTOCOL_VERSION, client="test")
+    assert reply["r"] == "hello" and reply["id"] == 41
+    assert reply["version"] == PROTOCOL_VERSION and isinstance(reply["pid"], int)
+
+
+def test_hello_with_another_version_is_an_unsupported_error_naming_both(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.call(op="hello", id=5, version=PROTOCOL_VERSION + 98)
+    assert reply["r"] == "error" and reply["id"] == 5 and reply["code"] == "unsupported"
+    assert str(PROTOCOL_VERSION + 98) in reply["message"]
+    assert str(PROTOCOL_VERSION) in reply["message"]
+
+
+def test_pipelined_requests_are_answered_in_order_each_echoing_its_id(wire: Daemon) -> None:
+    ids = [901, 17, 2**40, 3]
+    with Raw(wire.socket) as raw:
+        raw.send(b"".join(request(op="ping", id=i) for i in ids))
+        replies = [raw.read_frame() for _ in ids]
+    assert [r["id"] for r in replies if r is not None] == ids
+    assert all(r is not None and r["r"] == "pong" for r in replies)
+
+
+def test_a_failed_request_gets_a_structured_error_with_its_id(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.call(op="get", id=77, sid="no-such-session")
+    assert reply == {"r": "error", "id": 77, "code": "not_found",
+                     "message": "session no-such-session not found"}
+
+
+def test_an_invalid_field_is_an_invalid_error_naming_it_with_the_id(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.call(op="create", id=12, ttl=-5)
+        assert reply["r"] == "error" and reply["id"] == 12 and reply["code"] == "invalid"
+        assert "$.ttl" in reply["message"]
+        # The connection is still good for the next request.
+        assert raw.call(op="ping", id=13)["r"] == "pong"
+
+
+def test_an_unknown_op_is_unsupported(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.call(op="teleport", id=3)
+    assert reply["r"] == "error" and reply["id"] == 3 and reply["code"] == "unsupported"
+
+
+def test_garbage_bytes_get_an_error_frame_and_the_connection_goes_on(wire: Daemon) -> None:
+    with Raw(wire.socket) as raw:
+        reply = raw.error(raw_frame(b"\xc1\xc1\xc1"))
+        assert reply["code"] == "invalid" and reply["id"] == 0
+        assert "malformed" in reply["message"]
+        assert raw.call(op="ping", id=2)["r"] == "pong"
+
+
+def test_a_header_over_the_limit_is_refused_unread_and_the_connection_closed(
+    wire: Daemon,
+) -> None:
+    with Raw(wire.socket) as raw:
+        # Only the header is sent: the refusal must not wait for a body.
+        reply = raw.error((DEFAULT_MAX_FRAME + 1).to_bytes(4, "big"))
+        assert reply["code"] == "too_large" and reply["id"] == 0
+        assert str(DEFAULT_MAX_FRAME + 1) in reply["message"]
+        assert raw.at_eof()
+    assert still_serves(wire)
+
+
+def test_the_client_maps_the_wire_error_code_back_to_the_exception(wire: Daemon) -> None:
+    from sessionctl import InvalidRequest, SessionNotFound
+
+    with Client(wire.socket) as c:
+        with pytest.raises(SessionNotFound):
+            c.get("no-such-session")
+        with pytest.raises(InvalidRequest, match=r"\$\.ttl"):
+            c.create(ttl=0)
