@@ -9,9 +9,10 @@ accepted. Nothing here does I/O or imports anyio: the CLI uses it to import.
 
 from __future__ import annotations
 
+import re
 import zlib
 from datetime import datetime, timezone
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -20,10 +21,20 @@ from sessiond.model import DEFAULT_USER, Session, iso
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _CRC_TAIL = len(b',"crc":"00000000"}')
+_ID_IN_LINE = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9._-]{1,128})"')
 
 
 class LineError(ValueError):
-    """A line that cannot be read: bad JSON, wrong shape or wrong checksum."""
+    """A line that cannot be read: bad JSON, wrong shape or wrong checksum.
+
+    ``complete`` is false only when the bytes are not even JSON: that is what
+    a write cut short by a crash leaves, so only such a line may be taken for
+    a torn tail. A line that parses but is wrong was written whole and then
+    damaged."""
+
+    def __init__(self, message: str, *, complete: bool = True) -> None:
+        super().__init__(message)
+        self.complete = complete
 
 
 class PutLine(msgspec.Struct, tag_field="type", tag="session", kw_only=True, omit_defaults=True):
@@ -64,7 +75,7 @@ class _ReadDelete(msgspec.Struct, tag_field="type", tag="delete", kw_only=True):
 
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Union[_ReadPut, _ReadDelete])
+_decoder = msgspec.json.Decoder(_ReadPut | _ReadDelete)
 
 
 def to_line(session: Session) -> PutLine:
@@ -116,8 +127,10 @@ def decode_line(raw: bytes) -> Session | str:
     line = raw.rstrip(b"\r\n")
     try:
         rec = _decoder.decode(line)
-    except msgspec.DecodeError as exc:
+    except msgspec.ValidationError as exc:
         raise LineError(f"not a valid record: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise LineError(f"not valid JSON: {exc}", complete=False) from exc
     if rec.crc is not None:
         body = line[:-_CRC_TAIL] + b"}"
         if len(line) <= _CRC_TAIL or f"{zlib.crc32(body):08x}" != rec.crc:
@@ -143,7 +156,5 @@ def decode_line(raw: bytes) -> Session | str:
 
 def line_id(raw: bytes) -> str | None:
     """Best effort: the id a damaged line was about, for repair reports."""
-    import re
-
-    m = re.search(rb'"id"\s*:\s*"([A-Za-z0-9._-]{1,128})"', raw)
+    m = _ID_IN_LINE.search(raw)
     return m.group(1).decode() if m else None

@@ -1,0 +1,185 @@
+"""The journal line format, pinned byte for byte by the files in tests/golden/.
+
+A put line is the whole session in the legacy record shape with a CRC-32 as
+its last field; a delete line names the id; legacy lines (no checksum) load.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sessiond.model import Session, parse_time
+from sessiond.records import LineError, decode_line, delete_line, line_id, plain_line, put_line
+
+GOLDEN = Path(__file__).parent / "golden"
+
+ALICE = Session(
+    id="1f0f618148e2",
+    user="alice",
+    status="active",
+    ttl=3600,
+    meta={"a": "1", "theme": "dark", "note": "café ☕", "n": 3, "nested": {"k": [1, True, None]}},
+    created_at=parse_time("2026-11-24T09:13:42.067680Z"),
+    last_access=parse_time("2026-11-24T09:20:00.000001Z"),
+    expires_at=parse_time("2026-11-24T10:20:00.000001Z"),
+    version=3,
+)
+CAROL_EXPIRED = Session(
+    id="carol-1",
+    user="carol",
+    status="expired",
+    ttl=120,
+    meta={},
+    created_at=parse_time("2026-11-24T09:00:00Z"),
+    last_access=parse_time("2026-11-24T09:00:00Z"),
+    expires_at=parse_time("2026-11-24T09:02:00Z"),
+    expired_at=parse_time("2026-11-24T09:02:00.5Z"),
+    version=2,
+)
+
+
+def golden(name: str) -> bytes:
+    return (GOLDEN / name).read_bytes()
+
+
+def test_put_line_matches_the_golden_bytes() -> None:
+    assert put_line(ALICE) == golden("journal_put.jsonl")
+
+
+def test_put_line_of_an_expired_session_carries_expired_at() -> None:
+    assert put_line(CAROL_EXPIRED) == golden("journal_put_expired.jsonl")
+
+
+def test_delete_line_matches_the_golden_bytes() -> None:
+    assert delete_line("1f0f618148e2") == golden("journal_delete.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("journal_put.jsonl", ALICE),
+        ("journal_put_expired.jsonl", CAROL_EXPIRED),
+        ("journal_delete.jsonl", "1f0f618148e2"),
+    ],
+)
+def test_golden_lines_decode_to_what_they_were_made_from(name: str, expected: object) -> None:
+    assert decode_line(golden(name)) == expected
+
+
+@pytest.mark.parametrize(
+    "name", ["journal_put.jsonl", "journal_put_expired.jsonl", "journal_delete.jsonl"]
+)
+def test_checksum_is_crc32_of_the_line_without_its_crc_field(name: str) -> None:
+    line = golden(name)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    body, sep, tail = line.rstrip(b"\n").rpartition(b',"crc":"')
+    assert sep, "the checksum must be the last field"
+    assert tail.endswith(b'"}') and len(tail) == len(b'00000000"}')
+    assert tail[:8] == b"%08x" % zlib.crc32(body + b"}")
+
+
+def test_legacy_lines_without_a_checksum_are_accepted() -> None:
+    active, expired = golden("legacy_sessions.jsonl").splitlines()
+    assert decode_line(active) == Session(
+        id="1f0f618148e2",
+        user="alice",
+        status="active",
+        ttl=3600,
+        meta={"a": "1"},
+        created_at=parse_time("2026-11-24T09:13:42.067680Z"),
+        last_access=parse_time("2026-11-24T09:13:42.067680Z"),
+        expires_at=parse_time("2026-11-24T10:13:42.067680Z"),
+        version=1,
+    )
+    old = decode_line(expired)
+    assert isinstance(old, Session)
+    assert (old.status, old.expired_at) == ("expired", parse_time("2026-11-24T09:05:00Z"))
+
+
+def test_a_changed_byte_in_a_checksummed_line_is_a_checksum_mismatch() -> None:
+    damaged = golden("journal_put.jsonl").replace(b'"alice"', b'"alicf"')
+    with pytest.raises(LineError, match="checksum mismatch") as info:
+        decode_line(damaged)
+    assert info.value.complete, "a line that parses was written whole: it is damage, not a tear"
+
+
+def test_a_changed_checksum_is_a_checksum_mismatch() -> None:
+    line = golden("journal_delete.jsonl")
+    with pytest.raises(LineError, match="checksum mismatch"):
+        decode_line(line.replace(b"e7369660", b"e7369661"))
+
+
+@pytest.mark.parametrize("name", ["journal_put.jsonl", "journal_delete.jsonl"])
+def test_every_proper_prefix_of_a_line_is_an_incomplete_line(name: str) -> None:
+    line = golden(name).rstrip(b"\n")
+    for cut in range(1, len(line)):
+        with pytest.raises(LineError) as info:
+            decode_line(line[:cut])
+        assert not info.value.complete, f"prefix of {cut} bytes taken for a complete line"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"type":"other","id":"x"}\n', b"42\n", b'{"type":"session"}\n', b'{"type":"delete"}\n'],
+)
+def test_json_of_the_wrong_shape_is_a_complete_but_unreadable_line(raw: bytes) -> None:
+    with pytest.raises(LineError) as info:
+        decode_line(raw)
+    assert info.value.complete
+
+
+def test_a_crlf_line_ending_is_accepted() -> None:
+    assert decode_line(golden("journal_put.jsonl").replace(b"\n", b"\r\n")) == ALICE
+
+
+def test_export_lines_carry_no_checksum_and_load_back() -> None:
+    line = plain_line(ALICE)
+    assert b'"crc"' not in line
+    assert decode_line(line) == ALICE
+
+
+def test_line_id_names_the_session_a_damaged_line_was_about() -> None:
+    assert line_id(b'{"type":"session","id":"ab-1.x_Y","user":\x00\xff garbage') == "ab-1.x_Y"
+    assert line_id(b"\x00\x00 nothing here") is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_times = st.integers(0, 4_000_000_000 * 1_000_000)
+
+
+@st.composite
+def sessions(draw: Any) -> Session:
+    expired = draw(st.booleans())
+    return Session(
+        id=draw(st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True)),
+        user=draw(st.text(min_size=1, max_size=30)),
+        status="expired" if expired else "active",
+        ttl=draw(st.integers(1, 100 * 365 * 86400)),
+        meta=draw(st.dictionaries(st.text(min_size=1, max_size=16), _json, max_size=5)),
+        created_at=draw(_times),
+        last_access=draw(_times),
+        expires_at=draw(_times),
+        expired_at=draw(_times) if expired else None,
+        version=draw(st.integers(1, 2**62)),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(sessions())
+def test_any_session_survives_a_put_line_round_trip(session: Session) -> None:
+    line = put_line(session)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode_line(line) == session
