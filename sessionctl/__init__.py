@@ -6,6 +6,7 @@
         print(c.get(s.id).status)
 """
 
+from sessionctl.client import Client, Pending, Pipeline
 from sessiond.errors import (
     Busy,
     Conflict,
@@ -22,7 +23,6 @@ from sessiond.errors import (
 )
 from sessiond.model import Session
 from sessiond.protocol import CleanupResult, CompactResult, Event, ImportResult, StatsInfo
-from sessionctl.client import Client, Pending, Pipeline
 
 __all__ = [
     "Busy",

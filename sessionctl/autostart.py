@@ -1,15 +1,14 @@
 """Start a daemon when none answers, as tmux and gpg-agent do.
 
 If the systemd user units are installed, the daemon is systemd's to run:
-we ask systemd to start it rather than starting a second, unmanaged one.
-Otherwise we start ``sessiond`` detached, with its log in the data dir, and
-wait (up to 5 s) until it answers.
+we ask systemd to start it rather than starting a second, unmanaged one, and
+fail if systemd cannot. Otherwise we start ``sessiond`` detached, with its
+log in the data dir, and wait (up to 5 s) until it answers.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,18 +16,10 @@ import time
 from pathlib import Path
 
 from sessiond.errors import DaemonUnavailable
+from sessiond.service import SOCKET, service_installed, systemctl, user_unit_dir
 
 WAIT_SECONDS = 5.0
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
-
-
-def unit_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "systemd" / "user"
-
-
-def service_installed() -> bool:
-    return (unit_dir() / "sessiond.service").exists()
 
 
 def _answers(path: Path) -> bool:
@@ -69,7 +60,7 @@ def start_daemon(path: Path) -> None:
         if code is not None and not _answers(path):
             # It may have lost a race to another autostarted daemon: give
             # that one the rest of the wait.
-            if code != 0 and _wait_for(path, deadline):
+            if code != 0 and _other_daemon_alive(data, proc.pid) and _wait_for(path, deadline):
                 return
             raise DaemonUnavailable(
                 f"sessiond exited with status {code} before answering on {path}; "
@@ -81,6 +72,32 @@ def start_daemon(path: Path) -> None:
     )
 
 
+def _other_daemon_alive(data: Path, ours: int) -> bool:
+    """Whether the data dir's lock names a live process other than ours (then
+    ours lost a race to it). Read, not locked: taking the lock even briefly
+    could make the winner of that race fail too."""
+    from sessiond.paths import LOCK_NAME
+
+    try:
+        text = (data / LOCK_NAME).read_text().strip()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: wait, as for a race
+    if not text.isdigit():
+        return True  # the winner has the lock but has not written its pid yet
+    pid = int(text)
+    if pid == ours:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _wait_for(path: Path, deadline: float) -> bool:
     while time.monotonic() < deadline:
         if _answers(path):
@@ -90,26 +107,19 @@ def _wait_for(path: Path, deadline: float) -> bool:
 
 
 def _start_with_systemd(path: Path) -> None:
-    systemctl = shutil.which("systemctl")
-    if systemctl is None:
+    # Starting the socket unit is enough: systemd then holds the socket and
+    # starts the service on our first connection.
+    problem = systemctl("start", SOCKET)
+    if problem is not None:
         raise DaemonUnavailable(
-            "the sessiond user service is installed but systemctl is missing; "
-            "run 'sessiond install-service --uninstall' to let sessionctl start it"
-        )
-    done = subprocess.run(
-        [systemctl, "--user", "start", "sessiond.socket", "sessiond.service"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        why = done.stderr.strip().splitlines()[-1:] or ["no reason given"]
-        raise DaemonUnavailable(
-            f"could not start the sessiond user service: {why[0]}; "
-            f"see 'journalctl --user -u sessiond'"
+            f"sessiond is installed as a systemd user service ({user_unit_dir() / SOCKET}), "
+            f"so sessionctl does not start it itself, and systemd could not: {problem}. "
+            f"Start it with 'systemctl --user start {SOCKET}', or run "
+            f"'sessiond install-service --uninstall' to let sessionctl start it"
         )
     if not _wait_for(path, time.monotonic() + WAIT_SECONDS):
         raise DaemonUnavailable(
-            f"the sessiond user service started but nothing answers on {path}; "
-            f"see 'journalctl --user -u sessiond'"
+            f"systemd started {SOCKET} but nothing answers on {path}; "
+            f"is SESSIOND_SOCKET or --socket pointing elsewhere? "
+            f"See 'systemctl --user status {SOCKET}'"
         )

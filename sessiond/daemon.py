@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -23,7 +24,15 @@ import anyio.abc
 
 from sessiond import __version__, config, paths, systemd
 from sessiond.errors import InvalidRequest, SessionError
-from sessiond.journal import POLICIES, Journal, JournalDamaged, iter_damage, remove_leftovers, repair, scan
+from sessiond.journal import (
+    POLICIES,
+    Journal,
+    JournalDamaged,
+    iter_damage,
+    remove_leftovers,
+    repair,
+    scan,
+)
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
 from sessiond.model import Session, now_us
 from sessiond.records import LineError
@@ -114,45 +123,89 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-def replay(store: Store, journal_path: Path) -> tuple[int, bool]:
+def loader(store: Store) -> Callable[[Session], None]:
+    """Replay's put: a record the store refuses counts as a damaged line
+    (``--check`` and ``--repair`` use it too, so they judge as replay does)."""
     def put(record: Session) -> None:
         try:
             store.load(record)
         except InvalidRequest as exc:
             raise LineError(str(exc)) from exc
 
-    result = scan(journal_path, put, store.remove)
+    return put
+
+
+def replay(store: Store, journal_path: Path) -> tuple[int, bool]:
+    result = scan(journal_path, loader(store), store.remove)
     if result.torn_bytes:
-        log.warning("%s: final line is torn (%d bytes): cutting it", journal_path, result.torn_bytes)
+        log.warning("%s: final line is torn (%d bytes): cutting it",
+                    journal_path, result.torn_bytes)
     log.info("replayed %d journal lines: %d sessions", result.records, len(store))
     return result.valid_end, result.needs_newline
 
 
 def migrate_legacy(
     store: Store, settings: config.Settings, cfg_path: Path, data_dir: Path
-) -> tuple[config.Settings, list[Change]]:
-    """First start with an empty journal: bring ``~/.session`` across once."""
-    marker = data_dir / MIGRATED_MARKER
+) -> tuple[config.Settings, list[Change], Path | None]:
+    """First start with an empty journal: bring ``~/.session`` across once.
+
+    Returns the settings, the changes to persist, and the legacy file when it
+    was imported: ``mark_migrated`` must follow once the changes are on disk,
+    so that a failed first commit is retried at the next start. The legacy
+    files are only ever read."""
     source = legacy_dir()
     legacy_file = source / "data.jsonl"
-    if len(store) or marker.exists() or not legacy_file.is_file():
-        return settings, []
-    loaded = read_sessions(legacy_file)
+    if len(store) or (data_dir / MIGRATED_MARKER).exists() or not legacy_file.is_file():
+        return settings, [], None
+    try:
+        loaded = read_sessions(legacy_file)
+    except OSError as exc:
+        # Serving matters more than migrating, and the file can be imported
+        # later; say so rather than refuse to start.
+        log.error("legacy import skipped: %s; import it with 'sessionctl import %s'",
+                  exc.strerror, legacy_file)
+        return settings, [], None
     result, changes = store.import_sessions(now_us(), loaded.sessions)
     for problem in loaded.problems + result.reasons:
         log.warning("legacy import: %s", problem)
-    ttl = legacy_default_ttl(source)
-    if ttl is not None and not cfg_path.exists():
-        settings = config.with_value(settings, "default_ttl", ttl)
-        config.save(cfg_path, settings)
-        store.rules.default_ttl = ttl
+    settings = _migrate_default_ttl(store, settings, cfg_path, source)
     log.info(
-        "imported %d sessions from legacy %s (%d unreadable lines reported above); "
-        "the legacy files are left untouched",
-        result.imported, legacy_file, len(loaded.problems),
+        "imported %d sessions from legacy %s (%d skipped, %d unreadable lines, "
+        "reported above); the legacy files are left untouched",
+        result.imported, legacy_file, result.skipped, len(loaded.problems),
     )
-    marker.write_text(f"{legacy_file}\n")
-    return settings, changes
+    return settings, changes, legacy_file
+
+
+def _migrate_default_ttl(
+    store: Store, settings: config.Settings, cfg_path: Path, source: Path
+) -> config.Settings:
+    try:
+        ttl = legacy_default_ttl(source)
+    except ValueError as exc:
+        log.warning("legacy import: default_ttl not imported: %s", exc)
+        return settings
+    if ttl is None:
+        return settings
+    if cfg_path.exists():
+        log.info("legacy default_ttl %d not imported: %s already sets the config", ttl, cfg_path)
+        return settings
+    try:
+        # Saved from the defaults, not from ``settings``: command-line
+        # overrides such as --fsync must not become persistent config.
+        config.save(cfg_path, config.with_value(config.Settings(), "default_ttl", ttl))
+        settings = config.with_value(settings, "default_ttl", ttl)
+    except SessionError as exc:
+        log.warning("legacy import: default_ttl %d not imported: %s", ttl, exc)
+        return settings
+    store.rules.default_ttl = ttl
+    log.info("imported default_ttl %d from legacy %s", ttl, source / "config.json")
+    return settings
+
+
+def mark_migrated(data_dir: Path, legacy_file: Path) -> None:
+    """The legacy import is on disk: never run it again for this data dir."""
+    (data_dir / MIGRATED_MARKER).write_text(f"{legacy_file}\n")
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -173,11 +226,13 @@ async def run(args: argparse.Namespace) -> int:
         valid_end, needs_newline = replay(store, where.journal)
         journal = Journal(where.journal, settings.fsync)
         journal.open(valid_end, needs_newline)
-        settings, initial = migrate_legacy(store, settings, where.config, where.data_dir)
+        settings, initial, migrated = migrate_legacy(
+            store, settings, where.config, where.data_dir
+        )
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
         server = Server(store, journal, settings, where.config, loop_name)
         try:
-            await serve(server, where, initial)
+            await serve(server, where, initial, migrated)
         finally:
             journal.close()
     finally:
@@ -191,9 +246,14 @@ def asyncio_loop() -> object:
     return asyncio.get_running_loop()
 
 
-async def serve(server: Server, where: paths.Paths, initial: list[Change]) -> None:
+async def serve(
+    server: Server, where: paths.Paths, initial: list[Change], migrated: Path | None = None
+) -> None:
     store, journal = server.store, server.journal
     activated = systemd.listen_fds()
+    # Checked outside the task group, so that a bad hand-over from systemd
+    # is reported as one line rather than inside an exception group.
+    passed = systemd.adopt_listener(activated) if activated else None
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run_flusher)
         tg.start_soon(journal.run_syncer)
@@ -203,31 +263,39 @@ async def serve(server: Server, where: paths.Paths, initial: list[Change]) -> No
         initial += store.expire_due(now) + store.purge_due(now)
         if initial:
             await server.commit(initial)
-        if activated:
-            sock = socket.socket(fileno=activated[0])
+        if migrated is not None:
+            await journal.sync()
+            mark_migrated(where.data_dir, migrated)
+        if passed is not None:
+            # systemd owns this socket and keeps it across our restarts: it
+            # must never be unlinked here.
+            sock = passed
             own_socket = False
-            log.info("using the socket passed by systemd (fd %d)", activated[0])
+            address: object = sock.getsockname()
+            log.info("using the socket passed by systemd: %s (fd %d)", address, activated[0])
         else:
             sock = bind_socket(where.socket)
             own_socket = True
+            address = str(where.socket)
         sock.setblocking(False)
         listener = await anyio.abc.SocketListener.from_socket(sock)
         try:
             tg.start_soon(server.serve, listener, tg)
             tg.start_soon(server.run_expiry)
             tg.start_soon(server.run_compactor)
-            interval = systemd.watchdog_interval()
-            if interval:
-                tg.start_soon(_watchdog, interval)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
-                     __version__, where.socket, os.getpid(), len(store), journal.policy)
-            systemd.notify(f"READY=1\nSTATUS=serving {len(store)} sessions\nMAINPID={os.getpid()}")
+                     __version__, address, os.getpid(), len(store), journal.policy)
+            watchdog = systemd.watchdog_interval()
+            # Only now: replay is done and the socket listens, so a client
+            # that systemd lets through is answered.
+            if systemd.notify(f"READY=1\n{_status(store)}"):
+                tg.start_soon(_report_to_systemd, store, watchdog)
             await _until_stopped(server, where)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
             server.stop_accepting()
             await listener.aclose()
-            await server.drain(timeout=4.0)
+            await server.drain(grace=4.0)
             await journal.sync()
         finally:
             if own_socket:
@@ -236,10 +304,27 @@ async def serve(server: Server, where: paths.Paths, initial: list[Change]) -> No
     log.info("stopped")
 
 
-async def _watchdog(interval: float) -> None:
+STATUS_INTERVAL = 5.0
+
+
+def _status(store: Store) -> str:
+    count = len(store)
+    return f"STATUS=serving {count} session{'' if count == 1 else 's'}"
+
+
+async def _report_to_systemd(store: Store, watchdog: float | None) -> None:
+    """Feed the watchdog (from the event loop, so a stuck loop starves it)
+    and keep the STATUS= line's session count current."""
+    shown = _status(store)
     while True:
-        systemd.notify("WATCHDOG=1")
-        await anyio.sleep(interval)
+        await anyio.sleep(min(watchdog, STATUS_INTERVAL) if watchdog else STATUS_INTERVAL)
+        lines = ["WATCHDOG=1"] if watchdog else []
+        status = _status(store)
+        if status != shown:
+            lines.append(status)
+            shown = status
+        if lines:
+            systemd.notify("\n".join(lines))
 
 
 async def _until_stopped(server: Server, where: paths.Paths) -> None:
@@ -254,12 +339,12 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue
             server.apply_settings(new)
-            systemd.notify(f"STATUS=serving {len(server.store)} sessions")
             log.info("SIGHUP: reloaded %s", where.config)
 
 
 def check(where: paths.Paths) -> int:
-    report = scan(where.journal, lambda s: None, lambda s: None, stop_on_damage=False)
+    store = Store()
+    report = scan(where.journal, loader(store), store.remove, stop_on_damage=False)
     print(f"{where.journal}: {report.records} readable lines")
     if report.torn_bytes:
         print(f"torn final line ({report.torn_bytes} bytes): it will be cut at start")
@@ -275,7 +360,7 @@ def check(where: paths.Paths) -> int:
 def do_repair(where: paths.Paths) -> int:
     lock_fd = take_lock(where.lock)
     try:
-        backup, dropped = repair(where.journal)
+        backup, dropped = repair(where.journal, loader(Store()))
     finally:
         os.close(lock_fd)
     print(f"backup kept at {backup}")

@@ -101,7 +101,9 @@ def private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"unsafe permissions: {path} is not a directory")
     if st.st_uid != os.getuid():
-        raise UnsafePath(f"unsafe permissions: {path} is owned by uid {st.st_uid}, not {os.getuid()}")
+        raise UnsafePath(
+            f"unsafe permissions: {path} is owned by uid {st.st_uid}, not {os.getuid()}"
+        )
     if st.st_mode & 0o077:
         raise UnsafePath(
             f"unsafe permissions: {path} is open to group or others "

@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+import typing
 from collections import deque
 from typing import Any
 
@@ -40,10 +41,11 @@ from sessiond.errors import (
 )
 from sessiond.events import Hub, Watcher
 from sessiond.journal import Journal
-from sessiond.model import ACTIVE, US, now_us
+from sessiond.model import US, now_us
 from sessiond.protocol import (
     HEADER,
     PROTOCOL_VERSION,
+    WRITES,
     AnyRequest,
     Cleanup,
     CleanupReply,
@@ -86,9 +88,22 @@ from sessiond.store import Change, Store
 log = logging.getLogger("sessiond.server")
 
 MAX_BATCH = 256
+# The expiry timer persists at most this many expiries (and as many purges)
+# per journal commit, and lets requests in between batches.
+EXPIRY_BATCH = 4096
+TIMER_RETRY = 1.0
+TIMER_MAX_SLEEP = 1.0
 MAX_BAD_FRAMES = 100
+ACCEPT_BACKOFF_MAX = 0.25
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
+# msgspec reports a string that is not UTF-8 with the codec's own error.
+_DECODE_ERRORS = (
+    msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError
+)
+_OPERATIONS = tuple(
+    str(t.__struct_config__.tag) for t in typing.get_args(AnyRequest)
+)
 
 
 class _IdOnly(msgspec.Struct):
@@ -148,6 +163,9 @@ class Server:
         self.timer_target = math.inf
         self.timer_wake = anyio.Event()
         self.compact_wake = anyio.Event()
+        # A failed write turns the journal read-only: start the compaction
+        # that ends it now, not when the compactor's timer next fires.
+        journal.on_failure = lambda: self.compact_wake.set()
         self._idle: set[anyio.CancelScope] = set()
         self._accepting = anyio.CancelScope()
         self._drained = anyio.Event()
@@ -159,19 +177,28 @@ class Server:
 
         Connections run in ``tg`` so that they outlive the accept loop and
         can finish what is in flight when the daemon stops."""
-        backoff = 0.01
+        backoff = 0.0
         with self._accepting:
             while True:
                 try:
                     stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_ERRNOS:
+                except (OSError, anyio.BrokenResourceError) as exc:
+                    # anyio wraps the accept(2) error in BrokenResourceError;
+                    # the listener itself is still fine.
+                    cause = exc if isinstance(exc, OSError) else exc.__cause__
+                    if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
                         raise
-                    log.warning("accept failed (%s); retrying in %.2fs", exc.strerror, backoff)
+                    if not backoff:
+                        log.warning("accept failed (%s); backing off until descriptors "
+                                    "are free again", cause.strerror)
+                    # The pending connection keeps the listener readable, so
+                    # retrying at once would spin: wait, as trio does.
+                    backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
                     await anyio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
                     continue
-                backoff = 0.01
+                if backoff:
+                    log.info("accepting connections again")
+                    backoff = 0.0
                 tg.start_soon(self._connection, stream)
 
     def stop_accepting(self) -> None:
@@ -191,14 +218,16 @@ class Server:
                 log.warning("refused a connection: cannot read peer credentials (%s)", exc)
                 return
             if uid != self.uid:
-                log.warning("refused a connection from uid %d (only uid %d may connect)", uid, self.uid)
+                log.warning(
+                    "refused a connection from uid %d (only uid %d may connect)", uid, self.uid
+                )
                 return
             if self.connections >= self.settings.max_connections or self.stopping:
                 why = "shutting down" if self.stopping else (
                     f"too many connections (max_connections={self.settings.max_connections})"
                 )
-                with anyio.move_on_after(1):
-                    await stream.send(_error_frame(0, Busy(f"daemon busy: {why}; try again")))
+                busy = Busy(f"daemon busy: {why}; try again")
+                await self._send_last(stream, _error_frame(0, busy))
                 return
             self.connections += 1
             try:
@@ -207,21 +236,40 @@ class Server:
                 pass
             except _Stop as stop:
                 if stop.final:
-                    with anyio.move_on_after(1):
-                        try:
-                            await stream.send(stop.final)
-                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                            pass
+                    await self._send_last(stream, stop.final)
+            except Exception:
+                # A bug. It must cost this one connection, not the daemon
+                # and every other client with it.
+                log.exception("internal error; closing the connection")
+                await self._send_last(stream, _error_frame(0, InternalError(
+                    "internal error; closing the connection (the daemon's log has details)"
+                )))
             finally:
                 self.connections -= 1
                 if self.stopping and self.connections == 0:
                     self._drained.set()
 
-    async def _receive(self, stream: SocketStream, midframe: bool) -> bytes:
+    @staticmethod
+    async def _send_last(stream: SocketStream, data: bytes) -> None:
+        """A parting frame, if the peer still listens; it may well not."""
+        with anyio.move_on_after(1):
+            try:
+                await stream.send(data)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+
+    async def _receive(self, stream: SocketStream, frame_deadline: float | None) -> bytes:
+        """The next chunk, or b"" at EOF (or when stopping while idle).
+
+        ``frame_deadline`` is when the frame under way must be complete;
+        ``None`` means no frame is under way and the idle limit applies."""
         s = self.settings
-        timeout = s.frame_timeout if midframe else (s.idle_timeout or math.inf)
+        if frame_deadline is None:
+            timeout = s.idle_timeout or math.inf
+        else:
+            timeout = max(0.0, frame_deadline - time.monotonic())
         with anyio.CancelScope() as idle:
-            if not midframe:
+            if frame_deadline is None:
                 if self.stopping:
                     return b""
                 self._idle.add(idle)
@@ -229,10 +277,11 @@ class Server:
                 with anyio.fail_after(timeout):
                     return await stream.receive(65536)
             except TimeoutError:
-                what = "frame not completed" if midframe else "idle"
-                raise _Stop(
-                    _error_frame(0, ProtocolError(f"connection closed: {what} for {timeout:g}s"))
-                ) from None
+                if frame_deadline is None:
+                    why = f"idle for {s.idle_timeout:g}s (idle_timeout)"
+                else:
+                    why = f"frame not completed within {s.frame_timeout:g}s (frame_timeout)"
+                raise _Stop(_error_frame(0, ProtocolError(f"connection closed: {why}"))) from None
             except anyio.EndOfStream:
                 return b""
             finally:
@@ -250,28 +299,31 @@ class Server:
     async def _serve_connection(self, stream: SocketStream) -> None:
         buf = bytearray()
         bad = 0
+        # When the first byte of the incomplete frame in ``buf`` arrived: the
+        # whole frame must follow within frame_timeout, however it trickles.
+        started: float | None = None
         while True:
             pos = 0
             while True:
                 bodies: list[bytes] = []
-                size = 0
+                ends: list[int] = []
+                end = pos
                 limit = self.settings.max_frame_bytes
-                while len(bodies) < MAX_BATCH and len(buf) - pos >= HEADER:
-                    n = int.from_bytes(buf[pos : pos + HEADER], "big")
+                while len(bodies) < MAX_BATCH and len(buf) - end >= HEADER:
+                    n = int.from_bytes(buf[end : end + HEADER], "big")
                     if n > limit:
                         raise _Stop(_error_frame(0, TooLarge(
                             f"frame of {n} bytes exceeds max_frame_bytes ({limit}); closing"
                         )))
-                    if len(buf) - pos - HEADER < n:
+                    if len(buf) - end - HEADER < n:
                         break
-                    bodies.append(bytes(buf[pos + HEADER : pos + HEADER + n]))
-                    pos += HEADER + n
-                    size += n
-                    if size > self.settings.max_reply_queue_bytes:
-                        break
+                    bodies.append(bytes(buf[end + HEADER : end + HEADER + n]))
+                    end += HEADER + n
+                    ends.append(end)
                 if not bodies:
                     break
-                out, watch, bad = await self._batch(bodies, bad)
+                out, watch, bad, used = await self._batch(bodies, bad)
+                pos = ends[used - 1]
                 if out:
                     await self._send(stream, b"".join(out))
                 if watch is not None:
@@ -282,7 +334,11 @@ class Server:
                 await anyio.lowlevel.checkpoint()
             if pos:
                 del buf[:pos]
-            data = await self._receive(stream, bool(buf))
+                started = None
+            if buf and started is None:
+                started = time.monotonic()
+            deadline = None if started is None else started + self.settings.frame_timeout
+            data = await self._receive(stream, deadline)
             if not data:
                 return
             buf += data
@@ -291,18 +347,32 @@ class Server:
 
     async def _batch(
         self, bodies: list[bytes], bad: int
-    ) -> tuple[list[bytes], Watcher | None, int]:
-        """Handle frames that arrived together; one journal commit for all."""
+    ) -> tuple[list[bytes], Watcher | None, int, int]:
+        """Handle frames that arrived together; one journal commit for all.
+
+        Stops early once the replies exceed ``max_reply_queue_bytes``, so a
+        client that pipelines big reads without reading the answers never
+        makes the daemon hold more than that (plus one reply) for it; the
+        caller sends those and comes back for the rest. Returns the replies,
+        the watcher if the batch ended in ``watch``, the count of bad frames
+        in a row, and how many bodies were used."""
         out: list[bytes] = []
+        queued = 0
+        budget = self.settings.max_reply_queue_bytes
         changes: list[Change] = []
         writes: list[tuple[int, int]] = []  # (index in out, request id)
         watch: Watcher | None = None
+        used = 0
         for body in bodies:
+            if queued > budget:
+                break
+            used += 1
             try:
                 req = _request_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            except _DECODE_ERRORS as exc:
                 bad += 1
                 out.append(_error_frame(self._guess_id(body), self._decode_error(exc)))
+                queued += len(out[-1])
                 continue
             bad = 0
             if isinstance(req, (Compact, ConfigSet, Watch)):
@@ -314,22 +384,28 @@ class Server:
                     out.append(_frame(EventReply(id=req.id, event=_hello_event())))
                     break
                 out.append(await self._slow(req))
+                queued += len(out[-1])
                 continue
             try:
                 reply, made = self.apply(req)
             except SessionError as exc:
                 out.append(_error_frame(req.id, exc))
+                queued += len(out[-1])
                 continue
             except Exception as exc:  # a bug: answer, log, keep serving
                 log.exception("internal error handling %s", type(req).__name__)
                 out.append(_error_frame(req.id, InternalError(f"internal error: {exc!r}")))
                 continue
             if made:
-                writes.append((len(out), req.id))
+                # A read's only changes are lazy expiries: if the journal
+                # refuses them the answer still holds, so reads keep working.
+                if isinstance(req, WRITES) or (isinstance(req, Get) and req.touch):
+                    writes.append((len(out), req.id))
                 changes.extend(made)
             out.append(_frame(reply))
+            queued += len(out[-1])
         await self._commit(changes, writes, out)
-        return out, watch, bad
+        return out, watch, bad, used
 
     async def _commit(
         self, changes: list[Change], writes: list[tuple[int, int]], out: list[bytes]
@@ -347,11 +423,11 @@ class Server:
         store = self.store
         await self.journal.commit(journal_lines(changes), lambda: store.revert(changes))
         self.hub.publish(changes, now_us())
-        for c in changes:
-            after = c.after
-            if after is not None and after.status is ACTIVE and after.expires_at < self.timer_target:
-                self.timer_wake.set()
-                break
+        # Any change may bring the next deadline forward: a new or shorter
+        # session, or an expiry whose retention ends before the timer wakes.
+        deadline = store.next_deadline()
+        if deadline is not None and deadline < self.timer_target:
+            self.timer_wake.set()
         s = self.settings
         if self.journal.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes):
             self.compact_wake.set()
@@ -360,14 +436,18 @@ class Server:
     def _guess_id(body: bytes) -> int:
         try:
             return _id_decoder.decode(body).id
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        except _DECODE_ERRORS:
             return 0
 
     @staticmethod
     def _decode_error(exc: Exception) -> SessionError:
+        if isinstance(exc, UnicodeDecodeError):
+            return InvalidRequest(f"malformed request: a string is not valid UTF-8 ({exc})")
         text = describe_decode_error(exc)
-        if "`$.op`" in text:
-            return Unsupported(f"unknown operation: {text}")
+        if text.startswith("Invalid value") and text.endswith("`$.op`"):
+            return Unsupported(
+                f"unknown operation: {text} (known: {', '.join(_OPERATIONS)})"
+            )
         if isinstance(exc, msgspec.ValidationError):
             return InvalidRequest(f"invalid request: {text}")
         return InvalidRequest(f"malformed request: {text}")
@@ -380,7 +460,9 @@ class Server:
             session, made = store.get(now, req.sid, req.touch)
             return SessionReply(id=req.id, session=session), made
         if isinstance(req, Create):
-            session, made = store.create(now, user=req.user, ttl=req.ttl, meta=req.meta, sid=req.sid)
+            session, made = store.create(
+                now, user=req.user, ttl=req.ttl, meta=req.meta, sid=req.sid
+            )
             return SessionReply(id=req.id, session=session), made
         if isinstance(req, Set):
             session, made = store.set(now, req.sid, req.key, req.value, req.expect_version)
@@ -479,7 +561,9 @@ class Server:
             journal_bytes=j.size,
             fsync=j.policy,
             compacted_bytes=j.compacted_size,
-            last_compaction_at=None if j.last_compaction_at is None else int(j.last_compaction_at * US),
+            last_compaction_at=(
+                None if j.last_compaction_at is None else int(j.last_compaction_at * US)
+            ),
             last_compaction_seconds=j.last_compaction_seconds,
             compactions=j.compactions,
             write_errors=j.write_errors,
@@ -504,9 +588,17 @@ class Server:
                     await watcher.ready.wait()
                     events = watcher.take()
                     if events:
-                        await self._send(stream, b"".join(
-                            _frame(EventReply(id=0, event=e)) for e in events
-                        ))
+                        # No send timeout here: a watcher that stops reading
+                        # blocks only this task, its bounded queue overflows
+                        # into a "lagged" event, and it may catch up later.
+                        try:
+                            await stream.send(b"".join(
+                                _frame(EventReply(id=0, event=e)) for e in events
+                            ))
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            # The watcher went away. Raised out of the task
+                            # group this would arrive as an ExceptionGroup.
+                            break
                 tg.cancel_scope.cancel()
         finally:
             self.hub.unsubscribe(watcher)
@@ -531,20 +623,24 @@ class Server:
         store = self.store
         while True:
             now = now_us()
-            expired = store.expire_due(now)
-            purged = store.purge_due(now)
-            if expired:
-                for c in expired:
-                    assert c.before is not None
-                    lag = (now - c.before.expires_at) / 1000
-                    self.lags.append(lag)
-                    if lag > self.lag_max:
-                        self.lag_max = lag
+            expired = store.expire_due(now, EXPIRY_BATCH)
+            purged = store.purge_due(now, EXPIRY_BATCH)
+            failed = False
             if expired or purged:
                 try:
                     await self.commit(expired + purged)
                 except ReadOnly as exc:
-                    log.error("could not persist %d expiries: %s", len(expired) + len(purged), exc)
+                    # Reverted, so still due: retry later, not in a hot loop.
+                    log.error("could not persist %d expiries: %s",
+                              len(expired) + len(purged), exc)
+                    failed = True
+                else:
+                    for c in expired:
+                        assert c.before is not None
+                        lag = (now - c.before.expires_at) / 1000
+                        self.lags.append(lag)
+                        if lag > self.lag_max:
+                            self.lag_max = lag
             deadline = store.next_deadline()
             self.timer_wake = anyio.Event()
             if deadline is None:
@@ -553,9 +649,17 @@ class Server:
             else:
                 self.timer_target = deadline
                 delay = max(0.0, (deadline - now_us()) / US)
+            if failed:
+                delay = TIMER_RETRY
             if delay > 0:
-                with anyio.move_on_after(delay):
+                # Deadlines are wall-clock, the sleep is monotonic: waking at
+                # least every TIMER_MAX_SLEEP bounds how late a step of the
+                # wall clock can make an expiry.
+                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
                     await self.timer_wake.wait()
+            else:
+                # More is due (a batch was full): let requests in between.
+                await anyio.lowlevel.checkpoint()
 
     async def run_compactor(self) -> None:
         """Compact on growth, on the interval, and to leave read-only mode."""
@@ -574,7 +678,8 @@ class Server:
                 and j.changed_since_compaction
                 and time.monotonic() - last >= s.compact_interval
             )
-            if not (j.failed or timer_due or j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)):
+            grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
+            if not (j.failed or timer_due or grown):
                 continue
             try:
                 await j.compact(self.store.snapshot)
@@ -586,13 +691,14 @@ class Server:
 
     # -- stopping --------------------------------------------------------
 
-    async def drain(self, timeout: float) -> None:
-        """Stop reading new requests and wait for those in flight."""
+    async def drain(self, grace: float) -> None:
+        """Stop reading new requests and wait up to ``grace`` seconds for
+        those in flight."""
         self.stopping = True
         for scope in list(self._idle):
             scope.cancel()
         if self.connections:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(grace):
                 await self._drained.wait()
 
 

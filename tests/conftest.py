@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from sessiond.errors import DaemonUnavailable
 from sessionctl import Client
+from sessiond.errors import DaemonUnavailable
 
 BIN = Path(sys.executable).parent
 SESSIOND = str(BIN / "sessiond")
