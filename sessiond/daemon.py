@@ -36,7 +36,7 @@ from sessiond.journal import (
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
 from sessiond.model import Session, now_us
 from sessiond.records import LineError
-from sessiond.server import Server
+from sessiond.server import Server, journal_lines
 from sessiond.store import Change, Rules, Store
 
 log = logging.getLogger("sessiond")
@@ -101,6 +101,9 @@ def bind_socket(path: Path) -> socket.socket:
         if not stat.S_ISSOCK(st.st_mode):
             raise StartError(f"{path} exists and is not a socket; remove it or choose --socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A live daemon with a full backlog makes connect wait: that still
+        # means "in use", so a timeout counts as live.
+        probe.settimeout(2.0)
         try:
             probe.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
@@ -254,32 +257,31 @@ async def serve(
     # Checked outside the task group, so that a bad hand-over from systemd
     # is reported as one line rather than inside an exception group.
     passed = systemd.adopt_listener(activated) if activated else None
+    # Replay is done; persist what it implies before anyone connects:
+    # imported legacy sessions, and deadlines that passed while we were down.
+    now = now_us()
+    initial += store.expire_due(now) + store.purge_due(now)
+    if initial:
+        journal.append_at_start(journal_lines(initial))
+    if migrated is not None:
+        mark_migrated(where.data_dir, migrated)
+    if passed is not None:
+        # systemd owns this socket and keeps it across our restarts: it
+        # must never be unlinked here.
+        sock = passed
+        own_socket = False
+        address: object = sock.getsockname()
+        log.info("using the socket passed by systemd: %s (fd %d)", address, activated[0])
+    else:
+        sock = bind_socket(where.socket)
+        own_socket = True
+        address = str(where.socket)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run_flusher)
         tg.start_soon(journal.run_syncer)
-        # Replay is done; persist what it implies before anyone connects:
-        # imported legacy sessions, and deadlines that passed while we were down.
-        now = now_us()
-        initial += store.expire_due(now) + store.purge_due(now)
-        if initial:
-            await server.commit(initial)
-        if migrated is not None:
-            await journal.sync()
-            mark_migrated(where.data_dir, migrated)
-        if passed is not None:
-            # systemd owns this socket and keeps it across our restarts: it
-            # must never be unlinked here.
-            sock = passed
-            own_socket = False
-            address: object = sock.getsockname()
-            log.info("using the socket passed by systemd: %s (fd %d)", address, activated[0])
-        else:
-            sock = bind_socket(where.socket)
-            own_socket = True
-            address = str(where.socket)
-        sock.setblocking(False)
-        listener = await anyio.abc.SocketListener.from_socket(sock)
         try:
+            sock.setblocking(False)
+            listener = await anyio.abc.SocketListener.from_socket(sock)
             tg.start_soon(server.serve, listener, tg)
             tg.start_soon(server.run_expiry)
             tg.start_soon(server.run_compactor)

@@ -399,6 +399,14 @@ class Journal:
         self.size = os.fstat(fd).st_size
         self.compacted_size = self.size
 
+    def append_at_start(self, data: bytes) -> None:
+        """Write and fsync before the daemon serves anyone (replay's
+        consequences: expiries that fell due while it was down, a legacy
+        import). Blocking is fine here: nothing else is running yet."""
+        _write_all(self.fd, data)
+        _fsync(self.fd)
+        self.size += len(data)
+
     def close(self) -> None:
         if self.fd >= 0:
             if self._dirty and self.failed is None:
