@@ -2,6 +2,11 @@
 
 ``sessionctl`` resolves the socket with the same function as the daemon, so
 both always agree on where to meet.
+
+pathlib is imported only by the functions that make a Path, and ``Paths``
+is a NamedTuple rather than a dataclass: every ``sessionctl`` run imports
+this module, and pathlib and dataclasses would cost it several milliseconds
+(``socket_location`` gives the socket, as a string, without either).
 """
 
 from __future__ import annotations
@@ -9,10 +14,12 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from sessiond.errors import SessionError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 APP = "sessiond"
 SOCKET_ENV = "SESSIOND_SOCKET"
@@ -21,6 +28,7 @@ CONFIG_ENV = "SESSIOND_CONFIG"
 JOURNAL_NAME = "data.jsonl"
 LOCK_NAME = "sessiond.lock"
 LOG_NAME = "sessiond.log"
+SOCKET_NAME = "sessiond.sock"
 
 
 class UnsafePath(SessionError):
@@ -41,30 +49,66 @@ def _platformdirs() -> tuple[str, str, str]:
 
 
 def default_socket() -> Path:
+    from pathlib import Path
+
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        return Path(runtime) / APP / "sessiond.sock"
-    return Path(_platformdirs()[0]) / "sessiond.sock"
+        return Path(runtime) / APP / SOCKET_NAME
+    return Path(_platformdirs()[0]) / SOCKET_NAME
 
 
 def socket_path(option: str | None = None) -> Path:
     """``--socket``, then ``$SESSIOND_SOCKET``, then the default."""
+    from pathlib import Path
+
     chosen = option or os.environ.get(SOCKET_ENV)
     return Path(chosen).expanduser() if chosen else default_socket()
 
 
+def _normal(path: str) -> bool:
+    """Whether ``str(Path(path)) == path``: nothing for pathlib to fold (an
+    empty or ``.`` component, a trailing slash)."""
+    return not (
+        path in ("", ".")
+        or path.endswith(("/", "/."))
+        or path.startswith("./")
+        or "//" in path
+        or "/./" in path
+    )
+
+
+def socket_location(option: str | None = None) -> str:
+    """``str(socket_path(option))``. In the usual case (a path with nothing
+    to expand or fold) it is worked out without pathlib, which the client
+    would otherwise import only for this."""
+    chosen = option or os.environ.get(SOCKET_ENV)
+    if chosen:
+        if not chosen.startswith("~") and _normal(chosen):
+            return chosen
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            joined = f"{runtime}/{APP}/{SOCKET_NAME}"
+            if _normal(joined):
+                return joined
+    return str(socket_path(option))
+
+
 def data_dir(option: str | None = None) -> Path:
+    from pathlib import Path
+
     chosen = option or os.environ.get(DATA_DIR_ENV)
     return Path(chosen).expanduser() if chosen else Path(_platformdirs()[1])
 
 
 def config_path(option: str | None = None) -> Path:
+    from pathlib import Path
+
     chosen = option or os.environ.get(CONFIG_ENV)
     return Path(chosen).expanduser() if chosen else Path(_platformdirs()[2]) / "config.json"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     socket: Path
     data_dir: Path
     config: Path

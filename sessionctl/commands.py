@@ -1,0 +1,273 @@
+"""What each ``sessionctl`` command does once its command line is read.
+
+Kept apart from ``sessionctl.cli`` so that commands that do not talk to the
+daemon (``version``, ``help``, usage errors) never import the client, msgspec
+or the output code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sessionctl import render
+from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, out
+from sessionctl.client import Client
+from sessiond.model import format_duration, now_us
+from sessiond.protocol import PAGE_MAX
+
+
+def execute(args: Args) -> int:
+    command = args.command
+    # Everything that can be checked here is, before the daemon is reached
+    # (or started): bad input must change nothing anywhere.
+    prepare = PREPARE.get(command)
+    undo = prepare(args) if prepare is not None else None
+    try:
+        with connect(args) as c:
+            return HANDLERS[command](c, args)
+    finally:
+        if undo is not None:
+            undo()
+
+
+def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
+    out(render.to_json(data) if args.json else human())
+
+
+def connect(args: Args) -> Client:
+    no_auto = args.no_autostart or os.environ.get("SESSIONCTL_NO_AUTOSTART", "") not in ("", "0")
+    return Client(args.socket, autostart=not no_auto)
+
+
+def prepare_cleanup(args: Args) -> None:
+    from sessiond.model import parse_time
+
+    args.before_us = None
+    if args.before is not None:
+        try:
+            args.before_us = parse_time(args.before)
+        except ValueError as exc:
+            raise UsageError(f"--before: {exc}") from None
+
+
+def prepare_import(args: Args) -> None:
+    from pathlib import Path
+
+    from sessiond.legacy import read_sessions
+
+    try:
+        args.loaded = read_sessions(Path(args.file))
+    except OSError as exc:
+        raise UsageError(f"{exc.strerror}; give the path of a data.jsonl or an export") from None
+
+
+def prepare_export(args: Args) -> Callable[[], None] | None:
+    from pathlib import Path
+
+    from sessionctl.export import Output
+
+    args.target = None
+    if args.output is None:
+        return None
+    try:
+        target = Output.open(Path(args.output))
+    except OSError as exc:
+        raise UsageError(f"--output {args.output}: {exc.strerror}") from None
+    args.target = target
+    return target.discard
+
+
+PREPARE: dict[str, Callable[[Args], Callable[[], None] | None]] = {
+    "cleanup": prepare_cleanup,
+    "import": prepare_import,
+    "export": prepare_export,
+}
+
+
+def show_session(c: Client, args: Args, s: Any) -> int:
+    emit(args, render.session_dict(s), lambda: render.session_fields(s, now_us()))
+    return EXIT_OK
+
+
+def h_create(c: Client, args: Args) -> int:
+    s = c.create(user=args.user, ttl=args.ttl, meta=dict(args.meta), id=args.id)
+    emit(args, render.session_dict(s), lambda: s.id)
+    return EXIT_OK
+
+
+def h_get(c: Client, args: Args) -> int:
+    return show_session(c, args, c.get(args.id, touch=args.touch))
+
+
+def h_set(c: Client, args: Args) -> int:
+    return show_session(c, args, c.set(args.id, args.key, args.value))
+
+
+def h_unset(c: Client, args: Args) -> int:
+    return show_session(c, args, c.unset(args.id, args.key))
+
+
+def h_delete(c: Client, args: Args) -> int:
+    sid = c.delete(args.id)
+    emit(args, {"deleted": sid}, lambda: f"deleted {sid}")
+    return EXIT_OK
+
+
+def h_expire(c: Client, args: Args) -> int:
+    return show_session(c, args, c.expire(args.id))
+
+
+def h_refresh(c: Client, args: Args) -> int:
+    return show_session(c, args, c.refresh(args.id, ttl=args.ttl, revive=args.revive))
+
+
+def h_list(c: Client, args: Args) -> int:
+    from itertools import islice
+
+    limit = args.limit
+    page = min(limit, PAGE_MAX) if limit else PAGE_MAX
+    sessions = islice(c.iter_sessions(status=args.status, user=args.user, page=page), limit)
+    if args.json:
+        # Streamed page by page: a million sessions never sit in one string.
+        render.write_json_array(sys.stdout, (render.session_dict(s) for s in sessions))
+    else:
+        out(render.session_table(list(sessions), now_us()))
+    return EXIT_OK
+
+
+def h_stats(c: Client, args: Args) -> int:
+    import msgspec
+
+    st = c.stats()
+    emit(args, msgspec.to_builtins(st), lambda: render.stats_fields(st, now_us()))
+    return EXIT_OK
+
+
+def h_export(c: Client, args: Args) -> int:
+    from sessionctl.export import write_sessions
+
+    target = args.target
+    if target is None:
+        write_sessions(c, args.format, sys.stdout.buffer)
+        return EXIT_OK
+    try:
+        count = write_sessions(c, args.format, target.file)
+        target.commit()
+    except OSError as exc:
+        raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
+    emit(args, {"exported": count, "file": str(target.path)},
+         lambda: f"exported {count} session{'s' if count != 1 else ''} to {target.path}")
+    return EXIT_OK
+
+
+def h_import(c: Client, args: Args) -> int:
+    loaded = args.loaded
+    result = c.import_sessions(loaded.sessions)
+    data = {
+        "imported": result.imported,
+        "updated": result.updated,
+        "skipped": result.skipped,
+        "unreadable": len(loaded.problems),
+        "reasons": result.reasons,
+        "problems": loaded.problems,
+    }
+
+    def human() -> str:
+        lines = [
+            f"imported {result.imported}, updated {result.updated}, skipped {result.skipped}, "
+            f"unreadable {len(loaded.problems)} ({loaded.format} from {args.file})"
+        ]
+        lines += [f"  skipped {r}" for r in result.reasons]
+        lines += [f"  unreadable: {p}" for p in loaded.problems]
+        return "\n".join(lines)
+
+    emit(args, data, human)
+    if loaded.problems:
+        sys.stderr.write(
+            f"sessionctl: error: {len(loaded.problems)} unreadable record(s) in {args.file} "
+            f"were not imported (listed above)\n"
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def h_cleanup(c: Client, args: Args) -> int:
+    import msgspec
+
+    r = c.cleanup(before=args.before_us, dry_run=args.dry_run)
+
+    def human() -> str:
+        verb = "would remove" if r.dry_run else "removed"
+        lines = [f"{verb} {r.removed_count} sessions, {r.remaining_count} remaining"]
+        lines += [f"  {sid}" for sid in r.removed_ids]
+        return "\n".join(lines)
+
+    emit(args, msgspec.to_builtins(r), human)
+    return EXIT_OK
+
+
+def h_config(c: Client, args: Args) -> int:
+    from sessiond.config import parse_value
+
+    if args.value is not None:
+        data = c.set_config(args.key, parse_value(args.value))
+    else:
+        data = c.config(args.key)
+    if args.key and args.value is None and not args.json:
+        out(render.meta_text(data[args.key]))
+        return EXIT_OK
+    emit(args, data, lambda: render.fields((k, render.meta_text(v)) for k, v in data.items()))
+    return EXIT_OK
+
+
+def h_compact(c: Client, args: Args) -> int:
+    import msgspec
+
+    r = c.compact()
+    emit(args, msgspec.to_builtins(r), lambda: (
+        f"compacted: {render.human_bytes(r.bytes_before)} -> {render.human_bytes(r.bytes_after)}, "
+        f"{r.sessions} sessions kept, {r.seconds:.3f}s"
+    ))
+    return EXIT_OK
+
+
+def h_watch(c: Client, args: Args) -> int:
+    from sessiond.model import iso
+
+    try:
+        for ev in c.watch(user=args.user):
+            if args.json:
+                data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at)}
+                if ev.session is not None:
+                    data["session"] = render.session_dict(ev.session)
+                if ev.kind == "lagged":
+                    data["dropped"] = ev.dropped
+                out(render.to_json(data, indent=0).replace("\n", ""))
+            elif ev.kind == "lagged":
+                out(f"{iso(ev.at)} lagged, {ev.dropped} events dropped")
+            elif ev.kind != "watching":
+                user = f" user={ev.session.user}" if ev.session else ""
+                out(f"{iso(ev.at)} {ev.kind} {ev.sid}{user}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def h_ping(c: Client, args: Args) -> int:
+    p = c.ping()
+    emit(args, {"pid": p.pid, "version": p.version, "uptime": round(p.uptime, 3),
+                "socket": str(c.path)},
+         lambda: f"pong from sessiond {p.version} (pid {p.pid}, up {format_duration(p.uptime)})")
+    return EXIT_OK
+
+
+HANDLERS: dict[str, Callable[[Client, Args], int]] = {
+    "create": h_create, "get": h_get, "set": h_set, "unset": h_unset, "delete": h_delete,
+    "expire": h_expire, "refresh": h_refresh, "list": h_list, "stats": h_stats,
+    "export": h_export, "import": h_import, "cleanup": h_cleanup, "config": h_config,
+    "compact": h_compact, "watch": h_watch, "ping": h_ping,
+}

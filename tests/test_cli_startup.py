@@ -1,0 +1,210 @@
+"""What keeps ``sessionctl`` quick to start, and that being quick changed
+nothing: the fast command-line reader agrees with argparse wherever it
+answers, the socket path worked out without pathlib is pathlib's, and the
+hot commands import nothing they do not need.
+
+Speed itself is measured by ``scripts/bench.py``, never here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sessionctl
+from sessionctl import cli, usage
+from sessiond import paths
+from tests.conftest import Daemon
+
+OPTIONS = sorted(
+    {a.name for _, args in cli.COMMANDS.values() for a in args if a.name.startswith("-")}
+    | {a.name for a in cli.GLOBALS}
+)
+# Values that are fine, values each check refuses, and the shapes argparse
+# treats specially (dashes, spaces, '=', empty, negative numbers).
+WORDS = [
+    "s1", "abc.DEF_-9", "x" * 128, "x" * 129, "bad/id", "", " ", "a b", "-", "--", "-5", "-x",
+    "-a b", "0", "5", "+5", "1_0", " 7", "٣", "99999999999999999999", "k=v", "=v", " k = v ",
+    "active", "expired", "bogus", "json", "jsonl", "csv", "/tmp/x", "~/s", "rel//s/", "é",
+    "--tou", "--soc", "-h", "--help", "--json=1", "--touch=", "--socket=", "--socket=/s",
+    "--user=", "--user=u", "--ttl=5", "--limit=0", "--meta=a=b", "--status=active",
+    "--format=csv", "--id=abc", "--before=2020", "HELP",
+]
+TOKENS = st.sampled_from([*cli.COMMANDS, *OPTIONS, *OPTIONS, *WORDS])
+
+
+def argparse_reading(argv: list[str]) -> tuple[str, Any]:
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            return "ok", vars(usage.parse_with_argparse(argv))
+    except cli.UsageError as exc:
+        return "usage", str(exc)
+    except SystemExit as exc:
+        return "exit", (exc.code, out.getvalue())
+
+
+def check_agreement(argv: list[str]) -> None:
+    fast = cli.parse_fast(argv)
+    slow = argparse_reading(argv)
+    if fast is not None:
+        assert slow == ("ok", vars(fast)), argv
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            combined: tuple[str, Any] = ("ok", vars(cli.parse(argv)))
+    except cli.UsageError as exc:
+        combined = ("usage", str(exc))
+    except SystemExit as exc:
+        combined = ("exit", (exc.code, out.getvalue()))
+    assert combined == slow, argv
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(TOKENS, max_size=7))
+def test_any_command_line_reads_as_argparse_reads_it(argv: list[str]) -> None:
+    check_agreement(argv)
+
+
+@st.composite
+def plausible(draw: st.DrawFn) -> list[str]:
+    """A command with the arguments it takes, options in any order and in
+    either form, now and then one stray token."""
+    name = draw(st.sampled_from(list(cli.COMMANDS)))
+    arguments = cli.COMMANDS[name][1]
+    words: list[str] = []
+    for arg in arguments:
+        if arg.name.startswith("-"):
+            continue
+        if arg.kind == cli.OPTIONAL and draw(st.booleans()):
+            break
+        words.append(draw(st.sampled_from(["s1", "abc", "k", "v", "a b", "", "get"])))
+    options: list[list[str]] = []
+    for arg in draw(st.permutations([*cli.GLOBALS, *(a for a in arguments
+                                                      if a.name.startswith("-"))])):
+        if not draw(st.booleans()):
+            continue
+        if arg.kind == cli.FLAG:
+            options.append([arg.name])
+            continue
+        allowed = arg.allowed()
+        value = draw(st.sampled_from(list(allowed) if allowed else ["u", "5", "k=v", "/s"]))
+        options.append([f"{arg.name}={value}"] if draw(st.booleans()) else [arg.name, value])
+    cut = draw(st.integers(0, len(options)))
+    argv = [t for o in options[:cut] for t in o] + words + [t for o in options[cut:] for t in o]
+    if draw(st.booleans()):
+        argv = ["--json", *argv] if draw(st.booleans()) else ["--socket", "/pre", *argv]
+        argv.insert(2 if argv[0] == "--socket" else 1, name)
+    else:
+        argv.insert(0, name)
+    if draw(st.integers(0, 9)) == 0:
+        argv.insert(draw(st.integers(0, len(argv))), draw(TOKENS))
+    return argv
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plausible())
+def test_ordinary_command_lines_read_as_argparse_reads_them(argv: list[str]) -> None:
+    check_agreement(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["get", "s1"], ["--json", "get", "s1", "--touch"], ["set", "s1", "k", "a b"],
+    ["create", "--user", "u", "--meta", "a=1", "--meta=b=2", "--ttl", "60"],
+    ["list", "--limit", "5", "--status", "active"], ["stats", "--json"], ["version"],
+    ["config"], ["config", "default_ttl"], ["config", "default_ttl", "60"],
+    ["--socket", "/s", "ping", "--no-autostart"], ["export", "--format=csv"],
+    ["cleanup", "--dry-run", "--before", "2026-01-01"], ["refresh", "s1", "--revive"],
+])
+def test_the_usual_command_lines_take_the_fast_path(argv: list[str]) -> None:
+    fast = cli.parse_fast(argv)
+    assert fast is not None
+    assert argparse_reading(argv) == ("ok", vars(fast))
+
+
+@given(st.text(alphabet="/.~ab", max_size=12))
+def test_the_socket_path_is_pathlibs(text: str) -> None:
+    env = {paths.SOCKET_ENV: text, "XDG_RUNTIME_DIR": text}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        try:
+            expected = str(paths.socket_path())
+        except RuntimeError:  # "~a": no such user, so no home to expand to
+            with pytest.raises(RuntimeError):
+                paths.socket_location()
+        else:
+            assert paths.socket_location() == expected
+        mp.delenv(paths.SOCKET_ENV)
+        assert paths.socket_location() == str(paths.socket_path())
+
+
+def test_the_package_exports_what_it_lists() -> None:
+    assert sorted(sessionctl._HOME) == sorted(sessionctl.__all__)
+    for name in sessionctl.__all__:
+        assert getattr(sessionctl, name).__name__ == name
+    assert set(sessionctl.__all__) <= set(dir(sessionctl))
+    with pytest.raises(AttributeError):
+        sessionctl.Nothing  # noqa: B018
+
+
+# -- what a run imports --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path_factory.mktemp("startup"))
+    daemon.start()
+    yield daemon
+    if daemon.stop() != 0:
+        daemon.kill()
+
+
+def imported_by(env: dict[str, str], *argv: str) -> set[str]:
+    """Modules a ``sessionctl`` run imports beyond those the interpreter
+    starts with."""
+    script = """
+import json, sys
+before = set(sys.modules)
+from sessionctl.cli import main
+status = main(sys.argv[1:])
+sys.stderr.write(json.dumps([status, sorted(set(sys.modules) - before)]) + "\\n")
+"""
+    r = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    status, modules = json.loads(r.stderr.splitlines()[-1])
+    assert status == 0, r.stderr
+    return set(modules)
+
+
+def test_version_imports_neither_msgspec_nor_typing_nor_argparse(d: Daemon) -> None:
+    loaded = imported_by(d.env, "version")
+    assert not {"msgspec", "typing", "argparse", "sessiond.model"} & loaded, loaded
+
+
+def test_get_imports_no_argparse_pathlib_or_platformdirs(d: Daemon) -> None:
+    with d.client() as c:
+        sid = c.create(user="startup").id
+    # The socket named by SESSIOND_SOCKET, then found at its default place
+    # under XDG_RUNTIME_DIR (a link to the same socket).
+    runtime = d.root / "xdg-runtime"
+    (runtime / "sessiond").mkdir(mode=0o700, parents=True, exist_ok=True)
+    link = runtime / "sessiond" / "sessiond.sock"
+    if not link.is_symlink():
+        os.symlink(d.socket, link)
+    by_default = {k: v for k, v in d.env.items() if k != "SESSIOND_SOCKET"}
+    by_default["XDG_RUNTIME_DIR"] = str(runtime)
+    unwanted = {"argparse", "pathlib", "platformdirs", "dataclasses", "anyio", "shutil"}
+    for env in (d.env, by_default):
+        loaded = imported_by(env, "get", sid)
+        assert not unwanted & loaded, unwanted & loaded
