@@ -7,6 +7,7 @@ requests without waiting for each answer.
 
 from __future__ import annotations
 
+import array
 import builtins
 import os
 import select
@@ -14,7 +15,7 @@ import socket as _socket
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
@@ -69,10 +70,19 @@ from sessiond.protocol import (
     Watch,
 )
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 T = TypeVar("T")
 # Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
 # of at most 64 KiB of meta each): a bigger header means a broken stream.
 MAX_REPLY_BYTES = 1 << 30
+# A recv(2) of this size covers any small reply in one call; far bigger sizes
+# make every call map and unmap its buffer (measured: 3 us for 64 KiB, 22 us
+# for 256 KiB, whatever arrives). A big reply is read in bigger calls.
+RECV_BYTES = 65536
+_BIG_RECV_BYTES = 1 << 18
+_NO_LENGTH = bytes(HEADER)
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
@@ -121,6 +131,13 @@ def _compacted(r: Response) -> CompactResult:
 def _pong(r: Response) -> Pong:
     assert isinstance(r, Pong)
     return r
+
+
+def _decode(body: bytes | memoryview) -> Response:
+    try:
+        return _decoder.decode(body)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
 
 
 class Pending(Generic[T]):
@@ -235,6 +252,29 @@ class _Operations:
         return self._submit(Ping(id=0), _pong)  # type: ignore[no-any-return]
 
 
+def _append_frame(out: bytearray, req: Request) -> None:
+    """Encode ``req`` as a frame at the end of ``out``."""
+    start = len(out)
+    out += _NO_LENGTH
+    _encoder.encode_into(req, out, -1)
+    out[start : start + HEADER] = (len(out) - start - HEADER).to_bytes(HEADER, "big")
+
+
+def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
+    """Make ``sock`` blocking, with ``timeout`` enforced by the kernel
+    (SO_RCVTIMEO, SO_SNDTIMEO): a socket with a Python timeout polls before
+    every recv and send, two more system calls a request. A recv or send
+    that times out then fails with EAGAIN."""
+    sock.settimeout(None)
+    if timeout is None:
+        return
+    micros = max(1, round(timeout * 1_000_000))  # zero would mean "never"
+    # struct timeval: two C longs on Linux.
+    timeval = array.array("l", divmod(micros, 1_000_000)).tobytes()
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, timeval)
+
+
 def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -> None:
     """connect(2), waiting while the daemon's accept backlog is full.
 
@@ -268,19 +308,24 @@ class Client(_Operations):
         timeout: float | None = 30.0,
         autostart: bool = False,
     ) -> None:
-        from sessiond.paths import socket_path
+        from sessiond.paths import socket_location
 
-        self.path = socket_path(os.fspath(socket) if socket is not None else None)
+        # A string, as str(Path) would give it: ``path`` makes the Path only
+        # when asked, so that a CLI run need not import pathlib.
+        self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
         self._next = 0
+        # Received bytes that are not yet a whole reply; empty between round
+        # trips, when a reply arrives in one piece.
         self._buf = bytearray()
+        self._out = bytearray()
         self._sock = self._connect(autostart)
         try:
             hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
             assert isinstance(hello, HelloReply)
             if hello.version != PROTOCOL_VERSION:
                 raise Unsupported(
-                    f"sessiond {hello.server} on {self.path} speaks protocol version "
+                    f"sessiond {hello.server} on {self._where} speaks protocol version "
                     f"{hello.version}, this client speaks {PROTOCOL_VERSION}; restart the "
                     f"daemon so that both run the same release"
                 )
@@ -290,23 +335,31 @@ class Client(_Operations):
         self.server_version = hello.server
         self.server_pid = hello.pid
 
+    @property
+    def path(self) -> Path:
+        """The socket this client is connected to."""
+        from pathlib import Path
+
+        return Path(self._where)
+
     def _connect(self, autostart: bool) -> _socket.socket:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            _connect_patiently(sock, os.fspath(self.path), self.timeout)
+            _connect_patiently(sock, self._where, self.timeout)
+            _use_kernel_timeouts(sock, self.timeout)
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             if not autostart:
                 raise DaemonUnavailable(
-                    f"no sessiond answers on {self.path} ({exc.strerror}); start it with "
+                    f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
                     f"'sessiond' or 'systemctl --user start sessiond', or let sessionctl "
                     f"start it (drop --no-autostart)"
                 ) from exc
         except OSError as exc:
             sock.close()
-            raise DaemonUnavailable(f"cannot connect to {self.path}: {exc.strerror}") from exc
+            raise DaemonUnavailable(f"cannot connect to {self._where}: {exc.strerror}") from exc
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)
@@ -325,11 +378,31 @@ class Client(_Operations):
 
     # -- frames ----------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | bytearray) -> None:
         try:
             self._sock.sendall(data)
+        except BlockingIOError as exc:
+            raise DaemonUnavailable(
+                f"sessiond on {self._where} did not take the request in time"
+            ) from exc
         except OSError as exc:
-            raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
+            parting = self._parting_error()
+            if parting is not None:
+                raise parting from exc
+            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+
+    def _parting_error(self) -> SessionError | None:
+        """The error the daemon closed the connection with (``busy``, say),
+        if it sent one before closing: a request sent after it fails with
+        EPIPE, but the frame is still there to read."""
+        try:
+            self._buf += self._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
+            while (response := self._pop_frame()) is not None:
+                if isinstance(response, ErrorReply) and response.id == 0:
+                    return from_code(response.code, response.message)
+        except (OSError, ProtocolError):
+            return None
+        return None
 
     def _pop_frame(self) -> Response | None:
         """The next whole reply already received, if there is one."""
@@ -340,32 +413,45 @@ class Client(_Operations):
         if n > MAX_REPLY_BYTES:
             # Nothing the daemon sends comes near: the stream is out of step.
             raise ProtocolError(
-                f"reply frame of {n} bytes from {self.path} exceeds {MAX_REPLY_BYTES}; "
+                f"reply frame of {n} bytes from {self._where} exceeds {MAX_REPLY_BYTES}; "
                 f"the connection is out of step"
             )
         end = HEADER + n
         if len(buf) < end:
             return None
-        body = bytes(buf[HEADER:end])
+        # Decoded in place; the view is gone before the bytes are dropped.
+        response = _decode(memoryview(buf)[HEADER:end])
         del buf[:end]
+        return response
+
+    def _recv(self) -> bytes:
+        """What the daemon has sent (waiting up to ``timeout``)."""
+        buf = self._buf
+        size = RECV_BYTES
+        if len(buf) >= HEADER and int.from_bytes(buf[:HEADER], "big") >= RECV_BYTES:
+            size = _BIG_RECV_BYTES  # the rest of a big reply
         try:
-            return _decoder.decode(body)  # type: ignore[no-any-return]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
+            chunk = self._sock.recv(size)
+        except (TimeoutError, BlockingIOError) as exc:
+            raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
+        except OSError as exc:
+            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+        if not chunk:
+            raise DaemonUnavailable(f"sessiond on {self._where} closed the connection")
+        return chunk
 
     def _fill(self) -> None:
         """Receive what the daemon has sent (waiting up to ``timeout``)."""
-        try:
-            chunk = self._sock.recv(262144)
-        except TimeoutError as exc:
-            raise DaemonUnavailable(f"sessiond on {self.path} did not answer in time") from exc
-        except OSError as exc:
-            raise DaemonUnavailable(f"connection to {self.path} lost: {exc}") from exc
-        if not chunk:
-            raise DaemonUnavailable(f"sessiond on {self.path} closed the connection")
-        self._buf += chunk
+        self._buf += self._recv()
 
     def _read_frame(self) -> Response:
+        if not self._buf:
+            # The usual case: the reply arrives whole and alone, and is
+            # decoded where it lies.
+            chunk = self._recv()
+            if len(chunk) > HEADER and int.from_bytes(chunk[:HEADER], "big") == len(chunk) - HEADER:
+                return _decode(memoryview(chunk)[HEADER:])
+            self._buf += chunk
         while True:
             response = self._pop_frame()
             if response is not None:
@@ -375,8 +461,10 @@ class Client(_Operations):
     def _roundtrip(self, req: Request) -> Response:
         self._next += 1
         req.id = self._next
-        body = _encoder.encode(req)
-        self._send(len(body).to_bytes(HEADER, "big") + body)
+        out = self._out
+        del out[:]
+        _append_frame(out, req)
+        self._send(out)
         while True:
             response = self._read_frame()
             if response.id == req.id:
@@ -435,7 +523,7 @@ class Client(_Operations):
     def watch(self, *, user: str | None = None) -> Iterator[Event]:
         """Events as they happen, on a connection of their own, until the
         generator is closed."""
-        other = Client(self.path, timeout=None)
+        other = Client(self._where, timeout=None)
         try:
             first = other._roundtrip(Watch(id=0, user=user))
             assert isinstance(first, EventReply)
@@ -458,7 +546,7 @@ class Pipeline:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._queued: list[tuple[int, Pending[Any]]] = []
-        self._frames: list[bytes] = []
+        self._frames = bytearray()
 
     def create(
         self,
@@ -531,8 +619,7 @@ class Pipeline:
         c = self._client
         c._next += 1
         req.id = c._next
-        body = _encoder.encode(req)
-        self._frames.append(len(body).to_bytes(HEADER, "big") + body)
+        _append_frame(self._frames, req)
         pending = Pending(convert)
         self._queued.append((req.id, pending))
         return pending
@@ -546,8 +633,8 @@ class Pipeline:
         if not self._frames:
             return
         c = self._client
-        data = memoryview(b"".join(self._frames))
-        self._frames = []
+        data = memoryview(self._frames)
+        self._frames = bytearray()
         waiting = dict(self._queued)
         self._queued = []
         sock = c._sock
@@ -558,16 +645,23 @@ class Pipeline:
         while sent < len(data):
             ready = poller.poll(wait_ms)
             if not ready:
-                raise DaemonUnavailable(f"sessiond on {c.path} did not answer in time")
+                raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
             mask = ready[0][1]
             if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
                 c._fill()
                 self._settle_received(waiting)
             elif mask & select.POLLOUT:
                 try:
-                    sent += sock.send(data[sent : sent + 1024 * 1024])
+                    # MSG_DONTWAIT: the socket blocks (see _use_kernel_timeouts),
+                    # and a blocking send would wait to send it all.
+                    sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
                 except OSError as exc:
-                    raise DaemonUnavailable(f"connection to {c.path} lost: {exc}") from exc
+                    parting = c._parting_error()
+                    if parting is not None:
+                        raise parting from exc
+                    raise DaemonUnavailable(f"connection to {c._where} lost: {exc}") from exc
         self._settle_received(waiting)
         while waiting:
             c._fill()

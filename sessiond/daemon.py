@@ -10,34 +10,37 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import gc
 import logging
 import os
 import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import anyio.abc
 
 from sessiond import __version__, config, paths, systemd
-from sessiond.errors import InvalidRequest, SessionError
+from sessiond.errors import SessionError
 from sessiond.journal import (
     POLICIES,
+    Item,
     Journal,
     JournalDamaged,
+    Loader,
     iter_damage,
     remove_leftovers,
     repair,
     scan,
 )
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
-from sessiond.model import Session, now_us
+from sessiond.model import now_us
 from sessiond.records import LineError
 from sessiond.server import Server, journal_lines
-from sessiond.store import Change, Rules, Store
+from sessiond.store import Change, ReplayRefused, Rules, Store
 
 log = logging.getLogger("sessiond")
 
@@ -126,20 +129,28 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
-def loader(store: Store) -> Callable[[Session], None]:
-    """Replay's put: a record the store refuses counts as a damaged line
+def loader(store: Store) -> Loader:
+    """Replay's loader: an item the store refuses counts as a damaged line
     (``--check`` and ``--repair`` use it too, so they judge as replay does)."""
-    def put(record: Session) -> None:
+    def load(items: Sequence[Item]) -> None:
         try:
-            store.load(record)
-        except InvalidRequest as exc:
-            raise LineError(str(exc)) from exc
+            store.replay(items)
+        except ReplayRefused as exc:
+            raise LineError(str(exc), index=exc.index) from exc
 
-    return put
+    return load
 
 
 def replay(store: Store, journal_path: Path) -> tuple[int, bool]:
-    result = scan(journal_path, loader(store), store.remove)
+    # Replay makes millions of objects and frees few: collections during it
+    # would find nothing to free. Afterwards what it built is frozen, so
+    # that later full collections do not walk it again and again.
+    gc.disable()
+    try:
+        result = scan(journal_path, load=loader(store))
+    finally:
+        gc.enable()
+    gc.freeze()
     if result.torn_bytes:
         log.warning("%s: final line is torn (%d bytes): cutting it",
                     journal_path, result.torn_bytes)
@@ -346,7 +357,7 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
 
 def check(where: paths.Paths) -> int:
     store = Store()
-    report = scan(where.journal, loader(store), store.remove, stop_on_damage=False)
+    report = scan(where.journal, stop_on_damage=False, load=loader(store))
     print(f"{where.journal}: {report.records} readable lines")
     if report.torn_bytes:
         print(f"torn final line ({report.torn_bytes} bytes): it will be cut at start")

@@ -74,7 +74,8 @@ class Hub:
             return
         for change in changes:
             record = change.after if change.after is not None else change.before
-            event = Event(kind=change.kind, sid=change.sid, at=now, session=record)
+            session = record.to_session() if record is not None else None
+            event = Event(kind=change.kind, sid=change.sid, at=now, session=session)
             user = record.user if record is not None else None
             for watcher in self.watchers:
                 if watcher.user is None or watcher.user == user:

@@ -8,9 +8,10 @@ Durability rules:
   ``everysec`` and ``no`` a batch is copied into the page cache from the
   event loop only while nothing else touches the file (no fsync and no write
   in flight, nothing queued), which costs microseconds where a thread hop
-  costs tens; otherwise it queues for the worker. Batches that queue while a
-  write is on disk go out together as one write and, for ``always``, one
-  fsync (group commit).
+  costs tens; otherwise it queues for the journal's own writer thread. A
+  commit that finds nothing on its way to disk hands its batch to that
+  thread itself; batches that queue while a write is on disk go out together
+  as one write and, for ``always``, one fsync (group commit).
 * A failed write or fsync is never retried and then acknowledged (after a
   failed fsync the kernel may have dropped the data and marked the pages
   clean): the batches it carried, and every batch queued behind them, are
@@ -23,24 +24,28 @@ Durability rules:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
 from sessiond.errors import JournalError, ReadOnly
-from sessiond.model import Session
+from sessiond.model import Record, Session
 from sessiond.protocol import CompactResult
-from sessiond.records import LineError, decode_line, line_id, put_line
+from sessiond.records import LineError, line_id, put_lines, read_block, read_line
 
 log = logging.getLogger("sessiond.journal")
 
@@ -153,74 +158,190 @@ class Scan:
     damaged: list[Damage] = field(default_factory=list)
 
 
+Item = Record | Session | str
+# Applies items in order. Refusing one (LineError with its ``index``), it
+# has applied those before it and none after.
+Loader = Callable[[Sequence[Item]], None]
+# Lines are read a block at a time: a few thousand lines, decoded and applied
+# together, while a block's temporaries still fit in the CPU's caches.
+BLOCK_BYTES = 1 << 18
+# Compaction encodes this many records per write, and has the kernel write
+# back what it has written each time this many bytes have piled up.
+COMPACT_CHUNK = 1024
+COMPACT_SYNC_BYTES = 32 << 20
+
+
 def _noop(_: object) -> None:
     return None
 
 
+def per_item(
+    on_put: Callable[[Record | Session], None], on_delete: Callable[[str], None]
+) -> Loader:
+    """A loader that hands each item to a callback (which may raise
+    ``LineError`` to refuse it)."""
+
+    def load(items: Sequence[Item]) -> None:
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, str):
+                    on_delete(item)
+                else:
+                    on_put(item)
+            except LineError as exc:
+                exc.index = i
+                raise
+
+    return load
+
+
 def scan(
     path: Path,
-    on_put: Callable[[Session], None] = _noop,
+    on_put: Callable[[Record | Session], None] = _noop,
     on_delete: Callable[[str], None] = _noop,
     stop_on_damage: bool = True,
     keep: Callable[[bytes], None] | None = None,
+    *,
+    load: Loader | None = None,
 ) -> Scan:
-    """Read every line, feeding puts and deletes to the callbacks.
+    """Read every line, feeding puts and deletes to ``load`` (or to the
+    callbacks), in order.
 
+    A put is a ``Record`` when the line is in the form the daemon writes,
+    else a ``Session`` for the rules to check (see ``sessiond.records``).
     A final line with no newline that is not even JSON is a torn write: it
     is reported in ``torn_bytes`` and not fed. Any other unreadable line
-    (including one that ``on_put`` refuses with ``LineError``) raises
-    ``JournalDamaged``, or with ``stop_on_damage`` false is listed in
-    ``damaged``. ``keep`` receives every line that was read, as it was."""
+    (including one that the loader refuses) raises ``JournalDamaged``, or
+    with ``stop_on_damage`` false is listed in ``damaged``. ``keep``
+    receives every line that was read, as it was."""
     result = Scan()
     if not path.exists():
         return result
+    reader = _Reader(path, load or per_item(on_put, on_delete), stop_on_damage, keep, result)
     with path.open("rb") as f:
-        _scan_lines(path, f, on_put, on_delete, stop_on_damage, keep, result)
+        reader.run(f)
     return result
 
 
-def _scan_lines(
-    path: Path,
-    f: io.BufferedIOBase,
-    on_put: Callable[[Session], None],
-    on_delete: Callable[[str], None],
-    stop_on_damage: bool,
-    keep: Callable[[bytes], None] | None,
-    result: Scan,
-) -> None:
-    offset = 0
-    # Iterating a binary file splits at b"\n" only, the same bytes that end
-    # the lines we write: \r and other separators inside garbage stay put.
-    for lineno, raw in enumerate(f, 1):
-        complete = raw.endswith(b"\n")
-        if not raw.strip():
-            offset += len(raw)
-            result.valid_end = offset
-            result.needs_newline = not complete
-            if keep is not None:
-                keep(raw)
-            continue
-        try:
-            item = decode_line(raw)
-            if isinstance(item, str):
-                on_delete(item)
+class _Reader:
+    """One pass of ``scan``: whole blocks of lines where it can, a line at a
+    time where it must (to say which line is damaged, and how)."""
+
+    def __init__(
+        self,
+        path: Path,
+        load: Loader,
+        stop_on_damage: bool,
+        keep: Callable[[bytes], None] | None,
+        result: Scan,
+    ) -> None:
+        self.path = path
+        self.load = load
+        self.stop_on_damage = stop_on_damage
+        self.keep = keep
+        self.result = result
+        self.lineno = 0  # lines before the current one
+        self.offset = 0  # bytes before the current line
+
+    def run(self, f: io.BufferedIOBase) -> None:
+        carry = b""
+        while True:
+            chunk = f.read(BLOCK_BYTES)
+            if not chunk:
+                break
+            data = carry + chunk if carry else chunk
+            # Iterating a binary file splits at b"\n" only, the same bytes
+            # that end the lines we write: \r and other separators inside
+            # garbage stay put. So does this.
+            cut = data.rfind(b"\n") + 1
+            carry = data[cut:]
+            if cut:
+                self._block(data[:cut])
+        if carry:
+            self._one(carry, complete=False)
+
+    def _block(self, block: bytes) -> None:
+        """Whole lines (``block`` ends with a newline)."""
+        items = read_block(block)
+        if items is None:
+            for line in block[:-1].split(b"\n"):
+                self._one(line, complete=True)
+            return
+        lines: list[bytes] | None = None  # split only if a line must be named
+        start = 0
+        while start < len(items):
+            try:
+                self.load(items[start:] if start else items)
+            except LineError as exc:
+                if lines is None:
+                    lines = block[:-1].split(b"\n")
+                bad = start + exc.index
+                self._advance(lines, start, bad)
+                self._damage(lines[bad] + b"\n", str(exc), exc)
+                start = bad + 1
             else:
-                on_put(item)
+                break
+        if lines is None:
+            lines = block[:-1].split(b"\n") if self.keep is not None else []
+            self._read(len(items), len(block), lines)
+        else:
+            self._advance(lines, start, len(lines))
+
+    def _advance(self, lines: list[bytes], start: int, stop: int) -> None:
+        """Count lines ``start`` to ``stop`` of a block as read."""
+        if start < stop:
+            chosen = lines[start:stop]
+            self._read(stop - start, sum(map(len, chosen)) + stop - start, chosen)
+
+    def _read(self, count: int, size: int, lines: list[bytes]) -> None:
+        """``count`` whole lines of ``size`` bytes were read (``lines``, for
+        ``keep``)."""
+        self.lineno += count
+        self.offset += size
+        result = self.result
+        result.records += count
+        result.valid_end = self.offset
+        result.needs_newline = False
+        if self.keep is not None:
+            for line in lines:
+                self.keep(line + b"\n")
+
+    def _damage(self, raw: bytes, reason: str, exc: LineError) -> None:
+        """A complete line that cannot be read (or that the loader refused)."""
+        self.lineno += 1
+        if self.stop_on_damage:
+            raise JournalDamaged(self.path, self.lineno, self.offset, reason) from exc
+        self.result.damaged.append((self.lineno, self.offset, reason, line_id(raw)))
+        self.offset += len(raw)
+
+    def _one(self, line: bytes, complete: bool) -> bool:
+        """One line (without its newline). False when it is a torn tail."""
+        raw = line + b"\n" if complete else line
+        result = self.result
+        if not line.strip():
+            self.lineno += 1
+            self.offset += len(raw)
+            result.valid_end = self.offset
+            result.needs_newline = not complete
+            if self.keep is not None:
+                self.keep(raw)
+            return True
+        try:
+            self.load([read_line(line)])
         except LineError as exc:
             if not complete and not exc.complete:
                 result.torn_bytes = len(raw)
-                return
-            if stop_on_damage:
-                raise JournalDamaged(path, lineno, offset, str(exc)) from exc
-            result.damaged.append((lineno, offset, str(exc), line_id(raw)))
-            offset += len(raw)
-            continue
+                return False
+            self._damage(raw, str(exc), exc)
+            return True
+        self.lineno += 1
+        self.offset += len(raw)
         result.records += 1
-        offset += len(raw)
-        result.valid_end = offset
+        result.valid_end = self.offset
         result.needs_newline = not complete
-        if keep is not None:
-            keep(raw)
+        if self.keep is not None:
+            self.keep(raw)
+        return True
 
 
 def remove_leftovers(path: Path) -> list[Path]:
@@ -232,19 +353,17 @@ def remove_leftovers(path: Path) -> list[Path]:
     return removed
 
 
-def repair(
-    path: Path, on_put: Callable[[Session], None] = _noop
-) -> tuple[Path, list[Damage]]:
+def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     """Back the journal up, then rewrite it without its unreadable lines.
 
-    ``on_put`` applies the same checks as replay, so that what is kept will
+    ``load`` applies the same checks as replay, so that what is kept will
     load. Returns the backup path and the dropped lines (line, offset,
     reason, id); a journal with nothing to drop is backed up but not
     rewritten."""
     if not path.exists():
         raise JournalError(f"there is no journal at {path}: nothing to repair")
     kept: list[bytes] = []
-    report = scan(path, on_put, _noop, stop_on_damage=False, keep=kept.append)
+    report = scan(path, stop_on_damage=False, keep=kept.append, load=load)
     data = path.read_bytes()
     backup = _backup_name(path)
     _write_file(backup, data, exclusive=True)
@@ -319,12 +438,73 @@ def iter_damage(report: Scan) -> Iterator[str]:
 class _Batch:
     __slots__ = ("data", "undo", "seq", "done", "error")
 
-    def __init__(self, data: bytes, undo: Undo, seq: int) -> None:
+    def __init__(self, data: bytes, undo: Undo, seq: int, done: anyio.Event | None) -> None:
         self.data = data
         self.undo = undo
         self.seq = seq
-        self.done = anyio.Event()
+        # Set once written or refused; None for a batch written inline, which
+        # nobody waits for (an Event costs more than the write).
+        self.done = done
         self.error: Exception | None = None
+
+    def settle(self) -> None:
+        if self.done is not None:
+            self.done.set()
+
+
+class _Job:
+    __slots__ = ("func", "loop", "done", "error")
+
+    def __init__(self, func: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.func = func
+        self.loop = loop
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
+class _WriterThread:
+    """The journal's own thread, for the writes (and fsyncs) of queued groups.
+
+    ``anyio.to_thread.run_sync`` costs two more trips round the event loop a
+    call (a checkpoint, and the capacity limiter's), which is felt most under
+    ``always``: measured at ~60 us a group more than handing the group to a
+    thread that is already waiting for it. The thread reports back with the
+    asyncio loop's ``call_soon_threadsafe`` (the daemon runs on anyio's
+    asyncio backend): ``anyio.from_thread.run_sync`` would hold the thread
+    until the loop has run the callback, and a busy loop then delays the
+    next group's write."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, func: Callable[[], None]) -> None:
+        """``func()`` in the thread. Like ``to_thread.run_sync``, waits for
+        it even when cancelled: the write it does cannot be taken back."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._main, name="sessiond-journal", daemon=True
+            )
+            self._thread.start()
+        job = _Job(func, asyncio.get_running_loop())
+        self._jobs.put(job)
+        with anyio.CancelScope(shield=True):
+            await job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    def _main(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.func()
+            except BaseException as exc:  # handed to the waiting task, which raises it
+                job.error = exc
+            job.loop.call_soon_threadsafe(job.done.set)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
 
 
 class _Abandoned(Exception):
@@ -370,12 +550,15 @@ class Journal:
         self._seq = 0  # batches accepted
         self._generation = 0  # files this journal has had (compaction swaps)
         self._settled = 0  # highest batch written or refused (they settle in order)
-        self._settled_event = anyio.Event()
+        self._settled_waiter: anyio.Event | None = None
         # _io_lock: one writer of the file at a time. _fd_lock: the fd stays
         # open while a thread fsyncs it. Order: _io_lock, then _fd_lock.
-        self._io_lock = anyio.Lock()
-        self._fd_lock = anyio.Lock()
+        # fast_acquire: an uncontended acquire need not cost a trip round
+        # the event loop (the flusher takes _io_lock for every group).
+        self._io_lock = anyio.Lock(fast_acquire=True)
+        self._fd_lock = anyio.Lock(fast_acquire=True)
         self._compact_lock = anyio.Lock()
+        self._writer = _WriterThread()
 
     def open(self, valid_end: int, needs_newline: bool) -> None:
         """Open for appending after replay, cutting a torn tail first."""
@@ -408,6 +591,7 @@ class Journal:
         self.size += len(data)
 
     def close(self) -> None:
+        self._writer.stop()
         if self.fd >= 0:
             if self._dirty and self.failed is None:
                 try:
@@ -430,13 +614,33 @@ class Journal:
             raise ReadOnly(self.failed)
         self.changed_since_compaction = True
         self._seq += 1
-        batch = _Batch(data, undo, self._seq)
         if self._idle_for_inline_write():
-            await self._write_inline(batch)
+            start = self.size
+            try:
+                # One write(2) nearly always takes it all.
+                written = os.write(self.fd, data)
+                if written < len(data):
+                    _write_all(self.fd, memoryview(data)[written:])
+            except OSError as exc:
+                await self._inline_failed(exc, _Batch(data, undo, self._seq, None), start)
+            self.size = start + len(data)
+            self._dirty = True
+            if self._capture is not None:
+                self._capture.append(data)
+            self._settle(self._seq)
             return
+        done = anyio.Event()
+        batch = _Batch(data, undo, self._seq, done)
         self._queue.append(batch)
-        self._wake.set()
-        await batch.done.wait()
+        if self._holding or self._io_lock.locked():
+            # A write is on its way to disk: the flusher writes this batch,
+            # and all that queue with it, as one group once it is done.
+            self._wake.set()
+            await done.wait()
+        else:
+            # Nothing is being written: write the group now, from this task,
+            # rather than wake the flusher and then be woken by it.
+            await self._write_queued()
         if batch.error is not None:
             raise batch.error
 
@@ -449,24 +653,17 @@ class Journal:
             and not self._fd_lock.locked()
         )
 
-    async def _write_inline(self, batch: _Batch) -> None:
-        start, generation = self.size, self._generation
-        try:
-            _write_all(self.fd, batch.data)
-        except OSError as exc:
-            self._fail(exc, "write", [batch])
-            # Cut what did land, off the loop, unless a compaction has
-            # replaced the file meanwhile (then it is gone anyway).
-            async with self._io_lock:
-                if self._generation == generation:
-                    await anyio.to_thread.run_sync(_cut, self.fd, start)
-            assert batch.error is not None
-            raise batch.error from exc
-        self.size += len(batch.data)
-        self._dirty = True
-        if self._capture is not None:
-            self._capture.append(batch.data)
-        self._settle(batch.seq)
+    async def _inline_failed(self, exc: OSError, batch: _Batch, start: int) -> NoReturn:
+        """A write from the loop failed: refuse it, cut what did land, raise."""
+        generation = self._generation
+        self._fail(exc, "write", [batch])
+        # Cut what did land, off the loop, unless a compaction has
+        # replaced the file meanwhile (then it is gone anyway).
+        async with self._io_lock:
+            if self._generation == generation:
+                await anyio.to_thread.run_sync(_cut, self.fd, start)
+        assert batch.error is not None
+        raise batch.error from exc
 
     async def run_flusher(self) -> None:
         """Write queued batches: one write (and for ``always`` one fsync) per
@@ -475,29 +672,36 @@ class Journal:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._queue and not self._holding:
-                group, self._queue = self._queue, []
-                data = b"".join(b.data for b in group)
-                sync = self.policy == "always"
-                async with self._io_lock:
-                    try:
-                        await anyio.to_thread.run_sync(
-                            self._write_sync, self.fd, data, sync, self.size
-                        )
-                    except _DiskError as exc:
-                        self._fail(exc.error, exc.what, group)
-                        continue
-                    self.size += len(data)
-                    if sync:
-                        self.fsyncs += 1
-                    else:
-                        self._dirty = True
-                    if self._capture is not None:
-                        # Captured only once written: a refused batch must not
-                        # reach the compacted file either.
-                        self._capture.append(data)
-                for b in group:
-                    b.done.set()
-                self._settle(group[-1].seq)
+                await self._write_queued()
+
+    async def _write_queued(self) -> None:
+        """Write every queued batch as one group: one write, and for
+        ``always`` one fsync. Groups are taken in order and written in
+        order: each waits for _io_lock, which hands over first come, first
+        served."""
+        group, self._queue = self._queue, []
+        data = b"".join([b.data for b in group])
+        sync = self.policy == "always"
+        async with self._io_lock:
+            try:
+                await self._writer.run(
+                    partial(self._write_sync, self.fd, data, sync, self.size)
+                )
+            except _DiskError as exc:
+                self._fail(exc.error, exc.what, group)
+                return
+            self.size += len(data)
+            if sync:
+                self.fsyncs += 1
+            else:
+                self._dirty = True
+            if self._capture is not None:
+                # Captured only once written: a refused batch must not
+                # reach the compacted file either.
+                self._capture.append(data)
+        for b in group:
+            b.settle()
+        self._settle(group[-1].seq)
 
     @staticmethod
     def _write_sync(fd: int, data: bytes, sync: bool, start: int) -> None:
@@ -539,12 +743,23 @@ class Journal:
                 self.fsyncs += 1
             self._dirty = False
 
+    @property
+    def _settled_event(self) -> anyio.Event:
+        """Set at the next settlement. Made only when someone waits for one
+        (a compaction), not for every batch."""
+        if self._settled_waiter is None:
+            self._settled_waiter = anyio.Event()
+        return self._settled_waiter
+
     def _settle(self, seq: int) -> None:
         # max: a failure of the background fsync refuses the queue while an
         # older group may still be on its way to disk and settle after it.
-        self._settled = max(self._settled, seq)
-        event, self._settled_event = self._settled_event, anyio.Event()
-        event.set()
+        if seq > self._settled:
+            self._settled = seq
+        event = self._settled_waiter
+        if event is not None:
+            self._settled_waiter = None
+            event.set()
 
     def _fail(self, exc: OSError, what: str, group: list[_Batch] | None = None) -> None:
         self.write_errors += 1
@@ -559,7 +774,7 @@ class Journal:
         for b in reversed(refused):
             b.undo()
             b.error = ReadOnly(self.failed)
-            b.done.set()
+            b.settle()
         if refused:
             self._settle(refused[-1].seq)
         if self.on_failure is not None:
@@ -571,8 +786,16 @@ class Journal:
         grown = self.size > self.compacted_size * (100 + growth_percent) / 100
         return self.failed is None and grown and self.size >= min_bytes
 
-    async def compact(self, snapshot: Callable[[], list[Session]]) -> CompactResult:
-        """Rewrite the journal as one line per session in ``snapshot()``.
+    async def compact(self, slots: Callable[[], Sequence[Record | None]]) -> CompactResult:
+        """Rewrite the journal as one line per record in ``slots()`` (the
+        store's own list, ``Store.live_slots``).
+
+        The list is not copied: it is read a chunk at a time, off the event
+        loop, while the store goes on changing, so a chunk may show a record
+        older or newer than the moment compaction began. Every write since
+        that moment is captured and appended after the records, so each
+        session's last line in the new file is its latest state; a write
+        that fails meanwhile abandons the compaction.
 
         Raises ``JournalError`` (the journal left as it was) on failure."""
         async with self._compact_lock:
@@ -580,14 +803,16 @@ class Journal:
             before = self.size
             errors = self.write_errors
             tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
-            records = snapshot()
-            # The snapshot holds every batch accepted so far, written or not;
-            # capture starts at the same instant, so every later write is
-            # either in the snapshot or in the capture.
+            records = slots()
+            # The records hold every batch accepted so far, written or not;
+            # capture starts at the same instant, so every later write is in
+            # the capture (and perhaps in the records too).
             snapshot_seq = self._seq
             self._capture = []
             try:
-                await anyio.to_thread.run_sync(self._write_snapshot, tmp, records)
+                kept = await anyio.to_thread.run_sync(
+                    self._write_snapshot, tmp, records, len(records)
+                )
                 # A batch the snapshot holds but that is still unwritten could
                 # yet fail and be reverted: wait until each has settled.
                 while self._settled < snapshot_seq:
@@ -607,10 +832,15 @@ class Journal:
                     # Swap while both locks are held: no thread uses the old fd.
                     old, self.fd = self.fd, fd
                     self._generation += 1
-                    os.close(old)
                     self.size = self.compacted_size = size
                     self._dirty = False
                     self.fsyncs += 2 if tail else 1
+                # The old journal's last descriptor: closing it frees the
+                # whole replaced file, which takes the kernel tens of
+                # milliseconds for a big one. Not on the event loop; and
+                # shielded, so that a cancel cannot skip what follows.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_close_replaced, old)
             except (OSError, _Abandoned) as exc:
                 why = _describe(exc) if isinstance(exc, OSError) else str(exc)
                 if isinstance(exc, OSError):
@@ -636,28 +866,39 @@ class Journal:
             self.compactions += 1
             log.info(
                 "compacted %s: %d -> %d bytes, %d sessions, %.3fs",
-                self.path, before, size, len(records), seconds,
+                self.path, before, size, kept, seconds,
             )
             return CompactResult(
-                bytes_before=before, bytes_after=size, sessions=len(records), seconds=seconds
+                bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
 
     @staticmethod
-    def _write_snapshot(tmp: Path, records: list[Session]) -> None:
+    def _write_snapshot(tmp: Path, slots: Sequence[Record | None], end: int) -> int:
+        """Write the records of ``slots[:end]``; how many there were."""
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        kept = 0
         try:
-            chunk: list[bytes] = []
-            for i, record in enumerate(records, 1):
-                chunk.append(put_line(record))
-                if i % 4096 == 0:
-                    _write_all(fd, b"".join(chunk))
-                    chunk.clear()
-            _write_all(fd, b"".join(chunk))
+            unsynced = 0
+            for start in range(0, end, COMPACT_CHUNK):
+                # One slice: taken at once (the event loop may change the
+                # list between two slices, never during one).
+                chunk = list(filter(None, slots[start : min(start + COMPACT_CHUNK, end)]))
+                kept += len(chunk)
+                data = put_lines(chunk)
+                _write_all(fd, data)
+                unsynced += len(data)
+                if unsynced >= COMPACT_SYNC_BYTES:
+                    # Write back as we go: one fsync of the whole file at the
+                    # end keeps the kernel busy writing for half a second on
+                    # a small machine, and the event loop feels it.
+                    os.fdatasync(fd)
+                    unsynced = 0
             failpoint("compact-written")
             _fsync(fd)
             failpoint("compact-synced")
         finally:
             os.close(fd)
+        return kept
 
     def _finish(self, tmp: Path, tail: bytes) -> tuple[int, int, OSError | None]:
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -676,6 +917,15 @@ class Journal:
         except OSError as exc:
             return fd, os.fstat(fd).st_size, exc
         return fd, os.fstat(fd).st_size, None
+
+
+def _close_replaced(fd: int) -> None:
+    """Close the descriptor of a journal file that compaction replaced (the
+    new file holds everything: a failure here loses nothing)."""
+    try:
+        os.close(fd)
+    except OSError as exc:
+        log.error("closing the replaced journal failed: %s", _describe(exc))
 
 
 def _cut(fd: int, size: int) -> None:

@@ -4,6 +4,10 @@ Timestamps are integers: microseconds since the Unix epoch, UTC. They are
 compact in memory (the daemon may hold millions), exact (legacy files carry
 microseconds) and cheap to compare; they become ISO 8601 text only at the
 edges (journal lines, JSON output).
+
+``Session`` is the record as clients see it (its meta a dict). The daemon
+holds ``Record`` instead, a form of the same data sized for millions: see
+there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ DEFAULT_USER: Final = sys.intern("anonymous")
 US: Final = 1_000_000
 ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
 KEY_MAX: Final = 256
+USER_MAX: Final = 256
+META_MAX_BYTES: Final = 64 * 1024
 MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
 TIME_MAX: Final = 253402300799999999  # 9999-12-31T23:59:59.999999Z, as far as iso() can go
 
@@ -46,6 +52,67 @@ class Session(msgspec.Struct, kw_only=True, gc=False):
     def seconds_left(self, now: int) -> float:
         """Seconds until the deadline (negative once past it)."""
         return (self.expires_at - now) / US
+
+
+EMPTY_META: Final = b"{}"
+# Untyped: a record's meta is an object by construction, and the CLI imports
+# this module, so no decoder is built at import.
+_decode_meta = msgspec.json.decode
+
+
+class Record(msgspec.Struct, order=True, gc=False):
+    """One session as the daemon holds it: immutable, every change makes a
+    new record, so a list of records is a consistent snapshot.
+
+    Sized for millions. Meta is kept as its JSON text: one bytes object
+    instead of a dict and its values, invisible to the garbage collector
+    (``gc=False`` keeps the record itself out of it too), and what the
+    journal writes as it is. The status is not stored: a record is expired
+    exactly when it has an ``expired_at``. ``seq`` is the record's place in
+    the store's creation order; the store sets it when it adopts the record.
+
+    Records order by deadline first, so the expiry queue can hold them
+    directly instead of a (deadline, id) entry for each.
+    """
+
+    expires_at: int
+    id: str
+    user: str
+    ttl: int
+    meta_json: bytes
+    created_at: int
+    last_access: int
+    expired_at: int | None
+    version: int
+    seq: int = -1
+
+    @property
+    def status(self) -> str:
+        return ACTIVE if self.expired_at is None else EXPIRED
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A fresh dict of the meta (the record keeps only its JSON)."""
+        return {} if self.meta_json is EMPTY_META else _decode_meta(self.meta_json)
+
+    def seconds_left(self, now: int) -> float:
+        """Seconds until the deadline (negative once past it)."""
+        return (self.expires_at - now) / US
+
+    def to_session(self) -> Session:
+        """The record as clients see it."""
+        return Session(
+            id=self.id,
+            user=self.user,
+            status=ACTIVE if self.expired_at is None else EXPIRED,
+            ttl=self.ttl,
+            meta={} if self.meta_json is EMPTY_META else _decode_meta(self.meta_json),
+            created_at=self.created_at,
+            last_access=self.last_access,
+            expires_at=self.expires_at,
+            expired_at=self.expired_at,
+            version=self.version,
+        )
 
 
 def now_us() -> int:

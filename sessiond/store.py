@@ -5,7 +5,12 @@ The store is pure and synchronous: it never reads a clock (callers pass
 operation returns its result and the list of ``Change`` records it made; the
 daemon persists those to the journal, publishes them to watchers, and, if the
 journal refuses them, hands them back to ``revert``. An operation that raises
-has changed nothing. Replay feeds journal records to ``load``/``remove``.
+has changed nothing. Replay feeds journal lines to ``replay`` (or single
+records to ``load``/``remove``).
+
+Sessions are held as ``Record``s (see ``sessiond.model``), sized for a
+million of them; ``replay`` takes a journal's records in bulk, without a
+Python loop per record.
 """
 
 from __future__ import annotations
@@ -14,29 +19,34 @@ import math
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from itertools import compress, repeat
+from operator import attrgetter, is_
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
-from sessiond.expiry import DeadlineQueue
+from sessiond.expiry import DeadlineQueue, Queue
 from sessiond.model import (
     ACTIVE,
     DEFAULT_USER,
+    EMPTY_META,
     EXPIRED,
     KEY_MAX,
     MAX_TTL,
+    META_MAX_BYTES,
     US,
+    USER_MAX,
+    Record,
     Session,
     new_id,
     valid_id,
 )
 from sessiond.protocol import CleanupResult, ImportResult
 
-META_MAX_BYTES = 64 * 1024
 META_MAX_DEPTH = 32
-USER_MAX = 256
 # msgpack carries integers from -2**63 to 2**64 - 1; a meta value outside
 # that could be stored but never sent back to a client.
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1
@@ -45,9 +55,19 @@ TIME_MAX = 253402300800 * US - 1  # 9999-12-31T23:59:59.999999Z
 # Removed sessions leave empty slots; they are packed away once they are this
 # many and outnumber the live ones, so packing costs O(1) per removal.
 PACK_SLACK = 1024
+# Equal small metas and equal ttls are held once (sessions often share
+# them); these bound what is remembered for that.
+SHARED_META_BYTES = 128
+SHARED_MAX = 4096
 
 _replace = msgspec.structs.replace
 _json_size = msgspec.json.encode
+_ID = attrgetter("id")
+_TTL = attrgetter("ttl")
+_USER = attrgetter("user")
+_EXPIRES = attrgetter("expires_at")
+_EXPIRED_AT = attrgetter("expired_at")
+_SEQ = attrgetter("seq")
 
 
 class Change(NamedTuple):
@@ -58,9 +78,18 @@ class Change(NamedTuple):
 
     kind: str
     sid: str
-    before: Session | None
-    after: Session | None
+    before: Record | None
+    after: Record | None
     seq: int = -1
+
+
+class ReplayRefused(InvalidRequest):
+    """``Store.replay`` refused the item at ``index``; those before it are
+    applied, those after it are not."""
+
+    def __init__(self, index: int, reason: Exception) -> None:
+        super().__init__(str(reason))
+        self.index = index
 
 
 class Rules(msgspec.Struct, kw_only=True):
@@ -117,14 +146,15 @@ def check_meta_value(value: Any, depth: int = 0) -> None:
     raise InvalidRequest(f"meta values must be JSON values, not {type(value).__name__}")
 
 
-def check_meta(meta: dict[str, Any]) -> dict[str, Any]:
+def check_meta(meta: dict[str, Any]) -> bytes:
+    """The meta's JSON text, once it is found acceptable."""
     for key, value in meta.items():
         check_key(key)
         check_meta_value(value, 1)
-    size = len(_json_size(meta))
-    if size > META_MAX_BYTES:
-        raise TooLarge(f"meta of {size} bytes exceeds the limit of {META_MAX_BYTES} bytes")
-    return meta
+    text = _json_size(meta)
+    if len(text) > META_MAX_BYTES:
+        raise TooLarge(f"meta of {len(text)} bytes exceeds the limit of {META_MAX_BYTES} bytes")
+    return text
 
 
 class Store:
@@ -134,10 +164,11 @@ class Store:
         self.rules = rules or Rules()
         # Slots keep creation order; a removed session leaves None until the
         # slots are packed. Each slot has a creation sequence number (always
-        # increasing along the slots), so that a list cursor or a revert finds
-        # its place again by bisection even after a packing moved every slot.
-        self._index: dict[str, int] = {}
-        self._slots: list[Session | None] = []
+        # increasing along the slots, and kept in its record as ``seq``), so
+        # that a list cursor, a change or a revert finds its slot again by
+        # bisection even after a packing moved every slot.
+        self._index: dict[str, Record] = {}
+        self._slots: list[Record | None] = []
         self._seqs = array("q")
         self._next_seq = 0
         # While a revert runs: where records put back out of order begin
@@ -146,9 +177,13 @@ class Store:
         self._reverting = False
         self._active = 0
         self._ttl_sum = 0
-        self._users: dict[str, int] = {}
-        self._expiry = DeadlineQueue()  # keyed by expires_at, active sessions
-        self._purge = DeadlineQueue()  # keyed by expired_at, expired sessions
+        self._users: Counter[str] = Counter()
+        # Active sessions by expires_at: their records themselves (they
+        # order by it). Expired ones by expired_at.
+        self._expiry: Queue[Record] = Queue(_EXPIRES, _ID)
+        self._purge = DeadlineQueue()
+        self._metas: dict[bytes, bytes] = {EMPTY_META: EMPTY_META}
+        self._ttls: dict[int, int] = {}
         self.expiries_done = 0
         self.purges_done = 0
 
@@ -160,30 +195,38 @@ class Store:
     def __contains__(self, sid: str) -> bool:
         return sid in self._index
 
-    def peek(self, sid: str) -> Session | None:
+    def peek(self, sid: str) -> Record | None:
         """The stored record as it is, with no rule applied."""
-        slot = self._index.get(sid)
-        return None if slot is None else self._slots[slot]
+        return self._index.get(sid)
 
-    def sessions(self) -> Iterator[Session]:
+    def sessions(self) -> Iterator[Record]:
         """Every record in creation order (for snapshots and exports)."""
         return (s for s in self._slots if s is not None)
 
-    def snapshot(self) -> list[Session]:
+    def snapshot(self) -> list[Record]:
         """A consistent copy: records are immutable, so a list of them is."""
-        return [s for s in self._slots if s is not None]
+        return list(filter(None, self._slots))  # a record is never false
 
-    def _require(self, sid: str) -> Session:
+    def live_slots(self) -> Sequence[Record | None]:
+        """The records in creation order, ``None`` where one was removed:
+        the store's own list, not a copy, for compaction to read a chunk at a
+        time while the store goes on changing. (A million-record copy would
+        stop the event loop for tens of milliseconds to make, to free, and
+        at each pass of the garbage collector.) Read it, never change it.
+
+        The list is only ever changed in place by appending and by replacing
+        slots; packing and sorting make a new list and leave this one be."""
+        return self._slots
+
+    def _require(self, sid: str) -> Record:
         if not valid_id(sid):
             raise InvalidRequest(f"invalid session id {sid!r}: use 1-128 of A-Z a-z 0-9 . _ -")
-        slot = self._index.get(sid)
-        if slot is None:
+        record = self._index.get(sid)
+        if record is None:
             raise SessionNotFound(f"session {sid} not found")
-        record = self._slots[slot]
-        assert record is not None
         return record
 
-    def get(self, now: int, sid: str, touch: bool = False) -> tuple[Session, list[Change]]:
+    def get(self, now: int, sid: str, touch: bool = False) -> tuple[Record, list[Change]]:
         """A session; past its deadline it is expired, whether or not the
         timer has got to it yet. ``touch`` records the access and slides the
         deadline to now + ttl (within ``max_lifetime``)."""
@@ -211,7 +254,7 @@ class Store:
         user: str | None = None,
         limit: int = 1000,
         cursor: str | None = None,
-    ) -> tuple[list[Session], str | None, list[Change]]:
+    ) -> tuple[list[Record], str | None, list[Change]]:
         """Up to ``limit`` sessions after ``cursor`` in creation order, and
         the cursor of the next page (``None`` at the end)."""
         if status not in (None, ACTIVE, EXPIRED):
@@ -220,7 +263,7 @@ class Store:
             raise InvalidRequest(f"limit must be a positive whole number, not {limit!r}")
         i = self._resume(cursor)
         changes: list[Change] = []
-        page: list[Session] = []
+        page: list[Record] = []
         slots = self._slots
         while i < len(slots) and len(page) < limit:
             record = slots[i]
@@ -269,7 +312,7 @@ class Store:
         ttl: int | None = None,
         meta: dict[str, Any] | None = None,
         sid: str | None = None,
-    ) -> tuple[Session, list[Change]]:
+    ) -> tuple[Record, list[Change]]:
         if sid is None:
             sid = new_id()
         elif not valid_id(sid):
@@ -278,42 +321,43 @@ class Store:
             raise Conflict(f"session {sid} already exists")
         check_user(user)
         ttl = check_ttl(self.rules.default_ttl if ttl is None else ttl)
-        record = Session(
+        meta_json = self._shared_meta(check_meta(meta)) if meta else EMPTY_META
+        cap = self.rules.max_lifetime
+        record = Record(
+            expires_at=now + (min(ttl, cap) if cap else ttl) * US,
             id=sid,
             user=sys.intern(user) if user else DEFAULT_USER,
-            status=ACTIVE,
-            ttl=ttl,
-            meta=check_meta(dict(meta or {})),
+            ttl=self._shared_ttl(ttl),
+            meta_json=meta_json,
             created_at=now,
             last_access=now,
-            expires_at=0,
+            expired_at=None,
+            version=1,
         )
-        record.expires_at = self._deadline(record, now, ttl)
         self._put(sid, None, record)
         return record, [Change("created", sid, None, record)]
 
     def set(
         self, now: int, sid: str, key: str, value: Any, expect_version: int | None = None
-    ) -> tuple[Session, list[Change]]:
+    ) -> tuple[Record, list[Change]]:
         record = self._writable(now, sid, expect_version)
         check_key(key)
         check_meta_value(value, 1)
-        meta = dict(record.meta)
+        meta = record.meta
         meta[key] = value
-        check_meta(meta)
-        return self._update(record, now, meta)
+        return self._update(record, now, check_meta(meta))
 
     def unset(
         self, now: int, sid: str, key: str, expect_version: int | None = None
-    ) -> tuple[Session, list[Change]]:
+    ) -> tuple[Record, list[Change]]:
         record = self._writable(now, sid, expect_version)
-        if key not in record.meta:
+        meta = record.meta
+        if key not in meta:
             raise SessionNotFound(f"session {sid} has no meta key {key!r}")
-        meta = dict(record.meta)
         del meta[key]
-        return self._update(record, now, meta)
+        return self._update(record, now, check_meta(meta))
 
-    def _writable(self, now: int, sid: str, expect_version: int | None) -> Session:
+    def _writable(self, now: int, sid: str, expect_version: int | None) -> Record:
         record = self._require(sid)
         # A session past its deadline is refused without being expired here:
         # the refusal must change nothing, and the timer expires it anyway.
@@ -326,9 +370,14 @@ class Store:
         return record
 
     def _update(
-        self, record: Session, now: int, meta: dict[str, Any]
-    ) -> tuple[Session, list[Change]]:
-        after = _replace(record, meta=meta, last_access=now, version=record.version + 1)
+        self, record: Record, now: int, meta_json: bytes
+    ) -> tuple[Record, list[Change]]:
+        after = _replace(
+            record,
+            meta_json=self._shared_meta(meta_json),
+            last_access=now,
+            version=record.version + 1,
+        )
         self._put(record.id, record, after)
         return after, [Change("updated", record.id, record, after)]
 
@@ -337,7 +386,7 @@ class Store:
         seq = self._put(sid, record, None)
         return sid, [Change("deleted", sid, record, None, seq)]
 
-    def expire(self, now: int, sid: str) -> tuple[Session, list[Change]]:
+    def expire(self, now: int, sid: str) -> tuple[Record, list[Change]]:
         """Expire now (idempotent: an expired session is returned as it is)."""
         record = self._require(sid)
         if record.status is EXPIRED:
@@ -347,7 +396,7 @@ class Store:
 
     def refresh(
         self, now: int, sid: str, ttl: int | None = None, revive: bool = False
-    ) -> tuple[Session, list[Change]]:
+    ) -> tuple[Record, list[Change]]:
         """Deadline = now + ttl (the session's own ttl unless given), capped
         by ``max_lifetime``. An expired session needs ``revive``."""
         record = self._require(sid)
@@ -366,8 +415,7 @@ class Store:
         record = self._lazy_expire(record, now, changes)
         after = _replace(
             record,
-            status=ACTIVE,
-            ttl=ttl,
+            ttl=self._shared_ttl(ttl),
             last_access=now,
             expires_at=deadline,
             expired_at=None,
@@ -406,19 +454,19 @@ class Store:
         return result, changes
 
     def import_sessions(
-        self, now: int, records: list[Session]
+        self, now: int, sessions: list[Session]
     ) -> tuple[ImportResult, list[Change]]:
         """Merge records from elsewhere: new ids are imported, a record with
         a higher version (or the same version and a later ``last_access``)
         replaces ours, anything else is skipped with its reason."""
         result = ImportResult(reasons=[])
         changes: list[Change] = []
-        for rec in records:
+        for session in sessions:
             try:
-                rec = self._normalise(rec)
-            except InvalidRequest as exc:
+                rec = self._normalise(session)
+            except (InvalidRequest, TooLarge) as exc:
                 result.skipped += 1
-                result.reasons.append(f"{rec.id}: {exc}")
+                result.reasons.append(f"{session.id}: {exc}")
                 continue
             current = self.peek(rec.id)
             if current is None:
@@ -434,16 +482,18 @@ class Store:
                 result.reasons.append(f"{rec.id}: already present and not newer")
         return result, changes
 
-    def _normalise(self, rec: Session) -> Session:
+    def _normalise(self, rec: Session) -> Record:
         """A record from a file or another daemon, checked as ``create``
-        checks, with its status interned and ``expired_at`` filled in."""
+        checks, with ``expired_at`` filled in."""
         if not valid_id(rec.id):
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {rec.status!r}")
         check_user(rec.user or None)
         check_ttl(rec.ttl)
-        check_meta(rec.meta)
+        if not isinstance(rec.meta, dict):
+            raise InvalidRequest(f"meta must be an object, not {type(rec.meta).__name__}")
+        meta_json = check_meta(rec.meta)
         if rec.version < 1:
             raise InvalidRequest(f"version must be at least 1, not {rec.version}")
         for name in ("created_at", "last_access", "expires_at", "expired_at"):
@@ -452,45 +502,67 @@ class Store:
             # in a form that reads back, so accepting it would brick replay.
             if value is not None and not TIME_MIN <= value <= TIME_MAX:
                 raise InvalidRequest(f"{name} {value} is outside the years 1 to 9999")
-        status = ACTIVE if rec.status == ACTIVE else EXPIRED
-        expired_at = rec.expired_at
-        if status is EXPIRED and expired_at is None:
-            expired_at = rec.expires_at
-        return _replace(
-            rec,
+        expired_at = None
+        if rec.status != ACTIVE:
+            expired_at = rec.expires_at if rec.expired_at is None else rec.expired_at
+        return Record(
+            expires_at=rec.expires_at,
+            id=rec.id,
             user=sys.intern(rec.user or DEFAULT_USER),
-            status=status,
-            expired_at=expired_at if status is EXPIRED else None,
+            ttl=self._shared_ttl(rec.ttl),
+            meta_json=self._shared_meta(meta_json),
+            created_at=rec.created_at,
+            last_access=rec.last_access,
+            expired_at=expired_at,
+            version=rec.version,
         )
+
+    def _shared_meta(self, meta_json: bytes) -> bytes:
+        if len(meta_json) > SHARED_META_BYTES:
+            return meta_json
+        held = self._metas.get(meta_json)
+        if held is None:
+            if len(self._metas) >= SHARED_MAX:
+                self._metas = {EMPTY_META: EMPTY_META}
+            held = self._metas[meta_json] = meta_json
+        return held
+
+    def _shared_ttl(self, ttl: int) -> int:
+        held = self._ttls.get(ttl)
+        if held is None:
+            if len(self._ttls) >= SHARED_MAX:
+                self._ttls = {}
+            held = self._ttls[ttl] = ttl
+        return held
 
     # -- time ------------------------------------------------------------
 
-    def _deadline(self, record: Session, now: int, ttl: int) -> int:
+    def _deadline(self, record: Record, now: int, ttl: int) -> int:
         deadline = now + ttl * US
         cap = self.rules.max_lifetime
         if cap:
             deadline = min(deadline, record.created_at + cap * US)
         return deadline
 
-    def _lazy_expire(self, record: Session, now: int, out: list[Change]) -> Session:
+    def _lazy_expire(self, record: Record, now: int, out: list[Change]) -> Record:
         """Expire ``record`` if its deadline has come."""
         if record.status is ACTIVE and record.expires_at <= now:
             return self._expire(record, now, out)
         return record
 
-    def _expire(self, record: Session, now: int, out: list[Change]) -> Session:
+    def _expire(self, record: Record, now: int, out: list[Change]) -> Record:
         # A session expires at its deadline, not when someone notices: the
         # record reads the same whether the timer, a get, or a replay after
         # downtime expired it, and retention counts from the real expiry.
         expired_at = min(now, record.expires_at)
-        after = _replace(record, status=EXPIRED, expired_at=expired_at, version=record.version + 1)
+        after = _replace(record, expired_at=expired_at, version=record.version + 1)
         self._put(record.id, record, after)
         self._record(out, Change("expired", record.id, record, after))
         return after
 
     def _is_due_entry(self, sid: str, deadline: int) -> bool:
         record = self.peek(sid)
-        return record is not None and record.status is ACTIVE and record.expires_at == deadline
+        return record is not None and record.expired_at is None and record.expires_at == deadline
 
     def _is_purge_entry(self, sid: str, expired_at: int) -> bool:
         record = self.peek(sid)
@@ -515,9 +587,9 @@ class Store:
         """Expire active sessions whose deadline has come, earliest first;
         at most ``limit`` queue entries are examined (the rest stay due)."""
         changes: list[Change] = []
-        for deadline, sid in self._expiry.pop_due(now, limit):
-            if self._is_due_entry(sid, deadline):
-                record = self.peek(sid)
+        for entry in self._expiry.pop_due(now, limit):
+            if self._is_due_entry(entry.id, entry.expires_at):
+                record = self.peek(entry.id)
                 assert record is not None
                 self._expire(record, now, changes)
         return changes
@@ -547,16 +619,14 @@ class Store:
             self.purges_done += 1
         out.append(change)
 
-    def _put(
-        self, sid: str, before: Session | None, after: Session | None, seq: int = -1
-    ) -> int:
+    def _put(self, sid: str, before: Record | None, after: Record | None) -> int:
         """Replace ``before`` by ``after`` (either may be ``None``), keeping
         every counter, index and queue in step. A new record goes at the end
-        of creation order, or at ``seq`` when it is being put back. Returns
-        the record's sequence number."""
+        of creation order, a record being put back where its ``seq`` says.
+        Returns the record's sequence number."""
         if before is not None:
             self._ttl_sum -= before.ttl
-            if before.status is ACTIVE:
+            if before.expired_at is None:
                 self._active -= 1
             left = self._users[before.user] - 1
             if left:
@@ -564,73 +634,79 @@ class Store:
             else:
                 del self._users[before.user]
         if after is None:
-            slot = self._index.pop(sid)
-            self._slots[slot] = None
-            seq = self._seqs[slot]
+            assert before is not None
+            del self._index[sid]
+            self._slots[self._slot_of(before.seq)] = None
             if not self._reverting:
                 self._maybe_pack()
-            return seq
+            return before.seq
         self._ttl_sum += after.ttl
-        self._users[after.user] = self._users.get(after.user, 0) + 1
-        if after.status is ACTIVE:
+        self._users[after.user] += 1
+        active = after.expired_at is None
+        if active:
             self._active += 1
-        seq = self._place(sid, after, seq)
+        self._place(sid, before, after)
         # The queues are told last: pruning asks whether entries are live,
-        # which reads the slots just written.
-        if after.status is ACTIVE:
+        # which reads the index just written.
+        if active:
             new_deadline = (
                 before is None
-                or before.status is not ACTIVE
+                or before.expired_at is not None
                 or before.expires_at != after.expires_at
             )
             if new_deadline:
-                self._expiry.push(after.expires_at, sid)
+                self._expiry.add(after)
                 if self._expiry.needs_prune(self._active):
                     self._expiry.prune(self._is_due_entry)
         else:
             key = _purge_key(after)
-            if before is None or before.status is not EXPIRED or _purge_key(before) != key:
+            if before is None or before.expired_at is None or _purge_key(before) != key:
                 self._purge.push(key, sid)
                 if self._purge.needs_prune(len(self._index) - self._active):
                     self._purge.prune(self._is_purge_entry)
-        return seq
+        return after.seq
 
-    def _place(self, sid: str, record: Session, seq: int) -> int:
-        slot = self._index.get(sid)
-        if slot is not None:
-            self._slots[slot] = record
-            return self._seqs[slot]
-        if seq < 0:
-            seq = self._next_seq
+    def _place(self, sid: str, before: Record | None, after: Record) -> None:
+        self._index[sid] = after
+        if before is not None:
+            # A record made here carries its session's seq already; one
+            # read or imported is adopted into it.
+            after.seq = before.seq
+            self._slots[self._slot_of(before.seq)] = after
+            return
+        if after.seq < 0:
+            after.seq = self._next_seq
             self._next_seq += 1
-            self._index[sid] = len(self._slots)
-            self._slots.append(record)
-            self._seqs.append(seq)
-            return seq
+            self._slots.append(after)
+            self._seqs.append(after.seq)
+            return
         # Putting a removed record back where it was in creation order.
         end = len(self._seqs) if self._unsorted_from is None else self._unsorted_from
-        slot = bisect_left(self._seqs, seq, 0, end)
-        if slot < end and self._seqs[slot] == seq:
+        slot = bisect_left(self._seqs, after.seq, 0, end)
+        if slot < end and self._seqs[slot] == after.seq:
             assert self._slots[slot] is None
-            self._slots[slot] = record
-            self._index[sid] = slot
-            return seq
+            self._slots[slot] = after
+            return
         # Its empty slot was packed away since. Inserting in place would cost
         # O(n) per record; append now and sort once when the revert ends.
         if self._unsorted_from is None:
             self._unsorted_from = len(self._slots)
-        self._index[sid] = len(self._slots)
-        self._slots.append(record)
-        self._seqs.append(seq)
-        return seq
+        self._slots.append(after)
+        self._seqs.append(after.seq)
+
+    def _slot_of(self, seq: int) -> int:
+        end = len(self._seqs) if self._unsorted_from is None else self._unsorted_from
+        slot = bisect_left(self._seqs, seq, 0, end)
+        if slot < end and self._seqs[slot] == seq:
+            return slot
+        # Put back out of order by the revert under way.
+        return self._seqs.index(seq, end)
 
     def _maybe_pack(self) -> None:
         dead = len(self._slots) - len(self._index)
         if dead > PACK_SLACK and dead > len(self._index):
-            keep = [i for i, s in enumerate(self._slots) if s is not None]
-            self._seqs = array("q", [self._seqs[i] for i in keep])
-            self._slots = [self._slots[i] for i in keep]
-            self._index = {s.id: i for i, s in enumerate(self._slots) if s is not None}
+            self._slots = list(filter(None, self._slots))
+            self._seqs = array("q", map(_SEQ, self._slots))
 
     def revert(self, changes: list[Change]) -> None:
         """Undo ``changes`` (newest first): the journal refused them. The
@@ -642,7 +718,7 @@ class Store:
                     self.expiries_done -= 1
                 elif change.kind == "purged":
                     self.purges_done -= 1
-                self._put(change.sid, change.after, change.before, change.seq)
+                self._put(change.sid, change.after, change.before)
         finally:
             self._reverting = False
             if self._unsorted_from is not None:
@@ -657,13 +733,12 @@ class Store:
         order = sorted(range(len(seqs)), key=seqs.__getitem__)
         self._seqs = array("q", [seqs[i] for i in order])
         self._slots = [self._slots[i] for i in order]
-        self._index = {s.id: i for i, s in enumerate(self._slots) if s is not None}
 
     # -- replay ----------------------------------------------------------
 
-    def load(self, record: Session) -> None:
+    def load(self, session: Session) -> None:
         """Replay a journal put line: last line for an id wins."""
-        record = self._normalise(record)
+        record = self._normalise(session)
         self._put(record.id, self.peek(record.id), record)
 
     def remove(self, sid: str) -> None:
@@ -672,6 +747,58 @@ class Store:
         if current is not None:
             self._put(sid, current, None)
 
+    def replay(self, items: Sequence[Record | Session | str]) -> None:
+        """Replay journal lines in order: a ``Record`` (a line in the form
+        the daemon writes, see ``records.read_block``) is adopted as it is,
+        a ``Session`` (any other put line) is checked as ``load`` checks, an
+        id is removed. Last line for an id wins.
 
-def _purge_key(record: Session) -> int:
+        Raises ``ReplayRefused`` for the first item the rules refuse."""
+        if all(map(isinstance, items, repeat(Record))):
+            if self._adopt_new(cast("Sequence[Record]", items)):
+                return
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, str):
+                    self.remove(item)
+                elif isinstance(item, Record):
+                    self._put(item.id, self.peek(item.id), item)
+                else:
+                    self.load(item)
+            except (InvalidRequest, TooLarge) as exc:
+                raise ReplayRefused(i, exc) from exc
+
+    def _adopt_new(self, records: Sequence[Record]) -> bool:
+        """Add records, in bulk, when none of their ids is held and none
+        repeats (a compacted journal); else change nothing, return False.
+
+        The same as ``_put`` for each, without a Python loop over them."""
+        index = self._index
+        held = len(index)
+        # setdefault leaves a held id's record in place: all new, or undo.
+        deque(map(index.setdefault, map(_ID, records), records), maxlen=0)
+        if len(index) - held != len(records):
+            for record in records:
+                if index.get(record.id) is record:
+                    del index[record.id]
+            return False
+        first = self._next_seq
+        self._next_seq += len(records)
+        seqs = range(first, self._next_seq)
+        deque(map(setattr, records, repeat("seq"), seqs), maxlen=0)
+        self._slots.extend(records)
+        self._seqs.extend(seqs)
+        self._ttl_sum += sum(map(_TTL, records))
+        self._users.update(map(_USER, records))
+        active = list(compress(records, map(is_, map(_EXPIRED_AT, records), repeat(None))))
+        self._active += len(active)
+        self._expiry.add_many(active)
+        if len(active) < len(records):
+            self._purge.add_many(
+                [(_purge_key(r), r.id) for r in records if r.expired_at is not None]
+            )
+        return True
+
+
+def _purge_key(record: Record) -> int:
     return record.expires_at if record.expired_at is None else record.expired_at

@@ -132,6 +132,24 @@ def test_needs_prune_once_stale_entries_outnumber_live_ones_by_the_slack() -> No
     assert q.needs_prune(live)
 
 
+def test_entries_added_in_bulk_wait_unordered_until_one_is_due() -> None:
+    q = DeadlineQueue()
+    q.push(50, "heaped")
+    q.add_many([(30, "c"), (10, "a"), (20, "b")])
+    assert len(q) == 4 and q.peek() == 10
+    assert list(q.pop_due(9)) == [] and q._waiting, "nothing due: no heapify yet"
+    assert q.count_due_before(9, always) == 0 and q._waiting
+    assert q.count_due_before(25, always) == 2
+    assert list(q.pop_due(100)) == [(10, "a"), (20, "b"), (30, "c"), (50, "heaped")]
+
+
+def test_a_prune_takes_in_the_entries_waiting() -> None:
+    q = DeadlineQueue()
+    q.add_many([(5, "a"), (5, "a"), (6, "stale")])
+    q.prune(lambda sid, d: sid != "stale")
+    assert len(q) == 1 and list(q.pop_due(10)) == [(5, "a")]
+
+
 # -- the daemon's timer ------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from sessiond.errors import JournalError
 from sessiond.journal import (
+    BLOCK_BYTES,
     TMP_SUFFIX,
     Failpoints,
     Journal,
@@ -181,6 +182,34 @@ def test_scan_without_stopping_lists_every_damaged_line_with_its_id(tmp_path: Pa
     assert report.records == 2
     assert [(line, sid) for line, _, _, sid in report.damaged] == [(2, "s7"), (3, None)]
     assert report.damaged[1][1] == len(good[0]) + len(bad_crc)
+
+
+def test_a_journal_of_many_blocks_is_read_in_order_and_damage_far_in_is_named(
+    tmp_path: Path,
+) -> None:
+    many = lines_of(*(session(i) for i in range(3 * BLOCK_BYTES // 200)))
+    assert sum(map(len, many)) > 2 * BLOCK_BYTES
+    bad_at = len(many) // 2 + 7
+    many[bad_at] = many[bad_at].replace(b'"u', b'"v', 1)
+    legacy = b'{"type":"session","id":"legacy","created_at":"2026-11-24T09:00:00Z"}\n'
+    many.insert(bad_at - 3, legacy)
+    many.insert(bad_at - 2, delete_line("s1"))
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"".join(many))
+    damaged_line = bad_at + 2 + 1
+    offset = sum(map(len, many[: damaged_line - 1]))
+    with pytest.raises(JournalDamaged) as info:
+        scan(path)
+    assert (info.value.lineno, info.value.offset) == (damaged_line, offset)
+    order: list[str] = []
+    report = scan(path, lambda s: order.append(s.id), lambda sid: order.append("-" + sid),
+                  stop_on_damage=False)
+    assert [(line, at) for line, at, _, _ in report.damaged] == [(damaged_line, offset)]
+    assert report.records == len(many) - 1 and report.valid_end == path.stat().st_size
+    expected = [f"s{i}" for i in range(bad_at - 3)] + ["legacy", "-s1"] + [
+        f"s{i}" for i in range(bad_at - 3, len(many) - 2) if i != bad_at
+    ]
+    assert order == expected
 
 
 # -- repair ----------------------------------------------------------------

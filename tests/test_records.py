@@ -10,12 +10,24 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import Session, parse_time
-from sessiond.records import LineError, decode_line, delete_line, line_id, plain_line, put_line
+from sessiond.model import Record, Session, parse_time
+from sessiond.records import (
+    LineError,
+    decode_line,
+    delete_line,
+    line_id,
+    plain_line,
+    put_line,
+    put_lines,
+    read_block,
+    read_line,
+)
+from sessiond.store import Store
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -183,3 +195,72 @@ def test_any_session_survives_a_put_line_round_trip(session: Session) -> None:
     line = put_line(session)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_line(line) == session
+
+
+# -- many lines at once: the daemon's own form -----------------------------------
+
+
+def as_the_store_takes_it(session: Session) -> Record:
+    """What replay of the line by the rules makes of a session (unadopted)."""
+    store = Store()
+    store.load(session)
+    record = store.peek(session.id)
+    assert record is not None
+    return msgspec.structs.replace(record, seq=-1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(sessions() | st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), min_size=1))
+def test_lines_the_daemon_writes_are_read_in_bulk_as_the_rules_take_them(
+    items: list[Session | str],
+) -> None:
+    lines = [delete_line(x) if isinstance(x, str) else put_line(x) for x in items]
+    expected = [x if isinstance(x, str) else as_the_store_takes_it(x) for x in items]
+    assert read_block(b"".join(lines)) == expected
+    assert [read_line(line) for line in lines] == expected
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda line: line.replace(b'"alice"', b'"alicf"'),  # damaged
+        lambda line: line[:-10] + line[-10:].upper(),  # checksum in capitals
+        lambda line: line + b"\r",  # CRLF
+        lambda line: line.replace(b"10:20:00.000001Z", b"10:20:00.000001+00:00"),
+        lambda line: line.replace(b',"version":3', b""),  # a field missing
+        lambda line: line.rpartition(b',"crc"')[0] + b"}",  # no checksum (legacy)
+        lambda line: line.replace(b'"status":"active"', b'"status":"paused"'),
+    ],
+    ids=["damaged", "capitals", "crlf", "offset", "missing", "legacy", "status"],
+)
+def test_a_batch_with_a_line_in_any_other_form_is_left_to_the_line_reader(
+    change: Any,
+) -> None:
+    good = put_line(CAROL_EXPIRED)
+    other = change(golden("journal_put.jsonl").rstrip(b"\n"))
+    assert read_block(good + other + b"\n") is None
+    assert read_block(other + b"\n" + good) is None
+    assert read_block(good) == [as_the_store_takes_it(CAROL_EXPIRED)]
+    try:
+        expected: object = decode_line(other)
+    except LineError as exc:
+        with pytest.raises(LineError, match=str(exc)):
+            read_line(other)
+    else:
+        assert read_line(other) == expected
+
+
+def test_a_meta_that_is_not_an_object_is_left_to_the_line_reader() -> None:
+    body = golden("journal_put_expired.jsonl").rstrip(b"\n").replace(b'"meta":{}', b'"meta":5')
+    body = body.rpartition(b',"crc"')[0] + b"}"
+    line = b'%s,"crc":"%08x"}' % (body[:-1], zlib.crc32(body))
+    assert read_block(line + b"\n") is None
+    with pytest.raises(LineError, match="meta"):
+        read_line(line)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(sessions(), max_size=30))
+def test_put_lines_writes_what_put_line_writes_for_each_record(given: list[Session]) -> None:
+    records = [as_the_store_takes_it(s) for s in given]
+    assert put_lines(records) == b"".join(put_line(r) for r in records)

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
-from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, US, Session
-from sessiond.store import META_MAX_BYTES, META_MAX_DEPTH, Change, Rules, Store
+from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, US, Record, Session
+from sessiond.records import delete_line, put_line, read_block
+from sessiond.store import META_MAX_BYTES, META_MAX_DEPTH, Change, ReplayRefused, Rules, Store
 
 T0 = 1_800_000_000 * US
 
@@ -917,3 +918,71 @@ def test_any_sequence_keeps_the_counters_right_and_reverts_exactly(
         changes = []
     store.revert(changes)
     assert (state(store), store.next_deadline()) == before
+
+
+# -- replay in bulk ----------------------------------------------------------------
+
+
+def lines_read(*items: Session | str) -> list[Record | str]:
+    """Items as replay gets them from journal lines in the daemon's own form."""
+    lines = [delete_line(x) if isinstance(x, str) else put_line(x) for x in items]
+    read = read_block(b"".join(lines))
+    assert read is not None
+    return read
+
+
+def loaded_one_by_one(*items: Session | str) -> Store:
+    store = Store()
+    for x in items:
+        if isinstance(x, str):
+            store.remove(x)
+        else:
+            store.load(x)
+    return store
+
+
+def test_replay_of_new_ids_in_bulk_ends_as_loading_them_one_by_one() -> None:
+    items = [
+        record(f"s{i}", user=f"u{i % 3}", ttl=10 + i, meta={"i": i} if i % 2 else {},
+               expires_at=at(100 + i))
+        for i in range(50)
+    ] + [record("gone", status="expired", expired_at=at(7)), record("e", status="expired")]
+    store = Store()
+    store.replay(lines_read(*items))
+    expected = loaded_one_by_one(*items)
+    assert state(store) == state(expected)
+    assert store.next_deadline() == expected.next_deadline() == at(100)
+    due = store.expire_due(at(120))
+    assert [c.sid for c in due] == [c.sid for c in expected.expire_due(at(120))]
+    assert_consistent(store, at(120))
+
+
+def test_replay_keeps_the_last_line_of_an_id_in_the_place_of_its_first() -> None:
+    items: list[Session | str] = [
+        record("a"), record("b"), record("a", version=2, meta={"v": 2}), "b", record("c"),
+        record("b", version=5),
+    ]
+    store = Store()
+    store.replay(lines_read(*items[:2]))
+    store.replay(lines_read(*items[2:]))
+    assert state(store) == state(loaded_one_by_one(*items))
+    assert [(s.id, s.version) for s in store.snapshot()] == [("a", 2), ("c", 1), ("b", 5)]
+
+
+def test_replay_checks_sessions_from_other_lines_and_names_the_one_refused() -> None:
+    store = Store()
+    good = lines_read(record("a"))
+    with pytest.raises(ReplayRefused, match="ttl") as info:
+        store.replay([*good, record("b"), record("bad", ttl=0), record("c")])
+    assert info.value.index == 2
+    assert [s.id for s in store.snapshot()] == ["a", "b"]
+
+
+def test_equal_small_metas_and_ttls_are_held_once() -> None:
+    store = Store()
+    a = make(store, ttl=3601, meta={"theme": "dark"})
+    b = make(store, ttl=int("3601"), meta={"theme": "dark"})
+    assert a.meta_json is b.meta_json and a.ttl is b.ttl
+    c = make(store, meta={"big": "x" * 200})
+    d = make(store, meta={"big": "x" * 200})
+    assert c.meta == d.meta and c.meta_json is not d.meta_json  # large ones are not looked up
