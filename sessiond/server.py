@@ -598,14 +598,18 @@ class Server:
         changes: list[Change] = []
         writes: list[tuple[int, int, int]] = []  # (start, end) of its reply in out, id
         watcher: Watcher | None = None
+        # Looked up once: this loop runs for every request.
         handlers = self._handlers
+        decode = _request_decoder.decode
+        encode_into = _encoder.encode_into
+        pack_length = _LENGTH.pack_into
         used = 0
         for body in bodies:
             if len(out) > budget:
                 break
             used += 1
             try:
-                req = _request_decoder.decode(body)
+                req = decode(body)
             except _DECODE_ERRORS as exc:
                 bad += 1
                 _append_frame(out, self._error_reply(self._guess_id(body), self._decode_error(exc)))
@@ -638,14 +642,16 @@ class Server:
                 bug = InternalError(f"internal error: {exc!r}")
                 _append_frame(out, self._error_reply(req.id, bug))
                 continue
+            # _append_frame, inline.
+            start = len(out)
+            out += _NO_LENGTH
+            encode_into(reply, out, -1)
+            end = len(out)
+            pack_length(out, start, end - start - HEADER)
             if made:
                 changes.extend(made)
                 if kind in _WRITES or (kind is Get and req.touch):
-                    start = len(out)
-                    _append_frame(out, reply)
-                    writes.append((start, len(out), req.id))
-                    continue
-            _append_frame(out, reply)
+                    writes.append((start, end, req.id))
         if changes:
             await self._commit(changes, writes, out)
         return watcher, bad, used
