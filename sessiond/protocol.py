@@ -254,7 +254,6 @@ AnyResponse = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
-encode_body = _encoder.encode
 
 
 def frame(msg: object) -> bytes:
