@@ -650,7 +650,7 @@ class Server:
             pack_length(out, start, end - start - HEADER)
             if made:
                 changes.extend(made)
-                if kind in _WRITES or (kind is Get and req.touch):
+                if kind in _WRITES or (isinstance(req, Get) and req.touch):
                     writes.append((start, end, req.id))
         if changes:
             await self._commit(changes, writes, out)
