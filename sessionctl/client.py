@@ -84,7 +84,7 @@ RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
 _NO_LENGTH = bytes(HEADER)
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(AnyResponse)
+_decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
 
 
@@ -135,7 +135,7 @@ def _pong(r: Response) -> Pong:
 
 def _decode(body: bytes | memoryview) -> Response:
     try:
-        return _decoder.decode(body)  # type: ignore[no-any-return]
+        return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
 
