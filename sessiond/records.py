@@ -166,21 +166,30 @@ _META_JSON = attrgetter("meta_json")
 _FIRST = itemgetter(0)
 
 # ISO text of whole seconds, for writing: records written together often
-# share their second. Bounded, and safe to share between threads (a lost
-# entry is only computed again).
+# share their second. And of whole stamps: an update writes its record's
+# created_at and expires_at again, unchanged. Bounded, and safe to share
+# between threads (a lost entry is only computed again).
 _SECONDS_CACHE = 4096
 _seconds: dict[int, str] = {}
+_STAMPS_CACHE = 1 << 14
+_stamp_texts: dict[int, str] = {}
 
 
 def _iso(us: int) -> str:
-    """``iso(us)``, faster when the second was written recently."""
+    """``iso(us)``, faster when the moment or its second was written recently."""
+    text = _stamp_texts.get(us)
+    if text is not None:
+        return text
     secs, frac = divmod(us, US)
     head = _seconds.get(secs)
     if head is None:
         if len(_seconds) >= _SECONDS_CACHE:
             _seconds.clear()
         head = _seconds[secs] = iso(secs * US)[:-8]
-    return f"{head}.{frac:06d}Z"
+    if len(_stamp_texts) >= _STAMPS_CACHE:
+        _stamp_texts.clear()
+    text = _stamp_texts[us] = f"{head}.{frac:06d}Z"
+    return text
 
 
 def to_line(session: Session | Record) -> PutLine:

@@ -151,6 +151,11 @@ def check_meta(meta: dict[str, Any]) -> bytes:
     for key, value in meta.items():
         check_key(key)
         check_meta_value(value, 1)
+    return _sized(meta)
+
+
+def _sized(meta: dict[str, Any]) -> bytes:
+    """The JSON text of a meta whose entries are acceptable, if not too big."""
     text = _json_size(meta)
     if len(text) > META_MAX_BYTES:
         raise TooLarge(f"meta of {len(text)} bytes exceeds the limit of {META_MAX_BYTES} bytes")
@@ -219,10 +224,14 @@ class Store:
         return self._slots
 
     def _require(self, sid: str) -> Record:
-        if not valid_id(sid):
-            raise InvalidRequest(f"invalid session id {sid!r}: use 1-128 of A-Z a-z 0-9 . _ -")
-        record = self._index.get(sid)
+        # A held id needs no check (the common case, and the check is a
+        # regular expression); a miss is told apart from a malformed id.
+        record = self._index.get(sid) if type(sid) is str else None
         if record is None:
+            if not valid_id(sid):
+                raise InvalidRequest(
+                    f"invalid session id {sid!r}: use 1-128 of A-Z a-z 0-9 . _ -"
+                )
             raise SessionNotFound(f"session {sid} not found")
         return record
 
@@ -345,7 +354,8 @@ class Store:
         check_meta_value(value, 1)
         meta = record.meta
         meta[key] = value
-        return self._update(record, now, check_meta(meta))
+        # The other entries passed the checks when they were stored.
+        return self._update(record, now, _sized(meta))
 
     def unset(
         self, now: int, sid: str, key: str, expect_version: int | None = None
@@ -355,7 +365,7 @@ class Store:
         if key not in meta:
             raise SessionNotFound(f"session {sid} has no meta key {key!r}")
         del meta[key]
-        return self._update(record, now, check_meta(meta))
+        return self._update(record, now, _sized(meta))
 
     def _writable(self, now: int, sid: str, expect_version: int | None) -> Record:
         record = self._require(sid)
@@ -624,6 +634,19 @@ class Store:
         every counter, index and queue in step. A new record goes at the end
         of creation order, a record being put back where its ``seq`` says.
         Returns the record's sequence number."""
+        if (
+            before is not None
+            and after is not None
+            and before.user is after.user
+            and before.ttl == after.ttl
+            and before.expires_at == after.expires_at
+            and before.expired_at is None
+            and after.expired_at is None
+        ):
+            # An update that moves no counter and no deadline (set, unset,
+            # a touch within the same deadline): only the record changes.
+            self._place(sid, before, after)
+            return after.seq
         if before is not None:
             self._ttl_sum -= before.ttl
             if before.expired_at is None:
@@ -695,12 +718,18 @@ class Store:
         self._seqs.append(after.seq)
 
     def _slot_of(self, seq: int) -> int:
-        end = len(self._seqs) if self._unsorted_from is None else self._unsorted_from
-        slot = bisect_left(self._seqs, seq, 0, end)
-        if slot < end and self._seqs[slot] == seq:
+        seqs = self._seqs
+        end = len(seqs) if self._unsorted_from is None else self._unsorted_from
+        # Until slots are packed, seqs run without gaps: the slot is the
+        # offset from the first, with no search.
+        guess = seq - seqs[0] if end else -1
+        if 0 <= guess < end and seqs[guess] == seq:
+            return guess
+        slot = bisect_left(seqs, seq, 0, end)
+        if slot < end and seqs[slot] == seq:
             return slot
         # Put back out of order by the revert under way.
-        return self._seqs.index(seq, end)
+        return seqs.index(seq, end)
 
     def _maybe_pack(self) -> None:
         dead = len(self._slots) - len(self._index)
