@@ -10,12 +10,13 @@ eval every field's annotation text when it builds a decoder, which costs
 each ``sessionctl`` run about a millisecond.
 """
 
+import typing
 from typing import Annotated, Any, Final
 
 import msgspec
 
 from sessiond import PROTOCOL_VERSION as PROTOCOL_VERSION
-from sessiond.errors import ProtocolError, TooLarge
+from sessiond.errors import InvalidRequest, SessionError, TooLarge, Unsupported
 from sessiond.model import MAX_TTL, Session
 
 HEADER: Final = 4
@@ -271,21 +272,31 @@ def frame_length(header: bytes | bytearray | memoryview, limit: int) -> int:
     return n
 
 
-def describe_decode_error(exc: Exception) -> str:
-    """msgspec's message, which names the offending field (``$.ttl``)."""
-    text = str(exc)
-    if isinstance(exc, RecursionError):
-        return "value nested too deeply"
-    return text or type(exc).__name__
+# msgspec reports a string that is not UTF-8 with the codec's own error.
+DECODE_ERRORS: Final = (
+    msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError
+)
+OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in typing.get_args(AnyRequest))
+request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(AnyRequest)
 
 
-def decoder(types: Any) -> msgspec.msgpack.Decoder[Any]:
-    return msgspec.msgpack.Decoder(types)
+def request_error(exc: Exception) -> SessionError:
+    """What a request body that failed to decode (one of ``DECODE_ERRORS``)
+    is answered with: msgspec's message names the offending field."""
+    if isinstance(exc, UnicodeDecodeError):
+        return InvalidRequest(f"malformed request: a string is not valid UTF-8 ({exc})")
+    text = "value nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+    if text.startswith("Invalid value") and text.endswith("`$.op`"):
+        return Unsupported(f"unknown operation: {text} (known: {', '.join(OPERATIONS)})")
+    if isinstance(exc, msgspec.ValidationError):
+        return InvalidRequest(f"invalid request: {text}")
+    return InvalidRequest(f"malformed request: {text or type(exc).__name__}")
 
 
-def decode_or_raise(dec: msgspec.msgpack.Decoder[Any], body: bytes | memoryview) -> Any:
-    """Decode a body, turning every msgspec failure into ``ProtocolError``."""
+def decode_request(body: bytes | memoryview) -> Request:
+    """A request body as the daemon reads it; the refusal it would answer
+    with is raised (``InvalidRequest`` or ``Unsupported``)."""
     try:
-        return dec.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-        raise ProtocolError(describe_decode_error(exc)) from exc
+        return request_decoder.decode(body)
+    except DECODE_ERRORS as exc:
+        raise request_error(exc) from exc

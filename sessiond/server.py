@@ -21,7 +21,6 @@ import os
 import socket
 import struct
 import time
-import typing
 from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
@@ -38,7 +37,6 @@ from sessiond.errors import (
     Busy,
     ConfigError,
     InternalError,
-    InvalidRequest,
     JournalError,
     ProtocolError,
     ReadOnly,
@@ -50,10 +48,10 @@ from sessiond.events import Hub, Watcher
 from sessiond.journal import Journal
 from sessiond.model import US, Record, now_us
 from sessiond.protocol import (
+    DECODE_ERRORS,
     HEADER,
     PROTOCOL_VERSION,
     WRITES,
-    AnyRequest,
     Cleanup,
     CleanupReply,
     Compact,
@@ -87,7 +85,8 @@ from sessiond.protocol import (
     StatsReply,
     Unset,
     Watch,
-    describe_decode_error,
+    request_decoder,
+    request_error,
 )
 from sessiond.records import delete_line, put_line, put_lines
 from sessiond.store import Change, Store
@@ -107,13 +106,6 @@ MAX_BAD_FRAMES = 100
 ACCEPT_BACKOFF_MAX = 0.25
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
-# msgspec reports a string that is not UTF-8 with the codec's own error.
-_DECODE_ERRORS = (
-    msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError
-)
-_OPERATIONS = tuple(
-    str(t.__struct_config__.tag) for t in typing.get_args(AnyRequest)
-)
 # Runs one request at the given time: the reply, and the changes to persist.
 Handler = Callable[[Any, int], tuple[Response, list[Change]]]
 # Requests whose answer stands only once their changes are persisted. A
@@ -130,7 +122,6 @@ class _IdOnly(msgspec.Struct):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder = msgspec.msgpack.Decoder(AnyRequest)
 _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
 
 
@@ -609,7 +600,7 @@ class Server:
         watcher: Watcher | None = None
         # Looked up once: this loop runs for every request.
         handlers = self._handlers
-        decode = _request_decoder.decode
+        decode = request_decoder.decode
         encode_into = _encoder.encode_into
         pack_length = _LENGTH.pack_into
         used = 0
@@ -619,9 +610,9 @@ class Server:
             used += 1
             try:
                 req = decode(body)
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 bad += 1
-                _append_frame(out, self._error_reply(self._guess_id(body), self._decode_error(exc)))
+                _append_frame(out, self._error_reply(self._guess_id(body), request_error(exc)))
                 continue
             bad = 0
             kind = type(req)
@@ -704,21 +695,8 @@ class Server:
     def _guess_id(body: memoryview) -> int:
         try:
             return _id_decoder.decode(body).id
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             return 0
-
-    @staticmethod
-    def _decode_error(exc: Exception) -> SessionError:
-        if isinstance(exc, UnicodeDecodeError):
-            return InvalidRequest(f"malformed request: a string is not valid UTF-8 ({exc})")
-        text = describe_decode_error(exc)
-        if text.startswith("Invalid value") and text.endswith("`$.op`"):
-            return Unsupported(
-                f"unknown operation: {text} (known: {', '.join(_OPERATIONS)})"
-            )
-        if isinstance(exc, msgspec.ValidationError):
-            return InvalidRequest(f"invalid request: {text}")
-        return InvalidRequest(f"malformed request: {text}")
 
     def apply(self, req: Request) -> tuple[Response, list[Change]]:
         """Run one request against the store (synchronous, no I/O)."""
