@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sessiond import __version__
 from sessiond.errors import SessionError, SessionExpired, SessionNotFound
-from sessiond.model import EXPIRED, MAX_TTL, iso, valid_id
+from sessiond.model import MAX_TTL, iso, valid_id
 
 if TYPE_CHECKING:
     from sessionctl.client import Client
@@ -91,20 +91,14 @@ def one_line(value: Any) -> None:
 
 
 def record(s: Session) -> dict[str, Any]:
-    """The legacy record: its keys in its order; ``expired_at`` only once expired."""
-    rec: dict[str, Any] = {
-        "type": "session",
-        "id": s.id,
-        "user": s.user,
-        "status": s.status,
-        "ttl": s.ttl,
-        "meta": s.meta,
-        "created_at": iso(s.created_at),
-        "last_access": iso(s.last_access),
-        "expires_at": iso(s.expires_at),
-    }
-    if s.status == EXPIRED:
-        rec["expired_at"] = iso(s.expires_at if s.expired_at is None else s.expired_at)
+    """The legacy record: ``--json``'s shape with ``type`` first, no
+    ``version``, and ``expired_at`` only once expired."""
+    from sessionctl.render import session_dict  # the client brought its imports already
+
+    rec = {"type": "session", **session_dict(s)}
+    del rec["version"]
+    if rec["expired_at"] is None:
+        del rec["expired_at"]
     return rec
 
 

@@ -87,22 +87,32 @@ def parse_value(text: str) -> Any:
 
 def load(path: Path) -> Settings:
     """Read ``config.json``; absent means all defaults."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    data = read_json_object(path, "config ")
+    if data is None:
         return Settings()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"config {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must hold a JSON object")
     try:
         return validate(data)
     except ConfigError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when there is no such file.
+    Raises ``ConfigError`` saying why a file that is there cannot be used
+    (``what`` names the file's role in the message)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}{path}: {exc.strerror}") from exc
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{what}{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}{path} must hold a JSON object")
+    return data
 
 
 def save(path: Path, settings: Settings) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from sessiond.config import read_json_object
+from sessiond.errors import ConfigError
 from sessiond.model import Session
 from sessiond.records import LineError, decode_line
 
@@ -101,17 +103,11 @@ def legacy_default_ttl(directory: Path) -> int | None:
     that is there cannot be used."""
     path = directory / "config.json"
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        data = read_json_object(path)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from exc
+    if data is None:
         return None
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
     ttl = data.get("default_ttl")
     if ttl is None:
         return None
