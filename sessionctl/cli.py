@@ -82,6 +82,10 @@ def _limit(text: str) -> int:
     return _whole(text, "limit", 2**63 - 1)
 
 
+def _version(text: str) -> int:
+    return _whole(text, "version", 2**63 - 1)
+
+
 def _sid(text: str) -> str:
     from sessiond.model import valid_id
 
@@ -191,10 +195,14 @@ COMMANDS: dict[str, tuple[str, tuple[Arg, ...]]] = {
         Arg("id", check=_sid, metavar="ID"),
         Arg("key", check=_key, metavar="KEY"),
         Arg("value", metavar="VALUE"),
+        Arg("--expect-version", VALUE, _version, metavar="N",
+            help="only if the session is still at version N (else a conflict, exit 1)"),
     )),
     "unset": ("remove a metadata key", (
         Arg("id", check=_sid, metavar="ID"),
         Arg("key", check=_key, metavar="KEY"),
+        Arg("--expect-version", VALUE, _version, metavar="N",
+            help="only if the session is still at version N (else a conflict, exit 1)"),
     )),
     "delete": ("delete a session", (
         Arg("id", check=_sid, metavar="ID"),

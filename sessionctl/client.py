@@ -192,9 +192,10 @@ class _Operations:
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
         return self._submit(req, _session)  # type: ignore[no-any-return]
 
-    def unset(self, sid: str, key: str) -> Session:
-        """Remove ``meta[key]``."""
-        return self._submit(Unset(id=0, sid=sid, key=key), _session)  # type: ignore[no-any-return]
+    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Session:
+        """Remove ``meta[key]``; with ``expect_version``, only if unchanged since."""
+        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
+        return self._submit(req, _session)  # type: ignore[no-any-return]
 
     def delete(self, sid: str) -> str:
         """Delete a session; returns its id."""
@@ -567,8 +568,11 @@ class Pipeline:
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
         return self._submit(req, _session)
 
-    def unset(self, sid: str, key: str) -> Pending[Session]:
-        return self._submit(Unset(id=0, sid=sid, key=key), _session)
+    def unset(
+        self, sid: str, key: str, *, expect_version: int | None = None
+    ) -> Pending[Session]:
+        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
+        return self._submit(req, _session)
 
     def delete(self, sid: str) -> Pending[str]:
         return self._submit(Delete(id=0, sid=sid), _deleted)

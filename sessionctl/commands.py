@@ -103,11 +103,13 @@ def h_get(c: Client, args: Args) -> int:
 
 
 def h_set(c: Client, args: Args) -> int:
-    return show_session(c, args, c.set(args.id, args.key, args.value))
+    return show_session(
+        c, args, c.set(args.id, args.key, args.value, expect_version=args.expect_version)
+    )
 
 
 def h_unset(c: Client, args: Args) -> int:
-    return show_session(c, args, c.unset(args.id, args.key))
+    return show_session(c, args, c.unset(args.id, args.key, expect_version=args.expect_version))
 
 
 def h_delete(c: Client, args: Args) -> int:

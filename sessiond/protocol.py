@@ -69,6 +69,7 @@ class Set(Request, tag="set"):
 class Unset(Request, tag="unset"):
     sid: Sid
     key: Key
+    expect_version: int | None = None
 
 
 class Delete(Request, tag="delete"):

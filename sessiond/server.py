@@ -723,7 +723,7 @@ class Server:
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _unset(self, req: Unset, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.unset(now, req.sid, req.key)
+        session, made = self.store.unset(now, req.sid, req.key, req.expect_version)
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _delete(self, req: Delete, now: int) -> tuple[Response, list[Change]]:

@@ -129,6 +129,21 @@ def test_unset_removes_a_key_and_a_missing_key_fails(d: Daemon) -> None:
     one_line_error(d.ctl("unset", sid, "a"), 1, "'a'")
 
 
+def test_expect_version_refuses_a_stale_set_or_unset_and_changes_nothing(d: Daemon) -> None:
+    s = new(d, "--meta", "a=1")
+    stale = str(s["version"])
+    set_b = js(d, "set", s["id"], "b", "2", "--expect-version", stale)
+    assert set_b["meta"] == {"a": "1", "b": "2"}
+    one_line_error(d.ctl("set", s["id"], "b", "3", "--expect-version", stale), 1, "version")
+    one_line_error(d.ctl("unset", s["id"], "a", "--expect-version", stale), 1, "version")
+    now = js(d, "get", s["id"])
+    assert now["meta"] == {"a": "1", "b": "2"} and now["version"] == s["version"] + 1
+    assert js(d, "unset", s["id"], "a", "--expect-version", str(now["version"]))["meta"] == {
+        "b": "2"
+    }
+    one_line_error(d.ctl("unset", s["id"], "b", "--expect-version", "0"), 2, "version")
+
+
 def test_delete_then_get_fails_with_status_1(d: Daemon) -> None:
     sid = new(d)["id"]
     assert ok(d, "delete", sid) == f"deleted {sid}\n"

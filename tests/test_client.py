@@ -136,6 +136,21 @@ def test_compare_and_set_refuses_a_stale_version(c: Client) -> None:
     assert c.get(s.id).meta == {"a": "1"}
 
 
+def test_compare_and_unset_refuses_a_stale_version(c: Client) -> None:
+    s = c.create(meta={"a": "1", "b": "2"})
+    after = c.unset(s.id, "a", expect_version=s.version)
+    assert after.meta == {"b": "2"}
+    with pytest.raises(Conflict, match="version"):
+        c.unset(s.id, "b", expect_version=s.version)
+    with c.pipeline() as p:
+        stale = p.unset(s.id, "b", expect_version=s.version)
+        fresh = p.unset(s.id, "b", expect_version=after.version)
+    with pytest.raises(Conflict):
+        stale.result()
+    assert fresh.result().meta == {}
+    assert c.get(s.id).meta == {}
+
+
 def test_creating_an_existing_id_is_a_conflict(c: Client) -> None:
     c.create(id="taken-id")
     with pytest.raises(Conflict, match="taken-id"):

@@ -97,6 +97,7 @@ SAMPLES: dict[str, Any] = {
     "request.get": Get(id=5, sid="s1"),
     "request.set.cas": Set(id=6, sid="s1", key="lang", value="en", expect_version=2),
     "request.unset": Unset(id=7, sid="s1", key="lang"),
+    "request.unset.cas": Unset(id=7, sid="s1", key="lang", expect_version=3),
     "request.delete": Delete(id=8, sid="s1"),
     "request.list": List(id=9, status="active", user="alice", limit=2, cursor="0:2:s1"),
     "request.expire": Expire(id=10, sid="s1"),
