@@ -100,6 +100,12 @@ class Rules(msgspec.Struct, kw_only=True):
     expired_retention: int = 7 * 86400
 
 
+# A list page's size, reckoned as its metas plus a session's other fields
+# (about 200 bytes on the wire): well inside the default frame limit.
+PAGE_MAX_BYTES = 1024 * 1024
+RECORD_OVERHEAD_BYTES = 256
+
+
 def check_ttl(ttl: object) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
         raise InvalidRequest(
@@ -263,9 +269,14 @@ class Store:
         user: str | None = None,
         limit: int = 1000,
         cursor: str | None = None,
+        max_bytes: int = PAGE_MAX_BYTES,
     ) -> tuple[list[Record], str | None, list[Change]]:
         """Up to ``limit`` sessions after ``cursor`` in creation order, and
-        the cursor of the next page (``None`` at the end)."""
+        the cursor of the next page (``None`` at the end).
+
+        A page also ends once its metadata comes to ``max_bytes`` (it holds
+        at least one session): a thousand sessions with the largest meta
+        allowed would make a 64 MiB reply."""
         if status not in (None, ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {status!r}: use active or expired")
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -274,7 +285,8 @@ class Store:
         changes: list[Change] = []
         page: list[Record] = []
         slots = self._slots
-        while i < len(slots) and len(page) < limit:
+        size = 0
+        while i < len(slots) and len(page) < limit and size < max_bytes:
             record = slots[i]
             i += 1
             if record is None or (user is not None and record.user != user):
@@ -282,6 +294,7 @@ class Store:
             record = self._lazy_expire(record, now, changes)
             if status is None or record.status == status:
                 page.append(record)
+                size += len(record.meta_json) + RECORD_OVERHEAD_BYTES
         next_cursor = str(self._seqs[i - 1]) if i < len(slots) else None
         return page, next_cursor, changes
 

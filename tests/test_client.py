@@ -209,6 +209,17 @@ def test_list_pages_through_the_daemon_in_creation_order(c: Client) -> None:
     assert [s.id for s in nxt] == ids[10:20]
 
 
+def test_list_of_big_sessions_comes_in_pages_of_bounded_size(c: Client) -> None:
+    big = "y" * 60_000
+    with c.pipeline() as p:
+        made = [p.create(user="heavy", meta={"blob": big}) for _ in range(50)]
+    ids = [m.result().id for m in made]
+    first, cursor = c.list_page(user="heavy")
+    assert 0 < len(first) < len(ids) and cursor is not None
+    listed = c.list(user="heavy")
+    assert [s.id for s in listed] == ids and all(s.meta == {"blob": big} for s in listed)
+
+
 def test_list_filters_by_status_and_user(c: Client) -> None:
     a = c.create(user="filter-a")
     b = c.create(user="filter-a")

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
 from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, US, Record, Session
 from sessiond.records import delete_line, put_line, read_block
-from sessiond.store import META_MAX_BYTES, META_MAX_DEPTH, Change, ReplayRefused, Rules, Store
+from sessiond.store import (
+    META_MAX_BYTES,
+    META_MAX_DEPTH,
+    PAGE_MAX_BYTES,
+    Change,
+    ReplayRefused,
+    Rules,
+    Store,
+)
 
 T0 = 1_800_000_000 * US
 
@@ -360,6 +368,27 @@ def test_list_filters_by_status_and_user_in_creation_order() -> None:
     assert [s.id for s in store.list_page(at(20), user="alice")[0]] == [a.id, c.id]
     assert store.list_page(at(20), user="alice", status=ACTIVE)[0] == []
     assert store.list_page(at(20), user="nobody") == ([], None, [])
+
+
+def test_list_page_ends_at_its_byte_budget_and_the_cursor_goes_on() -> None:
+    store = Store()
+    big = "x" * (META_MAX_BYTES - 100)
+    ids = [make(store, meta={"blob": big}).id for _ in range(40)]
+    seen: list[str] = []
+    sizes: list[int] = []
+    cursor: str | None = None
+    while True:
+        page, cursor, _ = store.list_page(at(1), cursor=cursor)
+        assert page, "a page always holds a session while any remain"
+        sizes.append(len(page))
+        seen += [s.id for s in page]
+        if cursor is None:
+            break
+    assert seen == ids
+    assert len(sizes) >= 3 and max(sizes) <= PAGE_MAX_BYTES // (META_MAX_BYTES - 100) + 1
+    # However small the budget, each page makes progress.
+    one, nxt, _ = store.list_page(at(1), max_bytes=1)
+    assert [s.id for s in one] == ids[:1] and nxt is not None
 
 
 def test_list_pages_through_everything_once_with_limit_and_cursor() -> None:
