@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compact_interval: Seconds = 3600
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024 * 1024)] = 4 * 1024 * 1024
     frame_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # How long a client may leave its replies unread before it is dropped.
+    send_timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     idle_timeout: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 600.0
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     max_reply_queue_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 4 * 1024 * 1024

@@ -518,7 +518,7 @@ class Server:
         if sent == len(data):
             return
         rest = memoryview(data)[sent:]
-        deadline = time.monotonic() + max(self.settings.frame_timeout, 1.0)
+        deadline = time.monotonic() + self.settings.send_timeout
         while rest:
             await self._wait(conn, _SEND, deadline)
             try:
@@ -550,7 +550,10 @@ class Server:
     def _expired(self, kind: int) -> _Stop:
         s = self.settings
         if kind == _SEND:
-            log.warning("closing a connection that does not read its replies")
+            log.warning(
+                "closing a connection that left its replies unread for %gs (send_timeout)",
+                s.send_timeout,
+            )
             return _Stop()
         if kind == _IDLE:
             why = f"idle for {s.idle_timeout:g}s (idle_timeout)"

@@ -42,6 +42,7 @@ def test_config_error_is_an_invalid_request_so_it_crosses_the_wire_as_invalid() 
         ("fsync", "sometimes", "'sometimes'"),
         ("max_frame_bytes", 10, ">= 1024"),
         ("frame_timeout", -1, "> 0"),
+        ("send_timeout", 0, "> 0"),
     ],
 )
 def test_a_wrong_value_names_the_key_and_the_value(key: str, value: Any, needle: str) -> None:

@@ -201,7 +201,8 @@ FIELDS: dict[str, tuple[list[str], list[str]]] = {
     "compact": ([], []),
 }
 CONFIG_KEYS = ["default_ttl", "max_lifetime", "expired_retention", "fsync", "max_frame_bytes",
-               "frame_timeout", "idle_timeout", "max_connections", "max_reply_queue_bytes"]
+               "frame_timeout", "send_timeout", "idle_timeout", "max_connections",
+               "max_reply_queue_bytes"]
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
