@@ -165,30 +165,40 @@ _EXPIRED = attrgetter("expired_at")
 _META_JSON = attrgetter("meta_json")
 _FIRST = itemgetter(0)
 
-# ISO text of whole seconds, for writing: records written together often
-# share their second. And of whole stamps: an update writes its record's
-# created_at and expires_at again, unchanged. Bounded, and safe to share
-# between threads (a lost entry is only computed again).
-_SECONDS_CACHE = 4096
-_seconds: dict[int, str] = {}
+# ISO text of whole days, for writing: the time of day is arithmetic, the
+# date is not (and a journal's stamps span few days). And of whole stamps:
+# an update writes its record's created_at and expires_at again, unchanged.
+# Bounded, and safe to share between threads (a lost entry is only computed
+# again).
+_DAY_US = 86400 * US
+_DAYS_CACHE = 4096
+_days: dict[int, str] = {}
 _STAMPS_CACHE = 1 << 14
 _stamp_texts: dict[int, str] = {}
 
 
-def _iso(us: int) -> str:
-    """``iso(us)``, faster when the moment or its second was written recently."""
-    text = _stamp_texts.get(us)
-    if text is not None:
-        return text
-    secs, frac = divmod(us, US)
-    head = _seconds.get(secs)
+def _format(us: int) -> str:
+    """``iso(us)``, with the date from a cache."""
+    day, rest = divmod(us, _DAY_US)
+    head = _days.get(day)
     if head is None:
-        if len(_seconds) >= _SECONDS_CACHE:
-            _seconds.clear()
-        head = _seconds[secs] = iso(secs * US)[:-8]
-    if len(_stamp_texts) >= _STAMPS_CACHE:
-        _stamp_texts.clear()
-    text = _stamp_texts[us] = f"{head}.{frac:06d}Z"
+        if len(_days) >= _DAYS_CACHE:
+            _days.clear()
+        head = _days[day] = iso(day * _DAY_US)[:11]  # "2026-11-24T"
+    secs, frac = divmod(rest, US)
+    hours, secs = divmod(secs, 3600)
+    minutes, secs = divmod(secs, 60)
+    return f"{head}{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}Z"
+
+
+def _iso(us: int) -> str:
+    """``iso(us)``, faster when the moment was written recently (one record
+    at a time; compaction's many distinct moments use ``_format``)."""
+    text = _stamp_texts.get(us)
+    if text is None:
+        if len(_stamp_texts) >= _STAMPS_CACHE:
+            _stamp_texts.clear()
+        text = _stamp_texts[us] = _format(us)
     return text
 
 
@@ -263,7 +273,8 @@ def _bodies(records: Sequence[Record], expired: bool) -> Iterator[bytes]:
     ]
     if expired:
         columns.append(cast("list[int]", list(map(_EXPIRED, records))))
-    text = {us: _iso(us) for us in set().union(*columns)}.__getitem__
+    distinct = set().union(*columns)
+    text = dict(zip(distinct, map(_format, distinct), strict=True)).__getitem__
     stamps = [map(text, column) for column in columns]
     lines = map(
         _ExpiredLine if expired else _ActiveLine,

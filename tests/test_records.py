@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import Record, Session, parse_time
+from sessiond.model import TIME_MAX, Record, Session, iso, parse_time
 from sessiond.records import (
     LineError,
     decode_line,
@@ -58,6 +58,16 @@ CAROL_EXPIRED = Session(
 
 def golden(name: str) -> bytes:
     return (GOLDEN / name).read_bytes()
+
+
+@settings(max_examples=2000)
+@given(us=st.integers(min_value=0, max_value=TIME_MAX))
+def test_the_written_timestamp_is_iso_of_the_moment(us: int) -> None:
+    # The writers' caches (a day's date, a whole stamp) must never change it.
+    record = Record(us, "id", "u", 1, b"{}", us, us, us, 1)
+    assert read_line(put_line(record)) == record
+    assert put_lines([record, record]) == put_line(record) * 2
+    assert f'"created_at":"{iso(us)}"'.encode() in put_line(record)
 
 
 def test_put_line_matches_the_golden_bytes() -> None:
