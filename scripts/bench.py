@@ -1473,14 +1473,15 @@ def case_big(ctx: Ctx) -> None:
         REAPER.workers.remove(writer)
         log(f"  wrote a {n}-session journal with put_line in {time.monotonic() - t:.1f}s")
         del ids
-        # The first start is on a journal in the compacted form, so it counts
-        # as a restart too.
-        ours_starts = [sd.start(BIG_START_TIMEOUT)]
+        # The first start is on a journal alone (no snapshot: as an older
+        # sessiond or another tool leaves one), so it counts with the starts
+        # from the journal alone below.
+        journal_starts = [sd.start(BIG_START_TIMEOUT)]
         with sd.client() as c:
             st = c.stats()
         if st.total_sessions != n:
             raise BenchError(f"daemon loaded {st.total_sessions} sessions, expected {n}")
-        log(f"  first start on it: {ours_starts[0]:.2f}s")
+        log(f"  first start on it: {journal_starts[0]:.2f}s")
         r_rss_per: float | None = None
 
         # Compaction under a probing client, ours then Redis's BGREWRITEAOF.
@@ -1513,23 +1514,46 @@ def case_big(ctx: Ctx) -> None:
                     r_worst.append(r_during[-1])
                     r_p99.append(pct(r_during, 0.99))
         journal_bytes = sd.journal.stat().st_size
+        snap = sd.journal.with_suffix(".snap")
+        if not snap.is_file():
+            raise BenchError(f"the compaction wrote no snapshot:\n{tail(sd.log_path)}")
+        snap_bytes = snap.stat().st_size
         r_aof = rd.aof_bytes() if rd is not None else None
         sd.stop()
         if rd is not None:
             rd.stop()
 
-        # Restarts: ours from its own compacted journal, Redis from its rewritten AOF.
+        # Restarts, interleaved: ours after its own compaction (snapshot, then
+        # the journal after it), ours from the journal alone (the snapshot
+        # set aside), Redis from its rewritten AOF.
         r_restart: list[float] = []
         if prof.restarts < 1:
             raise BenchError("the profile needs at least one restart (memory is read after it)")
-        rss_full = 0
-        for rnd in range(prof.restarts):
-            log(f"  restart round {rnd + 1}/{prof.restarts}")
+        ours_starts: list[float] = []
+        rss_full = rss_journal = 0
+        aside = snap.with_name(snap.name + ".aside")
+        rounds = prof.restarts + 1  # as many starts of each kind as there used to be in all
+        for rnd in range(rounds):
+            log(f"  restart round {rnd + 1}/{rounds}")
             ours_starts.append(sd.start(BIG_START_TIMEOUT))
             if rnd == 0:
                 time.sleep(0.3)
                 rss_full = sd.rss()
+                with sd.client() as c:
+                    st = c.stats()
+                # Each probing client added a session of its own.
+                if not n <= st.total_sessions <= n + prof.compactions:
+                    raise BenchError(f"daemon loaded {st.total_sessions} sessions, expected {n}")
             sd.stop()
+            snap.rename(aside)
+            try:
+                journal_starts.append(sd.start(BIG_START_TIMEOUT))
+                if rnd == 0:
+                    time.sleep(0.3)
+                    rss_journal = sd.rss()
+                sd.stop()
+            finally:
+                aside.rename(snap)
             if rd is not None:
                 r_restart.append(rd.start(BIG_START_TIMEOUT))
                 if rnd == 0:
@@ -1544,11 +1568,16 @@ def case_big(ctx: Ctx) -> None:
                         r.close()
                 rd.stop()
 
+    loaded = sd.log_path.read_text(errors="replace").count(" from snapshot data.snap ")
+    if loaded != len(ours_starts):
+        raise BenchError(f"{loaded} of {len(ours_starts)} restarts loaded the snapshot:\n"
+                         f"{tail(sd.log_path)}")
     restart = Row(
         f"restart with {label} sessions", "s", median(ours_starts),
         median(r_restart) if r_restart else None, "redis, rewritten AOF", lower_is_better=True,
-        note=f"exec until ping answers; median of {len(ours_starts)} starts on a compacted "
-        "journal" + (f", {len(r_restart)} Redis restarts" if r_restart else ""),
+        note=f"exec until ping answers; median of {len(ours_starts)} starts after the daemon's "
+        "own compaction (its snapshot, then the journal after it)"
+        + (f", {len(r_restart)} Redis restarts" if r_restart else ""),
     )
     if at_full:
         restart.want_value(at_most=1.3)
@@ -1556,13 +1585,21 @@ def case_big(ctx: Ctx) -> None:
         restart.target = "<=1.30 s at 1M"
     ctx.add(restart)
     ctx.add(Row(
+        f"start from the journal alone ({label})", "s", median(journal_starts),
+        median(r_restart) if r_restart else None, "redis, rewritten AOF", lower_is_better=True,
+        note=f"no snapshot beside the compacted journal; median of {len(journal_starts)} starts "
+        "(the first on a journal written by put_line, the others with the snapshot set aside)",
+    ))
+    ctx.add(Row(
         f"memory per session ({label})", "B", (rss_full - rss_empty) / n, r_rss_per, "redis",
-        lower_is_better=True, note="(VmRSS after restart - VmRSS empty) / sessions; 2-entry meta",
+        lower_is_better=True, note="(VmRSS after restart - VmRSS empty) / sessions; 2-entry meta; "
+        f"after a start from the journal alone: {(rss_journal - rss_empty) / n:.0f} B",
     ).want_value(at_most=480))
     ctx.add(Row(
         f"journal size ({label})", "B", journal_bytes / n,
         r_aof / n if r_aof is not None else None, "redis AOF", lower_is_better=True,
-        note=f"bytes per session after compaction; ours {journal_bytes / 2**20:.0f} MiB in all",
+        note=f"bytes per session after compaction; ours {journal_bytes / 2**20:.0f} MiB in all, "
+        f"and a snapshot beside it of {snap_bytes / n:.0f} B a session",
     ))
     ctx.add(Row(
         f"compaction of {label} sessions", "s", median(compaction_s),

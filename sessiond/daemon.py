@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, config, paths, systemd
+from sessiond import __version__, config, paths, snapshot, systemd
 from sessiond.errors import SessionError
 from sessiond.journal import (
     POLICIES,
@@ -141,21 +141,47 @@ def loader(store: Store) -> Loader:
     return load
 
 
-def replay(store: Store, journal_path: Path) -> tuple[int, bool]:
+def load_snapshot(store: Store, journal_path: Path) -> snapshot.Header | None:
+    """Load the records of the snapshot beside the journal into the empty
+    ``store``, if it stands for the head of the journal byte for byte.
+
+    ``None`` (saying why, unless there is no snapshot, and having loaded
+    nothing) when the journal must be replayed in full."""
+    try:
+        return snapshot.load(journal_path, store.replay)
+    except snapshot.SnapshotStale as exc:
+        log.info("%s; replaying the journal in full", exc)
+    except snapshot.SnapshotDamaged as exc:
+        log.warning("%s; replaying the journal in full", exc)
+    return None
+
+
+def replay(rules: Rules, journal_path: Path) -> tuple[Store, int, bool]:
+    """The store the journal holds (by way of its snapshot where there is a
+    sound one), and where the journal's valid part ends."""
     # Replay makes millions of objects and frees few: collections during it
     # would find nothing to free. Afterwards what it built is frozen, so
     # that later full collections do not walk it again and again.
     gc.disable()
     try:
-        result = scan(journal_path, load=loader(store))
+        store = Store(rules)
+        base = load_snapshot(store, journal_path)
+        start, lines = (base.journal_bytes, base.lines) if base else (0, 0)
+        result = scan(journal_path, load=loader(store), start=start, lineno=lines)
     finally:
         gc.enable()
     gc.freeze()
     if result.torn_bytes:
         log.warning("%s: final line is torn (%d bytes): cutting it",
                     journal_path, result.torn_bytes)
-    log.info("replayed %d journal lines: %d sessions", result.records, len(store))
-    return result.valid_end, result.needs_newline
+    if base is None:
+        log.info("replayed %d journal lines: %d sessions", result.records, len(store))
+    else:
+        log.info(
+            "loaded %d sessions from snapshot %s and %d journal lines after it: %d sessions",
+            base.count, snapshot.snapshot_path(journal_path).name, result.records, len(store),
+        )
+    return store, result.valid_end, result.needs_newline
 
 
 def migrate_legacy(
@@ -232,12 +258,11 @@ async def run(args: argparse.Namespace) -> int:
             settings = config.with_value(settings, "fsync", args.fsync)
         for leftover in remove_leftovers(where.journal):
             log.warning("removed %s left by an interrupted compaction", leftover)
-        store = Store(Rules(
+        store, valid_end, needs_newline = replay(Rules(
             default_ttl=settings.default_ttl,
             max_lifetime=settings.max_lifetime,
             expired_retention=settings.expired_retention,
-        ))
-        valid_end, needs_newline = replay(store, where.journal)
+        ), where.journal)
         journal = Journal(where.journal, settings.fsync)
         journal.open(valid_end, needs_newline)
         settings, initial, migrated = migrate_legacy(
@@ -363,6 +388,7 @@ def check(where: paths.Paths) -> int:
         print(f"torn final line ({report.torn_bytes} bytes): it will be cut at start")
     for line in iter_damage(report):
         print(f"damaged: {line}")
+    print(snapshot_state(where.journal))
     if report.damaged:
         print(f"{len(report.damaged)} damaged lines: run 'sessiond --repair'")
         return 1
@@ -370,9 +396,33 @@ def check(where: paths.Paths) -> int:
     return 0
 
 
+def snapshot_state(journal_path: Path) -> str:
+    """What a start would make of the snapshot (it never decides health:
+    the journal holds everything)."""
+    try:
+        base = snapshot.load(journal_path, _ignore)
+    except snapshot.SnapshotUnusable as exc:
+        return f"{exc}; the next start ignores it"
+    if base is None:
+        return f"no snapshot: the next start replays {journal_path.name} in full"
+    return (f"snapshot {snapshot.snapshot_path(journal_path)}: valid, {base.count} sessions "
+            f"standing for the first {base.lines} lines")
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
 def do_repair(where: paths.Paths) -> int:
     lock_fd = take_lock(where.lock)
     try:
+        stale = snapshot.snapshot_path(where.journal)
+        if where.journal.exists() and stale.exists():
+            # Removed before the journal is rewritten: a snapshot must never
+            # outlive the bytes it stands for (its checksum would catch it,
+            # but nothing should have to).
+            stale.unlink()
+            print(f"removed the snapshot {stale}: the next compaction writes a new one")
         backup, dropped = repair(where.journal, loader(Store()))
     finally:
         os.close(lock_fd)

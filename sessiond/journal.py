@@ -20,11 +20,15 @@ Durability rules:
 * Compaction writes a snapshot to a temp file in a worker thread while the
   daemon keeps serving; whatever is written meanwhile is captured and
   appended to the temp file before it is fsynced and renamed over the journal.
+  The same records go to a binary snapshot beside it (``data.snap``, see
+  ``sessiond.snapshot``), which a start may load instead of the lines they
+  were written as; it is renamed into place only after the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import os
@@ -42,6 +46,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from sessiond import snapshot
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.model import Record, Session
 from sessiond.protocol import CompactResult
@@ -52,10 +57,14 @@ log = logging.getLogger("sessiond.journal")
 POLICIES = ("always", "everysec", "no")
 TMP_SUFFIX = ".compact.tmp"
 FAILPOINT_ENV = "SESSIOND_FAILPOINT"
-# Steps where a failpoint kills the daemon with SIGKILL, and the one that
-# makes a journal fsync fail with EIO.
-KILL_POINTS = ("compact-written", "compact-synced", "compact-renamed")
+# Steps where a failpoint kills the daemon with SIGKILL, the one that makes
+# a journal fsync fail with EIO, and the one that makes a compaction's
+# snapshot fail to write (the compaction goes on without it).
+KILL_POINTS = (
+    "compact-written", "compact-synced", "compact-renamed", "snapshot-written", "snapshot-renamed"
+)
 FSYNC_ERROR = "fsync-error"
+SNAPSHOT_ERROR = "snapshot-error"
 Undo = Callable[[], None]
 Damage = tuple[int, int, str, "str | None"]  # line, byte offset, reason, session id
 
@@ -85,7 +94,7 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = KILL_POINTS + (FSYNC_ERROR,)
+        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR)
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue
@@ -209,9 +218,12 @@ def scan(
     keep: Callable[[bytes], None] | None = None,
     *,
     load: Loader | None = None,
+    start: int = 0,
+    lineno: int = 0,
 ) -> Scan:
     """Read every line, feeding puts and deletes to ``load`` (or to the
-    callbacks), in order.
+    callbacks), in order; from byte offset ``start`` on (the end of the
+    part a snapshot stood for, ``lineno`` lines), when given.
 
     A put is a ``Record`` when the line is in the form the daemon writes,
     else a ``Session`` for the rules to check (see ``sessiond.records``).
@@ -220,11 +232,15 @@ def scan(
     (including one that the loader refuses) raises ``JournalDamaged``, or
     with ``stop_on_damage`` false is listed in ``damaged``. ``keep``
     receives every line that was read, as it was."""
-    result = Scan()
+    result = Scan(valid_end=start)
     if not path.exists():
         return result
     reader = _Reader(path, load or per_item(on_put, on_delete), stop_on_damage, keep, result)
+    # Damage after the start is reported as a whole scan would: numbered
+    # and placed from the head of the file.
+    reader.lineno, reader.offset = lineno, start
     with path.open("rb") as f:
+        f.seek(start)
         reader.run(f)
     return result
 
@@ -351,9 +367,13 @@ class _Reader:
 
 
 def remove_leftovers(path: Path) -> list[Path]:
-    """Delete temp files of a compaction (or repair) that was interrupted."""
+    """Delete temp files of a compaction (or repair) that was interrupted,
+    the snapshot's among them."""
     removed = []
-    for tmp in path.parent.glob(path.name + "*" + TMP_SUFFIX):
+    leftovers = list(path.parent.glob(path.name + "*" + TMP_SUFFIX))
+    if snapshot.temp_path(path).exists():
+        leftovers.append(snapshot.temp_path(path))
+    for tmp in leftovers:
         tmp.unlink()
         removed.append(tmp)
     return removed
@@ -803,12 +823,17 @@ class Journal:
         session's last line in the new file is its latest state; a write
         that fails meanwhile abandons the compaction.
 
+        The records are also written as a binary snapshot that stands for
+        the new file up to its captured writes (``sessiond.snapshot``); a
+        snapshot that cannot be written is logged, and no reason to fail.
+
         Raises ``JournalError`` (the journal left as it was) on failure."""
         async with self._compact_lock:
             started = time.monotonic()
             before = self.size
             errors = self.write_errors
             tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+            snap = snapshot.Writer(self.path)
             records = slots()
             # The records hold every batch accepted so far, written or not;
             # capture starts at the same instant, so every later write is in
@@ -817,7 +842,7 @@ class Journal:
             self._capture = []
             try:
                 kept = await anyio.to_thread.run_sync(
-                    self._write_snapshot, tmp, records, len(records)
+                    self._write_snapshot, tmp, records, len(records), snap
                 )
                 # A batch the snapshot holds but that is still unwritten could
                 # yet fail and be reverted: wait until each has settled.
@@ -833,7 +858,7 @@ class Journal:
                     tail = b"".join(self._capture)
                     self._capture = None
                     fd, size, dir_error = await anyio.to_thread.run_sync(
-                        self._finish, tmp, tail
+                        self._finish, tmp, tail, snap
                     )
                     # Swap while both locks are held: no thread uses the old fd.
                     old, self.fd = self.fd, fd
@@ -841,12 +866,13 @@ class Journal:
                     self.size = self.compacted_size = size
                     self._dirty = False
                     self.fsyncs += 2 if tail else 1
-                # The old journal's last descriptor: closing it frees the
-                # whole replaced file, which takes the kernel tens of
-                # milliseconds for a big one. Not on the event loop; and
-                # shielded, so that a cancel cannot skip what follows.
+                # The old journal's last descriptor (and the old snapshot's):
+                # closing it frees the whole replaced file, which takes the
+                # kernel tens of milliseconds for a big one. Not on the event
+                # loop; and shielded, so that a cancel cannot skip what follows.
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_close_replaced, old)
+                    await anyio.to_thread.run_sync(snap.release)
             except (OSError, _Abandoned) as exc:
                 why = _describe(exc) if isinstance(exc, OSError) else str(exc)
                 if isinstance(exc, OSError):
@@ -860,6 +886,9 @@ class Journal:
                 self._capture = None
                 self._holding = False
                 self._wake.set()
+                # A snapshot temp file that was not renamed into place (the
+                # thread that wrote it is done: to_thread waits for it).
+                snap.discard()
             self.changed_since_compaction = False
             if self.failed is not None:
                 log.warning("journal rewritten in full: writes are accepted again")
@@ -879,8 +908,13 @@ class Journal:
             )
 
     @staticmethod
-    def _write_snapshot(tmp: Path, slots: Sequence[Record | None], end: int) -> int:
-        """Write the records of ``slots[:end]``; how many there were."""
+    def _write_snapshot(
+        tmp: Path, slots: Sequence[Record | None], end: int, snap: snapshot.Writer
+    ) -> int:
+        """Write the records of ``slots[:end]``, to the journal's temp file
+        and to ``snap``; how many there were."""
+        if failpoints().hit(SNAPSHOT_ERROR):
+            snap.abandon(OSError(errno.EIO, "Input/output error (injected by failpoint)"))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         kept = 0
         try:
@@ -892,6 +926,8 @@ class Journal:
                 kept += len(chunk)
                 data = put_lines(chunk)
                 _write_all(fd, data)
+                # The same chunk, while its records are in the cache.
+                snap.add(chunk, data)
                 unsynced += len(data)
                 if unsynced >= COMPACT_SYNC_BYTES:
                     # Write back as we go: one fsync of the whole file at the
@@ -904,9 +940,12 @@ class Journal:
             failpoint("compact-synced")
         finally:
             os.close(fd)
+        snap.seal()
         return kept
 
-    def _finish(self, tmp: Path, tail: bytes) -> tuple[int, int, OSError | None]:
+    def _finish(
+        self, tmp: Path, tail: bytes, snap: snapshot.Writer
+    ) -> tuple[int, int, OSError | None]:
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             if tail:
@@ -918,6 +957,12 @@ class Journal:
             raise
         # From here the new file is the journal: whatever happens, switch to it.
         failpoint("compact-renamed")
+        # Only now may the snapshot replace the one that stood for the old
+        # file (the directory fsync below covers both renames).
+        if snap.sealed:
+            failpoint("snapshot-written")
+        if snap.commit():
+            failpoint("snapshot-renamed")
         try:
             _fsync_dir(self.path.parent)
         except OSError as exc:
