@@ -17,9 +17,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sessiond.errors import JournalError
+from sessiond.errors import JournalError, ReadOnly
 from sessiond.journal import (
     BLOCK_BYTES,
+    INLINE_SYNC_MAX,
     TMP_SUFFIX,
     Failpoints,
     Journal,
@@ -311,6 +312,54 @@ def test_concurrent_commits_under_always_share_one_fsync_and_wait_for_it(
     assert min(seen_at_return) >= 1, "a commit returned before any fsync"
     assert fsyncs <= 2, f"50 concurrent commits took {fsyncs} fsyncs"
     assert len(state(path)) == 50
+
+
+def test_a_lone_always_commit_syncs_on_the_loop_until_the_disk_is_slow(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+
+    async def go() -> tuple[bool, bool, int]:
+        journal = Journal(path, "always")
+        journal.open(0, False)
+        try:
+            await journal.commit(put_line(session(1)), lambda: None)
+            # Alone and on a fast disk: written and fsynced on the loop.
+            on_loop = journal._writer._thread is None
+            # A disk that has turned slow: fsyncs go back to the thread,
+            # where they do not hold up the event loop.
+            journal.sync_seconds = INLINE_SYNC_MAX * 10
+            await journal.commit(put_line(session(2)), lambda: None)
+            in_thread = journal._writer._thread is not None
+            return on_loop, in_thread, journal.fsyncs
+        finally:
+            journal.close()
+
+    on_loop, in_thread, fsyncs = anyio.run(go)
+    assert on_loop and in_thread
+    assert fsyncs == 2
+    assert len(state(path)) == 2
+
+
+def test_a_lone_always_commit_that_fails_to_sync_is_refused_and_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SESSIOND_FAILPOINT", "fsync-error")
+    monkeypatch.setattr("sessiond.journal._failpoints", None)
+    path = tmp_path / "data.jsonl"
+    undone: list[int] = []
+
+    async def go() -> None:
+        journal = Journal(path, "always")
+        journal.open(0, False)
+        try:
+            with pytest.raises(ReadOnly, match="fsync failed"):
+                await journal.commit(put_line(session(1)), lambda: undone.append(1))
+            assert journal._writer._thread is None, "the failed fsync ran on the loop"
+        finally:
+            journal.close()
+
+    anyio.run(go)
+    assert undone == [1]
+    assert path.read_bytes() == b"", "the refused line was cut from the file"
 
 
 # -- a real daemon: settings, compaction, stats ----------------------------
