@@ -25,10 +25,12 @@ import anyio.abc
 
 from sessiond import __version__, config, paths, snapshot, systemd
 from sessiond.errors import SessionError
-from sessiond.journal import (
-    POLICIES,
+from sessiond.journal import POLICIES, Journal
+from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
+from sessiond.model import now_us
+from sessiond.records import LineError
+from sessiond.replay import (
     Item,
-    Journal,
     JournalDamaged,
     Loader,
     iter_damage,
@@ -36,9 +38,6 @@ from sessiond.journal import (
     repair,
     scan,
 )
-from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
-from sessiond.model import now_us
-from sessiond.records import LineError
 from sessiond.server import Server, journal_lines
 from sessiond.store import Change, ReplayRefused, Rules, Store
 

@@ -1,4 +1,4 @@
-"""The append-only journal: replay, appends under an fsync policy, compaction.
+"""The append-only journal: appends under an fsync policy, compaction.
 
 Durability rules:
 
@@ -31,21 +31,20 @@ Durability rules:
   The same records go to a binary snapshot beside it (``data.snap``, see
   ``sessiond.snapshot``), which a start may load instead of the lines they
   were written as; it is renamed into place only after the journal.
+
+Reading the journal back, and repairing it, is ``sessiond.replay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import io
 import logging
 import os
 import queue
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import NoReturn
@@ -56,420 +55,30 @@ import anyio.to_thread
 
 from sessiond import snapshot
 from sessiond.errors import JournalError, ReadOnly
-from sessiond.model import Record, Session
+from sessiond.failpoints import (
+    SNAPSHOT_ERROR,
+    failpoint,
+    failpoints,
+    fsync_dir,
+    sync_data,
+    write_all,
+)
+from sessiond.model import Record
 from sessiond.protocol import CompactResult
-from sessiond.records import LineError, line_id, put_lines, read_block, read_line
+from sessiond.records import put_lines
+from sessiond.replay import TMP_SUFFIX
 
 log = logging.getLogger("sessiond.journal")
 
 POLICIES = ("always", "everysec", "no")
-TMP_SUFFIX = ".compact.tmp"
-FAILPOINT_ENV = "SESSIOND_FAILPOINT"
-# Steps where a failpoint kills the daemon with SIGKILL, the one that makes
-# a journal fsync fail with EIO, and the one that makes a compaction's
-# snapshot fail to write (the compaction goes on without it).
-KILL_POINTS = (
-    "compact-written", "compact-synced", "compact-renamed", "snapshot-written", "snapshot-renamed"
-)
-FSYNC_ERROR = "fsync-error"
 # Under ``always``, fsyncs that take less than this (on average, lately) run
 # on the event loop when nothing else is on its way to disk.
 INLINE_SYNC_MAX = 0.001
-SNAPSHOT_ERROR = "snapshot-error"
 Undo = Callable[[], None]
-Damage = tuple[int, int, str, "str | None"]  # line, byte offset, reason, session id
-
-
-class JournalDamaged(JournalError):
-    """A complete line before the tail cannot be read."""
-
-    def __init__(self, path: Path, lineno: int, offset: int, reason: str) -> None:
-        super().__init__(
-            f"{path}: line {lineno} (byte offset {offset}) is damaged: {reason}; "
-            f"run 'sessiond --check' for a report or 'sessiond --repair' to drop "
-            f"unreadable lines (a backup is kept)"
-        )
-        self.path, self.lineno, self.offset, self.reason = path, lineno, offset, reason
-
-
-# -- failpoints (fault injection for tests) ------------------------------
-
-
-class Failpoints:
-    """Parsed ``SESSIOND_FAILPOINT``: comma-separated ``name[@K][:N]``, the
-    fault firing from the K-th time the step is reached (default the first),
-    N times (default every time). ``fsync-error@3:1`` fails the third fsync
-    only."""
-
-    def __init__(self, spec: str) -> None:
-        self._skip: dict[str, int] = {}
-        self._left: dict[str, int | None] = {}
-        self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR)
-        for item in (part.strip() for part in spec.split(",")):
-            if not item:
-                continue
-            rest, colon, count = item.partition(":")
-            name, at, nth = rest.partition("@")
-            if name not in known:
-                raise JournalError(
-                    f"{FAILPOINT_ENV}: unknown failpoint {name!r}; known: {', '.join(known)}"
-                )
-            for sep, number in ((at, nth), (colon, count)):
-                if sep and not (number.isdigit() and int(number) > 0):
-                    raise JournalError(
-                        f"{FAILPOINT_ENV}: {item!r}: the numbers after '@' and ':' "
-                        f"must be positive whole numbers"
-                    )
-            self._skip[name] = int(nth) - 1 if at else 0
-            self._left[name] = int(count) if colon else None
-
-    def hit(self, name: str) -> bool:
-        """Whether the named fault fires now (counting this passage)."""
-        with self._lock:
-            if name not in self._left:
-                return False
-            if self._skip[name]:
-                self._skip[name] -= 1
-                return False
-            left = self._left[name]
-            if left is None:
-                return True
-            if left == 0:
-                return False
-            self._left[name] = left - 1
-            return True
-
-
-_failpoints: Failpoints | None = None
-
-
-def failpoints() -> Failpoints:
-    """The failpoints of this process, read from the environment once."""
-    global _failpoints
-    if _failpoints is None:
-        _failpoints = Failpoints(os.environ.get(FAILPOINT_ENV, ""))
-    return _failpoints
-
-
-def failpoint(name: str) -> None:
-    """Die here, for real, if the environment names this step."""
-    if failpoints().hit(name):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# fdatasync skips metadata that reading the data back does not need (times),
-# but not the size an append changed: measured about 8% cheaper a commit
-# under ``always``. Not every system has it.
-_sync_data: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-def _fsync(fd: int) -> None:
-    if failpoints().hit(FSYNC_ERROR):
-        raise OSError(5, "Input/output error (injected by failpoint)")
-    _sync_data(fd)
-
-
-# -- reading -------------------------------------------------------------
-
-
-@dataclass
-class Scan:
-    """What a pass over a journal found."""
-
-    records: int = 0
-    valid_end: int = 0
-    needs_newline: bool = False
-    torn_bytes: int = 0
-    damaged: list[Damage] = field(default_factory=list)
-
-
-Item = Record | Session | str
-# Applies items in order. Refusing one (LineError with its ``index``), it
-# has applied those before it and none after.
-Loader = Callable[[Sequence[Item]], None]
-# Lines are read a block at a time: a few thousand lines, decoded and applied
-# together, while a block's temporaries still fit in the CPU's caches.
-BLOCK_BYTES = 1 << 18
 # Compaction encodes this many records per write, and has the kernel write
 # back what it has written each time this many bytes have piled up.
 COMPACT_CHUNK = 1024
 COMPACT_SYNC_BYTES = 32 << 20
-
-
-def _noop(_: object) -> None:
-    return None
-
-
-def per_item(
-    on_put: Callable[[Record | Session], None], on_delete: Callable[[str], None]
-) -> Loader:
-    """A loader that hands each item to a callback (which may raise
-    ``LineError`` to refuse it)."""
-
-    def load(items: Sequence[Item]) -> None:
-        for i, item in enumerate(items):
-            try:
-                if isinstance(item, str):
-                    on_delete(item)
-                else:
-                    on_put(item)
-            except LineError as exc:
-                exc.index = i
-                raise
-
-    return load
-
-
-def scan(
-    path: Path,
-    on_put: Callable[[Record | Session], None] = _noop,
-    on_delete: Callable[[str], None] = _noop,
-    stop_on_damage: bool = True,
-    keep: Callable[[bytes], None] | None = None,
-    *,
-    load: Loader | None = None,
-    start: int = 0,
-    lineno: int = 0,
-) -> Scan:
-    """Read every line, feeding puts and deletes to ``load`` (or to the
-    callbacks), in order; from byte offset ``start`` on (the end of the
-    part a snapshot stood for, ``lineno`` lines), when given.
-
-    A put is a ``Record`` when the line is in the form the daemon writes,
-    else a ``Session`` for the rules to check (see ``sessiond.records``).
-    A final line with no newline that is not even JSON is a torn write: it
-    is reported in ``torn_bytes`` and not fed. Any other unreadable line
-    (including one that the loader refuses) raises ``JournalDamaged``, or
-    with ``stop_on_damage`` false is listed in ``damaged``. ``keep``
-    receives every line that was read, as it was."""
-    result = Scan(valid_end=start)
-    if not path.exists():
-        return result
-    reader = _Reader(path, load or per_item(on_put, on_delete), stop_on_damage, keep, result)
-    # Damage after the start is reported as a whole scan would: numbered
-    # and placed from the head of the file.
-    reader.lineno, reader.offset = lineno, start
-    with path.open("rb") as f:
-        f.seek(start)
-        reader.run(f)
-    return result
-
-
-class _Reader:
-    """One pass of ``scan``: whole blocks of lines where it can, a line at a
-    time where it must (to say which line is damaged, and how)."""
-
-    def __init__(
-        self,
-        path: Path,
-        load: Loader,
-        stop_on_damage: bool,
-        keep: Callable[[bytes], None] | None,
-        result: Scan,
-    ) -> None:
-        self.path = path
-        self.load = load
-        self.stop_on_damage = stop_on_damage
-        self.keep = keep
-        self.result = result
-        self.lineno = 0  # lines before the current one
-        self.offset = 0  # bytes before the current line
-
-    def run(self, f: io.BufferedIOBase) -> None:
-        carry = b""
-        while True:
-            chunk = f.read(BLOCK_BYTES)
-            if not chunk:
-                break
-            data = carry + chunk if carry else chunk
-            # Iterating a binary file splits at b"\n" only, the same bytes
-            # that end the lines we write: \r and other separators inside
-            # garbage stay put. So does this.
-            cut = data.rfind(b"\n") + 1
-            carry = data[cut:]
-            if cut:
-                self._block(data[:cut])
-        if carry:
-            self._one(carry, complete=False)
-
-    def _block(self, block: bytes) -> None:
-        """Whole lines (``block`` ends with a newline)."""
-        items = read_block(block)
-        if items is None:
-            for line in block[:-1].split(b"\n"):
-                self._one(line, complete=True)
-            return
-        lines: list[bytes] | None = None  # split only if a line must be named
-        start = 0
-        while start < len(items):
-            try:
-                self.load(items[start:] if start else items)
-            except LineError as exc:
-                if lines is None:
-                    lines = block[:-1].split(b"\n")
-                bad = start + exc.index
-                self._advance(lines, start, bad)
-                self._damage(lines[bad] + b"\n", str(exc), exc)
-                start = bad + 1
-            else:
-                break
-        if lines is None:
-            lines = block[:-1].split(b"\n") if self.keep is not None else []
-            self._read(len(items), len(block), lines)
-        else:
-            self._advance(lines, start, len(lines))
-
-    def _advance(self, lines: list[bytes], start: int, stop: int) -> None:
-        """Count lines ``start`` to ``stop`` of a block as read."""
-        if start < stop:
-            chosen = lines[start:stop]
-            self._read(stop - start, sum(map(len, chosen)) + stop - start, chosen)
-
-    def _read(self, count: int, size: int, lines: list[bytes]) -> None:
-        """``count`` whole lines of ``size`` bytes were read (``lines``, for
-        ``keep``)."""
-        self.lineno += count
-        self.offset += size
-        result = self.result
-        result.records += count
-        result.valid_end = self.offset
-        result.needs_newline = False
-        if self.keep is not None:
-            for line in lines:
-                self.keep(line + b"\n")
-
-    def _damage(self, raw: bytes, reason: str, exc: LineError) -> None:
-        """A complete line that cannot be read (or that the loader refused)."""
-        self.lineno += 1
-        if self.stop_on_damage:
-            raise JournalDamaged(self.path, self.lineno, self.offset, reason) from exc
-        self.result.damaged.append((self.lineno, self.offset, reason, line_id(raw)))
-        self.offset += len(raw)
-
-    def _one(self, line: bytes, complete: bool) -> bool:
-        """One line (without its newline). False when it is a torn tail."""
-        raw = line + b"\n" if complete else line
-        result = self.result
-        if not line.strip():
-            self.lineno += 1
-            self.offset += len(raw)
-            result.valid_end = self.offset
-            result.needs_newline = not complete
-            if self.keep is not None:
-                self.keep(raw)
-            return True
-        try:
-            self.load([read_line(line)])
-        except LineError as exc:
-            if not complete and not exc.complete:
-                result.torn_bytes = len(raw)
-                return False
-            self._damage(raw, str(exc), exc)
-            return True
-        self.lineno += 1
-        self.offset += len(raw)
-        result.records += 1
-        result.valid_end = self.offset
-        result.needs_newline = not complete
-        if self.keep is not None:
-            self.keep(raw)
-        return True
-
-
-def remove_leftovers(path: Path) -> list[Path]:
-    """Delete temp files of a compaction (or repair) that was interrupted,
-    the snapshot's among them."""
-    removed = []
-    leftovers = list(path.parent.glob(path.name + "*" + TMP_SUFFIX))
-    if snapshot.temp_path(path).exists():
-        leftovers.append(snapshot.temp_path(path))
-    for tmp in leftovers:
-        tmp.unlink()
-        removed.append(tmp)
-    return removed
-
-
-def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
-    """Back the journal up, then rewrite it without its unreadable lines.
-
-    ``load`` applies the same checks as replay, so that what is kept will
-    load. Returns the backup path and the dropped lines (line, offset,
-    reason, id); a journal with nothing to drop is backed up but not
-    rewritten."""
-    if not path.exists():
-        raise JournalError(f"there is no journal at {path}: nothing to repair")
-    kept: list[bytes] = []
-    report = scan(path, stop_on_damage=False, keep=kept.append, load=load)
-    data = path.read_bytes()
-    backup = _backup_name(path)
-    _write_file(backup, data, exclusive=True)
-    _fsync_dir(path.parent)
-    dropped = list(report.damaged)
-    if report.torn_bytes:
-        torn = data[len(data) - report.torn_bytes :]
-        dropped.append((
-            data.count(b"\n") + 1, len(data) - report.torn_bytes, "torn final line", line_id(torn)
-        ))
-    if not dropped:
-        return backup, dropped
-    clean = b"".join(kept)
-    if clean and not clean.endswith(b"\n"):
-        clean += b"\n"
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    _write_file(tmp, clean)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return backup, dropped
-
-
-def _backup_name(path: Path) -> Path:
-    # Never reuse a name: a second repair must not overwrite the first backup,
-    # which may be the only copy of what was dropped.
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    candidate = path.with_name(f"{path.name}.bak-{stamp}")
-    n = 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.bak-{stamp}-{n}")
-    return candidate
-
-
-def _write_file(path: Path, data: bytes, exclusive: bool = False) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _describe(exc: OSError) -> str:
-    return f"{exc.strerror or exc} (errno {exc.errno})"
-
-
-def iter_damage(report: Scan) -> Iterator[str]:
-    for lineno, offset, reason, sid in report.damaged:
-        yield f"line {lineno} (byte offset {offset}): {reason}" + (f" [id {sid}]" if sid else "")
-
-
-# -- writing -------------------------------------------------------------
 
 
 class _Batch:
@@ -614,7 +223,7 @@ class Journal:
                 os.ftruncate(fd, valid_end)
                 os.fsync(fd)
             if needs_newline:
-                _write_all(fd, b"\n")
+                write_all(fd, b"\n")
                 os.fsync(fd)
         except OSError:
             os.close(fd)
@@ -627,8 +236,8 @@ class Journal:
         """Write and fsync before the daemon serves anyone (replay's
         consequences: expiries that fell due while it was down, a legacy
         import). Blocking is fine here: nothing else is running yet."""
-        _write_all(self.fd, data)
-        _fsync(self.fd)
+        write_all(self.fd, data)
+        sync_data(self.fd)
         self.size += len(data)
 
     def close(self) -> None:
@@ -636,7 +245,7 @@ class Journal:
         if self.fd >= 0:
             if self._dirty and self.failed is None:
                 try:
-                    _fsync(self.fd)
+                    sync_data(self.fd)
                 except OSError as exc:
                     log.error("final fsync of %s failed: %s", self.path, _describe(exc))
             os.close(self.fd)
@@ -661,7 +270,7 @@ class Journal:
                 # One write(2) nearly always takes it all.
                 written = os.write(self.fd, data)
                 if written < len(data):
-                    _write_all(self.fd, memoryview(data)[written:])
+                    write_all(self.fd, memoryview(data)[written:])
             except OSError as exc:
                 await self._inline_failed(exc, _Batch(data, undo, self._seq, None), start)
             self.size = start + len(data)
@@ -771,14 +380,14 @@ class Journal:
     def _write_sync(self, fd: int, data: bytes, sync: bool, start: int) -> None:
         """Write (and fsync) a group; in the writer thread, or on the loop."""
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except OSError as exc:
             _cut(fd, start)
             raise _DiskError("write", exc) from exc
         if sync:
             began = time.monotonic()
             try:
-                _fsync(fd)
+                sync_data(fd)
             except OSError as exc:
                 _cut(fd, start)
                 raise _DiskError("fsync", exc) from exc
@@ -794,7 +403,7 @@ class Journal:
             self._dirty = False
             async with self._fd_lock:
                 try:
-                    await anyio.to_thread.run_sync(_fsync, self.fd)
+                    await anyio.to_thread.run_sync(sync_data, self.fd)
                 except OSError as exc:
                     # The writes it covered were acknowledged (that is what
                     # everysec means); the compaction that ends read-only
@@ -807,7 +416,7 @@ class Journal:
         """Flush everything written so far to disk (shutdown)."""
         if self._dirty and self.failed is None and self.fd >= 0:
             async with self._fd_lock:
-                await anyio.to_thread.run_sync(_fsync, self.fd)
+                await anyio.to_thread.run_sync(sync_data, self.fd)
                 self.fsyncs += 1
             self._dirty = False
 
@@ -967,7 +576,7 @@ class Journal:
                 chunk = list(filter(None, slots[start : min(start + COMPACT_CHUNK, end)]))
                 kept += len(chunk)
                 data = put_lines(chunk)
-                _write_all(fd, data)
+                write_all(fd, data)
                 # The same chunk, while its records are in the cache.
                 snap.add(chunk, data)
                 unsynced += len(data)
@@ -978,7 +587,7 @@ class Journal:
                     os.fdatasync(fd)
                     unsynced = 0
             failpoint("compact-written")
-            _fsync(fd)
+            sync_data(fd)
             failpoint("compact-synced")
         finally:
             os.close(fd)
@@ -991,8 +600,8 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             if tail:
-                _write_all(fd, tail)
-                _fsync(fd)
+                write_all(fd, tail)
+                sync_data(fd)
             os.replace(tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -1006,7 +615,7 @@ class Journal:
         if snap.commit():
             failpoint("snapshot-renamed")
         try:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             return fd, os.fstat(fd).st_size, exc
         return fd, os.fstat(fd).st_size, None
@@ -1029,3 +638,7 @@ def _cut(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
     except OSError as exc:
         log.error("could not cut a failed write from the journal: %s", _describe(exc))
+
+
+def _describe(exc: OSError) -> str:
+    return f"{exc.strerror or exc} (errno {exc.errno})"

@@ -24,9 +24,9 @@ import pytest
 
 from sessionctl import Client
 from sessiond.errors import DaemonUnavailable, ReadOnly, SessionNotFound
-from sessiond.journal import TMP_SUFFIX
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
+from sessiond.replay import TMP_SUFFIX
 from tests.conftest import SESSIOND, Daemon, wait_until
 
 FAILPOINT = "SESSIOND_FAILPOINT"

@@ -1,8 +1,8 @@
 """The journal: reading it back (torn tails, damage, repair), group commit,
 fsync policy settings, compaction and what ``stats`` shows of it.
 
-The first part drives ``sessiond.journal`` directly on real files; the
-second drives a real daemon.
+The first part drives ``sessiond.replay``, ``sessiond.failpoints`` and
+``sessiond.journal`` directly on real files; the second drives a real daemon.
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ import anyio
 import pytest
 
 from sessiond.errors import JournalError, ReadOnly
-from sessiond.journal import (
+from sessiond.failpoints import Failpoints
+from sessiond.journal import INLINE_SYNC_MAX, Journal
+from sessiond.model import US, Session
+from sessiond.records import LineError, delete_line, put_line
+from sessiond.replay import (
     BLOCK_BYTES,
-    INLINE_SYNC_MAX,
     TMP_SUFFIX,
-    Failpoints,
-    Journal,
     JournalDamaged,
     Scan,
     remove_leftovers,
     repair,
     scan,
 )
-from sessiond.model import US, Session
-from sessiond.records import LineError, delete_line, put_line
 from tests.conftest import SESSIOND, Daemon, wait_until
 
 BASE = 1_900_000_000 * US  # far in the future: nothing here expires
@@ -343,7 +342,7 @@ def test_a_lone_always_commit_that_fails_to_sync_is_refused_and_undone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SESSIOND_FAILPOINT", "fsync-error")
-    monkeypatch.setattr("sessiond.journal._failpoints", None)
+    monkeypatch.setattr("sessiond.failpoints._failpoints", None)
     path = tmp_path / "data.jsonl"
     undone: list[int] = []
 
