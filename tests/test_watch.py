@@ -123,8 +123,10 @@ class CtlWatch:
         self.proc.send_signal(signal.SIGINT)
         assert self.proc.stderr is not None and self.proc.stdout is not None
         try:
-            status = self.proc.wait(10)
-            lines.join()
+            # Generous: on a machine loaded by other test runs, a process
+            # can wait seconds for a turn on a core.
+            status = self.proc.wait(30)
+            lines.join(30)
             return status, self.proc.stderr.read()
         finally:
             self.proc.kill()
