@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 
 from sessiond import __version__, config, paths, snapshot, systemd
+from sessiond.dispatch import journal_lines
 from sessiond.errors import SessionError
 from sessiond.journal import POLICIES, Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
@@ -38,7 +39,7 @@ from sessiond.replay import (
     repair,
     scan,
 )
-from sessiond.server import Server, journal_lines
+from sessiond.server import Server
 from sessiond.store import Change, ReplayRefused, Rules, Store
 
 log = logging.getLogger("sessiond")

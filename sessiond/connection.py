@@ -1,0 +1,328 @@
+"""Connections, the socket side: reading frames with deadlines, replies.
+
+Connections are anyio tasks; their sockets are read and written directly,
+with readiness from the asyncio loop under anyio's asyncio backend (see
+``Conn``), and one task enforces every connection's time limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from typing import Final
+
+import anyio
+
+from sessiond.dispatch import Dispatcher
+from sessiond.errors import ProtocolError, TooLarge
+from sessiond.events import Watcher
+from sessiond.frames import LENGTH, error_frame
+from sessiond.protocol import HEADER
+
+# The server's logger: splitting the server into modules changes no record.
+log = logging.getLogger("sessiond.server")
+
+MAX_BATCH = 256
+# One recv(2) takes at most this much: a pipeline of a few hundred requests,
+# or a slice of a big import frame.
+RECV_BYTES = 65536
+MAX_BAD_FRAMES = 100
+
+BUSY: Final = 0
+IDLE: Final = 1  # waiting for the first byte of a frame
+FRAME: Final = 2  # waiting for the rest of a frame
+SEND: Final = 3  # waiting to send replies
+
+
+class Conn:
+    """A connection's socket, its readiness registration, and the deadline
+    of its current wait.
+
+    Readiness comes from the asyncio loop the daemon runs on (anyio's asyncio
+    backend), through one reader registration kept for the connection's
+    life. ``anyio.wait_readable`` registers and unregisters on every call:
+    on uvloop that makes and destroys a poll handle each time, which was
+    measured at ~30 us a request (four times a kept registration), more
+    than the request itself."""
+
+    __slots__ = (
+        "sock", "fd", "loop", "kind", "deadline", "expired", "waiter", "writing", "reading",
+        "readable",
+    )
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.loop = loop
+        self.kind = BUSY
+        # When the current wait must end; infinite when not waiting, so that
+        # the deadline task never ends anything but a wait.
+        self.deadline = math.inf
+        self.expired = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.writing = False  # the waiter waits to send, not to receive
+        self.reading = False  # registered with the loop as a reader
+        # Reported readable while nobody waited: recv() before waiting again.
+        self.readable = False
+
+    async def wait(self, writable: bool) -> None:
+        """Until the socket is readable (or writable), or ``interrupt()``."""
+        loop = self.loop
+        if writable:
+            # Rare (a client slow to read its replies): registered per wait.
+            loop.add_writer(self.fd, self.interrupt)
+        elif not self.reading:
+            loop.add_reader(self.fd, self._readable)
+            self.reading = True
+        self.writing = writable
+        self.waiter = waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if writable:
+                self.writing = False
+                loop.remove_writer(self.fd)
+
+    def _readable(self) -> None:
+        if self.waiter is not None and not self.writing:
+            self.interrupt()
+        elif self.reading:
+            # Data arrived while the connection is busy (or waits to send):
+            # the registration is level-triggered and would report it on
+            # every loop iteration. The next recv() finds it; the next wait
+            # for data registers again.
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+            self.readable = True
+
+    def interrupt(self) -> None:
+        """End the current wait, if any (the waiter then looks at why)."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """Forget the registration: the socket is about to be closed."""
+        self.deadline = math.inf
+        if self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+
+class Stop(Exception):
+    """The connection must close (after sending what it carries)."""
+
+    def __init__(self, final: bytes = b"") -> None:
+        self.final = final
+
+
+class Connections(Dispatcher):
+    """Reads requests off connections and sends back what the dispatcher
+    answers, within each connection's time limits."""
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self.stopping = False
+        self._conns: set[Conn] = set()
+        self._deadline_target = math.inf
+        self._deadline_wake = anyio.Event()
+
+    # -- requests and replies --------------------------------------------
+    #
+    # The socket is driven directly: non-blocking recv and send, waiting
+    # (``Conn.wait``) only when they would block. anyio's stream adds a
+    # checkpoint (a trip round the event loop) to every receive and send,
+    # and a timeout scope per call costs more than a small request itself.
+    # The time limits are instead one deadline per connection, which the
+    # deadline task enforces (see ``_run_deadlines``).
+
+    async def _serve_requests(self, conn: Conn) -> Watcher | None:
+        """Answer requests until EOF, ``watch`` (returns its watcher), or the
+        daemon stopping while this connection is between frames."""
+        sock = conn.sock
+        # Bytes received and not yet handled: never a whole frame between
+        # rounds, only the start of one (or nothing).
+        pending: bytes | bytearray = b""
+        # When the incomplete frame in ``pending`` started arriving: all of
+        # it must follow within frame_timeout, however it trickles.
+        started = 0.0
+        bad = 0
+        # Whether the last recv() left the socket empty: then wait before the
+        # next one rather than try it (a client that waits for each answer
+        # has sent nothing more yet), unless the loop has said otherwise.
+        drained = True
+        # Whether this task gave the event loop back since it last received.
+        yielded = True
+        while True:
+            if not pending and self.stopping:
+                return None
+            if drained and not conn.readable:
+                if pending:
+                    await self._wait(conn, FRAME, started + self.settings.frame_timeout)
+                else:
+                    idle = self.settings.idle_timeout
+                    await self._wait(conn, IDLE, time.monotonic() + idle if idle else math.inf)
+                drained = False
+                yielded = True
+                continue
+            conn.readable = False
+            try:
+                data = sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                drained = True
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if not data:
+                return None
+            if not yielded:
+                # Requests keep arriving, so this connection never waits:
+                # let the others (and the timers, the compactor) have a turn.
+                await anyio.lowlevel.checkpoint()
+            yielded = False
+            drained = len(data) < RECV_BYTES
+            fresh = not pending
+            if fresh:
+                pending = data
+            else:
+                pending += data
+            used, watcher, bad = await self._answer(conn, pending, bad)
+            if watcher is not None:
+                return watcher
+            if used == len(pending):
+                pending = b""
+            elif used or fresh:
+                pending = bytearray(memoryview(pending)[used:])
+                started = time.monotonic()
+
+    async def _answer(
+        self, conn: Conn, data: bytes | bytearray, bad: int
+    ) -> tuple[int, Watcher | None, int]:
+        """Answer every whole frame at the start of ``data``, a batch at a
+        time. Returns how many bytes were used, the watcher if a ``watch``
+        ended them, and the count of bad frames in a row."""
+        limit = self.settings.max_frame_bytes
+        size = len(data)
+        pos = 0
+        while True:
+            bodies: list[memoryview] = []
+            ends: list[int] = []
+            end = pos
+            view: memoryview | None = None
+            while len(bodies) < MAX_BATCH and size - end >= HEADER:
+                (n,) = LENGTH.unpack_from(data, end)
+                if n > limit:
+                    raise Stop(error_frame(0, TooLarge(
+                        f"frame of {n} bytes exceeds max_frame_bytes ({limit}); closing"
+                    )))
+                if size - end - HEADER < n:
+                    break
+                if view is None:
+                    # Bodies are decoded in place, never copied out.
+                    view = memoryview(data)
+                end += HEADER
+                bodies.append(view[end : end + n])
+                end += n
+                ends.append(end)
+            if not bodies:
+                return pos, None, bad
+            out = bytearray()
+            watcher, bad, used = await self._batch(bodies, bad, out)
+            pos = ends[used - 1]
+            if out:
+                try:
+                    await self._send(conn, out)
+                except BaseException:
+                    if watcher is not None:
+                        self.hub.unsubscribe(watcher)
+                    raise
+            if watcher is not None:
+                return pos, watcher, bad
+            if bad > MAX_BAD_FRAMES:
+                raise Stop(error_frame(0, ProtocolError("too many bad frames; closing")))
+            if size - pos >= HEADER:
+                # More frames follow: a turn for the others between batches.
+                await anyio.lowlevel.checkpoint()
+
+    async def _send(self, conn: Conn, data: bytearray) -> None:
+        sock = conn.sock
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise anyio.BrokenResourceError from exc
+        if sent == len(data):
+            return
+        rest = memoryview(data)[sent:]
+        deadline = time.monotonic() + self.settings.send_timeout
+        while rest:
+            await self._wait(conn, SEND, deadline)
+            try:
+                rest = rest[sock.send(rest) :]
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+
+    async def _wait(self, conn: Conn, kind: int, deadline: float) -> None:
+        """Until the socket is ready (readable, or writable for ``SEND``);
+        ``Stop`` once ``deadline`` passes. May return early (when the
+        daemon stops): callers retry."""
+        conn.kind = kind
+        conn.deadline = deadline
+        if deadline < self._deadline_target:
+            self._deadline_target = deadline
+            self._deadline_wake.set()
+        try:
+            # Also ends early when the deadline task or drain() interrupts
+            # it: see below, and the callers' retry.
+            await conn.wait(kind == SEND)
+        finally:
+            conn.kind = BUSY
+            conn.deadline = math.inf
+        if conn.expired:
+            raise self._expired(kind)
+
+    def _expired(self, kind: int) -> Stop:
+        s = self.settings
+        if kind == SEND:
+            log.warning(
+                "closing a connection that left its replies unread for %gs (send_timeout)",
+                s.send_timeout,
+            )
+            return Stop()
+        if kind == IDLE:
+            why = f"idle for {s.idle_timeout:g}s (idle_timeout)"
+        else:
+            why = f"frame not completed within {s.frame_timeout:g}s (frame_timeout)"
+        return Stop(error_frame(0, ProtocolError(f"connection closed: {why}")))
+
+    async def _run_deadlines(self) -> None:
+        """End the waits of connections whose deadline has passed.
+
+        Connections only store their deadline (a float, per wait); this task
+        sleeps until the earliest one it knows of, and is woken only when a
+        connection sets one earlier still. A deadline that moved later in
+        the meantime costs one look at it."""
+        while True:
+            now = time.monotonic()
+            target = math.inf
+            for conn in self._conns:
+                deadline = conn.deadline
+                if deadline <= now:
+                    if not conn.expired:
+                        conn.expired = True
+                        conn.interrupt()
+                elif deadline < target:
+                    target = deadline
+            self._deadline_target = target
+            self._deadline_wake = wake = anyio.Event()
+            with anyio.move_on_after(target - now):
+                await wake.wait()
