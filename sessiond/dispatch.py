@@ -107,7 +107,7 @@ def journal_lines(changes: list[Change]) -> bytes:
     if None not in afters:
         # A pipelined batch of writes: the bulk encoder compaction uses,
         # a quarter cheaper a line than one put_line each.
-        return put_lines(cast("list[Record]", afters))
+        return put_lines(cast("list[Record]", afters), recent=True)
     return b"".join([
         put_line(c.after) if c.after is not None else delete_line(c.sid) for c in changes
     ])

@@ -265,16 +265,18 @@ _DROP_LAST: Callable[[bytes], bytes] = itemgetter(slice(None, -1))
 _CRC_FIELD = b',"crc":"%08x"}\n'.__mod__
 
 
-def _bodies(records: Sequence[Record], expired: bool) -> Iterator[bytes]:
+def _bodies(
+    records: Sequence[Record], expired: bool, stamp: Callable[[int], str]
+) -> Iterator[bytes]:
     """Encoded put lines (unsealed) of records all active or all expired;
-    each distinct timestamp is formatted once."""
+    each distinct timestamp is formatted once, by ``stamp``."""
     columns = [
         list(map(_CREATED, records)), list(map(_LAST, records)), list(map(_EXPIRES, records))
     ]
     if expired:
         columns.append(cast("list[int]", list(map(_EXPIRED, records))))
     distinct = set().union(*columns)
-    text = dict(zip(distinct, map(_format, distinct), strict=True)).__getitem__
+    text = dict(zip(distinct, map(stamp, distinct), strict=True)).__getitem__
     stamps = [map(text, column) for column in columns]
     lines = map(
         _ExpiredLine if expired else _ActiveLine,
@@ -289,18 +291,23 @@ def _bodies(records: Sequence[Record], expired: bool) -> Iterator[bytes]:
     return map(_encode, lines)
 
 
-def put_lines(records: Sequence[Record]) -> bytes:
+def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
     """Checksummed journal lines for many records (what compaction writes):
-    the bytes of ``put_line`` for each, made without a loop in Python."""
+    the bytes of ``put_line`` for each, made without a loop in Python.
+
+    ``recent``: records just changed by requests, whose unchanged stamps
+    were written lately (the per-stamp cache then pays; for compaction's
+    many distinct stamps it only churns)."""
+    stamp = _iso if recent else _format
     flags = list(map(_EXPIRED, records))
     expired = len(flags) - countOf(flags, None)
     if not expired:
-        bodies: Iterable[bytes] = _bodies(records, expired=False)
+        bodies: Iterable[bytes] = _bodies(records, False, stamp)
     elif expired == len(records):
-        bodies = _bodies(records, expired=True)
+        bodies = _bodies(records, True, stamp)
     else:
-        active = _bodies([r for r in records if r.expired_at is None], expired=False)
-        done = _bodies([r for r in records if r.expired_at is not None], expired=True)
+        active = _bodies([r for r in records if r.expired_at is None], False, stamp)
+        done = _bodies([r for r in records if r.expired_at is not None], True, stamp)
         bodies = [next(active) if flag is None else next(done) for flag in flags]
     bodies = list(bodies)
     tails = map(_CRC_FIELD, map(zlib.crc32, bodies))

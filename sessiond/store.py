@@ -232,7 +232,7 @@ class Store:
     def _require(self, sid: str) -> Record:
         # A held id needs no check (the common case, and the check is a
         # regular expression); a miss is told apart from a malformed id.
-        record = self._index.get(sid) if type(sid) is str else None
+        record = self._index.get(sid) if isinstance(sid, str) else None
         if record is None:
             if not valid_id(sid):
                 raise InvalidRequest(

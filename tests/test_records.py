@@ -67,6 +67,7 @@ def test_the_written_timestamp_is_iso_of_the_moment(us: int) -> None:
     record = Record(us, "id", "u", 1, b"{}", us, us, us, 1)
     assert read_line(put_line(record)) == record
     assert put_lines([record, record]) == put_line(record) * 2
+    assert put_lines([record, record], recent=True) == put_line(record) * 2
     assert f'"created_at":"{iso(us)}"'.encode() in put_line(record)
 
 
