@@ -106,8 +106,10 @@ def journal_lines(changes: list[Change]) -> bytes:
     afters = list(map(_AFTER, changes))
     if None not in afters:
         # A pipelined batch of writes: the bulk encoder compaction uses,
-        # a quarter cheaper a line than one put_line each.
-        return put_lines(cast("list[Record]", afters), recent=True)
+        # a quarter cheaper a line than one put_line each. Updates write
+        # stamps written before (the cache pays); creates, new ones only.
+        recent = changes[0].before is not None
+        return put_lines(cast("list[Record]", afters), recent=recent)
     return b"".join([
         put_line(c.after) if c.after is not None else delete_line(c.sid) for c in changes
     ])

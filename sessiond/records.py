@@ -165,12 +165,13 @@ _EXPIRED = attrgetter("expired_at")
 _META_JSON = attrgetter("meta_json")
 _FIRST = itemgetter(0)
 
-# ISO text of whole days, for writing: the time of day is arithmetic, the
-# date is not (and a journal's stamps span few days). And of whole stamps:
-# an update writes its record's created_at and expires_at again, unchanged.
-# Bounded, and safe to share between threads (a lost entry is only computed
-# again).
-_DAY_US = 86400 * US
+# ISO text, for writing. Of whole seconds: records written together share
+# theirs. Of whole days: the time of day is arithmetic, the date is not,
+# and a journal's stamps span few days. And of whole stamps: an update
+# writes its record's created_at and expires_at again, unchanged. Bounded,
+# and safe to share between threads (a lost entry is only computed again).
+_SECONDS_CACHE = 4096
+_seconds: dict[int, str] = {}
 _DAYS_CACHE = 4096
 _days: dict[int, str] = {}
 _STAMPS_CACHE = 1 << 14
@@ -178,17 +179,22 @@ _stamp_texts: dict[int, str] = {}
 
 
 def _format(us: int) -> str:
-    """``iso(us)``, with the date from a cache."""
-    day, rest = divmod(us, _DAY_US)
-    head = _days.get(day)
+    """``iso(us)``, with the second (or at least the date) from a cache."""
+    secs, frac = divmod(us, US)
+    head = _seconds.get(secs)
     if head is None:
-        if len(_days) >= _DAYS_CACHE:
-            _days.clear()
-        head = _days[day] = iso(day * _DAY_US)[:11]  # "2026-11-24T"
-    secs, frac = divmod(rest, US)
-    hours, secs = divmod(secs, 3600)
-    minutes, secs = divmod(secs, 60)
-    return f"{head}{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}Z"
+        day, rest = divmod(secs, 86400)
+        date = _days.get(day)
+        if date is None:
+            if len(_days) >= _DAYS_CACHE:
+                _days.clear()
+            date = _days[day] = iso(day * 86400 * US)[:11]  # "2026-11-24T"
+        hours, rest = divmod(rest, 3600)
+        minutes, rest = divmod(rest, 60)
+        if len(_seconds) >= _SECONDS_CACHE:
+            _seconds.clear()
+        head = _seconds[secs] = f"{date}{hours:02d}:{minutes:02d}:{rest:02d}"
+    return f"{head}.{frac:06d}Z"
 
 
 def _iso(us: int) -> str:
