@@ -2,8 +2,8 @@
 
 A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
 journal fsync fail with EIO, or makes a compaction's snapshot fail to write.
-Beside them, the small disk calls that the journal and its repair share: the
-fsync that a failpoint can fail among them.
+Beside them, the small disk calls that the journal, its repair and the
+snapshot share: the fsync that a failpoint can fail among them.
 """
 
 from __future__ import annotations
@@ -102,7 +102,14 @@ def sync_data(fd: int) -> None:
     _sync_data(fd)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
+def describe(exc: BaseException) -> str:
+    """An OS error (or any other) as the logs put it."""
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} (errno {exc.errno})"
+    return str(exc)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

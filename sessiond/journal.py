@@ -57,6 +57,7 @@ from sessiond import snapshot
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import (
     SNAPSHOT_ERROR,
+    describe,
     failpoint,
     failpoints,
     fsync_dir,
@@ -247,7 +248,7 @@ class Journal:
                 try:
                     sync_data(self.fd)
                 except OSError as exc:
-                    log.error("final fsync of %s failed: %s", self.path, _describe(exc))
+                    log.error("final fsync of %s failed: %s", self.path, describe(exc))
             os.close(self.fd)
             self.fd = -1
 
@@ -441,7 +442,7 @@ class Journal:
     def _fail(self, exc: OSError, what: str, group: list[_Batch] | None = None) -> None:
         self.write_errors += 1
         self.failed = (
-            f"journal {what} failed: {_describe(exc)}; writes are refused until the "
+            f"journal {what} failed: {describe(exc)}; writes are refused until the "
             f"journal has been rewritten in full (sessiond retries on its own; "
             f"'sessionctl compact' retries now)"
         )
@@ -525,13 +526,13 @@ class Journal:
                     await anyio.to_thread.run_sync(_close_replaced, old)
                     await anyio.to_thread.run_sync(snap.release)
             except (OSError, _Abandoned) as exc:
-                why = _describe(exc) if isinstance(exc, OSError) else str(exc)
+                why = describe(exc) if isinstance(exc, OSError) else str(exc)
                 if isinstance(exc, OSError):
                     self.write_errors += 1
                 try:
                     tmp.unlink(missing_ok=True)
                 except OSError as unlink_exc:
-                    log.error("could not remove %s: %s", tmp, _describe(unlink_exc))
+                    log.error("could not remove %s: %s", tmp, describe(unlink_exc))
                 raise JournalError(f"compaction failed: {why}") from exc
             finally:
                 self._capture = None
@@ -627,7 +628,7 @@ def _close_replaced(fd: int) -> None:
     try:
         os.close(fd)
     except OSError as exc:
-        log.error("closing the replaced journal failed: %s", _describe(exc))
+        log.error("closing the replaced journal failed: %s", describe(exc))
 
 
 def _cut(fd: int, size: int) -> None:
@@ -637,8 +638,4 @@ def _cut(fd: int, size: int) -> None:
     try:
         os.ftruncate(fd, size)
     except OSError as exc:
-        log.error("could not cut a failed write from the journal: %s", _describe(exc))
-
-
-def _describe(exc: OSError) -> str:
-    return f"{exc.strerror or exc} (errno {exc.errno})"
+        log.error("could not cut a failed write from the journal: %s", describe(exc))

@@ -34,6 +34,7 @@ from typing import Annotated, TypeVar, cast
 import msgspec
 
 from sessiond.errors import JournalError
+from sessiond.failpoints import describe, write_all
 from sessiond.model import EMPTY_META, Record
 
 log = logging.getLogger("sessiond.snapshot")
@@ -111,10 +112,6 @@ def temp_path(journal: Path) -> Path:
     return journal.with_suffix(".snap.tmp")
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{exc.strerror or exc} (errno {exc.errno})" if isinstance(exc, OSError) else str(exc)
-
-
 def _column(values: list[T], table: dict[T, int], new: list[T]) -> Index | bytes:
     """``values`` as indices into ``table``, first adding the values it
     lacks (to it, and to ``new``, in order)."""
@@ -175,7 +172,7 @@ class Writer:
         if self._fd < 0:
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
             self._fd = os.open(self.tmp, flags, 0o600)
-            _write_all(self._fd, bytes(HEAD_BYTES))
+            write_all(self._fd, bytes(HEAD_BYTES))
 
     def _write_chunk(self, records: Sequence[Record]) -> None:
         n = len(records)
@@ -203,7 +200,7 @@ class Writer:
         buf = bytearray(_LENGTH.size)
         self._encode_into(chunk, buf, _LENGTH.size)
         _LENGTH.pack_into(buf, 0, len(buf) - _LENGTH.size)
-        _write_all(self._fd, buf)
+        write_all(self._fd, buf)
         head = self._head
         head.body_crc = zlib.crc32(buf, head.body_crc)
         head.body_bytes += len(buf)
@@ -245,7 +242,7 @@ class Writer:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("could not open the old snapshot %s: %s", self.path, _describe(exc))
+            log.warning("could not open the old snapshot %s: %s", self.path, describe(exc))
         if self.sealed:
             try:
                 os.replace(self.tmp, self.path)
@@ -255,7 +252,7 @@ class Writer:
         try:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
-            log.error("could not remove the stale snapshot %s: %s", self.path, _describe(exc))
+            log.error("could not remove the stale snapshot %s: %s", self.path, describe(exc))
         return False
 
     def abandon(self, exc: BaseException) -> None:
@@ -264,7 +261,7 @@ class Writer:
             self._failed = True
             self.sealed = False
             log.error("snapshot %s not written: %s; the journal is complete without it "
-                      "(the next start replays it in full)", self.tmp, _describe(exc))
+                      "(the next start replays it in full)", self.tmp, describe(exc))
         self.discard()
 
     def release(self) -> None:
@@ -274,7 +271,7 @@ class Writer:
             try:
                 os.close(fd)
             except OSError as exc:
-                log.error("closing the old snapshot failed: %s", _describe(exc))
+                log.error("closing the old snapshot failed: %s", describe(exc))
 
     def discard(self) -> None:
         """Close and remove the temp file, unless renamed into place."""
@@ -285,13 +282,7 @@ class Writer:
                 os.close(fd)
             self.tmp.unlink(missing_ok=True)
         except OSError as exc:
-            log.error("could not remove %s: %s", self.tmp, _describe(exc))
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+            log.error("could not remove %s: %s", self.tmp, describe(exc))
 
 
 def load(journal: Path, feed: Callable[[list[Record]], object]) -> Header | None:
@@ -313,7 +304,7 @@ def load(journal: Path, feed: Callable[[list[Record]], object]) -> Header | None
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise SnapshotDamaged(f"snapshot {path} cannot be read: {_describe(exc)}") from exc
+        raise SnapshotDamaged(f"snapshot {path} cannot be read: {describe(exc)}") from exc
     try:
         with memoryview(snap) as view:
             header = _header(path, view)
@@ -332,7 +323,7 @@ def load(journal: Path, feed: Callable[[list[Record]], object]) -> Header | None
                     crc = journal_crc.result()
                 except (OSError, ValueError) as exc:  # ValueError: the journal shrank
                     raise SnapshotDamaged(f"snapshot {path} could not be checked against "
-                                          f"the journal: {_describe(exc)}") from exc
+                                          f"the journal: {describe(exc)}") from exc
     finally:
         snap.close()
     if crc != header.journal_crc:
@@ -347,7 +338,7 @@ def _check_size(path: Path, journal: Path, size: int) -> None:
         have = os.stat(journal).st_size
     except OSError as exc:
         raise SnapshotStale(f"snapshot {path} is stale: no journal beside it to "
-                            f"stand for ({_describe(exc)})") from exc
+                            f"stand for ({describe(exc)})") from exc
     if have < size:
         raise SnapshotStale(f"snapshot {path} is stale: it stands for {size} journal bytes, "
                             f"and {journal.name} has {have}")
