@@ -45,6 +45,8 @@ class Scan:
     valid_end: int = 0
     needs_newline: bool = False
     torn_bytes: int = 0
+    # Zeros that end the file: space the daemon reserved ahead of its writes.
+    reserved_bytes: int = 0
     damaged: list[Damage] = field(default_factory=list)
 
 
@@ -98,11 +100,13 @@ def scan(
 
     A put is a ``Record`` when the line is in the form the daemon writes,
     else a ``Session`` for the rules to check (see ``sessiond.records``).
-    A final line with no newline that is not even JSON is a torn write: it
-    is reported in ``torn_bytes`` and not fed. Any other unreadable line
-    (including one that the loader refuses) raises ``JournalDamaged``, or
-    with ``stop_on_damage`` false is listed in ``damaged``. ``keep``
-    receives every line that was read, as it was."""
+    Zeros that end the file are space reserved ahead of the writes
+    (``reserved_bytes``), not lines. A final line with no newline that is
+    not even JSON is a torn write: it is reported in ``torn_bytes`` and not
+    fed. Any other unreadable line (including one that the loader
+    refuses) raises ``JournalDamaged``, or with ``stop_on_damage`` false is
+    listed in ``damaged``. ``keep`` receives every line that was read, as
+    it was."""
     result = Scan(valid_end=start)
     if not path.exists():
         return result
@@ -111,9 +115,27 @@ def scan(
     # and placed from the head of the file.
     reader.lineno, reader.offset = lineno, start
     with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        end = _lines_end(f.fileno(), start, size)
+        result.reserved_bytes = size - end
         f.seek(start)
-        reader.run(f)
+        reader.run(f, end)
     return result
+
+
+def _lines_end(fd: int, start: int, size: int) -> int:
+    """Where the zeros that end the file begin (not before ``start``): the
+    space a running daemon reserves after its lines (see
+    ``sessiond.journal``). Zeros inside a line, or with data after them,
+    are read as they always were: as damage."""
+    end = size
+    while end > start:
+        block = os.pread(fd, min(BLOCK_BYTES, end - start), max(start, end - BLOCK_BYTES))
+        kept = len(block.rstrip(b"\0"))
+        if kept:
+            return end - len(block) + kept
+        end -= len(block)
+    return end
 
 
 class _Reader:
@@ -136,12 +158,15 @@ class _Reader:
         self.lineno = 0  # lines before the current one
         self.offset = 0  # bytes before the current line
 
-    def run(self, f: io.BufferedIOBase) -> None:
+    def run(self, f: io.BufferedIOBase, end: int) -> None:
+        """Read the lines from where ``f`` stands up to ``end``."""
         carry = b""
-        while True:
-            chunk = f.read(BLOCK_BYTES)
+        left = end - f.tell()
+        while left > 0:
+            chunk = f.read(min(BLOCK_BYTES, left))
             if not chunk:
                 break
+            left -= len(chunk)
             data = carry + chunk if carry else chunk
             # Iterating a binary file splits at b"\n" only, the same bytes
             # that end the lines we write: \r and other separators inside
@@ -267,9 +292,11 @@ def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     fsync_dir(path.parent)
     dropped = list(report.damaged)
     if report.torn_bytes:
-        torn = data[len(data) - report.torn_bytes :]
+        end = len(data) - report.reserved_bytes
+        torn = data[end - report.torn_bytes : end]
         dropped.append((
-            data.count(b"\n") + 1, len(data) - report.torn_bytes, "torn final line", line_id(torn)
+            data.count(b"\n", 0, end) + 1, end - report.torn_bytes, "torn final line",
+            line_id(torn),
         ))
     if not dropped:
         return backup, dropped

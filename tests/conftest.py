@@ -67,6 +67,23 @@ class Daemon:
     def journal(self) -> Path:
         return self.data_dir / "data.jsonl"
 
+    def journal_bytes(self) -> bytes:
+        """The journal's lines, without the zeros that a running (or killed)
+        daemon keeps reserved after them. (Up to the first zero: a read
+        that races with the daemon's writes may see zeros with data after
+        them, so that is not checked here.)"""
+        data = self.journal.read_bytes()
+        end = data.find(b"\0")
+        return data if end < 0 else data[:end]
+
+    def append_to_journal(self, data: bytes) -> None:
+        """Write ``data`` after the journal's lines, where the daemon's next
+        write would have gone (over its reserved zeros)."""
+        end = len(self.journal_bytes())
+        with self.journal.open("r+b") as f:
+            f.seek(end)
+            f.write(data)
+
     @property
     def log(self) -> Path:
         return self.root / "sessiond.stderr"

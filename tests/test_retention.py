@@ -23,7 +23,7 @@ def started(make_daemon: Callable[..., Daemon], **settings: Any) -> Daemon:
 def journal_lines(d: Daemon, sid: str) -> list[tuple[str, str | None]]:
     """(type, status) of every journal line about ``sid``, in order."""
     out = []
-    for line in d.journal.read_text().splitlines():
+    for line in d.journal_bytes().decode().splitlines():
         record = json.loads(line)
         if record["id"] == sid:
             out.append((record["type"], record.get("status")))

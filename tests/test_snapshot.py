@@ -406,7 +406,7 @@ def from_snapshot(sessions: int, after: int) -> str:
 
 
 def journal_lines(d: Daemon) -> int:
-    return d.journal.read_bytes().count(b"\n")
+    return d.journal_bytes().count(b"\n")
 
 
 def full_replay_state(d: Daemon) -> list[Session]:
@@ -486,7 +486,7 @@ def test_a_journal_edited_in_place_makes_the_snapshot_stale(daemon: Daemon) -> N
     # A valid line of the same length, in the part the snapshot stands for.
     line = put_line(target)
     edited = put_line(msgspec.structs.replace(target, meta={**target.meta, "theme": "dusk"}))
-    data = daemon.journal.read_bytes()
+    data = daemon.journal_bytes()
     assert len(edited) == len(line) and data.count(line) == 1
     daemon.journal.write_bytes(data.replace(line, edited))
     log = start(daemon)
@@ -617,7 +617,7 @@ def test_damage_in_the_journal_after_the_snapshot_is_named_by_its_line_in_the_fi
         for i in range(3):
             c.create(id=f"tail{i}", user="x")
     daemon.stop()
-    data = daemon.journal.read_bytes()
+    data = daemon.journal_bytes()
     lines = data.splitlines(keepends=True)
     lines[-2] = lines[-2].replace(b'"user":"x"', b'"user":"y"')
     daemon.journal.write_bytes(b"".join(lines))
@@ -637,10 +637,11 @@ def test_a_torn_line_after_the_snapshot_is_cut_at_start(daemon: Daemon) -> None:
         c.create(id="whole")
     before = listed(daemon)
     daemon.kill()
-    whole = daemon.journal.read_bytes()
-    with daemon.journal.open("ab") as f:
-        f.write(put_line(session(1, id="torn"))[:50])
+    whole = daemon.journal_bytes()
+    # Where the killed daemon's next write would have gone: over its
+    # reserved zeros.
+    daemon.append_to_journal(put_line(session(1, id="torn"))[:50])
     log = start(daemon)
     assert "torn" in log and from_snapshot(kept, 1) in log
-    assert daemon.journal.read_bytes() == whole
+    assert daemon.journal_bytes() == whole
     assert listed(daemon) == before
