@@ -14,13 +14,12 @@ Durability rules:
   as one write and, for ``always``, one fsync (group commit). The exception:
   under ``always``, while fsyncs take under ``INLINE_SYNC_MAX``, a commit
   that finds nothing in flight gives the connections that are ready one
-  turn of the loop to join it (if there are other connections); if none
-  does, it writes and fsyncs on the event loop, as Redis does: the
-  hand-over to the thread and back was measured at ~80 us a commit, over
-  half the fsync itself, and a stall that short costs less. A group goes
-  to the thread, so that the next one forms while it is on disk; and a
-  slower disk sends every fsync back there, where it does not hold up the
-  readers.
+  turn of the loop to join it; if none does, it writes and fsyncs on the
+  event loop, as Redis does: the hand-over to the thread and back was
+  measured at ~80 us a commit, over half the fsync itself, and a stall
+  that short costs less. A group goes to the thread, so that the next one
+  forms while it is on disk; and a slower disk sends every fsync back
+  there, where it does not hold up the readers.
 * The file runs ahead of the lines by up to ``RESERVE_BYTES`` of zeros,
   allocated before the writes that fill them (``posix_fallocate``): an
   fdatasync after a write that grows the file must also commit the new size
@@ -213,10 +212,6 @@ class Journal:
         self._holding = False
         # A group is forming for an fsync on the event loop: commits join it.
         self._forming = False
-        # Whether a commit could have company to wait a turn for (the
-        # server says no while one client is connected: the turn then only
-        # costs, ~10 us a commit with the caches as an fsync leaves them).
-        self.company = True
         # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
@@ -317,18 +312,17 @@ class Journal:
             self._wake.set()
             await done.wait()
         elif self.policy == "always" and self.sync_seconds < INLINE_SYNC_MAX:
-            if self.company:
-                self._forming = True
-                try:
-                    # One turn of the loop: the connections already woken
-                    # run their requests and join this group.
-                    await asyncio.sleep(0)
-                except BaseException:
-                    # Cancelled: the group is left for the flusher to write.
-                    self._wake.set()
-                    raise
-                finally:
-                    self._forming = False
+            self._forming = True
+            try:
+                # One turn of the loop: the connections already woken run
+                # their requests and join this group.
+                await asyncio.sleep(0)
+            except BaseException:
+                # Cancelled: the group is left for the flusher to write.
+                self._wake.set()
+                raise
+            finally:
+                self._forming = False
             if batch in self._queue:
                 # Alone, write on the loop; with company, in the thread, so
                 # that the next group forms while this one is on disk.

@@ -114,7 +114,6 @@ class Server(Connections):
                 await self._send_last(stream, error_frame(0, busy))
                 return
             self.connections += 1
-            self.journal.company = self.connections > 1
             try:
                 await self._serve_connection(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
@@ -131,7 +130,6 @@ class Server(Connections):
                 )))
             finally:
                 self.connections -= 1
-                self.journal.company = self.connections > 1
                 if self.stopping and self.connections == 0:
                     self._drained.set()
 
