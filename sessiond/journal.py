@@ -42,17 +42,16 @@ Durability rules:
   ``sessiond.snapshot``), which a start may load instead of the lines they
   were written as; it is renamed into place only after the journal.
 
-Reading the journal back, and repairing it, is ``sessiond.replay``.
+Reading the journal back, and repairing it, is ``sessiond.replay``; the
+file steps of a compaction are ``sessiond.compaction``; the thread that
+writes queued groups is ``sessiond.writer``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -63,22 +62,18 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from sessiond import snapshot
+from sessiond import compaction, snapshot
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import (
-    SNAPSHOT_ERROR,
     describe,
-    failpoint,
     failpoints,
-    fsync_dir,
     pwrite_all,
     sync_data,
-    write_all,
 )
 from sessiond.model import Record
 from sessiond.protocol import CompactResult
-from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
+from sessiond.writer import WriterThread
 
 log = logging.getLogger("sessiond.journal")
 
@@ -89,10 +84,6 @@ INLINE_SYNC_MAX = 0.001
 # Space allocated ahead of the writes (see the module's docstring).
 RESERVE_BYTES = 8 << 20
 Undo = Callable[[], None]
-# Compaction encodes this many records per write, and has the kernel write
-# back what it has written each time this many bytes have piled up.
-COMPACT_CHUNK = 1024
-COMPACT_SYNC_BYTES = 32 << 20
 
 
 class _Batch:
@@ -110,61 +101,6 @@ class _Batch:
     def settle(self) -> None:
         if self.done is not None:
             self.done.set()
-
-
-class _Job:
-    __slots__ = ("func", "loop", "done", "error")
-
-    def __init__(self, func: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
-        self.func = func
-        self.loop = loop
-        self.done = anyio.Event()
-        self.error: BaseException | None = None
-
-
-class _WriterThread:
-    """The journal's own thread, for the writes (and fsyncs) of queued groups.
-
-    ``anyio.to_thread.run_sync`` costs two more trips round the event loop a
-    call (a checkpoint, and the capacity limiter's), which is felt most under
-    ``always``: measured at ~60 us a group more than handing the group to a
-    thread that is already waiting for it. The thread reports back with the
-    asyncio loop's ``call_soon_threadsafe`` (the daemon runs on anyio's
-    asyncio backend): ``anyio.from_thread.run_sync`` would hold the thread
-    until the loop has run the callback, and a busy loop then delays the
-    next group's write."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    async def run(self, func: Callable[[], None]) -> None:
-        """``func()`` in the thread. Like ``to_thread.run_sync``, waits for
-        it even when cancelled: the write it does cannot be taken back."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._main, name="sessiond-journal", daemon=True
-            )
-            self._thread.start()
-        job = _Job(func, asyncio.get_running_loop())
-        self._jobs.put(job)
-        with anyio.CancelScope(shield=True):
-            await job.done.wait()
-        if job.error is not None:
-            raise job.error
-
-    def _main(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job.func()
-            except BaseException as exc:  # handed to the waiting task, which raises it
-                job.error = exc
-            job.loop.call_soon_threadsafe(job.done.set)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._jobs.put(None)
-            self._thread = None
 
 
 class _Abandoned(Exception):
@@ -226,7 +162,7 @@ class Journal:
         self._io_lock = anyio.Lock(fast_acquire=True)
         self._fd_lock = anyio.Lock(fast_acquire=True)
         self._compact_lock = anyio.Lock()
-        self._writer = _WriterThread()
+        self._writer = WriterThread()
 
     def open(self, valid_end: int, needs_newline: bool) -> None:
         """Open for appending after replay, cutting what follows the valid
@@ -552,7 +488,7 @@ class Journal:
             self._capture = []
             try:
                 kept = await anyio.to_thread.run_sync(
-                    self._write_snapshot, tmp, records, len(records), snap
+                    compaction.write_snapshot, tmp, records, len(records), snap
                 )
                 # A batch the snapshot holds but that is still unwritten could
                 # yet fail and be reverted: wait until each has settled.
@@ -568,7 +504,7 @@ class Journal:
                     tail = b"".join(self._capture)
                     self._capture = None
                     fd, size, dir_error = await anyio.to_thread.run_sync(
-                        self._finish, tmp, tail, snap
+                        compaction.finish, self.path, tmp, tail, snap
                     )
                     # Swap while both locks are held: no thread uses the old fd.
                     old, self.fd = self.fd, fd
@@ -582,7 +518,7 @@ class Journal:
                 # kernel tens of milliseconds for a big one. Not on the event
                 # loop; and shielded, so that a cancel cannot skip what follows.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_close_replaced, old)
+                    await anyio.to_thread.run_sync(compaction.close_replaced, old)
                     await anyio.to_thread.run_sync(snap.release)
             except (OSError, _Abandoned) as exc:
                 why = describe(exc) if isinstance(exc, OSError) else str(exc)
@@ -617,78 +553,6 @@ class Journal:
             return CompactResult(
                 bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
-
-    @staticmethod
-    def _write_snapshot(
-        tmp: Path, slots: Sequence[Record | None], end: int, snap: snapshot.Writer
-    ) -> int:
-        """Write the records of ``slots[:end]``, to the journal's temp file
-        and to ``snap``; how many there were."""
-        if failpoints().hit(SNAPSHOT_ERROR):
-            snap.abandon(OSError(errno.EIO, "Input/output error (injected by failpoint)"))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        kept = 0
-        try:
-            unsynced = 0
-            for start in range(0, end, COMPACT_CHUNK):
-                # One slice: taken at once (the event loop may change the
-                # list between two slices, never during one).
-                chunk = list(filter(None, slots[start : min(start + COMPACT_CHUNK, end)]))
-                kept += len(chunk)
-                data = put_lines(chunk)
-                write_all(fd, data)
-                # The same chunk, while its records are in the cache.
-                snap.add(chunk, data)
-                unsynced += len(data)
-                if unsynced >= COMPACT_SYNC_BYTES:
-                    # Write back as we go: one fsync of the whole file at the
-                    # end keeps the kernel busy writing for half a second on
-                    # a small machine, and the event loop feels it.
-                    os.fdatasync(fd)
-                    unsynced = 0
-            failpoint("compact-written")
-            sync_data(fd)
-            failpoint("compact-synced")
-        finally:
-            os.close(fd)
-        snap.seal()
-        return kept
-
-    def _finish(
-        self, tmp: Path, tail: bytes, snap: snapshot.Writer
-    ) -> tuple[int, int, OSError | None]:
-        # Not O_APPEND: it becomes the journal (see ``open``).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            if tail:
-                pwrite_all(fd, tail, os.fstat(fd).st_size)
-                sync_data(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.close(fd)
-            raise
-        # From here the new file is the journal: whatever happens, switch to it.
-        failpoint("compact-renamed")
-        # Only now may the snapshot replace the one that stood for the old
-        # file (the directory fsync below covers both renames).
-        if snap.sealed:
-            failpoint("snapshot-written")
-        if snap.commit():
-            failpoint("snapshot-renamed")
-        try:
-            fsync_dir(self.path.parent)
-        except OSError as exc:
-            return fd, os.fstat(fd).st_size, exc
-        return fd, os.fstat(fd).st_size, None
-
-
-def _close_replaced(fd: int) -> None:
-    """Close the descriptor of a journal file that compaction replaced (the
-    new file holds everything: a failure here loses nothing)."""
-    try:
-        os.close(fd)
-    except OSError as exc:
-        log.error("closing the replaced journal failed: %s", describe(exc))
 
 
 def _cut(fd: int, size: int) -> None:
