@@ -200,7 +200,9 @@ class Journal:
             try:
                 # Plain JSONL again: the reserved zeros are for a running
                 # daemon's fsyncs, and another reader need not know of them.
-                if self._file_size > self.size:
+                # (Asked of the file, not of _file_size: a reservation that
+                # failed part way may have left some.)
+                if os.fstat(self.fd).st_size > self.size:
                     os.ftruncate(self.fd, self.size)
             except OSError as exc:
                 log.error("cutting the reserved space off %s failed: %s (the next start "
