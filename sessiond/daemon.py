@@ -386,6 +386,10 @@ def check(where: paths.Paths) -> int:
     print(f"{where.journal}: {report.records} readable lines")
     if report.torn_bytes:
         print(f"torn final line ({report.torn_bytes} bytes): it will be cut at start")
+    if report.reserved_bytes:
+        # A running daemon's reserve, or what one killed left: not damage.
+        print(f"{report.reserved_bytes} zero bytes reserved after the lines: "
+              f"a start cuts them, as a clean stop does")
     for line in iter_damage(report):
         print(f"damaged: {line}")
     print(snapshot_state(where.journal))

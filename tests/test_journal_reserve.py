@@ -91,6 +91,7 @@ def test_a_killed_daemon_leaves_its_reserve_and_the_next_start_cuts_it(
     check = run_sessiond(d, "--check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "12 readable lines" in check.stdout and "healthy" in check.stdout
+    assert f"{reserved(d)} zero bytes reserved after the lines" in check.stdout
     assert "torn" not in check.stdout
     d.start()
     assert stored(d) == before
