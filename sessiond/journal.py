@@ -82,8 +82,11 @@ POLICIES = ("always", "everysec", "no")
 # Under ``always``, fsyncs that take less than this (on average, lately) run
 # on the event loop when nothing else is on its way to disk.
 INLINE_SYNC_MAX = 0.001
-# Space allocated ahead of the writes (see the module's docstring).
-RESERVE_BYTES = 8 << 20
+# Space allocated ahead of the writes (see the module's docstring). Small:
+# on ext4 a reservation costs microseconds whatever its size, but where the
+# filesystem has no fallocate glibc writes a byte into every block of it,
+# on the event loop; and a killed daemon leaves it behind until its start.
+RESERVE_BYTES = 1 << 20
 Undo = Callable[[], None]
 
 
