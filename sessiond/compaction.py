@@ -70,6 +70,7 @@ def write_snapshot(
     snap.seal()
     return kept
 
+
 def finish(
     path: Path, tmp: Path, tail: bytes, snap: snapshot.Writer
 ) -> tuple[int, int, OSError | None]:
