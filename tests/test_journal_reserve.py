@@ -152,7 +152,8 @@ def test_without_room_to_reserve_the_journal_appends_and_says_so(
     def limit() -> None:
         # Room for the lines, not for the reserve: posix_fallocate fails
         # with EFBIG, and the writes go on without it.
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+        limit = RESERVE_BYTES // 2
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
     d = make_daemon(start=False)
     d.start(preexec_fn=limit)
