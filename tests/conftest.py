@@ -21,6 +21,7 @@ import pytest
 
 from sessionctl import Client
 from sessiond.errors import DaemonUnavailable
+from sessiond.model import Session
 
 BIN = Path(sys.executable).parent
 SESSIOND = str(BIN / "sessiond")
@@ -199,3 +200,17 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     """A running daemon with default settings."""
     return make_daemon()
+
+
+def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real ``sessiond`` as a one-off command (``--check``, ``--repair``)
+    on ``d``'s data directory."""
+    return subprocess.run(
+        [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def stored(d: Daemon) -> dict[str, Session]:
+    """Every session ``d`` holds, by id."""
+    with d.client() as c:
+        return {s.id: s for s in c.iter_sessions()}

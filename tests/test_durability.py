@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import resource
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -27,24 +26,13 @@ from sessiond.errors import DaemonUnavailable, ReadOnly, SessionNotFound
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import TMP_SUFFIX
-from tests.conftest import SESSIOND, Daemon, wait_until
+from tests.conftest import Daemon, run_sessiond, stored, wait_until
 
 FAILPOINT = "SESSIOND_FAILPOINT"
 
 
-def stored(d: Daemon) -> dict[str, Session]:
-    with d.client() as c:
-        return {s.id: s for s in c.iter_sessions()}
-
-
 def leftovers(d: Daemon) -> list[Path]:
     return list(d.data_dir.glob("*" + TMP_SUFFIX))
-
-
-def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def write_config(d: Daemon, text: str) -> None:

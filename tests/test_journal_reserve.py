@@ -8,7 +8,6 @@ reserved the journal appends as before and says so."""
 from __future__ import annotations
 
 import resource
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,18 +15,7 @@ from sessiond.journal import RESERVE_BYTES
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import repair, scan
-from tests.conftest import SESSIOND, Daemon
-
-
-def stored(d: Daemon) -> dict[str, Session]:
-    with d.client() as c:
-        return {s.id: s for s in c.iter_sessions()}
-
-
-def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
-    )
+from tests.conftest import Daemon, run_sessiond, stored
 
 
 def sessions(n: int) -> list[Session]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import struct
-import subprocess
 import sys
 import tempfile
 import zlib
@@ -30,7 +29,7 @@ from sessiond.model import EMPTY_META, US, Record, Session
 from sessiond.records import put_line, put_lines, read_block
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
-from tests.conftest import SESSIOND, Daemon
+from tests.conftest import Daemon, run_sessiond
 
 GOLDEN = Path(__file__).parent / "golden" / "snapshot.snap"
 UPDATE_ENV = "SESSIOND_UPDATE_GOLDEN"
@@ -385,12 +384,6 @@ def snap(d: Daemon) -> Path:
 
 def snap_temp(d: Daemon) -> Path:
     return d.data_dir / "data.snap.tmp"
-
-
-def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def start(d: Daemon) -> str:
