@@ -19,7 +19,10 @@ Durability rules:
   measured at ~80 us a commit, over half the fsync itself, and a stall
   that short costs less. A group goes to the thread, so that the next one
   forms while it is on disk; and a slower disk sends every fsync back
-  there, where it does not hold up the readers.
+  there, where it does not hold up the readers. The write of a group and
+  its fsync are one system call (pwritev2 with RWF_DSYNC, which syncs
+  those bytes as fdatasync would), unless writes made under ``everysec``
+  still wait for theirs: then an fdatasync of the whole file follows.
 * The file runs ahead of the lines by up to ``RESERVE_BYTES`` of zeros,
   allocated before the writes that fill them (``posix_fallocate``): an
   fdatasync after a write that grows the file must also commit the new
@@ -66,9 +69,11 @@ import anyio.to_thread
 from sessiond import compaction, snapshot
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import (
+    WRITE_ERRNOS,
     describe,
     failpoints,
     pwrite_all,
+    pwrite_synced,
     sync_data,
 )
 from sessiond.model import Record
@@ -349,6 +354,9 @@ class Journal:
         self.size += len(data)
         if sync:
             self.fsyncs += 1
+            # An fsync of the whole file, or one of these bytes alone when
+            # nothing was waiting for one (``_write_sync``).
+            self._dirty = False
         else:
             self._dirty = True
         if self._capture is not None:
@@ -358,6 +366,18 @@ class Journal:
 
     def _write_sync(self, fd: int, data: bytes, sync: bool, start: int) -> None:
         """Write (and fsync) a group; in the writer thread, or on the loop."""
+        if sync and not self._dirty:
+            # Nothing written earlier waits for an fsync (the policy was not
+            # just switched from everysec): syncing these bytes is enough,
+            # and one system call does the write and the sync.
+            began = time.monotonic()
+            try:
+                self._write_at(fd, data, start, synced=True)
+            except OSError as exc:
+                _cut(fd, start)
+                raise _DiskError("write" if exc.errno in WRITE_ERRNOS else "fsync", exc) from exc
+            self._sync_took(time.monotonic() - began)
+            return
         try:
             self._write_at(fd, data, start)
         except OSError as exc:
@@ -370,14 +390,18 @@ class Journal:
             except OSError as exc:
                 _cut(fd, start)
                 raise _DiskError("fsync", exc) from exc
-            # Read on the loop once the write is settled (which orders it).
-            self.sync_seconds += (time.monotonic() - began - self.sync_seconds) / 8
+            self._sync_took(time.monotonic() - began)
 
-    def _write_at(self, fd: int, data: bytes, start: int) -> None:
+    def _sync_took(self, seconds: float) -> None:
+        # Read on the loop once the write is settled (which orders it).
+        self.sync_seconds += (seconds - self.sync_seconds) / 8
+
+    def _write_at(self, fd: int, data: bytes, start: int, synced: bool = False) -> None:
         """Write ``data`` at ``start`` (the end of the lines), into reserved
-        space: reserving more first where it would run past it. On the
-        loop or in the writer thread, never both at once (``_io_lock``, and
-        the inline writes only while nothing holds it)."""
+        space: reserving more first where it would run past it; ``synced``,
+        as an fdatasync leaves it. On the loop or in the writer thread, never
+        both at once (``_io_lock``, and the inline writes only while nothing
+        holds it)."""
         end = start + len(data)
         if end > self._file_size and self._reserving:
             try:
@@ -391,7 +415,10 @@ class Journal:
                 )
             else:
                 self._file_size = end + RESERVE_BYTES
-        pwrite_all(fd, data, start)
+        if synced:
+            pwrite_synced(fd, data, start)
+        else:
+            pwrite_all(fd, data, start)
         if end > self._file_size:
             self._file_size = end
 
