@@ -182,10 +182,13 @@ class Journal:
         try:
             if os.fstat(fd).st_size > valid_end:
                 os.ftruncate(fd, valid_end)
-                os.fsync(fd)
             if needs_newline:
                 pwrite_all(fd, b"\n", valid_end)
-                os.fsync(fd)
+            # Also what a killed daemon wrote and had not synced yet (under
+            # everysec): the kernel holds it, but a power cut would lose it
+            # behind lines that this daemon syncs, and an ``always`` commit
+            # syncs its own bytes only.
+            os.fsync(fd)
             size = os.fstat(fd).st_size
         except OSError:
             os.close(fd)

@@ -34,7 +34,7 @@ class Calls:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.seen: list[str] = []
         self.refuse_flag = False
-        real_pwritev, real_fdatasync = os.pwritev, os.fdatasync
+        real_pwritev, real_fdatasync, real_fsync = os.pwritev, os.fdatasync, os.fsync
 
         def pwritev(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
             if flags and self.refuse_flag:
@@ -47,7 +47,12 @@ class Calls:
             self.seen.append("fdatasync")
             real_fdatasync(fd)
 
+        def fsync(fd: int) -> None:
+            self.seen.append("fsync")
+            real_fsync(fd)
+
         monkeypatch.setattr(os, "pwritev", pwritev)
+        monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
         monkeypatch.setattr(failpoints, "_sync_data", fdatasync)
 
@@ -63,10 +68,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     yield Calls(monkeypatch)
 
 
-def run(path: Path, steps: Callable[[Journal], Any]) -> None:
+def run(path: Path, steps: Callable[[Journal], Any], valid_end: int = 0) -> None:
     async def go() -> None:
         journal = Journal(path, "always")
-        journal.open(0, False)
+        journal.open(valid_end, False)
         try:
             await steps(journal)
         finally:
@@ -81,6 +86,7 @@ def test_an_always_commit_writes_and_syncs_in_one_system_call(
     path = tmp_path / "data.jsonl"
 
     async def steps(journal: Journal) -> None:
+        calls.take()
         for i in range(3):
             await journal.commit(put_line(session(i)), lambda: None)
             assert calls.take() == ["pwritev2 dsync"]
@@ -118,6 +124,7 @@ def test_a_refused_dsync_flag_falls_back_to_write_and_fdatasync_for_good(
     calls.refuse_flag = True
 
     async def steps(journal: Journal) -> None:
+        calls.take()
         await journal.commit(put_line(session(1)), lambda: None)
         first = calls.take()
         assert first[0] == "pwritev2 refused" and first[-1] == "fdatasync"
@@ -167,3 +174,19 @@ def test_a_synced_write_past_the_file_size_limit_is_named_a_write_failure(
     d.kill()
     d.start()
     assert stored(d) == acked
+
+
+def test_opening_syncs_what_a_killed_daemon_left_unsynced(tmp_path: Path, calls: Calls) -> None:
+    path = tmp_path / "data.jsonl"
+    # Lines a daemon under everysec wrote just before it was killed: in the
+    # page cache, not yet on disk.
+    left = put_line(session(1))
+    path.write_bytes(left)
+
+    async def steps(journal: Journal) -> None:
+        assert calls.take() == ["fsync"], "opening syncs the file once"
+        await journal.commit(put_line(session(2)), lambda: None)
+        assert calls.take() == ["pwritev2 dsync"]
+
+    run(path, steps, valid_end=len(left))
+    assert list(state(path)) == ["s1", "s2"]
