@@ -143,6 +143,7 @@ class Dispatcher:
         self.lags: deque[float] = deque(maxlen=10_000)
         self.lag_max = 0.0
         self.timer_target = math.inf
+        self._deadlines_seen = -1
         self.timer_wake = anyio.Event()
         self.compact_wake = anyio.Event()
         # A failed write turns the journal read-only: start the compaction
@@ -254,11 +255,15 @@ class Dispatcher:
         await self.journal.commit(journal_lines(changes), lambda: store.revert(changes))
         if self.hub.watchers:
             self.hub.publish(changes, now_us())
-        # Any change may bring the next deadline forward: a new or shorter
+        # A change may bring the next deadline forward: a new or shorter
         # session, or an expiry whose retention ends before the timer wakes.
-        deadline = store.next_deadline()
-        if deadline is not None and deadline < self.timer_target:
-            self.timer_wake.set()
+        # Only one that queued a deadline can (not a set, say): looking
+        # costs a set ~10% of its time on the loop.
+        if store.deadlines_queued != self._deadlines_seen:
+            self._deadlines_seen = store.deadlines_queued
+            deadline = store.next_deadline()
+            if deadline is not None and deadline < self.timer_target:
+                self.timer_wake.set()
         s = self.settings
         if self.journal.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes):
             self.compact_wake.set()

@@ -197,6 +197,9 @@ class Store:
         self._ttls: dict[int, int] = {}
         self.expiries_done = 0
         self.purges_done = 0
+        # Deadlines queued so far: the next deadline can come forward only
+        # when this moves (removals and pops only ever put it later).
+        self.deadlines_queued = 0
 
     # -- reading ---------------------------------------------------------
 
@@ -691,12 +694,14 @@ class Store:
                 or before.expires_at != after.expires_at
             )
             if new_deadline:
+                self.deadlines_queued += 1
                 self._expiry.add(after)
                 if self._expiry.needs_prune(self._active):
                     self._expiry.prune(self._is_due_entry)
         else:
             key = _purge_key(after)
             if before is None or before.expired_at is None or _purge_key(before) != key:
+                self.deadlines_queued += 1
                 self._purge.push(key, sid)
                 if self._purge.needs_prune(len(self._index) - self._active):
                     self._purge.prune(self._is_purge_entry)
@@ -834,6 +839,7 @@ class Store:
         self._users.update(map(_USER, records))
         active = list(compress(records, map(is_, map(_EXPIRED_AT, records), repeat(None))))
         self._active += len(active)
+        self.deadlines_queued += len(records)
         self._expiry.add_many(active)
         if len(active) < len(records):
             self._purge.add_many(

@@ -466,6 +466,39 @@ def test_list_rejects_bad_arguments(kw: dict[str, Any]) -> None:
         store.list_page(at(1), **kw)
 
 
+# -- deadlines -------------------------------------------------------------
+
+
+def test_deadlines_queued_moves_whenever_the_next_deadline_could_come_forward() -> None:
+    # The daemon looks for a new next deadline only when this count moves:
+    # every change that queues one must move it, and a change that cannot
+    # bring one forward need not.
+    store = Store(Rules(expired_retention=60))
+    seen = store.deadlines_queued
+
+    def moved() -> bool:
+        nonlocal seen
+        before, seen = seen, store.deadlines_queued
+        return seen != before
+
+    s = make(store, ttl=100)
+    assert moved() and store.next_deadline() == at(100)
+    store.set(at(1), s.id, "k", "v")
+    store.unset(at(2), s.id, "k")
+    store.get(at(3), s.id)
+    assert not moved(), "no deadline of these moves"
+    store.refresh(at(4), s.id, ttl=10)
+    assert moved() and store.next_deadline() == at(14)
+    store.get(at(5), s.id, touch=True)
+    assert moved() and store.next_deadline() == at(15)
+    other = make(store, ttl=1000)
+    assert moved()
+    store.delete(at(6), other.id)
+    assert not moved(), "a removal only puts the next deadline later"
+    store.expire(at(7), s.id)
+    assert moved() and store.next_deadline() == at(67), "retention of the expired one"
+
+
 # -- expire ----------------------------------------------------------------
 
 
