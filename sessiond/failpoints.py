@@ -118,11 +118,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
+    # Almost always whole at the first try: no view made for that.
+    n = os.pwrite(fd, data, offset)
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
     while view:
+        offset += n
         n = os.pwrite(fd, view, offset)
         view = view[n:]
-        offset += n
 
 
 # pwritev2(RWF_DSYNC) writes bytes and syncs them as fdatasync would, in one
