@@ -215,14 +215,18 @@ def to_line(session: Session | Record) -> PutLine:
     else:
         meta = msgspec.Raw(_encode(session.meta))
     expired_at = session.expired_at
+    created, last = session.created_at, session.last_access
+    created_text = _iso(created)
     return PutLine(
         id=session.id,
         user=session.user,
         status=session.status,
         ttl=session.ttl,
         meta=meta,
-        created_at=_iso(session.created_at),
-        last_access=_iso(session.last_access),
+        created_at=created_text,
+        # Mostly the moment of this very write: seen once, so not cached,
+        # where it would push out the stamps that are written again.
+        last_access=created_text if last == created else _format(last),
         expires_at=_iso(session.expires_at),
         expired_at=None if expired_at is None else _iso(expired_at),
         version=session.version,
@@ -275,14 +279,18 @@ def _bodies(
     records: Sequence[Record], expired: bool, stamp: Callable[[int], str]
 ) -> Iterator[bytes]:
     """Encoded put lines (unsealed) of records all active or all expired;
-    each distinct timestamp is formatted once, by ``stamp``."""
+    each distinct timestamp is formatted once, by ``stamp`` (last accesses,
+    mostly written once, by ``_format``: see ``to_line``)."""
     columns = [
         list(map(_CREATED, records)), list(map(_LAST, records)), list(map(_EXPIRES, records))
     ]
     if expired:
         columns.append(cast("list[int]", list(map(_EXPIRED, records))))
-    distinct = set().union(*columns)
-    text = dict(zip(distinct, map(stamp, distinct), strict=True)).__getitem__
+    lasts = set(columns[1])
+    others = set(columns[0]).union(*columns[2:]) - lasts
+    formatted = dict(zip(others, map(stamp, others), strict=True))
+    formatted.update(zip(lasts, map(_format, lasts), strict=True))
+    text = formatted.__getitem__
     stamps = [map(text, column) for column in columns]
     lines = map(
         _ExpiredLine if expired else _ActiveLine,
