@@ -369,10 +369,12 @@ class Journal:
 
     def _write_sync(self, fd: int, data: bytes, sync: bool, start: int) -> None:
         """Write (and fsync) a group; in the writer thread, or on the loop."""
-        if sync and not self._dirty:
+        if sync and not self._dirty and not self._fd_lock.locked():
             # Nothing written earlier waits for an fsync (the policy was not
-            # just switched from everysec): syncing these bytes is enough,
-            # and one system call does the write and the sync.
+            # just switched from everysec, and the everysec syncer is not
+            # still at it): syncing these bytes is enough, and one system
+            # call does the write and the sync. Otherwise the earlier lines
+            # could be lost to a power cut that spares these after them.
             began = time.monotonic()
             try:
                 self._write_at(fd, data, start, synced=True)

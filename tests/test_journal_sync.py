@@ -117,6 +117,26 @@ def test_the_first_always_commit_after_everysec_syncs_the_whole_file(
     assert list(state(path)) == ["s1", "s2", "s3"]
 
 
+def test_an_always_commit_while_the_everysec_syncer_runs_syncs_the_whole_file(
+    tmp_path: Path, calls: Calls
+) -> None:
+    path = tmp_path / "data.jsonl"
+
+    async def steps(journal: Journal) -> None:
+        calls.take()
+        # The syncer clears the dirty flag before its fsync, and holds this
+        # lock until the fsync is done: the lines it covers are not on disk
+        # yet, so a commit now must not sync its own bytes alone.
+        async with journal._fd_lock:
+            await journal.commit(put_line(session(1)), lambda: None)
+        assert calls.take() == ["fdatasync"]
+        await journal.commit(put_line(session(2)), lambda: None)
+        assert calls.take() == ["pwritev2 dsync"]
+
+    run(path, steps)
+    assert list(state(path)) == ["s1", "s2"]
+
+
 def test_a_refused_dsync_flag_falls_back_to_write_and_fdatasync_for_good(
     tmp_path: Path, calls: Calls
 ) -> None:
