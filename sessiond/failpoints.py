@@ -161,7 +161,7 @@ def pwrite_synced(fd: int, data: bytes | bytearray | memoryview, offset: int) ->
                 raise
             _rwf_dsync = None
             pwrite_all(fd, view, offset)
-            sync_data(fd)
+            _sync_data(fd)  # the failpoint was asked above, for this sync
             return
         view = view[n:]
         offset += n
