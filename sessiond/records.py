@@ -176,6 +176,9 @@ _DAYS_CACHE = 4096
 _days: dict[int, str] = {}
 _STAMPS_CACHE = 1 << 14
 _stamp_texts: dict[int, str] = {}
+# The microseconds as two 3-digit halves from a table: half the time of
+# formatting them with "06d", which was the dearest part of a stamp.
+_DIGITS3 = [f"{i:03d}" for i in range(1000)]
 
 
 def _format(us: int) -> str:
@@ -194,7 +197,7 @@ def _format(us: int) -> str:
         if len(_seconds) >= _SECONDS_CACHE:
             _seconds.clear()
         head = _seconds[secs] = f"{date}{hours:02d}:{minutes:02d}:{rest:02d}"
-    return f"{head}.{frac:06d}Z"
+    return f"{head}.{_DIGITS3[frac // 1000]}{_DIGITS3[frac % 1000]}Z"
 
 
 def _iso(us: int) -> str:
