@@ -71,6 +71,22 @@ def test_the_written_timestamp_is_iso_of_the_moment(us: int) -> None:
     assert f'"created_at":"{iso(us)}"'.encode() in put_line(record)
 
 
+@settings(max_examples=1000)
+@given(
+    created=st.integers(min_value=0, max_value=TIME_MAX),
+    last=st.integers(min_value=0, max_value=TIME_MAX),
+    expires=st.integers(min_value=0, max_value=TIME_MAX),
+)
+def test_every_stamp_of_a_line_is_iso_of_its_moment(created: int, last: int, expires: int) -> None:
+    # Each stamp takes its own path: created_at and expires_at through the
+    # stamp cache, last_access formatted afresh (or shared with created_at).
+    record = Record(expires, "id", "u", 1, b"{}", created, last, None, 1)
+    line = put_line(record)
+    for field, us in (("created_at", created), ("last_access", last), ("expires_at", expires)):
+        assert f'"{field}":"{iso(us)}"'.encode() in line
+    assert put_lines([record], recent=True) == line == put_lines([record])
+
+
 def test_put_line_matches_the_golden_bytes() -> None:
     assert put_line(ALICE) == golden("journal_put.jsonl")
 
