@@ -1,7 +1,9 @@
 """How an ``always`` commit reaches the disk: the write and its sync in one
-system call (pwritev2 with RWF_DSYNC), an fdatasync of the whole file where
-earlier writes still wait for one, and write and fdatasync where the flag is
-refused. The calls are real; the tests watch them go by."""
+system call (pwritev2 with RWF_DSYNC); an fdatasync of the whole file where
+earlier writes still wait for one (just after a switch from everysec, or
+while the everysec syncer is at it); one fsync when the journal is opened;
+write and fdatasync where the flag is refused; and how failures are named.
+The calls are real; the tests watch them go by."""
 
 from __future__ import annotations
 
