@@ -9,6 +9,7 @@ import ctypes
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -47,14 +48,7 @@ class Reaper:
         return proc
 
     def cleanup(self) -> None:
-        for w in self.workers:
-            if w.is_alive():
-                w.terminate()
-        for w in self.workers:
-            w.join(5)
-            if w.is_alive():
-                w.kill()
-                w.join(5)
+        stop_processes(self.workers)
         self.workers.clear()
         for p in self.popens:
             if p.poll() is None:
@@ -70,6 +64,20 @@ class Reaper:
 
 
 REAPER = Reaper()
+
+
+def stop_processes(procs: Sequence[BaseProcess]) -> None:
+    """Terminate, then kill, every one still alive: all at once, since
+    waiting for each in turn would keep an interrupted run waiting seconds
+    a process."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
 
 
 def rss_bytes(pid: int) -> int:
@@ -100,6 +108,11 @@ class Server:
 
     def rss(self) -> int:
         return rss_bytes(self.pid)
+
+    def settled_rss(self, wait: float = 0.3) -> int:
+        """VmRSS after a moment's rest (allocator caches, a last reply sent)."""
+        time.sleep(wait)
+        return self.rss()
 
     def _spawn(self, argv: Sequence[str], env: dict[str, str], log_path: Path) -> None:
         if self.proc is not None:

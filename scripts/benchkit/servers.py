@@ -172,6 +172,14 @@ class RedisServer(Server):
         return self
 
 
+def start_both(sd: Sessiond, rd: RedisServer | None) -> None:
+    """Start a sessiond and (when there is one) a Redis side by side."""
+    sd.spawn()
+    if rd is not None:
+        rd.start()
+    sd.wait_ready()
+
+
 def maybe_redis(
     tmp: Path, redis_ok: bool, name: str, appendfsync: str
 ) -> AbstractContextManager[RedisServer | None]:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from benchkit.anchor import redis_create
-from benchkit.procs import REAPER
+from benchkit.procs import REAPER, stop_processes
 from benchkit.settings import (
     CONNECT_TIMEOUT,
     META,
@@ -303,13 +303,8 @@ class WorkerPool:
                         print(f"bench: client process {proc.pid}: {exc}", file=sys.stderr)
             for proc in self.procs:
                 proc.join(10)
-        # On an error or Ctrl-C, all at once: waiting for each in turn would
-        # keep an interrupted run waiting seconds a worker.
+        stop_processes(self.procs)  # on an error or Ctrl-C, or a worker that hung
         for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs:
-            proc.join(5)
             if proc in REAPER.workers:
                 REAPER.workers.remove(proc)
         for conn in self.conns:

@@ -16,7 +16,7 @@ from benchkit.cases.bigdata import load_redis, probe_window, write_journal
 from benchkit.measure import Ctx
 from benchkit.procs import REAPER
 from benchkit.rows import Row
-from benchkit.servers import RedisServer, Sessiond
+from benchkit.servers import RedisServer, Sessiond, start_both
 from benchkit.settings import BIG_START_TIMEOUT, BenchError, log
 from benchkit.stats import Summary, percentile
 from benchkit.workers import WorkerPool
@@ -53,12 +53,8 @@ def _load(sd: Sessiond, rd: RedisServer | None, n: int) -> tuple[int, int]:
     """Memory of both servers empty; then the journal written (by a child
     process) while Redis takes the same records. The servers are left stopped."""
     ids = [new_id() for _ in range(n)]
-    sd.spawn()
-    if rd is not None:
-        rd.start()
-    sd.wait_ready()
-    time.sleep(0.2)
-    rss_empty = sd.rss()
+    start_both(sd, rd)
+    rss_empty = sd.settled_rss(0.2)
     r_empty = rd.rss() if rd is not None else 0
     sd.stop()
     t = time.monotonic()
@@ -117,8 +113,7 @@ def _restart(
         log(f"  restart round {rnd + 1}/{rounds}")
         out.ours.append(sd.start(BIG_START_TIMEOUT))
         if rnd == 0:
-            time.sleep(0.3)
-            out.rss_full = sd.rss()
+            out.rss_full = sd.settled_rss()
             with sd.client() as c:
                 st = c.stats()
             if not n <= st.total_sessions <= most:
@@ -128,16 +123,14 @@ def _restart(
         try:
             out.journal.append(sd.start(BIG_START_TIMEOUT))
             if rnd == 0:
-                time.sleep(0.3)
-                out.rss_journal = sd.rss()
+                out.rss_journal = sd.settled_rss()
             sd.stop()
         finally:
             aside.rename(snap)
         if rd is not None:
             out.redis.append(rd.start(BIG_START_TIMEOUT))
             if rnd == 0:
-                time.sleep(0.3)
-                out.redis_rss_per = (rd.rss() - r_empty) / n
+                out.redis_rss_per = (rd.settled_rss() - r_empty) / n
                 r = rd.client()
                 try:
                     if not n <= r.dbsize() <= most:

@@ -3,12 +3,11 @@ used and freed would hide what a new connection costs)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from benchkit.measure import Ctx
 from benchkit.rows import Row
-from benchkit.servers import RedisServer, Sessiond
+from benchkit.servers import RedisServer, Sessiond, start_both
 from benchkit.settings import BenchError
 from benchkit.stats import Summary
 
@@ -18,15 +17,13 @@ IDLE = 256
 def _idle_connections_ours(sd: Sessiond, n: int) -> tuple[int, int]:
     with sd.client() as probe:
         probe.ping()
-        time.sleep(0.2)
-        before = sd.rss()
+        before = sd.settled_rss(0.2)
         clients = []
         try:
             for _ in range(n):
                 clients.append(sd.client())
                 clients[-1].ping()
-            time.sleep(0.3)
-            after = sd.rss()
+            after = sd.settled_rss()
             seen = probe.stats().connections
             if seen < n:
                 raise BenchError(f"daemon reports {seen} connections, expected {n + 1}")
@@ -40,8 +37,7 @@ def _idle_connections_redis(rd: RedisServer, n: int) -> tuple[int, int]:
     import redis
 
     connection: Any = redis.UnixDomainSocketConnection
-    time.sleep(0.2)
-    before = rd.rss()
+    before = rd.settled_rss(0.2)
     conns = []
     try:
         for _ in range(n):
@@ -50,8 +46,7 @@ def _idle_connections_redis(rd: RedisServer, n: int) -> tuple[int, int]:
             conn.send_command("PING")
             conn.read_response()
             conns.append(conn)
-        time.sleep(0.3)
-        after = rd.rss()
+        after = rd.settled_rss()
     finally:
         for conn in conns:
             conn.disconnect()
@@ -63,10 +58,7 @@ def case_connections(ctx: Ctx) -> None:
     of a fresh server is not what the machine's weather moves)."""
     anchor = None
     with Sessiond(ctx.tmp / "conn") as sd, ctx.fresh_redis("conn-redis", "everysec") as rd:
-        sd.spawn()
-        if rd is not None:
-            rd.start()
-        sd.wait_ready()
+        start_both(sd, rd)
         before, after = _idle_connections_ours(sd, IDLE)
         if rd is not None:
             rb, ra = _idle_connections_redis(rd, IDLE)

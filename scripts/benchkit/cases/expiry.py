@@ -88,14 +88,12 @@ def case_expiry(ctx: Ctx) -> None:
             f"{max(margin, 0):.1f} s before the first" if margin > 0 else
             f"creation overran the first deadline by {-margin:.1f} s")
     size = f"{n // 1000}k"
-    ctx.add(Row(
-        f"expiry lag p99 ({size} over 10 s)", "ms", Summary.one(st.expiry_lag_p99_ms),
-        lower_is_better=True, note=note,
-    ).want_value(at_most=50, strict=True))
-    ctx.add(Row(
-        f"expiry lag worst ({size} over 10 s)", "ms", Summary.one(st.expiry_lag_max_ms),
-        lower_is_better=True, note=note,
-    ).want_value(at_most=250, strict=True))
+    for which, lag, bound in (("p99", st.expiry_lag_p99_ms, 50),
+                              ("worst", st.expiry_lag_max_ms, 250)):
+        ctx.add(Row(
+            f"expiry lag {which} ({size} over 10 s)", "ms", Summary.one(lag),
+            lower_is_better=True, note=note,
+        ).want_value(at_most=bound, strict=True))
     ctx.add(Row(
         "request p99 while expiring", "ms", Summary.one(percentile(during, 0.99)),
         lower_is_better=True,
