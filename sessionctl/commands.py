@@ -67,13 +67,13 @@ def prepare_import(args: Args) -> None:
 def prepare_export(args: Args) -> Callable[[], None] | None:
     from pathlib import Path
 
-    from sessionctl.export import Output
+    from sessionctl.export import open_output
 
     args.target = None
     if args.output is None:
         return None
     try:
-        target = Output.open(Path(args.output))
+        target = open_output(Path(args.output))
     except OSError as exc:
         raise UsageError(f"--output {args.output}: {exc.strerror}") from None
     args.target = target

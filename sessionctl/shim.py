@@ -338,31 +338,25 @@ def c_export(argv: Sequence[str]) -> int:
         if output is None:
             _write_export(c, fmt, sys.stdout)
             return 0
-        # A temp file beside the target, renamed into place: an interrupted
-        # export never leaves a half-written file under the requested name.
-        directory, name = os.path.split(output)
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        # Written atomically (sessiond.diskio): an interrupted export never
+        # leaves a half-written file under the requested name, and the temp
+        # file is a fresh 0600 one, so nobody else can have made it first
+        # (the legacy tool's predictable temp name let another user who
+        # pre-created it own and read the export).
+        import io
+
+        from sessiond.diskio import AtomicFile
+
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                count = _write_export(c, fmt, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
+            with AtomicFile(output) as target:
+                text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
+                count = _write_export(c, fmt, text)
+                text.flush()
+                text.detach()  # the binary file stays open for the commit
         except OSError as exc:
-            _discard(tmp)
             raise Usage(f"cannot write {output}: {exc.strerror}") from None
-        except BaseException:
-            _discard(tmp)
-            raise
     one_line({"ok": True, "exported": count, "file": output})
     return 0
-
-
-def _discard(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def c_cleanup(argv: Sequence[str]) -> int:
