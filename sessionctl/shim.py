@@ -7,7 +7,8 @@ against it keep working, while the daemon does the work.
 Exit status: 0 done; 1 for everything else, as the legacy tool did (scripts
 written against it test for non-zero):
 
-* an unknown session: stdout ``{"ok": false, "error": "Session ID not found"}``;
+* an unknown session: stdout ``{"ok": false, "error": "Session ID not found"}``,
+  ID being the id asked for, verbatim;
 * ``set`` on an expired session: stdout ``{"ok": false, "error": ...}``;
 * bad usage, bad input, a refused setting, an unreachable daemon: stderr
   ``{"error": "..."}``, and nothing changes.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from sessionctl.client import Client
     from sessiond.model import Session
 
-NOT_FOUND = "Session ID not found"
+NOT_FOUND = "Session {} not found"
 HELP = """\
 session - manage session state and lifecycle (served by sessiond)
 
@@ -75,6 +76,23 @@ class Usage(Exception):
 
 class Refused(Exception):
     """The session cannot do that: ``{"ok": false, "error": ...}`` on stdout, exit 1."""
+
+
+class About:
+    """A command on one session: the daemon's "not found" becomes the
+    legacy refusal naming the id that was asked for, verbatim."""
+
+    __slots__ = ("sid",)
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, SessionNotFound):
+            raise Refused(NOT_FOUND.format(self.sid)) from None
 
 
 # -- output --------------------------------------------------------------
@@ -217,7 +235,7 @@ def c_create(argv: Sequence[str]) -> int:
 
 def c_get(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("get", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         return show(c.get(sid))
 
 
@@ -226,7 +244,7 @@ def c_set(argv: Sequence[str]) -> int:
     sid = session_id(args)
     if len(args) < 3:
         raise Usage("Usage: set SESSION_ID KEY VALUE")
-    with connect() as c:
+    with connect() as c, About(sid):
         try:
             return show(c.set(sid, args[1], args[2]))
         except SessionExpired:
@@ -242,7 +260,7 @@ def c_set(argv: Sequence[str]) -> int:
 
 def c_delete(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("delete", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         one_line({"ok": True, "deleted": c.delete(sid)})
     return 0
 
@@ -265,7 +283,7 @@ def c_list(argv: Sequence[str]) -> int:
 
 def c_expire(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("expire", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         return show(c.expire(sid))
 
 
@@ -274,7 +292,7 @@ def c_refresh(argv: Sequence[str]) -> int:
     sid = session_id(args)
     ttl_text = last(found, "--ttl")
     ttl = None if ttl_text is None else whole_number("--ttl", ttl_text, MAX_TTL)
-    with connect() as c:
+    with connect() as c, About(sid):
         if ttl is None:
             # Legacy refresh reset ttl to default_ttl, not to the session's own.
             ttl = int(c.config("default_ttl")["default_ttl"])
@@ -443,9 +461,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error(str(exc))
     except Refused as exc:
         one_line({"ok": False, "error": str(exc)})
-        return 1
-    except SessionNotFound:
-        one_line({"ok": False, "error": NOT_FOUND})
         return 1
     except SessionError as exc:  # DaemonUnavailable included
         return error(str(exc))
