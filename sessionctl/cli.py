@@ -231,8 +231,9 @@ COMMANDS: dict[str, tuple[str, tuple[Arg, ...]]] = {
     )),
     "cleanup": ("remove expired sessions", (
         Arg("--before", VALUE, metavar="TIMESTAMP",
-            help="also remove sessions whose deadline is before this "
-                 "(ISO 8601 or Unix seconds)"),
+            help="also remove sessions whose deadline is before this: ISO 8601 "
+                 "(2026-12-01, 2026-12-01T09:30:00Z, 20261201T093000+0100; no zone "
+                 "means UTC), @SECONDS for Unix time, or now"),
         Arg("--dry-run", FLAG, help="report, change nothing"),
     )),
     "config": ("show or change settings (validated, applied live, persisted)", (

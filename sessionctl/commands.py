@@ -43,12 +43,12 @@ def connect(args: Args) -> Client:
 
 
 def prepare_cleanup(args: Args) -> None:
-    from sessiond.model import parse_time
-
     args.before_us = None
     if args.before is not None:
+        from sessiond.timeparse import parse_before
+
         try:
-            args.before_us = parse_time(args.before)
+            args.before_us = parse_before(args.before, now_us())
         except ValueError as exc:
             raise UsageError(f"--before: {exc}") from None
 

@@ -382,10 +382,11 @@ def c_cleanup(argv: Sequence[str]) -> int:
     before_text = last(found, "--before")
     before = None
     if before_text is not None:
-        from sessiond.model import parse_time
+        from sessiond.model import now_us
+        from sessiond.timeparse import parse_legacy_before
 
         try:
-            before = parse_time(before_text)
+            before = parse_legacy_before(before_text, now_us())
         except ValueError as exc:
             # The legacy tool took an unparsable --before as "now".
             raise Usage(f"--before: {exc}") from None
