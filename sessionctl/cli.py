@@ -404,6 +404,12 @@ def run(args: Args) -> int:
 
 
 def fail(message: str, status: int) -> int:
+    if not message.isprintable():
+        # A message may quote a value a session holds: one line, and
+        # nothing in it that drives the terminal.
+        from sessionctl.render import escape_message
+
+        message = escape_message(message)
     sys.stderr.write(f"sessionctl: error: {message}\n")
     return status
 

@@ -184,7 +184,8 @@ def h_import(c: Client, args: Args) -> int:
         ]
         lines += [f"  skipped {r}" for r in result.reasons]
         lines += [f"  unreadable: {p}" for p in loaded.problems]
-        return "\n".join(lines)
+        # The reasons quote ids and lines from the file, whatever it holds.
+        return "\n".join(render.escape_message(line) for line in lines)
 
     emit(args, data, human)
     if loaded.problems:
@@ -219,7 +220,7 @@ def h_config(c: Client, args: Args) -> int:
     else:
         data = c.config(args.key)
     if args.key and args.value is None and not args.json:
-        out(render.meta_text(data[args.key]))
+        out(render.escape(render.meta_text(data[args.key])))
         return EXIT_OK
     emit(args, data, lambda: render.fields((k, render.meta_text(v)) for k, v in data.items()))
     return EXIT_OK
@@ -251,8 +252,8 @@ def h_watch(c: Client, args: Args) -> int:
             elif ev.kind == "lagged":
                 out(f"{iso(ev.at)} lagged, {ev.dropped} events dropped")
             elif ev.kind != "watching":
-                user = f" user={ev.session.user}" if ev.session else ""
-                out(f"{iso(ev.at)} {ev.kind} {ev.sid}{user}")
+                user = f" user={render.escape(ev.session.user)}" if ev.session else ""
+                out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
             sys.stdout.flush()
     except KeyboardInterrupt:
         return EXIT_OK
