@@ -3,10 +3,16 @@
 Every method sends one request and returns the daemon's answer as a typed
 struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
 requests without waiting for each answer.
+
+A ``Client`` may be shared by threads, as redis-py's and httpx's clients
+are: one lock serialises the round trips (and pipeline executions) on its
+connection, whose buffers and request ids are shared state. ``watch()``
+has a connection of its own.
 """
 
 from __future__ import annotations
 
+import _thread
 import array
 import builtins
 import os
@@ -296,7 +302,7 @@ def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -
 
 
 class Client(_Operations):
-    """A connection to sessiond.
+    """A connection to sessiond, which threads may share.
 
     ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
     then the default path); ``autostart=True`` starts a daemon if none
@@ -316,6 +322,10 @@ class Client(_Operations):
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
         self._next = 0
+        # Held for a whole round trip or pipeline: the socket, the buffers
+        # and the replies' order are the connection's, not a thread's.
+        self._lock = _thread.allocate_lock()
+        self._ids = _thread.allocate_lock()
         # Received bytes that are not yet a whole reply; empty between round
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
@@ -459,9 +469,17 @@ class Client(_Operations):
                 return response
             self._fill()
 
+    def _new_id(self) -> int:
+        with self._ids:
+            self._next += 1
+            return self._next
+
     def _roundtrip(self, req: Request) -> Response:
-        self._next += 1
-        req.id = self._next
+        with self._lock:
+            return self._roundtrip_locked(req)
+
+    def _roundtrip_locked(self, req: Request) -> Response:
+        req.id = self._new_id()
         out = self._out
         del out[:]
         _append_frame(out, req)
@@ -542,7 +560,10 @@ class Pipeline:
     """Requests queued on a client and sent together (see ``Client.pipeline``).
 
     The same methods as ``Client``, each returning a ``Pending`` whose
-    ``result()`` is the value (or raises the error) once the pipeline is sent."""
+    ``result()`` is the value (or raises the error) once the pipeline is sent.
+    A pipeline belongs to the thread that fills it; its client may be
+    shared (an execution holds the client's lock from first send to last
+    reply)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -620,9 +641,7 @@ class Pipeline:
         return self._submit(Ping(id=0), _pong)
 
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
-        c = self._client
-        c._next += 1
-        req.id = c._next
+        req.id = self._client._new_id()
         _append_frame(self._frames, req)
         pending = Pending(convert)
         self._queued.append((req.id, pending))
@@ -636,6 +655,10 @@ class Pipeline:
         everything first would deadlock once both socket buffers are full."""
         if not self._frames:
             return
+        with self._client._lock:
+            self._execute_locked()
+
+    def _execute_locked(self) -> None:
         c = self._client
         data = memoryview(self._frames)
         self._frames = bytearray()
