@@ -89,6 +89,7 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
 _NO_LENGTH = bytes(HEADER)
+NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
@@ -301,19 +302,36 @@ def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -
             delay = min(delay * 2, 0.05)
 
 
+def autostart_off_by_env() -> bool:
+    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off (set, and
+    neither empty nor ``0``). Read here only: ``Client`` asks it for the
+    CLI, the shim and Python programs alike."""
+    return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
+
+
+# What turned autostart off, as ``Client._autostart_advice`` is told.
+BY_ARGUMENT = "argument"
+BY_ENVIRONMENT = "environment"
+
+
 class Client(_Operations):
     """A connection to sessiond, which threads may share.
 
     ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
-    then the default path); ``autostart=True`` starts a daemon if none
-    answers, as the CLI does."""
+    then the default path) and, when no daemon answers there, starts one as
+    ``sessionctl`` does (through systemd when its units are installed).
+    ``autostart=False``, or ``SESSIONCTL_NO_AUTOSTART=1`` in the
+    environment when ``autostart`` is not given, turns that off.
+
+    Raises ``DaemonUnavailable`` when no daemon answers (or none could be
+    started), ``Unsupported`` when the daemon speaks another protocol."""
 
     def __init__(
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
         timeout: float | None = 30.0,
-        autostart: bool = False,
+        autostart: bool | None = None,
     ) -> None:
         from sessiond.paths import socket_location
 
@@ -321,6 +339,7 @@ class Client(_Operations):
         # when asked, so that a CLI run need not import pathlib.
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
+        self._autostart = autostart
         self._next = 0
         # Held for a whole round trip or pipeline: the socket, the buffers
         # and the replies' order are the connection's, not a thread's.
@@ -330,7 +349,11 @@ class Client(_Operations):
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
         self._out = bytearray()
-        self._sock = self._connect(autostart)
+        if autostart is None:
+            off_by = BY_ENVIRONMENT if autostart_off_by_env() else None
+        else:
+            off_by = None if autostart else BY_ARGUMENT
+        self._sock = self._connect(off_by)
         try:
             hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
             assert isinstance(hello, HelloReply)
@@ -353,7 +376,9 @@ class Client(_Operations):
 
         return Path(self._where)
 
-    def _connect(self, autostart: bool) -> _socket.socket:
+    def _connect(self, off_by: str | None, started: bool = False) -> _socket.socket:
+        """A connected socket; when nothing answers, a daemon started first
+        unless ``off_by`` says what turned that off."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -362,11 +387,17 @@ class Client(_Operations):
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            if not autostart:
+            if started:
+                raise DaemonUnavailable(
+                    f"sessiond was started and answered on {self._where}, then stopped "
+                    f"answering ({exc.strerror}); see sessiond.log in its data dir (or "
+                    f"'journalctl --user -u sessiond' under systemd)"
+                ) from exc
+            if off_by is not None:
                 raise DaemonUnavailable(
                     f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
-                    f"'sessiond' or 'systemctl --user start sessiond', or let sessionctl "
-                    f"start it (drop --no-autostart)"
+                    f"'sessiond' or 'systemctl --user start sessiond', or "
+                    f"{self._autostart_advice(off_by)}"
                 ) from exc
         except OSError as exc:
             sock.close()
@@ -374,7 +405,19 @@ class Client(_Operations):
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)
-        return self._connect(False)
+        return self._connect(off_by, started=True)
+
+    def _autostart_advice(self, off_by: str) -> str:
+        """How to let the client start the daemon, in the words of whoever
+        made it (the CLI and the shim speak of their own flags): ``off_by``
+        is ``BY_ARGUMENT`` or ``BY_ENVIRONMENT``."""
+        if off_by == BY_ENVIRONMENT:
+            return (
+                f"let the client start it: {NO_AUTOSTART_ENV}="
+                f"{os.environ.get(NO_AUTOSTART_ENV, '')!r} in the environment turns that "
+                f"off; unset it, or pass Client(autostart=True)"
+            )
+        return "let the client start it: pass Client(autostart=True), or leave autostart out"
 
     def close(self) -> None:
         self._sock.close()
@@ -542,7 +585,7 @@ class Client(_Operations):
     def watch(self, *, user: str | None = None) -> Iterator[Event]:
         """Events as they happen, on a connection of their own, until the
         generator is closed."""
-        other = Client(self._where, timeout=None)
+        other = type(self)(self._where, timeout=None, autostart=self._autostart)
         try:
             first = other._roundtrip(Watch(id=0, user=user))
             assert isinstance(first, EventReply)

@@ -7,14 +7,18 @@ or the output code.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from sessionctl import render
 from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, out
-from sessionctl.client import Client
+from sessionctl.client import (
+    BY_ENVIRONMENT,
+    NO_AUTOSTART_ENV,
+    Client,
+    autostart_off_by_env,
+)
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
 
@@ -37,9 +41,21 @@ def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
     out(render.to_json(data) if args.json else human())
 
 
+class CliClient(Client):
+    """The client, telling people how to turn autostart on in the CLI's
+    words rather than Python's."""
+
+    def _autostart_advice(self, off_by: str) -> str:
+        if off_by == BY_ENVIRONMENT:
+            return f"let sessionctl start it (unset {NO_AUTOSTART_ENV})"
+        also = f" and unset {NO_AUTOSTART_ENV}" if autostart_off_by_env() else ""
+        return f"let sessionctl start it (drop --no-autostart{also})"
+
+
 def connect(args: Args) -> Client:
-    no_auto = args.no_autostart or os.environ.get("SESSIONCTL_NO_AUTOSTART", "") not in ("", "0")
-    return Client(args.socket, autostart=not no_auto)
+    # --no-autostart turns autostart off; without it, SESSIONCTL_NO_AUTOSTART
+    # decides, as Client reads it.
+    return CliClient(args.socket, autostart=False if args.no_autostart else None)
 
 
 def prepare_cleanup(args: Args) -> None:

@@ -214,11 +214,15 @@ def parse_meta(values: list[str]) -> dict[str, str]:
 
 
 def connect() -> Client:
-    from sessionctl.client import Client
+    from sessionctl.client import NO_AUTOSTART_ENV, Client
 
-    # The same rule as ``sessionctl``: autostart unless told not to.
-    no_autostart = os.environ.get("SESSIONCTL_NO_AUTOSTART", "") not in ("", "0")
-    return Client(autostart=not no_autostart)
+    class ShimClient(Client):
+        # The shim has no flag of its own: only the environment turns
+        # autostart off (Client reads it, for sessionctl and the shim alike).
+        def _autostart_advice(self, off_by: str) -> str:
+            return f"let script.sh start it (unset {NO_AUTOSTART_ENV})"
+
+    return ShimClient()
 
 
 def c_create(argv: Sequence[str]) -> int:
