@@ -227,7 +227,10 @@ COMMANDS: dict[str, tuple[str, tuple[Arg, ...]]] = {
             help="write to FILE atomically instead of stdout"),
     )),
     "import": ("import sessions from a legacy data.jsonl or an export", (
-        Arg("file", check=_path, metavar="FILE"),
+        Arg("file", check=_path, metavar="FILE",
+            help="a legacy data.jsonl, or a JSON or JSONL export. Importing a file again "
+                 "is safe: a session already there is replaced only by a newer version "
+                 "of itself, so an interrupted import can simply be rerun"),
     )),
     "cleanup": ("remove expired sessions", (
         Arg("--before", VALUE, metavar="TIMESTAMP",

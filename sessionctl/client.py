@@ -19,7 +19,7 @@ import os
 import select
 import socket as _socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -89,6 +89,12 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
 _NO_LENGTH = bytes(HEADER)
+# Import pages are bounded by bytes as well as by count: 1,000 sessions of
+# 8 KiB of meta make a request of 8 MB, past the daemon's max_frame_bytes
+# (4 MiB by default), which it refuses whole. The daemon's limit is asked
+# once an import; a page is kept to 1 MiB below it even so, because the
+# daemon applies a page in one go while its other clients wait.
+IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
@@ -566,15 +572,47 @@ class Client(_Operations):
         return out
 
     def import_sessions(self, sessions: builtins.list[Session]) -> ImportResult:
-        """Merge sessions from elsewhere, a page per request."""
+        """Merge sessions from elsewhere, a page per request (see
+        ``import_pages``); the totals of every page. Importing the same
+        sessions again changes nothing: those already there are skipped."""
         total = ImportResult(reasons=[])
-        for start in range(0, len(sessions), PAGE_MAX):
-            part = self.import_page(sessions[start : start + PAGE_MAX])
+        for part in self.import_pages(sessions):
             total.imported += part.imported
             total.updated += part.updated
             total.skipped += part.skipped
             total.reasons.extend(part.reasons)
         return total
+
+    def import_pages(self, sessions: Iterable[Session]) -> Iterator[ImportResult]:
+        """Merge sessions a page at a time, yielding each page's result once
+        the daemon has committed it, so a caller that stops between pages
+        knows exactly what was committed.
+
+        A page holds at most ``PAGE_MAX`` sessions and fits in the smaller
+        of ``IMPORT_PAGE_BYTES`` and the daemon's ``max_frame_bytes`` (asked
+        once, here). A session too big for any page is not sent: it is
+        skipped, with its reason, in a result of its own."""
+        limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
+        # The request around the sessions: its keys, the largest id, and the
+        # largest array header (5 bytes where an empty array takes 1).
+        budget = limit - len(_encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
+        page: builtins.list[Session] = []
+        size = 0
+        for session in sessions:
+            n = len(_encoder.encode(session))
+            if n > budget:
+                yield ImportResult(skipped=1, reasons=[
+                    f"{session.id}: {n} bytes encoded, more than one request may carry "
+                    f"(the daemon's max_frame_bytes is {limit})"
+                ])
+                continue
+            if page and (len(page) == PAGE_MAX or size + n > budget):
+                yield self.import_page(page)
+                page, size = [], 0
+            page.append(session)
+            size += n
+        if page:
+            yield self.import_page(page)
 
     def pipeline(self) -> Pipeline:
         """Queue requests, send them all at once on exit, then read answers.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sessionctl import render
-from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, out
+from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, fail, out
 from sessionctl.client import (
     BY_ENVIRONMENT,
     NO_AUTOSTART_ENV,
@@ -20,7 +20,7 @@ from sessionctl.client import (
     autostart_off_by_env,
 )
 from sessiond.model import format_duration, now_us
-from sessiond.protocol import PAGE_MAX
+from sessiond.protocol import PAGE_MAX, ImportResult
 
 
 def execute(args: Args) -> int:
@@ -181,9 +181,88 @@ def h_export(c: Client, args: Args) -> int:
     return EXIT_OK
 
 
+class _StopNow(Exception):
+    """A second SIGINT or SIGTERM during an import: stop at once."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM while an import runs: the first is noted, and the
+    import stops once the page in flight is answered, so that the count of
+    committed sessions is exact; a second stops it at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._before[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise _StopNow
+        self.received = signum
+
+
+def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
+    """Every page of ``args.loaded`` imported, and ``None``; or, when a
+    signal stopped it, what was committed and the exit status (128 + the
+    signal's number, as a shell reports a process it killed), having said
+    on stderr how far it got and that a rerun is safe."""
+    import signal
+
+    sessions = args.loaded.sessions
+    total = ImportResult(reasons=[])
+    forced = False
+    with _Signals() as signals:
+        try:
+            if signals.received is None:
+                for part in c.import_pages(sessions):
+                    total.imported += part.imported
+                    total.updated += part.updated
+                    total.skipped += part.skipped
+                    total.reasons.extend(part.reasons)
+                    if signals.received is not None:
+                        break
+        except _StopNow:
+            forced = True
+    if signals.received is None:
+        return total, None
+    name = signal.Signals(signals.received).name
+    committed = total.imported + total.updated
+    done = total.imported + total.updated + total.skipped
+    how_far = (
+        f"{committed} sessions were committed (imported {total.imported}, updated "
+        f"{total.updated}; {total.skipped} skipped) of {len(sessions)}"
+    )
+    if forced:
+        how_far = (f"at least {how_far}; a second signal cut the page in flight short, and "
+                   f"it may have been committed too")
+    elif done < len(sessions):
+        how_far += f"; the other {len(sessions) - done} were not sent"
+    fail(
+        f"import interrupted by {name}: {how_far}. Importing {args.file} again is safe "
+        f"(a session already there is replaced only by a newer version of itself): a "
+        f"rerun completes the import",
+        EXIT_FAILED,
+    )
+    return total, 128 + signals.received
+
+
 def h_import(c: Client, args: Args) -> int:
     loaded = args.loaded
-    result = c.import_sessions(loaded.sessions)
+    result, stopped = import_all(c, args)
+    if stopped is not None:
+        return stopped
     data = {
         "imported": result.imported,
         "updated": result.updated,
