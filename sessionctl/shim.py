@@ -1,8 +1,8 @@
 """The legacy ``session`` command line, served by sessiond.
 
 ``scripts/script.sh`` execs this module. It keeps every command, flag, JSON
-shape and exit status of the legacy tool (COMPAT.md), so that scripts written
-against it keep working, while the daemon does the work.
+shape and exit status of the legacy tool (docs/legacy.md), so that scripts
+written against it keep working, while the daemon does the work.
 
 Exit status: 0 done; 1 for everything else, as the legacy tool did (scripts
 written against it test for non-zero):

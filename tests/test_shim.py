@@ -1,5 +1,5 @@
 """``scripts/script.sh``: the legacy tool's commands, flags, JSON shapes,
-error shapes and exit statuses (COMPAT.md), served by a real daemon.
+error shapes and exit statuses (docs/legacy.md), served by a real daemon.
 
 Every call runs the script with bash, by absolute path, from a directory
 that is not the repository, exactly as a legacy user's script would.
