@@ -9,13 +9,15 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sessiond.diskio import AtomicFile, atomic_file, atomic_write
-from tests.conftest import BIN, Daemon
+from tests.conftest import BIN, Daemon, run_sessiond, stored
 from tests.test_shim import BASH, SCRIPT
+from tests.test_systemd import install_service, unit_dir
 
 
 def mode(path: Path) -> int:
@@ -166,3 +168,43 @@ def test_the_cli_export_output_is_private_and_whole(daemon: Daemon, tmp_path: Pa
     assert mode(target) == 0o600
     assert json.loads(target.read_text())["id"] == made.id
     assert os.listdir(where) == ["all.jsonl"]
+
+
+# -- the other callers -----------------------------------------------------------
+
+
+def test_install_service_writes_whole_units_readable_by_all_and_no_temp(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    first = install_service(d)
+    assert first.returncode == 0, first.stderr
+    target = unit_dir(d)
+    inodes = {p.name: p.stat().st_ino for p in target.iterdir()}
+    again = install_service(d)  # over the old units: replaced, not rewritten
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["sessiond.service", "sessiond.socket"]
+    for unit in target.iterdir():
+        assert mode(unit) == 0o644
+        assert unit.stat().st_ino != inodes[unit.name]
+        assert unit.read_text().endswith("\n")
+
+
+def test_repair_replaces_the_journal_with_a_private_file_and_no_temp(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    with d.client() as c:
+        c.create(id="kept")
+    d.stop()
+    d.append_to_journal(b"not a journal line\n")
+    before = d.journal.stat().st_ino
+    result = run_sessiond(d, "--repair")
+    assert result.returncode == 0, result.stderr
+    assert "dropped 1 unreadable lines" in result.stdout
+    assert d.journal.stat().st_ino != before and mode(d.journal) == 0o600
+    names = [p.name for p in d.data_dir.iterdir()]
+    assert len([n for n in names if n.startswith("data.jsonl.bak-")]) == 1
+    assert not [n for n in names if n.endswith(".tmp")], names
+    d.start()
+    assert set(stored(d)) == {"kept"}
