@@ -177,7 +177,8 @@ def h_export(c: Client, args: Args) -> int:
     except OSError as exc:
         raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
     emit(args, {"exported": count, "file": str(target.path)},
-         lambda: f"exported {count} session{'s' if count != 1 else ''} to {target.path}")
+         lambda: render.escape_message(
+             f"exported {count} session{'s' if count != 1 else ''} to {target.path}"))
     return EXIT_OK
 
 

@@ -127,3 +127,12 @@ def test_an_error_line_quoting_a_value_stays_one_clean_line(
     assert_clean(r.stderr)
     assert len(r.stderr.splitlines()) == 1
     assert "no\\x1b[2J\\nsuch.sock" in r.stderr
+
+
+def test_the_export_summary_escapes_the_path_it_names(daemon: Daemon, tmp_path: Path) -> None:
+    target = tmp_path / "out\x1b[2J\n.json"
+    r = daemon.ctl("export", "--output", str(target))
+    assert r.returncode == 0, r.stderr
+    assert_clean(r.stdout)
+    assert r.stdout == f"exported 0 sessions to {tmp_path}/out\\x1b[2J\\n.json\n"
+    assert json.loads(target.read_text()) == []
