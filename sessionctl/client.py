@@ -15,6 +15,7 @@ from __future__ import annotations
 import _thread
 import array
 import builtins
+import itertools
 import os
 import select
 import socket as _socket
@@ -346,11 +347,13 @@ class Client(_Operations):
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
         self._autostart = autostart
-        self._next = 0
         # Held for a whole round trip or pipeline: the socket, the buffers
         # and the replies' order are the connection's, not a thread's.
         self._lock = _thread.allocate_lock()
-        self._ids = _thread.allocate_lock()
+        # Request ids, unique on the connection whichever thread asks: a
+        # count's __next__ is one step in C, which no other thread can split
+        # (threading numbers its threads with one for the same reason).
+        self._new_id = itertools.count(1).__next__
         # Received bytes that are not yet a whole reply; empty between round
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
@@ -517,11 +520,6 @@ class Client(_Operations):
             if response is not None:
                 return response
             self._fill()
-
-    def _new_id(self) -> int:
-        with self._ids:
-            self._next += 1
-            return self._next
 
     def _roundtrip(self, req: Request) -> Response:
         with self._lock:
