@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The legacy `session` tool's command line (commands, flags, JSON shapes and
-# exit statuses as COMPAT.md records them), now served by sessiond.
+# exit statuses as docs/legacy.md records them), now served by sessiond.
 #
 #   bash scripts/script.sh COMMAND [ARGS]      (from any directory)
 #

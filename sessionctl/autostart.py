@@ -19,7 +19,12 @@ from sessiond.errors import DaemonUnavailable
 from sessiond.service import SOCKET, service_installed, systemctl, user_unit_dir
 
 WAIT_SECONDS = 5.0
-NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
+# Daemons this process started: a Popen dropped while its child runs warns
+# (ResourceWarning), and the child, once it ends, stays a zombie until it
+# is waited for. A program that keeps a Client for long outlives the daemon
+# it started, so each is kept here and reaped at the next start (which is
+# when one is needed again: the last one stopped answering).
+_started: list[subprocess.Popen[bytes]] = []
 
 
 def _answers(path: Path) -> bool:
@@ -33,6 +38,7 @@ def _answers(path: Path) -> bool:
 
 def start_daemon(path: Path) -> None:
     """Make a daemon answer on ``path`` or raise ``DaemonUnavailable``."""
+    _started[:] = [p for p in _started if p.poll() is None]
     if service_installed():
         _start_with_systemd(path)
         return
@@ -52,6 +58,7 @@ def start_daemon(path: Path) -> None:
         )
     finally:
         os.close(fd)
+    _started.append(proc)
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
         if _answers(path):

@@ -227,12 +227,16 @@ COMMANDS: dict[str, tuple[str, tuple[Arg, ...]]] = {
             help="write to FILE atomically instead of stdout"),
     )),
     "import": ("import sessions from a legacy data.jsonl or an export", (
-        Arg("file", check=_path, metavar="FILE"),
+        Arg("file", check=_path, metavar="FILE",
+            help="a legacy data.jsonl, or a JSON or JSONL export. Importing a file again "
+                 "is safe: a session already there is replaced only by a newer version "
+                 "of itself, so an interrupted import can simply be rerun"),
     )),
     "cleanup": ("remove expired sessions", (
         Arg("--before", VALUE, metavar="TIMESTAMP",
-            help="also remove sessions whose deadline is before this "
-                 "(ISO 8601 or Unix seconds)"),
+            help="also remove sessions whose deadline is before this: ISO 8601 "
+                 "(2026-12-01, 2026-12-01T09:30:00Z, 20261201T093000+0100; no zone "
+                 "means UTC), @SECONDS for Unix time, or now"),
         Arg("--dry-run", FLAG, help="report, change nothing"),
     )),
     "config": ("show or change settings (validated, applied live, persisted)", (
@@ -403,6 +407,12 @@ def run(args: Args) -> int:
 
 
 def fail(message: str, status: int) -> int:
+    if not message.isprintable():
+        # A message may quote a value a session holds: one line, and
+        # nothing in it that drives the terminal.
+        from sessionctl.render import escape_message
+
+        message = escape_message(message)
     sys.stderr.write(f"sessionctl: error: {message}\n")
     return status
 

@@ -3,17 +3,24 @@
 Every method sends one request and returns the daemon's answer as a typed
 struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
 requests without waiting for each answer.
+
+A ``Client`` may be shared by threads, as redis-py's and httpx's clients
+are: one lock serialises the round trips (and pipeline executions) on its
+connection, whose buffers and request ids are shared state. ``watch()``
+has a connection of its own.
 """
 
 from __future__ import annotations
 
+import _thread
 import array
 import builtins
+import itertools
 import os
 import select
 import socket as _socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -83,6 +90,13 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
 _NO_LENGTH = bytes(HEADER)
+# Import pages are bounded by bytes as well as by count: 1,000 sessions of
+# 8 KiB of meta make a request of 8 MB, past the daemon's max_frame_bytes
+# (4 MiB by default), which it refuses whole. The daemon's limit is asked
+# once an import; a page is kept to 1 MiB below it even so, because the
+# daemon applies a page in one go while its other clients wait.
+IMPORT_PAGE_BYTES = 1 << 20
+NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
@@ -295,19 +309,36 @@ def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -
             delay = min(delay * 2, 0.05)
 
 
+def autostart_off_by_env() -> bool:
+    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off (set, and
+    neither empty nor ``0``). Read here only: ``Client`` asks it for the
+    CLI, the shim and Python programs alike."""
+    return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
+
+
+# What turned autostart off, as ``Client._autostart_advice`` is told.
+BY_ARGUMENT = "argument"
+BY_ENVIRONMENT = "environment"
+
+
 class Client(_Operations):
-    """A connection to sessiond.
+    """A connection to sessiond, which threads may share.
 
     ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
-    then the default path); ``autostart=True`` starts a daemon if none
-    answers, as the CLI does."""
+    then the default path) and, when no daemon answers there, starts one as
+    ``sessionctl`` does (through systemd when its units are installed).
+    ``autostart=False``, or ``SESSIONCTL_NO_AUTOSTART=1`` in the
+    environment when ``autostart`` is not given, turns that off.
+
+    Raises ``DaemonUnavailable`` when no daemon answers (or none could be
+    started), ``Unsupported`` when the daemon speaks another protocol."""
 
     def __init__(
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
         timeout: float | None = 30.0,
-        autostart: bool = False,
+        autostart: bool | None = None,
     ) -> None:
         from sessiond.paths import socket_location
 
@@ -315,12 +346,23 @@ class Client(_Operations):
         # when asked, so that a CLI run need not import pathlib.
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
-        self._next = 0
+        self._autostart = autostart
+        # Held for a whole round trip or pipeline: the socket, the buffers
+        # and the replies' order are the connection's, not a thread's.
+        self._lock = _thread.allocate_lock()
+        # Request ids, unique on the connection whichever thread asks: a
+        # count's __next__ is one step in C, which no other thread can split
+        # (threading numbers its threads with one for the same reason).
+        self._new_id = itertools.count(1).__next__
         # Received bytes that are not yet a whole reply; empty between round
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
         self._out = bytearray()
-        self._sock = self._connect(autostart)
+        if autostart is None:
+            off_by = BY_ENVIRONMENT if autostart_off_by_env() else None
+        else:
+            off_by = None if autostart else BY_ARGUMENT
+        self._sock = self._connect(off_by)
         try:
             hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
             assert isinstance(hello, HelloReply)
@@ -343,7 +385,9 @@ class Client(_Operations):
 
         return Path(self._where)
 
-    def _connect(self, autostart: bool) -> _socket.socket:
+    def _connect(self, off_by: str | None, started: bool = False) -> _socket.socket:
+        """A connected socket; when nothing answers, a daemon started first
+        unless ``off_by`` says what turned that off."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -352,11 +396,17 @@ class Client(_Operations):
             return sock
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            if not autostart:
+            if started:
+                raise DaemonUnavailable(
+                    f"sessiond was started and answered on {self._where}, then stopped "
+                    f"answering ({exc.strerror}); see sessiond.log in its data dir (or "
+                    f"'journalctl --user -u sessiond' under systemd)"
+                ) from exc
+            if off_by is not None:
                 raise DaemonUnavailable(
                     f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
-                    f"'sessiond' or 'systemctl --user start sessiond', or let sessionctl "
-                    f"start it (drop --no-autostart)"
+                    f"'sessiond' or 'systemctl --user start sessiond', or "
+                    f"{self._autostart_advice(off_by)}"
                 ) from exc
         except OSError as exc:
             sock.close()
@@ -364,7 +414,19 @@ class Client(_Operations):
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)
-        return self._connect(False)
+        return self._connect(off_by, started=True)
+
+    def _autostart_advice(self, off_by: str) -> str:
+        """How to let the client start the daemon, in the words of whoever
+        made it (the CLI and the shim speak of their own flags): ``off_by``
+        is ``BY_ARGUMENT`` or ``BY_ENVIRONMENT``."""
+        if off_by == BY_ENVIRONMENT:
+            return (
+                f"let the client start it: {NO_AUTOSTART_ENV}="
+                f"{os.environ.get(NO_AUTOSTART_ENV, '')!r} in the environment turns that "
+                f"off; unset it, or pass Client(autostart=True)"
+            )
+        return "let the client start it: pass Client(autostart=True), or leave autostart out"
 
     def close(self) -> None:
         self._sock.close()
@@ -460,8 +522,11 @@ class Client(_Operations):
             self._fill()
 
     def _roundtrip(self, req: Request) -> Response:
-        self._next += 1
-        req.id = self._next
+        with self._lock:
+            return self._roundtrip_locked(req)
+
+    def _roundtrip_locked(self, req: Request) -> Response:
+        req.id = self._new_id()
         out = self._out
         del out[:]
         _append_frame(out, req)
@@ -505,15 +570,47 @@ class Client(_Operations):
         return out
 
     def import_sessions(self, sessions: builtins.list[Session]) -> ImportResult:
-        """Merge sessions from elsewhere, a page per request."""
+        """Merge sessions from elsewhere, a page per request (see
+        ``import_pages``); the totals of every page. Importing the same
+        sessions again changes nothing: those already there are skipped."""
         total = ImportResult(reasons=[])
-        for start in range(0, len(sessions), PAGE_MAX):
-            part = self.import_page(sessions[start : start + PAGE_MAX])
+        for part in self.import_pages(sessions):
             total.imported += part.imported
             total.updated += part.updated
             total.skipped += part.skipped
             total.reasons.extend(part.reasons)
         return total
+
+    def import_pages(self, sessions: Iterable[Session]) -> Iterator[ImportResult]:
+        """Merge sessions a page at a time, yielding each page's result once
+        the daemon has committed it, so a caller that stops between pages
+        knows exactly what was committed.
+
+        A page holds at most ``PAGE_MAX`` sessions and fits in the smaller
+        of ``IMPORT_PAGE_BYTES`` and the daemon's ``max_frame_bytes`` (asked
+        once, here). A session too big for any page is not sent: it is
+        skipped, with its reason, in a result of its own."""
+        limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
+        # The request around the sessions: its keys, the largest id, and the
+        # largest array header (5 bytes where an empty array takes 1).
+        budget = limit - len(_encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
+        page: builtins.list[Session] = []
+        size = 0
+        for session in sessions:
+            n = len(_encoder.encode(session))
+            if n > budget:
+                yield ImportResult(skipped=1, reasons=[
+                    f"{session.id}: {n} bytes encoded, more than one request may carry "
+                    f"(the daemon's max_frame_bytes is {limit})"
+                ])
+                continue
+            if page and (len(page) == PAGE_MAX or size + n > budget):
+                yield self.import_page(page)
+                page, size = [], 0
+            page.append(session)
+            size += n
+        if page:
+            yield self.import_page(page)
 
     def pipeline(self) -> Pipeline:
         """Queue requests, send them all at once on exit, then read answers.
@@ -524,7 +621,7 @@ class Client(_Operations):
     def watch(self, *, user: str | None = None) -> Iterator[Event]:
         """Events as they happen, on a connection of their own, until the
         generator is closed."""
-        other = Client(self._where, timeout=None)
+        other = type(self)(self._where, timeout=None, autostart=self._autostart)
         try:
             first = other._roundtrip(Watch(id=0, user=user))
             assert isinstance(first, EventReply)
@@ -542,7 +639,10 @@ class Pipeline:
     """Requests queued on a client and sent together (see ``Client.pipeline``).
 
     The same methods as ``Client``, each returning a ``Pending`` whose
-    ``result()`` is the value (or raises the error) once the pipeline is sent."""
+    ``result()`` is the value (or raises the error) once the pipeline is sent.
+    A pipeline belongs to the thread that fills it; its client may be
+    shared (an execution holds the client's lock from first send to last
+    reply)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
@@ -620,9 +720,7 @@ class Pipeline:
         return self._submit(Ping(id=0), _pong)
 
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
-        c = self._client
-        c._next += 1
-        req.id = c._next
+        req.id = self._client._new_id()
         _append_frame(self._frames, req)
         pending = Pending(convert)
         self._queued.append((req.id, pending))
@@ -636,6 +734,10 @@ class Pipeline:
         everything first would deadlock once both socket buffers are full."""
         if not self._frames:
             return
+        with self._client._lock:
+            self._execute_locked()
+
+    def _execute_locked(self) -> None:
         c = self._client
         data = memoryview(self._frames)
         self._frames = bytearray()

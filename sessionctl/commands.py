@@ -7,16 +7,20 @@ or the output code.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from sessionctl import render
-from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, out
-from sessionctl.client import Client
+from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, fail, out
+from sessionctl.client import (
+    BY_ENVIRONMENT,
+    NO_AUTOSTART_ENV,
+    Client,
+    autostart_off_by_env,
+)
 from sessiond.model import format_duration, now_us
-from sessiond.protocol import PAGE_MAX
+from sessiond.protocol import PAGE_MAX, ImportResult
 
 
 def execute(args: Args) -> int:
@@ -37,18 +41,30 @@ def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
     out(render.to_json(data) if args.json else human())
 
 
+class CliClient(Client):
+    """The client, telling people how to turn autostart on in the CLI's
+    words rather than Python's."""
+
+    def _autostart_advice(self, off_by: str) -> str:
+        if off_by == BY_ENVIRONMENT:
+            return f"let sessionctl start it (unset {NO_AUTOSTART_ENV})"
+        also = f" and unset {NO_AUTOSTART_ENV}" if autostart_off_by_env() else ""
+        return f"let sessionctl start it (drop --no-autostart{also})"
+
+
 def connect(args: Args) -> Client:
-    no_auto = args.no_autostart or os.environ.get("SESSIONCTL_NO_AUTOSTART", "") not in ("", "0")
-    return Client(args.socket, autostart=not no_auto)
+    # --no-autostart turns autostart off; without it, SESSIONCTL_NO_AUTOSTART
+    # decides, as Client reads it.
+    return CliClient(args.socket, autostart=False if args.no_autostart else None)
 
 
 def prepare_cleanup(args: Args) -> None:
-    from sessiond.model import parse_time
-
     args.before_us = None
     if args.before is not None:
+        from sessiond.timeparse import parse_before
+
         try:
-            args.before_us = parse_time(args.before)
+            args.before_us = parse_before(args.before, now_us())
         except ValueError as exc:
             raise UsageError(f"--before: {exc}") from None
 
@@ -67,13 +83,13 @@ def prepare_import(args: Args) -> None:
 def prepare_export(args: Args) -> Callable[[], None] | None:
     from pathlib import Path
 
-    from sessionctl.export import Output
+    from sessionctl.export import open_output
 
     args.target = None
     if args.output is None:
         return None
     try:
-        target = Output.open(Path(args.output))
+        target = open_output(Path(args.output))
     except OSError as exc:
         raise UsageError(f"--output {args.output}: {exc.strerror}") from None
     args.target = target
@@ -161,13 +177,93 @@ def h_export(c: Client, args: Args) -> int:
     except OSError as exc:
         raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
     emit(args, {"exported": count, "file": str(target.path)},
-         lambda: f"exported {count} session{'s' if count != 1 else ''} to {target.path}")
+         lambda: render.escape_message(
+             f"exported {count} session{'s' if count != 1 else ''} to {target.path}"))
     return EXIT_OK
+
+
+class _StopNow(Exception):
+    """A second SIGINT or SIGTERM during an import: stop at once."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM while an import runs: the first is noted, and the
+    import stops once the page in flight is answered, so that the count of
+    committed sessions is exact; a second stops it at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._before: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        import signal
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._before[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise _StopNow
+        self.received = signum
+
+
+def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
+    """Every page of ``args.loaded`` imported, and ``None``; or, when a
+    signal stopped it, what was committed and the exit status (128 + the
+    signal's number, as a shell reports a process it killed), having said
+    on stderr how far it got and that a rerun is safe."""
+    import signal
+
+    sessions = args.loaded.sessions
+    total = ImportResult(reasons=[])
+    forced = False
+    with _Signals() as signals:
+        try:
+            if signals.received is None:
+                for part in c.import_pages(sessions):
+                    total.imported += part.imported
+                    total.updated += part.updated
+                    total.skipped += part.skipped
+                    total.reasons.extend(part.reasons)
+                    if signals.received is not None:
+                        break
+        except _StopNow:
+            forced = True
+    if signals.received is None:
+        return total, None
+    name = signal.Signals(signals.received).name
+    committed = total.imported + total.updated
+    done = total.imported + total.updated + total.skipped
+    how_far = (
+        f"{committed} sessions were committed (imported {total.imported}, updated "
+        f"{total.updated}; {total.skipped} skipped) of {len(sessions)}"
+    )
+    if forced:
+        how_far = (f"at least {how_far}; a second signal cut the page in flight short, and "
+                   f"it may have been committed too")
+    elif done < len(sessions):
+        how_far += f"; the other {len(sessions) - done} were not sent"
+    fail(
+        f"import interrupted by {name}: {how_far}. Importing {args.file} again is safe "
+        f"(a session already there is replaced only by a newer version of itself): a "
+        f"rerun completes the import",
+        EXIT_FAILED,
+    )
+    return total, 128 + signals.received
 
 
 def h_import(c: Client, args: Args) -> int:
     loaded = args.loaded
-    result = c.import_sessions(loaded.sessions)
+    result, stopped = import_all(c, args)
+    if stopped is not None:
+        return stopped
     data = {
         "imported": result.imported,
         "updated": result.updated,
@@ -184,7 +280,8 @@ def h_import(c: Client, args: Args) -> int:
         ]
         lines += [f"  skipped {r}" for r in result.reasons]
         lines += [f"  unreadable: {p}" for p in loaded.problems]
-        return "\n".join(lines)
+        # The reasons quote ids and lines from the file, whatever it holds.
+        return "\n".join(render.escape_message(line) for line in lines)
 
     emit(args, data, human)
     if loaded.problems:
@@ -219,7 +316,7 @@ def h_config(c: Client, args: Args) -> int:
     else:
         data = c.config(args.key)
     if args.key and args.value is None and not args.json:
-        out(render.meta_text(data[args.key]))
+        out(render.escape(render.meta_text(data[args.key])))
         return EXIT_OK
     emit(args, data, lambda: render.fields((k, render.meta_text(v)) for k, v in data.items()))
     return EXIT_OK
@@ -251,8 +348,8 @@ def h_watch(c: Client, args: Args) -> int:
             elif ev.kind == "lagged":
                 out(f"{iso(ev.at)} lagged, {ev.dropped} events dropped")
             elif ev.kind != "watching":
-                user = f" user={ev.session.user}" if ev.session else ""
-                out(f"{iso(ev.at)} {ev.kind} {ev.sid}{user}")
+                user = f" user={render.escape(ev.session.user)}" if ev.session else ""
+                out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
             sys.stdout.flush()
     except KeyboardInterrupt:
         return EXIT_OK

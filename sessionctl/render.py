@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
@@ -13,6 +14,45 @@ from sessiond.protocol import StatsInfo
 CSV_FIELDS = ("id", "user", "status", "ttl", "created_at", "last_access", "expires_at")
 
 _json = msgspec.json.Encoder()
+
+# What must not reach a terminal raw: C0 controls and DEL (a newline breaks
+# a table row, ESC starts a sequence that can clear or recolour the screen),
+# C1 controls (U+0080-U+009F; CSI and OSC among them) and the bidi and
+# format marks that reorder what follows them (U+202E shows "txt.exe" as
+# "exe.txt"). And backslash, written as two: then every backslash in the
+# output starts an escape, and no value can pass for an escaped one.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+          "\f": "\\f", "\r": "\\r", "\\": "\\\\"}
+
+
+def _escaped(m: re.Match[str]) -> str:
+    ch = m.group()
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` safe to print to a terminal, C-style as systemctl and ls do
+    (``\\n``, ``\\t``, ``\\x1b``, ``\\u202e``, ``\\\\``): for every human
+    field that shows what a session holds. ``--json`` needs none of it."""
+    # Nearly every string is printable: one pass in C decides.
+    if text.isprintable():
+        return text if "\\" not in text else text.replace("\\", "\\\\")
+    return _UNSAFE.sub(_escaped, text)
+
+
+def escape_message(text: str) -> str:
+    """A message for people that may quote a value: its controls escaped as
+    ``escape`` does, so that it stays one line and cannot drive the
+    terminal, but its backslashes kept (a message quotes values with repr,
+    whose escapes are meant to be read as such)."""
+    if text.isprintable():
+        return text
+    return _UNSAFE.sub(lambda m: m.group() if m.group() == "\\" else _escaped(m), text)
 
 
 def session_dict(s: Session) -> dict[str, Any]:
@@ -62,10 +102,11 @@ def time_left(s: Session, now: int) -> str:
 
 
 def fields(rows: Iterable[tuple[str, Any]]) -> str:
-    """``key   value`` lines with the values aligned."""
-    rows = list(rows)
-    width = max((len(k) for k, _ in rows), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    """``key   value`` lines with the values aligned, both escaped (so a
+    caller passes them raw, and escaping happens once)."""
+    shown = [(escape(str(k)), escape(str(v))) for k, v in rows]
+    width = max((len(k) for k, _ in shown), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in shown)
 
 
 def meta_text(value: Any) -> str:
@@ -90,11 +131,10 @@ def session_fields(s: Session, now: int) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = [header, *rows]
+    """Aligned columns, every cell escaped (a newline in a value must not
+    start a row of its own)."""
+    lines = [[escape(cell) for cell in line] for line in (header, *rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )

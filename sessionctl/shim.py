@@ -1,13 +1,14 @@
 """The legacy ``session`` command line, served by sessiond.
 
 ``scripts/script.sh`` execs this module. It keeps every command, flag, JSON
-shape and exit status of the legacy tool (COMPAT.md), so that scripts written
-against it keep working, while the daemon does the work.
+shape and exit status of the legacy tool (docs/legacy.md), so that scripts
+written against it keep working, while the daemon does the work.
 
 Exit status: 0 done; 1 for everything else, as the legacy tool did (scripts
 written against it test for non-zero):
 
-* an unknown session: stdout ``{"ok": false, "error": "Session ID not found"}``;
+* an unknown session: stdout ``{"ok": false, "error": "Session ID not found"}``,
+  ID being the id asked for, verbatim;
 * ``set`` on an expired session: stdout ``{"ok": false, "error": ...}``;
 * bad usage, bad input, a refused setting, an unreachable daemon: stderr
   ``{"error": "..."}``, and nothing changes.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from sessionctl.client import Client
     from sessiond.model import Session
 
-NOT_FOUND = "Session ID not found"
+NOT_FOUND = "Session {} not found"
 HELP = """\
 session - manage session state and lifecycle (served by sessiond)
 
@@ -75,6 +76,23 @@ class Usage(Exception):
 
 class Refused(Exception):
     """The session cannot do that: ``{"ok": false, "error": ...}`` on stdout, exit 1."""
+
+
+class About:
+    """A command on one session: the daemon's "not found" becomes the
+    legacy refusal naming the id that was asked for, verbatim."""
+
+    __slots__ = ("sid",)
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and issubclass(kind, SessionNotFound):
+            raise Refused(NOT_FOUND.format(self.sid)) from None
 
 
 # -- output --------------------------------------------------------------
@@ -196,11 +214,15 @@ def parse_meta(values: list[str]) -> dict[str, str]:
 
 
 def connect() -> Client:
-    from sessionctl.client import Client
+    from sessionctl.client import NO_AUTOSTART_ENV, Client
 
-    # The same rule as ``sessionctl``: autostart unless told not to.
-    no_autostart = os.environ.get("SESSIONCTL_NO_AUTOSTART", "") not in ("", "0")
-    return Client(autostart=not no_autostart)
+    class ShimClient(Client):
+        # The shim has no flag of its own: only the environment turns
+        # autostart off (Client reads it, for sessionctl and the shim alike).
+        def _autostart_advice(self, off_by: str) -> str:
+            return f"let script.sh start it (unset {NO_AUTOSTART_ENV})"
+
+    return ShimClient()
 
 
 def c_create(argv: Sequence[str]) -> int:
@@ -217,7 +239,7 @@ def c_create(argv: Sequence[str]) -> int:
 
 def c_get(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("get", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         return show(c.get(sid))
 
 
@@ -226,7 +248,7 @@ def c_set(argv: Sequence[str]) -> int:
     sid = session_id(args)
     if len(args) < 3:
         raise Usage("Usage: set SESSION_ID KEY VALUE")
-    with connect() as c:
+    with connect() as c, About(sid):
         try:
             return show(c.set(sid, args[1], args[2]))
         except SessionExpired:
@@ -242,7 +264,7 @@ def c_set(argv: Sequence[str]) -> int:
 
 def c_delete(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("delete", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         one_line({"ok": True, "deleted": c.delete(sid)})
     return 0
 
@@ -265,7 +287,7 @@ def c_list(argv: Sequence[str]) -> int:
 
 def c_expire(argv: Sequence[str]) -> int:
     sid = session_id(only_positional("expire", argv, 1))
-    with connect() as c:
+    with connect() as c, About(sid):
         return show(c.expire(sid))
 
 
@@ -274,7 +296,7 @@ def c_refresh(argv: Sequence[str]) -> int:
     sid = session_id(args)
     ttl_text = last(found, "--ttl")
     ttl = None if ttl_text is None else whole_number("--ttl", ttl_text, MAX_TTL)
-    with connect() as c:
+    with connect() as c, About(sid):
         if ttl is None:
             # Legacy refresh reset ttl to default_ttl, not to the session's own.
             ttl = int(c.config("default_ttl")["default_ttl"])
@@ -338,31 +360,25 @@ def c_export(argv: Sequence[str]) -> int:
         if output is None:
             _write_export(c, fmt, sys.stdout)
             return 0
-        # A temp file beside the target, renamed into place: an interrupted
-        # export never leaves a half-written file under the requested name.
-        directory, name = os.path.split(output)
-        tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        # Written atomically (sessiond.diskio): an interrupted export never
+        # leaves a half-written file under the requested name, and the temp
+        # file is a fresh 0600 one, so nobody else can have made it first
+        # (the legacy tool's predictable temp name let another user who
+        # pre-created it own and read the export).
+        import io
+
+        from sessiond.diskio import AtomicFile
+
         try:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                count = _write_export(c, fmt, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, output)
+            with AtomicFile(output) as target:
+                text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
+                count = _write_export(c, fmt, text)
+                text.flush()
+                text.detach()  # the binary file stays open for the commit
         except OSError as exc:
-            _discard(tmp)
             raise Usage(f"cannot write {output}: {exc.strerror}") from None
-        except BaseException:
-            _discard(tmp)
-            raise
     one_line({"ok": True, "exported": count, "file": output})
     return 0
-
-
-def _discard(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def c_cleanup(argv: Sequence[str]) -> int:
@@ -370,10 +386,11 @@ def c_cleanup(argv: Sequence[str]) -> int:
     before_text = last(found, "--before")
     before = None
     if before_text is not None:
-        from sessiond.model import parse_time
+        from sessiond.model import now_us
+        from sessiond.timeparse import parse_legacy_before
 
         try:
-            before = parse_time(before_text)
+            before = parse_legacy_before(before_text, now_us())
         except ValueError as exc:
             # The legacy tool took an unparsable --before as "now".
             raise Usage(f"--before: {exc}") from None
@@ -449,9 +466,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error(str(exc))
     except Refused as exc:
         one_line({"ok": False, "error": str(exc)})
-        return 1
-    except SessionNotFound:
-        one_line({"ok": False, "error": NOT_FOUND})
         return 1
     except SessionError as exc:  # DaemonUnavailable included
         return error(str(exc))

@@ -8,7 +8,6 @@ written, so a bad value changes nothing.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -118,23 +117,14 @@ def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:
 
 
 def save(path: Path, settings: Settings) -> None:
-    """Write atomically: temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write atomically (``sessiond.diskio``); raises ``ConfigError``."""
+    # Imported here: ``sessionctl config`` reads this module, and needs no
+    # tempfile to do it.
+    from sessiond.diskio import atomic_write
+
     data = msgspec.json.format(msgspec.json.encode(settings), indent=2) + b"\n"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write config {path}: {exc.strerror}") from exc

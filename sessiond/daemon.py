@@ -25,7 +25,7 @@ import anyio.abc
 
 from sessiond import __version__, config, paths, snapshot, systemd
 from sessiond.dispatch import journal_lines
-from sessiond.errors import SessionError
+from sessiond.errors import JournalError, SessionError
 from sessiond.journal import POLICIES, Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
 from sessiond.model import now_us
@@ -380,7 +380,28 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
             log.info("SIGHUP: reloaded %s", where.config)
 
 
+def _nothing_there(where: paths.Paths, doing: str) -> SessionError | None:
+    """Why ``--check`` or ``--repair`` has nothing to work on, if it has
+    not: a data dir or a journal that does not exist is not a healthy
+    journal, and is most likely a mistyped path."""
+    if not where.data_dir.is_dir():
+        what = "no such directory" if not where.data_dir.exists() else "not a directory"
+        return JournalError(
+            f"no data dir at {where.data_dir} ({what}): nothing to {doing}; give the data "
+            f"dir of the daemon you mean with --data-dir or SESSIOND_DATA_DIR"
+        )
+    if not where.journal.exists():
+        return JournalError(
+            f"no journal at {where.journal}: nothing to {doing} (a daemon that ran with "
+            f"this data dir would have left one)"
+        )
+    return None
+
+
 def check(where: paths.Paths) -> int:
+    missing = _nothing_there(where, "check")
+    if missing is not None:
+        raise missing
     store = Store()
     report = scan(where.journal, stop_on_damage=False, load=loader(store))
     print(f"{where.journal}: {report.records} readable lines")
@@ -418,6 +439,9 @@ def _ignore(_: object) -> None:
 
 
 def do_repair(where: paths.Paths) -> int:
+    missing = _nothing_there(where, "repair")
+    if missing is not None:
+        raise missing
     lock_fd = take_lock(where.lock)
     try:
         stale = snapshot.snapshot_path(where.journal)

@@ -139,47 +139,6 @@ def iso(us: int) -> str:
     )
 
 
-def parse_time(text: str) -> int:
-    """ISO 8601 (``Z``, an offset, or none meaning UTC; date only is
-    midnight) or a Unix timestamp in seconds, to microseconds.
-
-    Raises ``ValueError`` with a message for people.
-    """
-    from datetime import datetime, timezone  # only the paths that parse pay for it
-
-    raw = text.strip()
-    if not raw:
-        raise ValueError("empty timestamp")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        # float() also accepts "nan" and "1e400": neither is a moment.
-        if not 0 <= seconds <= TIME_MAX / US:
-            raise ValueError(
-                f"timestamp {text!r} is out of range (Unix seconds from 0 to "
-                f"{TIME_MAX // US}, or ISO 8601)"
-            )
-        return round(seconds * US)
-    candidate = raw[:-1] + "+00:00" if raw[-1] in "Zz" else raw
-    try:
-        dt = datetime.fromisoformat(candidate)
-    except ValueError:
-        raise ValueError(
-            f"unparsable timestamp {text!r} (expected ISO 8601 such as "
-            "2026-11-24T09:13:42Z, or Unix seconds)"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
-    delta = dt - epoch
-    us = (delta.days * 86400 + delta.seconds) * US + delta.microseconds
-    if not 0 <= us <= TIME_MAX:
-        raise ValueError(f"timestamp {text!r} is before 1970 or after 9999")
-    return us
-
-
 def format_duration(seconds: float) -> str:
     """``1d 2h``, ``59m 58s``, ``12s``: two units at most, for people."""
     s = int(abs(seconds))

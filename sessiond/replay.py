@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sessiond import snapshot
+from sessiond.diskio import atomic_write
 from sessiond.errors import JournalError
 from sessiond.failpoints import fsync_dir, write_all
 from sessiond.model import Record, Session
@@ -288,7 +289,7 @@ def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     report = scan(path, stop_on_damage=False, keep=kept.append, load=load)
     data = path.read_bytes()
     backup = _backup_name(path)
-    _write_file(backup, data, exclusive=True)
+    _write_new(backup, data)
     fsync_dir(path.parent)
     dropped = list(report.damaged)
     if report.torn_bytes:
@@ -303,10 +304,8 @@ def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     clean = b"".join(kept)
     if clean and not clean.endswith(b"\n"):
         clean += b"\n"
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    _write_file(tmp, clean)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    # Named so that ``remove_leftovers`` sweeps it if the repair is cut short.
+    atomic_write(path, clean, prefix=path.name + ".", suffix=TMP_SUFFIX)
     return backup, dropped
 
 
@@ -322,9 +321,10 @@ def _backup_name(path: Path) -> Path:
     return candidate
 
 
-def _write_file(path: Path, data: bytes, exclusive: bool = False) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a file that must not exist yet (O_EXCL): a backup never
+    replaces anything, so it gets no temp file and rename."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         write_all(fd, data)
         os.fsync(fd)

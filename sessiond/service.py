@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -100,18 +99,11 @@ def render_service(text: str, executable: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` atomically, so the manager never reads half a unit."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Replace ``path`` atomically, so the manager never reads half a unit.
+    0644 as systemctl writes units: they hold nothing private."""
+    from sessiond.diskio import atomic_write  # not on sessionctl's autostart path
+
+    atomic_write(path, text.encode("utf-8"), mode=0o644)
 
 
 def systemctl(*args: str) -> str | None:

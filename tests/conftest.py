@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from sessionctl import Client
+from sessionctl.client import NO_AUTOSTART_ENV
 from sessiond.errors import DaemonUnavailable
 from sessiond.model import Session
 
@@ -27,6 +28,21 @@ BIN = Path(sys.executable).parent
 SESSIOND = str(BIN / "sessiond")
 SESSIONCTL = str(BIN / "sessionctl")
 START_TIMEOUT = 15.0
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_autostart_in_this_process() -> Iterator[None]:
+    """``Client()`` starts a daemon when none answers, and tests make
+    clients for daemons that are stopped on purpose: without this, each
+    would start a real daemon on the developer's own socket and data dir.
+    The autostart tests turn it back on, with every path in a temp dir."""
+    before = os.environ.get(NO_AUTOSTART_ENV)
+    os.environ[NO_AUTOSTART_ENV] = "1"
+    yield
+    if before is None:
+        del os.environ[NO_AUTOSTART_ENV]
+    else:
+        os.environ[NO_AUTOSTART_ENV] = before
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import TIME_MAX, Record, Session, iso, parse_time
+from sessiond.model import TIME_MAX, Record, Session, iso
 from sessiond.records import (
     LineError,
     decode_line,
@@ -28,6 +28,7 @@ from sessiond.records import (
     read_line,
 )
 from sessiond.store import Store
+from sessiond.timeparse import parse_iso as parse_time
 
 GOLDEN = Path(__file__).parent / "golden"
 

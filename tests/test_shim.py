@@ -1,5 +1,5 @@
 """``scripts/script.sh``: the legacy tool's commands, flags, JSON shapes,
-error shapes and exit statuses (COMPAT.md), served by a real daemon.
+error shapes and exit statuses (docs/legacy.md), served by a real daemon.
 
 Every call runs the script with bash, by absolute path, from a directory
 that is not the repository, exactly as a legacy user's script would.
@@ -81,7 +81,10 @@ def legacy_error(result: subprocess.CompletedProcess[str], message: str | None =
 
 
 def not_found(result: subprocess.CompletedProcess[str]) -> None:
-    assert one_line(result, status=1) == {"ok": False, "error": "Session ID not found"}
+    """The legacy refusal, naming the id the command asked for, verbatim
+    (the argument after the command: ``script.sh get ID``)."""
+    asked = result.args[3]
+    assert one_line(result, status=1) == {"ok": False, "error": f"Session {asked} not found"}
 
 
 def us(text: str) -> int:
@@ -389,6 +392,19 @@ def test_help_version_and_an_unknown_command(daemon: Daemon) -> None:
     assert list(version) == ["tool", "version"] and version["tool"] == "session"
     assert isinstance(version["version"], str) and version["version"]
     legacy_error(shim(daemon, "frobnicate"), "Unknown command: frobnicate. Run 'help' for usage.")
+
+
+@pytest.mark.parametrize("args", [
+    ("get",), ("set", "k", "v"), ("delete",), ("expire",), ("refresh",), ("refresh", "--ttl", "60"),
+], ids=" ".join)
+def test_an_unknown_session_is_refused_naming_the_id_asked_for(
+    daemon: Daemon, args: tuple[str, ...]
+) -> None:
+    make(daemon)  # another session: the refusal is about the one asked for
+    result = shim(daemon, args[0], "deadbeef0000", *args[1:])
+    assert result.returncode == 1 and result.stderr == ""
+    assert result.stdout == '{"ok": false, "error": "Session deadbeef0000 not found"}\n'
+    assert count_sessions(daemon) == 1
 
 
 # -- finding Python and the daemon -----------------------------------------

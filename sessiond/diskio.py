@@ -1,0 +1,148 @@
+"""Writing a whole file atomically: the one way the project replaces a file.
+
+A reader of the target sees the old file or the whole new one, never a part,
+and after a crash the target is one or the other. The new bytes go to a temp
+file that ``mkstemp`` creates in the target's directory: a fresh, unguessable
+name, created with O_EXCL and mode 0600, so nobody else can have made it
+first (a file or a symlink planted under a predictable name would otherwise
+receive what we write, and keep its owner and mode through the rename). It
+is fsynced, renamed over the target, and the directory is fsynced so that
+the rename itself survives a crash.
+
+Errors are ``OSError`` naming the target (not the temp file, which is
+removed): callers translate them into their own messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from sessiond.failpoints import fsync_dir, write_all
+
+PRIVATE = 0o600
+
+
+class AtomicFile:
+    """A temp file beside ``path``, renamed over it by ``commit``.
+
+    For writers that open before they know what they will write (the
+    export opens its target before it reaches the daemon, so that a bad
+    path is refused first): ``file`` takes the bytes, ``commit`` puts them
+    in place, ``discard`` throws them away. As a context manager it commits
+    on success and discards on any exception.
+
+    ``mode`` is set before the rename, so the file never appears under its
+    name with another. ``prefix`` and ``suffix`` shape the temp name (for a
+    caller that sweeps leftovers of an interrupted write by name)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mode: int = PRIVATE,
+        prefix: str | None = None,
+        suffix: str = ".tmp",
+    ) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        directory = self.path.parent
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}." if prefix is None else prefix,
+                suffix=suffix,
+                dir=directory,
+            )
+        except OSError as exc:
+            raise _about(exc, self.path) from exc
+        self.tmp = Path(tmp)
+        self.file: BinaryIO = os.fdopen(fd, "wb")
+        self._done = False
+
+    def commit(self) -> None:
+        """Flush, fsync, rename over the target, fsync the directory.
+        Raises ``OSError`` naming the target (and removes the temp file)."""
+        if self._done:
+            raise ValueError(f"{self.path} was already committed or discarded")
+        try:
+            self.file.flush()
+            if self.mode != PRIVATE:
+                os.fchmod(self.file.fileno(), self.mode)
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise _about(exc, self.path) from exc
+        self._done = True
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            # The new file is in place; only its durability is in doubt.
+            raise _about(exc, self.path.parent) from exc
+
+    def discard(self) -> None:
+        """Remove the temp file, unless the write was committed."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self.file.close()
+        except OSError:
+            pass  # what it failed to flush is being thrown away anyway
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if t is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+@contextmanager
+def atomic_file(
+    path: str | os.PathLike[str],
+    *,
+    mode: int = PRIVATE,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+) -> Iterator[BinaryIO]:
+    """``with atomic_file(path) as f: f.write(...)``: ``path`` holds what was
+    written once the block ends, and is untouched if it raises. Raises
+    ``OSError`` naming ``path``."""
+    with AtomicFile(path, mode=mode, prefix=prefix, suffix=suffix) as out:
+        yield out.file
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = PRIVATE,
+    prefix: str | None = None,
+    suffix: str = ".tmp",
+) -> None:
+    """Replace ``path`` with ``data`` atomically. Raises ``OSError`` naming
+    ``path``."""
+    with AtomicFile(path, mode=mode, prefix=prefix, suffix=suffix) as out:
+        try:
+            write_all(out.file.fileno(), data)
+        except OSError as exc:
+            raise _about(exc, out.path) from exc
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path``: the temp file's name means nothing to anyone."""
+    if exc.filename == os.fspath(path):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
