@@ -16,6 +16,7 @@ Python loop per record.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
@@ -114,15 +115,39 @@ def check_ttl(ttl: object) -> int:
     return ttl
 
 
-def check_user(user: object) -> None:
-    """``None`` means the default user; anything else must be a name."""
+# C0 controls and DEL: in a name they break the lines and tables it is shown
+# in, or drive the terminal that shows it. Other characters are names'.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def check_user(user: object, new: bool = True) -> None:
+    """``None`` means the default user; anything else must be a name (and a
+    ``new`` one, that a client gives, without control characters: data
+    that entered before that rule still loads)."""
     if user is not None and (not isinstance(user, str) or not 1 <= len(user) <= USER_MAX):
         raise InvalidRequest(f"user must be 1 to {USER_MAX} characters")
+    if new and user is not None:
+        _no_controls("user", user)
 
 
-def check_key(key: object) -> None:
+def check_key(key: object, new: bool = True) -> None:
+    """A meta key (``new`` as for ``check_user``)."""
     if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
         raise InvalidRequest(f"meta keys must be 1 to {KEY_MAX} characters")
+    if new:
+        _no_controls("meta key", key)
+
+
+def _no_controls(what: str, name: str) -> None:
+    # isprintable() is false for every control character, and fast: the
+    # search runs only for the few names it does not clear.
+    if not name.isprintable():
+        found = _CONTROL.search(name)
+        if found is not None:
+            raise InvalidRequest(
+                f"{what} {name!r} holds the control character U+{ord(found.group()):04X}; "
+                f"names may not hold U+0000 to U+001F or U+007F"
+            )
 
 
 def check_meta_value(value: Any, depth: int = 0) -> None:
@@ -152,10 +177,11 @@ def check_meta_value(value: Any, depth: int = 0) -> None:
     raise InvalidRequest(f"meta values must be JSON values, not {type(value).__name__}")
 
 
-def check_meta(meta: dict[str, Any]) -> bytes:
-    """The meta's JSON text, once it is found acceptable."""
+def check_meta(meta: dict[str, Any], new: bool = True) -> bytes:
+    """The meta's JSON text, once it is found acceptable (``new`` as for
+    ``check_user``)."""
     for key, value in meta.items():
-        check_key(key)
+        check_key(key, new)
         check_meta_value(value, 1)
     return _sized(meta)
 
@@ -376,6 +402,8 @@ class Store:
     def unset(
         self, now: int, sid: str, key: str, expect_version: int | None = None
     ) -> tuple[Record, list[Change]]:
+        # The key is not checked as a new one: unset is how a key that
+        # entered before the rules refused it goes away.
         record = self._writable(now, sid, expect_version)
         meta = record.meta
         if key not in meta:
@@ -515,11 +543,11 @@ class Store:
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {rec.status!r}")
-        check_user(rec.user or None)
+        check_user(rec.user or None, new=False)
         check_ttl(rec.ttl)
         if not isinstance(rec.meta, dict):
             raise InvalidRequest(f"meta must be an object, not {type(rec.meta).__name__}")
-        meta_json = check_meta(rec.meta)
+        meta_json = check_meta(rec.meta, new=False)
         if rec.version < 1:
             raise InvalidRequest(f"version must be at least 1, not {rec.version}")
         for name in ("created_at", "last_access", "expires_at", "expired_at"):
