@@ -168,21 +168,25 @@ def h_export(c: Client, args: Args) -> int:
 def h_import(c: Client, args: Args) -> int:
     loaded = args.loaded
     result = c.import_sessions(loaded.sessions)
+    # Records no request could carry are skipped here, as the daemon skips
+    # those its rules refuse.
+    skipped = result.skipped + len(loaded.refused)
+    reasons = loaded.refused + result.reasons
     data = {
         "imported": result.imported,
         "updated": result.updated,
-        "skipped": result.skipped,
+        "skipped": skipped,
         "unreadable": len(loaded.problems),
-        "reasons": result.reasons,
+        "reasons": reasons,
         "problems": loaded.problems,
     }
 
     def human() -> str:
         lines = [
-            f"imported {result.imported}, updated {result.updated}, skipped {result.skipped}, "
+            f"imported {result.imported}, updated {result.updated}, skipped {skipped}, "
             f"unreadable {len(loaded.problems)} ({loaded.format} from {args.file})"
         ]
-        lines += [f"  skipped {r}" for r in result.reasons]
+        lines += [f"  skipped {r}" for r in reasons]
         lines += [f"  unreadable: {p}" for p in loaded.problems]
         return "\n".join(lines)
 

@@ -206,13 +206,14 @@ def migrate_legacy(
                   exc.strerror, legacy_file)
         return settings, [], None
     result, changes = store.import_sessions(now_us(), loaded.sessions)
-    for problem in loaded.problems + result.reasons:
+    for problem in loaded.problems + loaded.refused + result.reasons:
         log.warning("legacy import: %s", problem)
     settings = _migrate_default_ttl(store, settings, cfg_path, source)
     log.info(
         "imported %d sessions from legacy %s (%d skipped, %d unreadable lines, "
         "reported above); the legacy files are left untouched",
-        result.imported, legacy_file, result.skipped, len(loaded.problems),
+        result.imported, legacy_file, result.skipped + len(loaded.refused),
+        len(loaded.problems),
     )
     return settings, changes, legacy_file
 

@@ -32,6 +32,12 @@ USER_MAX: Final = 256
 META_MAX_BYTES: Final = 64 * 1024
 MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
 TIME_MAX: Final = 253402300799999999  # 9999-12-31T23:59:59.999999Z, as far as iso() can go
+# Versions are counted in a signed 64-bit integer, as every client and the
+# wire (msgpack) can hold it: a record that enters with a version outside
+# 1..MAX_VERSION is refused, and one that reaches it is changed no more by
+# clients (its expiry keeps the version: see ``sessiond.store``).
+MAX_VERSION: Final = 2**63 - 1
+
 
 
 class Session(msgspec.Struct, kw_only=True, gc=False):

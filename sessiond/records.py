@@ -43,6 +43,7 @@ from sessiond.model import (
     EMPTY_META,
     EXPIRED,
     MAX_TTL,
+    MAX_VERSION,
     META_MAX_BYTES,
     US,
     USER_MAX,
@@ -126,7 +127,9 @@ class _OwnPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True, gc=
     last_access: _Stamp
     expires_at: _Stamp
     expired_at: _Stamp | None = None
-    version: Annotated[int, msgspec.Meta(ge=1)]
+    # Bounded as the rules bound it: a line outside goes to the lenient
+    # reader, and the store refuses it by name.
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
     crc: _Crc
 
 
@@ -359,6 +362,8 @@ def decode_line(raw: bytes) -> Session | str:
         raise LineError(f"not a valid record: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise LineError(f"not valid JSON: {exc}", complete=False) from exc
+    except RecursionError as exc:
+        raise LineError("not a valid record: nested too deeply") from exc
     if rec.crc is not None:
         body = line[:-_CRC_TAIL] + b"}"
         if len(line) <= _CRC_TAIL or f"{zlib.crc32(body):08x}" != rec.crc:

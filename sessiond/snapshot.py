@@ -35,7 +35,7 @@ import msgspec
 
 from sessiond.errors import JournalError
 from sessiond.failpoints import describe, write_all
-from sessiond.model import EMPTY_META, Record
+from sessiond.model import EMPTY_META, MAX_VERSION, Record
 
 log = logging.getLogger("sessiond.snapshot")
 
@@ -57,6 +57,9 @@ _STAMPS = list(map(attrgetter, ("expires_at", "created_at", "last_access", "expi
 _ID, _USER, _META, _TTL, _VERSION = map(attrgetter, ("id", "user", "meta_json", "ttl", "version"))
 T = TypeVar("T")
 Index = Annotated[int, msgspec.Meta(ge=0)]
+# As the rules bound it: a snapshot with a version outside is damaged (and
+# the journal, replayed in full instead, names the line).
+Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
 
 class SnapshotUnusable(JournalError):
@@ -89,7 +92,7 @@ class Chunk(msgspec.Struct, array_like=True, gc=False):
     ttls: list[int]
     stamps: list[int]  # this chunk's timestamps: index 0 is None, 1 the first
     ids: list[str]
-    versions: list[int]
+    versions: list[Version]
     # Columns: one index for all the records, or u16 indices, one a record.
     user: Index | bytes
     meta: Index | bytes

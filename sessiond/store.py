@@ -37,6 +37,7 @@ from sessiond.model import (
     EXPIRED,
     KEY_MAX,
     MAX_TTL,
+    MAX_VERSION,
     META_MAX_BYTES,
     US,
     USER_MAX,
@@ -148,6 +149,24 @@ def _no_controls(what: str, name: str) -> None:
                 f"{what} {name!r} holds the control character U+{ord(found.group()):04X}; "
                 f"names may not hold U+0000 to U+001F or U+007F"
             )
+
+
+def _next_version(sid: str, version: int) -> int:
+    """The version of a change a client asks for; refused at the top."""
+    if version >= MAX_VERSION:
+        raise InvalidRequest(
+            f"session {sid} is at version {version}, the highest there is: it cannot be "
+            f"changed any more; delete it and create it again"
+        )
+    return version + 1
+
+
+def _bumped(version: int) -> int:
+    """The version of a change the daemon makes on its own (an expiry, a
+    lowered max_lifetime). At MAX_VERSION it stays: such a change must
+    happen anyway, and nobody can compare-and-set on what it leaves (an
+    expired session takes no set; a refresh needs its own version)."""
+    return version + 1 if version < MAX_VERSION else version
 
 
 def check_meta_value(value: Any, depth: int = 0) -> None:
@@ -277,14 +296,13 @@ class Store:
         changes: list[Change] = []
         record = self._lazy_expire(self._require(sid), now, changes)
         if touch and record.status is ACTIVE:
+            version = _next_version(sid, record.version)
             deadline = self._deadline(record, now, record.ttl)
             if deadline <= now:
                 # max_lifetime was lowered below this session's age: sliding
                 # it would move its deadline into the past.
                 return self._expire(record, now, changes), changes
-            after = _replace(
-                record, last_access=now, expires_at=deadline, version=record.version + 1
-            )
+            after = _replace(record, last_access=now, expires_at=deadline, version=version)
             self._put(sid, record, after)
             self._record(changes, Change("updated", sid, record, after))
             record = after
@@ -421,6 +439,7 @@ class Store:
             raise Conflict(
                 f"session {sid} is at version {record.version}, not {expect_version}"
             )
+        _next_version(sid, record.version)
         return record
 
     def _update(
@@ -430,7 +449,7 @@ class Store:
             record,
             meta_json=self._shared_meta(meta_json),
             last_access=now,
-            version=record.version + 1,
+            version=record.version + 1,  # below MAX_VERSION: _writable saw to it
         )
         self._put(record.id, record, after)
         return after, [Change("updated", record.id, record, after)]
@@ -445,6 +464,7 @@ class Store:
         record = self._require(sid)
         if record.status is EXPIRED:
             return record, []
+        _next_version(sid, record.version)
         changes: list[Change] = []
         return self._expire(record, now, changes), changes
 
@@ -457,6 +477,10 @@ class Store:
         ttl = check_ttl(record.ttl if ttl is None else ttl)
         if (record.status is EXPIRED or record.expires_at <= now) and not revive:
             raise SessionExpired(f"session {sid} has expired; pass revive to bring it back")
+        # Reviving a session the timer has not got to yet expires it first,
+        # a version of its own: the refresh's must still fit after it.
+        lazy = record.status is ACTIVE and record.expires_at <= now
+        _next_version(sid, _bumped(record.version) if lazy else record.version)
         deadline = self._deadline(record, now, ttl)
         if deadline <= now:
             raise SessionExpired(
@@ -548,8 +572,9 @@ class Store:
         if not isinstance(rec.meta, dict):
             raise InvalidRequest(f"meta must be an object, not {type(rec.meta).__name__}")
         meta_json = check_meta(rec.meta, new=False)
-        if rec.version < 1:
-            raise InvalidRequest(f"version must be at least 1, not {rec.version}")
+        version = rec.version
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidRequest(f"version {version} is out of range (1 to {MAX_VERSION})")
         for name in ("created_at", "last_access", "expires_at", "expired_at"):
             value = getattr(rec, name)
             # Outside years 1..9999 a time cannot be written to the journal
@@ -568,7 +593,7 @@ class Store:
             created_at=rec.created_at,
             last_access=rec.last_access,
             expired_at=expired_at,
-            version=rec.version,
+            version=version,
         )
 
     def _shared_meta(self, meta_json: bytes) -> bytes:
@@ -609,7 +634,7 @@ class Store:
         # record reads the same whether the timer, a get, or a replay after
         # downtime expired it, and retention counts from the real expiry.
         expired_at = min(now, record.expires_at)
-        after = _replace(record, expired_at=expired_at, version=record.version + 1)
+        after = _replace(record, expired_at=expired_at, version=_bumped(record.version))
         self._put(record.id, record, after)
         self._record(out, Change("expired", record.id, record, after))
         return after

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import TIME_MAX, Record, Session, iso, parse_time
+from sessiond.errors import InvalidRequest
+from sessiond.model import MAX_VERSION, TIME_MAX, Record, Session, iso, parse_time
 from sessiond.records import (
     LineError,
     decode_line,
@@ -93,6 +94,20 @@ def test_put_line_matches_the_golden_bytes() -> None:
 
 def test_put_line_of_an_expired_session_carries_expired_at() -> None:
     assert put_line(CAROL_EXPIRED) == golden("journal_put_expired.jsonl")
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION + 1, 2**64 - 1, 2**64])
+def test_a_version_out_of_range_is_left_to_the_line_reader(version: int) -> None:
+    # The store then refuses it by name, as it refuses any other line.
+    line = put_line(msgspec.structs.replace(ALICE, version=version))
+    assert read_block(line) is None
+    got = read_line(line)
+    assert isinstance(got, Session) and got.version == version
+    with pytest.raises(InvalidRequest, match="version .* is out of range"):
+        Store().load(got)
+    assert read_block(put_line(msgspec.structs.replace(ALICE, version=MAX_VERSION))) == [
+        as_the_store_takes_it(msgspec.structs.replace(ALICE, version=MAX_VERSION))
+    ]
 
 
 def test_delete_line_matches_the_golden_bytes() -> None:

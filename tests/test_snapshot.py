@@ -25,7 +25,7 @@ import pytest
 
 from sessionctl import Client
 from sessiond import snapshot
-from sessiond.model import EMPTY_META, US, Record, Session
+from sessiond.model import EMPTY_META, MAX_VERSION, US, Record, Session
 from sessiond.records import put_line, put_lines, read_block
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
@@ -255,6 +255,27 @@ def test_damage_behind_good_checksums_is_still_damage(
     with pytest.raises(SnapshotDamaged, match=reason):
         snapshot.load(journal, got.extend)
     assert not got
+
+
+def test_a_version_out_of_range_behind_good_checksums_is_damage(tmp_path: Path) -> None:
+    # A version the rules refuse must not enter by the snapshot: refused as
+    # damage, the journal (whose line says otherwise) is replayed in full.
+    journal = tmp_path / "data.jsonl"
+    write(journal, golden_chunks())
+    path = tmp_path / "data.snap"
+    data = path.read_bytes()
+    header = msgspec.msgpack.decode(data[20 : HEAD_BYTES].rstrip(b"\0"), type=snapshot.Header)
+    body = data[HEAD_BYTES:]
+    length = int.from_bytes(body[:4], "little")
+    raw = msgspec.msgpack.decode(body[4 : 4 + length])  # as plain lists: no bounds
+    for version in (MAX_VERSION + 1, 2**64 - 1, 0):
+        raw[6][0] = version
+        chunk = msgspec.msgpack.encode(raw)
+        _reseal(path, header, len(chunk).to_bytes(4, "little") + chunk + body[4 + length :])
+        got: list[Record] = []
+        with pytest.raises(SnapshotDamaged, match="chunk 1 is damaged"):
+            snapshot.load(journal, got.extend)
+        assert not got
 
 
 def test_another_format_version_is_stale_not_damage(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
-from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, US, Record, Session
+from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, MAX_VERSION, US, Record, Session
 from sessiond.records import delete_line, put_line, read_block
 from sessiond.store import (
     META_MAX_BYTES,
@@ -1048,3 +1048,38 @@ def test_equal_small_metas_and_ttls_are_held_once() -> None:
     c = make(store, meta={"big": "x" * 200})
     d = make(store, meta={"big": "x" * 200})
     assert c.meta == d.meta and c.meta_json is not d.meta_json  # large ones are not looked up
+
+
+# -- versions, import moments, lowered caps (issue 13) ---------------------------
+
+
+def test_a_change_asked_for_at_the_highest_version_is_refused_and_an_expiry_keeps_it() -> None:
+    store = Store()
+    store.import_sessions(at(0), [record("top", version=MAX_VERSION, expires_at=at(100))])
+    before = state(store)
+    for call in (lambda: store.set(at(1), "top", "k", 1), lambda: store.unset(at(1), "top", "k"),
+                 lambda: store.refresh(at(1), "top"), lambda: store.get(at(1), "top", True),
+                 lambda: store.expire(at(1), "top")):
+        with pytest.raises(InvalidRequest, match="delete it and create it again"):
+            call()
+    assert state(store) == before
+    # Past its deadline, a revive would need two versions: refused whole.
+    with pytest.raises(InvalidRequest):
+        store.refresh(at(200), "top", revive=True)
+    assert state(store) == before
+    changes = store.expire_due(at(200))
+    assert [(c.kind, c.after.version if c.after else None) for c in changes] == [
+        ("expired", MAX_VERSION)
+    ]
+    assert_consistent(store, at(200))
+
+
+def test_a_version_out_of_range_is_refused_where_records_enter() -> None:
+    store = Store()
+    result, _ = store.import_sessions(at(0), [
+        record("a", version=MAX_VERSION + 1), record("b", version=0), record("c", version=-3)
+    ])
+    assert result.skipped == 3 and all("out of range" in r for r in result.reasons)
+    with pytest.raises(InvalidRequest, match="out of range"):
+        store.load(record("d", version=2**64 - 1))
+    assert len(store) == 0
