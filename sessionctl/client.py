@@ -512,6 +512,7 @@ class Client(_Operations):
             total.imported += part.imported
             total.updated += part.updated
             total.skipped += part.skipped
+            total.already_expired += part.already_expired
             total.reasons.extend(part.reasons)
         return total
 

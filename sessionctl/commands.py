@@ -177,15 +177,21 @@ def h_import(c: Client, args: Args) -> int:
         "updated": result.updated,
         "skipped": skipped,
         "unreadable": len(loaded.problems),
+        "already_expired": result.already_expired,
         "reasons": reasons,
         "problems": loaded.problems,
     }
 
     def human() -> str:
+        expired = result.already_expired
         lines = [
             f"imported {result.imported}, updated {result.updated}, skipped {skipped}, "
             f"unreadable {len(loaded.problems)} ({loaded.format} from {args.file})"
         ]
+        if expired:
+            lines.append(
+                f"  {expired} of them already expired: kept for expired_retention from now"
+            )
         lines += [f"  skipped {r}" for r in reasons]
         lines += [f"  unreadable: {p}" for p in loaded.problems]
         return "\n".join(lines)

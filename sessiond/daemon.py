@@ -210,10 +210,11 @@ def migrate_legacy(
         log.warning("legacy import: %s", problem)
     settings = _migrate_default_ttl(store, settings, cfg_path, source)
     log.info(
-        "imported %d sessions from legacy %s (%d skipped, %d unreadable lines, "
-        "reported above); the legacy files are left untouched",
-        result.imported, legacy_file, result.skipped + len(loaded.refused),
-        len(loaded.problems),
+        "imported %d sessions from legacy %s (%d of them already expired, kept for "
+        "expired_retention from now; %d skipped, %d unreadable lines, reported above); "
+        "the legacy files are left untouched",
+        result.imported, legacy_file, result.already_expired,
+        result.skipped + len(loaded.refused), len(loaded.problems),
     )
     return settings, changes, legacy_file
 

@@ -211,6 +211,9 @@ class ImportResult(msgspec.Struct, kw_only=True):
     updated: int = 0
     skipped: int = 0
     reasons: list[str] = []
+    # Of those imported or updated, how many came in expired (or past their
+    # deadline): kept for expired_retention from the import.
+    already_expired: int = 0
 
 
 class ImportReply(Response, tag="import"):

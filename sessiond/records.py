@@ -35,7 +35,7 @@ from operator import attrgetter, countOf, eq, floordiv, is_, itemgetter, sub
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
-from msgspec.structs import astuple
+from msgspec.structs import asdict, astuple
 
 from sessiond.model import (
     ACTIVE,
@@ -47,6 +47,7 @@ from sessiond.model import (
     META_MAX_BYTES,
     US,
     USER_MAX,
+    ImportedSession,
     Record,
     Session,
     iso,
@@ -85,6 +86,9 @@ class PutLine(msgspec.Struct, tag_field="type", tag="session", kw_only=True, omi
     last_access: str
     expires_at: str
     expired_at: str | None = None
+    # Only on a record imported expired (see Record.imported_at): other
+    # lines, and every line written before it existed, are without it.
+    imported_at: str | None = None
     version: int
 
 
@@ -103,6 +107,7 @@ class _ReadPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True):
     last_access: datetime | None = None
     expires_at: datetime | None = None
     expired_at: datetime | None = None
+    imported_at: datetime | None = None
     version: int = 1
     crc: str | None = None
 
@@ -127,6 +132,7 @@ class _OwnPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True, gc=
     last_access: _Stamp
     expires_at: _Stamp
     expired_at: _Stamp | None = None
+    imported_at: _Stamp | None = None
     # Bounded as the rules bound it: a line outside goes to the lenient
     # reader, and the store refuses it by name.
     version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
@@ -165,6 +171,7 @@ _CREATED = attrgetter("created_at")
 _LAST = attrgetter("last_access")
 _EXPIRES = attrgetter("expires_at")
 _EXPIRED = attrgetter("expired_at")
+_IMPORTED = attrgetter("imported_at")
 _META_JSON = attrgetter("meta_json")
 _FIRST = itemgetter(0)
 
@@ -221,6 +228,7 @@ def to_line(session: Session | Record) -> PutLine:
     else:
         meta = msgspec.Raw(_encode(session.meta))
     expired_at = session.expired_at
+    imported_at = session.imported_at if isinstance(session, (Record, ImportedSession)) else None
     created, last = session.created_at, session.last_access
     created_text = _iso(created)
     return PutLine(
@@ -235,6 +243,7 @@ def to_line(session: Session | Record) -> PutLine:
         last_access=created_text if last == created else _format(last),
         expires_at=_iso(session.expires_at),
         expired_at=None if expired_at is None else _iso(expired_at),
+        imported_at=None if imported_at is None else _iso(imported_at),
         version=session.version,
     )
 
@@ -318,6 +327,9 @@ def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
     ``recent``: records just changed by requests, whose unchanged stamps
     were written lately (the per-stamp cache then pays; for compaction's
     many distinct stamps it only churns)."""
+    imported = list(map(_IMPORTED, records))
+    if countOf(imported, None) != len(imported):
+        return _with_imported(records, imported, recent)
     stamp = _iso if recent else _format
     flags = list(map(_EXPIRED, records))
     expired = len(flags) - countOf(flags, None)
@@ -332,6 +344,19 @@ def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
     bodies = list(bodies)
     tails = map(_CRC_FIELD, map(zlib.crc32, bodies))
     return b"".join(chain.from_iterable(zip(map(_DROP_LAST, bodies), tails, strict=True)))
+
+
+def _with_imported(
+    records: Sequence[Record], imported: list[int | None], recent: bool
+) -> bytes:
+    """``put_lines`` where some records carry ``imported_at`` (rare: after an
+    import of expired sessions): theirs one at a time, the rest in bulk."""
+    rest = put_lines([r for r, at in zip(records, imported, strict=True) if at is None], recent)
+    others = iter(rest.splitlines(keepends=True))  # JSON text holds no raw newline
+    return b"".join([
+        next(others) if at is None else put_line(r)
+        for r, at in zip(records, imported, strict=True)
+    ])
 
 
 def delete_line(sid: str) -> bytes:
@@ -373,7 +398,7 @@ def decode_line(raw: bytes) -> Session | str:
     created = _us(rec.created_at)
     last = created if rec.last_access is None else _us(rec.last_access)
     expires = last + rec.ttl * 1_000_000 if rec.expires_at is None else _us(rec.expires_at)
-    return Session(
+    session = Session(
         id=rec.id,
         user=rec.user,
         status=rec.status,
@@ -385,6 +410,9 @@ def decode_line(raw: bytes) -> Session | str:
         expired_at=None if rec.expired_at is None else _us(rec.expired_at),
         version=rec.version,
     )
+    if rec.imported_at is not None:
+        return ImportedSession(**asdict(session), imported_at=_us(rec.imported_at))
+    return session
 
 
 # In a timestamp of the written form, the characters that are not digits.
@@ -458,13 +486,15 @@ def read_block(block: bytes) -> list[Record | str] | None:
     if not all(map(isinstance, items, repeat(_OwnPut))):
         if not _checksums_match(pieces, list(map(_CRC_OF, items))):
             return None
-        return _with_deletes(items)
+        return _one_by_one(items)
     # The fields as columns, in _OwnPut's order.
-    ids, users, statuses, ttls, raws, created, last, expires, expired, versions, crcs = zip(
-        *map(astuple, items), strict=True
+    ids, users, statuses, ttls, raws, created, last, expires, expired, imported, versions, crcs = (
+        zip(*map(astuple, items), strict=True)
     )
     if not _checksums_match(pieces, crcs):
         return None
+    if countOf(imported, None) != len(imported):
+        return _one_by_one(items)
     # Copies (a Raw pins the whole batch), one object for equal ones; each
     # must be an object, of the size the rules allow.
     if countOf(raws, raws[0]) == len(raws):
@@ -526,8 +556,9 @@ def _stamp_columns(columns: Sequence[Sequence[str | None]]) -> list[Iterable[int
     ]
 
 
-def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | None:
-    """``read_block`` for a batch with deletes in it (rare once compacted)."""
+def _one_by_one(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | None:
+    """``read_block`` for a batch with deletes in it, or records imported
+    expired (both rare once compacted)."""
     out: list[Record | str] = []
     for p in items:
         if isinstance(p, _OwnDelete):
@@ -537,8 +568,10 @@ def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | Non
         if meta[:1] != b"{" or len(meta) > META_MAX_BYTES:
             return None
         expired = None if p.status == ACTIVE else p.expired_at or p.expires_at
+        texts = {p.expires_at, p.created_at, p.last_access, expired or p.expires_at,
+                 p.imported_at or p.expires_at}
         try:
-            at = _stamps(list({p.expires_at, p.created_at, p.last_access, expired or p.expires_at}))
+            at = _stamps(list(texts))
         except ValueError:
             return None
         out.append(Record(
@@ -551,6 +584,7 @@ def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | Non
             at[p.last_access],
             None if expired is None else at[expired],
             p.version,
+            None if p.imported_at is None else at[p.imported_at],
         ))
     return out
 

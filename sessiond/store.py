@@ -41,6 +41,7 @@ from sessiond.model import (
     META_MAX_BYTES,
     US,
     USER_MAX,
+    ImportedSession,
     Record,
     Session,
     new_id,
@@ -497,6 +498,8 @@ class Store:
             last_access=now,
             expires_at=deadline,
             expired_at=None,
+            # Its retention will count from its next expiry, which is later.
+            imported_at=None,
             version=record.version + 1,
         )
         self._put(sid, record, after)
@@ -536,7 +539,12 @@ class Store:
     ) -> tuple[ImportResult, list[Change]]:
         """Merge records from elsewhere: new ids are imported, a record with
         a higher version (or the same version and a later ``last_access``)
-        replaces ours, anything else is skipped with its reason."""
+        replaces ours, anything else is skipped with its reason.
+
+        One that comes in expired, or past its deadline, is kept for
+        ``expired_retention`` from now (``Record.imported_at``) however long
+        ago it expired: an import must not purge at once what it reports as
+        imported."""
         result = ImportResult(reasons=[])
         changes: list[Change] = []
         for session in sessions:
@@ -546,6 +554,9 @@ class Store:
                 result.skipped += 1
                 result.reasons.append(f"{session.id}: {exc}")
                 continue
+            late = rec.expired_at is not None or rec.expires_at <= now
+            if late:
+                rec = _replace(rec, imported_at=now)
             current = self.peek(rec.id)
             if current is None:
                 self._put(rec.id, None, rec)
@@ -558,11 +569,16 @@ class Store:
             else:
                 result.skipped += 1
                 result.reasons.append(f"{rec.id}: already present and not newer")
+                continue
+            result.already_expired += late
         return result, changes
 
     def _normalise(self, rec: Session) -> Record:
-        """A record from a file or another daemon, checked as ``create``
-        checks, with ``expired_at`` filled in."""
+        """A record that enters from a file, another daemon or a journal
+        line not in the daemon's own form: the one check of the rules for
+        records that enter, as ``create`` checks (but names written before
+        control characters were refused still load), with ``expired_at``
+        filled in."""
         if not valid_id(rec.id):
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
@@ -575,8 +591,12 @@ class Store:
         version = rec.version
         if not 1 <= version <= MAX_VERSION:
             raise InvalidRequest(f"version {version} is out of range (1 to {MAX_VERSION})")
-        for name in ("created_at", "last_access", "expires_at", "expired_at"):
-            value = getattr(rec, name)
+        imported_at = rec.imported_at if isinstance(rec, ImportedSession) else None
+        for name, value in (
+            ("created_at", rec.created_at), ("last_access", rec.last_access),
+            ("expires_at", rec.expires_at), ("expired_at", rec.expired_at),
+            ("imported_at", imported_at),
+        ):
             # Outside years 1..9999 a time cannot be written to the journal
             # in a form that reads back, so accepting it would brick replay.
             if value is not None and not TIME_MIN <= value <= TIME_MAX:
@@ -594,6 +614,7 @@ class Store:
             last_access=rec.last_access,
             expired_at=expired_at,
             version=version,
+            imported_at=imported_at,
         )
 
     def _shared_meta(self, meta_json: bytes) -> bytes:
@@ -902,4 +923,9 @@ class Store:
 
 
 def _purge_key(record: Record) -> int:
-    return record.expires_at if record.expired_at is None else record.expired_at
+    """When a record's retention starts: its expiry, or its import if that
+    was later (an import keeps what it brought in for a whole retention)."""
+    if record.expired_at is None:
+        return record.expires_at
+    imported = record.imported_at
+    return record.expired_at if imported is None or imported < record.expired_at else imported

@@ -278,6 +278,34 @@ def test_a_version_out_of_range_behind_good_checksums_is_damage(tmp_path: Path) 
         assert not got
 
 
+def test_a_format_1_snapshot_still_loads(tmp_path: Path) -> None:
+    # Written before the imported_at column: none of its records had one.
+    journal = tmp_path / "data.jsonl"
+    journal.write_bytes(b"".join(put_line(s) for s in GOLDEN_SESSIONS))
+    old = GOLDEN.with_name("snapshot_v1.snap").read_bytes()
+    assert struct.unpack_from("<I", old, 8) == (1,)
+    (tmp_path / "data.snap").write_bytes(old)
+    base, got = loaded(journal)
+    assert base is not None and base.count == 12
+    assert got == journal_records(journal.read_bytes())
+    assert all(r.imported_at is None for r in got)
+
+
+def test_records_imported_expired_keep_their_import_moment(tmp_path: Path) -> None:
+    journal = tmp_path / "data.jsonl"
+    made = journal_records(b"".join(put_line(session(i)) for i in range(40)))
+    made = [
+        msgspec.structs.replace(r, imported_at=BASE + i * US) if r.expired_at else r
+        for i, r in enumerate(made)
+    ]
+    data = write(journal, [made[:25], made[25:]])
+    assert data.count(b'"imported_at"') == 8
+    base, got = loaded(journal)
+    assert base is not None and got == made
+    items = read_block(data)
+    assert items == made  # the journal's lines say the same
+
+
 def test_another_format_version_is_stale_not_damage(tmp_path: Path) -> None:
     journal = tmp_path / "data.jsonl"
     write(journal, golden_chunks())

@@ -1083,3 +1083,29 @@ def test_a_version_out_of_range_is_refused_where_records_enter() -> None:
     with pytest.raises(InvalidRequest, match="out of range"):
         store.load(record("d", version=2**64 - 1))
     assert len(store) == 0
+
+
+def test_an_import_keeps_what_came_in_expired_for_a_retention_from_the_import() -> None:
+    store = Store(Rules(expired_retention=100))
+    result, changes = store.import_sessions(at(10_000), [
+        record("gone", status="expired", expires_at=at(100), expired_at=at(100)),
+        record("overdue", expires_at=at(200)),
+        record("live", expires_at=at(20_000)),
+    ])
+    assert (result.imported, result.already_expired) == (3, 2)
+    assert {c.sid: c.after.imported_at for c in changes if c.after} == {
+        "gone": at(10_000), "overdue": at(10_000), "live": None
+    }
+    assert store.purge_due(at(10_099)) == []
+    store.expire_due(at(10_099))
+    assert store.next_deadline() == at(10_100)
+    assert {c.sid for c in store.purge_due(at(10_100))} == {"gone", "overdue"}
+    assert [s.id for s in store.snapshot()] == ["live"]
+    assert_consistent(store, at(10_100))
+
+
+def test_a_revived_import_forgets_its_import_moment() -> None:
+    store = Store()
+    store.import_sessions(at(500), [record("r", status="expired", expired_at=at(100))])
+    revived, _ = store.refresh(at(600), "r", revive=True)
+    assert revived.imported_at is None and revived.status is ACTIVE
