@@ -205,10 +205,12 @@ def migrate_legacy(
         log.error("legacy import skipped: %s; import it with 'sessionctl import %s'",
                   exc.strerror, legacy_file)
         return settings, [], None
+    # The default_ttl first: legacy records with a ttl of 0 or less are
+    # kept expired, with the default_ttl in force as their ttl.
+    settings = _migrate_default_ttl(store, settings, cfg_path, source)
     result, changes = store.import_sessions(now_us(), loaded.sessions)
     for problem in loaded.problems + loaded.refused + result.reasons:
         log.warning("legacy import: %s", problem)
-    settings = _migrate_default_ttl(store, settings, cfg_path, source)
     log.info(
         "imported %d sessions from legacy %s (%d of them already expired, kept for "
         "expired_retention from now; %d skipped, %d unreadable lines, reported above); "

@@ -23,6 +23,7 @@ bounds goes to the lenient reader and gets the store's verdict.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import zlib
@@ -97,11 +98,12 @@ class DeleteLine(msgspec.Struct, tag_field="type", tag="delete"):
 
 
 class _ReadPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True):
-    # Lenient: legacy files may lack fields we add, and carry ones we don't.
+    # Lenient: legacy files may lack fields we add, and carry ones we don't,
+    # and the legacy tool wrote some ttls as floats or numeric strings.
     id: str
     user: str = DEFAULT_USER
     status: str = "active"
-    ttl: int = 3600
+    ttl: int | float | str = 3600
     meta: dict[str, Any] = {}
     created_at: datetime
     last_access: datetime | None = None
@@ -395,14 +397,15 @@ def decode_line(raw: bytes) -> Session | str:
             raise LineError("checksum mismatch")
     if isinstance(rec, _ReadDelete):
         return rec.id
+    ttl = _whole_seconds(rec.ttl)
     created = _us(rec.created_at)
     last = created if rec.last_access is None else _us(rec.last_access)
-    expires = last + rec.ttl * 1_000_000 if rec.expires_at is None else _us(rec.expires_at)
+    expires = last + ttl * 1_000_000 if rec.expires_at is None else _us(rec.expires_at)
     session = Session(
         id=rec.id,
         user=rec.user,
         status=rec.status,
-        ttl=rec.ttl,
+        ttl=ttl,
         meta=rec.meta,
         created_at=created,
         last_access=last,
@@ -413,6 +416,34 @@ def decode_line(raw: bytes) -> Session | str:
     if rec.imported_at is not None:
         return ImportedSession(**asdict(session), imported_at=_us(rec.imported_at))
     return session
+
+
+def _whole_seconds(ttl: int | float | str) -> int:
+    """A ttl as the legacy tool may have written it (a float, a numeric
+    string) in whole seconds: a fraction counts as a whole second more, so
+    that a positive ttl never becomes 0. Whether the value is acceptable
+    (0 or less: expired) is for the store to say. Raises ``LineError``."""
+    if isinstance(ttl, int):
+        return ttl
+    if isinstance(ttl, str):
+        # Plain decimal digits only: float() would also take "nan", "1_0"
+        # and digits of other scripts.
+        text = ttl.strip()
+        if _NUMBER.fullmatch(text) is None:
+            raise LineError(f"ttl {ttl!r} is not a number of seconds")
+        try:
+            if _INTEGER.fullmatch(text) is not None:
+                return int(text)
+        except ValueError:  # more digits than int() takes from text
+            raise LineError(f"ttl {ttl!r} is out of range") from None
+        ttl = float(text)
+    if not math.isfinite(ttl):
+        raise LineError(f"ttl {ttl!r} is not a number of seconds")
+    return math.ceil(ttl)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 # In a timestamp of the written form, the characters that are not digits.

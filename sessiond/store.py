@@ -578,13 +578,20 @@ class Store:
         line not in the daemon's own form: the one check of the rules for
         records that enter, as ``create`` checks (but names written before
         control characters were refused still load), with ``expired_at``
-        filled in."""
+        filled in.
+
+        A ttl of 0 or less (the legacy tool wrote some) means a session
+        expired at its deadline; it keeps ``default_ttl`` as its ttl, so
+        that a revive gives it a sensible life."""
         if not valid_id(rec.id):
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {rec.status!r}")
         check_user(rec.user or None, new=False)
-        check_ttl(rec.ttl)
+        ttl, status = rec.ttl, rec.status
+        if isinstance(ttl, int) and ttl <= 0:
+            ttl, status = self.rules.default_ttl, EXPIRED
+        check_ttl(ttl)
         if not isinstance(rec.meta, dict):
             raise InvalidRequest(f"meta must be an object, not {type(rec.meta).__name__}")
         meta_json = check_meta(rec.meta, new=False)
@@ -602,13 +609,13 @@ class Store:
             if value is not None and not TIME_MIN <= value <= TIME_MAX:
                 raise InvalidRequest(f"{name} {value} is outside the years 1 to 9999")
         expired_at = None
-        if rec.status != ACTIVE:
+        if status != ACTIVE:
             expired_at = rec.expires_at if rec.expired_at is None else rec.expired_at
         return Record(
             expires_at=rec.expires_at,
             id=rec.id,
             user=sys.intern(rec.user or DEFAULT_USER),
-            ttl=self._shared_ttl(rec.ttl),
+            ttl=self._shared_ttl(ttl),
             meta_json=self._shared_meta(meta_json),
             created_at=rec.created_at,
             last_access=rec.last_access,

@@ -667,7 +667,7 @@ def test_import_sessions_imports_updates_and_skips_with_reasons() -> None:
         record("old", version=1),
         record("bad id"),
         record("badstatus", status="zombie"),
-        record("badttl", ttl=0),
+        record("badttl", ttl=MAX_TTL + 1),
         record("baduser", user="u" * 257),
         record("badversion", version=0),
         record("badmeta", meta={"k": float("nan")}),
@@ -904,7 +904,7 @@ def test_load_keeps_the_last_record_and_remove_is_idempotent() -> None:
     store.remove("never-there")
     assert len(store) == 0
     with pytest.raises(InvalidRequest):
-        store.load(record("bad", ttl=0))
+        store.load(record("bad", ttl=MAX_TTL + 1))
 
 
 def test_a_loaded_past_due_session_comes_back_expired_at_its_deadline() -> None:
@@ -1035,7 +1035,7 @@ def test_replay_checks_sessions_from_other_lines_and_names_the_one_refused() -> 
     store = Store()
     good = lines_read(record("a"))
     with pytest.raises(ReplayRefused, match="ttl") as info:
-        store.replay([*good, record("b"), record("bad", ttl=0), record("c")])
+        store.replay([*good, record("b"), record("bad", ttl=MAX_TTL + 1), record("c")])
     assert info.value.index == 2
     assert [s.id for s in store.snapshot()] == ["a", "b"]
 
@@ -1109,3 +1109,14 @@ def test_a_revived_import_forgets_its_import_moment() -> None:
     store.import_sessions(at(500), [record("r", status="expired", expired_at=at(100))])
     revived, _ = store.refresh(at(600), "r", revive=True)
     assert revived.imported_at is None and revived.status is ACTIVE
+
+
+def test_a_ttl_of_0_or_less_is_kept_expired_with_the_default_ttl() -> None:
+    store = Store(Rules(default_ttl=77))
+    result, _ = store.import_sessions(at(500), [
+        record("z", ttl=0, expires_at=at(0)), record("n", ttl=-5, expires_at=at(-5))
+    ])
+    assert result.imported == 2 and result.already_expired == 2
+    z, n = store.peek("z"), store.peek("n")
+    assert z is not None and (z.status, z.ttl, z.expired_at) == (EXPIRED, 77, at(0))
+    assert n is not None and (n.status, n.ttl, n.expired_at) == (EXPIRED, 77, at(-5))
