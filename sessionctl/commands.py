@@ -226,8 +226,12 @@ def h_config(c: Client, args: Args) -> int:
 
     if args.value is not None:
         data = c.set_config(args.key, parse_value(args.value))
-    else:
+    elif args.key or args.json:
         data = c.config(args.key)
+    else:
+        data, sources = c.config_sources()
+        out(render.config_table(data, sources))
+        return EXIT_OK
     if args.key and args.value is None and not args.json:
         out(render.meta_text(data[args.key]))
         return EXIT_OK
