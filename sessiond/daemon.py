@@ -276,6 +276,9 @@ async def run(args: argparse.Namespace) -> int:
         journal = Journal(where.journal, settings.fsync)
         journal.open(valid_end, needs_newline)
         layers, initial, migrated = migrate_legacy(store, layers, where.data_dir)
+        # The config file may have lowered max_lifetime while we were down:
+        # persisted with the other start-up changes, before anyone reads.
+        initial += store.cap_lifetimes(now_us())
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
         server = Server(store, journal, layers, loop_name)
         try:

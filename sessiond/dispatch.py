@@ -76,7 +76,7 @@ from sessiond.protocol import (
     request_error,
 )
 from sessiond.records import delete_line, put_line, put_lines
-from sessiond.store import Change, Store
+from sessiond.store import Change, Rules, Store
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
@@ -387,28 +387,60 @@ class Dispatcher:
     async def set_config(self, key: str, value: Any) -> dict[str, Any]:
         """Validate, persist that one key atomically, then apply live.
 
-        Raises ``ConfigError`` (a bad key or value) or ``Conflict`` (a flag
-        or an environment variable sets the key)."""
+        Raises ``ConfigError`` (a bad key or value), ``Conflict`` (a flag or
+        an environment variable sets the key), ``ReadOnly`` (the changes
+        the new value makes, such as a lowered max_lifetime's, could not
+        be journaled: the file and the settings are as they were)."""
         async with self._config_lock:
             new = self.layers.with_file_key(key, value)
             value = getattr(new.settings, key)
-            await anyio.to_thread.run_sync(config.persist_key, self.config_path, key, value)
-            self._apply(new)
+            before = await anyio.to_thread.run_sync(
+                config.persist_key, self.config_path, key, value
+            )
+            try:
+                await self._adopt(new)
+            except ReadOnly as exc:
+                await anyio.to_thread.run_sync(config.restore, self.config_path, before)
+                raise ReadOnly(f"{key} not changed: {exc}") from exc
             log.info("config %s set to %r", key, value)
             return {key: value}
 
     async def reload_settings(self, new: config.Layers) -> None:
-        """Apply reloaded settings live (SIGHUP)."""
+        """Apply reloaded settings live (SIGHUP). Raises ``ReadOnly`` as
+        ``set_config`` does, with the settings as they were."""
         async with self._config_lock:
-            self._apply(new)
+            await self._adopt(new)
+
+    async def _adopt(self, new: config.Layers) -> None:
+        """Put ``new`` in force, and persist what the store's rules change
+        with it (sessions brought within a lowered max_lifetime); if the
+        journal refuses that, the old settings are put back and
+        ``ReadOnly`` raised."""
+        old, rules = self.layers, self.store.rules
+        changes = self.store.change_rules(now_us(), self._rules(new.settings))
+        self._apply(new)
+        if not changes:
+            return
+        try:
+            await self.commit(changes)
+        except ReadOnly:
+            # The journal has reverted the changes; now the rules.
+            self.store.rules = rules
+            self._apply(old)
+            raise
+
+    @staticmethod
+    def _rules(settings: config.Settings) -> Rules:
+        return Rules(
+            default_ttl=settings.default_ttl,
+            max_lifetime=settings.max_lifetime,
+            expired_retention=settings.expired_retention,
+        )
 
     def _apply(self, new: config.Layers) -> None:
         self.layers = new
         self.settings = new.settings
-        rules = self.store.rules
-        rules.default_ttl = new.settings.default_ttl
-        rules.max_lifetime = new.settings.max_lifetime
-        rules.expired_retention = new.settings.expired_retention
+        self.store.rules = self._rules(new.settings)
         self.journal.policy = new.settings.fsync
         self.timer_wake.set()
         self.compact_wake.set()

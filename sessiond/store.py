@@ -23,7 +23,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import add, and_, attrgetter, gt, is_
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -70,6 +70,7 @@ _TTL = attrgetter("ttl")
 _USER = attrgetter("user")
 _EXPIRES = attrgetter("expires_at")
 _EXPIRED_AT = attrgetter("expired_at")
+_CREATED = attrgetter("created_at")
 _SEQ = attrgetter("seq")
 
 
@@ -541,12 +542,13 @@ class Store:
         a higher version (or the same version and a later ``last_access``)
         replaces ours, anything else is skipped with its reason.
 
-        One that comes in expired, or past its deadline, is kept for
-        ``expired_retention`` from now (``Record.imported_at``) however long
-        ago it expired: an import must not purge at once what it reports as
-        imported."""
+        A record is brought within ``max_lifetime``. One that comes in
+        expired, or past its deadline, is kept for ``expired_retention``
+        from now (``Record.imported_at``) however long ago it expired: an
+        import must not purge at once what it reports as imported."""
         result = ImportResult(reasons=[])
         changes: list[Change] = []
+        cap = self.rules.max_lifetime * US
         for session in sessions:
             try:
                 rec = self._normalise(session)
@@ -554,6 +556,8 @@ class Store:
                 result.skipped += 1
                 result.reasons.append(f"{session.id}: {exc}")
                 continue
+            if cap and rec.expired_at is None and rec.expires_at > rec.created_at + cap:
+                rec = _replace(rec, expires_at=rec.created_at + cap)
             late = rec.expired_at is not None or rec.expires_at <= now
             if late:
                 rec = _replace(rec, imported_at=now)
@@ -714,6 +718,48 @@ class Store:
                 assert record is not None
                 seq = self._put(sid, record, None)
                 self._record(changes, Change("purged", sid, record, None, seq))
+        return changes
+
+    def change_rules(self, now: int, rules: Rules) -> list[Change]:
+        """Adopt new settings. When ``max_lifetime`` comes down (or is set
+        where there was none), every session is brought within it at once,
+        so that every read agrees with the cap in force: the changes that
+        does are returned, to be persisted (or handed to ``revert``, and
+        the old rules put back, if the journal refuses them)."""
+        old = self.rules.max_lifetime
+        self.rules = rules
+        cap = rules.max_lifetime
+        if cap and (not old or cap < old):
+            return self.cap_lifetimes(now)
+        return []
+
+    def cap_lifetimes(self, now: int) -> list[Change]:
+        """Bring every active session within ``max_lifetime``: a deadline
+        later than creation + cap comes forward to it, and a session past
+        that already expires, at that moment. For a lowered cap, and at
+        start (the config file may have lowered it while the daemon was
+        down). The version goes up as for any change the daemon makes on
+        its own."""
+        cap = self.rules.max_lifetime * US
+        if not cap:
+            return []
+        live = list(filter(None, self._slots))
+        ends = map(add, map(_CREATED, live), repeat(cap))
+        over = compress(live, map(
+            and_, map(gt, map(_EXPIRES, live), ends), map(is_, map(_EXPIRED_AT, live), repeat(None))
+        ))
+        changes: list[Change] = []
+        for record in list(over):
+            end = record.created_at + cap
+            version = _bumped(record.version)
+            if end <= now:
+                after = _replace(record, expires_at=end, expired_at=end, version=version)
+                self._put(record.id, record, after)
+                self._record(changes, Change("expired", record.id, record, after))
+            else:
+                after = _replace(record, expires_at=end, version=version)
+                self._put(record.id, record, after)
+                changes.append(Change("updated", record.id, record, after))
         return changes
 
     # -- the one place state changes -------------------------------------

@@ -1120,3 +1120,35 @@ def test_a_ttl_of_0_or_less_is_kept_expired_with_the_default_ttl() -> None:
     z, n = store.peek("z"), store.peek("n")
     assert z is not None and (z.status, z.ttl, z.expired_at) == (EXPIRED, 77, at(0))
     assert n is not None and (n.status, n.ttl, n.expired_at) == (EXPIRED, 77, at(-5))
+
+
+def test_lowering_max_lifetime_brings_every_session_within_it_and_revert_undoes_it() -> None:
+    store = Store()
+    make(store, 0, sid="old", ttl=1000)
+    make(store, 50, sid="young", ttl=1000)
+    make(store, 80, sid="short", ttl=10)
+    store.expire(at(1), "short")
+    before = state(store)
+    changes = store.change_rules(at(100), Rules(max_lifetime=60))
+    assert [(c.kind, c.sid) for c in changes] == [("expired", "old"), ("updated", "young")]
+    old, young = store.peek("old"), store.peek("young")
+    assert old is not None and (old.expires_at, old.expired_at, old.version) == (
+        at(60), at(60), 2
+    )
+    assert young is not None and (young.expires_at, young.status) == (at(110), ACTIVE)
+    assert store.next_deadline() == at(110)
+    assert_consistent(store, at(100))
+    # Raising it, or lowering it no further, changes no session.
+    assert store.change_rules(at(100), Rules(max_lifetime=600)) == []
+    assert store.change_rules(at(100), Rules(max_lifetime=60)) == []
+    store.revert(changes)
+    store.rules = Rules()
+    assert state(store) == before
+    assert_consistent(store, at(100))
+
+
+def test_an_import_is_brought_within_max_lifetime() -> None:
+    store = Store(Rules(max_lifetime=60))
+    store.import_sessions(at(10), [record("long", expires_at=at(1000))])
+    got = store.peek("long")
+    assert got is not None and got.expires_at == at(60)
