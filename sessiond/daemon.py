@@ -232,8 +232,9 @@ def _migrate_default_ttl(store: Store, layers: config.Layers, source: Path) -> c
     if ttl is None:
         return layers
     cfg_path = layers.path
-    if cfg_path.exists():
-        log.info("legacy default_ttl %d not imported: %s already sets the config", ttl, cfg_path)
+    if "default_ttl" in layers.file:
+        log.info("legacy default_ttl %d not imported: %s already sets default_ttl",
+                 ttl, cfg_path)
         return layers
     try:
         # That key alone: a flag or a variable of this run must not become

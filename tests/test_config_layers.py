@@ -156,8 +156,20 @@ def test_config_and_stats_say_where_each_setting_came_from(
         assert c.config_sources("default_ttl") == ({"default_ttl": 100}, {"default_ttl": "file"})
 
 
-def test_the_legacy_default_ttl_is_migrated_alone(make_daemon: Callable[..., Daemon]) -> None:
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(None, {"default_ttl": 1234}),
+     ({"fsync": "always"}, {"fsync": "always", "default_ttl": 1234}),
+     ({"default_ttl": 99}, {"default_ttl": 99})],
+)
+def test_the_legacy_default_ttl_is_migrated_alone_unless_the_file_sets_one(
+    make_daemon: Callable[..., Daemon],
+    before: dict[str, object] | None,
+    after: dict[str, object],
+) -> None:
     d = make_daemon(start=False)
+    if before is not None:
+        d.config.write_text(json.dumps(before))
     legacy = d.root / "home" / ".session"
     legacy.mkdir(parents=True)
     now = now_us()
@@ -168,8 +180,8 @@ def test_the_legacy_default_ttl_is_migrated_alone(make_daemon: Callable[..., Dae
     }) + "\n")
     (legacy / "config.json").write_text('{"default_ttl": 1234}')
     d.start("--fsync", "no")
-    assert file_of(d) == {"default_ttl": 1234}
-    assert d.ctl("config", "default_ttl").stdout == "1234\n"
+    assert file_of(d) == after
+    assert d.ctl("config", "default_ttl").stdout == f"{after['default_ttl']}\n"
 
 
 def test_config_set_refuses_to_write_back_a_file_broken_by_hand(daemon: Daemon) -> None:
