@@ -416,7 +416,7 @@ class Dispatcher:
         with it (sessions brought within a lowered max_lifetime); if the
         journal refuses that, the old settings are put back and
         ``ReadOnly`` raised."""
-        old, rules = self.layers, self.store.rules
+        old = self.layers
         changes = self.store.change_rules(now_us(), self._rules(new.settings))
         self._apply(new)
         if not changes:
@@ -424,8 +424,7 @@ class Dispatcher:
         try:
             await self.commit(changes)
         except ReadOnly:
-            # The journal has reverted the changes; now the rules.
-            self.store.rules = rules
+            # The journal has reverted the changes; now the rules with them.
             self._apply(old)
             raise
 
