@@ -132,6 +132,11 @@ def _config(r: Response) -> dict[str, Any]:
     return r.config
 
 
+def _config_sources(r: Response) -> tuple[dict[str, Any], dict[str, str]]:
+    assert isinstance(r, ConfigReply)
+    return r.config, r.sources
+
+
 def _imported(r: Response) -> ImportResult:
     assert isinstance(r, ImportReply)
     return r.result
@@ -253,6 +258,14 @@ class _Operations:
         """Validate, apply live and persist one setting."""
         req = ConfigSet(id=0, key=key, value=value)
         return self._submit(req, _config)  # type: ignore[no-any-return]
+
+    def config_sources(
+        self, key: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """``config(key)``, and where each setting came from: default, file,
+        env or flag (empty from a daemon too old to say)."""
+        req = ConfigGet(id=0, key=key)
+        return self._submit(req, _config_sources)  # type: ignore[no-any-return]
 
     def import_page(self, sessions: list[Session]) -> ImportResult:
         """Merge up to ``PAGE_MAX`` sessions (``Client.import_sessions`` pages)."""
@@ -578,6 +591,7 @@ class Client(_Operations):
             total.imported += part.imported
             total.updated += part.updated
             total.skipped += part.skipped
+            total.already_expired += part.already_expired
             total.reasons.extend(part.reasons)
         return total
 

@@ -231,6 +231,7 @@ def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
                     total.imported += part.imported
                     total.updated += part.updated
                     total.skipped += part.skipped
+                    total.already_expired += part.already_expired
                     total.reasons.extend(part.reasons)
                     if signals.received is not None:
                         break
@@ -264,21 +265,31 @@ def h_import(c: Client, args: Args) -> int:
     result, stopped = import_all(c, args)
     if stopped is not None:
         return stopped
+    # Records no request could carry are skipped here, as the daemon skips
+    # those its rules refuse.
+    skipped = result.skipped + len(loaded.refused)
+    reasons = loaded.refused + result.reasons
     data = {
         "imported": result.imported,
         "updated": result.updated,
-        "skipped": result.skipped,
+        "skipped": skipped,
         "unreadable": len(loaded.problems),
-        "reasons": result.reasons,
+        "already_expired": result.already_expired,
+        "reasons": reasons,
         "problems": loaded.problems,
     }
 
     def human() -> str:
+        expired = result.already_expired
         lines = [
-            f"imported {result.imported}, updated {result.updated}, skipped {result.skipped}, "
+            f"imported {result.imported}, updated {result.updated}, skipped {skipped}, "
             f"unreadable {len(loaded.problems)} ({loaded.format} from {args.file})"
         ]
-        lines += [f"  skipped {r}" for r in result.reasons]
+        if expired:
+            lines.append(
+                f"  {expired} of them already expired: kept for expired_retention from now"
+            )
+        lines += [f"  skipped {r}" for r in reasons]
         lines += [f"  unreadable: {p}" for p in loaded.problems]
         # The reasons quote ids and lines from the file, whatever it holds.
         return "\n".join(render.escape_message(line) for line in lines)
@@ -313,8 +324,12 @@ def h_config(c: Client, args: Args) -> int:
 
     if args.value is not None:
         data = c.set_config(args.key, parse_value(args.value))
-    else:
+    elif args.key or args.json:
         data = c.config(args.key)
+    else:
+        data, sources = c.config_sources()
+        out(render.config_table(data, sources))
+        return EXIT_OK
     if args.key and args.value is None and not args.json:
         out(render.escape(render.meta_text(data[args.key])))
         return EXIT_OK

@@ -158,6 +158,14 @@ def session_table(sessions: list[Session], now: int) -> str:
     return table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows) + f"\n\n{count}"
 
 
+def config_table(data: dict[str, Any], sources: dict[str, str]) -> str:
+    """Settings with where each came from (default, file, env, flag)."""
+    if not sources:  # a daemon too old to say
+        return fields((k, meta_text(v)) for k, v in data.items())
+    rows = [(k, meta_text(v), sources.get(k, "?")) for k, v in data.items()]
+    return table(("KEY", "VALUE", "SOURCE"), rows)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -195,7 +203,8 @@ def stats_fields(st: StatsInfo, now: int) -> str:
         ("watchers", st.watchers),
         ("journal", st.journal_path),
         ("journal size", human_bytes(st.journal_bytes)),
-        ("fsync", st.fsync),
+        ("fsync", f"{st.fsync} ({st.config_sources['fsync']})"
+         if "fsync" in st.config_sources else st.fsync),
         ("compacted size", human_bytes(st.compacted_bytes)),
         ("last compaction", compacted),
         ("compactions", st.compactions),

@@ -1,19 +1,28 @@
-"""Settings: defaults, validation, and atomic persistence of ``config.json``.
+"""Settings: defaults, layers, validation, and atomic persistence of
+``config.json``.
 
-Every key can be changed live with ``sessionctl config KEY VALUE``; the new
-value is validated as a whole settings object before it is applied or
-written, so a bad value changes nothing.
+The settings in force are layered, as PostgreSQL's are: defaults, then the
+config file, then the environment (``SESSIOND_<KEY>``), then command-line
+flags (``--fsync``); each layer wins over those before it, at start and at
+every reload. Every key can be changed live with ``sessionctl config KEY
+VALUE``: the new value is validated as a whole settings object before it is
+applied or written, so a bad value changes nothing, and only that key is
+written to the file (a flag or a variable given for one run never becomes
+permanent). A key that a flag or a variable sets cannot be changed that
+way: for the daemon's life, they win.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sessiond.errors import ConfigError
+from sessiond.errors import ConfigError, Conflict
 from sessiond.model import MAX_TTL
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_TTL)]
@@ -44,6 +53,146 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 KEYS = tuple(Settings.__struct_fields__)
+ENV_PREFIX = "SESSIOND_"
+# Where a setting in force came from, lowest layer first.
+DEFAULT, FILE, ENV, FLAG = "default", "file", "env", "flag"
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides ``key``."""
+    return ENV_PREFIX + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The settings in force (``settings``) and the layers they are made of:
+    the config file's own keys (as the file holds them), the environment's
+    and the command line's."""
+
+    path: Path
+    settings: Settings = field(default_factory=Settings)
+    file: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    def source(self, key: str) -> str:
+        if key in self.flags:
+            return FLAG
+        if key in self.env:
+            return ENV
+        return FILE if key in self.file else DEFAULT
+
+    def sources(self) -> dict[str, str]:
+        """The source of every setting in force."""
+        return {key: self.source(key) for key in KEYS}
+
+    def pinned_by(self, key: str) -> str | None:
+        """The flag or variable that sets ``key`` for this daemon's life."""
+        if key in self.flags:
+            return f"the command-line flag {flag_name(key)}"
+        if key in self.env:
+            return f"the environment variable {env_name(key)}"
+        return None
+
+    def with_file(self, file: dict[str, Any]) -> Layers:
+        """These layers with another config file's keys (a reload)."""
+        return Layers(self.path, merge(file, self.env, self.flags), file, self.env, self.flags)
+
+    def with_file_key(self, key: str, value: Any) -> Layers:
+        """These layers with ``key`` set in the file, validated. Raises
+        ``ConfigError`` for an unknown key or a bad value, ``Conflict`` when
+        a flag or a variable sets the key."""
+        settings = with_value(self.settings, key, value)
+        pinned = self.pinned_by(key)
+        if pinned is not None:
+            raise Conflict(
+                f"{key} is set by {pinned}, which wins over {self.path.name} for this "
+                f"daemon's life; restart sessiond without it to change {key} here"
+            )
+        file = {**self.file, key: getattr(settings, key)}
+        return Layers(self.path, settings, file, self.env, self.flags)
+
+
+def layered(path: Path, environ: Mapping[str, str], flags: dict[str, Any]) -> Layers:
+    """The settings of a daemon that starts: defaults < ``path`` < environment
+    < ``flags``. Raises ``ConfigError`` naming the file or the variable that
+    is wrong."""
+    env = read_env(environ)
+    for key, value in flags.items():
+        with_value(Settings(), key, value)
+    file = read_file(path)
+    return Layers(path, merge(file, env, flags), file, env, flags)
+
+
+def reload(layers: Layers) -> Layers:
+    """``layers`` with the config file read again (SIGHUP): the environment
+    and the flags still win. Raises ``ConfigError``."""
+    return layers.with_file(read_file(layers.path))
+
+
+def merge(file: dict[str, Any], env: dict[str, Any], flags: dict[str, Any]) -> Settings:
+    return validate({**file, **env, **flags})
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Each ``SESSIOND_<KEY>`` set (an empty one counts as unset), its value
+    read as the command line reads one, and validated. Raises
+    ``ConfigError`` naming the variable."""
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        name = env_name(key)
+        raw = environ.get(name, "")
+        if not raw:
+            continue
+        try:
+            values[key] = getattr(with_value(Settings(), key, parse_value(raw)), key)
+        except ConfigError as exc:
+            raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from exc
+    return values
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The config file's own keys, validated (``{}`` when there is none).
+    Raises ``ConfigError`` naming the file."""
+    data = read_json_object(path, "config ")
+    if data is None:
+        return {}
+    try:
+        validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"config {path}: {exc}") from exc
+    return data
+
+
+def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
+    """Set ``key`` in the config file, leaving its other keys as they are
+    there now (a hand edit not yet reloaded is kept). Returns what the file
+    held before (``None``: there was none), for ``restore``. Raises
+    ``ConfigError``."""
+    before = read_json_object(path, "config ")
+    if before is not None:
+        try:
+            validate(before)
+        except ConfigError as exc:
+            # Written back as it is, the file would stop the next start.
+            raise ConfigError(f"config {path}: {exc}; fix the file first") from exc
+    save(path, {**(before or {}), key: value})
+    return before
+
+
+def restore(path: Path, before: dict[str, Any] | None) -> None:
+    """Put back what ``persist_key`` replaced. Raises ``ConfigError``."""
+    if before is not None:
+        save(path, before)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot remove config {path}: {exc.strerror}") from exc
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
@@ -116,7 +265,7 @@ def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:
     return data
 
 
-def save(path: Path, settings: Settings) -> None:
+def save(path: Path, settings: Settings | dict[str, Any]) -> None:
     """Write atomically (``sessiond.diskio``); raises ``ConfigError``."""
     # Imported here: ``sessionctl config`` reads this module, and needs no
     # tempfile to do it.

@@ -61,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket", help="Unix socket to listen on (env SESSIOND_SOCKET)")
     p.add_argument("--data-dir", help="journal and lock directory (env SESSIOND_DATA_DIR)")
     p.add_argument("--config", help="config.json path (env SESSIOND_CONFIG)")
-    p.add_argument("--fsync", choices=POLICIES, help="fsync policy (overrides config)")
+    p.add_argument("--fsync", choices=POLICIES,
+                   help="fsync policy, for this run only (wins over config and SESSIOND_FSYNC)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log verbosity")
     mode = p.add_mutually_exclusive_group()
@@ -185,18 +186,19 @@ def replay(rules: Rules, journal_path: Path) -> tuple[Store, int, bool]:
 
 
 def migrate_legacy(
-    store: Store, settings: config.Settings, cfg_path: Path, data_dir: Path
-) -> tuple[config.Settings, list[Change], Path | None]:
+    store: Store, layers: config.Layers, data_dir: Path
+) -> tuple[config.Layers, list[Change], Path | None]:
     """First start with an empty journal: bring ``~/.session`` across once.
 
-    Returns the settings, the changes to persist, and the legacy file when it
+    Returns the settings' layers (a legacy default_ttl goes to the config
+    file), the changes to persist, and the legacy file when it
     was imported: ``mark_migrated`` must follow once the changes are on disk,
     so that a failed first commit is retried at the next start. The legacy
     files are only ever read."""
     source = legacy_dir()
     legacy_file = source / "data.jsonl"
     if len(store) or (data_dir / MIGRATED_MARKER).exists() or not legacy_file.is_file():
-        return settings, [], None
+        return layers, [], None
     try:
         loaded = read_sessions(legacy_file)
     except OSError as exc:
@@ -204,43 +206,52 @@ def migrate_legacy(
         # later; say so rather than refuse to start.
         log.error("legacy import skipped: %s; import it with 'sessionctl import %s'",
                   exc.strerror, legacy_file)
-        return settings, [], None
+        return layers, [], None
+    # The default_ttl first: legacy records with a ttl of 0 or less are
+    # kept expired, with the default_ttl in force as their ttl.
+    layers = _migrate_default_ttl(store, layers, source)
     result, changes = store.import_sessions(now_us(), loaded.sessions)
-    for problem in loaded.problems + result.reasons:
+    for problem in loaded.problems + loaded.refused + result.reasons:
         log.warning("legacy import: %s", problem)
-    settings = _migrate_default_ttl(store, settings, cfg_path, source)
     log.info(
-        "imported %d sessions from legacy %s (%d skipped, %d unreadable lines, "
-        "reported above); the legacy files are left untouched",
-        result.imported, legacy_file, result.skipped, len(loaded.problems),
+        "imported %d sessions from legacy %s (%d of them already expired, kept for "
+        "expired_retention from now; %d skipped, %d unreadable lines, reported above); "
+        "the legacy files are left untouched",
+        result.imported, legacy_file, result.already_expired,
+        result.skipped + len(loaded.refused), len(loaded.problems),
     )
-    return settings, changes, legacy_file
+    return layers, changes, legacy_file
 
 
-def _migrate_default_ttl(
-    store: Store, settings: config.Settings, cfg_path: Path, source: Path
-) -> config.Settings:
+def _migrate_default_ttl(store: Store, layers: config.Layers, source: Path) -> config.Layers:
     try:
         ttl = legacy_default_ttl(source)
     except ValueError as exc:
         log.warning("legacy import: default_ttl not imported: %s", exc)
-        return settings
+        return layers
     if ttl is None:
-        return settings
-    if cfg_path.exists():
-        log.info("legacy default_ttl %d not imported: %s already sets the config", ttl, cfg_path)
-        return settings
+        return layers
+    cfg_path = layers.path
+    if "default_ttl" in layers.file:
+        log.info("legacy default_ttl %d not imported: %s already sets default_ttl",
+                 ttl, cfg_path)
+        return layers
     try:
-        # Saved from the defaults, not from ``settings``: command-line
-        # overrides such as --fsync must not become persistent config.
-        config.save(cfg_path, config.with_value(config.Settings(), "default_ttl", ttl))
-        settings = config.with_value(settings, "default_ttl", ttl)
+        # That key alone: a flag or a variable of this run must not become
+        # persistent config.
+        config.with_value(layers.settings, "default_ttl", ttl)
+        config.persist_key(cfg_path, "default_ttl", ttl)
     except SessionError as exc:
         log.warning("legacy import: default_ttl %d not imported: %s", ttl, exc)
-        return settings
-    store.rules.default_ttl = ttl
+        return layers
     log.info("imported default_ttl %d from legacy %s", ttl, source / "config.json")
-    return settings
+    layers = layers.with_file({**layers.file, "default_ttl": ttl})
+    pinned = layers.pinned_by("default_ttl")
+    if pinned is not None:
+        log.info("default_ttl %d is in force instead, set by %s",
+                 layers.settings.default_ttl, pinned)
+    store.rules.default_ttl = layers.settings.default_ttl
+    return layers
 
 
 def mark_migrated(data_dir: Path, legacy_file: Path) -> None:
@@ -253,9 +264,9 @@ async def run(args: argparse.Namespace) -> int:
     paths.private_dir(where.data_dir)
     lock_fd = take_lock(where.lock)
     try:
-        settings = config.load(where.config)
-        if args.fsync:
-            settings = config.with_value(settings, "fsync", args.fsync)
+        flags = {"fsync": args.fsync} if args.fsync else {}
+        layers = config.layered(where.config, os.environ, flags)
+        settings = layers.settings
         for leftover in remove_leftovers(where.journal):
             log.warning("removed %s left by an interrupted compaction", leftover)
         store, valid_end, needs_newline = replay(Rules(
@@ -265,11 +276,12 @@ async def run(args: argparse.Namespace) -> int:
         ), where.journal)
         journal = Journal(where.journal, settings.fsync)
         journal.open(valid_end, needs_newline)
-        settings, initial, migrated = migrate_legacy(
-            store, settings, where.config, where.data_dir
-        )
+        layers, initial, migrated = migrate_legacy(store, layers, where.data_dir)
+        # The config file may have lowered max_lifetime while we were down:
+        # persisted with the other start-up changes, before anyone reads.
+        initial += store.cap_lifetimes(now_us())
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
-        server = Server(store, journal, settings, where.config, loop_name)
+        server = Server(store, journal, layers, loop_name)
         try:
             await serve(server, where, initial, migrated)
         finally:
@@ -372,12 +384,16 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
                 log.info("received %s", signal.Signals(signum).name)
                 return
             try:
-                new = config.load(where.config)
+                await server.reload_settings(config.reload(server.layers))
             except SessionError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue
-            server.apply_settings(new)
-            log.info("SIGHUP: reloaded %s", where.config)
+            pinned = ", ".join(
+                f"{key} ({source})" for key, source in server.layers.sources().items()
+                if source in (config.ENV, config.FLAG)
+            )
+            log.info("SIGHUP: reloaded %s%s", where.config,
+                     f"; still set by flag or environment: {pinned}" if pinned else "")
 
 
 def _nothing_there(where: paths.Paths, doing: str) -> SessionError | None:

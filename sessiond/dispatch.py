@@ -76,7 +76,7 @@ from sessiond.protocol import (
     request_error,
 )
 from sessiond.records import delete_line, put_line, put_lines
-from sessiond.store import Change, Store
+from sessiond.store import Change, Rules, Store
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
@@ -119,20 +119,24 @@ class Dispatcher:
     """Runs requests against one store and one journal, and tells watchers.
 
     Holds what requests and the timers share: the store, the journal, the
-    hub, the live settings, and the figures ``stats`` reports."""
+    hub, the live settings (and the layers they come from), and the figures
+    ``stats`` reports."""
 
     def __init__(
         self,
         store: Store,
         journal: Journal,
-        settings: config.Settings,
-        config_path: Any,
+        layers: config.Layers,
         event_loop: str,
     ) -> None:
         self.store = store
         self.journal = journal
-        self.settings = settings
-        self.config_path = config_path
+        self.layers = layers
+        self.settings = layers.settings
+        self.config_path = layers.path
+        # One change of settings at a time: each reads the layers the one
+        # before it left.
+        self._config_lock = anyio.Lock()
         self.event_loop = event_loop
         self.hub = Hub()
         self._handlers = self._make_handlers()
@@ -333,7 +337,9 @@ class Dispatcher:
         return StatsReply(id=req.id, stats=self.stats(now)), []
 
     def _config(self, req: ConfigGet, now: int) -> tuple[Response, list[Change]]:
-        return ConfigReply(id=req.id, config=self._config_get(req.key)), []
+        data = self._config_get(req.key)
+        sources = {key: self.layers.source(key) for key in data}
+        return ConfigReply(id=req.id, config=data, sources=sources), []
 
     def _ping(self, req: Ping, now: int) -> tuple[Response, list[Change]]:
         return Pong(id=req.id, pid=os.getpid(), version=__version__,
@@ -365,7 +371,8 @@ class Dispatcher:
                 result = await self.journal.compact(self.store.live_slots)
                 return frame(CompactReply(id=req.id, result=result))
             updated = await self.set_config(req.key, req.value)
-            return frame(ConfigReply(id=req.id, config=updated))
+            sources = {key: self.layers.source(key) for key in updated}
+            return frame(ConfigReply(id=req.id, config=updated, sources=sources))
         except SessionError as exc:
             return error_frame(req.id, exc)
 
@@ -378,20 +385,62 @@ class Dispatcher:
         return {key: data[key]}
 
     async def set_config(self, key: str, value: Any) -> dict[str, Any]:
-        """Validate, persist atomically, then apply live."""
-        new = config.with_value(self.settings, key, value)
-        await anyio.to_thread.run_sync(config.save, self.config_path, new)
-        self.apply_settings(new)
-        log.info("config %s set to %r", key, getattr(new, key))
-        return {key: getattr(new, key)}
+        """Validate, persist that one key atomically, then apply live.
 
-    def apply_settings(self, new: config.Settings) -> None:
-        self.settings = new
-        rules = self.store.rules
-        rules.default_ttl = new.default_ttl
-        rules.max_lifetime = new.max_lifetime
-        rules.expired_retention = new.expired_retention
-        self.journal.policy = new.fsync
+        Raises ``ConfigError`` (a bad key or value), ``Conflict`` (a flag or
+        an environment variable sets the key), ``ReadOnly`` (the changes
+        the new value makes, such as a lowered max_lifetime's, could not
+        be journaled: the file and the settings are as they were)."""
+        async with self._config_lock:
+            new = self.layers.with_file_key(key, value)
+            value = getattr(new.settings, key)
+            before = await anyio.to_thread.run_sync(
+                config.persist_key, self.config_path, key, value
+            )
+            try:
+                await self._adopt(new)
+            except ReadOnly as exc:
+                await anyio.to_thread.run_sync(config.restore, self.config_path, before)
+                raise ReadOnly(f"{key} not changed: {exc}") from exc
+            log.info("config %s set to %r", key, value)
+            return {key: value}
+
+    async def reload_settings(self, new: config.Layers) -> None:
+        """Apply reloaded settings live (SIGHUP). Raises ``ReadOnly`` as
+        ``set_config`` does, with the settings as they were."""
+        async with self._config_lock:
+            await self._adopt(new)
+
+    async def _adopt(self, new: config.Layers) -> None:
+        """Put ``new`` in force, and persist what the store's rules change
+        with it (sessions brought within a lowered max_lifetime); if the
+        journal refuses that, the old settings are put back and
+        ``ReadOnly`` raised."""
+        old = self.layers
+        changes = self.store.change_rules(now_us(), self._rules(new.settings))
+        self._apply(new)
+        if not changes:
+            return
+        try:
+            await self.commit(changes)
+        except ReadOnly:
+            # The journal has reverted the changes; now the rules with them.
+            self._apply(old)
+            raise
+
+    @staticmethod
+    def _rules(settings: config.Settings) -> Rules:
+        return Rules(
+            default_ttl=settings.default_ttl,
+            max_lifetime=settings.max_lifetime,
+            expired_retention=settings.expired_retention,
+        )
+
+    def _apply(self, new: config.Layers) -> None:
+        self.layers = new
+        self.settings = new.settings
+        self.store.rules = self._rules(new.settings)
+        self.journal.policy = new.settings.fsync
         self.timer_wake.set()
         self.compact_wake.set()
 
@@ -420,6 +469,7 @@ class Dispatcher:
             compactions=j.compactions,
             write_errors=j.write_errors,
             read_only=j.failed,
+            config_sources=self.layers.sources(),
         )
 
 

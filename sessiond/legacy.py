@@ -2,7 +2,10 @@
 (an array of records) and JSONL exports or journals (detected).
 
 Used by ``sessionctl import`` and by the daemon's one-time migration. An
-unreadable line is reported with its number, never dropped in silence.
+unreadable line is reported with its number, never dropped in silence. A
+record that reads but that no request could carry (an integer beyond
+msgpack's, such as a version of 2**64) is refused here, by id and with its
+reason; whether the others are acceptable is for the daemon's rules to say.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import msgspec
 
 from sessiond.config import read_json_object
 from sessiond.errors import ConfigError
-from sessiond.model import Session
+from sessiond.model import MAX_VERSION, Session
 from sessiond.records import LineError, decode_line
 
 LEGACY_DIR = ".session"
@@ -24,8 +27,45 @@ CSV_HEADER = b"id,user,status,ttl,"
 @dataclass
 class Loaded:
     sessions: list[Session] = field(default_factory=list)
+    # Lines that could not be read at all.
     problems: list[str] = field(default_factory=list)
+    # Records read but refused before they reach the daemon, as "id: why":
+    # skipped, as the daemon skips those its rules refuse.
+    refused: list[str] = field(default_factory=list)
     format: str = "jsonl"
+
+    def keep(self, found: dict[str, Session]) -> None:
+        """The last record of each id, unless no request can carry it."""
+        for session in found.values():
+            why = _unsendable(session)
+            if why is None:
+                self.sessions.append(session)
+            else:
+                self.refused.append(f"{session.id}: {why}")
+
+
+# msgpack's integers, which carry a request's.
+_WIRE_MIN, _WIRE_MAX = -(2**63), 2**64 - 1
+_wire = msgspec.msgpack.Encoder()
+
+
+def _unsendable(session: Session) -> str | None:
+    """Why ``session`` cannot be sent to the daemon, or ``None``."""
+    for name in ("version", "ttl"):
+        value = getattr(session, name)
+        if not _WIRE_MIN <= value <= _WIRE_MAX:
+            return f"{name} {value} is out of range" + (
+                f" (1 to {MAX_VERSION})" if name == "version" else ""
+            )
+    if not session.meta:
+        return None
+    try:
+        _wire.encode(session.meta)
+    except OverflowError:
+        return f"its meta holds an integer outside {_WIRE_MIN} to {_WIRE_MAX}"
+    except (RecursionError, msgspec.EncodeError) as exc:
+        return f"its meta cannot be sent: {exc or type(exc).__name__}"
+    return None
 
 
 def legacy_dir() -> Path:
@@ -65,7 +105,7 @@ def read_sessions(path: Path) -> Loaded:
         else:
             found.pop(item.id, None)
             found[item.id] = item
-    loaded.sessions = list(found.values())
+    loaded.keep(found)
     return loaded
 
 
@@ -93,7 +133,7 @@ def _read_array(path: Path, data: bytes) -> Loaded:
         else:
             found.pop(record.id, None)
             found[record.id] = record
-    loaded.sessions = list(found.values())
+    loaded.keep(found)
     return loaded
 
 

@@ -32,6 +32,11 @@ USER_MAX: Final = 256
 META_MAX_BYTES: Final = 64 * 1024
 MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
 TIME_MAX: Final = 253402300799999999  # 9999-12-31T23:59:59.999999Z, as far as iso() can go
+# Versions are counted in a signed 64-bit integer, as every client and the
+# wire (msgpack) can hold it: a record that enters with a version outside
+# 1..MAX_VERSION is refused, and one that reaches it is changed no more by
+# clients (its expiry keeps the version: see ``sessiond.store``).
+MAX_VERSION: Final = 2**63 - 1
 
 
 class Session(msgspec.Struct, kw_only=True, gc=False):
@@ -54,6 +59,15 @@ class Session(msgspec.Struct, kw_only=True, gc=False):
         return (self.expires_at - now) / US
 
 
+class ImportedSession(Session, kw_only=True, gc=False):
+    """A session read from a journal line that says when it was imported
+    (see ``Record.imported_at``). Only the journal's reader makes one: a
+    client never sees the field, so the wire form of ``Session`` is as it
+    was."""
+
+    imported_at: int
+
+
 EMPTY_META: Final = b"{}"
 # Untyped: a record's meta is an object by construction, and the CLI imports
 # this module, so no decoder is built at import.
@@ -71,6 +85,11 @@ class Record(msgspec.Struct, order=True, gc=False):
     exactly when it has an ``expired_at``. ``seq`` is the record's place in
     the store's creation order; the store sets it when it adopts the record.
 
+    ``imported_at`` is set only on a record that was imported (legacy
+    migration, ``sessionctl import``) already expired or past its deadline:
+    the moment of the import, from which its retention counts as well, so
+    that an import never purges at once what it has just brought in.
+
     Records order by deadline first, so the expiry queue can hold them
     directly instead of a (deadline, id) entry for each.
     """
@@ -84,6 +103,7 @@ class Record(msgspec.Struct, order=True, gc=False):
     last_access: int
     expired_at: int | None
     version: int
+    imported_at: int | None = None
     seq: int = -1
 
     @property

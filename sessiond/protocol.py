@@ -185,6 +185,10 @@ class StatsInfo(msgspec.Struct, kw_only=True):
     compactions: int
     write_errors: int
     read_only: str | None
+    # Where each setting in force came from: default, file, env or flag.
+    # (Defaults on this and every field added later: an older peer's
+    # StatsInfo still decodes.)
+    config_sources: dict[str, str] = {}
 
 
 class StatsReply(Response, tag="stats"):
@@ -204,6 +208,9 @@ class CleanupReply(Response, tag="cleanup"):
 
 class ConfigReply(Response, tag="config"):
     config: dict[str, Any]
+    # Of each key in ``config``: default, file, env or flag (empty from an
+    # older daemon).
+    sources: dict[str, str] = {}
 
 
 class ImportResult(msgspec.Struct, kw_only=True):
@@ -211,6 +218,9 @@ class ImportResult(msgspec.Struct, kw_only=True):
     updated: int = 0
     skipped: int = 0
     reasons: list[str] = []
+    # Of those imported or updated, how many came in expired (or past their
+    # deadline): kept for expired_retention from the import.
+    already_expired: int = 0
 
 
 class ImportReply(Response, tag="import"):

@@ -23,6 +23,7 @@ bounds goes to the lenient reader and gets the store's verdict.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import zlib
@@ -35,7 +36,7 @@ from operator import attrgetter, countOf, eq, floordiv, is_, itemgetter, sub
 from typing import Annotated, Any, Literal, cast
 
 import msgspec
-from msgspec.structs import astuple
+from msgspec.structs import asdict, astuple
 
 from sessiond.model import (
     ACTIVE,
@@ -43,9 +44,11 @@ from sessiond.model import (
     EMPTY_META,
     EXPIRED,
     MAX_TTL,
+    MAX_VERSION,
     META_MAX_BYTES,
     US,
     USER_MAX,
+    ImportedSession,
     Record,
     Session,
     iso,
@@ -84,6 +87,9 @@ class PutLine(msgspec.Struct, tag_field="type", tag="session", kw_only=True, omi
     last_access: str
     expires_at: str
     expired_at: str | None = None
+    # Only on a record imported expired (see Record.imported_at): other
+    # lines, and every line written before it existed, are without it.
+    imported_at: str | None = None
     version: int
 
 
@@ -92,16 +98,18 @@ class DeleteLine(msgspec.Struct, tag_field="type", tag="delete"):
 
 
 class _ReadPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True):
-    # Lenient: legacy files may lack fields we add, and carry ones we don't.
+    # Lenient: legacy files may lack fields we add, and carry ones we don't,
+    # and the legacy tool wrote some ttls as floats or numeric strings.
     id: str
     user: str = DEFAULT_USER
     status: str = "active"
-    ttl: int = 3600
+    ttl: int | float | str = 3600
     meta: dict[str, Any] = {}
     created_at: datetime
     last_access: datetime | None = None
     expires_at: datetime | None = None
     expired_at: datetime | None = None
+    imported_at: datetime | None = None
     version: int = 1
     crc: str | None = None
 
@@ -126,7 +134,10 @@ class _OwnPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True, gc=
     last_access: _Stamp
     expires_at: _Stamp
     expired_at: _Stamp | None = None
-    version: Annotated[int, msgspec.Meta(ge=1)]
+    imported_at: _Stamp | None = None
+    # Bounded as the rules bound it: a line outside goes to the lenient
+    # reader, and the store refuses it by name.
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
     crc: _Crc
 
 
@@ -162,6 +173,7 @@ _CREATED = attrgetter("created_at")
 _LAST = attrgetter("last_access")
 _EXPIRES = attrgetter("expires_at")
 _EXPIRED = attrgetter("expired_at")
+_IMPORTED = attrgetter("imported_at")
 _META_JSON = attrgetter("meta_json")
 _FIRST = itemgetter(0)
 
@@ -218,6 +230,7 @@ def to_line(session: Session | Record) -> PutLine:
     else:
         meta = msgspec.Raw(_encode(session.meta))
     expired_at = session.expired_at
+    imported_at = session.imported_at if isinstance(session, (Record, ImportedSession)) else None
     created, last = session.created_at, session.last_access
     created_text = _iso(created)
     return PutLine(
@@ -232,6 +245,7 @@ def to_line(session: Session | Record) -> PutLine:
         last_access=created_text if last == created else _format(last),
         expires_at=_iso(session.expires_at),
         expired_at=None if expired_at is None else _iso(expired_at),
+        imported_at=None if imported_at is None else _iso(imported_at),
         version=session.version,
     )
 
@@ -315,6 +329,9 @@ def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
     ``recent``: records just changed by requests, whose unchanged stamps
     were written lately (the per-stamp cache then pays; for compaction's
     many distinct stamps it only churns)."""
+    imported = list(map(_IMPORTED, records))
+    if countOf(imported, None) != len(imported):
+        return _with_imported(records, imported, recent)
     stamp = _iso if recent else _format
     flags = list(map(_EXPIRED, records))
     expired = len(flags) - countOf(flags, None)
@@ -329,6 +346,19 @@ def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
     bodies = list(bodies)
     tails = map(_CRC_FIELD, map(zlib.crc32, bodies))
     return b"".join(chain.from_iterable(zip(map(_DROP_LAST, bodies), tails, strict=True)))
+
+
+def _with_imported(
+    records: Sequence[Record], imported: list[int | None], recent: bool
+) -> bytes:
+    """``put_lines`` where some records carry ``imported_at`` (rare: after an
+    import of expired sessions): theirs one at a time, the rest in bulk."""
+    rest = put_lines([r for r, at in zip(records, imported, strict=True) if at is None], recent)
+    others = iter(rest.splitlines(keepends=True))  # JSON text holds no raw newline
+    return b"".join([
+        next(others) if at is None else put_line(r)
+        for r, at in zip(records, imported, strict=True)
+    ])
 
 
 def delete_line(sid: str) -> bytes:
@@ -359,20 +389,23 @@ def decode_line(raw: bytes) -> Session | str:
         raise LineError(f"not a valid record: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise LineError(f"not valid JSON: {exc}", complete=False) from exc
+    except RecursionError as exc:
+        raise LineError("not a valid record: nested too deeply") from exc
     if rec.crc is not None:
         body = line[:-_CRC_TAIL] + b"}"
         if len(line) <= _CRC_TAIL or f"{zlib.crc32(body):08x}" != rec.crc:
             raise LineError("checksum mismatch")
     if isinstance(rec, _ReadDelete):
         return rec.id
+    ttl = _whole_seconds(rec.ttl)
     created = _us(rec.created_at)
     last = created if rec.last_access is None else _us(rec.last_access)
-    expires = last + rec.ttl * 1_000_000 if rec.expires_at is None else _us(rec.expires_at)
-    return Session(
+    expires = last + ttl * 1_000_000 if rec.expires_at is None else _us(rec.expires_at)
+    session = Session(
         id=rec.id,
         user=rec.user,
         status=rec.status,
-        ttl=rec.ttl,
+        ttl=ttl,
         meta=rec.meta,
         created_at=created,
         last_access=last,
@@ -380,6 +413,37 @@ def decode_line(raw: bytes) -> Session | str:
         expired_at=None if rec.expired_at is None else _us(rec.expired_at),
         version=rec.version,
     )
+    if rec.imported_at is not None:
+        return ImportedSession(**asdict(session), imported_at=_us(rec.imported_at))
+    return session
+
+
+def _whole_seconds(ttl: int | float | str) -> int:
+    """A ttl as the legacy tool may have written it (a float, a numeric
+    string) in whole seconds: a fraction counts as a whole second more, so
+    that a positive ttl never becomes 0. Whether the value is acceptable
+    (0 or less: expired) is for the store to say. Raises ``LineError``."""
+    if isinstance(ttl, int):
+        return ttl
+    if isinstance(ttl, str):
+        # Plain decimal digits only: float() would also take "nan", "1_0"
+        # and digits of other scripts.
+        text = ttl.strip()
+        if _NUMBER.fullmatch(text) is None:
+            raise LineError(f"ttl {ttl!r} is not a number of seconds")
+        try:
+            if _INTEGER.fullmatch(text) is not None:
+                return int(text)
+        except ValueError:  # more digits than int() takes from text
+            raise LineError(f"ttl {ttl!r} is out of range") from None
+        ttl = float(text)
+    if not math.isfinite(ttl):
+        raise LineError(f"ttl {ttl!r} is not a number of seconds")
+    return math.ceil(ttl)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 # In a timestamp of the written form, the characters that are not digits.
@@ -453,13 +517,15 @@ def read_block(block: bytes) -> list[Record | str] | None:
     if not all(map(isinstance, items, repeat(_OwnPut))):
         if not _checksums_match(pieces, list(map(_CRC_OF, items))):
             return None
-        return _with_deletes(items)
+        return _one_by_one(items)
     # The fields as columns, in _OwnPut's order.
-    ids, users, statuses, ttls, raws, created, last, expires, expired, versions, crcs = zip(
-        *map(astuple, items), strict=True
+    ids, users, statuses, ttls, raws, created, last, expires, expired, imported, versions, crcs = (
+        zip(*map(astuple, items), strict=True)
     )
     if not _checksums_match(pieces, crcs):
         return None
+    if countOf(imported, None) != len(imported):
+        return _one_by_one(items)
     # Copies (a Raw pins the whole batch), one object for equal ones; each
     # must be an object, of the size the rules allow.
     if countOf(raws, raws[0]) == len(raws):
@@ -521,8 +587,9 @@ def _stamp_columns(columns: Sequence[Sequence[str | None]]) -> list[Iterable[int
     ]
 
 
-def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | None:
-    """``read_block`` for a batch with deletes in it (rare once compacted)."""
+def _one_by_one(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | None:
+    """``read_block`` for a batch with deletes in it, or records imported
+    expired (both rare once compacted)."""
     out: list[Record | str] = []
     for p in items:
         if isinstance(p, _OwnDelete):
@@ -532,8 +599,10 @@ def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | Non
         if meta[:1] != b"{" or len(meta) > META_MAX_BYTES:
             return None
         expired = None if p.status == ACTIVE else p.expired_at or p.expires_at
+        texts = {p.expires_at, p.created_at, p.last_access, expired or p.expires_at,
+                 p.imported_at or p.expires_at}
         try:
-            at = _stamps(list({p.expires_at, p.created_at, p.last_access, expired or p.expires_at}))
+            at = _stamps(list(texts))
         except ValueError:
             return None
         out.append(Record(
@@ -546,6 +615,7 @@ def _with_deletes(items: list[_OwnPut | _OwnDelete]) -> list[Record | str] | Non
             at[p.last_access],
             None if expired is None else at[expired],
             p.version,
+            None if p.imported_at is None else at[p.imported_at],
         ))
     return out
 

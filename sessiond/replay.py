@@ -23,6 +23,8 @@ from sessiond.model import Record, Session
 from sessiond.records import LineError, line_id, read_block, read_line
 
 TMP_SUFFIX = ".compact.tmp"
+# Editors on some systems begin a UTF-8 file with one; it is no line.
+BOM = b"\xef\xbb\xbf"
 Damage = tuple[int, int, str, "str | None"]  # line, byte offset, reason, session id
 
 
@@ -116,6 +118,9 @@ def scan(
     # and placed from the head of the file.
     reader.lineno, reader.offset = lineno, start
     with path.open("rb") as f:
+        if not start and f.read(len(BOM)) == BOM:
+            # Skipped as the bytes they are: offsets stay those of the file.
+            start = reader.offset = result.valid_end = len(BOM)
         size = os.fstat(f.fileno()).st_size
         end = _lines_end(f.fileno(), start, size)
         result.reserved_bytes = size - end

@@ -35,15 +35,18 @@ import msgspec
 
 from sessiond.errors import JournalError
 from sessiond.failpoints import describe, write_all
-from sessiond.model import EMPTY_META, Record
+from sessiond.model import EMPTY_META, MAX_VERSION, Record
 
 log = logging.getLogger("sessiond.snapshot")
 
 MAGIC = b"\x89SDSNAP\n"
-FORMAT = 1
+# 2 added the imported_at column. A format 1 snapshot, without it, loads as
+# it always did: no record had an imported_at then.
+FORMAT = 2
+READS = (1, 2)
 HEAD_BYTES = 256
 # Indices are 16 bits: the tables start over before they outgrow them, and
-# a chunk's own table holds at most 4 timestamps a record, and None.
+# a chunk's own table holds at most 5 timestamps a record, and None.
 TABLE_MAX = 1 << 16
 CHUNK_MAX = 8192
 # Written back as it goes, as compaction does for the journal: one fsync of
@@ -53,10 +56,15 @@ SYNC_BYTES = 32 << 20
 _PREFIX = struct.Struct("<8sIII")
 _LENGTH = struct.Struct("<I")
 _BIG_ENDIAN = sys.byteorder == "big"
-_STAMPS = list(map(attrgetter, ("expires_at", "created_at", "last_access", "expired_at")))
+_STAMPS = list(map(attrgetter, (
+    "expires_at", "created_at", "last_access", "expired_at", "imported_at"
+)))
 _ID, _USER, _META, _TTL, _VERSION = map(attrgetter, ("id", "user", "meta_json", "ttl", "version"))
 T = TypeVar("T")
 Index = Annotated[int, msgspec.Meta(ge=0)]
+# As the rules bound it: a snapshot with a version outside is damaged (and
+# the journal, replayed in full instead, names the line).
+Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
 
 
 class SnapshotUnusable(JournalError):
@@ -89,7 +97,7 @@ class Chunk(msgspec.Struct, array_like=True, gc=False):
     ttls: list[int]
     stamps: list[int]  # this chunk's timestamps: index 0 is None, 1 the first
     ids: list[str]
-    versions: list[int]
+    versions: list[Version]
     # Columns: one index for all the records, or u16 indices, one a record.
     user: Index | bytes
     meta: Index | bytes
@@ -98,6 +106,7 @@ class Chunk(msgspec.Struct, array_like=True, gc=False):
     created_at: Index | bytes
     last_access: Index | bytes
     expired_at: Index | bytes
+    imported_at: Index | bytes = 0  # absent from format 1: None for all
 
 
 _header_decoder = msgspec.msgpack.Decoder(Header)
@@ -356,8 +365,9 @@ def _header(path: Path, view: memoryview) -> Header:
     magic, version, length, crc = _PREFIX.unpack_from(view)
     if magic != MAGIC:
         raise SnapshotDamaged(f"snapshot {path}: not a sessiond snapshot (bad magic)")
-    if version != FORMAT:
-        raise SnapshotStale(f"snapshot {path} has format {version}; this sessiond reads {FORMAT}")
+    if version not in READS:
+        raise SnapshotStale(f"snapshot {path} has format {version}; this sessiond reads "
+                            f"{' and '.join(map(str, READS))}")
     # A copy: an exception must not keep a view of the map (it could not close).
     raw = bytes(view[_PREFIX.size : _PREFIX.size + length])
     if length > HEAD_BYTES - _PREFIX.size or zlib.crc32(raw) != crc:
@@ -402,6 +412,7 @@ def _records(path: Path, view: memoryview, header: Header) -> list[Record]:
                 _values(chunk.last_access, stamps, n),
                 _values(chunk.expired_at, stamps, n),
                 chunk.versions,
+                _values(chunk.imported_at, stamps, n),
             )
         except (msgspec.DecodeError, ValueError, IndexError, struct.error) as exc:
             raise SnapshotDamaged(f"snapshot {path}: chunk {chunks + 1} is damaged: {exc}") from exc

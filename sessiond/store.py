@@ -16,13 +16,14 @@ Python loop per record.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import add, and_, attrgetter, gt, is_
 from typing import Any, NamedTuple, cast
 
 import msgspec
@@ -36,9 +37,11 @@ from sessiond.model import (
     EXPIRED,
     KEY_MAX,
     MAX_TTL,
+    MAX_VERSION,
     META_MAX_BYTES,
     US,
     USER_MAX,
+    ImportedSession,
     Record,
     Session,
     new_id,
@@ -67,6 +70,7 @@ _TTL = attrgetter("ttl")
 _USER = attrgetter("user")
 _EXPIRES = attrgetter("expires_at")
 _EXPIRED_AT = attrgetter("expired_at")
+_CREATED = attrgetter("created_at")
 _SEQ = attrgetter("seq")
 
 
@@ -114,15 +118,57 @@ def check_ttl(ttl: object) -> int:
     return ttl
 
 
-def check_user(user: object) -> None:
-    """``None`` means the default user; anything else must be a name."""
+# C0 controls and DEL: in a name they break the lines and tables it is shown
+# in, or drive the terminal that shows it. Other characters are names'.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def check_user(user: object, new: bool = True) -> None:
+    """``None`` means the default user; anything else must be a name (and a
+    ``new`` one, that a client gives, without control characters: data
+    that entered before that rule still loads)."""
     if user is not None and (not isinstance(user, str) or not 1 <= len(user) <= USER_MAX):
         raise InvalidRequest(f"user must be 1 to {USER_MAX} characters")
+    if new and user is not None:
+        _no_controls("user", user)
 
 
-def check_key(key: object) -> None:
+def check_key(key: object, new: bool = True) -> None:
+    """A meta key (``new`` as for ``check_user``)."""
     if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
         raise InvalidRequest(f"meta keys must be 1 to {KEY_MAX} characters")
+    if new:
+        _no_controls("meta key", key)
+
+
+def _no_controls(what: str, name: str) -> None:
+    # isprintable() is false for every control character, and fast: the
+    # search runs only for the few names it does not clear.
+    if not name.isprintable():
+        found = _CONTROL.search(name)
+        if found is not None:
+            raise InvalidRequest(
+                f"{what} {name!r} holds the control character U+{ord(found.group()):04X}; "
+                f"names may not hold U+0000 to U+001F or U+007F"
+            )
+
+
+def _next_version(sid: str, version: int) -> int:
+    """The version of a change a client asks for; refused at the top."""
+    if version >= MAX_VERSION:
+        raise InvalidRequest(
+            f"session {sid} is at version {version}, the highest there is: it cannot be "
+            f"changed any more; delete it and create it again"
+        )
+    return version + 1
+
+
+def _bumped(version: int) -> int:
+    """The version of a change the daemon makes on its own (an expiry, a
+    lowered max_lifetime). At MAX_VERSION it stays: such a change must
+    happen anyway, and nobody can compare-and-set on what it leaves (an
+    expired session takes no set; a refresh needs its own version)."""
+    return version + 1 if version < MAX_VERSION else version
 
 
 def check_meta_value(value: Any, depth: int = 0) -> None:
@@ -152,10 +198,11 @@ def check_meta_value(value: Any, depth: int = 0) -> None:
     raise InvalidRequest(f"meta values must be JSON values, not {type(value).__name__}")
 
 
-def check_meta(meta: dict[str, Any]) -> bytes:
-    """The meta's JSON text, once it is found acceptable."""
+def check_meta(meta: dict[str, Any], new: bool = True) -> bytes:
+    """The meta's JSON text, once it is found acceptable (``new`` as for
+    ``check_user``)."""
     for key, value in meta.items():
-        check_key(key)
+        check_key(key, new)
         check_meta_value(value, 1)
     return _sized(meta)
 
@@ -251,14 +298,13 @@ class Store:
         changes: list[Change] = []
         record = self._lazy_expire(self._require(sid), now, changes)
         if touch and record.status is ACTIVE:
+            version = _next_version(sid, record.version)
             deadline = self._deadline(record, now, record.ttl)
             if deadline <= now:
                 # max_lifetime was lowered below this session's age: sliding
                 # it would move its deadline into the past.
                 return self._expire(record, now, changes), changes
-            after = _replace(
-                record, last_access=now, expires_at=deadline, version=record.version + 1
-            )
+            after = _replace(record, last_access=now, expires_at=deadline, version=version)
             self._put(sid, record, after)
             self._record(changes, Change("updated", sid, record, after))
             record = after
@@ -376,6 +422,8 @@ class Store:
     def unset(
         self, now: int, sid: str, key: str, expect_version: int | None = None
     ) -> tuple[Record, list[Change]]:
+        # The key is not checked as a new one: unset is how a key that
+        # entered before the rules refused it goes away.
         record = self._writable(now, sid, expect_version)
         meta = record.meta
         if key not in meta:
@@ -393,6 +441,7 @@ class Store:
             raise Conflict(
                 f"session {sid} is at version {record.version}, not {expect_version}"
             )
+        _next_version(sid, record.version)
         return record
 
     def _update(
@@ -402,7 +451,7 @@ class Store:
             record,
             meta_json=self._shared_meta(meta_json),
             last_access=now,
-            version=record.version + 1,
+            version=record.version + 1,  # below MAX_VERSION: _writable saw to it
         )
         self._put(record.id, record, after)
         return after, [Change("updated", record.id, record, after)]
@@ -417,6 +466,7 @@ class Store:
         record = self._require(sid)
         if record.status is EXPIRED:
             return record, []
+        _next_version(sid, record.version)
         changes: list[Change] = []
         return self._expire(record, now, changes), changes
 
@@ -429,6 +479,10 @@ class Store:
         ttl = check_ttl(record.ttl if ttl is None else ttl)
         if (record.status is EXPIRED or record.expires_at <= now) and not revive:
             raise SessionExpired(f"session {sid} has expired; pass revive to bring it back")
+        # Reviving a session the timer has not got to yet expires it first,
+        # a version of its own: the refresh's must still fit after it.
+        lazy = record.status is ACTIVE and record.expires_at <= now
+        _next_version(sid, _bumped(record.version) if lazy else record.version)
         deadline = self._deadline(record, now, ttl)
         if deadline <= now:
             raise SessionExpired(
@@ -445,6 +499,8 @@ class Store:
             last_access=now,
             expires_at=deadline,
             expired_at=None,
+            # Its retention will count from its next expiry, which is later.
+            imported_at=None,
             version=record.version + 1,
         )
         self._put(sid, record, after)
@@ -484,9 +540,15 @@ class Store:
     ) -> tuple[ImportResult, list[Change]]:
         """Merge records from elsewhere: new ids are imported, a record with
         a higher version (or the same version and a later ``last_access``)
-        replaces ours, anything else is skipped with its reason."""
+        replaces ours, anything else is skipped with its reason.
+
+        A record is brought within ``max_lifetime``. One that comes in
+        expired, or past its deadline, is kept for ``expired_retention``
+        from now (``Record.imported_at``) however long ago it expired: an
+        import must not purge at once what it reports as imported."""
         result = ImportResult(reasons=[])
         changes: list[Change] = []
+        cap = self.rules.max_lifetime * US
         for session in sessions:
             try:
                 rec = self._normalise(session)
@@ -494,6 +556,11 @@ class Store:
                 result.skipped += 1
                 result.reasons.append(f"{session.id}: {exc}")
                 continue
+            if cap and rec.expired_at is None and rec.expires_at > rec.created_at + cap:
+                rec = _replace(rec, expires_at=rec.created_at + cap)
+            late = rec.expired_at is not None or rec.expires_at <= now
+            if late:
+                rec = _replace(rec, imported_at=now)
             current = self.peek(rec.id)
             if current is None:
                 self._put(rec.id, None, rec)
@@ -506,41 +573,59 @@ class Store:
             else:
                 result.skipped += 1
                 result.reasons.append(f"{rec.id}: already present and not newer")
+                continue
+            result.already_expired += late
         return result, changes
 
     def _normalise(self, rec: Session) -> Record:
-        """A record from a file or another daemon, checked as ``create``
-        checks, with ``expired_at`` filled in."""
+        """A record that enters from a file, another daemon or a journal
+        line not in the daemon's own form: the one check of the rules for
+        records that enter, as ``create`` checks (but names written before
+        control characters were refused still load), with ``expired_at``
+        filled in.
+
+        A ttl of 0 or less (the legacy tool wrote some) means a session
+        expired at its deadline; it keeps ``default_ttl`` as its ttl, so
+        that a revive gives it a sensible life."""
         if not valid_id(rec.id):
             raise InvalidRequest(f"invalid session id {rec.id!r}")
         if rec.status not in (ACTIVE, EXPIRED):
             raise InvalidRequest(f"unknown status {rec.status!r}")
-        check_user(rec.user or None)
-        check_ttl(rec.ttl)
+        check_user(rec.user or None, new=False)
+        ttl, status = rec.ttl, rec.status
+        if isinstance(ttl, int) and ttl <= 0:
+            ttl, status = self.rules.default_ttl, EXPIRED
+        check_ttl(ttl)
         if not isinstance(rec.meta, dict):
             raise InvalidRequest(f"meta must be an object, not {type(rec.meta).__name__}")
-        meta_json = check_meta(rec.meta)
-        if rec.version < 1:
-            raise InvalidRequest(f"version must be at least 1, not {rec.version}")
-        for name in ("created_at", "last_access", "expires_at", "expired_at"):
-            value = getattr(rec, name)
+        meta_json = check_meta(rec.meta, new=False)
+        version = rec.version
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidRequest(f"version {version} is out of range (1 to {MAX_VERSION})")
+        imported_at = rec.imported_at if isinstance(rec, ImportedSession) else None
+        for name, value in (
+            ("created_at", rec.created_at), ("last_access", rec.last_access),
+            ("expires_at", rec.expires_at), ("expired_at", rec.expired_at),
+            ("imported_at", imported_at),
+        ):
             # Outside years 1..9999 a time cannot be written to the journal
             # in a form that reads back, so accepting it would brick replay.
             if value is not None and not TIME_MIN <= value <= TIME_MAX:
                 raise InvalidRequest(f"{name} {value} is outside the years 1 to 9999")
         expired_at = None
-        if rec.status != ACTIVE:
+        if status != ACTIVE:
             expired_at = rec.expires_at if rec.expired_at is None else rec.expired_at
         return Record(
             expires_at=rec.expires_at,
             id=rec.id,
             user=sys.intern(rec.user or DEFAULT_USER),
-            ttl=self._shared_ttl(rec.ttl),
+            ttl=self._shared_ttl(ttl),
             meta_json=self._shared_meta(meta_json),
             created_at=rec.created_at,
             last_access=rec.last_access,
             expired_at=expired_at,
-            version=rec.version,
+            version=version,
+            imported_at=imported_at,
         )
 
     def _shared_meta(self, meta_json: bytes) -> bytes:
@@ -581,7 +666,7 @@ class Store:
         # record reads the same whether the timer, a get, or a replay after
         # downtime expired it, and retention counts from the real expiry.
         expired_at = min(now, record.expires_at)
-        after = _replace(record, expired_at=expired_at, version=record.version + 1)
+        after = _replace(record, expired_at=expired_at, version=_bumped(record.version))
         self._put(record.id, record, after)
         self._record(out, Change("expired", record.id, record, after))
         return after
@@ -633,6 +718,48 @@ class Store:
                 assert record is not None
                 seq = self._put(sid, record, None)
                 self._record(changes, Change("purged", sid, record, None, seq))
+        return changes
+
+    def change_rules(self, now: int, rules: Rules) -> list[Change]:
+        """Adopt new settings. When ``max_lifetime`` comes down (or is set
+        where there was none), every session is brought within it at once,
+        so that every read agrees with the cap in force: the changes that
+        does are returned, to be persisted (or handed to ``revert``, and
+        the old rules put back, if the journal refuses them)."""
+        old = self.rules.max_lifetime
+        self.rules = rules
+        cap = rules.max_lifetime
+        if cap and (not old or cap < old):
+            return self.cap_lifetimes(now)
+        return []
+
+    def cap_lifetimes(self, now: int) -> list[Change]:
+        """Bring every active session within ``max_lifetime``: a deadline
+        later than creation + cap comes forward to it, and a session past
+        that already expires, at that moment. For a lowered cap, and at
+        start (the config file may have lowered it while the daemon was
+        down). The version goes up as for any change the daemon makes on
+        its own."""
+        cap = self.rules.max_lifetime * US
+        if not cap:
+            return []
+        live = list(filter(None, self._slots))
+        ends = map(add, map(_CREATED, live), repeat(cap))
+        over = compress(live, map(
+            and_, map(gt, map(_EXPIRES, live), ends), map(is_, map(_EXPIRED_AT, live), repeat(None))
+        ))
+        changes: list[Change] = []
+        for record in list(over):
+            end = record.created_at + cap
+            version = _bumped(record.version)
+            if end <= now:
+                after = _replace(record, expires_at=end, expired_at=end, version=version)
+                self._put(record.id, record, after)
+                self._record(changes, Change("expired", record.id, record, after))
+            else:
+                after = _replace(record, expires_at=end, version=version)
+                self._put(record.id, record, after)
+                changes.append(Change("updated", record.id, record, after))
         return changes
 
     # -- the one place state changes -------------------------------------
@@ -849,4 +976,9 @@ class Store:
 
 
 def _purge_key(record: Record) -> int:
-    return record.expires_at if record.expired_at is None else record.expired_at
+    """When a record's retention starts: its expiry, or its import if that
+    was later (an import keeps what it brought in for a whole retention)."""
+    if record.expired_at is None:
+        return record.expires_at
+    imported = record.imported_at
+    return record.expired_at if imported is None or imported < record.expired_at else imported

@@ -247,7 +247,7 @@ def test_cleanup_before_removes_what_is_due_by_then(d: Daemon) -> None:
 def test_config_shows_all_settings_or_one(d: Daemon) -> None:
     everything = js(d, "config")
     assert everything["default_ttl"] == 3600 and everything["fsync"] == "everysec"
-    assert re.search(r"^default_ttl +3600$", ok(d, "config"), re.M)
+    assert re.search(r"^default_ttl +3600 +default$", ok(d, "config"), re.M)
     assert ok(d, "config", "default_ttl") == "3600\n"
     assert js(d, "config", "default_ttl") == {"default_ttl": 3600}
 

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from sessiond import config
-from sessiond.errors import ConfigError, InvalidRequest
+from sessiond.errors import ConfigError, Conflict, InvalidRequest
 from tests.conftest import Daemon
 from tests.rawwire import Raw
 
@@ -106,6 +105,46 @@ def test_save_is_atomic_private_and_loads_back(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["default_ttl"] == 3600
 
 
+def test_layers_win_in_order_defaults_file_environment_flags(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"default_ttl": 100, "fsync": "no", "max_lifetime": 50}')
+    env = {"SESSIOND_FSYNC": "everysec", "SESSIOND_MAX_LIFETIME": "70", "OTHER": "x"}
+    layers = config.layered(path, env, {"fsync": "always"})
+    s = layers.settings
+    assert (s.default_ttl, s.max_lifetime, s.fsync, s.watch_queue) == (100, 70, "always", 10000)
+    assert layers.source("default_ttl") == "file" and layers.source("max_lifetime") == "env"
+    assert layers.source("fsync") == "flag" and layers.source("watch_queue") == "default"
+    # A reload reads the file again; the environment and the flags still win.
+    path.write_text('{"default_ttl": 200, "fsync": "no"}')
+    again = config.reload(layers)
+    assert (again.settings.default_ttl, again.settings.fsync) == (200, "always")
+    assert again.settings.max_lifetime == 70 and again.source("default_ttl") == "file"
+
+
+def test_setting_a_key_changes_that_key_alone_and_refuses_a_pinned_one(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    layers = config.layered(path, {"SESSIOND_DEFAULT_TTL": "60"}, {"fsync": "no"})
+    new = layers.with_file_key("max_lifetime", 30)
+    assert new.file == {"max_lifetime": 30} and new.settings.fsync == "no"
+    assert config.persist_key(path, "max_lifetime", 30) is None
+    assert json.loads(path.read_text()) == {"max_lifetime": 30}
+    for key in ("fsync", "default_ttl"):
+        with pytest.raises(Conflict, match=f"{key} is set by the"):
+            layers.with_file_key(key, 120 if key == "default_ttl" else "always")
+    before = config.persist_key(path, "default_ttl", 5)
+    assert before == {"max_lifetime": 30}
+    config.restore(path, before)
+    assert json.loads(path.read_text()) == {"max_lifetime": 30}
+    config.restore(path, None)
+    assert not path.exists()
+
+
+def test_an_environment_variable_is_validated_and_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="environment variable SESSIOND_FSYNC='x': invalid"):
+        config.layered(tmp_path / "c.json", {"SESSIOND_FSYNC": "x"}, {})
+    assert config.read_env({"SESSIOND_DEFAULT_TTL": "", "SESSIOND_SOCKET": "/s"}) == {}
+
+
 # -- through the daemon ------------------------------------------------------------
 
 
@@ -171,8 +210,11 @@ def test_config_errors_cross_the_wire_with_code_invalid(d: Daemon, fields: dict[
     assert (reply["r"], reply["id"], reply["code"]) == ("error", 9, "invalid")
 
 
-def test_the_settings_file_holds_every_setting_the_daemon_reports(d: Daemon) -> None:
+def test_the_settings_file_holds_the_keys_set_and_they_agree_with_the_daemon(d: Daemon) -> None:
     assert d.ctl("config", "max_lifetime", "0").returncode == 0
-    on_disk = msgspec.json.decode(d.config.read_bytes(), type=config.Settings)
+    on_disk = json.loads(d.config.read_text())
     with d.client() as c:
-        assert config.as_dict(on_disk) == c.config()
+        in_force = c.config()
+    # Only what was set: the defaults stay defaults, free to change.
+    assert "max_lifetime" in on_disk and set(on_disk) < set(in_force)
+    assert {k: in_force[k] for k in on_disk} == on_disk

@@ -148,7 +148,7 @@ def test_import_reports_imported_updated_skipped_and_unreadable(daemon: Daemon) 
     # with its reason.
     newer = dict(records[3], version=5, meta={"n": "newer"})
     fresh = dict(records[4], id="fresh0000001")
-    bad = dict(records[5], id="badttl000001", ttl=0)
+    bad = dict(records[5], id="badttl000001", ttl=100 * 365 * 86400 + 1)
     changes = daemon.root / "changes.jsonl"
     changes.write_text("".join(json.dumps(r) + "\n" for r in (newer, fresh, bad)))
     status, third, _ = import_json(daemon, changes)

@@ -40,6 +40,7 @@ from sessiond.protocol import (
     Get,
     Hello,
     HelloReply,
+    ImportReply,
     List,
     Page,
     Ping,
@@ -48,6 +49,8 @@ from sessiond.protocol import (
     SessionReply,
     Set,
     Stats,
+    StatsInfo,
+    StatsReply,
     Unset,
     decode_request,
     frame,
@@ -117,7 +120,8 @@ SAMPLES: dict[str, Any] = {
         result=CleanupResult(dry_run=True, removed_count=1, remaining_count=2,
                              removed_ids=["s2"]),
     ),
-    "response.config": ConfigReply(id=15, config={"default_ttl": 7200}),
+    "response.config": ConfigReply(id=15, config={"default_ttl": 7200},
+                                   sources={"default_ttl": "file"}),
     "response.error.not_found": ErrorReply(id=5, code="not_found",
                                            message="session s1 not found"),
     "response.error.connection": ErrorReply(
@@ -188,6 +192,30 @@ def test_requests_carry_their_tag_in_op_and_responses_in_r() -> None:
 
 def test_requests_omit_defaults_so_old_daemons_read_new_clients() -> None:
     assert msgspec.msgpack.decode(frame(Create(id=3))[HEADER:]) == {"op": "create", "id": 3}
+
+
+def test_replies_from_an_older_daemon_decode_with_the_fields_added_since() -> None:
+    # An older daemon's replies lack sources, config_sources, already_expired.
+    decode = msgspec.msgpack.Decoder(AnyResponse).decode
+    old_config = {"r": "config", "id": 1, "config": {"fsync": "no"}}
+    assert decode(msgspec.msgpack.encode(old_config)) == ConfigReply(
+        id=1, config={"fsync": "no"}
+    )
+    reply = decode(msgspec.msgpack.encode(
+        {"r": "import", "id": 2, "result": {"imported": 3, "reasons": []}}
+    ))
+    assert isinstance(reply, ImportReply) and reply.result.already_expired == 0
+    stats = msgspec.to_builtins(StatsReply(id=3, stats=StatsInfo(
+        total_sessions=0, active=0, expired=0, unique_users=0, average_ttl_seconds=0.0,
+        due_next_minute=0, expiries_done=0, purges_done=0, expiry_lag_max_ms=0.0,
+        expiry_lag_p99_ms=0.0, pid=1, version="0.1.0", uptime_seconds=0.0, event_loop="x",
+        connections=0, watchers=0, journal_path="j", journal_bytes=0, fsync="no",
+        compacted_bytes=0, last_compaction_at=None, last_compaction_seconds=None,
+        compactions=0, write_errors=0, read_only=None,
+    )))
+    del stats["stats"]["config_sources"]
+    got = decode(msgspec.msgpack.encode(stats))
+    assert isinstance(got, StatsReply) and got.stats.config_sources == {}
 
 
 def test_frame_length_accepts_a_frame_at_the_limit() -> None:

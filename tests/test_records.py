@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import TIME_MAX, Record, Session, iso
+from sessiond.errors import InvalidRequest
+from sessiond.model import MAX_VERSION, TIME_MAX, ImportedSession, Record, Session, iso
 from sessiond.records import (
     LineError,
     decode_line,
@@ -54,6 +55,23 @@ CAROL_EXPIRED = Session(
     expires_at=parse_time("2026-11-24T09:02:00Z"),
     expired_at=parse_time("2026-11-24T09:02:00.5Z"),
     version=2,
+)
+
+
+# Imported (by a legacy migration or sessionctl import) a month after it
+# expired: its retention counts from the import.
+DAVE_IMPORTED = ImportedSession(
+    id="dave-1",
+    user="dave",
+    status="expired",
+    ttl=60,
+    meta={"from": "legacy"},
+    created_at=parse_time("2026-10-24T09:00:00Z"),
+    last_access=parse_time("2026-10-24T09:00:00Z"),
+    expires_at=parse_time("2026-10-24T09:01:00Z"),
+    expired_at=parse_time("2026-10-24T09:01:00Z"),
+    imported_at=parse_time("2026-11-24T09:13:42.067680Z"),
+    version=1,
 )
 
 
@@ -96,6 +114,37 @@ def test_put_line_of_an_expired_session_carries_expired_at() -> None:
     assert put_line(CAROL_EXPIRED) == golden("journal_put_expired.jsonl")
 
 
+def test_put_line_of_a_session_imported_expired_carries_imported_at() -> None:
+    assert put_line(DAVE_IMPORTED) == golden("journal_put_imported.jsonl")
+    # The field is written only when set: every other line is as it was.
+    assert b"imported_at" not in put_line(ALICE) + put_line(CAROL_EXPIRED)
+
+
+def test_a_line_with_imported_at_is_read_in_bulk_with_it() -> None:
+    line = golden("journal_put_imported.jsonl")
+    expected = as_the_store_takes_it(DAVE_IMPORTED)
+    assert expected.imported_at == DAVE_IMPORTED.imported_at
+    assert read_block(line) == [expected]
+    assert read_block(put_line(ALICE) + line + delete_line("x")) == [
+        as_the_store_takes_it(ALICE), expected, "x"
+    ]
+    assert put_lines([as_the_store_takes_it(ALICE), expected]) == put_line(ALICE) + line
+
+
+@pytest.mark.parametrize("version", [MAX_VERSION + 1, 2**64 - 1, 2**64])
+def test_a_version_out_of_range_is_left_to_the_line_reader(version: int) -> None:
+    # The store then refuses it by name, as it refuses any other line.
+    line = put_line(msgspec.structs.replace(ALICE, version=version))
+    assert read_block(line) is None
+    got = read_line(line)
+    assert isinstance(got, Session) and got.version == version
+    with pytest.raises(InvalidRequest, match="version .* is out of range"):
+        Store().load(got)
+    assert read_block(put_line(msgspec.structs.replace(ALICE, version=MAX_VERSION))) == [
+        as_the_store_takes_it(msgspec.structs.replace(ALICE, version=MAX_VERSION))
+    ]
+
+
 def test_delete_line_matches_the_golden_bytes() -> None:
     assert delete_line("1f0f618148e2") == golden("journal_delete.jsonl")
 
@@ -105,6 +154,7 @@ def test_delete_line_matches_the_golden_bytes() -> None:
     [
         ("journal_put.jsonl", ALICE),
         ("journal_put_expired.jsonl", CAROL_EXPIRED),
+        ("journal_put_imported.jsonl", DAVE_IMPORTED),
         ("journal_delete.jsonl", "1f0f618148e2"),
     ],
 )
@@ -113,7 +163,9 @@ def test_golden_lines_decode_to_what_they_were_made_from(name: str, expected: ob
 
 
 @pytest.mark.parametrize(
-    "name", ["journal_put.jsonl", "journal_put_expired.jsonl", "journal_delete.jsonl"]
+    "name",
+    ["journal_put.jsonl", "journal_put_expired.jsonl", "journal_put_imported.jsonl",
+     "journal_delete.jsonl"],
 )
 def test_checksum_is_crc32_of_the_line_without_its_crc_field(name: str) -> None:
     line = golden(name)

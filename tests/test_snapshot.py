@@ -25,7 +25,7 @@ import pytest
 
 from sessionctl import Client
 from sessiond import snapshot
-from sessiond.model import EMPTY_META, US, Record, Session
+from sessiond.model import EMPTY_META, MAX_VERSION, US, Record, Session
 from sessiond.records import put_line, put_lines, read_block
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
@@ -255,6 +255,55 @@ def test_damage_behind_good_checksums_is_still_damage(
     with pytest.raises(SnapshotDamaged, match=reason):
         snapshot.load(journal, got.extend)
     assert not got
+
+
+def test_a_version_out_of_range_behind_good_checksums_is_damage(tmp_path: Path) -> None:
+    # A version the rules refuse must not enter by the snapshot: refused as
+    # damage, the journal (whose line says otherwise) is replayed in full.
+    journal = tmp_path / "data.jsonl"
+    write(journal, golden_chunks())
+    path = tmp_path / "data.snap"
+    data = path.read_bytes()
+    header = msgspec.msgpack.decode(data[20 : HEAD_BYTES].rstrip(b"\0"), type=snapshot.Header)
+    body = data[HEAD_BYTES:]
+    length = int.from_bytes(body[:4], "little")
+    raw = msgspec.msgpack.decode(body[4 : 4 + length])  # as plain lists: no bounds
+    for version in (MAX_VERSION + 1, 2**64 - 1, 0):
+        raw[6][0] = version
+        chunk = msgspec.msgpack.encode(raw)
+        _reseal(path, header, len(chunk).to_bytes(4, "little") + chunk + body[4 + length :])
+        got: list[Record] = []
+        with pytest.raises(SnapshotDamaged, match="chunk 1 is damaged"):
+            snapshot.load(journal, got.extend)
+        assert not got
+
+
+def test_a_format_1_snapshot_still_loads(tmp_path: Path) -> None:
+    # Written before the imported_at column: none of its records had one.
+    journal = tmp_path / "data.jsonl"
+    journal.write_bytes(b"".join(put_line(s) for s in GOLDEN_SESSIONS))
+    old = GOLDEN.with_name("snapshot_v1.snap").read_bytes()
+    assert struct.unpack_from("<I", old, 8) == (1,)
+    (tmp_path / "data.snap").write_bytes(old)
+    base, got = loaded(journal)
+    assert base is not None and base.count == 12
+    assert got == journal_records(journal.read_bytes())
+    assert all(r.imported_at is None for r in got)
+
+
+def test_records_imported_expired_keep_their_import_moment(tmp_path: Path) -> None:
+    journal = tmp_path / "data.jsonl"
+    made = journal_records(b"".join(put_line(session(i)) for i in range(40)))
+    made = [
+        msgspec.structs.replace(r, imported_at=BASE + i * US) if r.expired_at else r
+        for i, r in enumerate(made)
+    ]
+    data = write(journal, [made[:25], made[25:]])
+    assert data.count(b'"imported_at"') == 8
+    base, got = loaded(journal)
+    assert base is not None and got == made
+    items = read_block(data)
+    assert items == made  # the journal's lines say the same
 
 
 def test_another_format_version_is_stale_not_damage(tmp_path: Path) -> None:

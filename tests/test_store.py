@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
-from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, US, Record, Session
+from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, MAX_VERSION, US, Record, Session
 from sessiond.records import delete_line, put_line, read_block
 from sessiond.store import (
     META_MAX_BYTES,
@@ -667,7 +667,7 @@ def test_import_sessions_imports_updates_and_skips_with_reasons() -> None:
         record("old", version=1),
         record("bad id"),
         record("badstatus", status="zombie"),
-        record("badttl", ttl=0),
+        record("badttl", ttl=MAX_TTL + 1),
         record("baduser", user="u" * 257),
         record("badversion", version=0),
         record("badmeta", meta={"k": float("nan")}),
@@ -904,7 +904,7 @@ def test_load_keeps_the_last_record_and_remove_is_idempotent() -> None:
     store.remove("never-there")
     assert len(store) == 0
     with pytest.raises(InvalidRequest):
-        store.load(record("bad", ttl=0))
+        store.load(record("bad", ttl=MAX_TTL + 1))
 
 
 def test_a_loaded_past_due_session_comes_back_expired_at_its_deadline() -> None:
@@ -1035,7 +1035,7 @@ def test_replay_checks_sessions_from_other_lines_and_names_the_one_refused() -> 
     store = Store()
     good = lines_read(record("a"))
     with pytest.raises(ReplayRefused, match="ttl") as info:
-        store.replay([*good, record("b"), record("bad", ttl=0), record("c")])
+        store.replay([*good, record("b"), record("bad", ttl=MAX_TTL + 1), record("c")])
     assert info.value.index == 2
     assert [s.id for s in store.snapshot()] == ["a", "b"]
 
@@ -1048,3 +1048,107 @@ def test_equal_small_metas_and_ttls_are_held_once() -> None:
     c = make(store, meta={"big": "x" * 200})
     d = make(store, meta={"big": "x" * 200})
     assert c.meta == d.meta and c.meta_json is not d.meta_json  # large ones are not looked up
+
+
+# -- versions, import moments, lowered caps (issue 13) ---------------------------
+
+
+def test_a_change_asked_for_at_the_highest_version_is_refused_and_an_expiry_keeps_it() -> None:
+    store = Store()
+    store.import_sessions(at(0), [record("top", version=MAX_VERSION, expires_at=at(100))])
+    before = state(store)
+    for call in (lambda: store.set(at(1), "top", "k", 1), lambda: store.unset(at(1), "top", "k"),
+                 lambda: store.refresh(at(1), "top"), lambda: store.get(at(1), "top", True),
+                 lambda: store.expire(at(1), "top")):
+        with pytest.raises(InvalidRequest, match="delete it and create it again"):
+            call()
+    assert state(store) == before
+    # Past its deadline, a revive would need two versions: refused whole.
+    with pytest.raises(InvalidRequest):
+        store.refresh(at(200), "top", revive=True)
+    assert state(store) == before
+    changes = store.expire_due(at(200))
+    assert [(c.kind, c.after.version if c.after else None) for c in changes] == [
+        ("expired", MAX_VERSION)
+    ]
+    assert_consistent(store, at(200))
+
+
+def test_a_version_out_of_range_is_refused_where_records_enter() -> None:
+    store = Store()
+    result, _ = store.import_sessions(at(0), [
+        record("a", version=MAX_VERSION + 1), record("b", version=0), record("c", version=-3)
+    ])
+    assert result.skipped == 3 and all("out of range" in r for r in result.reasons)
+    with pytest.raises(InvalidRequest, match="out of range"):
+        store.load(record("d", version=2**64 - 1))
+    assert len(store) == 0
+
+
+def test_an_import_keeps_what_came_in_expired_for_a_retention_from_the_import() -> None:
+    store = Store(Rules(expired_retention=100))
+    result, changes = store.import_sessions(at(10_000), [
+        record("gone", status="expired", expires_at=at(100), expired_at=at(100)),
+        record("overdue", expires_at=at(200)),
+        record("live", expires_at=at(20_000)),
+    ])
+    assert (result.imported, result.already_expired) == (3, 2)
+    assert {c.sid: c.after.imported_at for c in changes if c.after} == {
+        "gone": at(10_000), "overdue": at(10_000), "live": None
+    }
+    assert store.purge_due(at(10_099)) == []
+    store.expire_due(at(10_099))
+    assert store.next_deadline() == at(10_100)
+    assert {c.sid for c in store.purge_due(at(10_100))} == {"gone", "overdue"}
+    assert [s.id for s in store.snapshot()] == ["live"]
+    assert_consistent(store, at(10_100))
+
+
+def test_a_revived_import_forgets_its_import_moment() -> None:
+    store = Store()
+    store.import_sessions(at(500), [record("r", status="expired", expired_at=at(100))])
+    revived, _ = store.refresh(at(600), "r", revive=True)
+    assert revived.imported_at is None and revived.status is ACTIVE
+
+
+def test_a_ttl_of_0_or_less_is_kept_expired_with_the_default_ttl() -> None:
+    store = Store(Rules(default_ttl=77))
+    result, _ = store.import_sessions(at(500), [
+        record("z", ttl=0, expires_at=at(0)), record("n", ttl=-5, expires_at=at(-5))
+    ])
+    assert result.imported == 2 and result.already_expired == 2
+    z, n = store.peek("z"), store.peek("n")
+    assert z is not None and (z.status, z.ttl, z.expired_at) == (EXPIRED, 77, at(0))
+    assert n is not None and (n.status, n.ttl, n.expired_at) == (EXPIRED, 77, at(-5))
+
+
+def test_lowering_max_lifetime_brings_every_session_within_it_and_revert_undoes_it() -> None:
+    store = Store()
+    make(store, 0, sid="old", ttl=1000)
+    make(store, 50, sid="young", ttl=1000)
+    make(store, 80, sid="short", ttl=10)
+    store.expire(at(1), "short")
+    before = state(store)
+    changes = store.change_rules(at(100), Rules(max_lifetime=60))
+    assert [(c.kind, c.sid) for c in changes] == [("expired", "old"), ("updated", "young")]
+    old, young = store.peek("old"), store.peek("young")
+    assert old is not None and (old.expires_at, old.expired_at, old.version) == (
+        at(60), at(60), 2
+    )
+    assert young is not None and (young.expires_at, young.status) == (at(110), ACTIVE)
+    assert store.next_deadline() == at(110)
+    assert_consistent(store, at(100))
+    # Raising it, or lowering it no further, changes no session.
+    assert store.change_rules(at(100), Rules(max_lifetime=600)) == []
+    assert store.change_rules(at(100), Rules(max_lifetime=60)) == []
+    store.revert(changes)
+    store.rules = Rules()
+    assert state(store) == before
+    assert_consistent(store, at(100))
+
+
+def test_an_import_is_brought_within_max_lifetime() -> None:
+    store = Store(Rules(max_lifetime=60))
+    store.import_sessions(at(10), [record("long", expires_at=at(1000))])
+    got = store.peek("long")
+    assert got is not None and got.expires_at == at(60)

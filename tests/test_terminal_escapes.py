@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sessionctl import Client
+from sessiond.model import Session
 from tests.conftest import Daemon, wait_until
 from tests.test_watch import CtlWatch, watchers
 
@@ -37,10 +40,24 @@ def assert_clean(text: str) -> None:
     assert found is None, f"raw {found.group()!r} in {text!r}"
 
 
+def import_hostile(c: Client, sid: str) -> str:
+    """A session whose user and meta hold what a terminal obeys. create and
+    set refuse C0 controls in users and keys; an import takes existing data
+    as it is, so that is how such a user still arrives."""
+    now = time.time_ns() // 1000
+    session = Session(
+        id=sid, user=USER, status="active", ttl=3600,
+        meta={KEY: VALUE, "plain": "ok"}, created_at=now, last_access=now,
+        expires_at=now + 3600 * 1_000_000,
+    )
+    assert c.import_page([session]).imported == 1
+    return sid
+
+
 @pytest.fixture
 def hostile(daemon: Daemon) -> Iterator[str]:
     with daemon.client() as c:
-        yield c.create(user=USER, meta={KEY: VALUE, "plain": "ok"}).id
+        yield import_hostile(c, "hostile1")
 
 
 def test_get_escapes_the_user_and_meta(daemon: Daemon, hostile: str) -> None:
@@ -88,7 +105,7 @@ def test_watch_prints_one_escaped_line_per_event(daemon: Daemon) -> None:
     try:
         wait_until(lambda: watchers(daemon) == 1, 15, "the watch to start")
         with daemon.client() as c:
-            sid = c.create(user=USER).id
+            sid = import_hostile(c, "hostile2")
             c.set(sid, "k", "v")
         got = w.lines.until(lambda line: f" updated {sid}" in line)
         assert [line.split(" ", 1)[1] for line in got] == [
