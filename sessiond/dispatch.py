@@ -31,6 +31,7 @@ from sessiond.errors import (
     Unsupported,
 )
 from sessiond.events import Hub, Watcher
+from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
 from sessiond.journal import Journal
 from sessiond.model import US, Record, now_us
@@ -155,6 +156,10 @@ class Dispatcher:
         """The state of the layers built on this one (``Connections``,
         ``Server``): each adds its own, so that only this class takes the
         constructor's arguments."""
+        # The encoders of replies and journal lines: themselves, unless a
+        # failpoint makes them fail (chosen once, not per request).
+        self._encode_into = encode_fault(REPLY_ENCODE_ERROR, encoder.encode_into)
+        self._journal_lines = encode_fault(LINE_ENCODE_ERROR, journal_lines)
 
     async def _batch(
         self, bodies: list[memoryview], bad: int, out: bytearray
@@ -174,7 +179,7 @@ class Dispatcher:
         # Looked up once: this loop runs for every request.
         handlers = self._handlers
         decode = request_decoder.decode
-        encode_into = encoder.encode_into
+        encode_into = self._encode_into
         pack_length = LENGTH.pack_into
         used = 0
         for body in bodies:
@@ -252,7 +257,7 @@ class Dispatcher:
     async def commit(self, changes: list[Change]) -> None:
         """Persist changes already applied to the store, then announce them."""
         store = self.store
-        await self.journal.commit(journal_lines(changes), lambda: store.revert(changes))
+        await self.journal.commit(self._journal_lines(changes), lambda: store.revert(changes))
         if self.hub.watchers:
             self.hub.publish(changes, now_us())
         # A change may bring the next deadline forward: a new or shorter
