@@ -160,10 +160,20 @@ class Journal:
         # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
-        self._seq = 0  # batches accepted
+        # Batches are numbered as they are accepted, from 1. ``settled``: every
+        # batch up to this one is written (synced, for ``always``) or refused;
+        # they settle in order. ``failures``: how many failures have refused
+        # batches (or turned the journal read-only). Replies that read the
+        # store wait on these: see ``Dispatcher._hold``.
+        self.accepted = 0
+        self.settled = 0
+        self.failures = 0
         self._generation = 0  # files this journal has had (compaction swaps)
-        self._settled = 0  # highest batch written or refused (they settle in order)
         self._settled_waiter: anyio.Event | None = None
+        # The last batch of the group in the writer thread (0: none), and the
+        # last batch refused while it was there: see ``_fail``.
+        self._in_flight = 0
+        self._refused_behind = 0
         # _io_lock: one writer of the file at a time. _fd_lock: the fd stays
         # open while a thread fsyncs it. Order: _io_lock, then _fd_lock.
         # fast_acquire: an uncontended acquire need not cost a trip round
@@ -238,20 +248,20 @@ class Journal:
             await anyio.lowlevel.checkpoint()
             raise ReadOnly(self.failed)
         self.changed_since_compaction = True
-        self._seq += 1
+        self.accepted += 1
         if self._idle_for_inline_write():
             start = self.size
             try:
                 self._write_at(self.fd, data, start)
             except OSError as exc:
-                await self._inline_failed(exc, _Batch(data, undo, self._seq, None), start)
+                await self._inline_failed(exc, _Batch(data, undo, self.accepted, None), start)
             self._written(data, sync=False)
-            self._settle(self._seq)
+            self._settle(self.accepted)
             return
         # asyncio's own Event: anyio's (the same thing underneath on the
         # asyncio backend) costs ~1 us more to make, once per commit.
         done = asyncio.Event()
-        batch = _Batch(data, undo, self._seq, done)
+        batch = _Batch(data, undo, self.accepted, done)
         self._queue.append(batch)
         if self._forming:
             # A group for an fsync on the loop is forming: its task takes this.
@@ -341,9 +351,13 @@ class Journal:
                     if inline:
                         self._write_sync(self.fd, data, sync, self.size)
                     else:
-                        await self._writer.run(
-                            partial(self._write_sync, self.fd, data, sync, self.size)
-                        )
+                        self._in_flight = group[-1].seq
+                        try:
+                            await self._writer.run(
+                                partial(self._write_sync, self.fd, data, sync, self.size)
+                            )
+                        finally:
+                            self._in_flight = 0
                 except _DiskError as exc:
                     self._fail(exc.error, exc.what, group)
                     return
@@ -454,18 +468,24 @@ class Journal:
             self._dirty = False
 
     @property
-    def _settled_event(self) -> anyio.Event:
+    def settled_event(self) -> anyio.Event:
         """Set at the next settlement. Made only when someone waits for one
-        (a compaction), not for every batch."""
+        (a compaction, replies held back), not for every batch."""
         if self._settled_waiter is None:
             self._settled_waiter = anyio.Event()
         return self._settled_waiter
 
+    async def wait_settled(self, seq: int) -> None:
+        """Until every batch up to ``seq`` is written or refused."""
+        while self.settled < seq:
+            await self.settled_event.wait()
+
     def _settle(self, seq: int) -> None:
-        # max: a failure of the background fsync refuses the queue while an
-        # older group may still be on its way to disk and settle after it.
-        if seq > self._settled:
-            self._settled = seq
+        # Batches refused while an older group was in the writer thread
+        # settled then; they count once that group has (see _fail).
+        seq = max(seq, self._refused_behind)
+        if seq > self.settled:
+            self.settled = seq
         event = self._settled_waiter
         if event is not None:
             self._settled_waiter = None
@@ -473,6 +493,7 @@ class Journal:
 
     def _fail(self, exc: OSError, what: str, group: list[_Batch] | None = None) -> None:
         self.write_errors += 1
+        self.failures += 1
         self.failed = (
             f"journal {what} failed: {describe(exc)}; writes are refused until the "
             f"journal has been rewritten in full (sessiond retries on its own; "
@@ -486,7 +507,14 @@ class Journal:
             b.error = ReadOnly(self.failed)
             b.settle()
         if refused:
-            self._settle(refused[-1].seq)
+            if group is None and self._in_flight:
+                # The background fsync failed while a group is in the writer
+                # thread: what it refused is newer than that group, which may
+                # yet be written, or refused in turn. ``settled`` must not
+                # pass that group before it settles (then it takes these).
+                self._refused_behind = refused[-1].seq
+            else:
+                self._settle(refused[-1].seq)
         if self.on_failure is not None:
             self.on_failure()
 
@@ -522,7 +550,7 @@ class Journal:
             # The records hold every batch accepted so far, written or not;
             # capture starts at the same instant, so every later write is in
             # the capture (and perhaps in the records too).
-            snapshot_seq = self._seq
+            snapshot_seq = self.accepted
             self._capture = []
             try:
                 kept = await anyio.to_thread.run_sync(
@@ -530,8 +558,7 @@ class Journal:
                 )
                 # A batch the snapshot holds but that is still unwritten could
                 # yet fail and be reverted: wait until each has settled.
-                while self._settled < snapshot_seq:
-                    await self._settled_event.wait()
+                await self.wait_settled(snapshot_seq)
                 async with self._io_lock, self._fd_lock:
                     if self.write_errors != errors:
                         raise _Abandoned(
