@@ -212,7 +212,7 @@ class Server(Connections):
             if expired or purged:
                 try:
                     await self.commit(expired + purged)
-                except ReadOnly as exc:
+                except (ReadOnly, InternalError) as exc:
                     # Reverted, so still due: retry later, not in a hot loop.
                     log.error("could not persist %d expiries: %s",
                               len(expired) + len(purged), exc)
