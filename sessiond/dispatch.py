@@ -216,7 +216,10 @@ class Dispatcher:
                 elif journal.settled < journal.accepted:
                     await self._hold(out, bodies, first, used - 1, first_out)
                 if isinstance(req, Watch):
-                    watcher = self.hub.subscribe(req.user, self.settings.watch_queue)
+                    settings = self.settings
+                    watcher = self.hub.subscribe(
+                        req.user, settings.watch_queue, settings.watch_queue_bytes
+                    )
                     append_frame(out, EventReply(id=req.id, event=_hello_event()))
                     return watcher, bad, used
                 out += await self._slow(req)

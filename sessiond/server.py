@@ -25,9 +25,8 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from sessiond.connection import IDLE, Conn, Connections, Stop
 from sessiond.errors import Busy, InternalError, JournalError, ReadOnly
 from sessiond.events import Watcher
-from sessiond.frames import error_frame, frame
+from sessiond.frames import error_frame
 from sessiond.model import US, now_us
-from sessiond.protocol import EventReply
 
 log = logging.getLogger("sessiond.server")
 
@@ -169,15 +168,15 @@ class Server(Connections):
                 tg.start_soon(until_closed)
                 while not self.stopping:
                     await watcher.ready.wait()
-                    events = watcher.take()
-                    if events:
+                    data = watcher.take()
+                    if data:
                         # No send timeout here: a watcher that stops reading
                         # blocks only this task, its bounded queue overflows
                         # into a "lagged" event, and it may catch up later.
+                        # What waits meanwhile is this one take (in the
+                        # transport's buffer) and the queue: both bounded.
                         try:
-                            await stream.send(b"".join(
-                                frame(EventReply(id=0, event=e)) for e in events
-                            ))
+                            await stream.send(data)
                         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                             # The watcher went away. Raised out of the task
                             # group this would arrive as an ExceptionGroup.
