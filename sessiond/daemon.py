@@ -94,10 +94,22 @@ def take_lock(lock_path: Path) -> int:
     return fd
 
 
+# A Unix socket's address holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
+
+
 def bind_socket(path: Path) -> socket.socket:
     """A listening socket at ``path``, created 0600 by the umask at bind.
 
     A stale socket (nothing answers) is replaced; a live one is an error."""
+    length = len(os.fsencode(path))
+    if length > SOCKET_PATH_MAX:
+        # Else bind says only "AF_UNIX path too long", with no errno.
+        raise StartError(
+            f"cannot bind {path}: the path is {length} bytes long and a Unix socket's "
+            f"path can be at most {SOCKET_PATH_MAX}; choose a shorter one with --socket "
+            f"or SESSIOND_SOCKET"
+        )
     paths.private_dir(path.parent)
     if path.exists() or path.is_symlink():
         st = os.lstat(path)
@@ -122,7 +134,7 @@ def bind_socket(path: Path) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise StartError(f"cannot bind {path}: {exc.strerror}") from exc
+        raise StartError(f"cannot bind {path}: {exc.strerror or exc}") from exc
     finally:
         os.umask(old)
     sock.listen(512)
