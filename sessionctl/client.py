@@ -353,14 +353,20 @@ class Client(_Operations):
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             if not autostart:
-                raise DaemonUnavailable(
+                from sessionctl.unreachable import connect_failed
+
+                raise DaemonUnavailable(connect_failed(self._where, exc) or (
                     f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
                     f"'sessiond' or 'systemctl --user start sessiond', or let sessionctl "
                     f"start it (drop --no-autostart)"
-                ) from exc
+                )) from exc
         except OSError as exc:
             sock.close()
-            raise DaemonUnavailable(f"cannot connect to {self._where}: {exc.strerror}") from exc
+            from sessionctl.unreachable import connect_failed
+
+            raise DaemonUnavailable(
+                connect_failed(self._where, exc) or f"cannot connect to {self._where}: {exc}"
+            ) from exc
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)

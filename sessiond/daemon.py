@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, config, paths, snapshot, systemd
+from sessiond import __version__, config, paths, rebind, snapshot, systemd
 from sessiond.dispatch import journal_lines
 from sessiond.errors import SessionError
 from sessiond.journal import POLICIES, Journal
@@ -313,16 +313,16 @@ async def serve(
         journal.append_at_start(journal_lines(initial))
     if migrated is not None:
         mark_migrated(where.data_dir, migrated)
+    keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
-        # must never be unlinked here.
+        # must never be unlinked here (nor bound again: see rebind).
         sock = passed
-        own_socket = False
         address: object = sock.getsockname()
         log.info("using the socket passed by systemd: %s (fd %d)", address, activated[0])
     else:
         sock = bind_socket(where.socket)
-        own_socket = True
+        keeper = rebind.SocketKeeper(where.socket, bind_socket)
         address = str(where.socket)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run_flusher)
@@ -331,6 +331,8 @@ async def serve(
             sock.setblocking(False)
             listener = await anyio.abc.SocketListener.from_socket(sock)
             tg.start_soon(server.serve, listener, tg)
+            if keeper is not None:
+                tg.start_soon(keeper.run, server)
             tg.start_soon(server.run_expiry)
             tg.start_soon(server.run_compactor)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
@@ -343,12 +345,11 @@ async def serve(
             await _until_stopped(server, where)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
-            server.stop_accepting()
-            await listener.aclose()
+            await server.stop_listening()
             await server.drain(grace=4.0)
             await journal.sync()
         finally:
-            if own_socket:
+            if keeper is not None and keeper.still_ours():
                 where.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
     log.info("stopped")

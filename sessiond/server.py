@@ -48,44 +48,86 @@ class Server(Connections):
         self.uid = os.getuid()
         # Watchers waiting for their client to go away: drain() ends them.
         self._idle: set[anyio.CancelScope] = set()
-        self._accepting = anyio.CancelScope()
         self._drained = anyio.Event()
+        # The accept loop's scope, and its end; the listener it accepts on
+        # (replaced when the socket is bound again: see ``listen_on``).
+        self._accepting = anyio.CancelScope()
+        self._accept_ended = anyio.Event()
+        self._accept_stopped = False
+        self.listener: SocketListener | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
 
     # -- accepting -------------------------------------------------------
 
     async def serve(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
-        """Accept until ``stop_accepting``; survive running out of descriptors.
+        """Accept until ``stop_listening``; survive running out of descriptors.
 
         Connections run in ``tg`` so that they outlive the accept loop and
         can finish what is in flight when the daemon stops."""
-        backoff = 0.0
+        self._tg = tg
+        self.listener = listener
         # In ``tg``: connections keep their time limits while they drain.
         tg.start_soon(self._run_deadlines)
-        with self._accepting:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except (OSError, anyio.BrokenResourceError) as exc:
-                    # anyio wraps the accept(2) error in BrokenResourceError;
-                    # the listener itself is still fine.
-                    cause = exc if isinstance(exc, OSError) else exc.__cause__
-                    if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
-                        raise
-                    if not backoff:
-                        log.warning("accept failed (%s); backing off until descriptors "
-                                    "are free again", cause.strerror)
-                    # The pending connection keeps the listener readable, so
-                    # retrying at once would spin: wait, as trio does.
-                    backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
-                    await anyio.sleep(backoff)
-                    continue
-                if backoff:
-                    log.info("accepting connections again")
-                    backoff = 0.0
-                tg.start_soon(self._connection, stream)
+        await self._accept(listener, self._accepting, self._accept_ended)
 
-    def stop_accepting(self) -> None:
+    async def _accept(
+        self, listener: SocketListener, scope: anyio.CancelScope, ended: anyio.Event
+    ) -> None:
+        assert self._tg is not None
+        tg = self._tg
+        backoff = 0.0
+        try:
+            with scope:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except (OSError, anyio.BrokenResourceError) as exc:
+                        # anyio wraps the accept(2) error in BrokenResourceError;
+                        # the listener itself is still fine.
+                        cause = exc if isinstance(exc, OSError) else exc.__cause__
+                        if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
+                            raise
+                        if not backoff:
+                            log.warning("accept failed (%s); backing off until descriptors "
+                                        "are free again", cause.strerror)
+                        # The pending connection keeps the listener readable, so
+                        # retrying at once would spin: wait, as trio does.
+                        backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
+                        await anyio.sleep(backoff)
+                        continue
+                    if backoff:
+                        log.info("accepting connections again")
+                        backoff = 0.0
+                    tg.start_soon(self._connection, stream)
+        finally:
+            ended.set()
+
+    async def listen_on(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` from now on, and close the listener before it
+        (whose path was lost: ``sessiond.rebind``). Connections already
+        accepted are not touched."""
+        sock.setblocking(False)
+        listener = await SocketListener.from_socket(sock)
+        if self._accept_stopped or self._tg is None:
+            await listener.aclose()
+            return
+        old, old_scope, old_ended = self.listener, self._accepting, self._accept_ended
+        self.listener = listener
+        self._accepting, self._accept_ended = anyio.CancelScope(), anyio.Event()
+        self._tg.start_soon(self._accept, listener, self._accepting, self._accept_ended)
+        # The old loop must be out of accept() before its socket is closed.
+        old_scope.cancel()
+        await old_ended.wait()
+        if old is not None:
+            await old.aclose()
+
+    async def stop_listening(self) -> None:
+        """Accept no more connections, and close the listener."""
+        self._accept_stopped = True
         self._accepting.cancel()
+        await self._accept_ended.wait()
+        if self.listener is not None:
+            await self.listener.aclose()
 
     def _peer_uid(self, stream: SocketStream) -> int:
         sock = stream.extra(SocketAttribute.raw_socket)

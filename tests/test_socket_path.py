@@ -28,3 +28,13 @@ def test_a_socket_path_over_107_bytes_is_refused_saying_why_and_what_to_do(
     d.start()
     with d.client() as c:
         c.ping()
+
+
+def test_sessionctl_says_why_it_cannot_connect_to_a_socket_path_over_107_bytes(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    long = str(tmp_path / ("p" * 60) / ("q" * 60) / "sessiond.sock")
+    result = daemon.ctl("--socket", long, "--no-autostart", "ping")
+    assert result.returncode == 3
+    assert f"the path is {len(long)} bytes long" in result.stderr and "107" in result.stderr
+    assert "None" not in result.stderr and result.stderr.count("\n") == 1
