@@ -33,7 +33,7 @@ from sessiond.errors import (
 from sessiond.events import Hub, Watcher
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
-from sessiond.journal import Journal
+from sessiond.journal import Journal, compacted_size
 from sessiond.model import US, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
@@ -630,6 +630,7 @@ class Dispatcher:
             compactions=j.compactions,
             write_errors=j.write_errors,
             read_only=j.failed,
+            compaction_needs_bytes=compacted_size(self.store.live_slots(), len(self.store)),
         )
 
 

@@ -37,8 +37,14 @@ Durability rules:
 * A failed write or fsync is never retried and then acknowledged (after a
   failed fsync the kernel may have dropped the data and marked the pages
   clean): the batches it carried, and every batch queued behind them, are
-  reverted in memory (newest first) and refused; the journal turns read-only
-  until a compaction writes the whole in-memory state to a fresh file.
+  reverted in memory (newest first) and refused; the journal turns
+  read-only. After a failed fsync it stays so until a compaction writes the
+  whole in-memory state to a fresh file (PostgreSQL's "fsyncgate": the
+  file's pages cannot be trusted). After a write the kernel refused for
+  want of room (ENOSPC, EDQUOT, EFBIG: it took none of it, and the file is
+  cut back to its last good size), also as soon as space can be reserved
+  after the lines again (``try_resume``): nothing written before is in
+  doubt, and a disk that filled up and was then freed needs no restart.
 * Compaction writes a snapshot to a temp file in a worker thread while the
   daemon keeps serving; whatever is written meanwhile is captured and
   appended to the temp file before it is fsynced and renamed over the journal.
@@ -78,6 +84,7 @@ from sessiond.failpoints import (
 )
 from sessiond.model import Record
 from sessiond.protocol import CompactResult
+from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
 from sessiond.writer import WriterThread
 
@@ -92,6 +99,9 @@ INLINE_SYNC_MAX = 0.001
 # filesystem has no fallocate glibc writes a byte into every block of it,
 # on the event loop; and a killed daemon leaves it behind until its start.
 RESERVE_BYTES = 1 << 20
+# Appending again after a write failed for want of room needs the reserve
+# reserved again, or at least this much of it.
+RESUME_MIN_BYTES = 64 * 1024
 Undo = Callable[[], None]
 
 
@@ -148,6 +158,8 @@ class Journal:
         self.fsyncs = 0
         self.changed_since_compaction = False
         self.failed: str | None = None
+        # The failure was a write refused for want of room (see try_resume).
+        self._room_failure = False
         # Called after a failure, so that the owner can start the compaction
         # that leads out of read-only mode without waiting for its timer.
         self.on_failure: Callable[[], None] | None = None
@@ -494,11 +506,19 @@ class Journal:
     def _fail(self, exc: OSError, what: str, group: list[_Batch] | None = None) -> None:
         self.write_errors += 1
         self.failures += 1
-        self.failed = (
-            f"journal {what} failed: {describe(exc)}; writes are refused until the "
-            f"journal has been rewritten in full (sessiond retries on its own; "
-            f"'sessionctl compact' retries now)"
-        )
+        self._room_failure = what == "write" and exc.errno in WRITE_ERRNOS
+        if self._room_failure:
+            self.failed = (
+                f"journal write failed: {describe(exc)}; writes are refused until there "
+                f"is room to append again (sessiond checks every second) or the journal "
+                f"has been rewritten in full ('sessionctl compact' tries now)"
+            )
+        else:
+            self.failed = (
+                f"journal {what} failed: {describe(exc)}; writes are refused until the "
+                f"journal has been rewritten in full (sessiond retries on its own; "
+                f"'sessionctl compact' retries now)"
+            )
         log.error("%s: %s", self.path, self.failed)
         refused = (group or []) + self._queue
         self._queue = []
@@ -517,6 +537,33 @@ class Journal:
                 self._settle(refused[-1].seq)
         if self.on_failure is not None:
             self.on_failure()
+
+    async def try_resume(self) -> bool:
+        """After a write refused for want of room: reserve space after the
+        lines again and, if there is room now, accept writes again (and log
+        it). Returns whether writes are accepted. After any other failure
+        (an fsync) it does nothing: only ``compact`` ends those."""
+        if self.failed is None:
+            return True
+        if not self._room_failure:
+            return False
+        async with self._io_lock, self._fd_lock:
+            if not self._room_failure or self.failed is None:  # compacted meanwhile
+                return self.failed is None
+            try:
+                reserved = await anyio.to_thread.run_sync(_reserve_again, self.fd, self.size)
+            except OSError as exc:
+                if exc.errno not in WRITE_ERRNOS:
+                    log.error("%s: reserving space to append again failed: %s",
+                              self.path, describe(exc))
+                return False
+            self._file_size = self.size + reserved
+            self._reserving = True
+            self.failed = None
+            self._room_failure = False
+        log.warning("%s: there is room to append again (%d bytes reserved after the lines): "
+                    "writes are accepted again", self.path, reserved)
+        return True
 
     # -- compaction ----------------------------------------------------
 
@@ -605,6 +652,7 @@ class Journal:
             if self.failed is not None:
                 log.warning("journal rewritten in full: writes are accepted again")
             self.failed = None
+            self._room_failure = False
             if dir_error is not None:
                 self._fail(dir_error, "directory fsync")
             seconds = time.monotonic() - started
@@ -618,6 +666,42 @@ class Journal:
             return CompactResult(
                 bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
+
+
+# Sessions whose lines are encoded to estimate a compaction's size.
+ESTIMATE_SAMPLE = 256
+
+
+def compacted_size(slots: Sequence[Record | None], count: int) -> int:
+    """About the size of the journal that compacting ``slots`` (holding
+    ``count`` records) writes: one line per record, reckoned from the
+    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
+    store (all of them, when there are no more: then it is exact)."""
+    if not count:
+        return 0
+    step = max(1, len(slots) // ESTIMATE_SAMPLE)
+    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
+    if not sample:
+        return 0
+    if len(sample) == count:
+        return len(put_lines(sample))
+    return round(len(put_lines(sample)) / len(sample) * count)
+
+
+def _reserve_again(fd: int, size: int) -> int:
+    """Cut whatever follows the lines (a failed write's remains, if its
+    cut failed too), then reserve space after them: the whole reserve, or
+    at least ``RESUME_MIN_BYTES``. Returns the bytes reserved; raises
+    ``OSError`` when there is no room for even that."""
+    os.ftruncate(fd, size)
+    try:
+        os.posix_fallocate(fd, size, RESERVE_BYTES)
+        return RESERVE_BYTES
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+    os.posix_fallocate(fd, size, RESUME_MIN_BYTES)
+    return RESUME_MIN_BYTES
 
 
 def _cut(fd: int, size: int) -> None:

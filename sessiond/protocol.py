@@ -185,6 +185,10 @@ class StatsInfo(msgspec.Struct, kw_only=True):
     compactions: int
     write_errors: int
     read_only: str | None
+    # The rewritten journal a compaction would write (estimated from a
+    # sample of sessions): the free space it needs. (The binary snapshot
+    # written beside it needs some more, but a compaction does without.)
+    compaction_needs_bytes: int = 0
 
 
 class StatsReply(Response, tag="stats"):

@@ -34,6 +34,8 @@ log = logging.getLogger("sessiond.server")
 # per journal commit, and lets requests in between batches.
 EXPIRY_BATCH = 4096
 TIMER_RETRY = 1.0
+# How often a read-only journal is asked whether it can take writes again.
+RESUME_INTERVAL = 1.0
 TIMER_MAX_SLEEP = 1.0
 ACCEPT_BACKOFF_MAX = 0.25
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -286,17 +288,26 @@ class Server(Connections):
                 await anyio.lowlevel.checkpoint()
 
     async def run_compactor(self) -> None:
-        """Compact on growth, on the interval, and to leave read-only mode."""
+        """Compact on growth, on the interval, and to leave read-only mode.
+
+        While the journal is read-only: every ``RESUME_INTERVAL``, see
+        whether an append fits again (after a write refused for want of
+        room; ``Journal.try_resume``), and otherwise try a compaction,
+        backing off while they fail."""
         retry = 1.0
+        next_try = 0.0  # when a compaction may be tried again after failures
         last = time.monotonic()
         while True:
             interval = self.settings.compact_interval or math.inf
-            wait = retry if self.journal.failed else min(interval, 60.0)
+            wait = RESUME_INTERVAL if self.journal.failed else min(interval, 60.0)
             with anyio.move_on_after(wait):
                 await self.compact_wake.wait()
             self.compact_wake = anyio.Event()
             s = self.settings
             j = self.journal
+            if j.failed and await j.try_resume():
+                retry, next_try = 1.0, 0.0
+                continue
             timer_due = (
                 s.compact_interval > 0
                 and j.changed_since_compaction
@@ -305,12 +316,15 @@ class Server(Connections):
             grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
             if not (j.failed or timer_due or grown):
                 continue
+            if j.failed and time.monotonic() < next_try:
+                continue
             try:
                 await j.compact(self.store.live_slots)
-                retry = 1.0
+                retry, next_try = 1.0, 0.0
                 last = time.monotonic()
             except JournalError as exc:
                 log.error("%s", exc)
+                next_try = time.monotonic() + retry
                 retry = min(retry * 2, 30.0)
 
     # -- stopping --------------------------------------------------------
