@@ -64,10 +64,10 @@ def start_daemon(path: Path) -> None:
             if code != 0 and _other_daemon_alive(data, proc.pid):
                 if _wait_for(path, deadline):
                     return
-                from sessionctl.unreachable import holder
+                from sessionctl.unreachable import holder, listens_on
 
                 pid = holder(data)
-                if pid is not None and not path.exists():
+                if pid is not None and listens_on(pid, os.fspath(path)):
                     raise DaemonUnavailable(
                         f"sessiond (pid {pid}) holds {data} but its socket {path} is "
                         f"missing, and it has not bound it again within {WAIT_SECONDS:g}s; "

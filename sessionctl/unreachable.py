@@ -7,7 +7,10 @@ The case it exists for: the socket file was removed (a tmp cleaner, a
 logout that emptied the runtime directory) while the daemon runs on,
 holding the data dir's lock. It binds the path again within a few seconds
 (``sessiond.rebind``); until then a client is told which daemon that is,
-rather than to start one (which would fail on the lock).
+rather than to start one (which would fail on the lock). Said only when
+that daemon does listen on a socket bound to the path the client tried
+(the kernel remembers the name after the file is gone): a client sent to
+another path is told what it always was.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import os
 
 from sessiond.paths import LOCK_NAME, data_dir
 
+# A listening socket's flag in /proc/net/unix (__SO_ACCEPTCON).
+_ACCEPTCON = 0x10000
+
 
 def holder(data: str | os.PathLike[str] | None = None) -> int | None:
-    """The pid of the live ``sessiond`` that holds the data dir (``data``,
-    or the one the daemon would use), as its lock file says; ``None`` when
-    it names none, or a process that is gone or is not a sessiond (a pid
+    """The pid of the live process that holds the data dir (``data``, or
+    the one the daemon would use), as its lock file says; ``None`` when it
+    names none, or a process that is gone or not ours to signal (a pid
     reused after a crash)."""
     where = data_dir(os.fspath(data) if data is not None else None)
     try:
@@ -32,17 +38,42 @@ def holder(data: str | os.PathLike[str] | None = None) -> int | None:
     pid = int(text)
     try:
         os.kill(pid, 0)
-    except OSError:  # gone, or not ours to signal: not our daemon either way
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"sessiond" not in f.read():
-                return None
-    except FileNotFoundError:
-        return None  # exited meanwhile (or no /proc: then kill(0) must do)
     except OSError:
-        pass
+        return None
     return pid
+
+
+def listens_on(pid: int, path: str) -> bool:
+    """Whether process ``pid`` listens on a Unix socket bound to ``path``,
+    whether or not the socket's file is still there: the kernel keeps the
+    name it was bound to (``/proc/net/unix``), and the process's
+    descriptors say which sockets are its own. False when /proc cannot
+    tell."""
+    inodes: set[str] = set()
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            next(f, None)  # the header
+            for line in f:
+                # Num RefCount Protocol Flags Type St Inode Path
+                fields = line.rstrip("\n").split(None, 7)
+                if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _ACCEPTCON:
+                    inodes.add(fields[6])
+    except (OSError, ValueError):
+        return False
+    if not inodes:
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def socket_missing(where: str, pid: int) -> str:
@@ -59,7 +90,7 @@ def connect_failed(where: str, exc: OSError) -> str | None:
     one no socket can have. ``None``: say what the caller would have."""
     if isinstance(exc, FileNotFoundError):
         pid = holder()
-        if pid is not None:
+        if pid is not None and listens_on(pid, where):
             return socket_missing(where, pid)
         return None
     if exc.errno is None and "too long" in str(exc):

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,15 @@ def test_a_clean_stop_leaves_another_programs_socket_in_place(daemon: Daemon) ->
         assert os.stat(daemon.socket).st_ino == inode
     finally:
         foreign.close()
+
+
+def test_a_client_sent_to_another_path_is_not_told_of_the_running_daemon(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # The daemon holds the data dir, but listens where it always did: the
+    # path tried is simply not a socket, and nothing will bind it.
+    other = tmp_path / "other.sock"
+    result = daemon.ctl("--socket", str(other), "--no-autostart", "ping")
+    assert result.returncode == 3
+    assert f"no sessiond answers on {other}" in result.stderr
+    assert "holds" not in result.stderr
