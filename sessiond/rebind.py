@@ -52,8 +52,17 @@ class SocketKeeper:
         self.path = path
         self._bind = bind
         # Taken just after the bind, before any client could connect.
-        self.bound_as = identity(path)
+        self.bound_as = self._identity()
         self._said: str | None = None  # the last problem logged (said once)
+
+    def _identity(self) -> Identity | None:
+        """Of the socket just bound (``None`` if that cannot be told: the
+        next check then warns, rather than the daemon failing)."""
+        try:
+            return identity(self.path)
+        except OSError as exc:
+            log.warning("cannot stat socket %s: %s", self.path, describe(exc))
+            return None
 
     def still_ours(self) -> bool:
         """Whether the path still leads to our socket (then a clean stop
@@ -91,7 +100,7 @@ class SocketKeeper:
                       f"retrying every {CHECK_INTERVAL:g}s")
             return
         try:
-            self.bound_as = identity(self.path)
+            self.bound_as = self._identity()
             await server.listen_on(sock)
         except OSError as exc:
             sock.close()
