@@ -76,7 +76,8 @@ def every_value(c: Client) -> object:
 
 
 class Writer:
-    """A thread that sets its session's value to 1, 2, ... until refused."""
+    """A thread that sets its session's value to 1, 2, ... until refused
+    (or for a while: see ``_writers_and_readers``)."""
 
     def __init__(self, d: Daemon, sid: str) -> None:
         self.sid = sid
@@ -92,7 +93,6 @@ class Writer:
         self._thread.join(60)
         assert not self._thread.is_alive()
         assert self.error is None, self.error
-        assert self.refused is not None, "no write was refused"
 
     def _run(self, d: Daemon) -> None:
         try:
@@ -134,6 +134,10 @@ def _writers_and_readers(d: Daemon, run: int) -> dict[str, object]:
             w.start()
         for w in writers:
             w.join()
+        # Those in the failing group are refused; one whose thread was not
+        # running meanwhile may find writes accepted again (a compaction
+        # ends read-only mode at once) and never be.
+        assert any(w.refused is not None for w in writers), "no write was refused"
         # Readers go on after the revert, so a value shown too early would
         # be followed by an older one.
         after = readers.reads() + 20
