@@ -65,10 +65,21 @@ def start_daemon(path: Path) -> None:
             return
         code = proc.poll()
         if code is not None and not _answers(path):
-            # It may have lost a race to another autostarted daemon: give
-            # that one the rest of the wait.
-            if code != 0 and _other_daemon_alive(data, proc.pid) and _wait_for(path, deadline):
-                return
+            # It may have lost a race to another autostarted daemon, or the
+            # daemon that holds the data dir lost its socket file (it binds
+            # it again within a few seconds): give that one the rest of the wait.
+            if code != 0 and _other_daemon_alive(data, proc.pid):
+                if _wait_for(path, deadline):
+                    return
+                from sessionctl.unreachable import holder, listens_on
+
+                pid = holder(data)
+                if pid is not None and listens_on(pid, os.fspath(path)):
+                    raise DaemonUnavailable(
+                        f"sessiond (pid {pid}) holds {data} but its socket {path} is "
+                        f"missing, and it has not bound it again within {WAIT_SECONDS:g}s; "
+                        f"see its log"
+                    )
             raise DaemonUnavailable(
                 f"sessiond exited with status {code} before answering on {path}; "
                 f"see {log_path}"

@@ -416,14 +416,20 @@ class Client(_Operations):
                     f"'journalctl --user -u sessiond' under systemd)"
                 ) from exc
             if off_by is not None:
-                raise DaemonUnavailable(
+                from sessionctl.unreachable import connect_failed
+
+                raise DaemonUnavailable(connect_failed(self._where, exc) or (
                     f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
                     f"'sessiond' or 'systemctl --user start sessiond', or "
                     f"{self._autostart_advice(off_by)}"
-                ) from exc
+                )) from exc
         except OSError as exc:
             sock.close()
-            raise DaemonUnavailable(f"cannot connect to {self._where}: {exc.strerror}") from exc
+            from sessionctl.unreachable import connect_failed
+
+            raise DaemonUnavailable(
+                connect_failed(self._where, exc) or f"cannot connect to {self._where}: {exc}"
+            ) from exc
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)

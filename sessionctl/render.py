@@ -211,4 +211,6 @@ def stats_fields(st: StatsInfo, now: int) -> str:
         ("write errors", st.write_errors),
         ("read only", "no" if st.read_only is None else f"yes: {st.read_only}"),
     ]
+    if st.read_only is not None:
+        rows.append(("compaction needs", f"{human_bytes(st.compaction_needs_bytes)} free"))
     return fields(rows)

@@ -50,6 +50,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     max_reply_queue_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 4 * 1024 * 1024
     watch_queue: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    # A watcher's queue in bytes of encoded events: a stalled watcher holds
+    # this (and one send's worth) at most, whatever the sessions' size.
+    watch_queue_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
+    # Bytes that frames still arriving may hold, across all connections (a
+    # frame announcing more than SMALL_FRAME_BYTES reserves its size when
+    # its header arrives): past it, a new large frame is refused as busy.
+    frame_buffer_bytes: Annotated[int, msgspec.Meta(ge=1024 * 1024)] = 64 * 1024 * 1024
 
 
 KEYS = tuple(Settings.__struct_fields__)

@@ -17,7 +17,7 @@ from typing import Final
 import anyio
 
 from sessiond.dispatch import Dispatcher
-from sessiond.errors import ProtocolError, TooLarge
+from sessiond.errors import Busy, ProtocolError, TooLarge
 from sessiond.events import Watcher
 from sessiond.frames import LENGTH, error_frame
 from sessiond.protocol import HEADER
@@ -30,6 +30,10 @@ MAX_BATCH = 256
 # or a slice of a big import frame.
 RECV_BYTES = 65536
 MAX_BAD_FRAMES = 100
+# A frame that announces more than this reserves its size against
+# ``frame_buffer_bytes`` while it arrives; smaller ones (every ordinary
+# request) always proceed.
+SMALL_FRAME_BYTES = 65536
 
 BUSY: Final = 0
 IDLE: Final = 1  # waiting for the first byte of a frame
@@ -130,6 +134,8 @@ class Connections(Dispatcher):
         super()._init_state()
         self.stopping = False
         self._conns: set[Conn] = set()
+        # Bytes reserved by large frames still arriving, on all connections.
+        self.frame_bytes_held = 0
         self._deadline_target = math.inf
         self._deadline_wake = anyio.Event()
 
@@ -159,47 +165,82 @@ class Connections(Dispatcher):
         drained = True
         # Whether this task gave the event loop back since it last received.
         yielded = True
-        while True:
-            if not pending and self.stopping:
-                return None
-            if drained and not conn.readable:
-                if pending:
-                    await self._wait(conn, FRAME, started + self.settings.frame_timeout)
+        # What the large frame at the start of ``pending`` has reserved
+        # against frame_buffer_bytes.
+        held = 0
+        try:
+            while True:
+                if not pending and self.stopping:
+                    return None
+                if drained and not conn.readable:
+                    if pending:
+                        await self._wait(conn, FRAME, started + self.settings.frame_timeout)
+                    else:
+                        idle = self.settings.idle_timeout
+                        await self._wait(
+                            conn, IDLE, time.monotonic() + idle if idle else math.inf
+                        )
+                    drained = False
+                    yielded = True
+                    continue
+                conn.readable = False
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except BlockingIOError:
+                    drained = True
+                    continue
+                except OSError as exc:
+                    raise anyio.BrokenResourceError from exc
+                if not data:
+                    return None
+                if not yielded:
+                    # Requests keep arriving, so this connection never waits:
+                    # let the others (and the timers, the compactor) have a turn.
+                    await anyio.lowlevel.checkpoint()
+                yielded = False
+                drained = len(data) < RECV_BYTES
+                fresh = not pending
+                if fresh:
+                    pending = data
                 else:
-                    idle = self.settings.idle_timeout
-                    await self._wait(conn, IDLE, time.monotonic() + idle if idle else math.inf)
-                drained = False
-                yielded = True
-                continue
-            conn.readable = False
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                drained = True
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
-            if not data:
-                return None
-            if not yielded:
-                # Requests keep arriving, so this connection never waits:
-                # let the others (and the timers, the compactor) have a turn.
-                await anyio.lowlevel.checkpoint()
-            yielded = False
-            drained = len(data) < RECV_BYTES
-            fresh = not pending
-            if fresh:
-                pending = data
-            else:
-                pending += data
-            used, watcher, bad = await self._answer(conn, pending, bad)
-            if watcher is not None:
-                return watcher
-            if used == len(pending):
-                pending = b""
-            elif used or fresh:
-                pending = bytearray(memoryview(pending)[used:])
-                started = time.monotonic()
+                    pending += data
+                used, watcher, bad = await self._answer(conn, pending, bad)
+                if watcher is not None:
+                    return watcher
+                if used == len(pending):
+                    pending = b""
+                elif used or fresh:
+                    pending = bytearray(memoryview(pending)[used:])
+                    started = time.monotonic()
+                if held and used:
+                    # The frame it was held for began ``pending``: answered.
+                    self.frame_bytes_held -= held
+                    held = 0
+                if not held and len(pending) >= HEADER:
+                    held = self._hold_frame(pending)
+        finally:
+            self.frame_bytes_held -= held
+
+    def _hold_frame(self, pending: bytes | bytearray) -> int:
+        """Reserve room for the frame that begins ``pending`` and has yet to
+        arrive whole; returns the bytes reserved (none for a small frame).
+        ``Stop`` with ``busy`` when the frames arriving on all connections
+        already hold ``frame_buffer_bytes``: without a bound, a thousand
+        clients each sending most of a 4 MiB frame would make the daemon
+        hold 4 GiB. A frame is let in when nothing else is held, so that
+        one of ``max_frame_bytes`` always can be."""
+        n: int = LENGTH.unpack_from(pending, 0)[0]
+        if n <= SMALL_FRAME_BYTES:
+            return 0
+        limit = self.settings.frame_buffer_bytes
+        if self.frame_bytes_held and self.frame_bytes_held + n > limit:
+            raise Stop(error_frame(0, Busy(
+                f"daemon busy: frames still arriving on other connections hold "
+                f"{self.frame_bytes_held} bytes (frame_buffer_bytes={limit}), so a frame "
+                f"of {n} bytes cannot be taken now; closing: try again"
+            )))
+        self.frame_bytes_held += n
+        return n
 
     async def _answer(
         self, conn: Conn, data: bytes | bytearray, bad: int

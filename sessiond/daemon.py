@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, config, paths, snapshot, systemd
+from sessiond import __version__, config, paths, rebind, snapshot, systemd
 from sessiond.dispatch import journal_lines
 from sessiond.errors import JournalError, SessionError
 from sessiond.journal import POLICIES, Journal
@@ -95,10 +95,22 @@ def take_lock(lock_path: Path) -> int:
     return fd
 
 
+# A Unix socket's address holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
+
+
 def bind_socket(path: Path) -> socket.socket:
     """A listening socket at ``path``, created 0600 by the umask at bind.
 
     A stale socket (nothing answers) is replaced; a live one is an error."""
+    length = len(os.fsencode(path))
+    if length > SOCKET_PATH_MAX:
+        # Else bind says only "AF_UNIX path too long", with no errno.
+        raise StartError(
+            f"cannot bind {path}: the path is {length} bytes long and a Unix socket's "
+            f"path can be at most {SOCKET_PATH_MAX}; choose a shorter one with --socket "
+            f"or SESSIOND_SOCKET"
+        )
     paths.private_dir(path.parent)
     if path.exists() or path.is_symlink():
         st = os.lstat(path)
@@ -123,7 +135,7 @@ def bind_socket(path: Path) -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise StartError(f"cannot bind {path}: {exc.strerror}") from exc
+        raise StartError(f"cannot bind {path}: {exc.strerror or exc}") from exc
     finally:
         os.umask(old)
     sock.listen(512)
@@ -313,16 +325,16 @@ async def serve(
         journal.append_at_start(journal_lines(initial))
     if migrated is not None:
         mark_migrated(where.data_dir, migrated)
+    keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
-        # must never be unlinked here.
+        # must never be unlinked here (nor bound again: see rebind).
         sock = passed
-        own_socket = False
         address: object = sock.getsockname()
         log.info("using the socket passed by systemd: %s (fd %d)", address, activated[0])
     else:
         sock = bind_socket(where.socket)
-        own_socket = True
+        keeper = rebind.SocketKeeper(where.socket, bind_socket)
         address = str(where.socket)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run_flusher)
@@ -331,6 +343,8 @@ async def serve(
             sock.setblocking(False)
             listener = await anyio.abc.SocketListener.from_socket(sock)
             tg.start_soon(server.serve, listener, tg)
+            if keeper is not None:
+                tg.start_soon(keeper.run, server)
             tg.start_soon(server.run_expiry)
             tg.start_soon(server.run_compactor)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
@@ -343,12 +357,11 @@ async def serve(
             await _until_stopped(server, where)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
-            server.stop_accepting()
-            await listener.aclose()
+            await server.stop_listening()
             await server.drain(grace=4.0)
             await journal.sync()
         finally:
-            if own_socket:
+            if keeper is not None and keeper.still_ours():
                 where.socket.unlink(missing_ok=True)
             tg.cancel_scope.cancel()
     log.info("stopped")

@@ -31,8 +31,9 @@ from sessiond.errors import (
     Unsupported,
 )
 from sessiond.events import Hub, Watcher
+from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
-from sessiond.journal import Journal
+from sessiond.journal import Journal, compacted_size
 from sessiond.model import US, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
@@ -159,6 +160,10 @@ class Dispatcher:
         """The state of the layers built on this one (``Connections``,
         ``Server``): each adds its own, so that only this class takes the
         constructor's arguments."""
+        # The encoders of replies and journal lines: themselves, unless a
+        # failpoint makes them fail (chosen once, not per request).
+        self._encode_into = encode_fault(REPLY_ENCODE_ERROR, encoder.encode_into)
+        self._journal_lines = encode_fault(LINE_ENCODE_ERROR, journal_lines)
 
     async def _batch(
         self, bodies: list[memoryview], bad: int, out: bytearray
@@ -170,17 +175,26 @@ class Dispatcher:
         without reading the answers never makes the daemon hold more than
         that (plus one reply) for it; the caller sends those and comes back
         for the rest. Returns the watcher if the batch ended in ``watch``,
-        the count of bad frames in a row, and how many bodies were used."""
+        the count of bad frames in a row, and how many bodies were used.
+
+        No reply leaves here carrying state that is not yet durable: the
+        batch's own changes are committed first, and replies that may have
+        read another batch's changes wait until those are (``_hold``). When
+        changes they saw are refused, they are computed again."""
         budget = self.settings.max_reply_queue_bytes
         changes: list[Change] = []
         writes: list[tuple[int, int, int]] = []  # (start, end) of its reply in out, id
-        watcher: Watcher | None = None
         # Looked up once: this loop runs for every request.
         handlers = self._handlers
         decode = request_decoder.decode
-        encode_into = encoder.encode_into
+        encode_into = self._encode_into
         pack_length = LENGTH.pack_into
+        journal = self.journal
         used = 0
+        # The requests since the batch began or since the last request that
+        # waits on I/O of its own: where their replies begin in ``out``.
+        first = 0
+        first_out = len(out)
         for body in bodies:
             if len(out) > budget:
                 break
@@ -201,13 +215,19 @@ class Dispatcher:
                     continue
                 # These wait on I/O of their own: settle the batch so far first.
                 if changes:
-                    await self._commit(changes, writes, out)
+                    await self._commit(changes, writes, out, bodies, first, used - 1, first_out)
                     changes, writes = [], []
+                elif journal.settled < journal.accepted:
+                    await self._hold(out, bodies, first, used - 1, first_out)
                 if isinstance(req, Watch):
-                    watcher = self.hub.subscribe(req.user, self.settings.watch_queue)
+                    settings = self.settings
+                    watcher = self.hub.subscribe(
+                        req.user, settings.watch_queue, settings.watch_queue_bytes
+                    )
                     append_frame(out, EventReply(id=req.id, event=_hello_event()))
-                    break
+                    return watcher, bad, used
                 out += await self._slow(req)
+                first, first_out = used, len(out)
                 continue
             try:
                 reply, made = handler(req, now_us())
@@ -222,7 +242,12 @@ class Dispatcher:
             # append_frame, inline.
             start = len(out)
             out += NO_LENGTH
-            encode_into(reply, out, -1)
+            try:
+                encode_into(reply, out, -1)
+            except Exception as exc:
+                del out[start:]
+                self._unencodable(out, req, made, exc)
+                continue
             end = len(out)
             pack_length(out, start, end - start - HEADER)
             if made:
@@ -230,33 +255,218 @@ class Dispatcher:
                 if kind in _WRITES or (isinstance(req, Get) and req.touch):
                     writes.append((start, end, req.id))
         if changes:
-            await self._commit(changes, writes, out)
-        return watcher, bad, used
+            await self._commit(changes, writes, out, bodies, first, used, first_out)
+        elif journal.settled < journal.accepted:
+            # Nothing to commit, but another batch is on its way to disk,
+            # and these replies may have read what it changed. (The usual
+            # case, nothing in flight, costs this one comparison.)
+            await self._hold(out, bodies, first, used, first_out)
+        return None, bad, used
 
     async def _commit(
-        self, changes: list[Change], writes: list[tuple[int, int, int]], out: bytearray
+        self,
+        changes: list[Change],
+        writes: list[tuple[int, int, int]],
+        out: bytearray,
+        bodies: list[memoryview],
+        first: int,
+        end: int,
+        first_out: int,
     ) -> None:
+        """Commit the changes of ``bodies[first:end]``, whose replies are
+        ``out[first_out:]``. Once committed, every batch accepted before
+        them has settled too (they settle in order), and none of those was
+        refused after these replies were computed: had one been, this
+        commit would have been refused with it."""
+        failures = self.journal.failures
         try:
             await self.commit(changes)
-        except ReadOnly as exc:
-            # Every write's reply becomes the refusal, in its place.
-            rebuilt = bytearray()
-            pos = 0
-            for start, end, req_id in writes:
-                rebuilt += out[pos:start]
-                append_frame(rebuilt, self._error_reply(req_id, exc))
-                pos = end
-            rebuilt += out[pos:]
-            out[:] = rebuilt
+        except (ReadOnly, InternalError) as exc:
+            # Refused, and reverted: every write's reply becomes the refusal.
+            error: SessionError = exc
+            final = dict.fromkeys(
+                self._frame_indices(out, first, first_out, {start for start, _, _ in writes}),
+                error,
+            )
+            if not writes and self.journal.failures == failures:
+                # Lazy expiries of reads alone, refused by a journal that was
+                # read-only already: nobody saw them, and an expired answer
+                # holds (the session is past its deadline).
+                return
+            # The other replies may have read what was refused (a write of
+            # this batch, or of one that failed with it): computed again.
+            await self._recompute(out, bodies, first, end, first_out, final)
+
+    async def _hold(
+        self, out: bytearray, bodies: list[memoryview], first: int, end: int, first_out: int
+    ) -> None:
+        """Hold the replies of ``bodies[first:end]`` (which changed nothing)
+        until every batch accepted before they were computed has settled;
+        if one of those was refused, compute them again (after its revert).
+
+        As Redis holds every reply of a turn of its event loop until the
+        AOF write (and fsync) that covers it: a reply must not show a
+        change that its writer is then told was refused."""
+        journal = self.journal
+        failures = journal.failures
+        await journal.wait_settled(journal.accepted)
+        if journal.failures != failures:
+            await self._recompute(out, bodies, first, end, first_out, {})
+
+    async def _recompute(
+        self,
+        out: bytearray,
+        bodies: list[memoryview],
+        first: int,
+        end: int,
+        first_out: int,
+        final: dict[int, SessionError],
+    ) -> None:
+        """Compute the replies of ``bodies[first:end]`` again until they
+        stand: those in ``final`` (writes whose changes were refused) answer
+        their error, the others run again against the store as it is now.
+        Their own changes (lazy expiries, a write that now succeeds) are
+        committed, and they wait for what they read as ``_hold`` does. Each
+        round but the last follows a new refusal, and the journal is
+        read-only after one, so this ends."""
+        journal = self.journal
+        while True:
+            failures = journal.failures
+            changes, writes = self._rerun(out, bodies, first, end, first_out, final)
+            if changes:
+                try:
+                    await self.commit(changes)
+                    return
+                except (ReadOnly, InternalError) as exc:
+                    starts = {start for start, _, _ in writes}
+                    for index in self._frame_indices(out, first, first_out, starts):
+                        final[index] = exc
+                    if not writes and journal.failures == failures:
+                        return
+                    continue
+            await journal.wait_settled(journal.accepted)
+            if journal.failures == failures:
+                return
+
+    def _rerun(
+        self,
+        out: bytearray,
+        bodies: list[memoryview],
+        first: int,
+        end: int,
+        first_out: int,
+        final: dict[int, SessionError],
+    ) -> tuple[list[Change], list[tuple[int, int, int]]]:
+        """Replace the replies of ``bodies[first:end]`` (each has one frame
+        in ``out``, from ``first_out`` to the end) with new ones; returns
+        the changes made and the writes among them, as ``_batch`` keeps."""
+        rebuilt = bytearray()
+        changes: list[Change] = []
+        writes: list[tuple[int, int, int]] = []
+        pos = first_out
+        for index in range(first, end):
+            (n,) = LENGTH.unpack_from(out, pos)
+            old = pos
+            pos += HEADER + n
+            try:
+                req = request_decoder.decode(bodies[index])
+            except DECODE_ERRORS:
+                rebuilt += out[old:pos]  # no state in a decoding error
+                continue
+            error = final.get(index)
+            if error is not None:
+                append_frame(rebuilt, self._error_reply(req.id, error))
+                continue
+            handler = self._handlers.get(type(req))
+            if handler is None:
+                rebuilt += out[old:pos]  # unsupported: no state either
+                continue
+            start = first_out + len(rebuilt)
+            made = self._run_into(rebuilt, req, handler)
+            if made:
+                changes.extend(made)
+                if type(req) in _WRITES or (isinstance(req, Get) and req.touch):
+                    writes.append((start, first_out + len(rebuilt), req.id))
+        assert pos == len(out), "one reply frame per request"
+        out[first_out:] = rebuilt
+        return changes, writes
+
+    def _run_into(self, out: bytearray, req: Request, handler: Handler) -> list[Change]:
+        """Run one request and append its reply (or error) to ``out``; the
+        changes it made, none if it failed. (``_batch`` does the same
+        inline, for speed.)"""
+        try:
+            reply, made = handler(req, now_us())
+        except SessionError as exc:
+            append_frame(out, self._error_reply(req.id, exc))
+            return []
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("internal error handling %s", type(req).__name__)
+            append_frame(out, self._error_reply(req.id, InternalError(f"internal error: {exc!r}")))
+            return []
+        start = len(out)
+        out += NO_LENGTH
+        try:
+            self._encode_into(reply, out, -1)
+        except Exception as exc:
+            del out[start:]
+            self._unencodable(out, req, made, exc)
+            return []
+        LENGTH.pack_into(out, start, len(out) - start - HEADER)
+        return made
+
+    def _unencodable(
+        self, out: bytearray, req: Request, made: list[Change], exc: Exception
+    ) -> None:
+        """The reply to ``req`` could not be encoded (a bug): what it
+        changed, the latest changes to the store, is reverted, and it is
+        answered with an internal error. Called while handling ``exc``."""
+        if made:
+            self.store.revert(made)
+        log.exception("internal error encoding the reply to %s; its changes are reverted",
+                      type(req).__name__)
+        bug = InternalError(
+            f"internal error: the reply could not be encoded ({exc!r}); nothing was changed"
+        )
+        append_frame(out, self._error_reply(req.id, bug))
+
+    @staticmethod
+    def _frame_indices(
+        out: bytearray, first: int, first_out: int, starts: set[int]
+    ) -> list[int]:
+        """The requests (indices of bodies, counted from ``first``) whose
+        reply frames begin at ``starts`` in ``out``."""
+        found: list[int] = []
+        pos, index = first_out, first
+        while len(found) < len(starts) and pos < len(out):
+            if pos in starts:
+                found.append(index)
+            (n,) = LENGTH.unpack_from(out, pos)
+            pos += HEADER + n
+            index += 1
+        return found
 
     @staticmethod
     def _error_reply(req_id: int, exc: SessionError) -> ErrorReply:
         return ErrorReply(id=req_id, code=exc.code, message=str(exc))
 
     async def commit(self, changes: list[Change]) -> None:
-        """Persist changes already applied to the store, then announce them."""
+        """Persist changes already applied to the store (the latest it
+        made), then announce them. Raises ``ReadOnly`` when the journal
+        refuses them, ``InternalError`` when their lines cannot be encoded
+        (a bug): either way they are reverted."""
         store = self.store
-        await self.journal.commit(journal_lines(changes), lambda: store.revert(changes))
+        try:
+            data = self._journal_lines(changes)
+        except Exception as exc:
+            store.revert(changes)
+            log.exception("internal error encoding %d journal lines; the changes are reverted",
+                          len(changes))
+            raise InternalError(
+                f"internal error: the change could not be written to the journal ({exc!r}); "
+                f"it was not made"
+            ) from exc
+        await self.journal.commit(data, lambda: store.revert(changes))
         if self.hub.watchers:
             self.hub.publish(changes, now_us())
         # A change may bring the next deadline forward: a new or shorter
@@ -470,6 +680,7 @@ class Dispatcher:
             write_errors=j.write_errors,
             read_only=j.failed,
             config_sources=self.layers.sources(),
+            compaction_needs_bytes=compacted_size(self.store.live_slots(), len(self.store)),
         )
 
 

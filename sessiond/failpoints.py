@@ -1,9 +1,10 @@
 """Failpoints: faults injected for real, for tests (``SESSIOND_FAILPOINT``).
 
 A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
-journal fsync fail with EIO, or makes a compaction's snapshot fail to write.
-Beside them, the small disk calls that the journal, its repair and the
-snapshot share: the fsync that a failpoint can fail among them.
+journal fsync fail with EIO, makes a compaction's snapshot fail to write, or
+makes the encoding of a reply or of a journal line fail as a value msgpack
+cannot carry would. Beside them, the small disk calls that the journal, its
+repair and the snapshot share: the fsync that a failpoint can fail among them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from sessiond.errors import JournalError
 
@@ -26,6 +28,11 @@ KILL_POINTS = (
 )
 FSYNC_ERROR = "fsync-error"
 SNAPSHOT_ERROR = "snapshot-error"
+# Encoding a reply, or the journal lines of a batch, raises: the failures
+# that follow a change the store has already applied (see ``encode_fault``).
+REPLY_ENCODE_ERROR = "reply-encode-error"
+LINE_ENCODE_ERROR = "line-encode-error"
+ENCODE_POINTS = (REPLY_ENCODE_ERROR, LINE_ENCODE_ERROR)
 
 
 class Failpoints:
@@ -38,7 +45,7 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR)
+        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR) + ENCODE_POINTS
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue
@@ -56,6 +63,10 @@ class Failpoints:
                     )
             self._skip[name] = int(nth) - 1 if at else 0
             self._left[name] = int(count) if colon else None
+
+    def armed(self, name: str) -> bool:
+        """Whether the spec names this fault at all."""
+        return name in self._left
 
     def hit(self, name: str) -> bool:
         """Whether the named fault fires now (counting this passage)."""
@@ -89,6 +100,26 @@ def failpoint(name: str) -> None:
     """Die here, for real, if the environment names this step."""
     if failpoints().hit(name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def encode_fault(name: str, encode: F) -> F:
+    """``encode`` itself, or, when the environment names the failpoint, a
+    wrapper that raises where the failpoint fires: the ``OverflowError`` that
+    msgpack raises for an integer of 2**64 or more. Chosen once, when the
+    dispatcher is made, so that a daemon without failpoints pays nothing per
+    request."""
+    if not failpoints().armed(name):
+        return encode
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if failpoints().hit(name):
+            raise OverflowError(f"can't serialize ints > 2**64 - 1 (injected by failpoint {name})")
+        return encode(*args, **kwargs)
+
+    return failing  # type: ignore[return-value]
 
 
 # fdatasync skips metadata that reading the data back does not need (times),

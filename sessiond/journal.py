@@ -37,8 +37,14 @@ Durability rules:
 * A failed write or fsync is never retried and then acknowledged (after a
   failed fsync the kernel may have dropped the data and marked the pages
   clean): the batches it carried, and every batch queued behind them, are
-  reverted in memory (newest first) and refused; the journal turns read-only
-  until a compaction writes the whole in-memory state to a fresh file.
+  reverted in memory (newest first) and refused; the journal turns
+  read-only. After a failed fsync it stays so until a compaction writes the
+  whole in-memory state to a fresh file (PostgreSQL's "fsyncgate": the
+  file's pages cannot be trusted). After a write the kernel refused for
+  want of room (ENOSPC, EDQUOT, EFBIG: it took none of it, and the file is
+  cut back to its last good size), also as soon as space can be reserved
+  after the lines again (``try_resume``): nothing written before is in
+  doubt, and a disk that filled up and was then freed needs no restart.
 * Compaction writes a snapshot to a temp file in a worker thread while the
   daemon keeps serving; whatever is written meanwhile is captured and
   appended to the temp file before it is fsynced and renamed over the journal.
@@ -78,6 +84,7 @@ from sessiond.failpoints import (
 )
 from sessiond.model import Record
 from sessiond.protocol import CompactResult
+from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
 from sessiond.writer import WriterThread
 
@@ -92,6 +99,9 @@ INLINE_SYNC_MAX = 0.001
 # filesystem has no fallocate glibc writes a byte into every block of it,
 # on the event loop; and a killed daemon leaves it behind until its start.
 RESERVE_BYTES = 1 << 20
+# Appending again after a write failed for want of room needs the reserve
+# reserved again, or at least this much of it.
+RESUME_MIN_BYTES = 64 * 1024
 Undo = Callable[[], None]
 
 
@@ -148,6 +158,8 @@ class Journal:
         self.fsyncs = 0
         self.changed_since_compaction = False
         self.failed: str | None = None
+        # The failure was a write refused for want of room (see try_resume).
+        self._room_failure = False
         # Called after a failure, so that the owner can start the compaction
         # that leads out of read-only mode without waiting for its timer.
         self.on_failure: Callable[[], None] | None = None
@@ -160,10 +172,20 @@ class Journal:
         # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
-        self._seq = 0  # batches accepted
+        # Batches are numbered as they are accepted, from 1. ``settled``: every
+        # batch up to this one is written (synced, for ``always``) or refused;
+        # they settle in order. ``failures``: how many failures have refused
+        # batches (or turned the journal read-only). Replies that read the
+        # store wait on these: see ``Dispatcher._hold``.
+        self.accepted = 0
+        self.settled = 0
+        self.failures = 0
         self._generation = 0  # files this journal has had (compaction swaps)
-        self._settled = 0  # highest batch written or refused (they settle in order)
         self._settled_waiter: anyio.Event | None = None
+        # The last batch of the group in the writer thread (0: none), and the
+        # last batch refused while it was there: see ``_fail``.
+        self._in_flight = 0
+        self._refused_behind = 0
         # _io_lock: one writer of the file at a time. _fd_lock: the fd stays
         # open while a thread fsyncs it. Order: _io_lock, then _fd_lock.
         # fast_acquire: an uncontended acquire need not cost a trip round
@@ -238,20 +260,20 @@ class Journal:
             await anyio.lowlevel.checkpoint()
             raise ReadOnly(self.failed)
         self.changed_since_compaction = True
-        self._seq += 1
+        self.accepted += 1
         if self._idle_for_inline_write():
             start = self.size
             try:
                 self._write_at(self.fd, data, start)
             except OSError as exc:
-                await self._inline_failed(exc, _Batch(data, undo, self._seq, None), start)
+                await self._inline_failed(exc, _Batch(data, undo, self.accepted, None), start)
             self._written(data, sync=False)
-            self._settle(self._seq)
+            self._settle(self.accepted)
             return
         # asyncio's own Event: anyio's (the same thing underneath on the
         # asyncio backend) costs ~1 us more to make, once per commit.
         done = asyncio.Event()
-        batch = _Batch(data, undo, self._seq, done)
+        batch = _Batch(data, undo, self.accepted, done)
         self._queue.append(batch)
         if self._forming:
             # A group for an fsync on the loop is forming: its task takes this.
@@ -341,9 +363,13 @@ class Journal:
                     if inline:
                         self._write_sync(self.fd, data, sync, self.size)
                     else:
-                        await self._writer.run(
-                            partial(self._write_sync, self.fd, data, sync, self.size)
-                        )
+                        self._in_flight = group[-1].seq
+                        try:
+                            await self._writer.run(
+                                partial(self._write_sync, self.fd, data, sync, self.size)
+                            )
+                        finally:
+                            self._in_flight = 0
                 except _DiskError as exc:
                     self._fail(exc.error, exc.what, group)
                     return
@@ -454,18 +480,24 @@ class Journal:
             self._dirty = False
 
     @property
-    def _settled_event(self) -> anyio.Event:
+    def settled_event(self) -> anyio.Event:
         """Set at the next settlement. Made only when someone waits for one
-        (a compaction), not for every batch."""
+        (a compaction, replies held back), not for every batch."""
         if self._settled_waiter is None:
             self._settled_waiter = anyio.Event()
         return self._settled_waiter
 
+    async def wait_settled(self, seq: int) -> None:
+        """Until every batch up to ``seq`` is written or refused."""
+        while self.settled < seq:
+            await self.settled_event.wait()
+
     def _settle(self, seq: int) -> None:
-        # max: a failure of the background fsync refuses the queue while an
-        # older group may still be on its way to disk and settle after it.
-        if seq > self._settled:
-            self._settled = seq
+        # Batches refused while an older group was in the writer thread
+        # settled then; they count once that group has (see _fail).
+        seq = max(seq, self._refused_behind)
+        if seq > self.settled:
+            self.settled = seq
         event = self._settled_waiter
         if event is not None:
             self._settled_waiter = None
@@ -473,11 +505,20 @@ class Journal:
 
     def _fail(self, exc: OSError, what: str, group: list[_Batch] | None = None) -> None:
         self.write_errors += 1
-        self.failed = (
-            f"journal {what} failed: {describe(exc)}; writes are refused until the "
-            f"journal has been rewritten in full (sessiond retries on its own; "
-            f"'sessionctl compact' retries now)"
-        )
+        self.failures += 1
+        self._room_failure = what == "write" and exc.errno in WRITE_ERRNOS
+        if self._room_failure:
+            self.failed = (
+                f"journal write failed: {describe(exc)}; writes are refused until there "
+                f"is room to append again (sessiond checks every second) or the journal "
+                f"has been rewritten in full ('sessionctl compact' tries now)"
+            )
+        else:
+            self.failed = (
+                f"journal {what} failed: {describe(exc)}; writes are refused until the "
+                f"journal has been rewritten in full (sessiond retries on its own; "
+                f"'sessionctl compact' retries now)"
+            )
         log.error("%s: %s", self.path, self.failed)
         refused = (group or []) + self._queue
         self._queue = []
@@ -486,9 +527,43 @@ class Journal:
             b.error = ReadOnly(self.failed)
             b.settle()
         if refused:
-            self._settle(refused[-1].seq)
+            if group is None and self._in_flight:
+                # The background fsync failed while a group is in the writer
+                # thread: what it refused is newer than that group, which may
+                # yet be written, or refused in turn. ``settled`` must not
+                # pass that group before it settles (then it takes these).
+                self._refused_behind = refused[-1].seq
+            else:
+                self._settle(refused[-1].seq)
         if self.on_failure is not None:
             self.on_failure()
+
+    async def try_resume(self) -> bool:
+        """After a write refused for want of room: reserve space after the
+        lines again and, if there is room now, accept writes again (and log
+        it). Returns whether writes are accepted. After any other failure
+        (an fsync) it does nothing: only ``compact`` ends those."""
+        if self.failed is None:
+            return True
+        if not self._room_failure:
+            return False
+        async with self._io_lock, self._fd_lock:
+            if not self._room_failure or self.failed is None:  # compacted meanwhile
+                return self.failed is None
+            try:
+                reserved = await anyio.to_thread.run_sync(_reserve_again, self.fd, self.size)
+            except OSError as exc:
+                if exc.errno not in WRITE_ERRNOS:
+                    log.error("%s: reserving space to append again failed: %s",
+                              self.path, describe(exc))
+                return False
+            self._file_size = self.size + reserved
+            self._reserving = True
+            self.failed = None
+            self._room_failure = False
+        log.warning("%s: there is room to append again (%d bytes reserved after the lines): "
+                    "writes are accepted again", self.path, reserved)
+        return True
 
     # -- compaction ----------------------------------------------------
 
@@ -522,7 +597,7 @@ class Journal:
             # The records hold every batch accepted so far, written or not;
             # capture starts at the same instant, so every later write is in
             # the capture (and perhaps in the records too).
-            snapshot_seq = self._seq
+            snapshot_seq = self.accepted
             self._capture = []
             try:
                 kept = await anyio.to_thread.run_sync(
@@ -530,8 +605,7 @@ class Journal:
                 )
                 # A batch the snapshot holds but that is still unwritten could
                 # yet fail and be reverted: wait until each has settled.
-                while self._settled < snapshot_seq:
-                    await self._settled_event.wait()
+                await self.wait_settled(snapshot_seq)
                 async with self._io_lock, self._fd_lock:
                     if self.write_errors != errors:
                         raise _Abandoned(
@@ -578,6 +652,7 @@ class Journal:
             if self.failed is not None:
                 log.warning("journal rewritten in full: writes are accepted again")
             self.failed = None
+            self._room_failure = False
             if dir_error is not None:
                 self._fail(dir_error, "directory fsync")
             seconds = time.monotonic() - started
@@ -591,6 +666,42 @@ class Journal:
             return CompactResult(
                 bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
+
+
+# Sessions whose lines are encoded to estimate a compaction's size.
+ESTIMATE_SAMPLE = 256
+
+
+def compacted_size(slots: Sequence[Record | None], count: int) -> int:
+    """About the size of the journal that compacting ``slots`` (holding
+    ``count`` records) writes: one line per record, reckoned from the
+    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
+    store (all of them, when there are no more: then it is exact)."""
+    if not count:
+        return 0
+    step = max(1, len(slots) // ESTIMATE_SAMPLE)
+    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
+    if not sample:
+        return 0
+    if len(sample) == count:
+        return len(put_lines(sample))
+    return round(len(put_lines(sample)) / len(sample) * count)
+
+
+def _reserve_again(fd: int, size: int) -> int:
+    """Cut whatever follows the lines (a failed write's remains, if its
+    cut failed too), then reserve space after them: the whole reserve, or
+    at least ``RESUME_MIN_BYTES``. Returns the bytes reserved; raises
+    ``OSError`` when there is no room for even that."""
+    os.ftruncate(fd, size)
+    try:
+        os.posix_fallocate(fd, size, RESERVE_BYTES)
+        return RESERVE_BYTES
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+    os.posix_fallocate(fd, size, RESUME_MIN_BYTES)
+    return RESUME_MIN_BYTES
 
 
 def _cut(fd: int, size: int) -> None:

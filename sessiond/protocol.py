@@ -189,6 +189,10 @@ class StatsInfo(msgspec.Struct, kw_only=True):
     # (Defaults on this and every field added later: an older peer's
     # StatsInfo still decodes.)
     config_sources: dict[str, str] = {}
+    # The rewritten journal a compaction would write (estimated from a
+    # sample of sessions): the free space it needs. (The binary snapshot
+    # written beside it needs some more, but a compaction does without.)
+    compaction_needs_bytes: int = 0
 
 
 class StatsReply(Response, tag="stats"):

@@ -25,9 +25,8 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from sessiond.connection import IDLE, Conn, Connections, Stop
 from sessiond.errors import Busy, InternalError, JournalError, ReadOnly
 from sessiond.events import Watcher
-from sessiond.frames import error_frame, frame
+from sessiond.frames import error_frame
 from sessiond.model import US, now_us
-from sessiond.protocol import EventReply
 
 log = logging.getLogger("sessiond.server")
 
@@ -35,6 +34,8 @@ log = logging.getLogger("sessiond.server")
 # per journal commit, and lets requests in between batches.
 EXPIRY_BATCH = 4096
 TIMER_RETRY = 1.0
+# How often a read-only journal is asked whether it can take writes again.
+RESUME_INTERVAL = 1.0
 TIMER_MAX_SLEEP = 1.0
 ACCEPT_BACKOFF_MAX = 0.25
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -49,44 +50,86 @@ class Server(Connections):
         self.uid = os.getuid()
         # Watchers waiting for their client to go away: drain() ends them.
         self._idle: set[anyio.CancelScope] = set()
-        self._accepting = anyio.CancelScope()
         self._drained = anyio.Event()
+        # The accept loop's scope, and its end; the listener it accepts on
+        # (replaced when the socket is bound again: see ``listen_on``).
+        self._accepting = anyio.CancelScope()
+        self._accept_ended = anyio.Event()
+        self._accept_stopped = False
+        self.listener: SocketListener | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
 
     # -- accepting -------------------------------------------------------
 
     async def serve(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
-        """Accept until ``stop_accepting``; survive running out of descriptors.
+        """Accept until ``stop_listening``; survive running out of descriptors.
 
         Connections run in ``tg`` so that they outlive the accept loop and
         can finish what is in flight when the daemon stops."""
-        backoff = 0.0
+        self._tg = tg
+        self.listener = listener
         # In ``tg``: connections keep their time limits while they drain.
         tg.start_soon(self._run_deadlines)
-        with self._accepting:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except (OSError, anyio.BrokenResourceError) as exc:
-                    # anyio wraps the accept(2) error in BrokenResourceError;
-                    # the listener itself is still fine.
-                    cause = exc if isinstance(exc, OSError) else exc.__cause__
-                    if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
-                        raise
-                    if not backoff:
-                        log.warning("accept failed (%s); backing off until descriptors "
-                                    "are free again", cause.strerror)
-                    # The pending connection keeps the listener readable, so
-                    # retrying at once would spin: wait, as trio does.
-                    backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
-                    await anyio.sleep(backoff)
-                    continue
-                if backoff:
-                    log.info("accepting connections again")
-                    backoff = 0.0
-                tg.start_soon(self._connection, stream)
+        await self._accept(listener, self._accepting, self._accept_ended)
 
-    def stop_accepting(self) -> None:
+    async def _accept(
+        self, listener: SocketListener, scope: anyio.CancelScope, ended: anyio.Event
+    ) -> None:
+        assert self._tg is not None
+        tg = self._tg
+        backoff = 0.0
+        try:
+            with scope:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except (OSError, anyio.BrokenResourceError) as exc:
+                        # anyio wraps the accept(2) error in BrokenResourceError;
+                        # the listener itself is still fine.
+                        cause = exc if isinstance(exc, OSError) else exc.__cause__
+                        if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
+                            raise
+                        if not backoff:
+                            log.warning("accept failed (%s); backing off until descriptors "
+                                        "are free again", cause.strerror)
+                        # The pending connection keeps the listener readable, so
+                        # retrying at once would spin: wait, as trio does.
+                        backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
+                        await anyio.sleep(backoff)
+                        continue
+                    if backoff:
+                        log.info("accepting connections again")
+                        backoff = 0.0
+                    tg.start_soon(self._connection, stream)
+        finally:
+            ended.set()
+
+    async def listen_on(self, sock: socket.socket) -> None:
+        """Accept on ``sock`` from now on, and close the listener before it
+        (whose path was lost: ``sessiond.rebind``). Connections already
+        accepted are not touched."""
+        sock.setblocking(False)
+        listener = await SocketListener.from_socket(sock)
+        if self._accept_stopped or self._tg is None:
+            await listener.aclose()
+            return
+        old, old_scope, old_ended = self.listener, self._accepting, self._accept_ended
+        self.listener = listener
+        self._accepting, self._accept_ended = anyio.CancelScope(), anyio.Event()
+        self._tg.start_soon(self._accept, listener, self._accepting, self._accept_ended)
+        # The old loop must be out of accept() before its socket is closed.
+        old_scope.cancel()
+        await old_ended.wait()
+        if old is not None:
+            await old.aclose()
+
+    async def stop_listening(self) -> None:
+        """Accept no more connections, and close the listener."""
+        self._accept_stopped = True
         self._accepting.cancel()
+        await self._accept_ended.wait()
+        if self.listener is not None:
+            await self.listener.aclose()
 
     def _peer_uid(self, stream: SocketStream) -> int:
         sock = stream.extra(SocketAttribute.raw_socket)
@@ -169,15 +212,15 @@ class Server(Connections):
                 tg.start_soon(until_closed)
                 while not self.stopping:
                     await watcher.ready.wait()
-                    events = watcher.take()
-                    if events:
+                    data = watcher.take()
+                    if data:
                         # No send timeout here: a watcher that stops reading
                         # blocks only this task, its bounded queue overflows
                         # into a "lagged" event, and it may catch up later.
+                        # What waits meanwhile is this one take (in the
+                        # transport's buffer) and the queue: both bounded.
                         try:
-                            await stream.send(b"".join(
-                                frame(EventReply(id=0, event=e)) for e in events
-                            ))
+                            await stream.send(data)
                         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                             # The watcher went away. Raised out of the task
                             # group this would arrive as an ExceptionGroup.
@@ -212,7 +255,7 @@ class Server(Connections):
             if expired or purged:
                 try:
                     await self.commit(expired + purged)
-                except ReadOnly as exc:
+                except (ReadOnly, InternalError) as exc:
                     # Reverted, so still due: retry later, not in a hot loop.
                     log.error("could not persist %d expiries: %s",
                               len(expired) + len(purged), exc)
@@ -245,17 +288,26 @@ class Server(Connections):
                 await anyio.lowlevel.checkpoint()
 
     async def run_compactor(self) -> None:
-        """Compact on growth, on the interval, and to leave read-only mode."""
+        """Compact on growth, on the interval, and to leave read-only mode.
+
+        While the journal is read-only: every ``RESUME_INTERVAL``, see
+        whether an append fits again (after a write refused for want of
+        room; ``Journal.try_resume``), and otherwise try a compaction,
+        backing off while they fail."""
         retry = 1.0
+        next_try = 0.0  # when a compaction may be tried again after failures
         last = time.monotonic()
         while True:
             interval = self.settings.compact_interval or math.inf
-            wait = retry if self.journal.failed else min(interval, 60.0)
+            wait = RESUME_INTERVAL if self.journal.failed else min(interval, 60.0)
             with anyio.move_on_after(wait):
                 await self.compact_wake.wait()
             self.compact_wake = anyio.Event()
             s = self.settings
             j = self.journal
+            if j.failed and await j.try_resume():
+                retry, next_try = 1.0, 0.0
+                continue
             timer_due = (
                 s.compact_interval > 0
                 and j.changed_since_compaction
@@ -264,12 +316,15 @@ class Server(Connections):
             grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
             if not (j.failed or timer_due or grown):
                 continue
+            if j.failed and time.monotonic() < next_try:
+                continue
             try:
                 await j.compact(self.store.live_slots)
-                retry = 1.0
+                retry, next_try = 1.0, 0.0
                 last = time.monotonic()
             except JournalError as exc:
                 log.error("%s", exc)
+                next_try = time.monotonic() + retry
                 retry = min(retry * 2, 30.0)
 
     # -- stopping --------------------------------------------------------

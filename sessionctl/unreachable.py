@@ -1,0 +1,103 @@
+"""Why nothing answers on the socket, said when connecting has failed.
+
+Imported on that error path only: a command that reaches its daemon never
+pays for reading the data dir's lock file.
+
+The case it exists for: the socket file was removed (a tmp cleaner, a
+logout that emptied the runtime directory) while the daemon runs on,
+holding the data dir's lock. It binds the path again within a few seconds
+(``sessiond.rebind``); until then a client is told which daemon that is,
+rather than to start one (which would fail on the lock). Said only when
+that daemon does listen on a socket bound to the path the client tried
+(the kernel remembers the name after the file is gone): a client sent to
+another path is told what it always was.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sessiond.paths import LOCK_NAME, data_dir
+
+# A listening socket's flag in /proc/net/unix (__SO_ACCEPTCON).
+_ACCEPTCON = 0x10000
+
+
+def holder(data: str | os.PathLike[str] | None = None) -> int | None:
+    """The pid of the live process that holds the data dir (``data``, or
+    the one the daemon would use), as its lock file says; ``None`` when it
+    names none, or a process that is gone or not ours to signal (a pid
+    reused after a crash)."""
+    where = data_dir(os.fspath(data) if data is not None else None)
+    try:
+        text = (where / LOCK_NAME).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def listens_on(pid: int, path: str) -> bool:
+    """Whether process ``pid`` listens on a Unix socket bound to ``path``,
+    whether or not the socket's file is still there: the kernel keeps the
+    name it was bound to (``/proc/net/unix``), and the process's
+    descriptors say which sockets are its own. False when /proc cannot
+    tell."""
+    inodes: set[str] = set()
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            next(f, None)  # the header
+            for line in f:
+                # Num RefCount Protocol Flags Type St Inode Path
+                fields = line.rstrip("\n").split(None, 7)
+                if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _ACCEPTCON:
+                    inodes.add(fields[6])
+    except (OSError, ValueError):
+        return False
+    if not inodes:
+        return False
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def socket_missing(where: str, pid: int) -> str:
+    """What to tell a client when the daemon ``pid`` runs but ``where`` is gone."""
+    return (
+        f"sessiond (pid {pid}) holds {data_dir()} but its socket {where} is missing "
+        f"(removed by a tmp cleaner, or a logout?); it binds it again within a few seconds"
+    )
+
+
+def connect_failed(where: str, exc: OSError) -> str | None:
+    """A better reason than ``exc`` for failing to connect to ``where``, if
+    there is one: the daemon runs but its socket is gone, or the path is
+    one no socket can have. ``None``: say what the caller would have."""
+    if isinstance(exc, FileNotFoundError):
+        pid = holder()
+        if pid is not None and listens_on(pid, where):
+            return socket_missing(where, pid)
+        return None
+    if exc.errno is None and "too long" in str(exc):
+        # connect(2) refuses such a path with no errno ("AF_UNIX path too long").
+        return (
+            f"cannot connect to {where}: the path is {len(os.fsencode(where))} bytes long "
+            f"and a Unix socket's path can be at most 107; use a shorter --socket or "
+            f"SESSIOND_SOCKET"
+        )
+    return None

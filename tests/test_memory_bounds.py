@@ -1,0 +1,170 @@
+"""What clients can make the daemon hold is bounded: a watcher that never
+reads (``watch_queue_bytes``), and frames that never finish arriving
+(``frame_buffer_bytes``).
+
+Measured for real: the daemon's peak resident size (``VmHWM`` in
+/proc/PID/status) through each scenario. The bounds are far below what the
+scenarios cost without the limits (hundreds of MB: every event of a stalled
+watcher kept as a session with its metadata decoded, every unfinished
+frame kept whole) and far above what they cost with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import Daemon, wait_until
+from tests.rawwire import Raw, request
+
+MB = 1024 * 1024
+BLOB = "x" * 60_000
+SETS = 5000
+STALLED = 2
+# Peak resident size allowed through each scenario (the daemon starts near
+# 30 MB): with the limits it stays near 40 MB (stalled watchers) and 100 MB
+# (unfinished frames); without them it reaches 350 MB and 430 MB.
+WATCH_PEAK_MB = 150
+FRAMES_PEAK_MB = 200
+FRAME = 4 * MB
+HOLDERS = 100
+
+
+def peak_mb(d: Daemon) -> float:
+    """The daemon's peak resident set size so far."""
+    assert d.proc is not None
+    with open(f"/proc/{d.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def large_frame(d: Daemon) -> dict[str, Any]:
+    """Send one whole frame of 100 kB (of zeros: no valid request) on a
+    connection of its own; the daemon's answer."""
+    with Raw(d.socket, timeout=30) as raw:
+        size = 100_000
+        try:
+            raw.send(size.to_bytes(4, "big") + bytes(size))
+        except OSError:
+            pass  # refused before the end: the answer is waiting
+        reply = raw.read_frame()
+        assert reply is not None and reply["r"] == "error", reply
+        return reply
+
+
+def events_until(raw: Raw, done: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """Event frames read off a watch connection, up to the first ``done``."""
+    seen: list[dict[str, Any]] = []
+    while True:
+        reply = raw.read_frame()
+        assert reply is not None, f"watch ended after {len(seen)} events"
+        assert reply.get("r") == "event", reply
+        seen.append(reply["event"])
+        if done(reply["event"]):
+            return seen
+
+
+def test_stalled_watchers_hold_a_bounded_amount_and_are_told_what_they_missed(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    stalled = [Raw(d.socket, timeout=30) for _ in range(STALLED)]
+    try:
+        for raw in stalled:
+            raw.send_request(op="watch", id=1)  # and then read nothing
+        with d.client() as c:
+            wait_until(lambda: c.stats().watchers == STALLED, 15, "the watches to start")
+            c.create(id="big")
+            for start in range(0, SETS, 20):
+                with c.pipeline() as p:
+                    for i in range(start, min(SETS, start + 20)):
+                        p.set("big", "blob", f"{i}:{BLOB}")
+            peak = peak_mb(d)
+            assert peak < WATCH_PEAK_MB, f"peak {peak:.0f} MB with {STALLED} stalled watchers"
+            # A stalled watcher that reads again hears of what it missed,
+            # in its place, and then of events as they happen.
+            before = events_until(stalled[0], lambda e: e["kind"] == "lagged")
+            marker = c.create(id="marker")
+            after = events_until(stalled[0], lambda e: e["sid"] == marker.id)
+    finally:
+        for raw in stalled:
+            raw.close()
+    assert before[0]["kind"] == "watching"
+    events = before[1:] + after
+    lagged = [e for e in events if e["kind"] == "lagged"]
+    assert len(lagged) == 1 and lagged[0] is before[-1]
+    received = [e for e in events if e["kind"] != "lagged"]
+    # Nothing is lost without being counted: the create, the sets, the marker.
+    assert len(received) + lagged[0]["dropped"] == 1 + SETS + 1
+    assert lagged[0]["dropped"] > SETS // 2
+    assert [e["kind"] for e in after] == ["created"]
+
+
+def test_unfinished_large_frames_hold_at_most_frame_buffer_bytes_and_new_ones_get_busy(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    # Long enough that no unfinished frame times out during the test.
+    d.config.write_text('{"frame_timeout": 300}')
+    d.start()
+    body = bytes(FRAME - 1)  # one byte short of what the header announces
+    holders: list[Raw] = []
+    refused: list[Raw] = []
+    try:
+        for _ in range(HOLDERS):
+            raw = Raw(d.socket, timeout=30)
+            try:
+                raw.send(FRAME.to_bytes(4, "big") + body)
+                holders.append(raw)
+            except OSError:  # closed by the daemon: it answered busy
+                refused.append(raw)
+        peak = peak_mb(d)
+        assert peak < FRAMES_PEAK_MB, f"peak {peak:.0f} MB with {HOLDERS} unfinished frames"
+        # The default, 64 MiB, takes 16 frames of 4 MiB.
+        assert len(holders) <= 16 and len(refused) >= HOLDERS - 16
+        for raw in refused:
+            reply = raw.read_frame()
+            assert reply is not None and reply["code"] == "busy", reply
+            assert "frame_buffer_bytes" in reply["message"]
+            assert raw.at_eof()
+        # Ordinary requests proceed meanwhile; a new large frame (any frame
+        # over 64 KiB: it is refused at its header) waits its turn.
+        with d.client() as c:
+            c.create(id="small", meta={"k": "v"})
+        assert large_frame(d)["code"] == "busy"
+        for raw in holders:
+            raw.send(b"\0")  # the last byte: a whole (undecodable) request
+            reply = raw.read_frame()
+            assert reply is not None and reply["code"] == "invalid", reply
+        # Those frames done, the room they held is free again.
+        assert large_frame(d)["code"] == "invalid"
+        with d.client() as c:
+            assert c.get("small").meta == {"k": "v"}
+    finally:
+        for raw in holders + refused:
+            raw.close()
+
+
+def test_small_frames_are_never_refused_for_the_frame_buffer(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    d.config.write_text('{"frame_timeout": 300, "frame_buffer_bytes": 1048576}')
+    d.start()
+    with Raw(d.socket) as big:
+        big.send((FRAME).to_bytes(4, "big") + bytes(1000))  # holds 4 MiB (alone: let in)
+        with d.client() as c:
+            wait_until(lambda: c.stats().connections == 2, 15, "the holder to connect")
+        # A frame of 64 KiB or less, started and unfinished, is not held
+        # against the bound, and neither is any request.
+        with Raw(d.socket) as small:
+            whole = request(op="ping", id=7)
+            small.send(whole[:3])
+            with d.client() as c:
+                for i in range(50):
+                    c.create(id=f"s{i}", meta={"pad": "p" * 60_000})
+            small.send(whole[3:])
+            reply = small.read_frame()
+            assert reply is not None and reply["r"] == "pong", reply
