@@ -28,7 +28,7 @@ from sessiond.dispatch import journal_lines
 from sessiond.errors import JournalError, SessionError
 from sessiond.journal import POLICIES, Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
-from sessiond.model import now_us
+from sessiond.model import Change, now_us
 from sessiond.records import LineError
 from sessiond.replay import (
     Item,
@@ -39,8 +39,9 @@ from sessiond.replay import (
     repair,
     scan,
 )
+from sessiond.rules import Rules
 from sessiond.server import Server
-from sessiond.store import Change, ReplayRefused, Rules, Store
+from sessiond.store import ReplayRefused, Store
 
 log = logging.getLogger("sessiond")
 

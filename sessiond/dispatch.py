@@ -22,7 +22,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from sessiond import __version__, config
+from sessiond import __version__, config, rules
 from sessiond.errors import (
     ConfigError,
     InternalError,
@@ -34,7 +34,7 @@ from sessiond.events import Hub, Watcher
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
 from sessiond.journal import Journal, compacted_size
-from sessiond.model import US, Record, now_us
+from sessiond.model import US, Change, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
     HEADER,
@@ -42,6 +42,7 @@ from sessiond.protocol import (
     WRITES,
     Cleanup,
     CleanupReply,
+    CleanupResult,
     Compact,
     CompactReply,
     ConfigGet,
@@ -59,6 +60,7 @@ from sessiond.protocol import (
     HelloReply,
     Import,
     ImportReply,
+    ImportResult,
     List,
     Page,
     Ping,
@@ -77,7 +79,8 @@ from sessiond.protocol import (
     request_error,
 )
 from sessiond.records import delete_line, put_line, put_lines
-from sessiond.store import Change, Rules, Store
+from sessiond.rules import Rules
+from sessiond.store import Store
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
@@ -500,25 +503,27 @@ class Dispatcher:
     # chain of isinstance checks). Each gets the request and the time.
 
     def _get(self, req: Get, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.get(now, req.sid, req.touch)
+        session, made = rules.get(self.store, now, req.sid, req.touch)
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _create(self, req: Create, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.create(
-            now, user=req.user, ttl=req.ttl, meta=req.meta, sid=req.sid
+        session, made = rules.create(
+            self.store, now, user=req.user, ttl=req.ttl, meta=req.meta, sid=req.sid
         )
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _set(self, req: Set, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.set(now, req.sid, req.key, req.value, req.expect_version)
+        session, made = rules.set(
+            self.store, now, req.sid, req.key, req.value, req.expect_version
+        )
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _unset(self, req: Unset, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.unset(now, req.sid, req.key, req.expect_version)
+        session, made = rules.unset(self.store, now, req.sid, req.key, req.expect_version)
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _delete(self, req: Delete, now: int) -> tuple[Response, list[Change]]:
-        sid, made = self.store.delete(now, req.sid)
+        sid, made = rules.delete(self.store, now, req.sid)
         return Deleted(id=req.id, sid=sid), made
 
     def _list(self, req: List, now: int) -> tuple[Response, list[Change]]:
@@ -528,20 +533,28 @@ class Dispatcher:
         return Page(id=req.id, sessions=[s.to_session() for s in page], cursor=cursor), made
 
     def _expire(self, req: Expire, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.expire(now, req.sid)
+        session, made = rules.expire(self.store, now, req.sid)
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _refresh(self, req: Refresh, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.refresh(now, req.sid, req.ttl, req.revive)
+        session, made = rules.refresh(self.store, now, req.sid, req.ttl, req.revive)
         return SessionReply(id=req.id, session=session.to_session()), made
 
     def _cleanup(self, req: Cleanup, now: int) -> tuple[Response, list[Change]]:
-        result, made = self.store.cleanup(now, req.before, req.dry_run)
+        cleaned, made = self.store.cleanup(now, req.before, req.dry_run)
+        result = CleanupResult(
+            dry_run=req.dry_run, removed_count=len(cleaned.removed),
+            remaining_count=cleaned.remaining, removed_ids=cleaned.removed,
+        )
         return CleanupReply(id=req.id, result=result), made
 
     def _import(self, req: Import, now: int) -> tuple[Response, list[Change]]:
-        imported, made = self.store.import_sessions(now, req.sessions)
-        return ImportReply(id=req.id, result=imported), made
+        done, made = self.store.import_sessions(now, req.sessions)
+        result = ImportResult(
+            imported=done.imported, updated=done.updated, skipped=done.skipped,
+            reasons=done.reasons, already_expired=done.already_expired,
+        )
+        return ImportReply(id=req.id, result=result), made
 
     def _stats(self, req: Stats, now: int) -> tuple[Response, list[Change]]:
         return StatsReply(id=req.id, stats=self.stats(now)), []
