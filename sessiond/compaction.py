@@ -110,3 +110,23 @@ def close_replaced(fd: int) -> None:
         os.close(fd)
     except OSError as exc:
         log.error("closing the replaced journal failed: %s", describe(exc))
+
+
+# Sessions whose lines are encoded to estimate a compaction's size.
+ESTIMATE_SAMPLE = 256
+
+
+def compacted_size(slots: Sequence[Record | None], count: int) -> int:
+    """About the size of the journal that compacting ``slots`` (holding
+    ``count`` records) writes: one line per record, reckoned from the
+    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
+    store (all of them, when there are no more: then it is exact)."""
+    if not count:
+        return 0
+    step = max(1, len(slots) // ESTIMATE_SAMPLE)
+    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
+    if not sample:
+        return 0
+    if len(sample) == count:
+        return len(put_lines(sample))
+    return round(len(put_lines(sample)) / len(sample) * count)

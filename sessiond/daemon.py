@@ -23,11 +23,12 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, config, paths, rebind, snapshot, systemd
+from sessiond import __version__, config, live, paths, rebind, snapshot, systemd
 from sessiond.dispatch import journal_lines
 from sessiond.errors import JournalError, SessionError
 from sessiond.journal import POLICIES, Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
+from sessiond.live import Live, rules_of
 from sessiond.model import Change, now_us
 from sessiond.records import LineError
 from sessiond.replay import (
@@ -282,11 +283,7 @@ async def run(args: argparse.Namespace) -> int:
         settings = layers.settings
         for leftover in remove_leftovers(where.journal):
             log.warning("removed %s left by an interrupted compaction", leftover)
-        store, valid_end, needs_newline = replay(Rules(
-            default_ttl=settings.default_ttl,
-            max_lifetime=settings.max_lifetime,
-            expired_retention=settings.expired_retention,
-        ), where.journal)
+        store, valid_end, needs_newline = replay(rules_of(settings), where.journal)
         journal = Journal(where.journal, settings.fsync)
         journal.open(valid_end, needs_newline)
         layers, initial, migrated = migrate_legacy(store, layers, where.data_dir)
@@ -294,7 +291,7 @@ async def run(args: argparse.Namespace) -> int:
         # persisted with the other start-up changes, before anyone reads.
         initial += store.cap_lifetimes(now_us())
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
-        server = Server(store, journal, layers, loop_name)
+        server = Server(store, journal, Live(layers), loop_name)
         try:
             await serve(server, where, initial, migrated)
         finally:
@@ -343,11 +340,9 @@ async def serve(
         try:
             sock.setblocking(False)
             listener = await anyio.abc.SocketListener.from_socket(sock)
-            tg.start_soon(server.serve, listener, tg)
+            server.start(listener, tg)
             if keeper is not None:
                 tg.start_soon(keeper.run, server)
-            tg.start_soon(server.run_expiry)
-            tg.start_soon(server.run_compactor)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
                      __version__, address, os.getpid(), len(store), journal.policy)
             watchdog = systemd.watchdog_interval()
@@ -398,12 +393,12 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
                 log.info("received %s", signal.Signals(signum).name)
                 return
             try:
-                await server.reload_settings(config.reload(server.layers))
+                await live.reload(server.live, server.dispatcher.adopt)
             except SessionError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue
             pinned = ", ".join(
-                f"{key} ({source})" for key, source in server.layers.sources().items()
+                f"{key} ({source})" for key, source in server.live.layers.sources().items()
                 if source in (config.ENV, config.FLAG)
             )
             log.info("SIGHUP: reloaded %s%s", where.config,

@@ -66,7 +66,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
@@ -82,9 +82,8 @@ from sessiond.failpoints import (
     pwrite_synced,
     sync_data,
 )
-from sessiond.model import Record
+from sessiond.model import US, Record
 from sessiond.protocol import CompactResult
-from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
 from sessiond.writer import WriterThread
 
@@ -567,6 +566,21 @@ class Journal:
 
     # -- compaction ----------------------------------------------------
 
+    def figures(self) -> dict[str, Any]:
+        """The journal's part of ``stats``."""
+        at = self.last_compaction_at
+        return {
+            "journal_path": str(self.path),
+            "journal_bytes": self.size,
+            "fsync": self.policy,
+            "compacted_bytes": self.compacted_size,
+            "last_compaction_at": None if at is None else int(at * US),
+            "last_compaction_seconds": self.last_compaction_seconds,
+            "compactions": self.compactions,
+            "write_errors": self.write_errors,
+            "read_only": self.failed,
+        }
+
     def due_for_compaction(self, growth_percent: int, min_bytes: int) -> bool:
         grown = self.size > self.compacted_size * (100 + growth_percent) / 100
         return self.failed is None and grown and self.size >= min_bytes
@@ -666,26 +680,6 @@ class Journal:
             return CompactResult(
                 bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
-
-
-# Sessions whose lines are encoded to estimate a compaction's size.
-ESTIMATE_SAMPLE = 256
-
-
-def compacted_size(slots: Sequence[Record | None], count: int) -> int:
-    """About the size of the journal that compacting ``slots`` (holding
-    ``count`` records) writes: one line per record, reckoned from the
-    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
-    store (all of them, when there are no more: then it is exact)."""
-    if not count:
-        return 0
-    step = max(1, len(slots) // ESTIMATE_SAMPLE)
-    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
-    if not sample:
-        return 0
-    if len(sample) == count:
-        return len(put_lines(sample))
-    return round(len(put_lines(sample)) / len(sample) * count)
 
 
 def _reserve_again(fd: int, size: int) -> int:
