@@ -14,16 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sessiond import snapshot
-from sessiond.failpoints import (
-    SNAPSHOT_ERROR,
-    describe,
-    failpoint,
-    failpoints,
-    fsync_dir,
-    pwrite_all,
-    sync_data,
-    write_all,
-)
+from sessiond.diskio import describe, fsync_dir, pwrite_all, sync_data, write_all
+from sessiond.failpoints import SNAPSHOT_ERROR, failpoint, failpoints
 from sessiond.model import Record
 from sessiond.records import put_lines
 

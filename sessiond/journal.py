@@ -73,15 +73,9 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from sessiond import compaction, snapshot
+from sessiond.diskio import WRITE_ERRNOS, describe, pwrite_all, pwrite_synced, sync_data
 from sessiond.errors import JournalError, ReadOnly
-from sessiond.failpoints import (
-    WRITE_ERRNOS,
-    describe,
-    failpoints,
-    pwrite_all,
-    pwrite_synced,
-    sync_data,
-)
+from sessiond.failpoints import failpoints
 from sessiond.model import US, Record
 from sessiond.protocol import CompactResult
 from sessiond.replay import TMP_SUFFIX

@@ -25,8 +25,8 @@ from pathlib import Path
 import anyio
 
 from sessiond import paths
+from sessiond.diskio import describe
 from sessiond.errors import SessionError, StartError
-from sessiond.failpoints import describe
 from sessiond.server import Server
 
 log = logging.getLogger("sessiond")

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sessiond import snapshot
-from sessiond.diskio import atomic_write
+from sessiond.diskio import atomic_write, fsync_dir, write_all
 from sessiond.errors import JournalError
-from sessiond.failpoints import fsync_dir, write_all
 from sessiond.model import Record, Session
 from sessiond.records import LineError, line_id, read_block, read_line
 from sessiond.rules import Rules
