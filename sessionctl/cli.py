@@ -73,7 +73,7 @@ def _whole(text: str, what: str, high: int) -> int:
 
 
 def _ttl(text: str) -> int:
-    from sessiond.model import MAX_TTL
+    from sessiond.limits import MAX_TTL
 
     return _whole(text, "ttl (seconds)", MAX_TTL)
 
@@ -87,7 +87,7 @@ def _version(text: str) -> int:
 
 
 def _sid(text: str) -> str:
-    from sessiond.model import valid_id
+    from sessiond.limits import valid_id
 
     if not valid_id(text):
         raise BadValue(f"invalid session id {text!r}: use 1-128 of A-Z a-z 0-9 . _ -")
@@ -95,13 +95,15 @@ def _sid(text: str) -> str:
 
 
 def _user(text: str) -> str:
-    if not 1 <= len(text) <= 256:
-        raise BadValue("user must be 1 to 256 characters")
+    from sessiond.limits import USER_MAX
+
+    if not 1 <= len(text) <= USER_MAX:
+        raise BadValue(f"user must be 1 to {USER_MAX} characters")
     return text
 
 
 def _key(text: str) -> str:
-    from sessiond.model import KEY_MAX
+    from sessiond.limits import KEY_MAX
 
     if not 1 <= len(text) <= KEY_MAX:
         raise BadValue(f"meta key must be 1 to {KEY_MAX} characters, not {text!r}")

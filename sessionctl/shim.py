@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sessiond import __version__
 from sessiond.errors import SessionError, SessionExpired, SessionNotFound
-from sessiond.model import MAX_TTL, iso, valid_id
+from sessiond.limits import MAX_TTL, valid_id
+from sessiond.model import iso
 
 if TYPE_CHECKING:
     from sessionctl.client import Client

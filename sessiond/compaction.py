@@ -14,16 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sessiond import snapshot
-from sessiond.failpoints import (
-    SNAPSHOT_ERROR,
-    describe,
-    failpoint,
-    failpoints,
-    fsync_dir,
-    pwrite_all,
-    sync_data,
-    write_all,
-)
+from sessiond.diskio import describe, fsync_dir, pwrite_all, sync_data, write_all
+from sessiond.failpoints import SNAPSHOT_ERROR, failpoint, failpoints
 from sessiond.model import Record
 from sessiond.records import put_lines
 
@@ -110,3 +102,23 @@ def close_replaced(fd: int) -> None:
         os.close(fd)
     except OSError as exc:
         log.error("closing the replaced journal failed: %s", describe(exc))
+
+
+# Sessions whose lines are encoded to estimate a compaction's size.
+ESTIMATE_SAMPLE = 256
+
+
+def compacted_size(slots: Sequence[Record | None], count: int) -> int:
+    """About the size of the journal that compacting ``slots`` (holding
+    ``count`` records) writes: one line per record, reckoned from the
+    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
+    store (all of them, when there are no more: then it is exact)."""
+    if not count:
+        return 0
+    step = max(1, len(slots) // ESTIMATE_SAMPLE)
+    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
+    if not sample:
+        return 0
+    if len(sample) == count:
+        return len(put_lines(sample))
+    return round(len(put_lines(sample)) / len(sample) * count)

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from sessiond.errors import ConfigError, Conflict
-from sessiond.model import MAX_TTL
+from sessiond.limits import MAX_TTL
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_TTL)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]

@@ -1,8 +1,11 @@
 """Connections, the socket side: reading frames with deadlines, replies.
 
-Connections are anyio tasks; their sockets are read and written directly,
-with readiness from the asyncio loop under anyio's asyncio backend (see
-``Conn``), and one task enforces every connection's time limits.
+``Connections`` holds a dispatcher and the connections' limits: it reads
+requests off each connection a batch at a time, hands the batch to the
+dispatcher and sends back what it answers. Connections are anyio tasks;
+their sockets are read and written directly, with readiness from the
+asyncio loop under anyio's asyncio backend (see ``Conn``), and one task
+enforces every connection's time limits.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sessiond.dispatch import Dispatcher
 from sessiond.errors import Busy, ProtocolError, TooLarge
 from sessiond.events import Watcher
 from sessiond.frames import LENGTH, error_frame
+from sessiond.live import Live
 from sessiond.protocol import HEADER
 
 # The server's logger: splitting the server into modules changes no record.
@@ -126,12 +130,14 @@ class Stop(Exception):
         self.final = final
 
 
-class Connections(Dispatcher):
+class Connections:
     """Reads requests off connections and sends back what the dispatcher
     answers, within each connection's time limits."""
 
-    def _init_state(self) -> None:
-        super()._init_state()
+    def __init__(self, dispatcher: Dispatcher, live: Live) -> None:
+        self.dispatcher = dispatcher
+        self.live = live
+        # Set by drain(): connections between frames close.
         self.stopping = False
         self._conns: set[Conn] = set()
         # Bytes reserved by large frames still arriving, on all connections.
@@ -147,6 +153,28 @@ class Connections(Dispatcher):
     # and a timeout scope per call costs more than a small request itself.
     # The time limits are instead one deadline per connection, which the
     # deadline task enforces (see ``_run_deadlines``).
+
+    async def serve(self, sock: socket.socket) -> Watcher | None:
+        """Answer requests on ``sock`` until EOF, ``watch`` (returns its
+        watcher, for the caller to stream events to), or the daemon
+        stopping while this connection is between frames. Raises ``Stop``
+        when the connection must close, ``anyio.BrokenResourceError`` when
+        its peer went away."""
+        conn = Conn(sock, asyncio.get_running_loop())
+        self._conns.add(conn)
+        try:
+            return await self._serve_requests(conn)
+        finally:
+            conn.close()
+            self._conns.discard(conn)
+
+    def interrupt_idle(self) -> None:
+        """Stop reading: connections between frames find ``stopping`` set
+        and close; those in the middle of one finish it."""
+        self.stopping = True
+        for conn in self._conns:
+            if conn.kind == IDLE:
+                conn.interrupt()
 
     async def _serve_requests(self, conn: Conn) -> Watcher | None:
         """Answer requests until EOF, ``watch`` (returns its watcher), or the
@@ -174,9 +202,9 @@ class Connections(Dispatcher):
                     return None
                 if drained and not conn.readable:
                     if pending:
-                        await self._wait(conn, FRAME, started + self.settings.frame_timeout)
+                        await self._wait(conn, FRAME, started + self.live.settings.frame_timeout)
                     else:
-                        idle = self.settings.idle_timeout
+                        idle = self.live.settings.idle_timeout
                         await self._wait(
                             conn, IDLE, time.monotonic() + idle if idle else math.inf
                         )
@@ -232,7 +260,7 @@ class Connections(Dispatcher):
         n: int = LENGTH.unpack_from(pending, 0)[0]
         if n <= SMALL_FRAME_BYTES:
             return 0
-        limit = self.settings.frame_buffer_bytes
+        limit = self.live.settings.frame_buffer_bytes
         if self.frame_bytes_held and self.frame_bytes_held + n > limit:
             raise Stop(error_frame(0, Busy(
                 f"daemon busy: frames still arriving on other connections hold "
@@ -248,7 +276,7 @@ class Connections(Dispatcher):
         """Answer every whole frame at the start of ``data``, a batch at a
         time. Returns how many bytes were used, the watcher if a ``watch``
         ended them, and the count of bad frames in a row."""
-        limit = self.settings.max_frame_bytes
+        limit = self.live.settings.max_frame_bytes
         size = len(data)
         pos = 0
         while True:
@@ -274,14 +302,14 @@ class Connections(Dispatcher):
             if not bodies:
                 return pos, None, bad
             out = bytearray()
-            watcher, bad, used = await self._batch(bodies, bad, out)
+            watcher, bad, used = await self.dispatcher.batch(bodies, bad, out)
             pos = ends[used - 1]
             if out:
                 try:
                     await self._send(conn, out)
                 except BaseException:
                     if watcher is not None:
-                        self.hub.unsubscribe(watcher)
+                        self.dispatcher.hub.unsubscribe(watcher)
                     raise
             if watcher is not None:
                 return pos, watcher, bad
@@ -302,7 +330,7 @@ class Connections(Dispatcher):
         if sent == len(data):
             return
         rest = memoryview(data)[sent:]
-        deadline = time.monotonic() + self.settings.send_timeout
+        deadline = time.monotonic() + self.live.settings.send_timeout
         while rest:
             await self._wait(conn, SEND, deadline)
             try:
@@ -332,7 +360,7 @@ class Connections(Dispatcher):
             raise self._expired(kind)
 
     def _expired(self, kind: int) -> Stop:
-        s = self.settings
+        s = self.live.settings
         if kind == SEND:
             log.warning(
                 "closing a connection that left its replies unread for %gs (send_timeout)",
@@ -345,7 +373,7 @@ class Connections(Dispatcher):
             why = f"frame not completed within {s.frame_timeout:g}s (frame_timeout)"
         return Stop(error_frame(0, ProtocolError(f"connection closed: {why}")))
 
-    async def _run_deadlines(self) -> None:
+    async def run_deadlines(self) -> None:
         """End the waits of connections whose deadline has passed.
 
         Connections only store their deadline (a float, per wait); this task

@@ -10,80 +10,43 @@ and group commit pay.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, Final, cast
+from typing import Final, cast
 
-import anyio
-import anyio.to_thread
 import msgspec
 
-from sessiond import __version__, config
-from sessiond.errors import (
-    ConfigError,
-    InternalError,
-    ReadOnly,
-    SessionError,
-    Unsupported,
-)
+from sessiond import config
+from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import Hub, Watcher
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
-from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
-from sessiond.journal import Journal, compacted_size
-from sessiond.model import US, Record, now_us
+from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder
+from sessiond.handlers import HANDLERS, SLOW, Handler
+from sessiond.journal import Journal
+from sessiond.live import Live, rules_of
+from sessiond.model import Change, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
     HEADER,
-    PROTOCOL_VERSION,
     WRITES,
-    Cleanup,
-    CleanupReply,
-    Compact,
-    CompactReply,
-    ConfigGet,
-    ConfigReply,
-    ConfigSet,
-    Create,
-    Delete,
-    Deleted,
+    CompactResult,
     ErrorReply,
     Event,
     EventReply,
-    Expire,
     Get,
-    Hello,
-    HelloReply,
-    Import,
-    ImportReply,
-    List,
-    Page,
-    Ping,
-    Pong,
-    Refresh,
     Request,
-    Response,
-    SessionReply,
-    Set,
-    Stats,
     StatsInfo,
-    StatsReply,
-    Unset,
     Watch,
     request_decoder,
     request_error,
 )
 from sessiond.records import delete_line, put_line, put_lines
-from sessiond.store import Change, Rules, Store
+from sessiond.store import Store
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
 
-# Runs one request at the given time: the reply, and the changes to persist.
-Handler = Callable[[Any, int], tuple[Response, list[Change]]]
 # Requests whose answer stands only once their changes are persisted. A
 # read's only changes are lazy expiries: if the journal refuses them the
 # answer still holds, so reads keep working.
@@ -117,55 +80,37 @@ def journal_lines(changes: list[Change]) -> bytes:
 
 
 class Dispatcher:
-    """Runs requests against one store and one journal, and tells watchers.
+    """Runs batches of requests against one store and one journal, and
+    tells watchers and the other parts what was committed.
 
-    Holds what requests and the timers share: the store, the journal, the
-    hub, the live settings (and the layers they come from), and the figures
-    ``stats`` reports."""
+    Holds the parts that requests use (the store, the journal, the hub of
+    watchers, the live settings) and nothing that others own: the server
+    gives it the one figure it cannot make, ``stats``, and registers what
+    must hear of every commit (``notice``)."""
 
     def __init__(
         self,
         store: Store,
         journal: Journal,
-        layers: config.Layers,
-        event_loop: str,
+        hub: Hub,
+        live: Live,
+        stats: Callable[[int], StatsInfo],
     ) -> None:
         self.store = store
         self.journal = journal
-        self.layers = layers
-        self.settings = layers.settings
-        self.config_path = layers.path
-        # One change of settings at a time: each reads the layers the one
-        # before it left.
-        self._config_lock = anyio.Lock()
-        self.event_loop = event_loop
-        self.hub = Hub()
-        self._handlers = self._make_handlers()
+        self.hub = hub
+        self.live = live
+        self.stats = stats
         self.started = time.monotonic()
-        # Counted by the server, as connections come and go.
-        self.connections = 0
-        # Kept by the expiry timer.
-        self.lags: deque[float] = deque(maxlen=10_000)
-        self.lag_max = 0.0
-        self.timer_target = math.inf
-        self._deadlines_seen = -1
-        self.timer_wake = anyio.Event()
-        self.compact_wake = anyio.Event()
-        # A failed write turns the journal read-only: start the compaction
-        # that ends it now, not when the compactor's timer next fires.
-        journal.on_failure = lambda: self.compact_wake.set()
-        self._init_state()
-
-    def _init_state(self) -> None:
-        """The state of the layers built on this one (``Connections``,
-        ``Server``): each adds its own, so that only this class takes the
-        constructor's arguments."""
+        # Called after every commit (the timers: see ``sessiond.timers``).
+        self.noticers: list[Callable[[], None]] = []
+        self._handlers = HANDLERS
         # The encoders of replies and journal lines: themselves, unless a
         # failpoint makes them fail (chosen once, not per request).
         self._encode_into = encode_fault(REPLY_ENCODE_ERROR, encoder.encode_into)
         self._journal_lines = encode_fault(LINE_ENCODE_ERROR, journal_lines)
 
-    async def _batch(
+    async def batch(
         self, bodies: list[memoryview], bad: int, out: bytearray
     ) -> tuple[Watcher | None, int, int]:
         """Handle frames that arrived together; one journal commit for all.
@@ -181,7 +126,7 @@ class Dispatcher:
         batch's own changes are committed first, and replies that may have
         read another batch's changes wait until those are (``_hold``). When
         changes they saw are refused, they are computed again."""
-        budget = self.settings.max_reply_queue_bytes
+        budget = self.live.settings.max_reply_queue_bytes
         changes: list[Change] = []
         writes: list[tuple[int, int, int]] = []  # (start, end) of its reply in out, id
         # Looked up once: this loop runs for every request.
@@ -209,7 +154,8 @@ class Dispatcher:
             kind = type(req)
             handler = handlers.get(kind)
             if handler is None:
-                if not isinstance(req, (Compact, ConfigSet, Watch)):
+                slow = SLOW.get(kind)
+                if slow is None and kind is not Watch:
                     unknown = Unsupported(f"unsupported operation {kind.__name__}")
                     append_frame(out, self._error_reply(req.id, unknown))
                     continue
@@ -219,18 +165,22 @@ class Dispatcher:
                     changes, writes = [], []
                 elif journal.settled < journal.accepted:
                     await self._hold(out, bodies, first, used - 1, first_out)
-                if isinstance(req, Watch):
-                    settings = self.settings
+                if slow is None:
+                    assert isinstance(req, Watch)
+                    settings = self.live.settings
                     watcher = self.hub.subscribe(
                         req.user, settings.watch_queue, settings.watch_queue_bytes
                     )
                     append_frame(out, EventReply(id=req.id, event=_hello_event()))
                     return watcher, bad, used
-                out += await self._slow(req)
+                try:
+                    append_frame(out, await slow(self, req))
+                except SessionError as exc:
+                    append_frame(out, self._error_reply(req.id, exc))
                 first, first_out = used, len(out)
                 continue
             try:
-                reply, made = handler(req, now_us())
+                reply, made = handler(self, req, now_us())
             except SessionError as exc:
                 append_frame(out, self._error_reply(req.id, exc))
                 continue
@@ -396,7 +346,7 @@ class Dispatcher:
         changes it made, none if it failed. (``_batch`` does the same
         inline, for speed.)"""
         try:
-            reply, made = handler(req, now_us())
+            reply, made = handler(self, req, now_us())
         except SessionError as exc:
             append_frame(out, self._error_reply(req.id, exc))
             return []
@@ -469,18 +419,30 @@ class Dispatcher:
         await self.journal.commit(data, lambda: store.revert(changes))
         if self.hub.watchers:
             self.hub.publish(changes, now_us())
-        # A change may bring the next deadline forward: a new or shorter
-        # session, or an expiry whose retention ends before the timer wakes.
-        # Only one that queued a deadline can (not a set, say): looking
-        # costs a set ~10% of its time on the loop.
-        if store.deadlines_queued != self._deadlines_seen:
-            self._deadlines_seen = store.deadlines_queued
-            deadline = store.next_deadline()
-            if deadline is not None and deadline < self.timer_target:
-                self.timer_wake.set()
-        s = self.settings
-        if self.journal.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes):
-            self.compact_wake.set()
+        for notice in self.noticers:
+            notice()
+
+    async def adopt(self, layers: config.Layers) -> None:
+        """Put new settings in force, and persist what the store's rules
+        change with them (sessions brought within a lowered
+        max_lifetime). Raises ``ReadOnly`` when that cannot be persisted:
+        the settings are then as they were."""
+        old = self.live.layers
+        store = self.store
+        changes = store.change_rules(now_us(), rules_of(layers.settings))
+        self.live.put(layers)
+        if not changes:
+            return
+        try:
+            await self.commit(changes)
+        except ReadOnly:
+            # The changes are reverted already; now the rules with them.
+            store.rules = rules_of(old.settings)
+            self.live.put(old)
+            raise
+
+    async def compact(self) -> CompactResult:
+        return await self.journal.compact(self.store.live_slots)
 
     @staticmethod
     def _guess_id(body: memoryview) -> int:
@@ -488,200 +450,6 @@ class Dispatcher:
             return _id_decoder.decode(body).id
         except DECODE_ERRORS:
             return 0
-
-    def apply(self, req: Request) -> tuple[Response, list[Change]]:
-        """Run one request against the store (synchronous, no I/O)."""
-        handler = self._handlers.get(type(req))
-        if handler is None:
-            raise Unsupported(f"unsupported operation {type(req).__name__}")
-        return handler(req, now_us())
-
-    # One per request type that ``apply`` runs (a dict lookup instead of a
-    # chain of isinstance checks). Each gets the request and the time.
-
-    def _get(self, req: Get, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.get(now, req.sid, req.touch)
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _create(self, req: Create, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.create(
-            now, user=req.user, ttl=req.ttl, meta=req.meta, sid=req.sid
-        )
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _set(self, req: Set, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.set(now, req.sid, req.key, req.value, req.expect_version)
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _unset(self, req: Unset, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.unset(now, req.sid, req.key, req.expect_version)
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _delete(self, req: Delete, now: int) -> tuple[Response, list[Change]]:
-        sid, made = self.store.delete(now, req.sid)
-        return Deleted(id=req.id, sid=sid), made
-
-    def _list(self, req: List, now: int) -> tuple[Response, list[Change]]:
-        page, cursor, made = self.store.list_page(
-            now, status=req.status, user=req.user, limit=req.limit, cursor=req.cursor
-        )
-        return Page(id=req.id, sessions=[s.to_session() for s in page], cursor=cursor), made
-
-    def _expire(self, req: Expire, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.expire(now, req.sid)
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _refresh(self, req: Refresh, now: int) -> tuple[Response, list[Change]]:
-        session, made = self.store.refresh(now, req.sid, req.ttl, req.revive)
-        return SessionReply(id=req.id, session=session.to_session()), made
-
-    def _cleanup(self, req: Cleanup, now: int) -> tuple[Response, list[Change]]:
-        result, made = self.store.cleanup(now, req.before, req.dry_run)
-        return CleanupReply(id=req.id, result=result), made
-
-    def _import(self, req: Import, now: int) -> tuple[Response, list[Change]]:
-        imported, made = self.store.import_sessions(now, req.sessions)
-        return ImportReply(id=req.id, result=imported), made
-
-    def _stats(self, req: Stats, now: int) -> tuple[Response, list[Change]]:
-        return StatsReply(id=req.id, stats=self.stats(now)), []
-
-    def _config(self, req: ConfigGet, now: int) -> tuple[Response, list[Change]]:
-        data = self._config_get(req.key)
-        sources = {key: self.layers.source(key) for key in data}
-        return ConfigReply(id=req.id, config=data, sources=sources), []
-
-    def _ping(self, req: Ping, now: int) -> tuple[Response, list[Change]]:
-        return Pong(id=req.id, pid=os.getpid(), version=__version__,
-                    uptime=time.monotonic() - self.started), []
-
-    def _hello(self, req: Hello, now: int) -> tuple[Response, list[Change]]:
-        if req.version != PROTOCOL_VERSION:
-            raise Unsupported(
-                f"protocol version {req.version} is not supported: this sessiond "
-                f"({__version__}) speaks version {PROTOCOL_VERSION}"
-            )
-        return HelloReply(id=req.id, version=PROTOCOL_VERSION, server=__version__,
-                          pid=os.getpid()), []
-
-    def _make_handlers(self) -> dict[type[Request], Handler]:
-        handlers: dict[type[Any], Callable[[Any, int], tuple[Response, list[Change]]]] = {
-            Get: self._get, Create: self._create, Set: self._set, Unset: self._unset,
-            Delete: self._delete, List: self._list, Expire: self._expire,
-            Refresh: self._refresh, Cleanup: self._cleanup, Import: self._import,
-            Stats: self._stats, ConfigGet: self._config, Ping: self._ping,
-            Hello: self._hello,
-        }
-        # Compact, ConfigSet and Watch are not here: _batch runs them itself.
-        return handlers
-
-    async def _slow(self, req: Compact | ConfigSet) -> bytes:
-        try:
-            if isinstance(req, Compact):
-                result = await self.journal.compact(self.store.live_slots)
-                return frame(CompactReply(id=req.id, result=result))
-            updated = await self.set_config(req.key, req.value)
-            sources = {key: self.layers.source(key) for key in updated}
-            return frame(ConfigReply(id=req.id, config=updated, sources=sources))
-        except SessionError as exc:
-            return error_frame(req.id, exc)
-
-    def _config_get(self, key: str | None) -> dict[str, Any]:
-        data = config.as_dict(self.settings)
-        if key is None:
-            return data
-        if key not in data:
-            raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(config.KEYS)}")
-        return {key: data[key]}
-
-    async def set_config(self, key: str, value: Any) -> dict[str, Any]:
-        """Validate, persist that one key atomically, then apply live.
-
-        Raises ``ConfigError`` (a bad key or value), ``Conflict`` (a flag or
-        an environment variable sets the key), ``ReadOnly`` (the changes
-        the new value makes, such as a lowered max_lifetime's, could not
-        be journaled: the file and the settings are as they were)."""
-        async with self._config_lock:
-            new = self.layers.with_file_key(key, value)
-            value = getattr(new.settings, key)
-            before = await anyio.to_thread.run_sync(
-                config.persist_key, self.config_path, key, value
-            )
-            try:
-                await self._adopt(new)
-            except ReadOnly as exc:
-                await anyio.to_thread.run_sync(config.restore, self.config_path, before)
-                raise ReadOnly(f"{key} not changed: {exc}") from exc
-            log.info("config %s set to %r", key, value)
-            return {key: value}
-
-    async def reload_settings(self, new: config.Layers) -> None:
-        """Apply reloaded settings live (SIGHUP). Raises ``ReadOnly`` as
-        ``set_config`` does, with the settings as they were."""
-        async with self._config_lock:
-            await self._adopt(new)
-
-    async def _adopt(self, new: config.Layers) -> None:
-        """Put ``new`` in force, and persist what the store's rules change
-        with it (sessions brought within a lowered max_lifetime); if the
-        journal refuses that, the old settings are put back and
-        ``ReadOnly`` raised."""
-        old = self.layers
-        changes = self.store.change_rules(now_us(), self._rules(new.settings))
-        self._apply(new)
-        if not changes:
-            return
-        try:
-            await self.commit(changes)
-        except ReadOnly:
-            # The journal has reverted the changes; now the rules with them.
-            self._apply(old)
-            raise
-
-    @staticmethod
-    def _rules(settings: config.Settings) -> Rules:
-        return Rules(
-            default_ttl=settings.default_ttl,
-            max_lifetime=settings.max_lifetime,
-            expired_retention=settings.expired_retention,
-        )
-
-    def _apply(self, new: config.Layers) -> None:
-        self.layers = new
-        self.settings = new.settings
-        self.store.rules = self._rules(new.settings)
-        self.journal.policy = new.settings.fsync
-        self.timer_wake.set()
-        self.compact_wake.set()
-
-    def stats(self, now: int) -> StatsInfo:
-        lags = sorted(self.lags)
-        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
-        j = self.journal
-        return StatsInfo(
-            **self.store.stats(now),
-            expiry_lag_max_ms=round(self.lag_max, 3),
-            expiry_lag_p99_ms=round(p99, 3),
-            pid=os.getpid(),
-            version=__version__,
-            uptime_seconds=round(time.monotonic() - self.started, 3),
-            event_loop=self.event_loop,
-            connections=self.connections,
-            watchers=len(self.hub.watchers),
-            journal_path=str(j.path),
-            journal_bytes=j.size,
-            fsync=j.policy,
-            compacted_bytes=j.compacted_size,
-            last_compaction_at=(
-                None if j.last_compaction_at is None else int(j.last_compaction_at * US)
-            ),
-            last_compaction_seconds=j.last_compaction_seconds,
-            compactions=j.compactions,
-            write_errors=j.write_errors,
-            read_only=j.failed,
-            config_sources=self.layers.sources(),
-            compaction_needs_bytes=compacted_size(self.store.live_slots(), len(self.store)),
-        )
 
 
 def _hello_event() -> Event:

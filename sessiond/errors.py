@@ -86,6 +86,12 @@ class JournalError(SessionError):
     code = "journal"
 
 
+class StartError(SessionError):
+    """The daemon cannot start; the message says why and what to do."""
+
+    code = "start"
+
+
 class ConfigError(InvalidRequest):
     """A configuration key or value is not acceptable."""
 

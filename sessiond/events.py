@@ -20,8 +20,8 @@ from collections import deque
 import anyio
 
 from sessiond.frames import frame
+from sessiond.model import Change
 from sessiond.protocol import Event, EventReply
-from sessiond.store import Change
 
 log = logging.getLogger("sessiond.server")
 

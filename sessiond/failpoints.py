@@ -3,18 +3,16 @@
 A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
 journal fsync fail with EIO, makes a compaction's snapshot fail to write, or
 makes the encoding of a reply or of a journal line fail as a value msgpack
-cannot carry would. Beside them, the small disk calls that the journal, its
-repair and the snapshot share: the fsync that a failpoint can fail among them.
+cannot carry would. The disk calls a failpoint can fail are in
+``sessiond.diskio``, which asks ``failpoints()`` before each.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sessiond.errors import JournalError
@@ -120,87 +118,3 @@ def encode_fault(name: str, encode: F) -> F:
         return encode(*args, **kwargs)
 
     return failing  # type: ignore[return-value]
-
-
-# fdatasync skips metadata that reading the data back does not need (times),
-# but not the size an append changed: measured about 8% cheaper a commit
-# under ``always``. Not every system has it.
-_sync_data: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-
-
-def sync_data(fd: int) -> None:
-    if failpoints().hit(FSYNC_ERROR):
-        raise OSError(5, "Input/output error (injected by failpoint)")
-    _sync_data(fd)
-
-
-def describe(exc: BaseException) -> str:
-    """An OS error (or any other) as the logs put it."""
-    if isinstance(exc, OSError):
-        return f"{exc.strerror or exc} (errno {exc.errno})"
-    return str(exc)
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    # Almost always whole at the first try: no view made for that.
-    n = os.pwrite(fd, data, offset)
-    if n == len(data):
-        return
-    view = memoryview(data)[n:]
-    while view:
-        offset += n
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-
-
-# pwritev2(RWF_DSYNC) writes bytes and syncs them as fdatasync would, in one
-# system call where ``pwrite_all`` and ``sync_data`` make two: measured ~4%
-# more commits a second under ``always`` with one client. Linux 4.7 and
-# later; elsewhere, or where the call is refused, the two calls.
-_rwf_dsync: int | None = getattr(os, "RWF_DSYNC", None)
-# What a refused flag looks like (an old kernel, a file system without it).
-_NO_DSYNC = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS})
-# Errors a write reports before any I/O: the rest come from writing back,
-# which is the part an fsync does.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-def pwrite_synced(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    """``pwrite_all``, then these bytes on disk as ``sync_data`` leaves them.
-    Only these: a write made earlier and not yet synced needs ``sync_data``."""
-    global _rwf_dsync
-    flag = _rwf_dsync
-    if flag is None or failpoints().hit(FSYNC_ERROR):
-        pwrite_all(fd, data, offset)
-        if flag is not None:  # the failpoint: the write landed, its sync fails
-            raise OSError(errno.EIO, "Input/output error (injected by failpoint)")
-        sync_data(fd)
-        return
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.pwritev(fd, [view], offset, flag)
-        except OSError as exc:
-            if exc.errno not in _NO_DSYNC or _rwf_dsync is None:
-                raise
-            _rwf_dsync = None
-            pwrite_all(fd, view, offset)
-            _sync_data(fd)  # the failpoint was asked above, for this sync
-            return
-        view = view[n:]
-        offset += n
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -66,25 +66,18 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
 from sessiond import compaction, snapshot
+from sessiond.diskio import WRITE_ERRNOS, describe, pwrite_all, pwrite_synced, sync_data
 from sessiond.errors import JournalError, ReadOnly
-from sessiond.failpoints import (
-    WRITE_ERRNOS,
-    describe,
-    failpoints,
-    pwrite_all,
-    pwrite_synced,
-    sync_data,
-)
-from sessiond.model import Record
+from sessiond.failpoints import failpoints
+from sessiond.model import US, Record
 from sessiond.protocol import CompactResult
-from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
 from sessiond.writer import WriterThread
 
@@ -567,6 +560,21 @@ class Journal:
 
     # -- compaction ----------------------------------------------------
 
+    def figures(self) -> dict[str, Any]:
+        """The journal's part of ``stats``."""
+        at = self.last_compaction_at
+        return {
+            "journal_path": str(self.path),
+            "journal_bytes": self.size,
+            "fsync": self.policy,
+            "compacted_bytes": self.compacted_size,
+            "last_compaction_at": None if at is None else int(at * US),
+            "last_compaction_seconds": self.last_compaction_seconds,
+            "compactions": self.compactions,
+            "write_errors": self.write_errors,
+            "read_only": self.failed,
+        }
+
     def due_for_compaction(self, growth_percent: int, min_bytes: int) -> bool:
         grown = self.size > self.compacted_size * (100 + growth_percent) / 100
         return self.failed is None and grown and self.size >= min_bytes
@@ -666,26 +674,6 @@ class Journal:
             return CompactResult(
                 bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
             )
-
-
-# Sessions whose lines are encoded to estimate a compaction's size.
-ESTIMATE_SAMPLE = 256
-
-
-def compacted_size(slots: Sequence[Record | None], count: int) -> int:
-    """About the size of the journal that compacting ``slots`` (holding
-    ``count`` records) writes: one line per record, reckoned from the
-    lines of up to ``ESTIMATE_SAMPLE`` of them spread evenly over the
-    store (all of them, when there are no more: then it is exact)."""
-    if not count:
-        return 0
-    step = max(1, len(slots) // ESTIMATE_SAMPLE)
-    sample = [r for r in slots[::step] if r is not None][:ESTIMATE_SAMPLE]
-    if not sample:
-        return 0
-    if len(sample) == count:
-        return len(put_lines(sample))
-    return round(len(put_lines(sample)) / len(sample) * count)
 
 
 def _reserve_again(fd: int, size: int) -> int:

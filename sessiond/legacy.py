@@ -17,7 +17,8 @@ import msgspec
 
 from sessiond.config import read_json_object
 from sessiond.errors import ConfigError
-from sessiond.model import MAX_VERSION, Session
+from sessiond.limits import MAX_VERSION
+from sessiond.model import Session
 from sessiond.records import LineError, decode_line
 
 LEGACY_DIR = ".session"

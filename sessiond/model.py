@@ -13,10 +13,9 @@ there.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -26,17 +25,12 @@ STATUSES: Final = (ACTIVE, EXPIRED)
 DEFAULT_USER: Final = sys.intern("anonymous")
 
 US: Final = 1_000_000
-ID_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,128}")
-KEY_MAX: Final = 256
-USER_MAX: Final = 256
-META_MAX_BYTES: Final = 64 * 1024
-MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
-TIME_MAX: Final = 253402300799999999  # 9999-12-31T23:59:59.999999Z, as far as iso() can go
-# Versions are counted in a signed 64-bit integer, as every client and the
-# wire (msgpack) can hold it: a record that enters with a version outside
-# 1..MAX_VERSION is refused, and one that reaches it is changed no more by
-# clients (its expiry keeps the version: see ``sessiond.store``).
-MAX_VERSION: Final = 2**63 - 1
+# What a change did to a session: the kinds of ``Change`` and of watch
+# events (an expiry's kind is the status it leaves, ``EXPIRED``).
+CREATED: Final = sys.intern("created")
+UPDATED: Final = sys.intern("updated")
+DELETED: Final = sys.intern("deleted")
+PURGED: Final = sys.intern("purged")
 
 
 class Session(msgspec.Struct, kw_only=True, gc=False):
@@ -135,6 +129,19 @@ class Record(msgspec.Struct, order=True, gc=False):
         )
 
 
+class Change(NamedTuple):
+    """One transition of one session: ``before``/``after`` are ``None`` for
+    absent. ``kind`` is created, updated, expired, deleted or purged. For a
+    removal, ``seq`` is the record's place in creation order, so that a
+    revert can put it back there."""
+
+    kind: str
+    sid: str
+    before: Record | None
+    after: Record | None
+    seq: int = -1
+
+
 def now_us() -> int:
     """The wall clock, in microseconds since the epoch."""
     return time.time_ns() // 1000
@@ -143,10 +150,6 @@ def now_us() -> int:
 def new_id() -> str:
     """128 random bits as 32 hex characters."""
     return os.urandom(16).hex()
-
-
-def valid_id(sid: object) -> bool:
-    return isinstance(sid, str) and ID_RE.fullmatch(sid) is not None
 
 
 def iso(us: int) -> str:

@@ -11,12 +11,14 @@ this module, and pathlib and dataclasses would cost it several milliseconds
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import stat
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
-from sessiond.errors import SessionError
+from sessiond.errors import SessionError, StartError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -154,3 +156,21 @@ def private_dir(path: Path) -> Path:
             f"(mode {stat.S_IMODE(st.st_mode):o}; run 'chmod 700 {path}')"
         )
     return path
+
+
+def lock_data_dir(lock_path: Path) -> int:
+    """Exclusive lock on the data dir, held for the daemon's life."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StartError(
+            f"another sessiond (pid {holder}) already uses data dir {lock_path.parent}"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

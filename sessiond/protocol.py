@@ -17,7 +17,8 @@ import msgspec
 
 from sessiond import PROTOCOL_VERSION as PROTOCOL_VERSION
 from sessiond.errors import InvalidRequest, SessionError, TooLarge, Unsupported
-from sessiond.model import MAX_TTL, Session
+from sessiond.limits import ID_MAX, ID_PATTERN, KEY_MAX, MAX_TTL, USER_MAX
+from sessiond.model import Session
 
 HEADER: Final = 4
 DEFAULT_MAX_FRAME: Final = 4 * 1024 * 1024
@@ -25,9 +26,9 @@ PAGE_MAX: Final = 1000
 
 ReqId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Ttl = Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL)]
-Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-User = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=KEY_MAX)]
+User = Annotated[str, msgspec.Meta(min_length=1, max_length=USER_MAX)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_MAX)]
 Status = Annotated[str, msgspec.Meta(pattern=r"^(active|expired)$")]
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 
-from sessiond.errors import SessionError
-from sessiond.failpoints import describe
+from sessiond import paths
+from sessiond.diskio import describe
+from sessiond.errors import SessionError, StartError
 from sessiond.server import Server
 
 log = logging.getLogger("sessiond")
@@ -116,3 +118,50 @@ class SocketKeeper:
         if problem != self._said:
             log.warning("%s", problem)
             self._said = problem
+
+
+# A Unix socket's address holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """A listening socket at ``path``, created 0600 by the umask at bind.
+
+    A stale socket (nothing answers) is replaced; a live one is an error."""
+    length = len(os.fsencode(path))
+    if length > SOCKET_PATH_MAX:
+        # Else bind says only "AF_UNIX path too long", with no errno.
+        raise StartError(
+            f"cannot bind {path}: the path is {length} bytes long and a Unix socket's "
+            f"path can be at most {SOCKET_PATH_MAX}; choose a shorter one with --socket "
+            f"or SESSIOND_SOCKET"
+        )
+    paths.private_dir(path.parent)
+    if path.exists() or path.is_symlink():
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise StartError(f"{path} exists and is not a socket; remove it or choose --socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A live daemon with a full backlog makes connect wait: that still
+        # means "in use", so a timeout counts as live.
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("replacing stale socket %s", path)
+            path.unlink(missing_ok=True)
+        else:
+            raise StartError(f"socket {path} is in use by another running sessiond")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot bind {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.umask(old)
+    sock.listen(512)
+    return sock

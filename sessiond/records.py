@@ -38,16 +38,13 @@ from typing import Annotated, Any, Literal, cast
 import msgspec
 from msgspec.structs import asdict, astuple
 
+from sessiond.limits import ID_MAX, MAX_TTL, MAX_VERSION, META_MAX_BYTES, USER_MAX
 from sessiond.model import (
     ACTIVE,
     DEFAULT_USER,
     EMPTY_META,
     EXPIRED,
-    MAX_TTL,
-    MAX_VERSION,
-    META_MAX_BYTES,
     US,
-    USER_MAX,
     ImportedSession,
     Record,
     Session,
@@ -125,7 +122,7 @@ _Crc = Annotated[str, msgspec.Meta(min_length=8, max_length=8)]
 
 
 class _OwnPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True, gc=False):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX)]
     user: Annotated[str, msgspec.Meta(min_length=1, max_length=USER_MAX)]
     status: Literal["active", "expired"]
     ttl: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL)]
@@ -142,7 +139,7 @@ class _OwnPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True, gc=
 
 
 class _OwnDelete(msgspec.Struct, tag_field="type", tag="delete", kw_only=True, gc=False):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX)]
     crc: _Crc
 
 

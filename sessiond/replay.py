@@ -8,7 +8,9 @@ deletes what an interrupted compaction or repair left behind.
 
 from __future__ import annotations
 
+import gc
 import io
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,11 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sessiond import snapshot
-from sessiond.diskio import atomic_write
+from sessiond.diskio import atomic_write, fsync_dir, write_all
 from sessiond.errors import JournalError
-from sessiond.failpoints import fsync_dir, write_all
 from sessiond.model import Record, Session
 from sessiond.records import LineError, line_id, read_block, read_line
+from sessiond.rules import Rules
+from sessiond.store import ReplayRefused, Store
+
+log = logging.getLogger("sessiond")
 
 TMP_SUFFIX = ".compact.tmp"
 # Editors on some systems begin a UTF-8 file with one; it is no line.
@@ -340,3 +345,58 @@ def _write_new(path: Path, data: bytes) -> None:
 def iter_damage(report: Scan) -> Iterator[str]:
     for lineno, offset, reason, sid in report.damaged:
         yield f"line {lineno} (byte offset {offset}): {reason}" + (f" [id {sid}]" if sid else "")
+
+
+def loader(store: Store) -> Loader:
+    """Replay's loader: an item the store refuses counts as a damaged line
+    (``--check`` and ``--repair`` use it too, so they judge as replay does)."""
+    def load(items: Sequence[Item]) -> None:
+        try:
+            store.replay(items)
+        except ReplayRefused as exc:
+            raise LineError(str(exc), index=exc.index) from exc
+
+    return load
+
+
+def load_snapshot(store: Store, journal_path: Path) -> snapshot.Header | None:
+    """Load the records of the snapshot beside the journal into the empty
+    ``store``, if it stands for the head of the journal byte for byte.
+
+    ``None`` (saying why, unless there is no snapshot, and having loaded
+    nothing) when the journal must be replayed in full."""
+    try:
+        return snapshot.load(journal_path, store.replay)
+    except snapshot.SnapshotStale as exc:
+        log.info("%s; replaying the journal in full", exc)
+    except snapshot.SnapshotDamaged as exc:
+        log.warning("%s; replaying the journal in full", exc)
+    return None
+
+
+def load_store(rules: Rules, journal_path: Path) -> tuple[Store, int, bool]:
+    """The store the journal holds (by way of its snapshot where there is a
+    sound one), and where the journal's valid part ends."""
+    # Replay makes millions of objects and frees few: collections during it
+    # would find nothing to free. Afterwards what it built is frozen, so
+    # that later full collections do not walk it again and again.
+    gc.disable()
+    try:
+        store = Store(rules)
+        base = load_snapshot(store, journal_path)
+        start, lines = (base.journal_bytes, base.lines) if base else (0, 0)
+        result = scan(journal_path, load=loader(store), start=start, lineno=lines)
+    finally:
+        gc.enable()
+    gc.freeze()
+    if result.torn_bytes:
+        log.warning("%s: final line is torn (%d bytes): cutting it",
+                    journal_path, result.torn_bytes)
+    if base is None:
+        log.info("replayed %d journal lines: %d sessions", result.records, len(store))
+    else:
+        log.info(
+            "loaded %d sessions from snapshot %s and %d journal lines after it: %d sessions",
+            base.count, snapshot.snapshot_path(journal_path).name, result.records, len(store),
+        )
+    return store, result.valid_end, result.needs_newline

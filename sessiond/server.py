@@ -1,18 +1,19 @@
-"""The server: accepting connections, their lives, watch streams, timers.
+"""The server: it accepts connections, checks each peer, and holds the parts.
 
-A ``Server`` is the ``Connections`` layer (``sessiond.connection``: peer
-sockets, framing and its limits, replies) over the ``Dispatcher``
-(``sessiond.dispatch``: requests to replies and journal commits). Here:
-the peer check, each connection's life from accept to close, streaming
-events to watchers, the expiry and compaction timers, and draining.
+A ``Server`` is composed of parts that each own their state: the
+``Dispatcher`` (``sessiond.dispatch``: batches of requests to replies and
+commits), ``Connections`` (``sessiond.connection``: reading frames within
+their limits, sending replies), the hub of watchers (``sessiond.events``)
+and the two timers (``sessiond.timers``). Here: accepting (and accepting
+again on a socket bound anew), the peer check, each connection's life from
+accept to close, streaming events to watchers, draining at a stop, and
+``stats``, which asks each part for its own figures.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
-import math
 import os
 import socket
 import struct
@@ -22,32 +23,47 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
-from sessiond.connection import IDLE, Conn, Connections, Stop
-from sessiond.errors import Busy, InternalError, JournalError, ReadOnly
-from sessiond.events import Watcher
+from sessiond import __version__
+from sessiond.config import Settings
+from sessiond.connection import Connections, Stop
+from sessiond.dispatch import Dispatcher
+from sessiond.errors import Busy, InternalError
+from sessiond.events import Hub, Watcher
 from sessiond.frames import error_frame
-from sessiond.model import US, now_us
+from sessiond.journal import Journal
+from sessiond.live import Live
+from sessiond.protocol import StatsInfo
+from sessiond.store import Store
+from sessiond.timers import Compactor, ExpiryTimer
 
 log = logging.getLogger("sessiond.server")
 
-# The expiry timer persists at most this many expiries (and as many purges)
-# per journal commit, and lets requests in between batches.
-EXPIRY_BATCH = 4096
-TIMER_RETRY = 1.0
-# How often a read-only journal is asked whether it can take writes again.
-RESUME_INTERVAL = 1.0
-TIMER_MAX_SLEEP = 1.0
 ACCEPT_BACKOFF_MAX = 0.25
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
 
 
-class Server(Connections):
+class Server:
     """Serves one store and one journal to any number of connections."""
 
-    def _init_state(self) -> None:
-        super()._init_state()
+    def __init__(self, store: Store, journal: Journal, live: Live, event_loop: str) -> None:
+        self.store = store
+        self.journal = journal
+        self.live = live
+        self.event_loop = event_loop
+        self.started = time.monotonic()
         self.uid = os.getuid()
+        self.hub = Hub()
+        self.dispatcher = Dispatcher(store, journal, self.hub, live, self.stats)
+        self.connections = Connections(self.dispatcher, live)
+        self.expiry = ExpiryTimer(store, self.dispatcher.commit)
+        self.compactor = Compactor(store, journal, live)
+        self.dispatcher.noticers += [self.expiry.notice, self.compactor.notice]
+        # A failed write turns the journal read-only: start what ends that
+        # now, not when the compactor's timer next fires.
+        journal.on_failure = self.compactor.wake
+        live.listen(self._settings_changed)
+        self.open = 0  # connections accepted and not yet closed
         # Watchers waiting for their client to go away: drain() ends them.
         self._idle: set[anyio.CancelScope] = set()
         self._drained = anyio.Event()
@@ -59,6 +75,33 @@ class Server(Connections):
         self.listener: SocketListener | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
+    def _settings_changed(self, settings: Settings) -> None:
+        self.journal.policy = settings.fsync
+        self.expiry.wake()
+        self.compactor.wake()
+
+    def stats(self, now: int) -> StatsInfo:
+        """Every part's figures."""
+        return StatsInfo(
+            **self.store.stats(now),
+            **self.expiry.figures(),
+            **self.journal.figures(),
+            **self.compactor.figures(),
+            pid=os.getpid(),
+            version=__version__,
+            uptime_seconds=round(time.monotonic() - self.started, 3),
+            event_loop=self.event_loop,
+            connections=self.open,
+            watchers=len(self.hub.watchers),
+            config_sources=self.live.layers.sources(),
+        )
+
+    def start(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        """Start accepting on ``listener`` and the timers, in ``tg``."""
+        tg.start_soon(self.serve, listener, tg)
+        tg.start_soon(self.expiry.run)
+        tg.start_soon(self.compactor.run)
+
     # -- accepting -------------------------------------------------------
 
     async def serve(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
@@ -69,7 +112,7 @@ class Server(Connections):
         self._tg = tg
         self.listener = listener
         # In ``tg``: connections keep their time limits while they drain.
-        tg.start_soon(self._run_deadlines)
+        tg.start_soon(self.connections.run_deadlines)
         await self._accept(listener, self._accepting, self._accept_ended)
 
     async def _accept(
@@ -149,14 +192,16 @@ class Server(Connections):
                     "refused a connection from uid %d (only uid %d may connect)", uid, self.uid
                 )
                 return
-            if self.connections >= self.settings.max_connections or self.stopping:
-                why = "shutting down" if self.stopping else (
-                    f"too many connections (max_connections={self.settings.max_connections})"
+            stopping = self.connections.stopping
+            limit = self.live.settings.max_connections
+            if self.open >= limit or stopping:
+                why = "shutting down" if stopping else (
+                    f"too many connections (max_connections={limit})"
                 )
                 busy = Busy(f"daemon busy: {why}; try again")
                 await self._send_last(stream, error_frame(0, busy))
                 return
-            self.connections += 1
+            self.open += 1
             try:
                 await self._serve_connection(stream)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
@@ -172,8 +217,8 @@ class Server(Connections):
                     "internal error; closing the connection (the daemon's log has details)"
                 )))
             finally:
-                self.connections -= 1
-                if self.stopping and self.connections == 0:
+                self.open -= 1
+                if self.connections.stopping and self.open == 0:
                     self._drained.set()
 
     @staticmethod
@@ -186,13 +231,7 @@ class Server(Connections):
                 pass
 
     async def _serve_connection(self, stream: SocketStream) -> None:
-        conn = Conn(stream.extra(SocketAttribute.raw_socket), asyncio.get_running_loop())
-        self._conns.add(conn)
-        try:
-            watcher = await self._serve_requests(conn)
-        finally:
-            conn.close()
-            self._conns.discard(conn)
+        watcher = await self.connections.serve(stream.extra(SocketAttribute.raw_socket))
         if watcher is not None:
             await self._watch(stream, watcher)
 
@@ -210,7 +249,7 @@ class Server(Connections):
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(until_closed)
-                while not self.stopping:
+                while not self.connections.stopping:
                     await watcher.ready.wait()
                     data = watcher.take()
                     if data:
@@ -241,104 +280,14 @@ class Server(Connections):
                 self._idle.discard(idle)
         return False
 
-    # -- timers ----------------------------------------------------------
-
-    async def run_expiry(self) -> None:
-        """Sleep until the earliest deadline (or an earlier one arrives),
-        expire and purge what is due, repeat."""
-        store = self.store
-        while True:
-            now = now_us()
-            expired = store.expire_due(now, EXPIRY_BATCH)
-            purged = store.purge_due(now, EXPIRY_BATCH)
-            failed = False
-            if expired or purged:
-                try:
-                    await self.commit(expired + purged)
-                except (ReadOnly, InternalError) as exc:
-                    # Reverted, so still due: retry later, not in a hot loop.
-                    log.error("could not persist %d expiries: %s",
-                              len(expired) + len(purged), exc)
-                    failed = True
-                else:
-                    for c in expired:
-                        assert c.before is not None
-                        lag = (now - c.before.expires_at) / 1000
-                        self.lags.append(lag)
-                        if lag > self.lag_max:
-                            self.lag_max = lag
-            deadline = store.next_deadline()
-            self.timer_wake = anyio.Event()
-            if deadline is None:
-                self.timer_target = math.inf
-                delay = math.inf
-            else:
-                self.timer_target = deadline
-                delay = max(0.0, (deadline - now_us()) / US)
-            if failed:
-                delay = TIMER_RETRY
-            if delay > 0:
-                # Deadlines are wall-clock, the sleep is monotonic: waking at
-                # least every TIMER_MAX_SLEEP bounds how late a step of the
-                # wall clock can make an expiry.
-                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
-                    await self.timer_wake.wait()
-            else:
-                # More is due (a batch was full): let requests in between.
-                await anyio.lowlevel.checkpoint()
-
-    async def run_compactor(self) -> None:
-        """Compact on growth, on the interval, and to leave read-only mode.
-
-        While the journal is read-only: every ``RESUME_INTERVAL``, see
-        whether an append fits again (after a write refused for want of
-        room; ``Journal.try_resume``), and otherwise try a compaction,
-        backing off while they fail."""
-        retry = 1.0
-        next_try = 0.0  # when a compaction may be tried again after failures
-        last = time.monotonic()
-        while True:
-            interval = self.settings.compact_interval or math.inf
-            wait = RESUME_INTERVAL if self.journal.failed else min(interval, 60.0)
-            with anyio.move_on_after(wait):
-                await self.compact_wake.wait()
-            self.compact_wake = anyio.Event()
-            s = self.settings
-            j = self.journal
-            if j.failed and await j.try_resume():
-                retry, next_try = 1.0, 0.0
-                continue
-            timer_due = (
-                s.compact_interval > 0
-                and j.changed_since_compaction
-                and time.monotonic() - last >= s.compact_interval
-            )
-            grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
-            if not (j.failed or timer_due or grown):
-                continue
-            if j.failed and time.monotonic() < next_try:
-                continue
-            try:
-                await j.compact(self.store.live_slots)
-                retry, next_try = 1.0, 0.0
-                last = time.monotonic()
-            except JournalError as exc:
-                log.error("%s", exc)
-                next_try = time.monotonic() + retry
-                retry = min(retry * 2, 30.0)
-
     # -- stopping --------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
         """Stop reading new requests and wait up to ``grace`` seconds for
         those in flight."""
-        self.stopping = True
+        self.connections.interrupt_idle()
         for scope in list(self._idle):
             scope.cancel()
-        for conn in self._conns:
-            if conn.kind == IDLE:
-                # Between frames: it finds ``stopping`` set and closes.
-                conn.interrupt()
-        if self.connections:
+        if self.open:
             with anyio.move_on_after(grace):
                 await self._drained.wait()

@@ -33,9 +33,10 @@ from typing import Annotated, TypeVar, cast
 
 import msgspec
 
+from sessiond.diskio import describe, write_all
 from sessiond.errors import JournalError
-from sessiond.failpoints import describe, write_all
-from sessiond.model import EMPTY_META, MAX_VERSION, Record
+from sessiond.limits import MAX_VERSION
+from sessiond.model import EMPTY_META, Record
 
 log = logging.getLogger("sessiond.snapshot")
 

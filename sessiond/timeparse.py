@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from sessiond.model import TIME_MAX, US
+from sessiond.limits import TIME_MAX
+from sessiond.model import US
 
 FORMS = (
     "ISO 8601 (2026-12-01, 2026-12-01T09:30:00Z, 20261201T093000+0100; "

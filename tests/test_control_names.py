@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sessiond import rules
 from sessiond.errors import InvalidRequest
 from sessiond.model import US, Session, iso, now_us
 from sessiond.records import put_line
@@ -85,7 +86,7 @@ def test_names_with_control_characters_that_entered_before_still_load(
 def test_the_store_checks_names_it_is_given_not_those_it_holds() -> None:
     store = Store()
     with pytest.raises(InvalidRequest, match=r"U\+000A"):
-        store.create(0, user="a\nb")
+        rules.create(store, 0, user="a\nb")
     with pytest.raises(InvalidRequest, match="meta key 'k\\\\x7f' holds the control"):
-        store.create(0, meta={"k\x7f": 1})
+        rules.create(store, 0, meta={"k\x7f": 1})
     assert len(store) == 0

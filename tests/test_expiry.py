@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sessiond.deadlines import PRUNE_SLACK, DeadlineQueue
 from sessiond.errors import ReadOnly
-from sessiond.expiry import PRUNE_SLACK, DeadlineQueue
 from sessiond.model import US, iso, now_us
 from tests.conftest import Daemon, wait_until
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sessiond.model import MAX_TTL, US, Session
-from sessiond.store import TIME_MAX, TIME_MIN
+from sessiond.limits import MAX_TTL, TIME_MAX, TIME_MIN
+from sessiond.model import US, Session
 from tests.conftest import Daemon
 from tests.rawwire import Raw, frame, request, seed, snapshot, write_config
 

@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sessiond import failpoints
+from sessiond import diskio, failpoints
 from sessiond.errors import ReadOnly
 from sessiond.journal import Journal
 from sessiond.model import Session
@@ -56,7 +56,7 @@ class Calls:
         monkeypatch.setattr(os, "pwritev", pwritev)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "fdatasync", fdatasync)
-        monkeypatch.setattr(failpoints, "_sync_data", fdatasync)
+        monkeypatch.setattr(diskio, "_sync_data", fdatasync)
 
     def take(self) -> list[str]:
         seen, self.seen = self.seen, []
@@ -66,7 +66,7 @@ class Calls:
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
     # The flag may have been turned off by a refusal: each test starts with it.
-    monkeypatch.setattr(failpoints, "_rwf_dsync", os.RWF_DSYNC)
+    monkeypatch.setattr(diskio, "_rwf_dsync", os.RWF_DSYNC)
     yield Calls(monkeypatch)
 
 

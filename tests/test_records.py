@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiond.errors import InvalidRequest
-from sessiond.model import MAX_VERSION, TIME_MAX, ImportedSession, Record, Session, iso
+from sessiond.limits import MAX_VERSION, TIME_MAX
+from sessiond.model import ImportedSession, Record, Session, iso
 from sessiond.records import (
     LineError,
     decode_line,
@@ -139,7 +140,7 @@ def test_a_version_out_of_range_is_left_to_the_line_reader(version: int) -> None
     got = read_line(line)
     assert isinstance(got, Session) and got.version == version
     with pytest.raises(InvalidRequest, match="version .* is out of range"):
-        Store().load(got)
+        Store().replay([got])
     assert read_block(put_line(msgspec.structs.replace(ALICE, version=MAX_VERSION))) == [
         as_the_store_takes_it(msgspec.structs.replace(ALICE, version=MAX_VERSION))
     ]
@@ -283,7 +284,7 @@ def test_any_session_survives_a_put_line_round_trip(session: Session) -> None:
 def as_the_store_takes_it(session: Session) -> Record:
     """What replay of the line by the rules makes of a session (unadopted)."""
     store = Store()
-    store.load(session)
+    store.replay([session])
     record = store.peek(session.id)
     assert record is not None
     return msgspec.structs.replace(record, seq=-1)

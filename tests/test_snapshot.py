@@ -25,7 +25,8 @@ import pytest
 
 from sessionctl import Client
 from sessiond import snapshot
-from sessiond.model import EMPTY_META, MAX_VERSION, US, Record, Session
+from sessiond.limits import MAX_VERSION
+from sessiond.model import EMPTY_META, US, Record, Session
 from sessiond.records import put_line, put_lines, read_block
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale

@@ -14,18 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sessiond import rules
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
-from sessiond.model import ACTIVE, EXPIRED, MAX_TTL, MAX_VERSION, US, Record, Session
+from sessiond.limits import MAX_TTL, MAX_VERSION, META_MAX_BYTES, META_MAX_DEPTH
+from sessiond.model import ACTIVE, EXPIRED, US, Change, Record, Session
 from sessiond.records import delete_line, put_line, read_block
-from sessiond.store import (
-    META_MAX_BYTES,
-    META_MAX_DEPTH,
-    PAGE_MAX_BYTES,
-    Change,
-    ReplayRefused,
-    Rules,
-    Store,
-)
+from sessiond.rules import Rules
+from sessiond.store import PAGE_MAX_BYTES, ReplayRefused, Store
 
 T0 = 1_800_000_000 * US
 
@@ -55,7 +50,7 @@ def assert_consistent(store: Store, now: int) -> None:
 
 
 def make(store: Store, seconds: float = 0, **kw: Any) -> Session:
-    session, _ = store.create(at(seconds), **kw)
+    session, _ = rules.create(store, at(seconds), **kw)
     return session
 
 
@@ -64,7 +59,7 @@ def make(store: Store, seconds: float = 0, **kw: Any) -> Session:
 
 def test_create_applies_defaults_and_generates_a_random_hex_id() -> None:
     store = Store()
-    s, changes = store.create(at(0))
+    s, changes = rules.create(store, at(0))
     assert len(s.id) == 32 and int(s.id, 16) >= 0
     assert (s.user, s.status, s.ttl, s.meta, s.version) == ("anonymous", ACTIVE, 3600, {}, 1)
     assert s.created_at == s.last_access == at(0)
@@ -91,7 +86,7 @@ def test_create_uses_a_given_id_user_ttl_and_meta() -> None:
 def test_create_rejects_an_invalid_id_without_change(sid: str) -> None:
     store = Store()
     with pytest.raises(InvalidRequest, match="invalid session id"):
-        store.create(at(0), sid=sid)
+        rules.create(store, at(0), sid=sid)
     assert len(store) == 0
 
 
@@ -102,11 +97,11 @@ def test_create_accepts_an_id_of_128_characters() -> None:
 def test_create_refuses_a_duplicate_id_and_keeps_the_original() -> None:
     store = Store()
     first = make(store, sid="dup", user="alice")
-    store.expire(at(1), "dup")
+    rules.expire(store, at(1), "dup")
     expired = store.peek("dup")
     before = state(store)
     with pytest.raises(Conflict, match="already exists"):
-        store.create(at(2), sid="dup", user="bob")
+        rules.create(store, at(2), sid="dup", user="bob")
     assert state(store) == before
     assert expired is not None and expired.user == first.user
 
@@ -115,7 +110,7 @@ def test_create_refuses_a_duplicate_id_and_keeps_the_original() -> None:
 def test_create_rejects_an_invalid_ttl_without_change(ttl: Any) -> None:
     store = Store()
     with pytest.raises(InvalidRequest, match="ttl"):
-        store.create(at(0), ttl=ttl)
+        rules.create(store, at(0), ttl=ttl)
     assert len(store) == 0
 
 
@@ -123,7 +118,7 @@ def test_create_rejects_an_invalid_ttl_without_change(ttl: Any) -> None:
 def test_create_rejects_an_invalid_user_without_change(user: str) -> None:
     store = Store()
     with pytest.raises(InvalidRequest, match="user"):
-        store.create(at(0), user=user)
+        rules.create(store, at(0), user=user)
     assert len(store) == 0
 
 
@@ -153,7 +148,7 @@ def nested(levels: int) -> Any:
 def test_create_rejects_invalid_meta_without_change(meta: dict[str, Any]) -> None:
     store = Store()
     with pytest.raises(InvalidRequest):
-        store.create(at(0), meta=meta)
+        rules.create(store, at(0), meta=meta)
     assert len(store) == 0
 
 
@@ -165,7 +160,7 @@ def test_meta_limits_are_inclusive() -> None:
     assert make(store, meta={"k": fits}).meta["k"] == fits
     assert make(store, meta={"k" * 256: 2**64 - 1, "m": -(2**63)}).meta["m"] == -(2**63)
     with pytest.raises(TooLarge, match="exceeds the limit"):
-        store.create(at(0), meta={"k": fits + "x"})
+        rules.create(store, at(0), meta={"k": fits + "x"})
     assert len(store) == 3
 
 
@@ -181,28 +176,28 @@ def test_max_lifetime_caps_the_first_deadline() -> None:
 def test_get_of_an_unknown_or_invalid_id_fails() -> None:
     store = Store()
     with pytest.raises(SessionNotFound):
-        store.get(at(0), "nope")
+        rules.get(store, at(0), "nope")
     with pytest.raises(InvalidRequest):
-        store.get(at(0), "no pe")
+        rules.get(store, at(0), "no pe")
 
 
 def test_get_reports_active_until_the_deadline_and_changes_nothing() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.get(at(10) - 1, s.id)
+    got, changes = rules.get(store, at(10) - 1, s.id)
     assert got is s and changes == []
 
 
 def test_get_reports_expired_after_deadline() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.get(at(15), s.id)
+    got, changes = rules.get(store, at(15), s.id)
     assert got.status == EXPIRED and got.version == 2
     # Expired at its deadline, not at the moment somebody looked.
     assert got.expired_at == s.expires_at == at(10)
     assert changes == [Change("expired", s.id, s, got)]
     assert store.stats(at(15))["expiries_done"] == 1
-    again, changes = store.get(at(20), s.id)
+    again, changes = rules.get(store, at(20), s.id)
     assert again is got and changes == []
     assert store.stats(at(20))["expiries_done"] == 1
     assert_consistent(store, at(20))
@@ -211,23 +206,23 @@ def test_get_reports_expired_after_deadline() -> None:
 def test_get_touch_updates_last_access_and_slides_the_deadline() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.get(at(4), s.id, touch=True)
+    got, changes = rules.get(store, at(4), s.id, touch=True)
     assert (got.last_access, got.expires_at, got.version) == (at(4), at(14), 2)
     assert changes == [Change("updated", s.id, s, got)]
-    assert store.get(at(13), s.id)[0].status == ACTIVE
+    assert rules.get(store, at(13), s.id)[0].status == ACTIVE
     assert_consistent(store, at(13))
 
 
 def test_get_touch_is_capped_by_max_lifetime() -> None:
     store = Store(Rules(max_lifetime=12))
     s = make(store, ttl=10)
-    assert store.get(at(8), s.id, touch=True)[0].expires_at == at(12)
+    assert rules.get(store, at(8), s.id, touch=True)[0].expires_at == at(12)
 
 
 def test_get_touch_does_not_revive_an_expired_session() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.get(at(11), s.id, touch=True)
+    got, changes = rules.get(store, at(11), s.id, touch=True)
     assert got.status == EXPIRED and [c.kind for c in changes] == ["expired"]
 
 
@@ -235,7 +230,7 @@ def test_get_touch_expires_a_session_older_than_a_lowered_max_lifetime() -> None
     store = Store()
     s = make(store, ttl=100)
     store.rules.max_lifetime = 10
-    got, changes = store.get(at(20), s.id, touch=True)
+    got, changes = rules.get(store, at(20), s.id, touch=True)
     assert got.status == EXPIRED and got.expired_at == at(20) and got.expires_at == at(100)
     assert [c.kind for c in changes] == ["expired"]
 
@@ -246,7 +241,7 @@ def test_get_touch_expires_a_session_older_than_a_lowered_max_lifetime() -> None
 def test_set_stores_the_value_and_bumps_last_access_and_version() -> None:
     store = Store()
     s = make(store, ttl=10, meta={"a": "1"})
-    got, changes = store.set(at(3), s.id, "b", {"x": [1, 2.5, None, True]})
+    got, changes = rules.set(store, at(3), s.id, "b", {"x": [1, 2.5, None, True]})
     assert got.meta == {"a": "1", "b": {"x": [1, 2.5, None, True]}}
     assert (got.last_access, got.version, got.expires_at) == (at(3), 2, at(10))
     assert changes == [Change("updated", s.id, s, got)]
@@ -256,16 +251,16 @@ def test_set_stores_the_value_and_bumps_last_access_and_version() -> None:
 def test_set_with_the_expected_version_succeeds() -> None:
     store = Store()
     s = make(store)
-    assert store.set(at(1), s.id, "k", "v", expect_version=1)[0].version == 2
+    assert rules.set(store, at(1), s.id, "k", "v", expect_version=1)[0].version == 2
 
 
 def test_set_with_a_stale_expected_version_is_a_conflict_and_changes_nothing() -> None:
     store = Store()
     s = make(store)
-    store.set(at(1), s.id, "k", "v1")
+    rules.set(store, at(1), s.id, "k", "v1")
     before = state(store)
     with pytest.raises(Conflict, match="version 2, not 1"):
-        store.set(at(2), s.id, "k", "v2", expect_version=1)
+        rules.set(store, at(2), s.id, "k", "v2", expect_version=1)
     assert state(store) == before
 
 
@@ -274,13 +269,13 @@ def test_writes_to_an_expired_session_are_refused_and_change_nothing(expire_firs
     store = Store()
     s = make(store, ttl=10, meta={"k": "v"})
     if expire_first:
-        store.expire(at(5), s.id)
+        rules.expire(store, at(5), s.id)
     before = state(store)
     writes: list[Callable[[], object]] = [
-        lambda: store.set(at(11), s.id, "k", "w"),
-        lambda: store.set(at(11), s.id, "k", "w", expect_version=99),
-        lambda: store.unset(at(11), s.id, "k"),
-        lambda: store.refresh(at(11), s.id),
+        lambda: rules.set(store, at(11), s.id, "k", "w"),
+        lambda: rules.set(store, at(11), s.id, "k", "w", expect_version=99),
+        lambda: rules.unset(store, at(11), s.id, "k"),
+        lambda: rules.refresh(store, at(11), s.id),
     ]
     for write in writes:
         with pytest.raises(SessionExpired):
@@ -303,14 +298,14 @@ def test_set_rejects_bad_keys_and_values_without_change(
     s = make(store, meta={"k": "v"})
     before = state(store)
     with pytest.raises(error):
-        store.set(at(1), s.id, key, value)
+        rules.set(store, at(1), s.id, key, value)
     assert state(store) == before
 
 
 def test_unset_removes_the_key() -> None:
     store = Store()
     s = make(store, meta={"a": "1", "b": "2"})
-    got, changes = store.unset(at(2), s.id, "a")
+    got, changes = rules.unset(store, at(2), s.id, "a")
     assert got.meta == {"b": "2"} and got.version == 2 and got.last_access == at(2)
     assert changes == [Change("updated", s.id, s, got)]
 
@@ -320,7 +315,7 @@ def test_unset_of_a_missing_key_is_not_found_and_changes_nothing() -> None:
     s = make(store, meta={"a": "1"})
     before = state(store)
     with pytest.raises(SessionNotFound, match="no meta key 'b'"):
-        store.unset(at(1), s.id, "b")
+        rules.unset(store, at(1), s.id, "b")
     assert state(store) == before
 
 
@@ -328,7 +323,7 @@ def test_unset_with_a_stale_expected_version_is_a_conflict() -> None:
     store = Store()
     s = make(store, meta={"a": "1"})
     with pytest.raises(Conflict):
-        store.unset(at(1), s.id, "a", expect_version=7)
+        rules.unset(store, at(1), s.id, "a", expect_version=7)
     assert store.peek(s.id) is s
 
 
@@ -338,15 +333,15 @@ def test_unset_with_a_stale_expected_version_is_a_conflict() -> None:
 def test_delete_removes_the_session_whatever_its_status() -> None:
     store = Store()
     a, b = make(store, user="u1"), make(store, user="u2", ttl=1)
-    sid, changes = store.delete(at(1), a.id)
+    sid, changes = rules.delete(store, at(1), a.id)
     assert sid == a.id and [(c.kind, c.before, c.after) for c in changes] == [
         ("deleted", a, None)
     ]
-    store.expire(at(1), b.id)
-    store.delete(at(2), b.id)
+    rules.expire(store, at(1), b.id)
+    rules.delete(store, at(2), b.id)
     assert len(store) == 0 and store.stats(at(2))["unique_users"] == 0
     with pytest.raises(SessionNotFound):
-        store.delete(at(3), a.id)
+        rules.delete(store, at(3), a.id)
     assert_consistent(store, at(3))
 
 
@@ -358,7 +353,7 @@ def test_list_filters_by_status_and_user_in_creation_order() -> None:
     a = make(store, user="alice", ttl=10)
     b = make(store, user="bob", ttl=100)
     c = make(store, user="alice", ttl=100)
-    store.expire(at(1), c.id)
+    rules.expire(store, at(1), c.id)
     page, cursor, changes = store.list_page(at(20))
     assert [s.id for s in page] == [a.id, b.id, c.id] and cursor is None
     # The past-due session is listed as expired, and that is a change to persist.
@@ -427,8 +422,8 @@ def test_list_cursor_sees_deletions_and_sessions_created_meanwhile() -> None:
         make(store, sid=f"s{i}")
     page, cursor, _ = store.list_page(at(1), limit=3)
     assert [s.id for s in page] == ["s0", "s1", "s2"]
-    store.delete(at(1), "s2")  # the cursor's own session
-    store.delete(at(1), "s3")
+    rules.delete(store, at(1), "s2")  # the cursor's own session
+    rules.delete(store, at(1), "s3")
     make(store, 1, sid="s6")
     rest, cursor, _ = store.list_page(at(1), cursor=cursor)
     assert [s.id for s in rest] == ["s4", "s5", "s6"] and cursor is None
@@ -443,7 +438,7 @@ def test_list_cursor_survives_a_slot_packing() -> None:
     # included: enough empty slots to make the store pack them away.
     doomed = set(ids[500:2500])
     for sid in doomed:
-        store.delete(at(2), sid)
+        rules.delete(store, at(2), sid)
     assert len(store._slots) < 3000, "the deletions should have packed the slots"
     rest: list[str] = []
     while cursor is not None:
@@ -483,19 +478,19 @@ def test_deadlines_queued_moves_whenever_the_next_deadline_could_come_forward() 
 
     s = make(store, ttl=100)
     assert moved() and store.next_deadline() == at(100)
-    store.set(at(1), s.id, "k", "v")
-    store.unset(at(2), s.id, "k")
-    store.get(at(3), s.id)
+    rules.set(store, at(1), s.id, "k", "v")
+    rules.unset(store, at(2), s.id, "k")
+    rules.get(store, at(3), s.id)
     assert not moved(), "no deadline of these moves"
-    store.refresh(at(4), s.id, ttl=10)
+    rules.refresh(store, at(4), s.id, ttl=10)
     assert moved() and store.next_deadline() == at(14)
-    store.get(at(5), s.id, touch=True)
+    rules.get(store, at(5), s.id, touch=True)
     assert moved() and store.next_deadline() == at(15)
     other = make(store, ttl=1000)
     assert moved()
-    store.delete(at(6), other.id)
+    rules.delete(store, at(6), other.id)
     assert not moved(), "a removal only puts the next deadline later"
-    store.expire(at(7), s.id)
+    rules.expire(store, at(7), s.id)
     assert moved() and store.next_deadline() == at(67), "retention of the expired one"
 
 
@@ -505,7 +500,7 @@ def test_deadlines_queued_moves_whenever_the_next_deadline_could_come_forward() 
 def test_expire_sets_status_and_expired_at_now() -> None:
     store = Store()
     s = make(store, ttl=100)
-    got, changes = store.expire(at(7), s.id)
+    got, changes = rules.expire(store, at(7), s.id)
     assert (got.status, got.expired_at, got.version, got.expires_at) == (EXPIRED, at(7), 2, at(100))
     assert changes == [Change("expired", s.id, s, got)]
     assert_consistent(store, at(7))
@@ -514,8 +509,8 @@ def test_expire_sets_status_and_expired_at_now() -> None:
 def test_expire_is_idempotent() -> None:
     store = Store()
     s = make(store, ttl=100)
-    first, _ = store.expire(at(7), s.id)
-    again, changes = store.expire(at(9), s.id)
+    first, _ = rules.expire(store, at(7), s.id)
+    again, changes = rules.expire(store, at(9), s.id)
     assert again is first and changes == []
     assert store.stats(at(9))["expiries_done"] == 1
 
@@ -523,12 +518,12 @@ def test_expire_is_idempotent() -> None:
 def test_expire_of_a_past_due_session_dates_it_at_its_deadline() -> None:
     store = Store()
     s = make(store, ttl=10)
-    assert store.expire(at(30), s.id)[0].expired_at == at(10)
+    assert rules.expire(store, at(30), s.id)[0].expired_at == at(10)
 
 
 def test_expire_of_an_unknown_session_is_not_found() -> None:
     with pytest.raises(SessionNotFound):
-        Store().expire(at(0), "missing")
+        rules.expire(Store(), at(0), "missing")
 
 
 # -- refresh ---------------------------------------------------------------
@@ -537,10 +532,10 @@ def test_expire_of_an_unknown_session_is_not_found() -> None:
 def test_refresh_sets_the_deadline_from_now() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.refresh(at(6), s.id)
+    got, changes = rules.refresh(store, at(6), s.id)
     assert (got.ttl, got.last_access, got.expires_at, got.version) == (10, at(6), at(16), 2)
     assert changes == [Change("updated", s.id, s, got)]
-    longer, _ = store.refresh(at(7), s.id, ttl=60)
+    longer, _ = rules.refresh(store, at(7), s.id, ttl=60)
     assert (longer.ttl, longer.expires_at) == (60, at(67))
     assert_consistent(store, at(7))
 
@@ -548,8 +543,8 @@ def test_refresh_sets_the_deadline_from_now() -> None:
 def test_refresh_with_revive_brings_back_an_expired_session() -> None:
     store = Store()
     s = make(store, ttl=10)
-    expired, _ = store.expire(at(2), s.id)
-    got, changes = store.refresh(at(5), s.id, revive=True)
+    expired, _ = rules.expire(store, at(2), s.id)
+    got, changes = rules.refresh(store, at(5), s.id, revive=True)
     assert (got.status, got.expired_at, got.expires_at, got.version) == (ACTIVE, None, at(15), 3)
     assert changes == [Change("updated", s.id, expired, got)]
     assert_consistent(store, at(5))
@@ -558,7 +553,7 @@ def test_refresh_with_revive_brings_back_an_expired_session() -> None:
 def test_refresh_with_revive_of_a_past_due_session_reports_its_expiry_first() -> None:
     store = Store()
     s = make(store, ttl=10)
-    got, changes = store.refresh(at(12), s.id, ttl=5, revive=True)
+    got, changes = rules.refresh(store, at(12), s.id, ttl=5, revive=True)
     assert [c.kind for c in changes] == ["expired", "updated"]
     assert changes[0].after is not None and changes[0].after.expired_at == at(10)
     assert (got.status, got.expires_at, got.version) == (ACTIVE, at(17), 3)
@@ -568,8 +563,8 @@ def test_refresh_with_revive_of_a_past_due_session_reports_its_expiry_first() ->
 def test_refresh_is_capped_by_max_lifetime() -> None:
     store = Store(Rules(max_lifetime=100))
     s = make(store, ttl=60)
-    assert store.refresh(at(50), s.id, ttl=3600)[0].expires_at == at(100)
-    assert store.refresh(at(60), s.id, ttl=5)[0].expires_at == at(65)
+    assert rules.refresh(store, at(50), s.id, ttl=3600)[0].expires_at == at(100)
+    assert rules.refresh(store, at(60), s.id, ttl=5)[0].expires_at == at(65)
 
 
 def test_refresh_after_max_lifetime_is_refused_even_with_revive() -> None:
@@ -578,7 +573,7 @@ def test_refresh_after_max_lifetime_is_refused_even_with_revive() -> None:
     store.expire_due(at(100))
     before = state(store)
     with pytest.raises(SessionExpired, match="max_lifetime"):
-        store.refresh(at(150), s.id, ttl=10, revive=True)
+        rules.refresh(store, at(150), s.id, ttl=10, revive=True)
     assert state(store) == before
 
 
@@ -588,7 +583,7 @@ def test_refresh_rejects_an_invalid_ttl_without_change(ttl: int) -> None:
     s = make(store, ttl=10)
     before = state(store)
     with pytest.raises(InvalidRequest, match="ttl"):
-        store.refresh(at(20), s.id, ttl=ttl, revive=True)
+        rules.refresh(store, at(20), s.id, ttl=ttl, revive=True)
     assert state(store) == before
     assert store.peek(s.id) is s
 
@@ -604,15 +599,15 @@ def cleanup_fixture() -> tuple[Store, dict[str, Session]]:
         "soon": make(store, sid="soon", ttl=50),
         "later": make(store, sid="later", ttl=500),
     }
-    store.expire(at(1), "expired")
+    rules.expire(store, at(1), "expired")
     return store, made
 
 
 def test_cleanup_removes_expired_and_past_due_sessions() -> None:
     store, _ = cleanup_fixture()
     result, changes = store.cleanup(at(10))
-    assert (result.dry_run, result.removed_count, result.remaining_count) == (False, 2, 2)
-    assert result.removed_ids == ["expired", "past_due"]
+    assert (len(result.removed), result.remaining) == (2, 2)
+    assert result.removed == ["expired", "past_due"]
     assert [(c.kind, c.sid, c.after) for c in changes] == [
         ("purged", "expired", None), ("purged", "past_due", None)
     ]
@@ -625,15 +620,15 @@ def test_cleanup_dry_run_reports_and_changes_nothing() -> None:
     store, _ = cleanup_fixture()
     before = state(store)
     result, changes = store.cleanup(at(10), dry_run=True)
-    assert (result.dry_run, result.removed_count, result.remaining_count) == (True, 2, 2)
-    assert result.removed_ids == ["expired", "past_due"] and changes == []
+    assert (len(result.removed), result.remaining) == (2, 2)
+    assert result.removed == ["expired", "past_due"] and changes == []
     assert state(store) == before
 
 
 def test_cleanup_before_also_removes_sessions_due_before_it() -> None:
     store, _ = cleanup_fixture()
     result, _ = store.cleanup(at(10), before=at(100))
-    assert result.removed_ids == ["expired", "past_due", "soon"]
+    assert result.removed == ["expired", "past_due", "soon"]
     assert [s.id for s in store.snapshot()] == ["later"]
 
 
@@ -715,21 +710,22 @@ def busy_store() -> Store:
     store = Store(Rules(expired_retention=50))
     for i in range(8):
         make(store, i, sid=f"s{i}", user=f"u{i % 3}", ttl=10 + i, meta={"i": i})
-    store.expire(at(9), "s7")
+    rules.expire(store, at(9), "s7")
     return store
 
 
 def every_kind_of_change(store: Store) -> list[Change]:
     made: list[Change] = []
-    made += store.create(at(12), sid="new", ttl=5)[1]
-    made += store.set(at(12), "s6", "k", "v")[1]
-    made += store.unset(at(12), "s6", "i")[1]
-    made += store.delete(at(12), "s5")[1]
-    made += store.expire(at(12), "s4")[1]
-    made += store.refresh(at(12), "s7", revive=True)[1]
-    made += store.refresh(at(12), "s0", ttl=30, revive=True)[1]  # past due: expired + updated
-    made += store.get(at(12), "s1")[1]
-    made += store.get(at(12), "new", touch=True)[1]
+    made += rules.create(store, at(12), sid="new", ttl=5)[1]
+    made += rules.set(store, at(12), "s6", "k", "v")[1]
+    made += rules.unset(store, at(12), "s6", "i")[1]
+    made += rules.delete(store, at(12), "s5")[1]
+    made += rules.expire(store, at(12), "s4")[1]
+    made += rules.refresh(store, at(12), "s7", revive=True)[1]
+    # past due: expired + updated
+    made += rules.refresh(store, at(12), "s0", ttl=30, revive=True)[1]
+    made += rules.get(store, at(12), "s1")[1]
+    made += rules.get(store, at(12), "new", touch=True)[1]
     made += store.expire_due(at(13))
     made += store.purge_due(at(70))
     made += store.cleanup(at(70))[1]
@@ -759,10 +755,10 @@ def test_revert_after_a_packing_puts_sessions_back_in_creation_order() -> None:
     before = state(store)
     changes: list[Change] = []
     for i in range(0, 3000, 3):
-        changes += store.set(at(1), f"s{i:04d}", "k", "v")[1]
-        changes += store.delete(at(1), f"s{i:04d}")[1]
+        changes += rules.set(store, at(1), f"s{i:04d}", "k", "v")[1]
+        changes += rules.delete(store, at(1), f"s{i:04d}")[1]
     for i in range(1, 3000, 3):
-        changes += store.delete(at(1), f"s{i:04d}")[1]
+        changes += rules.delete(store, at(1), f"s{i:04d}")[1]
     assert len(store._slots) < 3000, "the deletions should have packed the slots"
     store.revert(changes)
     assert state(store) == before
@@ -787,8 +783,8 @@ def test_stats_count_sessions_users_ttl_and_work_done() -> None:
     stats = store.stats(at(0))
     assert stats["average_ttl_seconds"] == round(102 / 4, 1)
     assert (stats["unique_users"], stats["due_next_minute"]) == (3, 3)
-    store.refresh(at(0), "a", ttl=120)  # leaves a stale entry behind, due soon
-    store.delete(at(0), "c")
+    rules.refresh(store, at(0), "a", ttl=120)  # leaves a stale entry behind, due soon
+    rules.delete(store, at(0), "c")
     assert store.stats(at(0))["due_next_minute"] == 1
     store.expire_due(at(5))
     store.purge_due(at(105))
@@ -800,8 +796,8 @@ def test_stats_count_sessions_users_ttl_and_work_done() -> None:
 def test_due_next_minute_counts_a_session_revived_onto_its_old_deadline_once() -> None:
     store = Store()
     s = make(store, ttl=10)
-    store.expire(at(5), s.id)
-    store.refresh(at(5), s.id, ttl=5, revive=True)  # the same deadline as before
+    rules.expire(store, at(5), s.id)
+    rules.refresh(store, at(5), s.id, ttl=5, revive=True)  # the same deadline as before
     assert store.stats(at(5))["due_next_minute"] == 1
     assert [c.kind for c in store.expire_due(at(10))] == ["expired"]
 
@@ -813,9 +809,9 @@ def test_expire_due_expires_exactly_the_sessions_due_at_their_deadlines() -> Non
     store = Store()
     a, b = make(store, ttl=10), make(store, ttl=20)
     c, d = make(store, ttl=30), make(store, ttl=40)
-    store.refresh(at(5), a.id, ttl=40)  # moved past the cut
-    store.delete(at(5), c.id)
-    store.expire(at(5), d.id)
+    rules.refresh(store, at(5), a.id, ttl=40)  # moved past the cut
+    rules.delete(store, at(5), c.id)
+    rules.expire(store, at(5), d.id)
     assert store.next_deadline() == at(20)
     changes = store.expire_due(at(31))
     assert [(ch.kind, ch.sid) for ch in changes] == [("expired", b.id)]
@@ -865,7 +861,7 @@ def test_a_revived_session_is_not_purged() -> None:
     store = Store(Rules(expired_retention=10))
     s = make(store, ttl=5)
     store.expire_due(at(5))
-    store.refresh(at(6), s.id, ttl=100, revive=True)
+    rules.refresh(store, at(6), s.id, ttl=100, revive=True)
     assert store.purge_due(at(50)) == []
     assert store.next_deadline() == at(106)
 
@@ -883,7 +879,7 @@ def test_stale_queue_entries_are_pruned_as_sessions_are_refreshed() -> None:
     store = Store()
     s = make(store, ttl=10)
     for i in range(1, 20_000):
-        store.get(at(i / 1000), s.id, touch=True)
+        rules.get(store, at(i / 1000), s.id, touch=True)
     # One live deadline; stale ones may not outnumber it by more than the slack.
     assert len(store._expiry) <= 2 * 1 + 1024 + 1
     assert store.stats(at(20))["due_next_minute"] == 1
@@ -895,21 +891,21 @@ def test_stale_queue_entries_are_pruned_as_sessions_are_refreshed() -> None:
 def test_load_keeps_the_last_record_and_remove_is_idempotent() -> None:
     store = Store()
     raw = msgspec.json.decode(msgspec.json.encode(record("r")), type=Session)
-    store.load(raw)
-    store.load(record("r", version=2, status="expired", expired_at=at(1)))
+    store.replay([raw])
+    store.replay([record("r", version=2, status="expired", expired_at=at(1))])
     got = store.peek("r")
     assert got is not None and got.version == 2 and got.status is EXPIRED
-    store.remove("r")
-    store.remove("r")
-    store.remove("never-there")
+    store.replay(["r"])
+    store.replay(["r"])
+    store.replay(["never-there"])
     assert len(store) == 0
     with pytest.raises(InvalidRequest):
-        store.load(record("bad", ttl=MAX_TTL + 1))
+        store.replay([record("bad", ttl=MAX_TTL + 1)])
 
 
 def test_a_loaded_past_due_session_comes_back_expired_at_its_deadline() -> None:
     store = Store()
-    store.load(record("r", expires_at=at(100)))
+    store.replay([record("r", expires_at=at(100))])
     assert store.peek("r") is not None
     changes = store.expire_due(at(10_000))
     assert [c.kind for c in changes] == ["expired"]
@@ -947,19 +943,19 @@ def test_any_sequence_keeps_the_counters_right_and_reverts_exactly(
         sid = f"s{n}"
         try:
             if op == "create":
-                changes += store.create(now, sid=sid, ttl=ttl, user=f"u{n % 3}")[1]
+                changes += rules.create(store, now, sid=sid, ttl=ttl, user=f"u{n % 3}")[1]
             elif op in ("get", "touch"):
-                changes += store.get(now, sid, touch=op == "touch")[1]
+                changes += rules.get(store, now, sid, touch=op == "touch")[1]
             elif op == "set":
-                changes += store.set(now, sid, "k", ttl)[1]
+                changes += rules.set(store, now, sid, "k", ttl)[1]
             elif op == "unset":
-                changes += store.unset(now, sid, "k")[1]
+                changes += rules.unset(store, now, sid, "k")[1]
             elif op == "delete":
-                changes += store.delete(now, sid)[1]
+                changes += rules.delete(store, now, sid)[1]
             elif op == "expire":
-                changes += store.expire(now, sid)[1]
+                changes += rules.expire(store, now, sid)[1]
             elif op in ("refresh", "revive"):
-                changes += store.refresh(now, sid, ttl=ttl, revive=op == "revive")[1]
+                changes += rules.refresh(store, now, sid, ttl=ttl, revive=op == "revive")[1]
             elif op == "cleanup":
                 changes += store.cleanup(now, before=now + ttl * US)[1]
             elif op == "expire_due":
@@ -996,10 +992,7 @@ def lines_read(*items: Session | str) -> list[Record | str]:
 def loaded_one_by_one(*items: Session | str) -> Store:
     store = Store()
     for x in items:
-        if isinstance(x, str):
-            store.remove(x)
-        else:
-            store.load(x)
+        store.replay([x])
     return store
 
 
@@ -1057,15 +1050,19 @@ def test_a_change_asked_for_at_the_highest_version_is_refused_and_an_expiry_keep
     store = Store()
     store.import_sessions(at(0), [record("top", version=MAX_VERSION, expires_at=at(100))])
     before = state(store)
-    for call in (lambda: store.set(at(1), "top", "k", 1), lambda: store.unset(at(1), "top", "k"),
-                 lambda: store.refresh(at(1), "top"), lambda: store.get(at(1), "top", True),
-                 lambda: store.expire(at(1), "top")):
+    for call in (
+        lambda: rules.set(store, at(1), "top", "k", 1),
+        lambda: rules.unset(store, at(1), "top", "k"),
+        lambda: rules.refresh(store, at(1), "top"),
+        lambda: rules.get(store, at(1), "top", True),
+        lambda: rules.expire(store, at(1), "top"),
+    ):
         with pytest.raises(InvalidRequest, match="delete it and create it again"):
             call()
     assert state(store) == before
     # Past its deadline, a revive would need two versions: refused whole.
     with pytest.raises(InvalidRequest):
-        store.refresh(at(200), "top", revive=True)
+        rules.refresh(store, at(200), "top", revive=True)
     assert state(store) == before
     changes = store.expire_due(at(200))
     assert [(c.kind, c.after.version if c.after else None) for c in changes] == [
@@ -1081,7 +1078,7 @@ def test_a_version_out_of_range_is_refused_where_records_enter() -> None:
     ])
     assert result.skipped == 3 and all("out of range" in r for r in result.reasons)
     with pytest.raises(InvalidRequest, match="out of range"):
-        store.load(record("d", version=2**64 - 1))
+        store.replay([record("d", version=2**64 - 1)])
     assert len(store) == 0
 
 
@@ -1107,7 +1104,7 @@ def test_an_import_keeps_what_came_in_expired_for_a_retention_from_the_import() 
 def test_a_revived_import_forgets_its_import_moment() -> None:
     store = Store()
     store.import_sessions(at(500), [record("r", status="expired", expired_at=at(100))])
-    revived, _ = store.refresh(at(600), "r", revive=True)
+    revived, _ = rules.refresh(store, at(600), "r", revive=True)
     assert revived.imported_at is None and revived.status is ACTIVE
 
 
@@ -1127,7 +1124,7 @@ def test_lowering_max_lifetime_brings_every_session_within_it_and_revert_undoes_
     make(store, 0, sid="old", ttl=1000)
     make(store, 50, sid="young", ttl=1000)
     make(store, 80, sid="short", ttl=10)
-    store.expire(at(1), "short")
+    rules.expire(store, at(1), "short")
     before = state(store)
     changes = store.change_rules(at(100), Rules(max_lifetime=60))
     assert [(c.kind, c.sid) for c in changes] == [("expired", "old"), ("updated", "young")]

@@ -17,7 +17,8 @@ import msgspec
 import pytest
 
 from sessiond import snapshot
-from sessiond.model import MAX_VERSION, US, Session, iso, now_us
+from sessiond.limits import MAX_VERSION
+from sessiond.model import US, Session, iso, now_us
 from sessiond.records import put_line
 from tests.conftest import Daemon, run_sessiond, stored, wait_until
 

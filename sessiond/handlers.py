@@ -1,0 +1,226 @@
+"""The table of requests: what each one does, and the reply it gets.
+
+A handler runs one request at the time given, against the parts the
+dispatcher holds (``Context``), and returns the reply and the changes it
+made to the store; the dispatcher persists those and sends the reply. Most
+handlers are one call of a rule (``sessiond.rules``) or of the store and
+the building of a reply. ``SLOW`` holds the few requests that wait on I/O
+of their own (a compaction, a change of settings): the dispatcher settles
+the batch before it awaits them.
+
+Adding a request: its class in ``sessiond.protocol``, its rule in
+``sessiond.rules`` (or the store), and one function here under
+``@handles(ThatRequest)``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from sessiond import __version__, config, live, rules
+from sessiond.errors import ConfigError, Unsupported
+from sessiond.live import Live
+from sessiond.model import Change, Record
+from sessiond.protocol import (
+    PROTOCOL_VERSION,
+    Cleanup,
+    CleanupReply,
+    CleanupResult,
+    Compact,
+    CompactReply,
+    CompactResult,
+    ConfigGet,
+    ConfigReply,
+    ConfigSet,
+    Create,
+    Delete,
+    Deleted,
+    Expire,
+    Get,
+    Hello,
+    HelloReply,
+    Import,
+    ImportReply,
+    ImportResult,
+    List,
+    Page,
+    Ping,
+    Pong,
+    Refresh,
+    Request,
+    Response,
+    SessionReply,
+    Set,
+    Stats,
+    StatsInfo,
+    StatsReply,
+    Unset,
+)
+from sessiond.store import Store
+
+
+class Context(Protocol):
+    """What a handler may use: the dispatcher's parts."""
+
+    store: Store
+    live: Live
+    started: float
+
+    def stats(self, now: int) -> StatsInfo: ...
+
+    async def adopt(self, layers: config.Layers) -> None: ...
+
+    async def compact(self) -> CompactResult: ...
+
+
+Outcome = tuple[Response, list[Change]]
+Handler = Callable[[Context, Any, int], Outcome]
+SlowHandler = Callable[[Context, Any], Awaitable[Response]]
+HANDLERS: dict[type[Request], Handler] = {}
+SLOW: dict[type[Request], SlowHandler] = {}
+H = TypeVar("H", Handler, SlowHandler)
+
+
+def handles(kind: type[Request], table: dict[type[Request], H] | None = None) -> Callable[[H], H]:
+    """Enter the decorated function in the table for ``kind``."""
+
+    def enter(handler: H) -> H:
+        (HANDLERS if table is None else table)[kind] = handler  # type: ignore[assignment]
+        return handler
+
+    return enter
+
+
+def session_reply(req: Request, record: Record) -> SessionReply:
+    return SessionReply(id=req.id, session=record.to_session())
+
+
+# -- sessions ----------------------------------------------------------------
+
+
+@handles(Get)
+def get(c: Context, req: Get, now: int) -> Outcome:
+    record, made = rules.get(c.store, now, req.sid, req.touch)
+    return session_reply(req, record), made
+
+
+@handles(Create)
+def create(c: Context, req: Create, now: int) -> Outcome:
+    record, made = rules.create(c.store, now, user=req.user, ttl=req.ttl, meta=req.meta,
+                                sid=req.sid)
+    return session_reply(req, record), made
+
+
+@handles(Set)
+def set_(c: Context, req: Set, now: int) -> Outcome:
+    record, made = rules.set(c.store, now, req.sid, req.key, req.value, req.expect_version)
+    return session_reply(req, record), made
+
+
+@handles(Unset)
+def unset(c: Context, req: Unset, now: int) -> Outcome:
+    record, made = rules.unset(c.store, now, req.sid, req.key, req.expect_version)
+    return session_reply(req, record), made
+
+
+@handles(Delete)
+def delete(c: Context, req: Delete, now: int) -> Outcome:
+    sid, made = rules.delete(c.store, now, req.sid)
+    return Deleted(id=req.id, sid=sid), made
+
+
+@handles(Expire)
+def expire(c: Context, req: Expire, now: int) -> Outcome:
+    record, made = rules.expire(c.store, now, req.sid)
+    return session_reply(req, record), made
+
+
+@handles(Refresh)
+def refresh(c: Context, req: Refresh, now: int) -> Outcome:
+    record, made = rules.refresh(c.store, now, req.sid, req.ttl, req.revive)
+    return session_reply(req, record), made
+
+
+@handles(List)
+def list_(c: Context, req: List, now: int) -> Outcome:
+    page, cursor, made = c.store.list_page(
+        now, status=req.status, user=req.user, limit=req.limit, cursor=req.cursor
+    )
+    return Page(id=req.id, sessions=[r.to_session() for r in page], cursor=cursor), made
+
+
+@handles(Cleanup)
+def cleanup(c: Context, req: Cleanup, now: int) -> Outcome:
+    cleaned, made = c.store.cleanup(now, req.before, req.dry_run)
+    result = CleanupResult(
+        dry_run=req.dry_run, removed_count=len(cleaned.removed),
+        remaining_count=cleaned.remaining, removed_ids=cleaned.removed,
+    )
+    return CleanupReply(id=req.id, result=result), made
+
+
+@handles(Import)
+def import_(c: Context, req: Import, now: int) -> Outcome:
+    done, made = c.store.import_sessions(now, req.sessions)
+    result = ImportResult(
+        imported=done.imported, updated=done.updated, skipped=done.skipped,
+        reasons=done.reasons, already_expired=done.already_expired,
+    )
+    return ImportReply(id=req.id, result=result), made
+
+
+# -- the daemon ----------------------------------------------------------------
+
+
+@handles(Stats)
+def stats(c: Context, req: Stats, now: int) -> Outcome:
+    return StatsReply(id=req.id, stats=c.stats(now)), []
+
+
+@handles(ConfigGet)
+def config_get(c: Context, req: ConfigGet, now: int) -> Outcome:
+    layers = c.live.layers
+    data = config.as_dict(layers.settings)
+    if req.key is not None:
+        if req.key not in data:
+            raise ConfigError(
+                f"unknown config key {req.key!r}; known keys: {', '.join(config.KEYS)}"
+            )
+        data = {req.key: data[req.key]}
+    sources = {key: layers.source(key) for key in data}
+    return ConfigReply(id=req.id, config=data, sources=sources), []
+
+
+@handles(Ping)
+def ping(c: Context, req: Ping, now: int) -> Outcome:
+    uptime = time.monotonic() - c.started
+    return Pong(id=req.id, pid=os.getpid(), version=__version__, uptime=uptime), []
+
+
+@handles(Hello)
+def hello(c: Context, req: Hello, now: int) -> Outcome:
+    if req.version != PROTOCOL_VERSION:
+        raise Unsupported(
+            f"protocol version {req.version} is not supported: this sessiond "
+            f"({__version__}) speaks version {PROTOCOL_VERSION}"
+        )
+    return HelloReply(id=req.id, version=PROTOCOL_VERSION, server=__version__,
+                      pid=os.getpid()), []
+
+
+# -- requests that wait on I/O of their own -------------------------------------
+
+
+@handles(Compact, SLOW)
+async def compact(c: Context, req: Compact) -> Response:
+    return CompactReply(id=req.id, result=await c.compact())
+
+
+@handles(ConfigSet, SLOW)
+async def config_set(c: Context, req: ConfigSet) -> Response:
+    updated = await live.set_key(c.live, req.key, req.value, c.adopt)
+    sources = {key: c.live.layers.source(key) for key in updated}
+    return ConfigReply(id=req.id, config=updated, sources=sources)

@@ -1,0 +1,183 @@
+"""The daemon's two timers: expiry (and purging), and compaction.
+
+Each owns its state and its figures, sleeps until it has work, and is told
+when a commit may have given it some (``notice``): the dispatcher calls
+every part's ``notice`` after each commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from sessiond.compaction import compacted_size
+from sessiond.errors import InternalError, JournalError, ReadOnly
+from sessiond.journal import Journal
+from sessiond.live import Live
+from sessiond.model import US, Change, now_us
+from sessiond.store import Store
+
+log = logging.getLogger("sessiond.server")
+
+# The expiry timer persists at most this many expiries (and as many purges)
+# per commit, and lets requests in between batches.
+EXPIRY_BATCH = 4096
+TIMER_RETRY = 1.0
+# Deadlines are wall-clock, the sleep is monotonic: waking at least this
+# often bounds how late a step of the wall clock can make an expiry.
+TIMER_MAX_SLEEP = 1.0
+# How often a read-only journal is asked whether it can take writes again.
+RESUME_INTERVAL = 1.0
+LAGS_KEPT = 10_000
+
+Commit = Callable[[list[Change]], Awaitable[None]]
+
+
+class ExpiryTimer:
+    """Sleeps until the earliest deadline (or an earlier one arrives),
+    expires and purges what is due, and keeps how late it was."""
+
+    def __init__(self, store: Store, commit: Commit) -> None:
+        self.store = store
+        self._commit = commit
+        # Lateness of the expiries done, in milliseconds.
+        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
+        self.lag_max = 0.0
+        # When it next wakes by itself; a deadline earlier than this wakes it.
+        self._target = math.inf
+        self._wake = anyio.Event()
+        self._deadlines_seen = -1
+
+    def notice(self) -> None:
+        """After a commit: one that queued a deadline may have brought the
+        next one forward (a new or shorter session, an expiry whose
+        retention ends before the timer wakes). Only those are looked at:
+        looking costs a set a noticeable part of its time on the loop."""
+        store = self.store
+        if store.deadlines_queued != self._deadlines_seen:
+            self._deadlines_seen = store.deadlines_queued
+            deadline = store.next_deadline()
+            if deadline is not None and deadline < self._target:
+                self._wake.set()
+
+    def wake(self, *_: object) -> None:
+        """Look again now (the settings it depends on changed)."""
+        self._wake.set()
+
+    def figures(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
+        return {"expiry_lag_max_ms": round(self.lag_max, 3), "expiry_lag_p99_ms": round(p99, 3)}
+
+    async def run(self) -> None:
+        store = self.store
+        while True:
+            now = now_us()
+            expired = store.expire_due(now, EXPIRY_BATCH)
+            purged = store.purge_due(now, EXPIRY_BATCH)
+            failed = False
+            if expired or purged:
+                try:
+                    await self._commit(expired + purged)
+                except (ReadOnly, InternalError) as exc:
+                    # Reverted, so still due: retry later, not in a hot loop.
+                    log.error("could not persist %d expiries: %s",
+                              len(expired) + len(purged), exc)
+                    failed = True
+                else:
+                    self._count_lags(expired, now)
+            deadline = store.next_deadline()
+            self._wake = anyio.Event()
+            if deadline is None:
+                self._target = math.inf
+                delay = math.inf
+            else:
+                self._target = deadline
+                delay = max(0.0, (deadline - now_us()) / US)
+            if failed:
+                delay = TIMER_RETRY
+            if delay > 0:
+                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
+                    await self._wake.wait()
+            else:
+                # More is due (a batch was full): let requests in between.
+                await anyio.lowlevel.checkpoint()
+
+    def _count_lags(self, expired: list[Change], now: int) -> None:
+        for c in expired:
+            assert c.before is not None
+            lag = (now - c.before.expires_at) / 1000
+            self.lags.append(lag)
+            if lag > self.lag_max:
+                self.lag_max = lag
+
+
+class Compactor:
+    """Rewrites the journal on growth, on the interval, and to leave
+    read-only mode.
+
+    While the journal is read-only: every ``RESUME_INTERVAL``, see whether
+    an append fits again (after a write refused for want of room;
+    ``Journal.try_resume``), and otherwise try a compaction, backing off
+    while they fail."""
+
+    def __init__(self, store: Store, journal: Journal, live: Live) -> None:
+        self.store = store
+        self.journal = journal
+        self.live = live
+        self._wake = anyio.Event()
+
+    def notice(self) -> None:
+        """After a commit: the journal may have grown enough."""
+        s = self.live.settings
+        if self.journal.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes):
+            self._wake.set()
+
+    def wake(self, *_: object) -> None:
+        """Look again now (a failure to leave, or settings that changed)."""
+        self._wake.set()
+
+    def figures(self) -> dict[str, Any]:
+        store = self.store
+        return {"compaction_needs_bytes": compacted_size(store.live_slots(), len(store))}
+
+    async def run(self) -> None:
+        retry = 1.0
+        next_try = 0.0  # when a compaction may be tried again after failures
+        last = time.monotonic()
+        j = self.journal
+        while True:
+            interval = self.live.settings.compact_interval or math.inf
+            wait = RESUME_INTERVAL if j.failed else min(interval, 60.0)
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            s = self.live.settings
+            if j.failed and await j.try_resume():
+                retry, next_try = 1.0, 0.0
+                continue
+            timer_due = (
+                s.compact_interval > 0
+                and j.changed_since_compaction
+                and time.monotonic() - last >= s.compact_interval
+            )
+            grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
+            if not (j.failed or timer_due or grown):
+                continue
+            if j.failed and time.monotonic() < next_try:
+                continue
+            try:
+                await j.compact(self.store.live_slots)
+                retry, next_try = 1.0, 0.0
+                last = time.monotonic()
+            except JournalError as exc:
+                log.error("%s", exc)
+                next_try = time.monotonic() + retry
+                retry = min(retry * 2, 30.0)
