@@ -75,6 +75,8 @@ from sessiond.protocol import (
     StatsReply,
     Unset,
     Watch,
+    append_frame,
+    encoder,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +91,6 @@ MAX_REPLY_BYTES = 1 << 30
 # for 256 KiB, whatever arrives). A big reply is read in bigger calls.
 RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
-_NO_LENGTH = bytes(HEADER)
 # Import pages are bounded by bytes as well as by count: 1,000 sessions of
 # 8 KiB of meta make a request of 8 MB, past the daemon's max_frame_bytes
 # (4 MiB by default), which it refuses whole. The daemon's limit is asked
@@ -97,7 +98,6 @@ _NO_LENGTH = bytes(HEADER)
 # daemon applies a page in one go while its other clients wait.
 IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
-_encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
 _MISSING: Any = object()
 
@@ -278,14 +278,6 @@ class _Operations:
     def ping(self) -> Pong:
         """The daemon's pid, version and uptime."""
         return self._submit(Ping(id=0), _pong)  # type: ignore[no-any-return]
-
-
-def _append_frame(out: bytearray, req: Request) -> None:
-    """Encode ``req`` as a frame at the end of ``out``."""
-    start = len(out)
-    out += _NO_LENGTH
-    _encoder.encode_into(req, out, -1)
-    out[start : start + HEADER] = (len(out) - start - HEADER).to_bytes(HEADER, "big")
 
 
 def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
@@ -542,7 +534,7 @@ class Client(_Operations):
         req.id = self._new_id()
         out = self._out
         del out[:]
-        _append_frame(out, req)
+        append_frame(out, req)
         self._send(out)
         while True:
             response = self._read_frame()
@@ -607,11 +599,11 @@ class Client(_Operations):
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
         # The request around the sessions: its keys, the largest id, and the
         # largest array header (5 bytes where an empty array takes 1).
-        budget = limit - len(_encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
+        budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
         page: builtins.list[Session] = []
         size = 0
         for session in sessions:
-            n = len(_encoder.encode(session))
+            n = len(encoder.encode(session))
             if n > budget:
                 yield ImportResult(skipped=1, reasons=[
                     f"{session.id}: {n} bytes encoded, more than one request may carry "
@@ -735,7 +727,7 @@ class Pipeline:
 
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
         req.id = self._client._new_id()
-        _append_frame(self._frames, req)
+        append_frame(self._frames, req)
         pending = Pending(convert)
         self._queued.append((req.id, pending))
         return pending

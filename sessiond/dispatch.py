@@ -31,12 +31,13 @@ from sessiond.errors import (
     Unsupported,
 )
 from sessiond.events import Hub, Watcher
-from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder, error_frame, frame
 from sessiond.journal import Journal
 from sessiond.model import US, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
     HEADER,
+    LENGTH,
+    NO_LENGTH,
     PROTOCOL_VERSION,
     WRITES,
     Cleanup,
@@ -72,6 +73,10 @@ from sessiond.protocol import (
     StatsReply,
     Unset,
     Watch,
+    append_frame,
+    encoder,
+    error_frame,
+    frame,
     request_decoder,
     request_error,
 )

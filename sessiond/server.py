@@ -25,9 +25,8 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from sessiond.connection import IDLE, Conn, Connections, Stop
 from sessiond.errors import Busy, InternalError, JournalError, ReadOnly
 from sessiond.events import Watcher
-from sessiond.frames import error_frame, frame
 from sessiond.model import US, now_us
-from sessiond.protocol import EventReply
+from sessiond.protocol import EventReply, error_frame, frame
 
 log = logging.getLogger("sessiond.server")
 

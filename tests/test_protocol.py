@@ -1,7 +1,7 @@
 """The wire protocol: frames, the tagged unions, errors, the hello.
 
 The first half needs no daemon: encoding round trips, the golden bytes that
-pin the format, and the refusals of ``frame_length`` and ``decode_request`` (the daemon's own
+pin the format, and the refusals of ``decode_request`` (the daemon's own
 decoding, so they are the refusals it answers with).
 The second half puts hand-made bytes on a real daemon's socket and checks
 what comes back, and that the daemon goes on serving.
@@ -24,6 +24,7 @@ from sessiond.model import Session
 from sessiond.protocol import (
     DEFAULT_MAX_FRAME,
     HEADER,
+    LENGTH,
     PROTOCOL_VERSION,
     AnyRequest,
     AnyResponse,
@@ -63,7 +64,6 @@ from sessiond.protocol import (
     Watch,
     decode_request,
     frame,
-    frame_length,
 )
 from tests.conftest import Daemon
 from tests.rawwire import Raw, request
@@ -220,7 +220,7 @@ def test_every_message_type_has_a_golden_frame(kind: str, union: Any) -> None:
 @pytest.mark.parametrize("name", list(SAMPLES))
 def test_golden_frames_decode_back_to_the_same_message(name: str) -> None:
     raw = bytes.fromhex(read_golden()[name])
-    n = frame_length(raw[:HEADER], DEFAULT_MAX_FRAME)
+    (n,) = LENGTH.unpack_from(raw)  # the header as the daemon reads it
     assert n == len(raw) - HEADER
     union = AnyRequest if name.startswith("request.") else AnyResponse
     assert msgspec.msgpack.Decoder(union).decode(raw[HEADER:]) == SAMPLES[name]
@@ -265,18 +265,6 @@ def test_replies_from_an_older_daemon_decode_with_the_fields_added_since() -> No
     del stats["stats"]["config_sources"]
     got = decode(msgspec.msgpack.encode(stats))
     assert isinstance(got, StatsReply) and got.stats.config_sources == {}
-
-
-def test_frame_length_accepts_a_frame_at_the_limit() -> None:
-    assert frame_length((1024).to_bytes(4, "big"), 1024) == 1024
-    assert frame_length(bytes(4), 1024) == 0
-
-
-def test_frame_length_refuses_a_header_over_the_limit_before_any_body() -> None:
-    with pytest.raises(TooLarge, match="frame of 1025 bytes exceeds the limit of 1024 bytes"):
-        frame_length((1025).to_bytes(4, "big"), 1024)
-    with pytest.raises(TooLarge, match="4294967295"):
-        frame_length(b"\xff\xff\xff\xff", DEFAULT_MAX_FRAME)
 
 
 def test_too_large_is_an_invalid_request_with_its_own_wire_code() -> None:
