@@ -184,12 +184,51 @@ class Pending(Generic[T]):
         return self._value
 
 
-class _Operations:
-    """One method per command, each a blocking round trip (see ``Client``)."""
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec, overload
 
-    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+    P = ParamSpec("P")
+
+    class Reply(Generic[T]):
+        """What an operation's ``_submit`` hands back: a ``T`` from a
+        ``Client``, a ``Pending[T]`` from a ``Pipeline`` (see ``operation``)."""
+
+    class operation(Generic[P, T]):
+        """An operation written once in ``_Operations``, as each class that
+        submits it returns it: ``Client.get`` returns a ``Session``,
+        ``Pipeline.get`` a ``Pending[Session]``. For the type checker only:
+        at run time the method is left as it is written."""
+
+        def __init__(self, method: Callable[Concatenate[Any, P], Reply[T]]) -> None: ...
+
+        @overload
+        def __get__(self, obj: None, owner: type) -> operation[P, T]: ...
+
+        @overload
+        def __get__(self, obj: Client, owner: type) -> Callable[P, T]: ...
+
+        @overload
+        def __get__(self, obj: Pipeline, owner: type) -> Callable[P, Pending[T]]: ...
+
+        def __get__(self, obj: object, owner: type) -> Any: ...
+
+else:
+
+    def operation(method):
+        return method
+
+
+class _Operations:
+    """One method per operation, written once: each builds its request and
+    names how its reply converts; ``_submit`` is what differs. A ``Client``
+    makes the round trip and returns the value; a ``Pipeline`` queues the
+    request and returns a ``Pending`` (redis-py's ``Pipeline(Redis)``, which
+    overrides only ``execute_command``, is the model)."""
+
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Reply[T]:
         raise NotImplementedError
 
+    @operation
     def create(
         self,
         *,
@@ -197,38 +236,49 @@ class _Operations:
         ttl: int | None = None,
         meta: dict[str, Any] | None = None,
         id: str | None = None,
-    ) -> Session:
+    ) -> Reply[Session]:
         """Create a session; ``ttl`` defaults to the daemon's ``default_ttl``."""
         req = Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
+        return self._submit(req, _session)
 
-    def get(self, sid: str, *, touch: bool = False) -> Session:
+    @operation
+    def get(self, sid: str, *, touch: bool = False) -> Reply[Session]:
         """A session (``expired`` once past its deadline); ``touch`` slides it."""
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)  # type: ignore[no-any-return]
+        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
 
-    def set(self, sid: str, key: str, value: Any, *, expect_version: int | None = None) -> Session:
+    @operation
+    def set(
+        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
+    ) -> Reply[Session]:
         """Set ``meta[key]``; with ``expect_version``, only if unchanged since."""
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
+        return self._submit(req, _session)
 
-    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Session:
+    @operation
+    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Reply[Session]:
         """Remove ``meta[key]``; with ``expect_version``, only if unchanged since."""
         req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
+        return self._submit(req, _session)
 
-    def delete(self, sid: str) -> str:
+    @operation
+    def delete(self, sid: str) -> Reply[str]:
         """Delete a session; returns its id."""
-        return self._submit(Delete(id=0, sid=sid), _deleted)  # type: ignore[no-any-return]
+        return self._submit(Delete(id=0, sid=sid), _deleted)
 
-    def expire(self, sid: str) -> Session:
+    @operation
+    def expire(self, sid: str) -> Reply[Session]:
         """Expire a session now."""
-        return self._submit(Expire(id=0, sid=sid), _session)  # type: ignore[no-any-return]
+        return self._submit(Expire(id=0, sid=sid), _session)
 
-    def refresh(self, sid: str, *, ttl: int | None = None, revive: bool = False) -> Session:
+    @operation
+    def refresh(
+        self, sid: str, *, ttl: int | None = None, revive: bool = False
+    ) -> Reply[Session]:
         """Deadline = now + ttl; an expired session needs ``revive=True``."""
         req = Refresh(id=0, sid=sid, ttl=ttl, revive=revive)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
+        return self._submit(req, _session)
 
+    @operation
     def list_page(
         self,
         *,
@@ -236,48 +286,58 @@ class _Operations:
         user: str | None = None,
         limit: int = PAGE_MAX,
         cursor: str | None = None,
-    ) -> tuple[list[Session], str | None]:
+    ) -> Reply[tuple[list[Session], str | None]]:
         """One page of sessions and the cursor of the next (``None`` at the end)."""
         req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, _page)  # type: ignore[no-any-return]
+        return self._submit(req, _page)
 
-    def stats(self) -> StatsInfo:
+    @operation
+    def stats(self) -> Reply[StatsInfo]:
         """Counts and the daemon's health."""
-        return self._submit(Stats(id=0), _stats)  # type: ignore[no-any-return]
+        return self._submit(Stats(id=0), _stats)
 
-    def cleanup(self, *, before: int | None = None, dry_run: bool = False) -> CleanupResult:
+    @operation
+    def cleanup(
+        self, *, before: int | None = None, dry_run: bool = False
+    ) -> Reply[CleanupResult]:
         """Remove expired sessions (and those due before ``before``, in µs)."""
         req = Cleanup(id=0, before=before, dry_run=dry_run)
-        return self._submit(req, _cleanup)  # type: ignore[no-any-return]
+        return self._submit(req, _cleanup)
 
-    def config(self, key: str | None = None) -> dict[str, Any]:
+    @operation
+    def config(self, key: str | None = None) -> Reply[dict[str, Any]]:
         """All settings, or ``{key: value}``."""
-        return self._submit(ConfigGet(id=0, key=key), _config)  # type: ignore[no-any-return]
+        return self._submit(ConfigGet(id=0, key=key), _config)
 
-    def set_config(self, key: str, value: Any) -> dict[str, Any]:
+    @operation
+    def set_config(self, key: str, value: Any) -> Reply[dict[str, Any]]:
         """Validate, apply live and persist one setting."""
         req = ConfigSet(id=0, key=key, value=value)
-        return self._submit(req, _config)  # type: ignore[no-any-return]
+        return self._submit(req, _config)
 
+    @operation
     def config_sources(
         self, key: str | None = None
-    ) -> tuple[dict[str, Any], dict[str, str]]:
+    ) -> Reply[tuple[dict[str, Any], dict[str, str]]]:
         """``config(key)``, and where each setting came from: default, file,
         env or flag (empty from a daemon too old to say)."""
         req = ConfigGet(id=0, key=key)
-        return self._submit(req, _config_sources)  # type: ignore[no-any-return]
+        return self._submit(req, _config_sources)
 
-    def import_page(self, sessions: list[Session]) -> ImportResult:
+    @operation
+    def import_page(self, sessions: list[Session]) -> Reply[ImportResult]:
         """Merge up to ``PAGE_MAX`` sessions (``Client.import_sessions`` pages)."""
-        return self._submit(Import(id=0, sessions=sessions), _imported)  # type: ignore[no-any-return]
+        return self._submit(Import(id=0, sessions=sessions), _imported)
 
-    def compact(self) -> CompactResult:
+    @operation
+    def compact(self) -> Reply[CompactResult]:
         """Rewrite the journal now; sizes before and after, time taken."""
-        return self._submit(Compact(id=0), _compacted)  # type: ignore[no-any-return]
+        return self._submit(Compact(id=0), _compacted)
 
-    def ping(self) -> Pong:
+    @operation
+    def ping(self) -> Reply[Pong]:
         """The daemon's pid, version and uptime."""
-        return self._submit(Ping(id=0), _pong)  # type: ignore[no-any-return]
+        return self._submit(Ping(id=0), _pong)
 
 
 def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
@@ -546,7 +606,9 @@ class Client(_Operations):
             raise from_code(response.code, response.message)
         return response
 
-    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        # The value itself: what ``operation`` tells the type checker a
+        # Client's methods return.
         return convert(self._roundtrip(req))
 
     # -- higher level ----------------------------------------------------
@@ -641,10 +703,10 @@ class Client(_Operations):
             other.close()
 
 
-class Pipeline:
+class Pipeline(_Operations):
     """Requests queued on a client and sent together (see ``Client.pipeline``).
 
-    The same methods as ``Client``, each returning a ``Pending`` whose
+    The same operations as ``Client``, each returning a ``Pending`` whose
     ``result()`` is the value (or raises the error) once the pipeline is sent.
     A pipeline belongs to the thread that fills it; its client may be
     shared (an execution holds the client's lock from first send to last
@@ -655,77 +717,9 @@ class Pipeline:
         self._queued: list[tuple[int, Pending[Any]]] = []
         self._frames = bytearray()
 
-    def create(
-        self,
-        *,
-        user: str | None = None,
-        ttl: int | None = None,
-        meta: dict[str, Any] | None = None,
-        id: str | None = None,
-    ) -> Pending[Session]:
-        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id), _session)
-
-    def get(self, sid: str, *, touch: bool = False) -> Pending[Session]:
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
-
-    def set(
-        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
-    ) -> Pending[Session]:
-        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    def unset(
-        self, sid: str, key: str, *, expect_version: int | None = None
-    ) -> Pending[Session]:
-        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    def delete(self, sid: str) -> Pending[str]:
-        return self._submit(Delete(id=0, sid=sid), _deleted)
-
-    def expire(self, sid: str) -> Pending[Session]:
-        return self._submit(Expire(id=0, sid=sid), _session)
-
-    def refresh(
-        self, sid: str, *, ttl: int | None = None, revive: bool = False
-    ) -> Pending[Session]:
-        return self._submit(Refresh(id=0, sid=sid, ttl=ttl, revive=revive), _session)
-
-    def list_page(
-        self,
-        *,
-        status: str | None = None,
-        user: str | None = None,
-        limit: int = PAGE_MAX,
-        cursor: str | None = None,
-    ) -> Pending[tuple[list[Session], str | None]]:
-        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, _page)
-
-    def stats(self) -> Pending[StatsInfo]:
-        return self._submit(Stats(id=0), _stats)
-
-    def cleanup(
-        self, *, before: int | None = None, dry_run: bool = False
-    ) -> Pending[CleanupResult]:
-        return self._submit(Cleanup(id=0, before=before, dry_run=dry_run), _cleanup)
-
-    def config(self, key: str | None = None) -> Pending[dict[str, Any]]:
-        return self._submit(ConfigGet(id=0, key=key), _config)
-
-    def set_config(self, key: str, value: Any) -> Pending[dict[str, Any]]:
-        return self._submit(ConfigSet(id=0, key=key, value=value), _config)
-
-    def import_page(self, sessions: list[Session]) -> Pending[ImportResult]:
-        return self._submit(Import(id=0, sessions=sessions), _imported)
-
-    def compact(self) -> Pending[CompactResult]:
-        return self._submit(Compact(id=0), _compacted)
-
-    def ping(self) -> Pending[Pong]:
-        return self._submit(Ping(id=0), _pong)
-
-    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        # A Pending, settled by ``execute``: what ``operation`` tells the
+        # type checker a Pipeline's methods return.
         req.id = self._client._new_id()
         append_frame(self._frames, req)
         pending = Pending(convert)
