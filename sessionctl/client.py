@@ -17,15 +17,15 @@ import array
 import builtins
 import itertools
 import os
-import select
 import socket as _socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from sessionctl.operations import Operations
 from sessiond.errors import (
     DaemonUnavailable,
     ProtocolError,
@@ -39,41 +39,15 @@ from sessiond.protocol import (
     PAGE_MAX,
     PROTOCOL_VERSION,
     AnyResponse,
-    Cleanup,
-    CleanupReply,
-    CleanupResult,
-    Compact,
-    CompactReply,
-    CompactResult,
-    ConfigGet,
-    ConfigReply,
-    ConfigSet,
-    Create,
-    Delete,
-    Deleted,
     ErrorReply,
     Event,
     EventReply,
-    Expire,
-    Get,
     Hello,
     HelloReply,
     Import,
-    ImportReply,
     ImportResult,
-    List,
-    Page,
-    Ping,
-    Pong,
-    Refresh,
     Request,
     Response,
-    SessionReply,
-    Set,
-    Stats,
-    StatsInfo,
-    StatsReply,
-    Unset,
     Watch,
     append_frame,
     encoder,
@@ -81,6 +55,8 @@ from sessiond.protocol import (
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from sessionctl.pipeline import Pipeline
 
 T = TypeVar("T")
 # Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
@@ -99,57 +75,6 @@ _BIG_RECV_BYTES = 1 << 18
 IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
-_MISSING: Any = object()
-
-
-def _session(r: Response) -> Session:
-    assert isinstance(r, SessionReply)
-    return r.session
-
-
-def _deleted(r: Response) -> str:
-    assert isinstance(r, Deleted)
-    return r.sid
-
-
-def _page(r: Response) -> tuple[list[Session], str | None]:
-    assert isinstance(r, Page)
-    return r.sessions, r.cursor
-
-
-def _stats(r: Response) -> StatsInfo:
-    assert isinstance(r, StatsReply)
-    return r.stats
-
-
-def _cleanup(r: Response) -> CleanupResult:
-    assert isinstance(r, CleanupReply)
-    return r.result
-
-
-def _config(r: Response) -> dict[str, Any]:
-    assert isinstance(r, ConfigReply)
-    return r.config
-
-
-def _config_sources(r: Response) -> tuple[dict[str, Any], dict[str, str]]:
-    assert isinstance(r, ConfigReply)
-    return r.config, r.sources
-
-
-def _imported(r: Response) -> ImportResult:
-    assert isinstance(r, ImportReply)
-    return r.result
-
-
-def _compacted(r: Response) -> CompactResult:
-    assert isinstance(r, CompactReply)
-    return r.result
-
-
-def _pong(r: Response) -> Pong:
-    assert isinstance(r, Pong)
-    return r
 
 
 def _decode(body: bytes | memoryview) -> Response:
@@ -157,187 +82,6 @@ def _decode(body: bytes | memoryview) -> Response:
         return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
-
-
-class Pending(Generic[T]):
-    """The answer to a pipelined request, available after the pipeline ends."""
-
-    __slots__ = ("_value", "_error", "_convert")
-
-    def __init__(self, convert: Callable[[Response], T]) -> None:
-        self._convert = convert
-        self._value: T = _MISSING
-        self._error: SessionError | None = None
-
-    def _settle(self, response: Response) -> None:
-        if isinstance(response, ErrorReply):
-            self._error = from_code(response.code, response.message)
-        else:
-            self._value = self._convert(response)
-
-    def result(self) -> T:
-        """The value, or the error the daemon answered with."""
-        if self._error is not None:
-            raise self._error
-        if self._value is _MISSING:
-            raise RuntimeError("the pipeline has not been sent yet")
-        return self._value
-
-
-if TYPE_CHECKING:
-    from typing import Concatenate, ParamSpec, overload
-
-    P = ParamSpec("P")
-
-    class Reply(Generic[T]):
-        """What an operation's ``_submit`` hands back: a ``T`` from a
-        ``Client``, a ``Pending[T]`` from a ``Pipeline`` (see ``operation``)."""
-
-    class operation(Generic[P, T]):
-        """An operation written once in ``_Operations``, as each class that
-        submits it returns it: ``Client.get`` returns a ``Session``,
-        ``Pipeline.get`` a ``Pending[Session]``. For the type checker only:
-        at run time the method is left as it is written."""
-
-        def __init__(self, method: Callable[Concatenate[Any, P], Reply[T]]) -> None: ...
-
-        @overload
-        def __get__(self, obj: None, owner: type) -> operation[P, T]: ...
-
-        @overload
-        def __get__(self, obj: Client, owner: type) -> Callable[P, T]: ...
-
-        @overload
-        def __get__(self, obj: Pipeline, owner: type) -> Callable[P, Pending[T]]: ...
-
-        def __get__(self, obj: object, owner: type) -> Any: ...
-
-else:
-
-    def operation(method):
-        return method
-
-
-class _Operations:
-    """One method per operation, written once: each builds its request and
-    names how its reply converts; ``_submit`` is what differs. A ``Client``
-    makes the round trip and returns the value; a ``Pipeline`` queues the
-    request and returns a ``Pending`` (redis-py's ``Pipeline(Redis)``, which
-    overrides only ``execute_command``, is the model)."""
-
-    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Reply[T]:
-        raise NotImplementedError
-
-    @operation
-    def create(
-        self,
-        *,
-        user: str | None = None,
-        ttl: int | None = None,
-        meta: dict[str, Any] | None = None,
-        id: str | None = None,
-    ) -> Reply[Session]:
-        """Create a session; ``ttl`` defaults to the daemon's ``default_ttl``."""
-        req = Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id)
-        return self._submit(req, _session)
-
-    @operation
-    def get(self, sid: str, *, touch: bool = False) -> Reply[Session]:
-        """A session (``expired`` once past its deadline); ``touch`` slides it."""
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
-
-    @operation
-    def set(
-        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
-    ) -> Reply[Session]:
-        """Set ``meta[key]``; with ``expect_version``, only if unchanged since."""
-        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    @operation
-    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Reply[Session]:
-        """Remove ``meta[key]``; with ``expect_version``, only if unchanged since."""
-        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    @operation
-    def delete(self, sid: str) -> Reply[str]:
-        """Delete a session; returns its id."""
-        return self._submit(Delete(id=0, sid=sid), _deleted)
-
-    @operation
-    def expire(self, sid: str) -> Reply[Session]:
-        """Expire a session now."""
-        return self._submit(Expire(id=0, sid=sid), _session)
-
-    @operation
-    def refresh(
-        self, sid: str, *, ttl: int | None = None, revive: bool = False
-    ) -> Reply[Session]:
-        """Deadline = now + ttl; an expired session needs ``revive=True``."""
-        req = Refresh(id=0, sid=sid, ttl=ttl, revive=revive)
-        return self._submit(req, _session)
-
-    @operation
-    def list_page(
-        self,
-        *,
-        status: str | None = None,
-        user: str | None = None,
-        limit: int = PAGE_MAX,
-        cursor: str | None = None,
-    ) -> Reply[tuple[list[Session], str | None]]:
-        """One page of sessions and the cursor of the next (``None`` at the end)."""
-        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, _page)
-
-    @operation
-    def stats(self) -> Reply[StatsInfo]:
-        """Counts and the daemon's health."""
-        return self._submit(Stats(id=0), _stats)
-
-    @operation
-    def cleanup(
-        self, *, before: int | None = None, dry_run: bool = False
-    ) -> Reply[CleanupResult]:
-        """Remove expired sessions (and those due before ``before``, in µs)."""
-        req = Cleanup(id=0, before=before, dry_run=dry_run)
-        return self._submit(req, _cleanup)
-
-    @operation
-    def config(self, key: str | None = None) -> Reply[dict[str, Any]]:
-        """All settings, or ``{key: value}``."""
-        return self._submit(ConfigGet(id=0, key=key), _config)
-
-    @operation
-    def set_config(self, key: str, value: Any) -> Reply[dict[str, Any]]:
-        """Validate, apply live and persist one setting."""
-        req = ConfigSet(id=0, key=key, value=value)
-        return self._submit(req, _config)
-
-    @operation
-    def config_sources(
-        self, key: str | None = None
-    ) -> Reply[tuple[dict[str, Any], dict[str, str]]]:
-        """``config(key)``, and where each setting came from: default, file,
-        env or flag (empty from a daemon too old to say)."""
-        req = ConfigGet(id=0, key=key)
-        return self._submit(req, _config_sources)
-
-    @operation
-    def import_page(self, sessions: list[Session]) -> Reply[ImportResult]:
-        """Merge up to ``PAGE_MAX`` sessions (``Client.import_sessions`` pages)."""
-        return self._submit(Import(id=0, sessions=sessions), _imported)
-
-    @operation
-    def compact(self) -> Reply[CompactResult]:
-        """Rewrite the journal now; sizes before and after, time taken."""
-        return self._submit(Compact(id=0), _compacted)
-
-    @operation
-    def ping(self) -> Reply[Pong]:
-        """The daemon's pid, version and uptime."""
-        return self._submit(Ping(id=0), _pong)
 
 
 def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
@@ -386,7 +130,7 @@ BY_ARGUMENT = "argument"
 BY_ENVIRONMENT = "environment"
 
 
-class Client(_Operations):
+class Client(Operations):
     """A connection to sessiond, which threads may share.
 
     ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
@@ -684,6 +428,8 @@ class Client(_Operations):
         """Queue requests, send them all at once on exit, then read answers.
 
         ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``."""
+        from sessionctl.pipeline import Pipeline
+
         return Pipeline(self)
 
     def watch(self, *, user: str | None = None) -> Iterator[Event]:
@@ -703,94 +449,3 @@ class Client(_Operations):
             other.close()
 
 
-class Pipeline(_Operations):
-    """Requests queued on a client and sent together (see ``Client.pipeline``).
-
-    The same operations as ``Client``, each returning a ``Pending`` whose
-    ``result()`` is the value (or raises the error) once the pipeline is sent.
-    A pipeline belongs to the thread that fills it; its client may be
-    shared (an execution holds the client's lock from first send to last
-    reply)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._queued: list[tuple[int, Pending[Any]]] = []
-        self._frames = bytearray()
-
-    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
-        # A Pending, settled by ``execute``: what ``operation`` tells the
-        # type checker a Pipeline's methods return.
-        req.id = self._client._new_id()
-        append_frame(self._frames, req)
-        pending = Pending(convert)
-        self._queued.append((req.id, pending))
-        return pending
-
-    def execute(self) -> None:
-        """Send everything queued and settle every ``Pending``.
-
-        Replies are read while requests are still being sent: the daemon
-        stops reading a client that does not read its replies, so sending
-        everything first would deadlock once both socket buffers are full."""
-        if not self._frames:
-            return
-        with self._client._lock:
-            self._execute_locked()
-
-    def _execute_locked(self) -> None:
-        c = self._client
-        data = memoryview(self._frames)
-        self._frames = bytearray()
-        waiting = dict(self._queued)
-        self._queued = []
-        sock = c._sock
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLOUT)
-        wait_ms = None if c.timeout is None else c.timeout * 1000
-        sent = 0
-        while sent < len(data):
-            ready = poller.poll(wait_ms)
-            if not ready:
-                raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
-            mask = ready[0][1]
-            if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                c._fill()
-                self._settle_received(waiting)
-            elif mask & select.POLLOUT:
-                try:
-                    # MSG_DONTWAIT: the socket blocks (see _use_kernel_timeouts),
-                    # and a blocking send would wait to send it all.
-                    sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    parting = c._parting_error()
-                    if parting is not None:
-                        raise parting from exc
-                    raise DaemonUnavailable(f"connection to {c._where} lost: {exc}") from exc
-        self._settle_received(waiting)
-        while waiting:
-            c._fill()
-            self._settle_received(waiting)
-
-    def _settle_received(self, waiting: dict[int, Pending[Any]]) -> None:
-        c = self._client
-        while waiting:
-            response = c._pop_frame()
-            if response is None:
-                return
-            pending = waiting.pop(response.id, None)
-            if pending is not None:
-                pending._settle(response)
-            elif isinstance(response, ErrorReply):
-                # Id 0 (or one we never sent): about the connection, not a request.
-                raise from_code(response.code, response.message)
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if t is None:
-            self.execute()
