@@ -53,56 +53,30 @@ if TYPE_CHECKING:
     from sessionctl.pipeline import Pending, Pipeline
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Response)
 
 
-def _session(r: Response) -> Session:
-    assert isinstance(r, SessionReply)
-    return r.session
+def _reply(kind: type[R], value: Callable[[R], T]) -> Callable[[Response], T]:
+    """How a reply converts: it is a ``kind`` (the daemon answers each
+    request with its own reply type) and the caller gets ``value`` of it."""
+
+    def convert(r: Response) -> T:
+        assert isinstance(r, kind)
+        return value(r)
+
+    return convert
 
 
-def _deleted(r: Response) -> str:
-    assert isinstance(r, Deleted)
-    return r.sid
-
-
-def _page(r: Response) -> tuple[list[Session], str | None]:
-    assert isinstance(r, Page)
-    return r.sessions, r.cursor
-
-
-def _stats(r: Response) -> StatsInfo:
-    assert isinstance(r, StatsReply)
-    return r.stats
-
-
-def _cleanup(r: Response) -> CleanupResult:
-    assert isinstance(r, CleanupReply)
-    return r.result
-
-
-def _config(r: Response) -> dict[str, Any]:
-    assert isinstance(r, ConfigReply)
-    return r.config
-
-
-def _config_sources(r: Response) -> tuple[dict[str, Any], dict[str, str]]:
-    assert isinstance(r, ConfigReply)
-    return r.config, r.sources
-
-
-def _imported(r: Response) -> ImportResult:
-    assert isinstance(r, ImportReply)
-    return r.result
-
-
-def _compacted(r: Response) -> CompactResult:
-    assert isinstance(r, CompactReply)
-    return r.result
-
-
-def _pong(r: Response) -> Pong:
-    assert isinstance(r, Pong)
-    return r
+_session = _reply(SessionReply, lambda r: r.session)
+_deleted = _reply(Deleted, lambda r: r.sid)
+_page = _reply(Page, lambda r: (r.sessions, r.cursor))
+_stats = _reply(StatsReply, lambda r: r.stats)
+_cleanup = _reply(CleanupReply, lambda r: r.result)
+_config = _reply(ConfigReply, lambda r: r.config)
+_config_sources = _reply(ConfigReply, lambda r: (r.config, r.sources))
+_imported = _reply(ImportReply, lambda r: r.result)
+_compacted = _reply(CompactReply, lambda r: r.result)
+_pong = _reply(Pong, lambda r: r)
 
 
 if TYPE_CHECKING:
