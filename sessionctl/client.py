@@ -125,6 +125,15 @@ def autostart_off_by_env() -> bool:
     return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
 
 
+def add_up(total: ImportResult, part: ImportResult) -> None:
+    """Add one page's counts and reasons to ``total``."""
+    total.imported += part.imported
+    total.updated += part.updated
+    total.skipped += part.skipped
+    total.already_expired += part.already_expired
+    total.reasons.extend(part.reasons)
+
+
 # What turned autostart off, as ``Client._autostart_advice`` is told.
 BY_ARGUMENT = "argument"
 BY_ENVIRONMENT = "environment"
@@ -386,11 +395,7 @@ class Client(Operations):
         sessions again changes nothing: those already there are skipped."""
         total = ImportResult(reasons=[])
         for part in self.import_pages(sessions):
-            total.imported += part.imported
-            total.updated += part.updated
-            total.skipped += part.skipped
-            total.already_expired += part.already_expired
-            total.reasons.extend(part.reasons)
+            add_up(total, part)
         return total
 
     def import_pages(self, sessions: Iterable[Session]) -> Iterator[ImportResult]:

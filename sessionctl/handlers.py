@@ -18,6 +18,7 @@ from sessionctl.client import (
     BY_ENVIRONMENT,
     NO_AUTOSTART_ENV,
     Client,
+    add_up,
     autostart_off_by_env,
 )
 from sessionctl.registry import (
@@ -217,11 +218,7 @@ def import_all(c: Client, args: Args) -> ImportResult:
         try:
             if signals.received is None:
                 for part in c.import_pages(sessions):
-                    total.imported += part.imported
-                    total.updated += part.updated
-                    total.skipped += part.skipped
-                    total.already_expired += part.already_expired
-                    total.reasons.extend(part.reasons)
+                    add_up(total, part)
                     if signals.received is not None:
                         break
         except _StopNow:
