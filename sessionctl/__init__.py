@@ -17,7 +17,8 @@ import sys
 # typing itself would cost ``sessionctl version`` a fifth of its time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sessionctl.client import Client, Pending, Pipeline
+    from sessionctl.client import Client
+    from sessionctl.pipeline import Pending, Pipeline
     from sessiond.errors import (
         Busy,
         Conflict,
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     )
 
 _HOMES = {
-    "sessionctl.client": ("Client", "Pending", "Pipeline"),
+    "sessionctl.client": ("Client",),
+    "sessionctl.pipeline": ("Pending", "Pipeline"),
     "sessiond.errors": (
         "Busy",
         "Conflict",

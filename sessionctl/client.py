@@ -17,15 +17,15 @@ import array
 import builtins
 import itertools
 import os
-import select
 import socket as _socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from sessionctl.operations import Operations
 from sessiond.errors import (
     DaemonUnavailable,
     ProtocolError,
@@ -39,46 +39,24 @@ from sessiond.protocol import (
     PAGE_MAX,
     PROTOCOL_VERSION,
     AnyResponse,
-    Cleanup,
-    CleanupReply,
-    CleanupResult,
-    Compact,
-    CompactReply,
-    CompactResult,
-    ConfigGet,
-    ConfigReply,
-    ConfigSet,
-    Create,
-    Delete,
-    Deleted,
     ErrorReply,
     Event,
     EventReply,
-    Expire,
-    Get,
     Hello,
     HelloReply,
     Import,
-    ImportReply,
     ImportResult,
-    List,
-    Page,
-    Ping,
-    Pong,
-    Refresh,
     Request,
     Response,
-    SessionReply,
-    Set,
-    Stats,
-    StatsInfo,
-    StatsReply,
-    Unset,
     Watch,
+    append_frame,
+    encoder,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from sessionctl.pipeline import Pipeline
 
 T = TypeVar("T")
 # Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
@@ -89,7 +67,6 @@ MAX_REPLY_BYTES = 1 << 30
 # for 256 KiB, whatever arrives). A big reply is read in bigger calls.
 RECV_BYTES = 65536
 _BIG_RECV_BYTES = 1 << 18
-_NO_LENGTH = bytes(HEADER)
 # Import pages are bounded by bytes as well as by count: 1,000 sessions of
 # 8 KiB of meta make a request of 8 MB, past the daemon's max_frame_bytes
 # (4 MiB by default), which it refuses whole. The daemon's limit is asked
@@ -97,59 +74,7 @@ _NO_LENGTH = bytes(HEADER)
 # daemon applies a page in one go while its other clients wait.
 IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
-_encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
-_MISSING: Any = object()
-
-
-def _session(r: Response) -> Session:
-    assert isinstance(r, SessionReply)
-    return r.session
-
-
-def _deleted(r: Response) -> str:
-    assert isinstance(r, Deleted)
-    return r.sid
-
-
-def _page(r: Response) -> tuple[list[Session], str | None]:
-    assert isinstance(r, Page)
-    return r.sessions, r.cursor
-
-
-def _stats(r: Response) -> StatsInfo:
-    assert isinstance(r, StatsReply)
-    return r.stats
-
-
-def _cleanup(r: Response) -> CleanupResult:
-    assert isinstance(r, CleanupReply)
-    return r.result
-
-
-def _config(r: Response) -> dict[str, Any]:
-    assert isinstance(r, ConfigReply)
-    return r.config
-
-
-def _config_sources(r: Response) -> tuple[dict[str, Any], dict[str, str]]:
-    assert isinstance(r, ConfigReply)
-    return r.config, r.sources
-
-
-def _imported(r: Response) -> ImportResult:
-    assert isinstance(r, ImportReply)
-    return r.result
-
-
-def _compacted(r: Response) -> CompactResult:
-    assert isinstance(r, CompactReply)
-    return r.result
-
-
-def _pong(r: Response) -> Pong:
-    assert isinstance(r, Pong)
-    return r
 
 
 def _decode(body: bytes | memoryview) -> Response:
@@ -157,135 +82,6 @@ def _decode(body: bytes | memoryview) -> Response:
         return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
-
-
-class Pending(Generic[T]):
-    """The answer to a pipelined request, available after the pipeline ends."""
-
-    __slots__ = ("_value", "_error", "_convert")
-
-    def __init__(self, convert: Callable[[Response], T]) -> None:
-        self._convert = convert
-        self._value: T = _MISSING
-        self._error: SessionError | None = None
-
-    def _settle(self, response: Response) -> None:
-        if isinstance(response, ErrorReply):
-            self._error = from_code(response.code, response.message)
-        else:
-            self._value = self._convert(response)
-
-    def result(self) -> T:
-        """The value, or the error the daemon answered with."""
-        if self._error is not None:
-            raise self._error
-        if self._value is _MISSING:
-            raise RuntimeError("the pipeline has not been sent yet")
-        return self._value
-
-
-class _Operations:
-    """One method per command, each a blocking round trip (see ``Client``)."""
-
-    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
-        raise NotImplementedError
-
-    def create(
-        self,
-        *,
-        user: str | None = None,
-        ttl: int | None = None,
-        meta: dict[str, Any] | None = None,
-        id: str | None = None,
-    ) -> Session:
-        """Create a session; ``ttl`` defaults to the daemon's ``default_ttl``."""
-        req = Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
-
-    def get(self, sid: str, *, touch: bool = False) -> Session:
-        """A session (``expired`` once past its deadline); ``touch`` slides it."""
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)  # type: ignore[no-any-return]
-
-    def set(self, sid: str, key: str, value: Any, *, expect_version: int | None = None) -> Session:
-        """Set ``meta[key]``; with ``expect_version``, only if unchanged since."""
-        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
-
-    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Session:
-        """Remove ``meta[key]``; with ``expect_version``, only if unchanged since."""
-        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
-
-    def delete(self, sid: str) -> str:
-        """Delete a session; returns its id."""
-        return self._submit(Delete(id=0, sid=sid), _deleted)  # type: ignore[no-any-return]
-
-    def expire(self, sid: str) -> Session:
-        """Expire a session now."""
-        return self._submit(Expire(id=0, sid=sid), _session)  # type: ignore[no-any-return]
-
-    def refresh(self, sid: str, *, ttl: int | None = None, revive: bool = False) -> Session:
-        """Deadline = now + ttl; an expired session needs ``revive=True``."""
-        req = Refresh(id=0, sid=sid, ttl=ttl, revive=revive)
-        return self._submit(req, _session)  # type: ignore[no-any-return]
-
-    def list_page(
-        self,
-        *,
-        status: str | None = None,
-        user: str | None = None,
-        limit: int = PAGE_MAX,
-        cursor: str | None = None,
-    ) -> tuple[list[Session], str | None]:
-        """One page of sessions and the cursor of the next (``None`` at the end)."""
-        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, _page)  # type: ignore[no-any-return]
-
-    def stats(self) -> StatsInfo:
-        """Counts and the daemon's health."""
-        return self._submit(Stats(id=0), _stats)  # type: ignore[no-any-return]
-
-    def cleanup(self, *, before: int | None = None, dry_run: bool = False) -> CleanupResult:
-        """Remove expired sessions (and those due before ``before``, in µs)."""
-        req = Cleanup(id=0, before=before, dry_run=dry_run)
-        return self._submit(req, _cleanup)  # type: ignore[no-any-return]
-
-    def config(self, key: str | None = None) -> dict[str, Any]:
-        """All settings, or ``{key: value}``."""
-        return self._submit(ConfigGet(id=0, key=key), _config)  # type: ignore[no-any-return]
-
-    def set_config(self, key: str, value: Any) -> dict[str, Any]:
-        """Validate, apply live and persist one setting."""
-        req = ConfigSet(id=0, key=key, value=value)
-        return self._submit(req, _config)  # type: ignore[no-any-return]
-
-    def config_sources(
-        self, key: str | None = None
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """``config(key)``, and where each setting came from: default, file,
-        env or flag (empty from a daemon too old to say)."""
-        req = ConfigGet(id=0, key=key)
-        return self._submit(req, _config_sources)  # type: ignore[no-any-return]
-
-    def import_page(self, sessions: list[Session]) -> ImportResult:
-        """Merge up to ``PAGE_MAX`` sessions (``Client.import_sessions`` pages)."""
-        return self._submit(Import(id=0, sessions=sessions), _imported)  # type: ignore[no-any-return]
-
-    def compact(self) -> CompactResult:
-        """Rewrite the journal now; sizes before and after, time taken."""
-        return self._submit(Compact(id=0), _compacted)  # type: ignore[no-any-return]
-
-    def ping(self) -> Pong:
-        """The daemon's pid, version and uptime."""
-        return self._submit(Ping(id=0), _pong)  # type: ignore[no-any-return]
-
-
-def _append_frame(out: bytearray, req: Request) -> None:
-    """Encode ``req`` as a frame at the end of ``out``."""
-    start = len(out)
-    out += _NO_LENGTH
-    _encoder.encode_into(req, out, -1)
-    out[start : start + HEADER] = (len(out) - start - HEADER).to_bytes(HEADER, "big")
 
 
 def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
@@ -329,12 +125,21 @@ def autostart_off_by_env() -> bool:
     return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
 
 
+def add_up(total: ImportResult, part: ImportResult) -> None:
+    """Add one page's counts and reasons to ``total``."""
+    total.imported += part.imported
+    total.updated += part.updated
+    total.skipped += part.skipped
+    total.already_expired += part.already_expired
+    total.reasons.extend(part.reasons)
+
+
 # What turned autostart off, as ``Client._autostart_advice`` is told.
 BY_ARGUMENT = "argument"
 BY_ENVIRONMENT = "environment"
 
 
-class Client(_Operations):
+class Client(Operations):
     """A connection to sessiond, which threads may share.
 
     ``Client()`` finds the socket as the daemon does (``$SESSIOND_SOCKET``,
@@ -548,7 +353,7 @@ class Client(_Operations):
         req.id = self._new_id()
         out = self._out
         del out[:]
-        _append_frame(out, req)
+        append_frame(out, req)
         self._send(out)
         while True:
             response = self._read_frame()
@@ -560,7 +365,9 @@ class Client(_Operations):
             raise from_code(response.code, response.message)
         return response
 
-    def _submit(self, req: Request, convert: Callable[[Response], Any]) -> Any:
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        # The value itself: what ``operation`` tells the type checker a
+        # Client's methods return.
         return convert(self._roundtrip(req))
 
     # -- higher level ----------------------------------------------------
@@ -594,11 +401,7 @@ class Client(_Operations):
         sessions again changes nothing: those already there are skipped."""
         total = ImportResult(reasons=[])
         for part in self.import_pages(sessions):
-            total.imported += part.imported
-            total.updated += part.updated
-            total.skipped += part.skipped
-            total.already_expired += part.already_expired
-            total.reasons.extend(part.reasons)
+            add_up(total, part)
         return total
 
     def import_pages(self, sessions: Iterable[Session]) -> Iterator[ImportResult]:
@@ -613,11 +416,11 @@ class Client(_Operations):
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
         # The request around the sessions: its keys, the largest id, and the
         # largest array header (5 bytes where an empty array takes 1).
-        budget = limit - len(_encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
+        budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
         page: builtins.list[Session] = []
         size = 0
         for session in sessions:
-            n = len(_encoder.encode(session))
+            n = len(encoder.encode(session))
             if n > budget:
                 yield ImportResult(skipped=1, reasons=[
                     f"{session.id}: {n} bytes encoded, more than one request may carry "
@@ -636,6 +439,8 @@ class Client(_Operations):
         """Queue requests, send them all at once on exit, then read answers.
 
         ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``."""
+        from sessionctl.pipeline import Pipeline
+
         return Pipeline(self)
 
     def watch(self, *, user: str | None = None) -> Iterator[Event]:
@@ -655,162 +460,3 @@ class Client(_Operations):
             other.close()
 
 
-class Pipeline:
-    """Requests queued on a client and sent together (see ``Client.pipeline``).
-
-    The same methods as ``Client``, each returning a ``Pending`` whose
-    ``result()`` is the value (or raises the error) once the pipeline is sent.
-    A pipeline belongs to the thread that fills it; its client may be
-    shared (an execution holds the client's lock from first send to last
-    reply)."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._queued: list[tuple[int, Pending[Any]]] = []
-        self._frames = bytearray()
-
-    def create(
-        self,
-        *,
-        user: str | None = None,
-        ttl: int | None = None,
-        meta: dict[str, Any] | None = None,
-        id: str | None = None,
-    ) -> Pending[Session]:
-        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta or {}, sid=id), _session)
-
-    def get(self, sid: str, *, touch: bool = False) -> Pending[Session]:
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
-
-    def set(
-        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
-    ) -> Pending[Session]:
-        req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    def unset(
-        self, sid: str, key: str, *, expect_version: int | None = None
-    ) -> Pending[Session]:
-        req = Unset(id=0, sid=sid, key=key, expect_version=expect_version)
-        return self._submit(req, _session)
-
-    def delete(self, sid: str) -> Pending[str]:
-        return self._submit(Delete(id=0, sid=sid), _deleted)
-
-    def expire(self, sid: str) -> Pending[Session]:
-        return self._submit(Expire(id=0, sid=sid), _session)
-
-    def refresh(
-        self, sid: str, *, ttl: int | None = None, revive: bool = False
-    ) -> Pending[Session]:
-        return self._submit(Refresh(id=0, sid=sid, ttl=ttl, revive=revive), _session)
-
-    def list_page(
-        self,
-        *,
-        status: str | None = None,
-        user: str | None = None,
-        limit: int = PAGE_MAX,
-        cursor: str | None = None,
-    ) -> Pending[tuple[list[Session], str | None]]:
-        req = List(id=0, status=status, user=user, limit=limit, cursor=cursor)
-        return self._submit(req, _page)
-
-    def stats(self) -> Pending[StatsInfo]:
-        return self._submit(Stats(id=0), _stats)
-
-    def cleanup(
-        self, *, before: int | None = None, dry_run: bool = False
-    ) -> Pending[CleanupResult]:
-        return self._submit(Cleanup(id=0, before=before, dry_run=dry_run), _cleanup)
-
-    def config(self, key: str | None = None) -> Pending[dict[str, Any]]:
-        return self._submit(ConfigGet(id=0, key=key), _config)
-
-    def set_config(self, key: str, value: Any) -> Pending[dict[str, Any]]:
-        return self._submit(ConfigSet(id=0, key=key, value=value), _config)
-
-    def import_page(self, sessions: list[Session]) -> Pending[ImportResult]:
-        return self._submit(Import(id=0, sessions=sessions), _imported)
-
-    def compact(self) -> Pending[CompactResult]:
-        return self._submit(Compact(id=0), _compacted)
-
-    def ping(self) -> Pending[Pong]:
-        return self._submit(Ping(id=0), _pong)
-
-    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Pending[T]:
-        req.id = self._client._new_id()
-        _append_frame(self._frames, req)
-        pending = Pending(convert)
-        self._queued.append((req.id, pending))
-        return pending
-
-    def execute(self) -> None:
-        """Send everything queued and settle every ``Pending``.
-
-        Replies are read while requests are still being sent: the daemon
-        stops reading a client that does not read its replies, so sending
-        everything first would deadlock once both socket buffers are full."""
-        if not self._frames:
-            return
-        with self._client._lock:
-            self._execute_locked()
-
-    def _execute_locked(self) -> None:
-        c = self._client
-        data = memoryview(self._frames)
-        self._frames = bytearray()
-        waiting = dict(self._queued)
-        self._queued = []
-        sock = c._sock
-        poller = select.poll()
-        poller.register(sock, select.POLLIN | select.POLLOUT)
-        wait_ms = None if c.timeout is None else c.timeout * 1000
-        sent = 0
-        while sent < len(data):
-            ready = poller.poll(wait_ms)
-            if not ready:
-                raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
-            mask = ready[0][1]
-            if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                c._fill()
-                self._settle_received(waiting)
-            elif mask & select.POLLOUT:
-                try:
-                    # MSG_DONTWAIT: the socket blocks (see _use_kernel_timeouts),
-                    # and a blocking send would wait to send it all.
-                    sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    parting = c._parting_error()
-                    if parting is not None:
-                        raise parting from exc
-                    raise DaemonUnavailable(f"connection to {c._where} lost: {exc}") from exc
-        self._settle_received(waiting)
-        while waiting:
-            c._fill()
-            self._settle_received(waiting)
-
-    def _settle_received(self, waiting: dict[int, Pending[Any]]) -> None:
-        c = self._client
-        while waiting:
-            response = c._pop_frame()
-            if response is None:
-                return
-            pending = waiting.pop(response.id, None)
-            if pending is not None:
-                pending._settle(response)
-            elif isinstance(response, ErrorReply):
-                # Id 0 (or one we never sent): about the connection, not a request.
-                raise from_code(response.code, response.message)
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if t is None:
-            self.execute()

@@ -1,6 +1,7 @@
-"""``sessionctl export``: page through the daemon and stream the sessions out,
-so a million sessions never become one frame or one string in memory.
-``--output`` writes the file atomically, through ``sessiond.diskio``."""
+"""``sessionctl export`` and the shim's legacy ``export``: page through the
+daemon and stream the sessions out, so a million sessions never become one
+frame or one string in memory. ``--output`` writes the file atomically,
+through ``sessiond.diskio``."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import csv
 import errno
 import io
 from pathlib import Path
-from typing import IO
+from typing import IO, TextIO
 
 from sessionctl import render
 from sessionctl.client import Client
 from sessiond.diskio import AtomicFile
-from sessiond.model import iso
 from sessiond.records import plain_line
 
 _FLUSH_ROWS = 1000
@@ -28,10 +28,7 @@ def write_sessions(c: Client, fmt: str, f: IO[bytes]) -> int:
         rows = csv.writer(text, lineterminator="\n")
         rows.writerow(render.CSV_FIELDS)
         for s in c.iter_sessions():
-            rows.writerow(
-                (s.id, s.user, s.status, s.ttl, iso(s.created_at), iso(s.last_access),
-                 iso(s.expires_at))
-            )
+            rows.writerow(render.csv_row(s))
             count += 1
             if count % _FLUSH_ROWS == 0:
                 f.write(text.getvalue().encode())
@@ -49,6 +46,30 @@ def write_sessions(c: Client, fmt: str, f: IO[bytes]) -> int:
             count += 1
         f.write(b"\n]\n" if count else b"]\n")
     f.flush()
+    return count
+
+
+def write_legacy(c: Client, fmt: str, out: TextIO) -> int:
+    """Every session, a page at a time, as the legacy tool exported them
+    (``json`` or ``csv``): text identical to ``json.dumps(records,
+    indent=2)`` (or its CSV), built record by record; returns how many."""
+    import json
+
+    count = 0
+    if fmt == "csv":
+        rows = csv.writer(out, lineterminator="\n")
+        rows.writerow(render.CSV_FIELDS)
+        for s in c.iter_sessions():
+            rows.writerow(render.csv_row(s))
+            count += 1
+        return count
+    for s in c.iter_sessions():
+        # Nested one level inside the array: every line of the record moves
+        # right by two (JSON strings hold no raw newline to disturb).
+        text = json.dumps(render.legacy_record(s), indent=2).replace("\n", "\n  ")
+        out.write(("[\n  " if count == 0 else ",\n  ") + text)
+        count += 1
+    out.write("\n]\n" if count else "[]\n")
     return count
 
 

@@ -71,6 +71,22 @@ def session_dict(s: Session) -> dict[str, Any]:
     }
 
 
+def legacy_record(s: Session) -> dict[str, Any]:
+    """The legacy tool's record, as the shim prints it: ``--json``'s shape
+    with ``type`` first, no ``version``, and ``expired_at`` only once expired."""
+    rec = {"type": "session", **session_dict(s)}
+    del rec["version"]
+    if rec["expired_at"] is None:
+        del rec["expired_at"]
+    return rec
+
+
+def csv_row(s: Session) -> tuple[str, str, str, int, str, str, str]:
+    """A session as a CSV row under ``CSV_FIELDS``."""
+    return (s.id, s.user, s.status, s.ttl, iso(s.created_at), iso(s.last_access),
+            iso(s.expires_at))
+
+
 def to_json(value: Any, indent: int = 2) -> str:
     return msgspec.json.format(_json.encode(value), indent=indent).decode()
 

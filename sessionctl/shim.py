@@ -28,12 +28,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from sessiond import __version__
 from sessiond.errors import SessionError, SessionExpired, SessionNotFound
-from sessiond.limits import MAX_TTL, valid_id
-from sessiond.model import iso
+from sessiond.limits import ID_RULE, MAX_TTL, valid_id
 
 if TYPE_CHECKING:
     from sessionctl.client import Client
@@ -109,20 +108,10 @@ def one_line(value: Any) -> None:
     sys.stdout.write(json.dumps(value) + "\n")
 
 
-def record(s: Session) -> dict[str, Any]:
-    """The legacy record: ``--json``'s shape with ``type`` first, no
-    ``version``, and ``expired_at`` only once expired."""
-    from sessionctl.render import session_dict  # the client brought its imports already
-
-    rec = {"type": "session", **session_dict(s)}
-    del rec["version"]
-    if rec["expired_at"] is None:
-        del rec["expired_at"]
-    return rec
-
-
 def show(s: Session) -> int:
-    pretty({"ok": True, "session": record(s)})
+    from sessionctl.render import legacy_record  # the client brought its imports already
+
+    pretty({"ok": True, "session": legacy_record(s)})
     return 0
 
 
@@ -185,7 +174,7 @@ def session_id(args: Sequence[str]) -> str:
         raise Usage("SESSION_ID required")
     sid = args[0]
     if not valid_id(sid):
-        raise Usage(f"Invalid session ID {sid!r}: use 1-128 of A-Z a-z 0-9 . _ -")
+        raise Usage(f"Invalid session ID {sid!r}: {ID_RULE}")
     return sid
 
 
@@ -280,8 +269,10 @@ def c_list(argv: Sequence[str]) -> int:
         raise Usage("--user must not be empty")
     limit_text = last(found, "--limit")
     limit = None if limit_text is None else whole_number("--limit", limit_text, 2**31)
+    from sessionctl.render import legacy_record
+
     with connect() as c:
-        sessions = [record(s) for s in c.list(status=status, user=user, limit=limit)]
+        sessions = [legacy_record(s) for s in c.list(status=status, user=user, limit=limit)]
     pretty({"ok": True, "count": len(sessions), "sessions": sessions})
     return 0
 
@@ -323,32 +314,6 @@ def c_stats(argv: Sequence[str]) -> int:
     return 0
 
 
-def _write_export(c: Client, fmt: str, out: TextIO) -> int:
-    """Stream every session out, a page at a time; text identical to
-    ``json.dumps(records, indent=2)`` (or the CSV), built record by record."""
-    count = 0
-    if fmt == "csv":
-        import csv
-
-        from sessionctl.render import CSV_FIELDS
-
-        rows = csv.writer(out, lineterminator="\n")
-        rows.writerow(CSV_FIELDS)
-        for s in c.iter_sessions():
-            rows.writerow([s.id, s.user, s.status, s.ttl, iso(s.created_at),
-                           iso(s.last_access), iso(s.expires_at)])
-            count += 1
-        return count
-    for s in c.iter_sessions():
-        # Nested one level inside the array: every line of the record moves
-        # right by two (JSON strings hold no raw newline to disturb).
-        text = json.dumps(record(s), indent=2).replace("\n", "\n  ")
-        out.write(("[\n  " if count == 0 else ",\n  ") + text)
-        count += 1
-    out.write("\n]\n" if count else "[]\n")
-    return count
-
-
 def c_export(argv: Sequence[str]) -> int:
     _, found = parse("export", argv, {"--format": True, "--output": True}, 0)
     fmt = last(found, "--format") or "json"
@@ -357,9 +322,11 @@ def c_export(argv: Sequence[str]) -> int:
     output = last(found, "--output")
     if output is not None and not output:
         raise Usage("--output must name a file")
+    from sessionctl.export import write_legacy
+
     with connect() as c:
         if output is None:
-            _write_export(c, fmt, sys.stdout)
+            write_legacy(c, fmt, sys.stdout)
             return 0
         # Written atomically (sessiond.diskio): an interrupted export never
         # leaves a half-written file under the requested name, and the temp
@@ -373,7 +340,7 @@ def c_export(argv: Sequence[str]) -> int:
         try:
             with AtomicFile(output) as target:
                 text = io.TextIOWrapper(target.file, encoding="utf-8", newline="")
-                count = _write_export(c, fmt, text)
+                count = write_legacy(c, fmt, text)
                 text.flush()
                 text.detach()  # the binary file stays open for the commit
         except OSError as exc:

@@ -2,8 +2,8 @@
 
 ``sessionctl.cli`` reads ordinary command lines itself and hands the rest
 here (help, ``-h``, mistakes, anything unusual). The parser is built from
-``cli.COMMANDS``, the same table the fast reader uses, so the two cannot
-disagree about what a command takes.
+``registry.COMMANDS``, the same table the fast reader uses, so the two
+cannot disagree about what a command takes. ``help`` runs here too.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from sessionctl.cli import (
+from sessionctl.registry import (
     APPEND,
     COMMANDS,
+    EXIT_OK,
     FLAG,
     GLOBAL_DEFAULTS,
     GLOBALS,
@@ -23,6 +24,7 @@ from sessionctl.cli import (
     Args,
     BadValue,
     UsageError,
+    out,
 )
 
 GLOBAL_DESTS = frozenset({"help", *(arg.dest for arg in GLOBALS)})
@@ -149,11 +151,11 @@ def build_parser() -> TopParser:
         _add(common, arg, default=argparse.SUPPRESS)
     p = TopParser(prog="sessionctl", parents=[common], allow_abbrev=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name, (description, arguments) in COMMANDS.items():
-        command = sub.add_parser(name, parents=[common], help=description,
-                                 description=description, allow_abbrev=False)
-        for arg in arguments:
-            _add(command, arg)
+    for name, command in COMMANDS.items():
+        parser = sub.add_parser(name, parents=[common], help=command.summary,
+                                description=command.summary, allow_abbrev=False)
+        for arg in command.arguments:
+            _add(parser, arg)
     return p
 
 
@@ -165,3 +167,16 @@ def parse_with_argparse(argv: Sequence[str]) -> Args:
         if not hasattr(args, name):
             setattr(args, name, default)
     return args
+
+
+def show_help(args: Args) -> int:
+    """``sessionctl help [COMMAND]``: the overview, or one command's help."""
+    parser = build_parser()
+    if args.topic:
+        sub = subcommands(parser).get(args.topic)
+        if sub is None:
+            raise UsageError(f"no such command {args.topic!r}; run 'sessionctl help'")
+        out(sub.format_help().rstrip("\n"))
+    else:
+        out(parser.format_help().rstrip("\n"))
+    return EXIT_OK

@@ -22,9 +22,8 @@ import anyio
 from sessiond.dispatch import Dispatcher
 from sessiond.errors import Busy, ProtocolError, TooLarge
 from sessiond.events import Watcher
-from sessiond.frames import LENGTH, error_frame
 from sessiond.live import Live
-from sessiond.protocol import HEADER
+from sessiond.protocol import HEADER, LENGTH, error_frame
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")

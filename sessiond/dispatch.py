@@ -21,7 +21,6 @@ from sessiond import config
 from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import Hub, Watcher
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
-from sessiond.frames import LENGTH, NO_LENGTH, append_frame, encoder
 from sessiond.handlers import HANDLERS, SLOW, Handler
 from sessiond.journal import Journal
 from sessiond.live import Live, rules_of
@@ -29,6 +28,8 @@ from sessiond.model import Change, Record, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
     HEADER,
+    LENGTH,
+    NO_LENGTH,
     WRITES,
     CompactResult,
     ErrorReply,
@@ -38,6 +39,8 @@ from sessiond.protocol import (
     Request,
     StatsInfo,
     Watch,
+    append_frame,
+    encoder,
     request_decoder,
     request_error,
 )

@@ -19,9 +19,8 @@ from collections import deque
 
 import anyio
 
-from sessiond.frames import frame
 from sessiond.model import Change
-from sessiond.protocol import Event, EventReply
+from sessiond.protocol import Event, EventReply, frame
 
 log = logging.getLogger("sessiond.server")
 

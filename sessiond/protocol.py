@@ -5,6 +5,10 @@ carries an integer ``id`` that its response echoes, so a client may send many
 requests before reading any answer (pipelining). This module must not import
 anyio: the CLI imports it on every start.
 
+It is also the one codec of both ends: the daemon and the client encode
+frames with ``append_frame``, ``frame`` and ``error_frame`` below, and the
+daemon decodes requests with ``decode_request``.
+
 No ``from __future__ import annotations`` here: msgspec would then have to
 eval every field's annotation text when it builds a decoder, which costs
 each ``sessionctl`` run about a millisecond.
@@ -16,7 +20,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from sessiond import PROTOCOL_VERSION as PROTOCOL_VERSION
-from sessiond.errors import InvalidRequest, SessionError, TooLarge, Unsupported
+from sessiond.errors import InvalidRequest, SessionError, Unsupported
 from sessiond.limits import ID_MAX, ID_PATTERN, KEY_MAX, MAX_TTL, USER_MAX
 from sessiond.model import Session
 
@@ -270,22 +274,50 @@ AnyResponse = (
     | ConfigReply | ImportReply | CompactReply | EventReply | ErrorReply
 )
 
-_encoder = msgspec.msgpack.Encoder()
+# -- frames ------------------------------------------------------------------
+
+encoder: Final = msgspec.msgpack.Encoder()
+NO_LENGTH: Final = bytes(HEADER)
+
+if typing.TYPE_CHECKING:
+    import struct
+
+    # The header as a struct, for the daemon's loops over many frames.
+    LENGTH: struct.Struct
 
 
-def frame(msg: object) -> bytes:
-    """One frame: length header + msgpack body."""
-    body = _encoder.encode(msg)
+def __getattr__(name: str) -> object:
+    # LENGTH is made on first use: importing struct would cost every
+    # sessionctl run (which imports this module) for a struct it never
+    # uses; the client writes its headers with int.to_bytes.
+    if name == "LENGTH":
+        import struct
+
+        length = struct.Struct(">I")
+        assert length.size == HEADER
+        globals()["LENGTH"] = length
+        return length
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def append_frame(out: bytearray, msg: Request | Response) -> None:
+    """Encode ``msg`` as a frame at the end of ``out``, with no bytes object
+    in between."""
+    start = len(out)
+    out += NO_LENGTH
+    encoder.encode_into(msg, out, -1)
+    out[start : start + HEADER] = (len(out) - start - HEADER).to_bytes(HEADER, "big")
+
+
+def frame(msg: Request | Response) -> bytes:
+    """``msg`` as one frame."""
+    body = encoder.encode(msg)
     return len(body).to_bytes(HEADER, "big") + body
 
 
-def frame_length(header: bytes | bytearray | memoryview, limit: int) -> int:
-    """Body length from a header, refusing a frame over ``limit`` before a
-    single body byte is read."""
-    n = int.from_bytes(header[:HEADER], "big")
-    if n > limit:
-        raise TooLarge(f"frame of {n} bytes exceeds the limit of {limit} bytes")
-    return n
+def error_frame(req_id: int, exc: SessionError) -> bytes:
+    """The frame that answers request ``req_id`` with ``exc``."""
+    return frame(ErrorReply(id=req_id, code=exc.code, message=str(exc)))
 
 
 # msgspec reports a string that is not UTF-8 with the codec's own error.

@@ -29,10 +29,9 @@ from sessiond.connection import Connections, Stop
 from sessiond.dispatch import Dispatcher
 from sessiond.errors import Busy, InternalError
 from sessiond.events import Hub, Watcher
-from sessiond.frames import error_frame
 from sessiond.journal import Journal
 from sessiond.live import Live
-from sessiond.protocol import StatsInfo
+from sessiond.protocol import StatsInfo, error_frame
 from sessiond.store import Store
 from sessiond.timers import Compactor, ExpiryTimer
 

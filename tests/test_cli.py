@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sessionctl import render
-from sessionctl.cli import build_parser, subcommands
+from sessionctl.usage import build_parser, subcommands
 from tests.conftest import SESSIONCTL, Daemon
 from tests.rawwire import snapshot
 

@@ -9,6 +9,7 @@ Speed itself is measured by ``scripts/bench.py``, never here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import os
@@ -22,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sessionctl
-from sessionctl import cli, usage
+from sessionctl import cli, registry, usage
 from sessiond import paths
 from tests.conftest import Daemon
 
 OPTIONS = sorted(
-    {a.name for _, args in cli.COMMANDS.values() for a in args if a.name.startswith("-")}
-    | {a.name for a in cli.GLOBALS}
+    {a.name for c in registry.COMMANDS.values() for a in c.arguments if a.name.startswith("-")}
+    | {a.name for a in registry.GLOBALS}
 )
 # Values that are fine, values each check refuses, and the shapes argparse
 # treats specially (dashes, spaces, '=', empty, negative numbers).
@@ -40,7 +41,7 @@ WORDS = [
     "--user=", "--user=u", "--ttl=5", "--limit=0", "--meta=a=b", "--status=active",
     "--format=csv", "--id=abc", "--before=2020", "HELP",
 ]
-TOKENS = st.sampled_from([*cli.COMMANDS, *OPTIONS, *OPTIONS, *WORDS])
+TOKENS = st.sampled_from([*registry.COMMANDS, *OPTIONS, *OPTIONS, *WORDS])
 
 
 def argparse_reading(argv: list[str]) -> tuple[str, Any]:
@@ -48,7 +49,7 @@ def argparse_reading(argv: list[str]) -> tuple[str, Any]:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             return "ok", vars(usage.parse_with_argparse(argv))
-    except cli.UsageError as exc:
+    except registry.UsageError as exc:
         return "usage", str(exc)
     except SystemExit as exc:
         return "exit", (exc.code, out.getvalue())
@@ -63,7 +64,7 @@ def check_agreement(argv: list[str]) -> None:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             combined: tuple[str, Any] = ("ok", vars(cli.parse(argv)))
-    except cli.UsageError as exc:
+    except registry.UsageError as exc:
         combined = ("usage", str(exc))
     except SystemExit as exc:
         combined = ("exit", (exc.code, out.getvalue()))
@@ -80,21 +81,21 @@ def test_any_command_line_reads_as_argparse_reads_it(argv: list[str]) -> None:
 def plausible(draw: st.DrawFn) -> list[str]:
     """A command with the arguments it takes, options in any order and in
     either form, now and then one stray token."""
-    name = draw(st.sampled_from(list(cli.COMMANDS)))
-    arguments = cli.COMMANDS[name][1]
+    name = draw(st.sampled_from(list(registry.COMMANDS)))
+    arguments = registry.COMMANDS[name].arguments
     words: list[str] = []
     for arg in arguments:
         if arg.name.startswith("-"):
             continue
-        if arg.kind == cli.OPTIONAL and draw(st.booleans()):
+        if arg.kind == registry.OPTIONAL and draw(st.booleans()):
             break
         words.append(draw(st.sampled_from(["s1", "abc", "k", "v", "a b", "", "get"])))
     options: list[list[str]] = []
-    for arg in draw(st.permutations([*cli.GLOBALS, *(a for a in arguments
+    for arg in draw(st.permutations([*registry.GLOBALS, *(a for a in arguments
                                                       if a.name.startswith("-"))])):
         if not draw(st.booleans()):
             continue
-        if arg.kind == cli.FLAG:
+        if arg.kind == registry.FLAG:
             options.append([arg.name])
             continue
         allowed = arg.allowed()
@@ -130,6 +131,18 @@ def test_the_usual_command_lines_take_the_fast_path(argv: list[str]) -> None:
     fast = cli.parse_fast(argv)
     assert fast is not None
     assert argparse_reading(argv) == ("ok", vars(fast))
+
+
+def test_every_command_names_a_handler_that_takes_what_run_gives_it() -> None:
+    # Handlers are named by string, to be imported only when they run: a
+    # typo would otherwise surface only when someone runs that command.
+    for name, command in registry.COMMANDS.items():
+        handler = cli.load(command.handler)
+        wanted = ["c", "args"] if command.daemon else ["args"]
+        assert list(inspect.signature(handler).parameters) == wanted, name
+        if command.prepare is not None:
+            assert command.daemon, name
+            assert list(inspect.signature(cli.load(command.prepare)).parameters) == ["args"]
 
 
 @given(st.text(alphabet="/.~ab", max_size=12))
@@ -204,7 +217,8 @@ def test_get_imports_no_argparse_pathlib_or_platformdirs(d: Daemon) -> None:
         os.symlink(d.socket, link)
     by_default = {k: v for k, v in d.env.items() if k != "SESSIOND_SOCKET"}
     by_default["XDG_RUNTIME_DIR"] = str(runtime)
-    unwanted = {"argparse", "pathlib", "platformdirs", "dataclasses", "anyio", "shutil"}
+    unwanted = {"argparse", "pathlib", "platformdirs", "dataclasses", "anyio", "shutil",
+                "sessionctl.pipeline"}
     for env in (d.env, by_default):
         loaded = imported_by(env, "get", sid)
         assert not unwanted & loaded, unwanted & loaded

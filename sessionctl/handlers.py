@@ -1,4 +1,6 @@
-"""What each ``sessionctl`` command does once its command line is read.
+"""What each ``sessionctl`` command that talks to the daemon does, once its
+command line is read: the handlers and the checks made before the daemon is
+reached that ``registry.COMMANDS`` names.
 
 Kept apart from ``sessionctl.cli`` so that commands that do not talk to the
 daemon (``version``, ``help``, usage errors) never import the client, msgspec
@@ -12,29 +14,24 @@ from collections.abc import Callable
 from typing import Any
 
 from sessionctl import render
-from sessionctl.cli import EXIT_FAILED, EXIT_OK, Args, OutputFailed, UsageError, fail, out
 from sessionctl.client import (
     BY_ENVIRONMENT,
     NO_AUTOSTART_ENV,
     Client,
+    add_up,
     autostart_off_by_env,
+)
+from sessionctl.registry import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Args,
+    Interrupted,
+    OutputFailed,
+    UsageError,
+    out,
 )
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX, ImportResult
-
-
-def execute(args: Args) -> int:
-    command = args.command
-    # Everything that can be checked here is, before the daemon is reached
-    # (or started): bad input must change nothing anywhere.
-    prepare = PREPARE.get(command)
-    undo = prepare(args) if prepare is not None else None
-    try:
-        with connect(args) as c:
-            return HANDLERS[command](c, args)
-    finally:
-        if undo is not None:
-            undo()
 
 
 def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
@@ -94,13 +91,6 @@ def prepare_export(args: Args) -> Callable[[], None] | None:
         raise UsageError(f"--output {args.output}: {exc.strerror}") from None
     args.target = target
     return target.discard
-
-
-PREPARE: dict[str, Callable[[Args], Callable[[], None] | None]] = {
-    "cleanup": prepare_cleanup,
-    "import": prepare_import,
-    "export": prepare_export,
-}
 
 
 def show_session(c: Client, args: Args, s: Any) -> int:
@@ -214,11 +204,11 @@ class _Signals:
         self.received = signum
 
 
-def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
-    """Every page of ``args.loaded`` imported, and ``None``; or, when a
-    signal stopped it, what was committed and the exit status (128 + the
-    signal's number, as a shell reports a process it killed), having said
-    on stderr how far it got and that a rerun is safe."""
+def import_all(c: Client, args: Args) -> ImportResult:
+    """Every page of ``args.loaded`` imported. A signal stops it with
+    ``Interrupted``, which says how far it got and that a rerun is safe,
+    and whose exit status is 128 + the signal's number, as a shell reports
+    a process it killed."""
     import signal
 
     sessions = args.loaded.sessions
@@ -228,17 +218,13 @@ def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
         try:
             if signals.received is None:
                 for part in c.import_pages(sessions):
-                    total.imported += part.imported
-                    total.updated += part.updated
-                    total.skipped += part.skipped
-                    total.already_expired += part.already_expired
-                    total.reasons.extend(part.reasons)
+                    add_up(total, part)
                     if signals.received is not None:
                         break
         except _StopNow:
             forced = True
     if signals.received is None:
-        return total, None
+        return total
     name = signal.Signals(signals.received).name
     committed = total.imported + total.updated
     done = total.imported + total.updated + total.skipped
@@ -251,20 +237,17 @@ def import_all(c: Client, args: Args) -> tuple[ImportResult, int | None]:
                    f"it may have been committed too")
     elif done < len(sessions):
         how_far += f"; the other {len(sessions) - done} were not sent"
-    fail(
+    raise Interrupted(
         f"import interrupted by {name}: {how_far}. Importing {args.file} again is safe "
         f"(a session already there is replaced only by a newer version of itself): a "
         f"rerun completes the import",
-        EXIT_FAILED,
+        128 + signals.received,
     )
-    return total, 128 + signals.received
 
 
 def h_import(c: Client, args: Args) -> int:
     loaded = args.loaded
-    result, stopped = import_all(c, args)
-    if stopped is not None:
-        return stopped
+    result = import_all(c, args)
     # Records no request could carry are skipped here, as the daemon skips
     # those its rules refuse.
     skipped = result.skipped + len(loaded.refused)
@@ -377,11 +360,3 @@ def h_ping(c: Client, args: Args) -> int:
                 "socket": str(c.path)},
          lambda: f"pong from sessiond {p.version} (pid {p.pid}, up {format_duration(p.uptime)})")
     return EXIT_OK
-
-
-HANDLERS: dict[str, Callable[[Client, Args], int]] = {
-    "create": h_create, "get": h_get, "set": h_set, "unset": h_unset, "delete": h_delete,
-    "expire": h_expire, "refresh": h_refresh, "list": h_list, "stats": h_stats,
-    "export": h_export, "import": h_import, "cleanup": h_cleanup, "config": h_config,
-    "compact": h_compact, "watch": h_watch, "ping": h_ping,
-}
