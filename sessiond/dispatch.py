@@ -17,7 +17,7 @@ from typing import Final, cast
 
 import msgspec
 
-from sessiond import config
+from sessiond import compaction, config
 from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import Hub, Watcher
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
@@ -445,7 +445,7 @@ class Dispatcher:
             raise
 
     async def compact(self) -> CompactResult:
-        return await self.journal.compact(self.store.live_slots)
+        return await compaction.compact(self.journal, self.store.live_slots)
 
     @staticmethod
     def _guess_id(body: memoryview) -> int:

@@ -37,12 +37,9 @@ Durability rules:
   cut back to its last good size), also as soon as space can be reserved
   after the lines again (``try_resume``): nothing written before is in
   doubt, and a disk that filled up and was then freed needs no restart.
-* Compaction writes a snapshot to a temp file in a worker thread while the
-  daemon keeps serving; whatever is written meanwhile is captured and
-  appended to the temp file before it is fsynced and renamed over the journal.
-  The same records go to a binary snapshot beside it (``data.snap``, see
-  ``sessiond.snapshot``), which a start may load instead of the lines they
-  were written as; it is renamed into place only after the journal.
+* A compaction rewrites the whole file from memory (``sessiond.compaction``),
+  capturing the writes made meanwhile; it is what ends read-only mode after
+  a failed fsync.
 
 Reading the journal back, and repairing it, is ``sessiond.replay``; the
 file itself, and its reserved space, ``sessiond.journalfile``; the file
@@ -55,7 +52,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,14 +62,11 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from sessiond import compaction, snapshot
 from sessiond.diskio import WRITE_ERRNOS, describe
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import failpoints
 from sessiond.journalfile import JournalFile
-from sessiond.model import US, Record
-from sessiond.protocol import CompactResult
-from sessiond.replay import TMP_SUFFIX
+from sessiond.model import US
 from sessiond.writer import WriterThread
 
 log = logging.getLogger("sessiond.journal")
@@ -100,7 +95,7 @@ class _Batch:
             self.done.set()
 
 
-class _Abandoned(Exception):
+class Abandoned(Exception):
     """A compaction gave up before touching the journal."""
 
 
@@ -165,7 +160,8 @@ class Journal:
         # the event loop (the flusher takes _io_lock for every group).
         self._io_lock = anyio.Lock(fast_acquire=True)
         self._fd_lock = anyio.Lock(fast_acquire=True)
-        self._compact_lock = anyio.Lock()
+        # One compaction at a time (``sessiond.compaction.compact``).
+        self.compact_lock = anyio.Lock()
         self._writer = WriterThread()
 
     def open(self, valid_end: int, needs_newline: bool) -> None:
@@ -514,96 +510,57 @@ class Journal:
         grown = self.size > self.compacted_size * (100 + growth_percent) / 100
         return self.failed is None and grown and self.size >= min_bytes
 
-    async def compact(self, slots: Callable[[], Sequence[Record | None]]) -> CompactResult:
-        """Rewrite the journal as one line per record in ``slots()`` (the
-        store's own list, ``Store.live_slots``).
+    # -- what a compaction needs (``sessiond.compaction.compact``) ---------
 
-        The list is not copied: it is read a chunk at a time, off the event
-        loop, while the store goes on changing, so a chunk may show a record
-        older or newer than the moment compaction began. Every write since
-        that moment is captured and appended after the records, so each
-        session's last line in the new file is its latest state; a write
-        that fails meanwhile abandons the compaction.
+    def start_capture(self) -> tuple[int, int]:
+        """Capture every write from now on, for a compaction: the batches
+        accepted so far (the store holds them all, written or not), and the
+        count of write errors, which the swap checks has not moved."""
+        self._capture = []
+        return self.accepted, self.write_errors
 
-        The records are also written as a binary snapshot that stands for
-        the new file up to its captured writes (``sessiond.snapshot``); a
-        snapshot that cannot be written is logged, and no reason to fail.
-
-        Raises ``JournalError`` (the journal left as it was) on failure."""
-        async with self._compact_lock:
-            started = time.monotonic()
-            before = self.size
-            errors = self.write_errors
-            tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
-            snap = snapshot.Writer(self.path)
-            records = slots()
-            # The records hold every batch accepted so far, written or not;
-            # capture starts at the same instant, so every later write is in
-            # the capture (and perhaps in the records too).
-            snapshot_seq = self.accepted
-            self._capture = []
-            try:
-                kept = await anyio.to_thread.run_sync(
-                    compaction.write_snapshot, tmp, records, len(records), snap
+    @asynccontextmanager
+    async def holding_writes(self, errors: int) -> AsyncIterator[bytes]:
+        """Hold every write back (both locks: no thread writes or syncs the
+        file meanwhile) and give what was captured since ``start_capture``.
+        Raises ``Abandoned`` when a write failed since, so that the new file
+        could hold refused changes."""
+        async with self._io_lock, self._fd_lock:
+            if self.write_errors != errors:
+                raise Abandoned(
+                    "a journal write failed while compacting, so the snapshot "
+                    "may hold refused changes; it will be taken again"
                 )
-                # A batch the snapshot holds but that is still unwritten could
-                # yet fail and be reverted: wait until each has settled.
-                await self.wait_settled(snapshot_seq)
-                async with self._io_lock, self._fd_lock:
-                    if self.write_errors != errors:
-                        raise _Abandoned(
-                            "a journal write failed while compacting, so the snapshot "
-                            "may hold refused changes; it will be taken again"
-                        )
-                    self._holding = True
-                    tail = b"".join(self._capture)
-                    self._capture = None
-                    fd, size, dir_error = await anyio.to_thread.run_sync(
-                        compaction.finish, self.path, tmp, tail, snap
-                    )
-                    # Swap while both locks are held: no thread uses the old fd.
-                    old, self.file = self._open_file(), JournalFile(self.path, fd, size)
-                    self.compacted_size = size
-                    self._dirty = False
-                    self.fsyncs += 2 if tail else 1
-                # The old journal's last descriptor (and the old snapshot's):
-                # closing it frees the whole replaced file, which takes the
-                # kernel tens of milliseconds for a big one. Not on the event
-                # loop; and shielded, so that a cancel cannot skip what follows.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(compaction.close_replaced, old.fd)
-                    await anyio.to_thread.run_sync(snap.release)
-            except (OSError, _Abandoned) as exc:
-                why = describe(exc) if isinstance(exc, OSError) else str(exc)
-                if isinstance(exc, OSError):
-                    self.write_errors += 1
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError as unlink_exc:
-                    log.error("could not remove %s: %s", tmp, describe(unlink_exc))
-                raise JournalError(f"compaction failed: {why}") from exc
-            finally:
-                self._capture = None
-                self._holding = False
-                self._wake.set()
-                # A snapshot temp file that was not renamed into place (the
-                # thread that wrote it is done: to_thread waits for it).
-                snap.discard()
-            self.changed_since_compaction = False
-            if self.failed is not None:
-                log.warning("journal rewritten in full: writes are accepted again")
-            self.failed = None
-            self._room_failure = False
-            if dir_error is not None:
-                self._fail(dir_error, "directory fsync")
-            seconds = time.monotonic() - started
-            self.last_compaction_at = time.time()
-            self.last_compaction_seconds = seconds
-            self.compactions += 1
-            log.info(
-                "compacted %s: %d -> %d bytes, %d sessions, %.3fs",
-                self.path, before, size, kept, seconds,
-            )
-            return CompactResult(
-                bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
-            )
+            self._holding = True
+            tail = b"".join(self._capture or [])
+            self._capture = None
+            yield tail
+
+    def swap(self, fd: int, size: int, syncs: int) -> JournalFile:
+        """The rewritten file becomes the journal (inside ``holding_writes``);
+        returns the old one, for the caller to close off the loop."""
+        old, self.file = self._open_file(), JournalFile(self.path, fd, size)
+        self.compacted_size = size
+        self._dirty = False
+        self.fsyncs += syncs
+        return old
+
+    def end_capture(self) -> None:
+        """The compaction is over, done or not: writes go on as before."""
+        self._capture = None
+        self._holding = False
+        self._wake.set()
+
+    def rewritten(self, seconds: float, dir_error: OSError | None) -> None:
+        """A compaction put a whole new file in place: a read-only journal
+        takes writes again (unless the directory's fsync failed)."""
+        self.changed_since_compaction = False
+        if self.failed is not None:
+            log.warning("journal rewritten in full: writes are accepted again")
+        self.failed = None
+        self._room_failure = False
+        if dir_error is not None:
+            self._fail(dir_error, "directory fsync")
+        self.last_compaction_at = time.time()
+        self.last_compaction_seconds = seconds
+        self.compactions += 1
