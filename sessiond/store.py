@@ -402,7 +402,7 @@ class Store:
 
     def replay(self, items: Sequence[Record | Session | str]) -> None:
         """Replay journal lines in order: a ``Record`` (a line in the form
-        the daemon writes, see ``records.read_block``) is adopted as it is,
+        the daemon writes, see ``blocks.read_block``) is adopted as it is,
         a ``Session`` (any other put line) is checked by the rules for
         records that enter, an id is removed (absent ids are fine). Last
         line for an id wins.
