@@ -50,10 +50,9 @@ from sessiond.store import Store
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
 
-# Requests whose answer stands only once their changes are persisted. A
-# read's only changes are lazy expiries: if the journal refuses them the
-# answer still holds, so reads keep working.
-_WRITES: Final = frozenset(WRITES)
+# Requests whose answer stands only once their changes are persisted
+# (``Request.writes``).
+_WRITES: Final = WRITES
 
 
 class _IdOnly(msgspec.Struct):

@@ -15,7 +15,7 @@ each ``sessionctl`` run about a millisecond.
 """
 
 import typing
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
@@ -37,10 +37,25 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_MAX)]
 Status = Annotated[str, msgspec.Meta(pattern=r"^(active|expired)$")]
 
 
+# Every request and response type, in the order defined (each class enters
+# itself): the decoders' tagged unions are made of these, so adding a
+# message is writing its class, once.
+REQUESTS: "list[type[Request]]" = []
+RESPONSES: "list[type[Response]]" = []
+
+
 class Request(
     msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
     id: ReqId
+    # Whether its answer stands only once its changes are persisted. (A
+    # read's only changes are lazy expiries: if the journal refuses them the
+    # answer still holds, so reads keep working.)
+    writes: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        REQUESTS.append(cls)
 
 
 class Hello(Request, tag="hello"):
@@ -53,6 +68,7 @@ class Ping(Request, tag="ping"):
 
 
 class Create(Request, tag="create"):
+    writes = True
     user: User | None = None
     ttl: Ttl | None = None
     meta: dict[Key, Any] = {}
@@ -65,6 +81,7 @@ class Get(Request, tag="get"):
 
 
 class Set(Request, tag="set"):
+    writes = True
     sid: Sid
     key: Key
     value: Any
@@ -72,12 +89,14 @@ class Set(Request, tag="set"):
 
 
 class Unset(Request, tag="unset"):
+    writes = True
     sid: Sid
     key: Key
     expect_version: int | None = None
 
 
 class Delete(Request, tag="delete"):
+    writes = True
     sid: Sid
 
 
@@ -89,10 +108,12 @@ class List(Request, tag="list"):
 
 
 class Expire(Request, tag="expire"):
+    writes = True
     sid: Sid
 
 
 class Refresh(Request, tag="refresh"):
+    writes = True
     sid: Sid
     ttl: Ttl | None = None
     revive: bool = False
@@ -103,6 +124,7 @@ class Stats(Request, tag="stats"):
 
 
 class Cleanup(Request, tag="cleanup"):
+    writes = True
     before: int | None = None
     dry_run: bool = False
 
@@ -117,6 +139,7 @@ class ConfigSet(Request, tag="config_set"):
 
 
 class Import(Request, tag="import"):
+    writes = True
     sessions: Annotated[list[Session], msgspec.Meta(max_length=PAGE_MAX)]
 
 
@@ -128,15 +151,14 @@ class Watch(Request, tag="watch"):
     user: User | None = None
 
 
-AnyRequest = (
-    Hello | Ping | Create | Get | Set | Unset | Delete | List | Expire | Refresh | Stats
-    | Cleanup | ConfigGet | ConfigSet | Import | Compact | Watch
-)
-WRITES: Final = (Create, Set, Unset, Delete, Expire, Refresh, Cleanup, Import)
 
 
 class Response(msgspec.Struct, tag_field="r", kw_only=True):
     id: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RESPONSES.append(cls)
 
 
 class HelloReply(Response, tag="hello"):
@@ -269,10 +291,11 @@ class ErrorReply(Response, tag="error"):
     message: str
 
 
-AnyResponse = (
-    HelloReply | Pong | SessionReply | Page | Deleted | StatsReply | CleanupReply
-    | ConfigReply | ImportReply | CompactReply | EventReply | ErrorReply
-)
+# The tagged unions the decoders read, one member per message type.
+# (Built from the lists: ``X | Y`` needs the members written out.)
+AnyRequest: Any = typing.Union[tuple(REQUESTS)]  # noqa: UP007
+AnyResponse: Any = typing.Union[tuple(RESPONSES)]  # noqa: UP007
+WRITES: Final = frozenset(kind for kind in REQUESTS if kind.writes)
 
 # -- frames ------------------------------------------------------------------
 
@@ -324,7 +347,7 @@ def error_frame(req_id: int, exc: SessionError) -> bytes:
 DECODE_ERRORS: Final = (
     msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError
 )
-OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in typing.get_args(AnyRequest))
+OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in REQUESTS)
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(AnyRequest)
 
 
