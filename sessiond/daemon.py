@@ -12,20 +12,24 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 import anyio
 import anyio.abc
 
-from sessiond import __version__, check, config, live, migration, paths, rebind, systemd
+from sessiond import __version__, check, config, migration, paths, rebind, systemd
 from sessiond.dispatch import journal_lines
 from sessiond.errors import SessionError
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
-from sessiond.model import Change, now_us
+from sessiond.local import LocalEngine
+from sessiond.model import now_us
 from sessiond.replay import JournalDamaged, load_store, remove_leftovers
-from sessiond.server import Server
+from sessiond.server import Engine, Server
 from sessiond.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sessiond.shared import SharedEngine
 
 log = logging.getLogger("sessiond")
 
@@ -41,6 +45,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="config.json path (env SESSIOND_CONFIG)")
     p.add_argument("--fsync", choices=POLICIES,
                    help="fsync policy, for this run only (wins over config and SESSIOND_FSYNC)")
+    p.add_argument("--backend", metavar="URL",
+                   help="store the sessions in Redis or Valkey: redis://[user[:password]@]"
+                        "host:port[/db], rediss://, unix:///path, valkey://, valkeys:// "
+                        "(env SESSIOND_BACKEND)")
+    p.add_argument("--namespace", metavar="NAME",
+                   help="the session space shared by the daemons of one backend "
+                        "(default: default; env SESSIOND_NAMESPACE)")
+    p.add_argument("--backend-password-file", metavar="FILE",
+                   help="read the backend's password from FILE "
+                        "(else SESSIOND_BACKEND_PASSWORD, else the URL's)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log verbosity")
     mode = p.add_mutually_exclusive_group()
@@ -62,25 +76,69 @@ async def run(args: argparse.Namespace) -> int:
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
         layers = config.layered(where.config, os.environ, flags)
-        settings = layers.settings
-        for leftover in remove_leftovers(where.journal):
-            log.warning("removed %s left by an interrupted compaction", leftover)
-        store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)
-        journal = Journal(where.journal, settings.fsync)
-        journal.open(valid_end, needs_newline)
-        layers, initial, migrated = migration.migrate_legacy(store, layers, where.data_dir)
-        # The config file may have lowered max_lifetime while we were down:
-        # persisted with the other start-up changes, before anyone reads.
-        initial += store.cap_lifetimes(now_us())
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
-        server = Server(store, journal, Live(layers), loop_name)
+        start = config.start_options(where.config)
+        url = args.backend or os.environ.get("SESSIOND_BACKEND") or start.get("backend")
+        if url:
+            engine = await open_shared(args, start, url, layers)
+            try:
+                await serve(Server(engine, engine.live, loop_name), where)
+            finally:
+                await engine.stop()
+            return 0
+        store, journal, layers = open_local(where, layers)
         try:
-            await serve(server, where, initial, migrated)
+            live = Live(layers)
+            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where)
         finally:
             journal.close()
     finally:
         os.close(lock_fd)
     return 0
+
+
+async def open_shared(
+    args: argparse.Namespace, start: dict[str, str], url: str, layers: config.Layers
+) -> SharedEngine:
+    """The shared engine the flags, environment or config file name."""
+    from sessiond import shared
+    from sessiond.shared import url as urls
+
+    namespace = urls.check_namespace(
+        args.namespace or os.environ.get("SESSIOND_NAMESPACE") or start.get("namespace")
+        or urls.DEFAULT_NAMESPACE
+    )
+    password = urls.password_from(
+        dict(os.environ), args.backend_password_file or start.get("backend_password_file")
+    )
+    return await shared.open_engine(urls.parse(url, password), namespace, layers)
+
+
+def open_local(
+    where: paths.Paths, layers: config.Layers
+) -> tuple[Store, Journal, config.Layers]:
+    """The local engine: the journal replayed, and what replay implies
+    persisted before anyone connects (imported legacy sessions, deadlines
+    that passed while the daemon was down, a lowered max_lifetime)."""
+    settings = layers.settings
+    for leftover in remove_leftovers(where.journal):
+        log.warning("removed %s left by an interrupted compaction", leftover)
+    store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)
+    journal = Journal(where.journal, settings.fsync)
+    journal.open(valid_end, needs_newline)
+    try:
+        layers, initial, migrated = migration.migrate_legacy(store, layers, where.data_dir)
+        now = now_us()
+        initial += store.cap_lifetimes(now)
+        initial += store.expire_due(now) + store.purge_due(now)
+        if initial:
+            journal.append_at_start(journal_lines(initial))
+        if migrated is not None:
+            migration.mark_migrated(where.data_dir, migrated)
+    except BaseException:
+        journal.close()
+        raise
+    return store, journal, layers
 
 
 def asyncio_loop() -> object:
@@ -89,22 +147,12 @@ def asyncio_loop() -> object:
     return asyncio.get_running_loop()
 
 
-async def serve(
-    server: Server, where: paths.Paths, initial: list[Change], migrated: Path | None = None
-) -> None:
-    store, journal = server.store, server.journal
+async def serve(server: Server, where: paths.Paths) -> None:
+    engine = server.engine
     activated = systemd.listen_fds()
     # Checked outside the task group, so that a bad hand-over from systemd
     # is reported as one line rather than inside an exception group.
     passed = systemd.adopt_listener(activated) if activated else None
-    # Replay is done; persist what it implies before anyone connects:
-    # imported legacy sessions, and deadlines that passed while we were down.
-    now = now_us()
-    initial += store.expire_due(now) + store.purge_due(now)
-    if initial:
-        journal.append_at_start(journal_lines(initial))
-    if migrated is not None:
-        migration.mark_migrated(where.data_dir, migrated)
     keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
@@ -117,27 +165,25 @@ async def serve(
         keeper = rebind.SocketKeeper(where.socket, rebind.bind_socket)
         address = str(where.socket)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(journal.run_flusher)
-        tg.start_soon(journal.run_syncer)
         try:
             sock.setblocking(False)
             listener = await anyio.abc.SocketListener.from_socket(sock)
             server.start(listener, tg)
             if keeper is not None:
                 tg.start_soon(keeper.run, server)
-            log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
-                     __version__, address, os.getpid(), len(store), journal.policy)
+            log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
+                     __version__, address, os.getpid(), engine.sessions(), engine.describe())
             watchdog = systemd.watchdog_interval()
             # Only now: replay is done and the socket listens, so a client
             # that systemd lets through is answered.
-            if systemd.notify(f"READY=1\n{_status(store)}"):
-                tg.start_soon(_report_to_systemd, store, watchdog)
+            if systemd.notify(f"READY=1\n{_status(engine)}"):
+                tg.start_soon(_report_to_systemd, engine, watchdog)
             await _until_stopped(server, where)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
             await server.stop_listening()
             await server.drain(grace=4.0)
-            await journal.sync()
+            await engine.stop()
         finally:
             if keeper is not None and keeper.still_ours():
                 where.socket.unlink(missing_ok=True)
@@ -148,19 +194,19 @@ async def serve(
 STATUS_INTERVAL = 5.0
 
 
-def _status(store: Store) -> str:
-    count = len(store)
+def _status(engine: Engine) -> str:
+    count = engine.sessions()
     return f"STATUS=serving {count} session{'' if count == 1 else 's'}"
 
 
-async def _report_to_systemd(store: Store, watchdog: float | None) -> None:
+async def _report_to_systemd(engine: Engine, watchdog: float | None) -> None:
     """Feed the watchdog (from the event loop, so a stuck loop starves it)
     and keep the STATUS= line's session count current."""
-    shown = _status(store)
+    shown = _status(engine)
     while True:
         await anyio.sleep(min(watchdog, STATUS_INTERVAL) if watchdog else STATUS_INTERVAL)
         lines = ["WATCHDOG=1"] if watchdog else []
-        status = _status(store)
+        status = _status(engine)
         if status != shown:
             lines.append(status)
             shown = status
@@ -175,7 +221,7 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
                 log.info("received %s", signal.Signals(signum).name)
                 return
             try:
-                await live.reload(server.live, server.dispatcher.adopt)
+                await server.engine.dispatcher.reload()
             except SessionError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue

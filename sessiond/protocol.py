@@ -149,6 +149,9 @@ class Compact(Request, tag="compact"):
 
 class Watch(Request, tag="watch"):
     user: User | None = None
+    # Resume after the event with this cursor (shared mode: events are kept
+    # in the engine; the local daemon keeps none, and starts from now).
+    after: str | None = None
 
 
 
@@ -220,6 +223,13 @@ class StatsInfo(msgspec.Struct, kw_only=True):
     # sample of sessions): the free space it needs. (The binary snapshot
     # written beside it needs some more, but a compaction does without.)
     compaction_needs_bytes: int = 0
+    # Shared mode (``--backend``): the engine and namespace, whether the
+    # engine answers (and what it said if not), and whether this daemon
+    # holds the namespace's expiry lease. ``None`` in local mode.
+    backend: str | None = None
+    backend_ok: bool | None = None
+    backend_error: str | None = None
+    expiry_lease: bool | None = None
 
 
 class StatsReply(Response, tag="stats"):
@@ -263,6 +273,8 @@ class CompactResult(msgspec.Struct, kw_only=True):
     bytes_after: int
     sessions: int
     seconds: float
+    # Said instead of the sizes where there is nothing to compact (shared mode).
+    note: str | None = None
 
 
 class CompactReply(Response, tag="compact"):
@@ -280,6 +292,8 @@ class Event(msgspec.Struct, kw_only=True):
     at: int
     session: Session | None = None
     dropped: int = 0
+    # Where a watch resumes after this event (shared mode; ``Watch.after``).
+    cursor: str | None = None
 
 
 class EventReply(Response, tag="event"):
