@@ -447,6 +447,20 @@ _NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _STAMP_MARKS = ((4, "-"), (7, "-"), (10, "T"), (13, ":"), (16, ":"), (19, "."), (26, "Z"))
 _STAMP_LEN = 27
 
+if sys.version_info >= (3, 11):
+
+    def _since_epoch(texts: list[str]) -> Iterator[timedelta]:
+        return map(sub, map(datetime.fromisoformat, texts), repeat(_EPOCH))  # checks the digits
+
+else:
+    # Python 3.10's fromisoformat reads no "Z": there, the stamps are read
+    # without it, as the naive UTC times they are (a little slower, so only there).
+    _BEFORE_Z = itemgetter(slice(0, _STAMP_LEN - 1))
+    _NAIVE_EPOCH = datetime(1970, 1, 1)
+
+    def _since_epoch(texts: list[str]) -> Iterator[timedelta]:
+        return map(sub, map(datetime.fromisoformat, map(_BEFORE_Z, texts)), repeat(_NAIVE_EPOCH))
+
 
 def _stamps(texts: list[str]) -> dict[str, int]:
     """Microseconds of distinct timestamps, each exactly in the form the
@@ -457,9 +471,7 @@ def _stamps(texts: list[str]) -> dict[str, int]:
     for at, mark in _STAMP_MARKS:
         if joined[at::_STAMP_LEN] != mark * n:
             raise ValueError("a timestamp not of the written form")
-    moments = map(datetime.fromisoformat, texts)  # checks the digits
-    return dict(zip(texts, map(floordiv, map(sub, moments, repeat(_EPOCH)), repeat(_ONE_US)),
-                    strict=True))
+    return dict(zip(texts, map(floordiv, _since_epoch(texts), repeat(_ONE_US)), strict=True))
 
 
 def _checksums_match(pieces: list[bytes], claimed: Sequence[str]) -> bool:
