@@ -1,8 +1,8 @@
 """``sessiond``: wiring. Lock, replay, listen, serve, stop.
 
 Exit status: 0 after a clean stop (or a healthy ``--check``), 1 when it cannot
-start (journal damaged, data dir locked, unsafe permissions, bad config), 2 on
-bad usage.
+start (journal damaged, data dir locked, unsafe permissions, bad config, a
+log file it cannot open), 2 on bad usage. Where the log goes: sessiond.logs.
 """
 
 from __future__ import annotations
