@@ -2,8 +2,12 @@
 
 If the systemd user units are installed, the daemon is systemd's to run:
 we ask systemd to start it rather than starting a second, unmanaged one, and
-fail if systemd cannot. Otherwise we start ``sessiond`` detached, with its
-log in the data dir, and wait (up to 5 s) until it answers.
+fail if systemd cannot. Otherwise we start ``sessiond`` detached and wait
+(up to 5 s) until it answers. Its log is ``sessiond.log`` in the data dir,
+which the daemon itself writes and rotates by size (``--log-file``); its
+stdout and stderr are appended to the same file from the start, so that a
+daemon that dies before it has set up its log (a broken installation, an
+interpreter that cannot start) still leaves its reason there.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def start_daemon(path: Path) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sessiond.daemon", "--socket", os.fspath(path)],
+            [sys.executable, "-m", "sessiond", "--socket", os.fspath(path),
+             "--log-file", os.fspath(log_path)],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,

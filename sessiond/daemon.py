@@ -1,8 +1,8 @@
 """``sessiond``: wiring. Lock, replay, listen, serve, stop.
 
 Exit status: 0 after a clean stop (or a healthy ``--check``), 1 when it cannot
-start (journal damaged, data dir locked, unsafe permissions, bad config), 2 on
-bad usage.
+start (journal damaged, data dir locked, unsafe permissions, bad config, a
+log file it cannot open), 2 on bad usage. Where the log goes: sessiond.logs.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import anyio
 import anyio.abc
 
-from sessiond import __version__, check, config, migration, paths, rebind, systemd
+from sessiond import __version__, check, config, logs, migration, paths, rebind, systemd
 from sessiond.dispatch import journal_lines
-from sessiond.errors import SessionError
+from sessiond.errors import SessionError, StartError
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
 from sessiond.local import LocalEngine
@@ -57,6 +58,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(else SESSIOND_BACKEND_PASSWORD, else the URL's)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log verbosity")
+    p.add_argument("--log-file", type=Path, metavar="PATH",
+                   help="log to PATH (created 0600), rotated by size, instead of stderr; "
+                        "stderr goes there too")
+    p.add_argument("--log-max-bytes", type=_positive, default=logs.MAX_BYTES, metavar="N",
+                   help=f"rotate the log file before it passes N bytes "
+                        f"(default {logs.MAX_BYTES})")
+    p.add_argument("--log-backups", type=_positive, default=logs.BACKUPS, metavar="N",
+                   help=f"rotated log files kept: PATH.1 (newest) to PATH.N "
+                        f"(default {logs.BACKUPS})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="report the journal's health and exit (0 healthy, 1 damaged)")
@@ -69,10 +79,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock_fd = paths.lock_data_dir(where.lock)
+    logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
         layers = config.layered(where.config, os.environ, flags)
@@ -235,11 +256,13 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s sessiond[%(process)d] %(levelname)s %(message)s",
-    )
+    level = getattr(logging, args.log_level.upper())
+    try:
+        logs.setup(level, args.log_file, args.log_max_bytes, args.log_backups)
+    except StartError as exc:
+        logs.setup(level)  # stderr, then: say why we do not start
+        log.error("%s", exc)
+        return 1
     # A write past RLIMIT_FSIZE must fail with EFBIG, not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

@@ -18,7 +18,7 @@ import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import chain, repeat
 from operator import attrgetter, countOf, itemgetter
 from typing import Any, cast
@@ -37,7 +37,7 @@ from sessiond.model import (
     iso,
 )
 
-_UTC = timezone.utc
+_UTC = UTC
 EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 ONE_US = timedelta(microseconds=1)
 CRC_TAIL = len(b',"crc":"00000000"}')
