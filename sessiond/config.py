@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     max_reply_queue_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 4 * 1024 * 1024
     watch_queue: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    # Shared mode: events the engine keeps for watchers that fall behind or
+    # come back after their daemon restarted (its stream's MAXLEN, about).
+    event_retention: Annotated[int, msgspec.Meta(ge=10, le=100_000_000)] = 100_000
     # A watcher's queue in bytes of encoded events: a stalled watcher holds
     # this (and one send's worth) at most, whatever the sessions' size.
     watch_queue_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
@@ -79,25 +82,27 @@ def flag_name(key: str) -> str:
 
 @dataclass(frozen=True)
 class Layers:
-    """The settings in force (``settings``) and the layers they are made of:
-    the config file's own keys (as the file holds them), the environment's
-    and the command line's."""
+    """The settings in force (``settings``) and the layers they are made of,
+    lowest first: the config file's own keys (as the file holds them), in
+    shared mode the namespace's (``namespace``, which the engine holds for
+    every daemon of it; ``None`` in local mode), the environment's and the
+    command line's."""
 
     path: Path
     settings: Settings = field(default_factory=Settings)
     file: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, Any] = field(default_factory=dict)
-    # What the ``file`` layer is: the config file, or in shared mode the
-    # namespace's settings in the engine.
-    file_source: str = FILE
+    namespace: dict[str, Any] | None = None
 
     def source(self, key: str) -> str:
         if key in self.flags:
             return FLAG
         if key in self.env:
             return ENV
-        return self.file_source if key in self.file else DEFAULT
+        if self.namespace is not None and key in self.namespace:
+            return NAMESPACE
+        return FILE if key in self.file else DEFAULT
 
     def sources(self) -> dict[str, str]:
         """The source of every setting in force."""
@@ -111,28 +116,36 @@ class Layers:
             return f"the environment variable {env_name(key)}"
         return None
 
+    def _with(self, file: dict[str, Any], namespace: dict[str, Any] | None) -> Layers:
+        settings = merge({**file, **(namespace or {})}, self.env, self.flags)
+        return Layers(self.path, settings, file, self.env, self.flags, namespace)
+
     def with_file(self, file: dict[str, Any]) -> Layers:
         """These layers with another config file's keys (a reload)."""
-        return Layers(
-            self.path, merge(file, self.env, self.flags), file, self.env, self.flags,
-            self.file_source,
-        )
+        return self._with(file, self.namespace)
 
-    def with_file_key(self, key: str, value: Any) -> Layers:
-        """These layers with ``key`` set in the file, validated. Raises
-        ``ConfigError`` for an unknown key or a bad value, ``Conflict`` when
-        a flag or a variable sets the key."""
+    def with_namespace(self, namespace: dict[str, Any]) -> Layers:
+        """These layers with the namespace's settings as the engine now
+        holds them (shared mode)."""
+        return self._with(self.file, namespace)
+
+    def with_key(self, key: str, value: Any) -> Layers:
+        """These layers with ``key`` set where ``config KEY VALUE`` sets it
+        (the namespace's settings in shared mode, else the config file's),
+        validated. Raises ``ConfigError`` for an unknown key or a bad value,
+        ``Conflict`` when a flag or a variable sets the key."""
         settings = with_value(self.settings, key, value)
         pinned = self.pinned_by(key)
         if pinned is not None:
-            where = (self.path.name if self.file_source == FILE
-                     else "the namespace's settings")
+            where = self.path.name if self.namespace is None else "the namespace's settings"
             raise Conflict(
                 f"{key} is set by {pinned}, which wins over {where} for this "
                 f"daemon's life; restart sessiond without it to change {key} here"
             )
-        file = {**self.file, key: getattr(settings, key)}
-        return Layers(self.path, settings, file, self.env, self.flags, self.file_source)
+        value = getattr(settings, key)
+        if self.namespace is None:
+            return self._with({**self.file, key: value}, None)
+        return self._with(self.file, {**self.namespace, key: value})
 
 
 def layered(path: Path, environ: Mapping[str, str], flags: dict[str, Any]) -> Layers:

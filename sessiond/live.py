@@ -66,7 +66,7 @@ async def set_key(live: Live, key: str, value: Any, adopt: Adopt) -> dict[str, A
     value makes, such as a lowered max_lifetime's, could not be persisted:
     the file and the settings are as they were)."""
     async with live.lock:
-        new = live.layers.with_file_key(key, value)
+        new = live.layers.with_key(key, value)
         value = getattr(new.settings, key)
         path = live.layers.path
         before = await anyio.to_thread.run_sync(config.persist_key, path, key, value)

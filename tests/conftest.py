@@ -1,17 +1,27 @@
 """Test harness: real ``sessiond`` processes on temporary sockets and data
 directories, driven through the ``sessionctl`` executable and ``Client``.
 
+Every test that starts a daemon (``daemon``, ``make_daemon``, or a module's
+own through ``engine``) runs three times: against the local engine, against
+one real Redis, and against a real three-master Redis Cluster
+(``tests/redis_servers.py``; the servers start once per run, and each daemon
+gets a namespace of its own). A test about the journal, or otherwise about
+the local engine alone, is marked ``local_only("why")`` and runs once.
+
 Nothing here sleeps for a fixed time: every wait polls a condition against a
 deadline (``wait_until``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +33,7 @@ from sessionctl import Client
 from sessionctl.client import NO_AUTOSTART_ENV
 from sessiond.errors import DaemonUnavailable
 from sessiond.model import Session
+from tests.redis_servers import RedisClusterServers, RedisNode
 
 BIN = Path(sys.executable).parent
 SESSIOND = str(BIN / "sessiond")
@@ -43,6 +54,57 @@ def no_autostart_in_this_process() -> Iterator[None]:
         del os.environ[NO_AUTOSTART_ENV]
     else:
         os.environ[NO_AUTOSTART_ENV] = before
+
+
+# -- engines -----------------------------------------------------------------
+
+ENGINES = ("local", "redis", "cluster")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where a test's daemons keep their sessions: ``backend`` is ``None``
+    for the local engine, else the URL of a real Redis or Redis Cluster."""
+
+    name: str
+    backend: str | None = None
+
+    @property
+    def shared(self) -> bool:
+        return self.backend is not None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_only")
+        names = ["local"] if local_only is not None else list(ENGINES)
+        metafunc.parametrize("engine", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def redis_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
+    node = RedisNode(tmp_path_factory.mktemp("redis")).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """The engine this run of the test uses (parametrized: see the module's
+    docstring)."""
+    name = getattr(request, "param", "local")
+    if name == "redis":
+        return Engine(name, request.getfixturevalue("redis_single").url)
+    if name == "cluster":
+        return Engine(name, request.getfixturevalue("redis_cluster").url)
+    return Engine(name)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -67,6 +129,15 @@ class Daemon:
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    engine: Engine = Engine("local")
+    # Daemons given the same namespace (and engine) share their sessions.
+    namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
+
+    @property
+    def engine_args(self) -> list[str]:
+        if self.engine.backend is None:
+            return []
+        return ["--backend", self.engine.backend, "--namespace", self.namespace]
 
     @property
     def socket(self) -> Path:
@@ -84,11 +155,25 @@ class Daemon:
     def journal(self) -> Path:
         return self.data_dir / "data.jsonl"
 
+    @property
+    def kept_in(self) -> str:
+        """A pattern of what stats says the sessions are kept in (its
+        ``journal_path``): the journal, or the engine and namespace."""
+        import re
+
+        if not self.engine.shared:
+            return re.escape(str(self.journal))
+        return rf"redis://127\.0\.0\.1:\d+( \(cluster\))? namespace {self.namespace}"
+
     def journal_bytes(self) -> bytes:
         """The journal's lines, without the zeros that a running (or killed)
         daemon keeps reserved after them. (Up to the first zero: a read
         that races with the daemon's writes may see zeros with data after
-        them, so that is not checked here.)"""
+        them, so that is not checked here.) A daemon on a shared engine has
+        no journal: empty, always, so that "the journal did not change"
+        holds trivially there (tests check the sessions too)."""
+        if self.engine.shared:
+            return b""
         data = self.journal.read_bytes()
         end = data.find(b"\0")
         return data if end < 0 else data[:end]
@@ -125,7 +210,7 @@ class Daemon:
         (self.root / "home").mkdir(mode=0o700, exist_ok=True)
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [SESSIOND, *self.extra_args, *args],
+            [SESSIOND, *self.engine_args, *self.extra_args, *args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -190,16 +275,19 @@ class Daemon:
 
 
 @pytest.fixture
-def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Factory: ``make_daemon(*args, env={...})`` starts a daemon and waits for it."""
+def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
+    """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
+    test's engine and waits for it; ``namespace=`` shares another's."""
     made: list[Daemon] = []
     counter = iter(range(1000))
 
     def make(*args: str, env: dict[str, str] | None = None, start: bool = True,
-             root: Path | None = None) -> Daemon:
+             root: Path | None = None, namespace: str | None = None) -> Daemon:
         where = root or tmp_path / f"d{next(counter)}"
         where.mkdir(mode=0o700, exist_ok=True)
-        d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}))
+        d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=engine)
+        if namespace is not None:
+            d.namespace = namespace
         made.append(d)
         if start:
             d.start()
@@ -210,6 +298,15 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         if d.proc is not None and d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(10)
+
+
+@contextlib.contextmanager
+def running(root: Path, engine: Engine) -> Iterator[Daemon]:
+    """A daemon on ``engine`` for a whole module, stopped cleanly after."""
+    d = Daemon(root, engine=engine).start()
+    yield d
+    if d.stop() != 0:
+        d.kill()
 
 
 @pytest.fixture
@@ -224,6 +321,52 @@ def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
+    """Every session as ``d``'s engine holds it, read behind the daemon's
+    back (so that no read expires anything lazily): the last journal line
+    of each id, or the session's hash in the shared engine, in the legacy
+    record shape (times as ISO text)."""
+    from sessiond.model import iso
+
+    if not d.engine.shared:
+        state: dict[str, dict[str, Any]] = {}
+        if not d.journal.exists():
+            return state
+        for line in d.journal_bytes().decode().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record.get("type") == "delete":
+                    state.pop(record["id"], None)
+                else:
+                    state[record["id"]] = record
+        return state
+    import redis
+
+    assert d.engine.backend is not None
+    client: Any = (redis.RedisCluster.from_url(d.engine.backend) if d.engine.name == "cluster"
+                   else redis.Redis.from_url(d.engine.backend))
+    try:
+        tag = "sd:{" + d.namespace + "}:"
+        state = {}
+        for raw in client.zrange(tag + "order", 0, -1):
+            sid = raw.decode()
+            h = {k.decode(): v.decode() for k, v in client.hgetall(tag + "s:" + sid).items()}
+            if not h:
+                continue
+            record: dict[str, Any] = {
+                "id": sid, "user": h["u"], "status": "expired" if "x" in h else "active",
+                "ttl": int(h["t"]), "meta": json.loads(h["m"]),
+                "created_at": iso(int(h["c"])), "last_access": iso(int(h["a"])),
+                "expires_at": iso(int(h["e"])), "version": int(h["v"]),
+            }
+            if "x" in h:
+                record["expired_at"] = iso(int(h["x"]))
+            state[sid] = record
+        return state
+    finally:
+        client.close()
 
 
 def stored(d: Daemon) -> dict[str, Session]:

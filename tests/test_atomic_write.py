@@ -190,6 +190,7 @@ def test_install_service_writes_whole_units_readable_by_all_and_no_temp(
         assert unit.read_text().endswith("\n")
 
 
+@pytest.mark.local_only('sessiond --repair rewrites the journal')
 def test_repair_replaces_the_journal_with_a_private_file_and_no_temp(
     make_daemon: Callable[..., Daemon],
 ) -> None:

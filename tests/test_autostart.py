@@ -17,6 +17,8 @@ import pytest
 from sessionctl import Client, DaemonUnavailable
 from tests.conftest import Daemon, wait_until
 
+pytestmark = pytest.mark.local_only("autostart starts a daemon with the default (local) engine")
+
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
 
 

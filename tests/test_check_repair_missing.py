@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import Daemon, run_sessiond
 
+pytestmark = pytest.mark.local_only("sessiond --check and --repair work on the journal")
+
 
 @pytest.mark.parametrize("mode", ["--check", "--repair"])
 def test_a_data_dir_that_does_not_exist_is_nothing_there_exit_1(

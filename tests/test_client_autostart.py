@@ -27,6 +27,8 @@ from tests.conftest import SESSIONCTL, wait_until
 from tests.test_autostart import gone
 from tests.test_shim import BASH, SCRIPT, legacy_error
 
+pytestmark = pytest.mark.local_only("autostart starts a daemon with the default (local) engine")
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

@@ -16,6 +16,11 @@ from sessiond import config
 from sessiond.model import US, iso, now_us
 from tests.conftest import Daemon, wait_until
 
+pytestmark = pytest.mark.local_only(
+    "config.json's layer under the environment and the flags (shared mode's namespace "
+    "layer: tests/test_shared.py)"
+)
+
 
 def stats(d: Daemon) -> dict[str, object]:
     done = d.ctl("stats", "--json")

@@ -53,6 +53,7 @@ def test_values_may_hold_control_characters_and_other_scripts_are_names(
     assert s.user == "Zoë \u202e" and s.meta == {"日本": "\x1b[31mred\n", "ключ": "\x00\x7f"}
 
 
+@pytest.mark.local_only("a journal written before the daemon starts")
 def test_names_with_control_characters_that_entered_before_still_load(
     make_daemon: Callable[..., Daemon],
 ) -> None:

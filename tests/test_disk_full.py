@@ -17,6 +17,8 @@ from sessiond.errors import ReadOnly, SessionNotFound
 from sessiond.model import Session
 from tests.conftest import Daemon, stored, wait_until
 
+pytestmark = pytest.mark.local_only("a journal that cannot be written, then can")
+
 PAD = "x" * 1000
 UNLIMITED = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
 

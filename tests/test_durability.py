@@ -28,6 +28,8 @@ from sessiond.records import put_line
 from sessiond.replay import TMP_SUFFIX
 from tests.conftest import Daemon, run_sessiond, stored, wait_until
 
+pytestmark = pytest.mark.local_only("kill -9 of the daemon against its journal")
+
 FAILPOINT = "SESSIOND_FAILPOINT"
 
 

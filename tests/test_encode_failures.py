@@ -17,6 +17,10 @@ import pytest
 from sessiond.errors import InternalError
 from tests.conftest import Daemon, stored, wait_until
 
+pytestmark = pytest.mark.local_only(
+    "journal lines and replies that cannot be encoded, and their revert"
+)
+
 FAILPOINT = "SESSIOND_FAILPOINT"
 
 

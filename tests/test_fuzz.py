@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from sessiond.limits import MAX_TTL, TIME_MAX, TIME_MIN
 from sessiond.model import US, Session
-from tests.conftest import Daemon
+from tests.conftest import Daemon, Engine
 from tests.rawwire import Raw, frame, request, seed, snapshot, write_config
 
 encode = msgspec.msgpack.encode
@@ -100,12 +100,12 @@ BAD: dict[str, tuple[bytes, str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def shared(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Daemon]:
     """One daemon for all the bad requests: each refused request must leave
     it exactly as it found it, which every case checks for itself."""
     root = tmp_path_factory.mktemp("bad")
     root.chmod(0o700)
-    d = Daemon(root).start()
+    d = Daemon(root, engine=engine).start()
     try:
         seed(d.socket)
         yield d

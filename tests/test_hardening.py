@@ -67,6 +67,7 @@ def test_socket_directory_is_created_0700_and_socket_0600_even_with_umask_0(
     assert d.stop() == 0
 
 
+@pytest.mark.local_only("the journal's and the config file's modes")
 def test_journal_config_and_lock_are_0600_even_with_umask_0(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -288,6 +289,9 @@ def test_sigterm_during_a_burst_of_writes_exits_0_within_5s_losing_nothing_ackno
     assert not missing, f"{len(missing)} acknowledged sessions lost"
 
 
+@pytest.mark.local_only(
+    "SIGHUP reloads config.json (shared mode reads the namespace's: tests/test_shared.py)"
+)
 def test_sighup_reloads_config_and_does_not_kill(daemon: Daemon) -> None:
     assert daemon.proc is not None
     seed(daemon.socket)

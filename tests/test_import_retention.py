@@ -13,8 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sessiond.model import US, iso, now_us
 from tests.conftest import BIN, Daemon, stored, wait_until
+
+pytestmark = pytest.mark.local_only("retention of migrated sessions across restarts of the journal")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "script.sh"
 DAY = 86400 * US

@@ -33,6 +33,10 @@ from sessiond.replay import (
 )
 from tests.conftest import SESSIOND, Daemon, wait_until
 
+pytestmark = pytest.mark.local_only(
+    "the journal itself: its lines, commits, failures and compaction"
+)
+
 BASE = 1_900_000_000 * US  # far in the future: nothing here expires
 
 

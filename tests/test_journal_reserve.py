@@ -11,11 +11,15 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from sessiond.journalfile import RESERVE_BYTES
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import repair, scan
 from tests.conftest import Daemon, run_sessiond, stored
+
+pytestmark = pytest.mark.local_only("the space the journal reserves ahead of its writes")
 
 
 def sessions(n: int) -> list[Session]:

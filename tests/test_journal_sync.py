@@ -25,9 +25,12 @@ from sessiond.records import put_line
 from tests.conftest import Daemon, stored
 from tests.test_journal import session, state
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "RWF_DSYNC"), reason="this system has no pwritev2(RWF_DSYNC)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not hasattr(os, "RWF_DSYNC"), reason="this system has no pwritev2(RWF_DSYNC)"
+    ),
+    pytest.mark.local_only("the journal's system calls under each fsync policy"),
+]
 
 
 class Calls:

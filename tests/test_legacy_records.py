@@ -15,6 +15,8 @@ from sessiond.model import US, Session, iso, now_us
 from sessiond.records import LineError, decode_line, put_line
 from tests.conftest import Daemon, run_sessiond, stored
 
+pytestmark = pytest.mark.local_only("legacy records read by migration and replay")
+
 BOM = b"\xef\xbb\xbf"
 
 

@@ -56,8 +56,14 @@ def baseline_fds(d: Daemon) -> int:
 
 
 def back_to(d: Daemon, fds: int) -> None:
-    wait_until(lambda: fd_count(pid_of(d)) == fds, 20,
-               f"the daemon's descriptors to return to {fds}")
+    """The daemon's descriptors back where they were: no client's left
+    behind. On a shared engine its link may keep more connections open than
+    at the start (a bounded pool, grown under load)."""
+    from sessiond.shared.link import MAX_CONNECTIONS
+
+    slack = MAX_CONNECTIONS + 1 if d.engine.shared else 0
+    wait_until(lambda: fds <= fd_count(pid_of(d)) <= fds + slack, 20,
+               f"the daemon's descriptors to return to {fds}" + (f" (+{slack})" if slack else ""))
 
 
 def no_tracebacks(d: Daemon) -> None:
@@ -404,6 +410,7 @@ def test_client_that_never_reads_a_large_reply_is_dropped_without_hoarding(
     assert snapshot(d.socket) == before
 
 
+@pytest.mark.local_only('what the daemon applied it wrote to its journal')
 def test_client_that_disconnects_mid_request_loses_nothing_acknowledged(daemon: Daemon) -> None:
     seeded = seed(daemon.socket)
     fds = baseline_fds(daemon)
@@ -422,6 +429,7 @@ def test_client_that_disconnects_mid_request_loses_nothing_acknowledged(daemon: 
     no_tracebacks(daemon)
 
 
+@pytest.mark.local_only("the local hub's queue of events for a watcher")
 def test_watcher_that_disconnects_mid_stream_costs_only_its_connection(daemon: Daemon) -> None:
     seeded = seed(daemon.socket)
     fds = baseline_fds(daemon)

@@ -26,6 +26,8 @@ from sessiond.errors import InternalError
 from sessiond.replay import TMP_SUFFIX
 from tests.conftest import SESSIOND, Daemon, wait_until
 
+pytestmark = pytest.mark.local_only("the daemon's logs, whatever the engine")
+
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 PRIORITY = re.compile(r"<([0-7])>")
 USUAL_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} sessiond\[(\d+)\] (\w+) ")

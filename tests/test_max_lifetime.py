@@ -90,6 +90,7 @@ def test_the_timer_expires_a_capped_session_at_its_cap(daemon: Daemon) -> None:
     assert s.status == "expired" and s.expired_at == s.expires_at == now - 10 * US + 14 * US
 
 
+@pytest.mark.local_only('a cap lowered in config.json, or refused by the journal')
 def test_a_cap_lowered_while_the_daemon_was_down_applies_at_start(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -105,6 +106,7 @@ def test_a_cap_lowered_while_the_daemon_was_down_applies_at_start(
     assert_capped(d, created)
 
 
+@pytest.mark.local_only('a cap lowered in config.json, or refused by the journal')
 def test_a_cap_lowered_by_sighup_applies_at_once(daemon: Daemon) -> None:
     created = import_aged(daemon)
     daemon.config.write_text(json.dumps({"max_lifetime": CAP}))
@@ -115,6 +117,7 @@ def test_a_cap_lowered_by_sighup_applies_at_once(daemon: Daemon) -> None:
     assert_capped(daemon, created)
 
 
+@pytest.mark.local_only('a cap lowered in config.json, or refused by the journal')
 def test_a_lowered_cap_the_journal_refuses_changes_nothing(
     make_daemon: Callable[..., Daemon],
 ) -> None:

@@ -14,8 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.conftest import Daemon, wait_until
 from tests.rawwire import Raw, request
+
+pytestmark = pytest.mark.local_only(
+    "the local hub's watcher queues (a shared watcher reads the stream at its client's "
+    "pace) and the frame buffer"
+)
 
 MB = 1024 * 1024
 BLOB = "x" * 60_000

@@ -12,9 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sessionctl import Session
 from sessiond.model import US, iso, now_us
 from tests.conftest import BIN, Daemon
+
+pytestmark = pytest.mark.local_only("the one-time import of the legacy files into a local journal")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "script.sh"
 SESSIONS = 500

@@ -65,7 +65,7 @@ from sessiond.protocol import (
     decode_request,
     frame,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, Engine, running
 from tests.rawwire import Raw, request
 from tests.rawwire import frame as raw_frame
 
@@ -321,12 +321,9 @@ def test_decode_refuses_deep_nesting_without_crashing() -> None:
 
 
 @pytest.fixture(scope="module")
-def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("protocol"))
-    d.start()
-    yield d
-    if d.stop() != 0:
-        d.kill()
+def wire(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Daemon]:
+    with running(tmp_path_factory.mktemp("protocol"), engine) as d:
+        yield d
 
 
 def still_serves(d: Daemon) -> bool:

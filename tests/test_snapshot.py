@@ -33,6 +33,8 @@ from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
 from tests.conftest import Daemon, run_sessiond
 
+pytestmark = pytest.mark.local_only("the snapshot beside the journal")
+
 GOLDEN = Path(__file__).parent / "golden" / "snapshot.snap"
 UPDATE_ENV = "SESSIOND_UPDATE_GOLDEN"
 FAILPOINT = "SESSIOND_FAILPOINT"

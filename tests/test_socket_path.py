@@ -6,7 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Daemon
+
+pytestmark = pytest.mark.local_only("the daemon's own socket path, whatever the engine")
 
 
 def test_a_socket_path_over_107_bytes_is_refused_saying_why_and_what_to_do(

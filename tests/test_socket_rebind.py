@@ -19,6 +19,8 @@ import pytest
 from sessiond.errors import DaemonUnavailable
 from tests.conftest import Daemon, wait_until
 
+pytestmark = pytest.mark.local_only("the daemon's own socket file, whatever the engine")
+
 REBOUND = "bound it again"
 
 

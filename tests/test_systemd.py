@@ -27,6 +27,8 @@ from sessionctl import Client
 from sessiond.service import exec_quote
 from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, wait_until
 
+pytestmark = pytest.mark.local_only("the systemd units start a local daemon")
+
 REPO_UNITS = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = ("sessiond.service", "sessiond.socket")
 

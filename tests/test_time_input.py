@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sessiond.model import US, Session, now_us
-from tests.conftest import Daemon
+from tests.conftest import Daemon, Engine, running
 from tests.test_shim import legacy_error, pretty, shim
 
 
@@ -98,12 +98,9 @@ OUT_OF_RANGE = ["1969-12-31T23:59:59Z", "9999-12-31T23:30-01:00", "@253402300800
 
 
 @pytest.fixture(scope="module")
-def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("time-input"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+def d(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Daemon]:
+    with running(tmp_path_factory.mktemp("time-input"), engine) as daemon:
+        yield daemon
 
 
 def fresh(d: Daemon) -> None:

@@ -21,6 +21,8 @@ from sessionctl import Client
 from sessiond.errors import ReadOnly, SessionNotFound
 from tests.conftest import Daemon, stored, wait_until
 
+pytestmark = pytest.mark.local_only("replies held until the journal has the changes they show")
+
 FAILPOINT = "SESSIOND_FAILPOINT"
 READERS = 4
 PURGE_READERS = 8

@@ -22,6 +22,10 @@ from sessiond.model import US, Session, iso, now_us
 from sessiond.records import put_line
 from tests.conftest import Daemon, run_sessiond, stored, wait_until
 
+pytestmark = pytest.mark.local_only(
+    "versions out of range in journal lines and snapshots, and at the local store's limit"
+)
+
 TOO_BIG = [MAX_VERSION + 1, 2**64 - 1, 2**64]
 
 

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+import pytest
+
 from sessiond.errors import DaemonUnavailable
 from sessiond.protocol import Event
 from tests.conftest import SESSIONCTL, Daemon, wait_until
@@ -221,6 +223,10 @@ def test_sessionctl_watch_prints_one_line_per_event_until_interrupted(daemon: Da
     assert results == [(0, ""), (0, "")]
 
 
+@pytest.mark.local_only(
+    "the local hub's watcher queue (watch_queue); a shared watcher reads the stream at its "
+    "client's pace and lags only behind the stream's retention (tests/test_shared.py)"
+)
 def test_a_watcher_that_does_not_read_never_slows_the_daemon_and_is_told_it_lagged(
     make_daemon: Callable[..., Daemon],
 ) -> None:

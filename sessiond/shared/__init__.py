@@ -1,0 +1,179 @@
+"""Shared mode: the sessions of many machines in Redis or Valkey.
+
+With ``--backend URL`` each host's daemon keeps its socket, its protocol and
+every command, and stores a namespace's sessions in the engine instead of
+its journal: ``SharedEngine`` is to ``sessiond.local.LocalEngine`` what the
+engine is to the journal. Its parts: the link to the engine
+(``sessiond.shared.link``), the namespace's keys and scripts
+(``engine``, ``scripts``, ``hashes``), the dispatcher that runs the rules on
+what a batch read (``dispatch``, ``view``, ``scans``), the events' stream
+(``watch``) and timed expiry under a lease (``reaper``).
+
+Imported only when a backend is configured: redis-py is an optional
+dependency (``pip install '.[shared]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio.abc
+
+from sessiond import config
+from sessiond.errors import BackendUnavailable, ConfigError, SessionError, StartError
+from sessiond.live import Live
+from sessiond.shared import scans
+from sessiond.shared.dispatch import SharedDispatcher
+from sessiond.shared.engine import SharedStore
+from sessiond.shared.link import Link
+from sessiond.shared.reaper import Reaper
+from sessiond.shared.url import Backend
+from sessiond.shared.watch import NamespaceReader
+
+log = logging.getLogger("sessiond.shared")
+
+# Settings are read again this often, besides on every change's event: a
+# change is in force everywhere within about a second even if its event
+# was missed (the stream trimmed, the daemon reconnecting).
+SETTINGS_POLL = 1.0
+# Policies under which the engine may drop keys to make room: sessions
+# would vanish without a trace. (volatile-* drop only keys with a time to
+# live, which sessions do not have.)
+EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+
+
+class SharedEngine:
+    """The namespace's store in the engine, and this daemon's part of it."""
+
+    def __init__(self, store: SharedStore, live: Live) -> None:
+        self.store = store
+        self.live = live
+        self.dispatcher = SharedDispatcher(store, live)
+        self.reaper = Reaper(store, live)
+        self.reader = NamespaceReader(store, self.dispatcher.reload, self.reaper.hint)
+        live.listen(self._settings_changed)
+        store.maxlen = live.settings.event_retention
+        self._sessions = 0
+        self.appendfsync: str | None = None
+
+    def _settings_changed(self, settings: config.Settings) -> None:
+        self.store.maxlen = settings.event_retention
+        self.reaper.wake()
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self.reaper.run)
+        tg.start_soon(self.reader.run)
+        tg.start_soon(self._poll_settings)
+
+    async def _poll_settings(self) -> None:
+        while True:
+            await anyio.sleep(SETTINGS_POLL)
+            try:
+                layers = await scans.namespace_layers(self.store, self.live.layers)
+            except SessionError:
+                continue  # the engine is away (said by the link) or a bad value (said at reload)
+            if layers.settings != self.live.settings:
+                await self.dispatcher.adopt(layers)
+
+    async def figures(self, now: int) -> dict[str, Any]:
+        """Stats: the namespace's counts from the engine, this daemon's
+        figures, and the engine's health (the counts are zeros while it is
+        away: stats answers whatever the engine does)."""
+        store = self.store
+        shown = f"{store.link.node} namespace {store.namespace}"
+        base: dict[str, Any] = {
+            **self.reaper.figures(),
+            "journal_path": shown,
+            "journal_bytes": 0,
+            "fsync": f"engine: appendfsync {self.appendfsync or 'unknown'}",
+            "compacted_bytes": 0,
+            "last_compaction_at": None,
+            "last_compaction_seconds": None,
+            "compactions": 0,
+            "write_errors": 0,
+            "watchers": len(self.dispatcher.watchers),
+            "backend": shown,
+        }
+        try:
+            _, counters, users, soon = await store.stats()
+        except SessionError as exc:
+            return {**base, **_no_counts(), "read_only": None, "backend_ok": False,
+                    "backend_error": str(exc)}
+        total = counters.get("total", 0)
+        active = counters.get("active", 0)
+        self._sessions = total
+        return {
+            **base,
+            "total_sessions": total,
+            "active": active,
+            "expired": total - active,
+            "unique_users": users,
+            "average_ttl_seconds": round(counters.get("ttl_sum", 0) / total, 1) if total else 0.0,
+            "due_next_minute": soon,
+            "expiries_done": counters.get("expiries", 0),
+            "purges_done": counters.get("purges", 0),
+            "read_only": None,
+            "backend_ok": True,
+            "backend_error": None,
+        }
+
+    async def stop(self) -> None:
+        await self.reaper.release()
+        await self.store.link.close()
+
+    def sessions(self) -> int:
+        return self._sessions
+
+    def describe(self) -> str:
+        return f"shared engine {self.store.link.node}, namespace {self.store.namespace}"
+
+
+def _no_counts() -> dict[str, Any]:
+    return {
+        "total_sessions": 0, "active": 0, "expired": 0, "unique_users": 0,
+        "average_ttl_seconds": 0.0, "due_next_minute": 0, "expiries_done": 0,
+        "purges_done": 0,
+    }
+
+
+async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -> SharedEngine:
+    """Reach the engine, check that it keeps what it is given, and read the
+    namespace's settings. Raises ``StartError`` saying what is wrong."""
+    for key in scans.ENGINE_OWNED:
+        pinned = layers.pinned_by(key)
+        if pinned is not None:
+            raise StartError(
+                f"{key} is refused in shared mode ({pinned}): the shared engine persists the "
+                f"sessions, by its own {scans.ENGINE_OWNED[key]}; set that on the server"
+            )
+    store = SharedStore(Link(backend, "sd:{" + namespace + "}:counters"), namespace)
+    try:
+        await store.link.locate()
+        policy = await store.engine_setting("maxmemory-policy")
+        if policy in EVICTING:
+            raise StartError(
+                f"the shared engine {store.link.node} runs with maxmemory-policy {policy}, "
+                f"which can evict sessions to make room; set it to noeviction (or a "
+                f"volatile-* policy) on the server"
+            )
+        if policy is None:
+            log.warning("the shared engine %s does not say its maxmemory-policy (CONFIG GET "
+                        "refused): make sure it cannot evict keys", store.link.node)
+        live = Live(await scans.namespace_layers(store, layers))
+        ignored = sorted(k for k in scans.ENGINE_OWNED if k in layers.file)
+        if ignored:
+            log.warning("%s: %s have no effect in shared mode (the engine persists the "
+                        "sessions by its own settings)", layers.path, ", ".join(ignored))
+        engine = SharedEngine(store, live)
+        appendonly = await store.engine_setting("appendonly")
+        fsync = await store.engine_setting("appendfsync")
+        engine.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
+    except BackendUnavailable as exc:
+        await store.link.close()
+        raise StartError(str(exc)) from exc
+    except ConfigError as exc:
+        await store.link.close()
+        raise StartError(str(exc)) from exc
+    log.info("sessions are in the shared engine %s, namespace %s", store.link.node, namespace)
+    return engine

@@ -1,0 +1,279 @@
+"""The shared engine's dispatcher: a batch of requests in, replies out, the
+engine between.
+
+Requests on one session that arrive together (a run) cost two round trips
+to the engine however many they are: one reads every record they name
+(and the engine's clock), the rules run on that view (``View``) exactly as
+they run on the local store, and one commits what they changed, each
+request's changes all or nothing, each record compared and set on its
+version. A request whose records another daemon changed in between is run
+again on what it left (``_again``): nobody's update is lost. The other
+requests (a list, cleanup, import, settings, stats, watch) are the
+engine's operations on many sessions (``sessiond.shared.scans``) or the
+daemon's own.
+
+The engine is the one durable place: a reply goes out once the commit it
+depends on has returned, and when the engine cannot be reached nothing is
+buffered here: the request fails (``BackendUnavailable``), or for a change
+sent and not answered, says that its outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sessiond import config
+from sessiond.dispatch import guess_id
+from sessiond.errors import (
+    BackendUnavailable,
+    Conflict,
+    InternalError,
+    OutcomeUnknown,
+    ReadOnly,
+    SessionError,
+    Unsupported,
+)
+from sessiond.events import EventSource
+from sessiond.handlers import HANDLERS, SLOW
+from sessiond.live import Live, rules_of
+from sessiond.model import Change
+from sessiond.protocol import (
+    DECODE_ERRORS,
+    Cleanup,
+    CompactResult,
+    ConfigGet,
+    ConfigSet,
+    Create,
+    Delete,
+    ErrorReply,
+    Expire,
+    Get,
+    Hello,
+    Import,
+    List,
+    Ping,
+    Refresh,
+    Request,
+    Response,
+    Set,
+    StatsInfo,
+    Unset,
+    Watch,
+    append_frame,
+    request_decoder,
+    request_error,
+)
+from sessiond.rules import Rules
+from sessiond.shared import scans
+from sessiond.shared.engine import SharedStore
+from sessiond.shared.view import View
+from sessiond.shared.watch import StreamWatcher
+
+log = logging.getLogger("sessiond.shared")
+
+# Requests on one session, run together on a view of their records.
+ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
+# Answered by the daemon alone.
+OWN = frozenset({Hello, Ping, ConfigGet})
+# How often a request whose records keep changing under it is run again.
+AGAIN = 16
+
+
+class _OnView:
+    """The parts a handler of one session's operation sees, over a view."""
+
+    def __init__(self, d: SharedDispatcher, view: View) -> None:
+        self.store = view
+        self.live = d.live
+        self.started = d.started
+        self.stats = d.stats
+
+
+class SharedDispatcher:
+    """Runs batches of requests against one namespace of the engine."""
+
+    def __init__(self, store: SharedStore, live: Live) -> None:
+        self.store = store
+        self.live = live
+        self.started = time.monotonic()
+        self.stats: Callable[[int], Awaitable[StatsInfo]] = _no_stats
+        self.watchers: set[StreamWatcher] = set()
+        self._many: dict[type[Request], Callable[[Any], Awaitable[Response]]] = {
+            List: self._list, Cleanup: self._cleanup, Import: self._import,
+            ConfigSet: self._config_set,
+        }
+
+    async def batch(
+        self, bodies: list[memoryview], bad: int, out: bytearray
+    ) -> tuple[EventSource | None, int, int]:
+        """Handle frames that arrived together (see ``Dispatcher.batch``)."""
+        budget = self.live.settings.max_reply_queue_bytes
+        run: list[Request] = []
+        used = 0
+        for body in bodies:
+            if len(out) > budget:
+                break
+            used += 1
+            try:
+                req = request_decoder.decode(body)
+            except DECODE_ERRORS as exc:
+                await self._flush(run, out)
+                bad += 1
+                append_frame(out, _error(guess_id(body), request_error(exc)))
+                continue
+            bad = 0
+            kind = type(req)
+            if kind in ON_SESSIONS:
+                run.append(req)
+                continue
+            await self._flush(run, out)
+            if isinstance(req, Watch):
+                watcher = StreamWatcher(self.store, req.user, req.after, self.watchers)
+                append_frame(out, await watcher.hello(req.id))
+                return watcher, bad, used
+            append_frame(out, await self._other(req))
+        await self._flush(run, out)
+        return None, bad, used
+
+    async def _other(self, req: Request) -> Response:
+        kind = type(req)
+        try:
+            if kind in OWN:
+                reply, _ = HANDLERS[kind](self, req, 0)
+                return reply
+            many = self._many.get(kind)
+            if many is not None:
+                return await many(req)
+            slow = SLOW.get(kind)
+            if slow is not None:
+                return await slow(self, req)
+            raise Unsupported(f"unsupported operation {kind.__name__}")
+        except SessionError as exc:
+            return _error(req.id, exc)
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("internal error handling %s", kind.__name__)
+            return _error(req.id, InternalError(f"internal error: {exc!r}"))
+
+    # -- requests on one session -----------------------------------------
+
+    async def _flush(self, run: list[Request], out: bytearray) -> None:
+        if run:
+            for reply in await self._run(run):
+                append_frame(out, reply)
+            run.clear()
+
+    async def _run(self, run: list[Request]) -> list[Response]:
+        """Replies to a run of requests on sessions, in order."""
+        sids = list(dict.fromkeys(s for s in (getattr(r, "sid", None) for r in run) if s))
+        try:
+            now, records = await self.store.fetch(sids)
+        except SessionError as exc:
+            return [_error(req.id, exc) for req in run]
+        view = View(rules_of(self.live.settings), records)
+        replies: list[Response] = []
+        groups: list[tuple[int, list[Change]]] = []
+        for i, req in enumerate(run):
+            reply, made = self._apply(view, req, now)
+            replies.append(reply)
+            if made:
+                groups.append((i, made))
+        if not groups:
+            return replies
+        try:
+            applied = await self.store.commit([made for _, made in groups], now)
+        except SessionError as exc:
+            return await self._refused(run, exc)
+        for (i, _), ok in zip(groups, applied, strict=True):
+            if not ok:
+                replies[i] = await self._again(run[i])
+        return replies
+
+    def _apply(self, view: View, req: Request, now: int) -> tuple[Response, list[Change]]:
+        try:
+            reply, made = HANDLERS[type(req)](_OnView(self, view), req, now)
+            return reply, made
+        except SessionError as exc:
+            return _error(req.id, exc), []
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("internal error handling %s", type(req).__name__)
+            return _error(req.id, InternalError(f"internal error: {exc!r}")), []
+
+    async def _again(self, req: Request) -> Response:
+        """Run ``req`` alone until its commit finds its records as it read
+        them (another daemon changed them meanwhile)."""
+        for _ in range(AGAIN):
+            sid = getattr(req, "sid", None)
+            try:
+                now, records = await self.store.fetch([sid] if sid else [])
+                reply, made = self._apply(View(rules_of(self.live.settings), records), req, now)
+                if not made or (await self.store.commit([made], now))[0]:
+                    return reply
+            except SessionError as exc:
+                return _error(req.id, exc)
+        return _error(req.id, Conflict(
+            f"session {getattr(req, 'sid', '')} kept changing under this request "
+            f"({AGAIN} tries); try again"
+        ))
+
+    async def _refused(self, run: list[Request], exc: SessionError) -> list[Response]:
+        """The commit of a run failed: what each request is told."""
+        replies: list[Response] = []
+        for req in run:
+            writes = type(req).writes or (isinstance(req, Get) and req.touch)
+            if isinstance(exc, ReadOnly) and not writes:
+                # Nothing was written: a read is answered on what stands.
+                replies.append(await self._again(req))
+            elif isinstance(exc, OutcomeUnknown) and not writes:
+                replies.append(_error(req.id, BackendUnavailable(str(exc))))
+            else:
+                replies.append(_error(req.id, exc))
+        return replies
+
+    # -- the others --------------------------------------------------------
+
+    async def _list(self, req: List) -> Response:
+        return await scans.list_page(self.store, self._rules(), req)
+
+    async def _cleanup(self, req: Cleanup) -> Response:
+        return await scans.cleanup(self.store, self._rules(), req)
+
+    async def _import(self, req: Import) -> Response:
+        return await scans.import_page(self.store, self._rules(), req)
+
+    async def _config_set(self, req: ConfigSet) -> Response:
+        return await scans.config_set(self.store, self.live, req, self.adopt)
+
+    def _rules(self) -> Rules:
+        return rules_of(self.live.settings)
+
+    async def adopt(self, layers: config.Layers) -> None:
+        """Put the namespace's settings in force here; a lowered
+        max_lifetime is applied to every session by the daemon that
+        lowered it (``scans.config_set``)."""
+        self.live.put(layers)
+
+    async def reload(self) -> None:
+        """The namespace's settings read again from the engine (SIGHUP,
+        and every change another daemon makes)."""
+        await self.adopt(await scans.namespace_layers(self.store, self.live.layers))
+
+    async def compact(self) -> CompactResult:
+        now, counters, _, _ = await self.store.stats()
+        return CompactResult(
+            bytes_before=0, bytes_after=0, sessions=counters.get("total", 0), seconds=0.0,
+            note=(
+                f"nothing to do: the shared engine {self.store.link.node} persists the "
+                f"sessions itself (see its appendonly and auto-aof-rewrite settings)"
+            ),
+        )
+
+
+def _error(req_id: int, exc: SessionError) -> ErrorReply:
+    return ErrorReply(id=req_id, code=exc.code, message=str(exc))
+
+
+async def _no_stats(now: int) -> StatsInfo:
+    raise AssertionError("the server gives the dispatcher its stats")

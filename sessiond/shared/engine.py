@@ -1,0 +1,213 @@
+"""The shared engine: a namespace's sessions in Redis or Valkey.
+
+The second implementation of the storage interface (docs/architecture.md):
+the rules run in the daemon, as in the local mode, on records read from the
+engine (``fetch``, with the engine's clock: every daemon of the fleet uses
+the one clock); what they change is committed back with a compare and set
+on each record's version (``commit``), in one script a request, so that two
+daemons racing on one session never lose an update: the loser's commit is
+refused, and it runs its request again on what the winner left.
+
+Every key of a namespace carries the namespace as its hash tag, so all of
+them are in one slot of a Cluster: a script touches only its own slot.
+
+    sd:{NS}:s:<id>    a session (``sessiond.shared.hashes``)
+    sd:{NS}:order     creation order (score: a sequence number)
+    sd:{NS}:due       active sessions by deadline
+    sd:{NS}:purge     expired sessions by when their retention starts
+    sd:{NS}:users     sessions by user (counts)
+    sd:{NS}:counters  total, active, ttl_sum, expiries, purges, seq, events
+    sd:{NS}:events    the stream of events (watch, settings changes)
+    sd:{NS}:config    the namespace's settings (JSON values)
+    sd:{NS}:lease     which daemon runs the expiry timer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sessiond.model import US, Change, Record
+from sessiond.shared import scripts
+from sessiond.shared.hashes import Group, record_of
+from sessiond.shared.link import Link
+
+# A scan looks at this many records at most per round trip.
+SCAN_MOST = 2000
+
+
+def _now(reply: Sequence[Any]) -> int:
+    """TIME's answer, in microseconds."""
+    return int(reply[0]) * US + int(reply[1])
+
+
+class SharedStore:
+    """One namespace on one engine."""
+
+    def __init__(self, link: Link, namespace: str) -> None:
+        self.link = link
+        self.namespace = namespace
+        tag = "sd:{" + namespace + "}:"
+        self.prefix = tag + "s:"
+        self.order, self.due, self.purge = tag + "order", tag + "due", tag + "purge"
+        self.users, self.counters = tag + "users", tag + "counters"
+        self.events, self.config, self.lease = tag + "events", tag + "config", tag + "lease"
+        self._commit = link.script(scripts.COMMIT)
+        self._page = link.script(scripts.PAGE)
+        self._due = link.script(scripts.DUE)
+        self._stats = link.script(scripts.STATS)
+        self._config_set = link.script(scripts.CONFIG_SET)
+        self._lease = link.script(scripts.LEASE)
+        self._release = link.script(scripts.RELEASE)
+        # Events kept in the stream for watchers that fall behind or come
+        # back (the event_retention setting, kept up to date by the engine).
+        self.maxlen = 100_000
+
+    def key(self, sid: str) -> str:
+        return self.prefix + sid
+
+    # -- reading -----------------------------------------------------------
+
+    async def time(self) -> int:
+        (reply,) = await self.link.call([("TIME",)])
+        return _now(reply)
+
+    async def fetch(self, sids: Sequence[str]) -> tuple[int, dict[str, Record | None]]:
+        """The engine's time and the records of ``sids``, in one round trip."""
+        replies = await self.link.call(
+            [("TIME",)] + [("HGETALL", self.key(sid)) for sid in sids]
+        )
+        _raise_errors(replies)
+        records = {sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)}
+        return _now(replies[0]), records
+
+    async def page(
+        self, after: int, want: int, user: str | None, most: int = SCAN_MOST
+    ) -> tuple[int, int, bool, list[Record]]:
+        """The engine's time, then up to ``want`` records (of ``user``) after
+        sequence number ``after`` in creation order: the last sequence number
+        looked at, whether records follow it, and the records."""
+        time, (last, more, flat) = await self._calls([
+            ("TIME",),
+            ("EVALSHA", self._page, 1, self.order, self.prefix, after, want,
+             max(most, want), user or ""),
+        ])
+        it = iter(flat)
+        records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
+        return _now(time), int(last), bool(int(more)), [r for r in records if r is not None]
+
+    async def due_records(self, purge: bool, upto: int, most: int) -> list[Record]:
+        """Records whose deadline (or start of retention, ``purge``) is at
+        or before ``upto``, earliest first."""
+        index = self.purge if purge else self.due
+        (flat,) = await self._calls([
+            ("EVALSHA", self._due, 1, index, self.prefix, upto, most),
+        ])
+        it = iter(flat)
+        records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
+        return [r for r in records if r is not None]
+
+    async def heads(self) -> tuple[int, int | None, int | None]:
+        """The engine's time, the earliest deadline and the earliest start of
+        a retention (``None`` when there is none)."""
+        time, due, purge = await self._calls([
+            ("TIME",),
+            ("ZRANGE", self.due, 0, 0, "WITHSCORES"),
+            ("ZRANGE", self.purge, 0, 0, "WITHSCORES"),
+        ])
+        return _now(time), _score(due), _score(purge)
+
+    async def stats(self) -> tuple[int, dict[str, int], int, int]:
+        """The engine's time, the counters, the users, and how many are due
+        in the next minute."""
+        now = await self.time()
+        (reply,) = await self._calls([
+            ("EVALSHA", self._stats, 3, self.counters, self.users, self.due,
+             now, now + 60 * US),
+        ])
+        counts, users, soon = reply
+        it = iter(counts)
+        counters = {_text(k): int(v) for k, v in zip(it, it, strict=True)}
+        return now, counters, int(users), int(soon)
+
+    async def settings(self) -> dict[str, bytes]:
+        """The namespace's settings as stored (JSON text by key)."""
+        (reply,) = await self._calls([("HGETALL", self.config)])
+        it = iter(reply)
+        return {_text(k): bytes(v) for k, v in zip(it, it, strict=True)}
+
+    async def engine_setting(self, name: str) -> str | None:
+        """One of the engine's own settings (``CONFIG GET``), or ``None``
+        where the engine does not say (a managed one may refuse CONFIG)."""
+        (reply,) = await self.link.call([("CONFIG", "GET", name)])
+        if isinstance(reply, Exception) or not reply:
+            return None
+        if isinstance(reply, dict):
+            value = next(iter(reply.values()))
+        else:
+            value = reply[1]
+        return _text(value)
+
+    # -- writing -----------------------------------------------------------
+
+    async def commit(self, groups: Sequence[list[Change]], now: int) -> list[bool]:
+        """Each group (one request's changes) applied all or nothing, in
+        order, if every record it changes is still as it was read; a later
+        group on a record of a refused one is refused too. Returns which
+        were applied."""
+        sids: dict[str, int] = {}
+        made = [Group(changes, now) for changes in groups]
+        for group in made:
+            for sid in group.final:
+                sids.setdefault(sid, len(sids) + 7)
+        keys = [self.order, self.due, self.purge, self.users, self.counters, self.events]
+        keys += [self.key(sid) for sid in sids]
+        args: list[Any] = [self.maxlen, len(made)]
+        for group in made:
+            args += group.args(sids)
+        (reply,) = await self.link.call(
+            [("EVALSHA", self._commit, len(keys), *keys, *args)], writes=True
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        return [bool(int(r)) for r in reply]
+
+    async def set_setting(self, key: str, value: bytes, now: int) -> None:
+        (reply,) = await self.link.call([(
+            "EVALSHA", self._config_set, 3, self.config, self.counters, self.events,
+            key, value, self.maxlen, now,
+        )], writes=True)
+        if isinstance(reply, Exception):
+            raise reply
+
+    async def hold_lease(self, holder: str, ms: int) -> bool:
+        (reply,) = await self._calls([("EVALSHA", self._lease, 1, self.lease, holder, ms)])
+        return bool(int(reply))
+
+    async def release_lease(self, holder: str) -> None:
+        await self._calls([("EVALSHA", self._release, 1, self.lease, holder)])
+
+    async def _calls(self, commands: Sequence[Any]) -> list[Any]:
+        replies = await self.link.call(commands)
+        _raise_errors(replies)
+        return replies
+
+
+def _raise_errors(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _score(reply: Any) -> int | None:
+    """The score of ZRANGE ... WITHSCORES's first member (RESP2 gives
+    member, score; RESP3 [member, score])."""
+    if not reply:
+        return None
+    first = reply[0]
+    score = first[1] if isinstance(first, list | tuple) else reply[1]
+    return int(float(score))

@@ -1,0 +1,230 @@
+"""The daemon's link to the shared engine: connections, round trips, errors.
+
+redis-py does what a client library must (the URL's TLS and Unix-socket
+connections, authentication, a Cluster's topology); the commands of a batch
+go over connections of redis-py's kept here, in one round trip each
+(``call``), without its client layer, which costs more per command than the
+round trip itself. Every key of a namespace is in one hash slot, so all of
+them live on one node: a Cluster is detected from the node the URL names,
+and the link talks to the master that holds the slot, following it when
+the Cluster moves it.
+
+Each round trip has a deadline (``TIMEOUT``): an engine that does not answer
+in time is as good as gone, and is said to be (``BackendUnavailable``,
+naming the engine without its password), unless what was sent may have
+been applied (``OutcomeUnknown``). Refusals to write (a read-only replica,
+out of memory, a failed save) become ``ReadOnly`` with the engine's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from redis import exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
+
+from sessiond.errors import BackendUnavailable, OutcomeUnknown, ReadOnly, SessionError
+from sessiond.shared.url import Backend
+
+log = logging.getLogger("sessiond.shared")
+
+TIMEOUT = 2.0
+# Round trips at once (and so connections to the engine): a thousand clients
+# take turns on these rather than open a thousand connections.
+MAX_CONNECTIONS = 16
+Command = Sequence[str | bytes | int | float]
+# Refusals to write, as redis-py names them: the engine's reason is passed on.
+_REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
+
+
+class Link:
+    """Connections to the engine's node that holds ``slot_key``'s slot."""
+
+    def __init__(self, backend: Backend, slot_key: str) -> None:
+        self.backend = backend
+        self.slot_key = slot_key
+        self.cluster = False
+        self._kwargs: dict[str, Any] = {}
+        self._class: type[AbstractConnection] = Connection
+        self._idle: list[AbstractConnection] = []
+        self._turns = anyio.Semaphore(MAX_CONNECTIONS)
+        self._scripts: dict[bytes, bytes] = {}  # sha -> source, to load again
+        self.last_error: str | None = None
+        self.node = backend.shown
+
+    # -- finding the node --------------------------------------------------
+
+    async def locate(self) -> None:
+        """Find the node that holds the namespace (the URL's, or in a
+        Cluster the master of its slot). Raises ``BackendUnavailable``."""
+        b = self.backend
+        # RESP2: replies of one shape whatever redis-py's default (the
+        # readers here take RESP3's too).
+        probe = Redis(**b.client_kwargs(), socket_timeout=TIMEOUT,
+                      socket_connect_timeout=TIMEOUT, protocol=2)
+        try:
+            with anyio.fail_after(TIMEOUT * 2):
+                info = await probe.info("cluster")
+            self.cluster = bool(info.get("cluster_enabled"))
+            if not self.cluster:
+                pool = probe.connection_pool
+                self._class = pool.connection_class
+                self._kwargs = dict(pool.connection_kwargs)
+                self.node = b.shown
+                return
+            cluster = RedisCluster(
+                host=b.host, port=b.port, password=b.password, username=b.username,
+                ssl=b.tls, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, protocol=2,
+            )
+            try:
+                with anyio.fail_after(TIMEOUT * 2):
+                    await cluster.initialize()
+                node = cluster.get_node_from_key(self.slot_key)
+                if node is None:
+                    raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
+                self._class = node.connection_class
+                self._kwargs = dict(node.connection_kwargs)
+                self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
+            finally:
+                await cluster.aclose()
+        except (rx.RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            await probe.aclose()
+        await self._drop_idle()
+
+    # -- round trips -------------------------------------------------------
+
+    async def call(self, commands: Sequence[Command], *, writes: bool = False) -> list[Any]:
+        """Send ``commands`` in one round trip and return their replies in
+        order; an error reply is returned as its exception (the caller
+        decides), but for those below. Raises ``BackendUnavailable`` (nothing
+        was applied), ``OutcomeUnknown`` (``writes``, and the engine may
+        have applied them), ``ReadOnly`` (the engine refuses writes)."""
+        for attempt in (1, 2):
+            replies = await self._round_trip(commands, writes)
+            errors = [r for r in replies if isinstance(r, rx.ResponseError)]
+            if not errors:
+                return replies
+            moved = any(isinstance(e, (rx.MovedError, rx.AskError)) for e in errors)
+            missing = any(isinstance(e, rx.NoScriptError) for e in errors)
+            if attempt == 1 and moved:
+                # The Cluster moved the slot: nothing was done there.
+                log.info("the engine's slot moved; following it")
+                await self.locate()
+                continue
+            if attempt == 1 and missing and not writes_done(commands, replies):
+                await self._load_scripts()
+                continue
+            for e in errors:
+                if isinstance(e, _REFUSALS):
+                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {e}")
+            return replies
+        raise AssertionError("unreachable")
+
+    async def _round_trip(self, commands: Sequence[Command], writes: bool) -> list[Any]:
+        async with self._connection() as conn:
+            sent = False
+            try:
+                with anyio.fail_after(TIMEOUT):
+                    await conn.send_packed_command(conn.pack_commands(commands), False)
+                    sent = True
+                    replies: list[Any] = []
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response())
+                        except rx.ResponseError as exc:
+                            replies.append(exc)
+            except (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError) as exc:
+                # Raised out of ``_connection``, which drops the connection.
+                if sent and writes:
+                    raise OutcomeUnknown(
+                        f"the shared engine {self.node} stopped answering after the change "
+                        f"was sent ({_why(exc)}): it may or may not have been made; read the "
+                        f"session to see"
+                    ) from exc
+                raise self._unavailable(exc) from exc
+        self.last_error = None
+        return replies
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AbstractConnection]:
+        async with self._turns, self._connected() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _connected(self) -> AsyncIterator[AbstractConnection]:
+        if self._idle:
+            conn = self._idle.pop()
+        else:
+            if not self._kwargs:
+                await self.locate()
+            conn = self._class(**self._kwargs)
+            try:
+                with anyio.fail_after(TIMEOUT):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+            except (rx.RedisError, OSError, TimeoutError) as exc:
+                await conn.disconnect()
+                raise self._unavailable(exc) from exc
+        try:
+            yield conn
+        except BaseException:
+            # Whatever went wrong, the connection may be out of step.
+            await conn.disconnect()
+            raise
+        self._idle.append(conn)
+
+    def _unavailable(self, exc: BaseException) -> SessionError:
+        if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError)):
+            self.last_error = f"authentication refused: {exc}"
+        else:
+            self.last_error = _why(exc)
+        return BackendUnavailable(
+            f"the shared engine {self.node} cannot be reached: {self.last_error}"
+        )
+
+    async def _drop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+    async def close(self) -> None:
+        await self._drop_idle()
+
+    # -- scripts -----------------------------------------------------------
+
+    def script(self, source: str) -> bytes:
+        """The sha of ``source``, which ``call`` loads again when the engine
+        has forgotten it (a restart, SCRIPT FLUSH)."""
+        import hashlib
+
+        sha = hashlib.sha1(source.encode()).hexdigest().encode()
+        self._scripts[sha] = source.encode()
+        return sha
+
+    async def _load_scripts(self) -> None:
+        await self._round_trip([("SCRIPT", "LOAD", s) for s in self._scripts.values()], False)
+
+
+def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
+    """Whether a command other than a script that was missing ran and
+    wrote: then the round trip cannot simply be sent again. (Ours send a
+    script alone, or reads with it.)"""
+    for command, reply in zip(commands, replies, strict=True):
+        name = str(command[0]).upper()
+        if name == "EVALSHA" and not isinstance(reply, rx.NoScriptError):
+            return True
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) or isinstance(exc, rx.TimeoutError):
+        return f"no answer within {TIMEOUT:g}s"
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,149 @@
+"""Timed expiry in shared mode: exactly once, by whichever daemon holds
+the lease.
+
+Every daemon of a namespace runs a ``Reaper``; one at a time holds the
+namespace's lease (a key with a short life that its holder keeps
+extending), and only the holder expires and purges what falls due. When the
+holder is killed its lease runs out within ``LEASE_MS`` and another daemon
+takes it. An expiry is committed with the same compare and set as any
+change, so even two holders (a lease lost to a long pause) could not
+expire a session twice: the second commit finds the record changed.
+
+Deadlines and the time they are compared with are the engine's: the one
+clock of the fleet. An expiry is at its deadline (``expired_at`` = the
+deadline), however late it is noticed: after an outage of the engine, the
+holder catches up with the right stamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from collections import deque
+from typing import Any
+
+import anyio
+
+from sessiond import rules
+from sessiond.errors import SessionError
+from sessiond.live import Live, rules_of
+from sessiond.model import PURGED, US, Change
+from sessiond.shared.engine import SharedStore
+from sessiond.shared.view import View
+from sessiond.timers import EXPIRY_BATCH, LAGS_KEPT, TIMER_MAX_SLEEP
+
+log = logging.getLogger("sessiond.shared")
+
+LEASE_MS = 5000
+
+
+class Reaper:
+    """The expiry timer of one daemon of a namespace."""
+
+    def __init__(self, store: SharedStore, live: Live) -> None:
+        self.store = store
+        self.live = live
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.holding = False
+        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
+        self.lag_max = 0.0
+        self._target = math.inf  # the engine's time it next wakes at
+        self._wake = anyio.Event()
+        self._down: str | None = None  # the engine's trouble, said once
+
+    def hint(self, deadline: int) -> None:
+        """A deadline set somewhere in the fleet: earlier than the timer's
+        next wake, it wakes it."""
+        if deadline < self._target:
+            self._wake.set()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    def figures(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
+        return {
+            "expiry_lag_max_ms": round(self.lag_max, 3),
+            "expiry_lag_p99_ms": round(p99, 3),
+            "expiry_lease": self.holding,
+        }
+
+    async def run(self) -> None:
+        while True:
+            delay = TIMER_MAX_SLEEP
+            try:
+                self.holding = await self.store.hold_lease(self.holder, LEASE_MS)
+                if self.holding:
+                    delay = await self._reap()
+                if self._down is not None:
+                    log.info("the shared engine answers again")
+                    self._down = None
+            except SessionError as exc:
+                self.holding = False
+                if self._down != str(exc):
+                    log.error("expiry paused: %s", exc)
+                    self._down = str(exc)
+            self._wake = anyio.Event()
+            if delay > 0:
+                # At least every TIMER_MAX_SLEEP: the lease is extended, and a
+                # daemon that lost it notices another's.
+                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
+                    await self._wake.wait()
+            else:
+                await anyio.lowlevel.checkpoint()
+
+    async def _reap(self) -> float:
+        """Expire and purge what is due; seconds until more is (0: a batch
+        was full)."""
+        settings = rules_of(self.live.settings)
+        now = await self.store.time()
+        records = await self.store.due_records(False, now, EXPIRY_BATCH)
+        groups: list[list[Change]] = []
+        for record in records:
+            made: list[Change] = []
+            rules.lazy_expire(View.of(settings, [record]), record, now, made)
+            if made:
+                groups.append(made)
+        applied = await self.store.commit(groups, now) if groups else []
+        for made, ok in zip(groups, applied, strict=True):
+            before = made[0].before
+            if ok and before is not None:
+                self._lag((now - before.expires_at) / 1000)
+        full = len(records) >= EXPIRY_BATCH
+        retention = settings.expired_retention * US
+        if retention:
+            upto = now - retention
+            doomed = await self.store.due_records(True, upto, EXPIRY_BATCH)
+            groups = []
+            for record in doomed:
+                if record.expired_at is not None and rules.purge_key(record) <= upto:
+                    made = []
+                    View.of(settings, [record]).put(made, PURGED, record, None)
+                    groups.append(made)
+            if groups:
+                await self.store.commit(groups, now)
+            full = full or len(doomed) >= EXPIRY_BATCH
+        if full:
+            return 0.0
+        now, due, purge = await self.store.heads()
+        candidates = [d for d in (due, None if purge is None or not retention
+                                  else purge + retention) if d is not None]
+        self._target = min(candidates) if candidates else math.inf
+        return math.inf if not candidates else max(0.0, (self._target - now) / US)
+
+    def _lag(self, lag: float) -> None:
+        self.lags.append(lag)
+        if lag > self.lag_max:
+            self.lag_max = lag
+
+    async def release(self) -> None:
+        """Give the lease up at a clean stop, so that another daemon takes it
+        at once rather than when it runs out."""
+        if self.holding:
+            try:
+                await self.store.release_lease(self.holder)
+            except SessionError as exc:
+                log.warning("could not give up the expiry lease: %s", exc)

@@ -1,0 +1,255 @@
+"""The shared engine's operations on many sessions: a page of the list,
+cleanup, an import page, and the namespace's settings.
+
+Each is a loop of the rules' per-session steps over records read from the
+engine a chunk at a time (as the local store's are loops over its own),
+committed back with the same compare and set as any request: a record
+another daemon changed meanwhile is read again and judged again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sessiond import config, rules
+from sessiond.errors import ConfigError, InvalidRequest, TooLarge, Unsupported
+from sessiond.live import Live, rules_of
+from sessiond.model import PURGED, Change, Record
+from sessiond.protocol import (
+    Cleanup,
+    CleanupReply,
+    CleanupResult,
+    ConfigReply,
+    ConfigSet,
+    Import,
+    ImportReply,
+    ImportResult,
+    List,
+    Page,
+    Response,
+)
+from sessiond.rules import Rules
+from sessiond.shared.engine import SCAN_MOST, SharedStore
+from sessiond.shared.view import View
+from sessiond.store import PAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
+
+# Keys the engine's own settings stand for in shared mode: refused, naming them.
+ENGINE_OWNED = {
+    "fsync": "appendfsync (and appendonly)",
+    "compact_growth_percent": "auto-aof-rewrite-percentage",
+    "compact_min_bytes": "auto-aof-rewrite-min-size",
+    "compact_interval": "auto-aof-rewrite-percentage and auto-aof-rewrite-min-size",
+}
+
+
+async def commit_each(
+    store: SharedStore, groups: list[list[Change]], now: int
+) -> list[bool]:
+    """Commit changes of one record each; which were applied."""
+    return await store.commit(groups, now) if groups else []
+
+
+def _cursor(text: str | None) -> int:
+    if not text:
+        return 0
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise InvalidRequest(f"invalid list cursor {text!r}")
+    return int(text)
+
+
+async def list_page(store: SharedStore, settings: Rules, req: List) -> Response:
+    """As ``Store.list_page``: up to ``limit`` sessions after the cursor, in
+    creation order, within ``PAGE_MAX_BYTES``; a past-due one expired."""
+    after = _cursor(req.cursor)
+    page: list[Record] = []
+    size = 0
+    cursor: str | None = None
+    while True:
+        want = req.limit - len(page)
+        now, last, more, records = await store.page(after, want, req.user)
+        changes: list[list[Change]] = []
+        for record in records:
+            if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
+                more = True
+                break
+            made: list[Change] = []
+            record = rules.lazy_expire(View.of(settings, [record]), record, now, made)
+            if made:
+                changes.append(made)
+            if req.status is None or record.status == req.status:
+                page.append(record)
+                size += len(record.meta_json) + RECORD_OVERHEAD_BYTES
+            last = record.seq
+        # An expiry another daemon raced is no reason to fail a read: the
+        # record is expired either way.
+        await commit_each(store, changes, now)
+        after = last
+        if not more:
+            break
+        if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
+            cursor = str(last)
+            break
+    return Page(id=req.id, sessions=[r.to_session() for r in page], cursor=cursor)
+
+
+async def cleanup(store: SharedStore, settings: Rules, req: Cleanup) -> Response:
+    """As ``Store.cleanup``, a chunk of the namespace at a time."""
+    before = req.before
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
+        raise InvalidRequest(f"before must be a timestamp in microseconds, not {before!r}")
+    removed: list[str] = []
+    after = 0
+    while True:
+        now, last, more, records = await store.page(after, SCAN_MOST, None)
+        doomed = [r for r in records if rules.doomed(r, now, before)]
+        if not req.dry_run:
+            doomed = await _purge(store, settings, doomed, now, before)
+        removed += [r.id for r in doomed]
+        if not more:
+            break
+        after = last
+    _, counters, _, _ = await store.stats()
+    total = counters.get("total", 0)
+    result = CleanupResult(
+        dry_run=req.dry_run, removed_count=len(removed),
+        remaining_count=total - (len(removed) if req.dry_run else 0), removed_ids=removed,
+    )
+    return CleanupReply(id=req.id, result=result)
+
+
+async def _purge(
+    store: SharedStore, settings: Rules, doomed: list[Record], now: int, before: int | None
+) -> list[Record]:
+    """Remove ``doomed``; those changed meanwhile are read again and removed
+    if they still are. Returns those removed."""
+    removed: list[Record] = []
+    for _ in range(3):
+        if not doomed:
+            break
+        groups: list[list[Change]] = []
+        for record in doomed:
+            made: list[Change] = []
+            View.of(settings, [record]).put(made, PURGED, record, None)
+            groups.append(made)
+        applied = await commit_each(store, groups, now)
+        removed += [r for r, ok in zip(doomed, applied, strict=True) if ok]
+        missed = [r.id for r, ok in zip(doomed, applied, strict=True) if not ok]
+        if not missed:
+            break
+        now, fresh = await store.fetch(missed)
+        doomed = [r for r in fresh.values() if r is not None and rules.doomed(r, now, before)]
+    return removed
+
+
+async def import_page(store: SharedStore, settings: Rules, req: Import) -> Response:
+    """As ``Store.import_sessions``: each record admitted by the rules on
+    what the engine holds of its id, and committed alone."""
+    tally = rules.Imported()
+    pending = list(req.sessions)
+    for _ in range(3):
+        if not pending:
+            break
+        now, records = await store.fetch(list({s.id: None for s in pending}))
+        v = View.of(settings, [r for r in records.values() if r is not None])
+        groups: list[list[Change]] = []
+        outcomes: list[tuple[str, str, bool]] = []
+        for session in pending:
+            made: list[Change] = []
+            try:
+                outcome, late = rules.admit(v, now, session, made)
+            except (InvalidRequest, TooLarge) as exc:
+                tally.refuse(session.id, exc)
+                continue
+            if made:
+                groups.append(made)
+                outcomes.append((session.id, outcome, late))
+            else:
+                tally.count(session.id, outcome, late)
+        applied = await commit_each(store, groups, now)
+        retry = {sid for (sid, _, _), ok in zip(outcomes, applied, strict=True) if not ok}
+        for (sid, outcome, late), ok in zip(outcomes, applied, strict=True):
+            if ok:
+                tally.count(sid, outcome, late)
+        pending = [s for s in pending if s.id in retry]
+    for session in pending:
+        tally.refuse(session.id, InvalidRequest("changed by another daemon while importing"))
+    result = ImportResult(
+        imported=tally.imported, updated=tally.updated, skipped=tally.skipped,
+        reasons=tally.reasons, already_expired=tally.already_expired,
+    )
+    return ImportReply(id=req.id, result=result)
+
+
+# -- the namespace's settings ----------------------------------------------
+
+
+async def namespace_layers(store: SharedStore, layers: config.Layers) -> config.Layers:
+    """``layers`` with the namespace's settings (from the engine) in the
+    place of the config file's. Raises ``ConfigError`` naming a bad one."""
+    stored = await store.settings()
+    values: dict[str, Any] = {}
+    for key, text in stored.items():
+        try:
+            values[key] = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"the namespace's setting {key} is not JSON: {exc}") from exc
+    try:
+        config.validate(values)
+    except ConfigError as exc:
+        raise ConfigError(f"the namespace's settings in the engine: {exc}") from exc
+    return layers.with_namespace(values)
+
+
+async def config_set(
+    store: SharedStore,
+    live: Live,
+    req: ConfigSet,
+    adopt: Callable[[config.Layers], Awaitable[None]],
+) -> Response:
+    """A setting of the namespace changed: in force on every daemon of it
+    within a second (each reads it on the change's event)."""
+    async with live.lock:
+        # A bad key or value is told as in local mode, before anything else.
+        new = live.layers.with_key(req.key, req.value)
+        value = getattr(new.settings, req.key)
+        owned = ENGINE_OWNED.get(req.key)
+        if owned is not None:
+            raise Unsupported(
+                f"{req.key} is not a setting of sessiond in shared mode: the shared engine "
+                f"persists the sessions, by its own {owned}; set that on the server"
+            )
+        now = await store.time()
+        await store.set_setting(req.key, json.dumps(value).encode(), now)
+        old_cap = live.settings.max_lifetime
+        await adopt(new)
+        cap = new.settings.max_lifetime
+        if cap and (not old_cap or cap < old_cap):
+            await cap_all(store, rules_of(new.settings))
+    return ConfigReply(
+        id=req.id, config={req.key: value}, sources={req.key: new.source(req.key)}
+    )
+
+
+async def cap_all(store: SharedStore, settings: Rules) -> None:
+    """Bring every session within a lowered ``max_lifetime``
+    (``rules.cap_record``), going over those another daemon changed
+    meanwhile again (they may still be over it)."""
+    for _ in range(3):
+        after = 0
+        raced = False
+        while True:
+            now, last, more, records = await store.page(after, SCAN_MOST, None)
+            groups: list[list[Change]] = []
+            for record in records:
+                made: list[Change] = []
+                rules.cap_record(View.of(settings, [record]), record, now, made)
+                if made:
+                    groups.append(made)
+            raced |= not all(await commit_each(store, groups, now))
+            if not more:
+                break
+            after = last
+        if not raced:
+            return

@@ -1,0 +1,196 @@
+"""The Lua the shared engine runs: storage steps only, never a rule.
+
+The rules of sessions run in Python (``sessiond.rules``), on records read
+from the engine; what they decide reaches the engine as final states and
+the index entries, counters and events that go with them. A script only
+checks that every record is still at the version it was read at (compare
+and set), and writes. So a script touches only keys of one namespace,
+all in one hash slot (their names carry the namespace as a hash tag):
+passed in KEYS, or made from the key prefix for records a scan finds.
+
+Numbers are passed and stored as decimal text; Lua compares versions as
+text (they may pass 2^53), and uses numbers only for scores and counts.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# KEYS: order, due, purge, users, counters, events, then the records' keys.
+# ARGV: maxlen, groups, then each group (one request's changes, applied all
+# or none): its records, each as
+#   key index, sid, expected version ("-": absent), then "0" (removed) or
+#   "1", the 9 fields, the index ("d" due / "p" purge) and its score,
+# then the counter deltas (total, active, ttl_sum, expiries, purges), the
+# users' deltas, and the events (kind, sid, at, user, session).
+# A group whose records are not as expected is not applied (0); neither is
+# a later group that touches one of its records (their state was computed
+# on top of it). Returns each group's 1 or 0.
+COMMIT: Final = """
+local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
+local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
+local maxlen = ARGV[1]
+local pos = 3
+local results = {}
+local poisoned = {}
+local FIELDS = {'u', 't', 'm', 'c', 'a', 'e', 'x', 'v', 'i'}
+for g = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[pos]); pos = pos + 1
+  local first = pos
+  local ok = true
+  local p = pos
+  for r = 1, n do
+    local key = KEYS[tonumber(ARGV[p])]
+    local expect = ARGV[p + 2]
+    local v = redis.call('HGET', key, 'v')
+    if poisoned[key] or (expect == '-' and v) or (expect ~= '-' and v ~= expect) then
+      ok = false
+    end
+    if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+  end
+  local tail = p
+  local nusers = tonumber(ARGV[tail + 5])
+  local nevents = tonumber(ARGV[tail + 6 + 2 * nusers])
+  local after = tail + 7 + 2 * nusers + 5 * nevents
+  if not ok then
+    p = first
+    for r = 1, n do
+      poisoned[KEYS[tonumber(ARGV[p])]] = true
+      if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+    end
+    results[g] = 0
+  else
+    p = first
+    for r = 1, n do
+      local key, sid, expect = KEYS[tonumber(ARGV[p])], ARGV[p + 1], ARGV[p + 2]
+      if ARGV[p + 3] == '0' then
+        redis.call('DEL', key)
+        redis.call('ZREM', order, sid)
+        redis.call('ZREM', due, sid)
+        redis.call('ZREM', purge, sid)
+        p = p + 4
+      else
+        for f = 1, 9 do
+          local value = ARGV[p + 3 + f]
+          if value == '' then
+            redis.call('HDEL', key, FIELDS[f])
+          else
+            redis.call('HSET', key, FIELDS[f], value)
+          end
+        end
+        if expect == '-' then
+          local seq = redis.call('HINCRBY', counters, 'seq', 1)
+          redis.call('HSET', key, 'q', seq)
+          redis.call('ZADD', order, seq, sid)
+        end
+        if ARGV[p + 13] == 'd' then
+          redis.call('ZADD', due, ARGV[p + 14], sid)
+          redis.call('ZREM', purge, sid)
+        else
+          redis.call('ZREM', due, sid)
+          redis.call('ZADD', purge, ARGV[p + 14], sid)
+        end
+        p = p + 15
+      end
+    end
+    local names = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
+    for c = 1, 5 do
+      local delta = tonumber(ARGV[tail + c - 1])
+      if delta ~= 0 then redis.call('HINCRBY', counters, names[c], delta) end
+    end
+    p = tail + 6
+    for u = 1, nusers do
+      local left = redis.call('HINCRBY', users, ARGV[p], ARGV[p + 1])
+      if left <= 0 then redis.call('HDEL', users, ARGV[p]) end
+      p = p + 2
+    end
+    p = p + 1
+    for e = 1, nevents do
+      local number = redis.call('HINCRBY', counters, 'events', 1)
+      redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number,
+                 'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
+                 'r', ARGV[p + 4])
+      p = p + 5
+    end
+    results[g] = 1
+  end
+  pos = after
+end
+return results
+"""
+
+# Records in creation order after a sequence number: KEYS order; ARGV the
+# records' key prefix, the sequence number after which to start, how many
+# records of ``user`` ("": any) to return, how many to look at at most.
+# Returns the last sequence number looked at, whether any record follows
+# it, then each record as its id and HGETALL.
+PAGE: Final = """
+local prefix, after, user = ARGV[1], ARGV[2], ARGV[5]
+local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids = redis.call('ZRANGE', KEYS[1], '(' .. after, '+inf', 'BYSCORE',
+                       'LIMIT', 0, most + 1, 'WITHSCORES')
+local out = {}
+local found, looked, last = 0, 0, after
+local more = 0
+for i = 1, #ids, 2 do
+  if found >= want or looked >= most then more = 1; break end
+  looked = looked + 1
+  last = ids[i + 1]
+  local key = prefix .. ids[i]
+  if user == '' or redis.call('HGET', key, 'u') == user then
+    out[#out + 1] = ids[i]
+    out[#out + 1] = redis.call('HGETALL', key)
+    found = found + 1
+  end
+end
+return {last, more, out}
+"""
+
+# What falls due: KEYS one index (due or purge); ARGV the key prefix, the
+# latest score due, how many at most. Returns ids and HGETALLs.
+DUE: Final = """
+local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i = 1, #ids do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ids[i])
+end
+return out
+"""
+
+# The namespace's figures: KEYS counters, users, due; ARGV now and now + 60 s
+# (microseconds). Returns the counters' HGETALL, the users, those due soon.
+STATS: Final = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HLEN', KEYS[2]),
+        redis.call('ZCOUNT', KEYS[3], ARGV[1], ARGV[2])}
+"""
+
+# A setting of the namespace changed: KEYS config, counters, events; ARGV
+# key, value (JSON), maxlen, at. Every daemon reloads on the event.
+CONFIG_SET: Final = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local number = redis.call('HINCRBY', KEYS[2], 'events', 1)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'n', number, 'k', 'config',
+           's', ARGV[1], 'a', ARGV[4], 'u', '', 'r', '')
+return 1
+"""
+
+# The expiry lease: KEYS lease; ARGV holder, milliseconds. Taken if free,
+# extended if ours; returns 1 when held by ``holder``.
+LEASE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""

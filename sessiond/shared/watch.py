@@ -1,0 +1,182 @@
+"""Events in shared mode: a stream in the engine, read by every daemon.
+
+Every change a daemon commits adds its event to the namespace's stream, in
+the same script (``scripts.COMMIT``): replicated and persisted with the
+sessions, in one order for the whole namespace, and kept for
+``event_retention`` events. Keyspace notifications would be neither: they
+are fire-and-forget, and a Cluster's node tells only of its own keys.
+
+A ``watch`` reads the stream from where it starts (now, or after the
+cursor of the last event it saw, given as ``Watch.after``: so a watcher
+that comes back after its daemon restarted misses nothing still kept), as
+fast as its client takes the events: a client that falls behind what the
+stream keeps is told with a ``lagged`` event how many it missed, counted
+by the events' numbers. ``NamespaceReader`` is the daemon's own reader: it
+hears other daemons' changes to the namespace's settings, and deadlines
+that may be earlier than the expiry timer knows of.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from sessiond.errors import InvalidRequest, SessionError
+from sessiond.model import ACTIVE, Session, now_us
+from sessiond.protocol import Event, EventReply, Response, frame
+from sessiond.shared.engine import SharedStore
+
+log = logging.getLogger("sessiond.shared")
+
+BLOCK_MS = 500
+COUNT = 256
+CONFIG = "config"
+_session = msgspec.msgpack.Decoder(Session)
+
+
+class Entry:
+    """One event of the stream."""
+
+    __slots__ = ("id", "number", "kind", "sid", "at", "user", "session")
+
+    def __init__(self, entry_id: bytes | str, fields: Any) -> None:
+        self.id = _text(entry_id)
+        values = _fields(fields)
+        self.number = int(values["n"])
+        self.kind = _text(values["k"])
+        self.sid = _text(values["s"])
+        self.at = int(values["a"])
+        self.user = _text(values["u"])
+        self.session = bytes(values["r"])
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.id}/{self.number}"
+
+    def frame(self) -> bytes:
+        session = _session.decode(self.session) if self.session else None
+        return frame(EventReply(id=0, event=Event(
+            kind=self.kind, sid=self.sid, at=self.at, session=session, cursor=self.cursor,
+        )))
+
+
+def parse_cursor(text: str) -> tuple[str, int]:
+    stream_id, _, number = text.partition("/")
+    ms, _, seq = stream_id.partition("-")
+    if not (ms.isdigit() and seq.isdigit() and number.isdigit()):
+        raise InvalidRequest(f"invalid watch cursor {text!r} (a cursor is an event's own)")
+    return stream_id, int(number)
+
+
+class StreamWatcher:
+    """A ``watch`` client's reading of the stream (an ``EventSource``)."""
+
+    def __init__(
+        self, store: SharedStore, user: str | None, after: str | None, registry: set[Any]
+    ) -> None:
+        self.store = store
+        self.user = user
+        self.after = after
+        self.registry = registry
+        self.last_id = "0-0"
+        self.last_number = 0
+        registry.add(self)
+
+    async def hello(self, req_id: int) -> Response:
+        """The first reply: watching, from the cursor given or from now."""
+        if self.after is not None:
+            self.last_id, self.last_number = parse_cursor(self.after)
+        else:
+            (reply,) = await self.store.link.call([("XREVRANGE", self.store.events, "+", "-",
+                                                   "COUNT", 1)])
+            if isinstance(reply, Exception):
+                raise reply
+            if reply:
+                last = Entry(*reply[0])
+                self.last_id, self.last_number = last.id, last.number
+        start = f"{self.last_id}/{self.last_number}"
+        return EventReply(id=req_id, event=Event(
+            kind="watching", sid=None, at=now_us(), cursor=start,
+        ))
+
+    async def next(self) -> bytes:
+        """Events after the last one sent (empty when none came within a
+        short wait, so that the server can look whether it stops)."""
+        entries = await read(self.store, self.last_id)
+        out: list[bytes] = []
+        for entry in entries:
+            gap = entry.number - self.last_number - 1
+            if gap > 0:
+                lagged = Event(kind="lagged", sid=None, at=entry.at, dropped=gap)
+                out.append(frame(EventReply(id=0, event=lagged)))
+            self.last_id, self.last_number = entry.id, entry.number
+            if entry.kind == CONFIG or (self.user is not None and entry.user != self.user):
+                continue
+            out.append(entry.frame())
+        return b"".join(out)
+
+    def close(self) -> None:
+        self.registry.discard(self)
+
+
+async def read(store: SharedStore, after: str) -> list[Entry]:
+    """The stream's entries after ``after``, waiting a little for some."""
+    (reply,) = await store.link.call([(
+        "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", store.events, after,
+    )])
+    if isinstance(reply, Exception):
+        raise reply
+    if not reply:
+        return []
+    # One stream asked for: its entries, however the reply is shaped.
+    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [Entry(entry_id, fields) for entry_id, fields in entries]
+
+
+class NamespaceReader:
+    """The daemon's own reading of the stream: settings another daemon
+    changed (``on_config``), deadlines it set (``on_deadline``)."""
+
+    def __init__(
+        self,
+        store: SharedStore,
+        on_config: Callable[[], Any],
+        on_deadline: Callable[[int], None],
+    ) -> None:
+        self.store = store
+        self.on_config = on_config
+        self.on_deadline = on_deadline
+
+    async def run(self) -> None:
+        after = "$"
+        while True:
+            try:
+                entries = await read(self.store, after)
+            except SessionError:
+                # The engine is away: the link says so to every request;
+                # this tries again, a little later.
+                await anyio.sleep(1)
+                continue
+            for entry in entries:
+                after = entry.id
+                if entry.kind == CONFIG:
+                    await self.on_config()
+                elif entry.session:
+                    session = _session.decode(entry.session)
+                    if session.status == ACTIVE:
+                        self.on_deadline(session.expires_at)
+
+
+def _fields(fields: Any) -> dict[str, Any]:
+    if isinstance(fields, dict):
+        return {_text(k): v for k, v in fields.items()}
+    it = iter(fields)
+    return {_text(k): v for k, v in zip(it, it, strict=True)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
