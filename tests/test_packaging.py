@@ -107,7 +107,8 @@ def test_the_wheel_ships_the_units_the_license_and_python_m_sessiond(
     assert license_file in names
     assert wheel.read(license_file) == (ROOT / "LICENSE").read_bytes()
     assert "Copyright (c)" in wheel.read(license_file).decode()
-    assert {"sessiond/__main__.py", "sessiond/py.typed", "sessionctl/py.typed"} <= names
+    assert {"sessiond/__main__.py", "sessiond/py.typed", "sessionctl/py.typed",
+            "sessiond/shared/__init__.py", "sessiond/shared/scripts.py"} <= names
 
 
 def test_the_wheel_metadata_declares_the_license_and_the_pythons(
