@@ -88,8 +88,9 @@ class Dispatcher:
 
     Holds the parts that requests use (the store, the journal, the hub of
     watchers, the live settings) and nothing that others own: the server
-    gives it the one figure it cannot make, ``stats``, and registers what
-    must hear of every commit (``notice``)."""
+    gives it the one figure it cannot make, ``stats``, and the way to stop
+    the daemon, ``request_stop``, and registers what must hear of every
+    commit (``notice``)."""
 
     def __init__(
         self,
@@ -98,12 +99,15 @@ class Dispatcher:
         hub: Hub,
         live: Live,
         stats: Callable[[int], StatsInfo],
+        request_stop: Callable[[], None],
     ) -> None:
         self.store = store
         self.journal = journal
         self.hub = hub
         self.live = live
         self.stats = stats
+        # Stops the daemon as SIGTERM does (the ``shutdown`` request).
+        self.request_stop = request_stop
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []

@@ -54,9 +54,11 @@ from sessiond.protocol import (
     Response,
     SessionReply,
     Set,
+    Shutdown,
     Stats,
     StatsInfo,
     StatsReply,
+    Stopping,
     Unset,
 )
 from sessiond.store import Store
@@ -70,6 +72,8 @@ class Context(Protocol):
     started: float
 
     def stats(self, now: int) -> StatsInfo: ...
+
+    def request_stop(self) -> None: ...
 
     async def adopt(self, layers: config.Layers) -> None: ...
 
@@ -209,6 +213,14 @@ def hello(c: Context, req: Hello, now: int) -> Outcome:
         )
     return HelloReply(id=req.id, version=PROTOCOL_VERSION, server=__version__,
                       pid=os.getpid()), []
+
+
+@handles(Shutdown)
+def shutdown(c: Context, req: Shutdown, now: int) -> Outcome:
+    # Only asks: the daemon stops as on SIGTERM, after this reply and every
+    # other request in flight are answered and the journal is synced.
+    c.request_stop()
+    return Stopping(id=req.id, pid=os.getpid()), []
 
 
 # -- requests that wait on I/O of their own -------------------------------------

@@ -128,9 +128,13 @@ class Watch(Request, tag="watch"):
     user: User | None = None
 
 
+class Shutdown(Request, tag="shutdown"):
+    """Stop the daemon, as SIGTERM does; answered before it stops."""
+
+
 AnyRequest = (
     Hello | Ping | Create | Get | Set | Unset | Delete | List | Expire | Refresh | Stats
-    | Cleanup | ConfigGet | ConfigSet | Import | Compact | Watch
+    | Cleanup | ConfigGet | ConfigSet | Import | Compact | Watch | Shutdown
 )
 WRITES: Final = (Create, Set, Unset, Delete, Expire, Refresh, Cleanup, Import)
 
@@ -264,6 +268,13 @@ class EventReply(Response, tag="event"):
     event: Event
 
 
+class Stopping(Response, tag="stopping"):
+    """The answer to ``Shutdown``: the daemon (``pid``) stops once it has
+    answered the requests in flight and synced its journal."""
+
+    pid: int
+
+
 class ErrorReply(Response, tag="error"):
     code: str
     message: str
@@ -271,7 +282,7 @@ class ErrorReply(Response, tag="error"):
 
 AnyResponse = (
     HelloReply | Pong | SessionReply | Page | Deleted | StatsReply | CleanupReply
-    | ConfigReply | ImportReply | CompactReply | EventReply | ErrorReply
+    | ConfigReply | ImportReply | CompactReply | EventReply | Stopping | ErrorReply
 )
 
 # -- frames ------------------------------------------------------------------

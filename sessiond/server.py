@@ -53,7 +53,12 @@ class Server:
         self.started = time.monotonic()
         self.uid = os.getuid()
         self.hub = Hub()
-        self.dispatcher = Dispatcher(store, journal, self.hub, live, self.stats)
+        # Set by a ``shutdown`` request: the daemon then stops as on SIGTERM
+        # (``sessiond.daemon`` waits for it beside the signals).
+        self.stop_requested = anyio.Event()
+        self.dispatcher = Dispatcher(
+            store, journal, self.hub, live, self.stats, self.stop_requested.set
+        )
         self.connections = Connections(self.dispatcher, live)
         self.expiry = ExpiryTimer(store, self.dispatcher.commit)
         self.compactor = Compactor(store, journal, live)
