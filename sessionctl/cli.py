@@ -76,7 +76,11 @@ def parse_fast(argv: Sequence[str]) -> Args | None:
         token = argv[i]
         i += 1
         if token == VERSION_OPTION and command is None:
-            token = "version"
+            # The version command, with the global options only: argparse
+            # knows --version at the top, where no command's options are.
+            command = "version"
+            arguments = COMMANDS[command].arguments
+            continue
         if not token.startswith("-"):
             if command is None:
                 if token not in COMMANDS or token == "help":

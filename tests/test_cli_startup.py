@@ -40,6 +40,7 @@ WORDS = [
     "--tou", "--soc", "-h", "--help", "--json=1", "--touch=", "--socket=", "--socket=/s",
     "--user=", "--user=u", "--ttl=5", "--limit=0", "--meta=a=b", "--status=active",
     "--format=csv", "--id=abc", "--before=2020", "HELP",
+    "--version", "-q", "-7d", "+2h", "-5", "90m", "--before=-7d", "-qv", "--",
 ]
 TOKENS = st.sampled_from([*registry.COMMANDS, *OPTIONS, *OPTIONS, *WORDS])
 
