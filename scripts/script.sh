@@ -4,8 +4,10 @@
 #
 #   bash scripts/script.sh COMMAND [ARGS]      (from any directory)
 #
-# All the work is done by the Python module sessionctl.shim, started with one
-# exec, so that a command costs one interpreter start and one round trip.
+# All the work is done by sessionctl.shim.main, started with one exec, so
+# that a command costs one interpreter start and one round trip. It is the
+# function that the `session` command (installed by `pip install .`) runs:
+# `session COMMAND [ARGS]` answers exactly as this script does.
 #
 # Which Python runs it, first match wins:
 #   1. $SESSIOND_PYTHON, when set;

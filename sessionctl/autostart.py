@@ -3,8 +3,12 @@
 If the systemd user units are installed and the socket is the default one
 (the path their socket unit listens on), the daemon is systemd's to run: we
 ask systemd to start it rather than starting a second, unmanaged one, and
-fail if systemd cannot. Otherwise we start ``sessiond`` detached, with its
-log in its data dir, and wait (up to 5 s) until it answers.
+fail if systemd cannot. Otherwise we start ``sessiond`` detached and wait
+(up to 5 s) until it answers. Its log is ``sessiond.log`` in its data dir,
+which the daemon itself writes and rotates by size (``--log-file``); its
+stdout and stderr are appended to the same file from the start, so that a
+daemon that dies before it has set up its log (a broken installation, an
+interpreter that cannot start) still leaves its reason there.
 
 A daemon started on another socket (``--socket``, or ``$SESSIOND_SOCKET``
 pointing elsewhere than ``sessionctl`` was told by default) gets a data dir
@@ -110,8 +114,8 @@ def start_daemon(path: Path) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sessiond.daemon", "--socket", os.fspath(path),
-             "--data-dir", os.fspath(data)],
+            [sys.executable, "-m", "sessiond", "--socket", os.fspath(path),
+             "--data-dir", os.fspath(data), "--log-file", os.fspath(log_path)],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,

@@ -1,8 +1,14 @@
-"""The file steps of a compaction, each run in a worker thread: write the
-records to a temp file and a snapshot, then put both in place.
+"""Compaction: the journal rewritten as one line per session.
 
-``Journal.compact`` runs them and keeps the journal's own state; the
-failpoints named here let the tests kill the daemon between the steps.
+``compact`` writes the store's records to a temp file in a worker thread
+while the daemon keeps serving; whatever is written meanwhile is captured
+and appended to the temp file before it is fsynced and renamed over the
+journal. The same records go to a binary snapshot beside it (``data.snap``,
+see ``sessiond.snapshot``), which a start may load instead of the lines
+they were written as; it is renamed into place only after the journal. A
+crash at any step loses no acknowledged write. The file steps each run in
+a worker thread; the failpoints named here let the tests kill the daemon
+between them.
 """
 
 from __future__ import annotations
@@ -10,14 +16,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import anyio
+import anyio.to_thread
 
 from sessiond import snapshot
 from sessiond.diskio import describe, fsync_dir, pwrite_all, sync_data, write_all
+from sessiond.errors import JournalError
 from sessiond.failpoints import SNAPSHOT_ERROR, failpoint, failpoints
+from sessiond.journal import Abandoned, Journal
 from sessiond.model import Record
+from sessiond.protocol import CompactResult
 from sessiond.records import put_lines
+from sessiond.replay import TMP_SUFFIX
 
 log = logging.getLogger("sessiond.journal")
 
@@ -25,6 +39,74 @@ log = logging.getLogger("sessiond.journal")
 # back what has been written each time this many bytes have piled up.
 COMPACT_CHUNK = 1024
 COMPACT_SYNC_BYTES = 32 << 20
+
+
+async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]) -> CompactResult:
+    """Rewrite ``journal`` as one line per record in ``slots()`` (the
+    store's own list, ``Store.live_slots``).
+
+    The list is not copied: it is read a chunk at a time, off the event
+    loop, while the store goes on changing, so a chunk may show a record
+    older or newer than the moment compaction began. Every write since that
+    moment is captured and appended after the records, so each session's
+    last line in the new file is its latest state; a write that fails
+    meanwhile abandons the compaction.
+
+    The records are also written as a binary snapshot that stands for the
+    new file up to its captured writes; a snapshot that cannot be written
+    is logged, and no reason to fail.
+
+    Raises ``JournalError`` (the journal left as it was) on failure."""
+    path = journal.path
+    async with journal.compact_lock:
+        started = time.monotonic()
+        before = journal.size
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        snap = snapshot.Writer(path)
+        records = slots()
+        # The records hold every batch accepted so far, written or not;
+        # capture starts at the same instant, so every later write is in the
+        # capture (and perhaps in the records too).
+        accepted, errors = journal.start_capture()
+        try:
+            kept = await anyio.to_thread.run_sync(
+                write_snapshot, tmp, records, len(records), snap
+            )
+            # A batch the snapshot holds but that is still unwritten could yet
+            # fail and be reverted: wait until each has settled.
+            await journal.wait_settled(accepted)
+            async with journal.holding_writes(errors) as tail:
+                fd, size, dir_error = await anyio.to_thread.run_sync(
+                    finish, path, tmp, tail, snap
+                )
+                # Swapped while the writes are held: no thread uses the old fd.
+                old = journal.swap(fd, size, 2 if tail else 1)
+            # The old journal's last descriptor (and the old snapshot's):
+            # closing it frees the whole replaced file, which takes the kernel
+            # a long moment for a big one. Not on the event loop; and
+            # shielded, so that a cancel cannot skip what follows.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close_replaced, old.fd)
+                await anyio.to_thread.run_sync(snap.release)
+        except (OSError, Abandoned) as exc:
+            why = describe(exc) if isinstance(exc, OSError) else str(exc)
+            if isinstance(exc, OSError):
+                journal.write_errors += 1
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError as unlink_exc:
+                log.error("could not remove %s: %s", tmp, describe(unlink_exc))
+            raise JournalError(f"compaction failed: {why}") from exc
+        finally:
+            journal.end_capture()
+            # A snapshot temp file that was not renamed into place (the thread
+            # that wrote it is done: to_thread waits for it).
+            snap.discard()
+        seconds = time.monotonic() - started
+        journal.rewritten(seconds, dir_error)
+        log.info("compacted %s: %d -> %d bytes, %d sessions, %.3fs",
+                 path, before, size, kept, seconds)
+        return CompactResult(bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds)
 
 
 def write_snapshot(

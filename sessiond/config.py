@@ -63,6 +63,9 @@ KEYS = tuple(Settings.__struct_fields__)
 ENV_PREFIX = "SESSIOND_"
 # Where a setting in force came from, lowest layer first.
 DEFAULT, FILE, ENV, FLAG = "default", "file", "env", "flag"
+# In shared mode the file's place is taken by the namespace's settings,
+# which the engine holds for every daemon of the namespace.
+NAMESPACE = "namespace"
 
 
 def env_name(key: str) -> str:
@@ -85,13 +88,16 @@ class Layers:
     file: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, Any] = field(default_factory=dict)
+    # What the ``file`` layer is: the config file, or in shared mode the
+    # namespace's settings in the engine.
+    file_source: str = FILE
 
     def source(self, key: str) -> str:
         if key in self.flags:
             return FLAG
         if key in self.env:
             return ENV
-        return FILE if key in self.file else DEFAULT
+        return self.file_source if key in self.file else DEFAULT
 
     def sources(self) -> dict[str, str]:
         """The source of every setting in force."""
@@ -107,7 +113,10 @@ class Layers:
 
     def with_file(self, file: dict[str, Any]) -> Layers:
         """These layers with another config file's keys (a reload)."""
-        return Layers(self.path, merge(file, self.env, self.flags), file, self.env, self.flags)
+        return Layers(
+            self.path, merge(file, self.env, self.flags), file, self.env, self.flags,
+            self.file_source,
+        )
 
     def with_file_key(self, key: str, value: Any) -> Layers:
         """These layers with ``key`` set in the file, validated. Raises
@@ -116,12 +125,14 @@ class Layers:
         settings = with_value(self.settings, key, value)
         pinned = self.pinned_by(key)
         if pinned is not None:
+            where = (self.path.name if self.file_source == FILE
+                     else "the namespace's settings")
             raise Conflict(
-                f"{key} is set by {pinned}, which wins over {self.path.name} for this "
+                f"{key} is set by {pinned}, which wins over {where} for this "
                 f"daemon's life; restart sessiond without it to change {key} here"
             )
         file = {**self.file, key: getattr(settings, key)}
-        return Layers(self.path, settings, file, self.env, self.flags)
+        return Layers(self.path, settings, file, self.env, self.flags, self.file_source)
 
 
 def layered(path: Path, environ: Mapping[str, str], flags: dict[str, Any]) -> Layers:
@@ -163,16 +174,33 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def read_file(path: Path) -> dict[str, Any]:
-    """The config file's own keys, validated (``{}`` when there is none).
+    """The config file's own settings, validated (``{}`` when there is
+    none); its start keys (``START_KEYS``) are left to ``start_options``.
     Raises ``ConfigError`` naming the file."""
     data = read_json_object(path, "config ")
     if data is None:
         return {}
+    settings = {k: v for k, v in data.items() if k not in START_KEYS}
     try:
-        validate(data)
+        validate(settings)
     except ConfigError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
-    return data
+    return settings
+
+
+# Read once at start, not settings in force: where the sessions are.
+START_KEYS = ("backend", "namespace", "backend_password_file")
+
+
+def start_options(path: Path) -> dict[str, str]:
+    """The config file's start keys (``backend``, ``namespace``,
+    ``backend_password_file``), each a string. Raises ``ConfigError``."""
+    data = read_json_object(path, "config ") or {}
+    found = {k: data[k] for k in START_KEYS if k in data}
+    for key, value in found.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"config {path}: {key} must be a non-empty string")
+    return found
 
 
 def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
@@ -183,7 +211,7 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
     before = read_json_object(path, "config ")
     if before is not None:
         try:
-            validate(before)
+            validate({k: v for k, v in before.items() if k not in START_KEYS})
         except ConfigError as exc:
             # Written back as it is, the file would stop the next start.
             raise ConfigError(f"config {path}: {exc}; fix the file first") from exc

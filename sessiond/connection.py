@@ -15,13 +15,12 @@ import logging
 import math
 import socket
 import time
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
-from sessiond.dispatch import Dispatcher
 from sessiond.errors import Busy, ProtocolError, TooLarge
-from sessiond.events import Watcher
+from sessiond.events import EventSource
 from sessiond.live import Live
 from sessiond.protocol import HEADER, LENGTH, error_frame
 
@@ -129,11 +128,23 @@ class Stop(Exception):
         self.final = final
 
 
+class Batches(Protocol):
+    """What answers the requests of a connection: a dispatcher of either
+    engine (``sessiond.dispatch``, ``sessiond.shared.dispatch``)."""
+
+    async def batch(
+        self, bodies: list[memoryview], bad: int, out: bytearray
+    ) -> tuple[EventSource | None, int, int]:
+        """Append the replies to ``bodies`` to ``out``; the event source a
+        ``watch`` among them began, the count of bad frames in a row, and
+        how many bodies were used."""
+
+
 class Connections:
     """Reads requests off connections and sends back what the dispatcher
     answers, within each connection's time limits."""
 
-    def __init__(self, dispatcher: Dispatcher, live: Live) -> None:
+    def __init__(self, dispatcher: Batches, live: Live) -> None:
         self.dispatcher = dispatcher
         self.live = live
         # Set by drain(): connections between frames close.
@@ -153,7 +164,7 @@ class Connections:
     # The time limits are instead one deadline per connection, which the
     # deadline task enforces (see ``_run_deadlines``).
 
-    async def serve(self, sock: socket.socket) -> Watcher | None:
+    async def serve(self, sock: socket.socket) -> EventSource | None:
         """Answer requests on ``sock`` until EOF, ``watch`` (returns its
         watcher, for the caller to stream events to), or the daemon
         stopping while this connection is between frames. Raises ``Stop``
@@ -175,7 +186,7 @@ class Connections:
             if conn.kind == IDLE:
                 conn.interrupt()
 
-    async def _serve_requests(self, conn: Conn) -> Watcher | None:
+    async def _serve_requests(self, conn: Conn) -> EventSource | None:
         """Answer requests until EOF, ``watch`` (returns its watcher), or the
         daemon stopping while this connection is between frames."""
         sock = conn.sock
@@ -271,7 +282,7 @@ class Connections:
 
     async def _answer(
         self, conn: Conn, data: bytes | bytearray, bad: int
-    ) -> tuple[int, Watcher | None, int]:
+    ) -> tuple[int, EventSource | None, int]:
         """Answer every whole frame at the start of ``data``, a batch at a
         time. Returns how many bytes were used, the watcher if a ``watch``
         ended them, and the count of bad frames in a row."""
@@ -308,7 +319,7 @@ class Connections:
                     await self._send(conn, out)
                 except BaseException:
                     if watcher is not None:
-                        self.dispatcher.hub.unsubscribe(watcher)
+                        watcher.close()
                     raise
             if watcher is not None:
                 return pos, watcher, bad

@@ -1,8 +1,8 @@
 """``sessiond``: wiring. Lock, replay, listen, serve, stop.
 
 Exit status: 0 after a clean stop (or a healthy ``--check``), 1 when it cannot
-start (journal damaged, data dir locked, unsafe permissions, bad config), 2 on
-bad usage.
+start (journal damaged, data dir locked, unsafe permissions, bad config, a
+log file it cannot open), 2 on bad usage. Where the log goes: sessiond.logs.
 """
 
 from __future__ import annotations
@@ -17,15 +17,20 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, check, config, live, migration, paths, rebind, systemd
+from sessiond import __version__, check, config, logs, migration, paths, rebind, systemd
 from sessiond.dispatch import journal_lines
-from sessiond.errors import SessionError
+from sessiond.errors import SessionError, StartError
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
-from sessiond.model import Change, now_us
+from sessiond.local import LocalEngine
+from sessiond.model import now_us
 from sessiond.replay import JournalDamaged, load_store, remove_leftovers
-from sessiond.server import Server
+from sessiond.server import Engine, Server
 from sessiond.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sessiond.shared import SharedEngine
 
 log = logging.getLogger("sessiond")
 
@@ -41,8 +46,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="config.json path (env SESSIOND_CONFIG)")
     p.add_argument("--fsync", choices=POLICIES,
                    help="fsync policy, for this run only (wins over config and SESSIOND_FSYNC)")
+    p.add_argument("--backend", metavar="URL",
+                   help="store the sessions in Redis or Valkey: redis://[user[:password]@]"
+                        "host:port[/db], rediss://, unix:///path, valkey://, valkeys:// "
+                        "(env SESSIOND_BACKEND)")
+    p.add_argument("--namespace", metavar="NAME",
+                   help="the session space shared by the daemons of one backend "
+                        "(default: default; env SESSIOND_NAMESPACE)")
+    p.add_argument("--backend-password-file", metavar="FILE",
+                   help="read the backend's password from FILE "
+                        "(else SESSIOND_BACKEND_PASSWORD, else the URL's)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log verbosity")
+    p.add_argument("--log-file", type=Path, metavar="PATH",
+                   help="log to PATH (created 0600), rotated by size, instead of stderr; "
+                        "stderr goes there too")
+    p.add_argument("--log-max-bytes", type=_positive, default=logs.MAX_BYTES, metavar="N",
+                   help=f"rotate the log file before it passes N bytes "
+                        f"(default {logs.MAX_BYTES})")
+    p.add_argument("--log-backups", type=_positive, default=logs.BACKUPS, metavar="N",
+                   help=f"rotated log files kept: PATH.1 (newest) to PATH.N "
+                        f"(default {logs.BACKUPS})")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="report the journal's health and exit (0 healthy, 1 damaged)")
@@ -55,32 +79,87 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock_fd = paths.lock_data_dir(where.lock)
+    logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
         layers = config.layered(where.config, os.environ, flags)
-        settings = layers.settings
-        for leftover in remove_leftovers(where.journal):
-            log.warning("removed %s left by an interrupted compaction", leftover)
-        store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)
-        journal = Journal(where.journal, settings.fsync)
-        journal.open(valid_end, needs_newline)
-        layers, initial, migrated = migration.migrate_legacy(store, layers, where.data_dir)
-        # The config file may have lowered max_lifetime while we were down:
-        # persisted with the other start-up changes, before anyone reads.
-        initial += store.cap_lifetimes(now_us())
         loop_name = type(asyncio_loop()).__module__.split(".")[0]
-        server = Server(store, journal, Live(layers), loop_name)
+        start = config.start_options(where.config)
+        url = args.backend or os.environ.get("SESSIOND_BACKEND") or start.get("backend")
+        if url:
+            engine = await open_shared(args, start, url, layers)
+            try:
+                await serve(Server(engine, engine.live, loop_name), where)
+            finally:
+                await engine.stop()
+            return 0
+        store, journal, layers = open_local(where, layers)
         try:
-            await serve(server, where, initial, migrated)
+            live = Live(layers)
+            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where)
         finally:
             journal.close()
     finally:
         os.close(lock_fd)
     return 0
+
+
+async def open_shared(
+    args: argparse.Namespace, start: dict[str, str], url: str, layers: config.Layers
+) -> SharedEngine:
+    """The shared engine the flags, environment or config file name."""
+    from sessiond import shared
+    from sessiond.shared import url as urls
+
+    namespace = urls.check_namespace(
+        args.namespace or os.environ.get("SESSIOND_NAMESPACE") or start.get("namespace")
+        or urls.DEFAULT_NAMESPACE
+    )
+    password = urls.password_from(
+        dict(os.environ), args.backend_password_file or start.get("backend_password_file")
+    )
+    return await shared.open_engine(urls.parse(url, password), namespace, layers)
+
+
+def open_local(
+    where: paths.Paths, layers: config.Layers
+) -> tuple[Store, Journal, config.Layers]:
+    """The local engine: the journal replayed, and what replay implies
+    persisted before anyone connects (imported legacy sessions, deadlines
+    that passed while the daemon was down, a lowered max_lifetime)."""
+    settings = layers.settings
+    for leftover in remove_leftovers(where.journal):
+        log.warning("removed %s left by an interrupted compaction", leftover)
+    store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)
+    journal = Journal(where.journal, settings.fsync)
+    journal.open(valid_end, needs_newline)
+    try:
+        layers, initial, migrated = migration.migrate_legacy(store, layers, where.data_dir)
+        now = now_us()
+        initial += store.cap_lifetimes(now)
+        initial += store.expire_due(now) + store.purge_due(now)
+        if initial:
+            journal.append_at_start(journal_lines(initial))
+        if migrated is not None:
+            migration.mark_migrated(where.data_dir, migrated)
+    except BaseException:
+        journal.close()
+        raise
+    return store, journal, layers
 
 
 def asyncio_loop() -> object:
@@ -89,22 +168,12 @@ def asyncio_loop() -> object:
     return asyncio.get_running_loop()
 
 
-async def serve(
-    server: Server, where: paths.Paths, initial: list[Change], migrated: Path | None = None
-) -> None:
-    store, journal = server.store, server.journal
+async def serve(server: Server, where: paths.Paths) -> None:
+    engine = server.engine
     activated = systemd.listen_fds()
     # Checked outside the task group, so that a bad hand-over from systemd
     # is reported as one line rather than inside an exception group.
     passed = systemd.adopt_listener(activated) if activated else None
-    # Replay is done; persist what it implies before anyone connects:
-    # imported legacy sessions, and deadlines that passed while we were down.
-    now = now_us()
-    initial += store.expire_due(now) + store.purge_due(now)
-    if initial:
-        journal.append_at_start(journal_lines(initial))
-    if migrated is not None:
-        migration.mark_migrated(where.data_dir, migrated)
     keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
@@ -117,27 +186,25 @@ async def serve(
         keeper = rebind.SocketKeeper(where.socket, rebind.bind_socket)
         address = str(where.socket)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(journal.run_flusher)
-        tg.start_soon(journal.run_syncer)
         try:
             sock.setblocking(False)
             listener = await anyio.abc.SocketListener.from_socket(sock)
             server.start(listener, tg)
             if keeper is not None:
                 tg.start_soon(keeper.run, server)
-            log.info("sessiond %s ready on %s (pid %d, %d sessions, fsync %s)",
-                     __version__, address, os.getpid(), len(store), journal.policy)
+            log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
+                     __version__, address, os.getpid(), engine.sessions(), engine.describe())
             watchdog = systemd.watchdog_interval()
             # Only now: replay is done and the socket listens, so a client
             # that systemd lets through is answered.
-            if systemd.notify(f"READY=1\n{_status(store)}"):
-                tg.start_soon(_report_to_systemd, store, watchdog)
+            if systemd.notify(f"READY=1\n{_status(engine)}"):
+                tg.start_soon(_report_to_systemd, engine, watchdog)
             await _until_stopped(server, where)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
             await server.stop_listening()
             await server.drain(grace=4.0)
-            await journal.sync()
+            await engine.stop()
         finally:
             if keeper is not None and keeper.still_ours():
                 where.socket.unlink(missing_ok=True)
@@ -148,19 +215,19 @@ async def serve(
 STATUS_INTERVAL = 5.0
 
 
-def _status(store: Store) -> str:
-    count = len(store)
+def _status(engine: Engine) -> str:
+    count = engine.sessions()
     return f"STATUS=serving {count} session{'' if count == 1 else 's'}"
 
 
-async def _report_to_systemd(store: Store, watchdog: float | None) -> None:
+async def _report_to_systemd(engine: Engine, watchdog: float | None) -> None:
     """Feed the watchdog (from the event loop, so a stuck loop starves it)
     and keep the STATUS= line's session count current."""
-    shown = _status(store)
+    shown = _status(engine)
     while True:
         await anyio.sleep(min(watchdog, STATUS_INTERVAL) if watchdog else STATUS_INTERVAL)
         lines = ["WATCHDOG=1"] if watchdog else []
-        status = _status(store)
+        status = _status(engine)
         if status != shown:
             lines.append(status)
             shown = status
@@ -192,7 +259,7 @@ async def _until_signalled(server: Server, where: paths.Paths) -> None:
                 # A shutdown request lets a reload in progress finish, as
                 # SIGTERM (read after it) does.
                 with anyio.CancelScope(shield=True):
-                    await live.reload(server.live, server.dispatcher.adopt)
+                    await server.engine.dispatcher.reload()
             except SessionError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue
@@ -206,11 +273,13 @@ async def _until_signalled(server: Server, where: paths.Paths) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s sessiond[%(process)d] %(levelname)s %(message)s",
-    )
+    level = getattr(logging, args.log_level.upper())
+    try:
+        logs.setup(level, args.log_file, args.log_max_bytes, args.log_backups)
+    except StartError as exc:
+        logs.setup(level)  # stderr, then: say why we do not start
+        log.error("%s", exc)
+        return 1
     # A write past RLIMIT_FSIZE must fail with EFBIG, not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from operator import attrgetter
 from typing import Final, cast
 
 import msgspec
 
-from sessiond import config
+from sessiond import compaction, config, live
 from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
-from sessiond.events import Hub, Watcher
+from sessiond.events import EventSource, Hub
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.handlers import HANDLERS, SLOW, Handler
 from sessiond.journal import Journal
@@ -50,10 +50,9 @@ from sessiond.store import Store
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
 
-# Requests whose answer stands only once their changes are persisted. A
-# read's only changes are lazy expiries: if the journal refuses them the
-# answer still holds, so reads keep working.
-_WRITES: Final = frozenset(WRITES)
+# Requests whose answer stands only once their changes are persisted
+# (``Request.writes``).
+_WRITES: Final = WRITES
 
 
 class _IdOnly(msgspec.Struct):
@@ -98,16 +97,16 @@ class Dispatcher:
         journal: Journal,
         hub: Hub,
         live: Live,
-        stats: Callable[[int], StatsInfo],
-        request_stop: Callable[[], None],
+        stats: Callable[[int], Awaitable[StatsInfo]],
     ) -> None:
         self.store = store
         self.journal = journal
         self.hub = hub
         self.live = live
         self.stats = stats
-        # Stops the daemon as SIGTERM does (the ``shutdown`` request).
-        self.request_stop = request_stop
+        # Stops the daemon as SIGTERM does (the ``shutdown`` request); the
+        # server sets it, as it sets ``stats``.
+        self.request_stop: Callable[[], None] = _no_stop
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []
@@ -119,7 +118,7 @@ class Dispatcher:
 
     async def batch(
         self, bodies: list[memoryview], bad: int, out: bytearray
-    ) -> tuple[Watcher | None, int, int]:
+    ) -> tuple[EventSource | None, int, int]:
         """Handle frames that arrived together; one journal commit for all.
 
         Appends the reply frames to ``out``. Stops early once they exceed
@@ -155,7 +154,7 @@ class Dispatcher:
                 req = decode(body)
             except DECODE_ERRORS as exc:
                 bad += 1
-                append_frame(out, self._error_reply(self._guess_id(body), request_error(exc)))
+                append_frame(out, self._error_reply(guess_id(body), request_error(exc)))
                 continue
             bad = 0
             kind = type(req)
@@ -178,7 +177,7 @@ class Dispatcher:
                     watcher = self.hub.subscribe(
                         req.user, settings.watch_queue, settings.watch_queue_bytes
                     )
-                    append_frame(out, EventReply(id=req.id, event=_hello_event()))
+                    append_frame(out, EventReply(id=req.id, event=hello_event()))
                     return watcher, bad, used
                 try:
                     append_frame(out, await slow(self, req))
@@ -448,16 +447,27 @@ class Dispatcher:
             self.live.put(old)
             raise
 
+    async def reload(self) -> None:
+        """Read the config file again and put it in force (SIGHUP)."""
+        await live.reload(self.live, self.adopt)
+
     async def compact(self) -> CompactResult:
-        return await self.journal.compact(self.store.live_slots)
-
-    @staticmethod
-    def _guess_id(body: memoryview) -> int:
-        try:
-            return _id_decoder.decode(body).id
-        except DECODE_ERRORS:
-            return 0
+        return await compaction.compact(self.journal, self.store.live_slots)
 
 
-def _hello_event() -> Event:
+
+def guess_id(body: memoryview) -> int:
+    """The id a body that failed to decode carries, if that much of it reads."""
+    try:
+        return _id_decoder.decode(body).id
+    except DECODE_ERRORS:
+        return 0
+
+
+def hello_event() -> Event:
+    """The first event a watcher is sent: it is watching."""
     return Event(kind="watching", sid=None, at=now_us())
+
+
+def _no_stop() -> None:
+    raise AssertionError("the server gives the dispatcher its request_stop")

@@ -74,6 +74,20 @@ class DaemonUnavailable(SessionError):
     code = "unavailable"
 
 
+class BackendUnavailable(DaemonUnavailable):
+    """The daemon answers, but the shared engine it stores sessions in does
+    not: nothing was done; try again."""
+
+    code = "backend_unavailable"
+
+
+class OutcomeUnknown(BackendUnavailable):
+    """The shared engine stopped answering after a change was sent to it:
+    the change may or may not have been made."""
+
+    code = "outcome_unknown"
+
+
 class ProtocolError(SessionError):
     """The peer broke the framing or sent something undecodable."""
 
@@ -109,6 +123,8 @@ BY_CODE: dict[str, type[SessionError]] = {
         Busy,
         InternalError,
         DaemonUnavailable,
+        BackendUnavailable,
+        OutcomeUnknown,
         ProtocolError,
     )
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import Protocol
 
 import anyio
 
@@ -25,15 +26,25 @@ from sessiond.protocol import Event, EventReply, frame
 log = logging.getLogger("sessiond.server")
 
 
+class EventSource(Protocol):
+    """What the server streams to a ``watch`` client: frames of events,
+    each call waiting for the next ones."""
+
+    async def next(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class Watcher:
     """One ``watch`` client: what it asked for and what it has not read."""
 
     __slots__ = (
-        "user", "capacity", "max_bytes", "queue", "queued_bytes", "dropped", "dropped_at",
-        "ready",
+        "hub", "user", "capacity", "max_bytes", "queue", "queued_bytes", "dropped",
+        "dropped_at", "ready",
     )
 
-    def __init__(self, user: str | None, capacity: int, max_bytes: int) -> None:
+    def __init__(self, hub: Hub, user: str | None, capacity: int, max_bytes: int) -> None:
+        self.hub = hub
         self.user = user
         self.capacity = capacity
         self.max_bytes = max_bytes
@@ -68,6 +79,14 @@ class Watcher:
         self.dropped_at = at
         self.ready.set()
 
+    async def next(self) -> bytes:
+        """The frames queued once there are any (an ``EventSource``)."""
+        await self.ready.wait()
+        return self.take()
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
     def take(self) -> bytes:
         """Every frame queued, then the lag marker if events were dropped."""
         items = list(self.queue)
@@ -88,7 +107,7 @@ class Hub:
         self.watchers: set[Watcher] = set()
 
     def subscribe(self, user: str | None, capacity: int, max_bytes: int) -> Watcher:
-        watcher = Watcher(user, capacity, max_bytes)
+        watcher = Watcher(self, user, capacity, max_bytes)
         self.watchers.add(watcher)
         return watcher
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 from sessiond import __version__, config, live, rules
 from sessiond.errors import ConfigError, Unsupported
 from sessiond.live import Live
-from sessiond.model import Change, Record
+from sessiond.model import Change, Record, now_us
 from sessiond.protocol import (
     PROTOCOL_VERSION,
     Cleanup,
@@ -64,14 +64,27 @@ from sessiond.protocol import (
 from sessiond.store import Store
 
 
-class Context(Protocol):
-    """What a handler may use: the dispatcher's parts."""
+class Parts(Protocol):
+    """What any handler may use: the dispatcher's parts."""
 
-    store: Store
     live: Live
     started: float
+    stats: Callable[[int], Awaitable[StatsInfo]]
 
-    def stats(self, now: int) -> StatsInfo: ...
+
+class OnSessions(Parts, Protocol):
+    """What a handler of an operation on one session uses: any engine's
+    ``Sessions`` (the store itself, or the shared engine's view of the
+    records a batch read)."""
+
+    @property
+    def store(self) -> rules.Sessions: ...
+
+
+class Context(Parts, Protocol):
+    """What the other handlers use: the local engine's parts."""
+
+    store: Store
 
     def request_stop(self) -> None: ...
 
@@ -81,8 +94,8 @@ class Context(Protocol):
 
 
 Outcome = tuple[Response, list[Change]]
-Handler = Callable[[Context, Any, int], Outcome]
-SlowHandler = Callable[[Context, Any], Awaitable[Response]]
+Handler = Callable[[Any, Any, int], Outcome]
+SlowHandler = Callable[[Any, Any], Awaitable[Response]]
 HANDLERS: dict[type[Request], Handler] = {}
 SLOW: dict[type[Request], SlowHandler] = {}
 H = TypeVar("H", Handler, SlowHandler)
@@ -106,44 +119,44 @@ def session_reply(req: Request, record: Record) -> SessionReply:
 
 
 @handles(Get)
-def get(c: Context, req: Get, now: int) -> Outcome:
+def get(c: OnSessions, req: Get, now: int) -> Outcome:
     record, made = rules.get(c.store, now, req.sid, req.touch)
     return session_reply(req, record), made
 
 
 @handles(Create)
-def create(c: Context, req: Create, now: int) -> Outcome:
+def create(c: OnSessions, req: Create, now: int) -> Outcome:
     record, made = rules.create(c.store, now, user=req.user, ttl=req.ttl, meta=req.meta,
                                 sid=req.sid)
     return session_reply(req, record), made
 
 
 @handles(Set)
-def set_(c: Context, req: Set, now: int) -> Outcome:
+def set_(c: OnSessions, req: Set, now: int) -> Outcome:
     record, made = rules.set(c.store, now, req.sid, req.key, req.value, req.expect_version)
     return session_reply(req, record), made
 
 
 @handles(Unset)
-def unset(c: Context, req: Unset, now: int) -> Outcome:
+def unset(c: OnSessions, req: Unset, now: int) -> Outcome:
     record, made = rules.unset(c.store, now, req.sid, req.key, req.expect_version)
     return session_reply(req, record), made
 
 
 @handles(Delete)
-def delete(c: Context, req: Delete, now: int) -> Outcome:
+def delete(c: OnSessions, req: Delete, now: int) -> Outcome:
     sid, made = rules.delete(c.store, now, req.sid)
     return Deleted(id=req.id, sid=sid), made
 
 
 @handles(Expire)
-def expire(c: Context, req: Expire, now: int) -> Outcome:
+def expire(c: OnSessions, req: Expire, now: int) -> Outcome:
     record, made = rules.expire(c.store, now, req.sid)
     return session_reply(req, record), made
 
 
 @handles(Refresh)
-def refresh(c: Context, req: Refresh, now: int) -> Outcome:
+def refresh(c: OnSessions, req: Refresh, now: int) -> Outcome:
     record, made = rules.refresh(c.store, now, req.sid, req.ttl, req.revive)
     return session_reply(req, record), made
 
@@ -179,13 +192,14 @@ def import_(c: Context, req: Import, now: int) -> Outcome:
 # -- the daemon ----------------------------------------------------------------
 
 
-@handles(Stats)
-def stats(c: Context, req: Stats, now: int) -> Outcome:
-    return StatsReply(id=req.id, stats=c.stats(now)), []
+@handles(Stats, SLOW)
+async def stats(c: Parts, req: Stats) -> Response:
+    # The figures may come from the engine: a round trip in shared mode.
+    return StatsReply(id=req.id, stats=await c.stats(now_us()))
 
 
 @handles(ConfigGet)
-def config_get(c: Context, req: ConfigGet, now: int) -> Outcome:
+def config_get(c: Parts, req: ConfigGet, now: int) -> Outcome:
     layers = c.live.layers
     data = config.as_dict(layers.settings)
     if req.key is not None:
@@ -199,13 +213,13 @@ def config_get(c: Context, req: ConfigGet, now: int) -> Outcome:
 
 
 @handles(Ping)
-def ping(c: Context, req: Ping, now: int) -> Outcome:
+def ping(c: Parts, req: Ping, now: int) -> Outcome:
     uptime = time.monotonic() - c.started
     return Pong(id=req.id, pid=os.getpid(), version=__version__, uptime=uptime), []
 
 
 @handles(Hello)
-def hello(c: Context, req: Hello, now: int) -> Outcome:
+def hello(c: Parts, req: Hello, now: int) -> Outcome:
     if req.version != PROTOCOL_VERSION:
         raise Unsupported(
             f"protocol version {req.version} is not supported: this sessiond "

@@ -15,25 +15,17 @@ Durability rules:
   under ``always``, while fsyncs take under ``INLINE_SYNC_MAX``, a commit
   that finds nothing in flight gives the connections that are ready one
   turn of the loop to join it; if none does, it writes and fsyncs on the
-  event loop, as Redis does: the hand-over to the thread and back was
-  measured at ~80 us a commit, over half the fsync itself, and a stall
-  that short costs less. A group goes to the thread, so that the next one
+  event loop, as Redis does: the hand-over to the thread and back costs
+  a good part of a fast fsync itself, and a stall that short costs less.
+  A group goes to the thread, so that the next one
   forms while it is on disk; and a slower disk sends every fsync back
   there, where it does not hold up the readers. The write of a group and
   its fsync are one system call (pwritev2 with RWF_DSYNC, which syncs
   those bytes as fdatasync would), unless writes made under ``everysec``
   still wait for theirs: then an fdatasync of the whole file follows.
-* The file runs ahead of the lines by up to ``RESERVE_BYTES`` of zeros,
-  allocated before the writes that fill them (``posix_fallocate``): an
-  fdatasync after a write that grows the file must also commit the new
-  size and blocks, and one after a write into space already allocated need
-  not: measured at ~120 us against ~85 us on an ext4 without a journal,
-  and ~360 us against ~120 us on one with it. (PostgreSQL zero-fills its
-  WAL segments for the same reason.) Replay takes the zeros that end the
-  file for the reserve (``sessiond.replay``); a clean stop cuts them off,
-  so a stopped daemon leaves plain JSONL. If space cannot be reserved (a
-  full disk, a file size limit) the journal appends without, and says so
-  once per file.
+* The file runs ahead of the lines by zeros allocated before the writes
+  that fill them, so that an fdatasync need not also commit a new file
+  size (``sessiond.journalfile``).
 * A failed write or fsync is never retried and then acknowledged (after a
   failed fsync the kernel may have dropped the data and marked the pages
   clean): the batches it carried, and every batch queued behind them, are
@@ -45,25 +37,23 @@ Durability rules:
   cut back to its last good size), also as soon as space can be reserved
   after the lines again (``try_resume``): nothing written before is in
   doubt, and a disk that filled up and was then freed needs no restart.
-* Compaction writes a snapshot to a temp file in a worker thread while the
-  daemon keeps serving; whatever is written meanwhile is captured and
-  appended to the temp file before it is fsynced and renamed over the journal.
-  The same records go to a binary snapshot beside it (``data.snap``, see
-  ``sessiond.snapshot``), which a start may load instead of the lines they
-  were written as; it is renamed into place only after the journal.
+* A compaction rewrites the whole file from memory (``sessiond.compaction``),
+  capturing the writes made meanwhile; it is what ends read-only mode after
+  a failed fsync.
 
 Reading the journal back, and repairing it, is ``sessiond.replay``; the
-file steps of a compaction are ``sessiond.compaction``; the thread that
-writes queued groups is ``sessiond.writer``.
+file itself, and its reserved space, ``sessiond.journalfile``; the file
+steps of a compaction are ``sessiond.compaction``; the thread that writes
+queued groups is ``sessiond.writer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -72,13 +62,11 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from sessiond import compaction, snapshot
-from sessiond.diskio import WRITE_ERRNOS, describe, pwrite_all, pwrite_synced, sync_data
+from sessiond.diskio import WRITE_ERRNOS, describe
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import failpoints
-from sessiond.model import US, Record
-from sessiond.protocol import CompactResult
-from sessiond.replay import TMP_SUFFIX
+from sessiond.journalfile import JournalFile
+from sessiond.model import US
 from sessiond.writer import WriterThread
 
 log = logging.getLogger("sessiond.journal")
@@ -87,14 +75,6 @@ POLICIES = ("always", "everysec", "no")
 # Under ``always``, fsyncs that take less than this (on average, lately) run
 # on the event loop when nothing else is on its way to disk.
 INLINE_SYNC_MAX = 0.001
-# Space allocated ahead of the writes (see the module's docstring). Small:
-# on ext4 a reservation costs microseconds whatever its size, but where the
-# filesystem has no fallocate glibc writes a byte into every block of it,
-# on the event loop; and a killed daemon leaves it behind until its start.
-RESERVE_BYTES = 1 << 20
-# Appending again after a write failed for want of room needs the reserve
-# reserved again, or at least this much of it.
-RESUME_MIN_BYTES = 64 * 1024
 Undo = Callable[[], None]
 
 
@@ -115,7 +95,7 @@ class _Batch:
             self.done.set()
 
 
-class _Abandoned(Exception):
+class Abandoned(Exception):
     """A compaction gave up before touching the journal."""
 
 
@@ -137,12 +117,8 @@ class Journal:
         failpoints()  # a bad SESSIOND_FAILPOINT stops the start, not a later fsync
         self.path = path
         self.policy = policy
-        self.fd = -1
-        self.size = 0  # bytes of lines: where the next write goes
-        # The file's size: the lines, then reserved zeros. Not reserving
-        # after a failure to, until the next file (compaction) or start.
-        self._file_size = 0
-        self._reserving = True
+        # The file, once open; replaced by each compaction.
+        self.file: JournalFile | None = None
         self.compacted_size = 0
         self.last_compaction_at: float | None = None
         self.last_compaction_seconds: float | None = None
@@ -173,7 +149,6 @@ class Journal:
         self.accepted = 0
         self.settled = 0
         self.failures = 0
-        self._generation = 0  # files this journal has had (compaction swaps)
         self._settled_waiter: anyio.Event | None = None
         # The last batch of the group in the writer thread (0: none), and the
         # last batch refused while it was there: see ``_fail``.
@@ -185,61 +160,40 @@ class Journal:
         # the event loop (the flusher takes _io_lock for every group).
         self._io_lock = anyio.Lock(fast_acquire=True)
         self._fd_lock = anyio.Lock(fast_acquire=True)
-        self._compact_lock = anyio.Lock()
+        # One compaction at a time (``sessiond.compaction.compact``).
+        self.compact_lock = anyio.Lock()
         self._writer = WriterThread()
 
     def open(self, valid_end: int, needs_newline: bool) -> None:
-        """Open for appending after replay, cutting what follows the valid
-        lines first (a torn final line, which replay reported, and the
-        zeros a daemon that did not stop cleanly had reserved)."""
-        # Not O_APPEND: writes go to self.size, inside the reserved zeros.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(fd).st_size > valid_end:
-                os.ftruncate(fd, valid_end)
-            if needs_newline:
-                pwrite_all(fd, b"\n", valid_end)
-            # Also what a killed daemon wrote and had not synced yet (under
-            # everysec): the kernel holds it, but a power cut would lose it
-            # behind lines that this daemon syncs, and an ``always`` commit
-            # syncs its own bytes only.
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        except OSError:
-            os.close(fd)
-            raise
-        self.fd = fd
-        self.size = self.compacted_size = self._file_size = size
-        self._reserving = True
+        """Open for appending after replay (``JournalFile.open``). Raises
+        ``OSError``."""
+        self.file = JournalFile.open(self.path, valid_end, needs_newline)
+        self.compacted_size = self.file.size
+
+    @property
+    def size(self) -> int:
+        """Bytes of lines: where the next write goes."""
+        return 0 if self.file is None else self.file.size
 
     def append_at_start(self, data: bytes) -> None:
         """Write and fsync before the daemon serves anyone (replay's
         consequences: expiries that fell due while it was down, a legacy
         import). Blocking is fine here: nothing else is running yet."""
-        self._write_at(self.fd, data, self.size)
-        sync_data(self.fd)
-        self.size += len(data)
+        file = self._open_file()
+        file.write_at(data, file.size)
+        file.sync()
+        file.size += len(data)
 
     def close(self) -> None:
         self._writer.stop()
-        if self.fd >= 0:
-            try:
-                # Plain JSONL again: the reserved zeros are for a running
-                # daemon's fsyncs, and another reader need not know of them.
-                # (Asked of the file, not of _file_size: a reservation that
-                # failed part way may have left some.)
-                if os.fstat(self.fd).st_size > self.size:
-                    os.ftruncate(self.fd, self.size)
-            except OSError as exc:
-                log.error("cutting the reserved space off %s failed: %s (the next start "
-                          "cuts it)", self.path, describe(exc))
-            if self._dirty and self.failed is None:
-                try:
-                    sync_data(self.fd)
-                except OSError as exc:
-                    log.error("final fsync of %s failed: %s", self.path, describe(exc))
-            os.close(self.fd)
-            self.fd = -1
+        if self.file is not None:
+            self.file.close(sync=self._dirty and self.failed is None)
+            self.file = None
+
+    def _open_file(self) -> JournalFile:
+        if self.file is None:
+            raise JournalError(f"{self.path} is not open")
+        return self.file
 
     # -- commit --------------------------------------------------------
 
@@ -255,11 +209,13 @@ class Journal:
         self.changed_since_compaction = True
         self.accepted += 1
         if self._idle_for_inline_write():
-            start = self.size
+            file = self._open_file()
+            start = file.size
             try:
-                self._write_at(self.fd, data, start)
+                file.write_at(data, start)
             except OSError as exc:
-                await self._inline_failed(exc, _Batch(data, undo, self.accepted, None), start)
+                batch = _Batch(data, undo, self.accepted, None)
+                await self._inline_failed(exc, batch, file, start)
             self._written(data, sync=False)
             self._settle(self.accepted)
             return
@@ -310,15 +266,16 @@ class Journal:
             and not self._fd_lock.locked()
         )
 
-    async def _inline_failed(self, exc: OSError, batch: _Batch, start: int) -> NoReturn:
+    async def _inline_failed(
+        self, exc: OSError, batch: _Batch, file: JournalFile, start: int
+    ) -> NoReturn:
         """A write from the loop failed: refuse it, cut what did land, raise."""
-        generation = self._generation
         self._fail(exc, "write", [batch])
         # Cut what did land, off the loop, unless a compaction has
         # replaced the file meanwhile (then it is gone anyway).
         async with self._io_lock:
-            if self._generation == generation:
-                await anyio.to_thread.run_sync(_cut, self.fd, start)
+            if self.file is file:
+                await anyio.to_thread.run_sync(file.cut, start)
         assert batch.error is not None
         raise batch.error from exc
 
@@ -344,22 +301,24 @@ class Journal:
             # writer can start meanwhile: the lock need not be taken. (Its
             # acquire and release cost ~6% of a request under always,
             # measured with the caches as cold as an fsync leaves them.)
+            file = self._open_file()
             try:
-                self._write_sync(self.fd, data, sync, self.size)
+                self._write_sync(file, data, sync, file.size)
             except _DiskError as exc:
                 self._fail(exc.error, exc.what, group)
                 return
             self._written(data, sync)
         else:
             async with self._io_lock:
+                file = self._open_file()
                 try:
                     if inline:
-                        self._write_sync(self.fd, data, sync, self.size)
+                        self._write_sync(file, data, sync, file.size)
                     else:
                         self._in_flight = group[-1].seq
                         try:
                             await self._writer.run(
-                                partial(self._write_sync, self.fd, data, sync, self.size)
+                                partial(self._write_sync, file, data, sync, file.size)
                             )
                         finally:
                             self._in_flight = 0
@@ -373,7 +332,7 @@ class Journal:
 
     def _written(self, data: bytes, sync: bool) -> None:
         """Account for a group that is written (and for ``always`` synced)."""
-        self.size += len(data)
+        self._open_file().size += len(data)
         if sync:
             self.fsyncs += 1
             # An fsync of the whole file, or one of these bytes alone when
@@ -386,7 +345,7 @@ class Journal:
             # the compacted file either.
             self._capture.append(data)
 
-    def _write_sync(self, fd: int, data: bytes, sync: bool, start: int) -> None:
+    def _write_sync(self, file: JournalFile, data: bytes, sync: bool, start: int) -> None:
         """Write (and fsync) a group; in the writer thread, or on the loop."""
         if sync and not self._dirty and not self._fd_lock.locked():
             # Nothing written earlier waits for an fsync (the policy was not
@@ -396,55 +355,29 @@ class Journal:
             # could be lost to a power cut that spares these after them.
             began = time.monotonic()
             try:
-                self._write_at(fd, data, start, synced=True)
+                file.write_at(data, start, synced=True)
             except OSError as exc:
-                _cut(fd, start)
+                file.cut(start)
                 raise _DiskError("write" if exc.errno in WRITE_ERRNOS else "fsync", exc) from exc
             self._sync_took(time.monotonic() - began)
             return
         try:
-            self._write_at(fd, data, start)
+            file.write_at(data, start)
         except OSError as exc:
-            _cut(fd, start)
+            file.cut(start)
             raise _DiskError("write", exc) from exc
         if sync:
             began = time.monotonic()
             try:
-                sync_data(fd)
+                file.sync()
             except OSError as exc:
-                _cut(fd, start)
+                file.cut(start)
                 raise _DiskError("fsync", exc) from exc
             self._sync_took(time.monotonic() - began)
 
     def _sync_took(self, seconds: float) -> None:
         # Read on the loop once the write is settled (which orders it).
         self.sync_seconds += (seconds - self.sync_seconds) / 8
-
-    def _write_at(self, fd: int, data: bytes, start: int, synced: bool = False) -> None:
-        """Write ``data`` at ``start`` (the end of the lines), into reserved
-        space: reserving more first where it would run past it; ``synced``,
-        as an fdatasync leaves it. On the loop or in the writer thread, never
-        both at once (``_io_lock``, and the inline writes only while nothing
-        holds it)."""
-        end = start + len(data)
-        if end > self._file_size and self._reserving:
-            try:
-                os.posix_fallocate(fd, start, len(data) + RESERVE_BYTES)
-            except OSError as exc:
-                self._reserving = False
-                log.warning(
-                    "could not reserve space ahead of %s: %s; appending without it "
-                    "(each fsync costs more) until the journal is next rewritten",
-                    self.path, describe(exc),
-                )
-            else:
-                self._file_size = end + RESERVE_BYTES
-        if synced:
-            pwrite_synced(fd, data, start)
-        else:
-            pwrite_all(fd, data, start)
-        if end > self._file_size:
-            self._file_size = end
 
     async def run_syncer(self) -> None:
         """``everysec``: fsync at most about a second behind the writes."""
@@ -455,7 +388,7 @@ class Journal:
             self._dirty = False
             async with self._fd_lock:
                 try:
-                    await anyio.to_thread.run_sync(sync_data, self.fd)
+                    await anyio.to_thread.run_sync(self._open_file().sync)
                 except OSError as exc:
                     # The writes it covered were acknowledged (that is what
                     # everysec means); the compaction that ends read-only
@@ -466,9 +399,9 @@ class Journal:
 
     async def sync(self) -> None:
         """Flush everything written so far to disk (shutdown)."""
-        if self._dirty and self.failed is None and self.fd >= 0:
+        if self._dirty and self.failed is None and self.file is not None:
             async with self._fd_lock:
-                await anyio.to_thread.run_sync(sync_data, self.fd)
+                await anyio.to_thread.run_sync(self.file.sync)
                 self.fsyncs += 1
             self._dirty = False
 
@@ -544,14 +477,12 @@ class Journal:
             if not self._room_failure or self.failed is None:  # compacted meanwhile
                 return self.failed is None
             try:
-                reserved = await anyio.to_thread.run_sync(_reserve_again, self.fd, self.size)
+                reserved = await anyio.to_thread.run_sync(self._open_file().reserve_again)
             except OSError as exc:
                 if exc.errno not in WRITE_ERRNOS:
                     log.error("%s: reserving space to append again failed: %s",
                               self.path, describe(exc))
                 return False
-            self._file_size = self.size + reserved
-            self._reserving = True
             self.failed = None
             self._room_failure = False
         log.warning("%s: there is room to append again (%d bytes reserved after the lines): "
@@ -579,124 +510,57 @@ class Journal:
         grown = self.size > self.compacted_size * (100 + growth_percent) / 100
         return self.failed is None and grown and self.size >= min_bytes
 
-    async def compact(self, slots: Callable[[], Sequence[Record | None]]) -> CompactResult:
-        """Rewrite the journal as one line per record in ``slots()`` (the
-        store's own list, ``Store.live_slots``).
+    # -- what a compaction needs (``sessiond.compaction.compact``) ---------
 
-        The list is not copied: it is read a chunk at a time, off the event
-        loop, while the store goes on changing, so a chunk may show a record
-        older or newer than the moment compaction began. Every write since
-        that moment is captured and appended after the records, so each
-        session's last line in the new file is its latest state; a write
-        that fails meanwhile abandons the compaction.
+    def start_capture(self) -> tuple[int, int]:
+        """Capture every write from now on, for a compaction: the batches
+        accepted so far (the store holds them all, written or not), and the
+        count of write errors, which the swap checks has not moved."""
+        self._capture = []
+        return self.accepted, self.write_errors
 
-        The records are also written as a binary snapshot that stands for
-        the new file up to its captured writes (``sessiond.snapshot``); a
-        snapshot that cannot be written is logged, and no reason to fail.
-
-        Raises ``JournalError`` (the journal left as it was) on failure."""
-        async with self._compact_lock:
-            started = time.monotonic()
-            before = self.size
-            errors = self.write_errors
-            tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
-            snap = snapshot.Writer(self.path)
-            records = slots()
-            # The records hold every batch accepted so far, written or not;
-            # capture starts at the same instant, so every later write is in
-            # the capture (and perhaps in the records too).
-            snapshot_seq = self.accepted
-            self._capture = []
-            try:
-                kept = await anyio.to_thread.run_sync(
-                    compaction.write_snapshot, tmp, records, len(records), snap
+    @asynccontextmanager
+    async def holding_writes(self, errors: int) -> AsyncIterator[bytes]:
+        """Hold every write back (both locks: no thread writes or syncs the
+        file meanwhile) and give what was captured since ``start_capture``.
+        Raises ``Abandoned`` when a write failed since, so that the new file
+        could hold refused changes."""
+        async with self._io_lock, self._fd_lock:
+            if self.write_errors != errors:
+                raise Abandoned(
+                    "a journal write failed while compacting, so the snapshot "
+                    "may hold refused changes; it will be taken again"
                 )
-                # A batch the snapshot holds but that is still unwritten could
-                # yet fail and be reverted: wait until each has settled.
-                await self.wait_settled(snapshot_seq)
-                async with self._io_lock, self._fd_lock:
-                    if self.write_errors != errors:
-                        raise _Abandoned(
-                            "a journal write failed while compacting, so the snapshot "
-                            "may hold refused changes; it will be taken again"
-                        )
-                    self._holding = True
-                    tail = b"".join(self._capture)
-                    self._capture = None
-                    fd, size, dir_error = await anyio.to_thread.run_sync(
-                        compaction.finish, self.path, tmp, tail, snap
-                    )
-                    # Swap while both locks are held: no thread uses the old fd.
-                    old, self.fd = self.fd, fd
-                    self._generation += 1
-                    self.size = self.compacted_size = self._file_size = size
-                    self._reserving = True
-                    self._dirty = False
-                    self.fsyncs += 2 if tail else 1
-                # The old journal's last descriptor (and the old snapshot's):
-                # closing it frees the whole replaced file, which takes the
-                # kernel tens of milliseconds for a big one. Not on the event
-                # loop; and shielded, so that a cancel cannot skip what follows.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(compaction.close_replaced, old)
-                    await anyio.to_thread.run_sync(snap.release)
-            except (OSError, _Abandoned) as exc:
-                why = describe(exc) if isinstance(exc, OSError) else str(exc)
-                if isinstance(exc, OSError):
-                    self.write_errors += 1
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError as unlink_exc:
-                    log.error("could not remove %s: %s", tmp, describe(unlink_exc))
-                raise JournalError(f"compaction failed: {why}") from exc
-            finally:
-                self._capture = None
-                self._holding = False
-                self._wake.set()
-                # A snapshot temp file that was not renamed into place (the
-                # thread that wrote it is done: to_thread waits for it).
-                snap.discard()
-            self.changed_since_compaction = False
-            if self.failed is not None:
-                log.warning("journal rewritten in full: writes are accepted again")
-            self.failed = None
-            self._room_failure = False
-            if dir_error is not None:
-                self._fail(dir_error, "directory fsync")
-            seconds = time.monotonic() - started
-            self.last_compaction_at = time.time()
-            self.last_compaction_seconds = seconds
-            self.compactions += 1
-            log.info(
-                "compacted %s: %d -> %d bytes, %d sessions, %.3fs",
-                self.path, before, size, kept, seconds,
-            )
-            return CompactResult(
-                bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds
-            )
+            self._holding = True
+            tail = b"".join(self._capture or [])
+            self._capture = None
+            yield tail
 
+    def swap(self, fd: int, size: int, syncs: int) -> JournalFile:
+        """The rewritten file becomes the journal (inside ``holding_writes``);
+        returns the old one, for the caller to close off the loop."""
+        old, self.file = self._open_file(), JournalFile(self.path, fd, size)
+        self.compacted_size = size
+        self._dirty = False
+        self.fsyncs += syncs
+        return old
 
-def _reserve_again(fd: int, size: int) -> int:
-    """Cut whatever follows the lines (a failed write's remains, if its
-    cut failed too), then reserve space after them: the whole reserve, or
-    at least ``RESUME_MIN_BYTES``. Returns the bytes reserved; raises
-    ``OSError`` when there is no room for even that."""
-    os.ftruncate(fd, size)
-    try:
-        os.posix_fallocate(fd, size, RESERVE_BYTES)
-        return RESERVE_BYTES
-    except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-    os.posix_fallocate(fd, size, RESUME_MIN_BYTES)
-    return RESUME_MIN_BYTES
+    def end_capture(self) -> None:
+        """The compaction is over, done or not: writes go on as before."""
+        self._capture = None
+        self._holding = False
+        self._wake.set()
 
-
-def _cut(fd: int, size: int) -> None:
-    """Remove the part of a failed write that did land (best effort: if this
-    fails too, replay will find a torn tail or the next compaction replaces
-    the file)."""
-    try:
-        os.ftruncate(fd, size)
-    except OSError as exc:
-        log.error("could not cut a failed write from the journal: %s", describe(exc))
+    def rewritten(self, seconds: float, dir_error: OSError | None) -> None:
+        """A compaction put a whole new file in place: a read-only journal
+        takes writes again (unless the directory's fsync failed)."""
+        self.changed_since_compaction = False
+        if self.failed is not None:
+            log.warning("journal rewritten in full: writes are accepted again")
+        self.failed = None
+        self._room_failure = False
+        if dir_error is not None:
+            self._fail(dir_error, "directory fsync")
+        self.last_compaction_at = time.time()
+        self.last_compaction_seconds = seconds
+        self.compactions += 1

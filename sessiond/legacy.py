@@ -97,15 +97,9 @@ def read_sessions(path: Path) -> Loaded:
         if not raw.strip():
             continue
         try:
-            item = decode_line(raw)
+            _last_wins(found, decode_line(raw))
         except LineError as exc:
             loaded.problems.append(f"{path}: line {lineno}: {exc}")
-            continue
-        if isinstance(item, str):
-            found.pop(item, None)
-        else:
-            found.pop(item.id, None)
-            found[item.id] = item
     loaded.keep(found)
     return loaded
 
@@ -125,17 +119,20 @@ def _read_array(path: Path, data: bytes) -> Loaded:
         if isinstance(item, dict):
             item.setdefault("type", "session")
         try:
-            record = decode_line(msgspec.json.encode(item))
+            _last_wins(found, decode_line(msgspec.json.encode(item)))
         except LineError as exc:
             loaded.problems.append(f"{path}: record {index}: {exc}")
-            continue
-        if isinstance(record, str):
-            found.pop(record, None)
-        else:
-            found.pop(record.id, None)
-            found[record.id] = record
     loaded.keep(found)
     return loaded
+
+
+def _last_wins(found: dict[str, Session], item: Session | str) -> None:
+    """Apply one record (or delete, an id) of a file: the last for an id
+    wins, and is kept in the order of its last appearance."""
+    sid = item if isinstance(item, str) else item.id
+    found.pop(sid, None)
+    if not isinstance(item, str):
+        found[sid] = item
 
 
 def legacy_default_ttl(directory: Path) -> int | None:

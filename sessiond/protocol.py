@@ -15,7 +15,7 @@ each ``sessionctl`` run about a millisecond.
 """
 
 import typing
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
 
@@ -37,10 +37,25 @@ Limit = Annotated[int, msgspec.Meta(ge=1, le=PAGE_MAX)]
 Status = Annotated[str, msgspec.Meta(pattern=r"^(active|expired)$")]
 
 
+# Every request and response type, in the order defined (each class enters
+# itself): the decoders' tagged unions are made of these, so adding a
+# message is writing its class, once.
+REQUESTS: "list[type[Request]]" = []
+RESPONSES: "list[type[Response]]" = []
+
+
 class Request(
     msgspec.Struct, tag_field="op", kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
     id: ReqId
+    # Whether its answer stands only once its changes are persisted. (A
+    # read's only changes are lazy expiries: if the journal refuses them the
+    # answer still holds, so reads keep working.)
+    writes: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        REQUESTS.append(cls)
 
 
 class Hello(Request, tag="hello"):
@@ -53,6 +68,7 @@ class Ping(Request, tag="ping"):
 
 
 class Create(Request, tag="create"):
+    writes = True
     user: User | None = None
     ttl: Ttl | None = None
     meta: dict[Key, Any] = {}
@@ -65,6 +81,7 @@ class Get(Request, tag="get"):
 
 
 class Set(Request, tag="set"):
+    writes = True
     sid: Sid
     key: Key
     value: Any
@@ -72,12 +89,14 @@ class Set(Request, tag="set"):
 
 
 class Unset(Request, tag="unset"):
+    writes = True
     sid: Sid
     key: Key
     expect_version: int | None = None
 
 
 class Delete(Request, tag="delete"):
+    writes = True
     sid: Sid
 
 
@@ -89,10 +108,12 @@ class List(Request, tag="list"):
 
 
 class Expire(Request, tag="expire"):
+    writes = True
     sid: Sid
 
 
 class Refresh(Request, tag="refresh"):
+    writes = True
     sid: Sid
     ttl: Ttl | None = None
     revive: bool = False
@@ -103,6 +124,7 @@ class Stats(Request, tag="stats"):
 
 
 class Cleanup(Request, tag="cleanup"):
+    writes = True
     before: int | None = None
     dry_run: bool = False
 
@@ -117,6 +139,7 @@ class ConfigSet(Request, tag="config_set"):
 
 
 class Import(Request, tag="import"):
+    writes = True
     sessions: Annotated[list[Session], msgspec.Meta(max_length=PAGE_MAX)]
 
 
@@ -126,21 +149,21 @@ class Compact(Request, tag="compact"):
 
 class Watch(Request, tag="watch"):
     user: User | None = None
+    # Resume after the event with this cursor (shared mode: events are kept
+    # in the engine; the local daemon keeps none, and starts from now).
+    after: str | None = None
 
 
 class Shutdown(Request, tag="shutdown"):
     """Stop the daemon, as SIGTERM does; answered before it stops."""
 
 
-AnyRequest = (
-    Hello | Ping | Create | Get | Set | Unset | Delete | List | Expire | Refresh | Stats
-    | Cleanup | ConfigGet | ConfigSet | Import | Compact | Watch | Shutdown
-)
-WRITES: Final = (Create, Set, Unset, Delete, Expire, Refresh, Cleanup, Import)
-
-
 class Response(msgspec.Struct, tag_field="r", kw_only=True):
     id: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        RESPONSES.append(cls)
 
 
 class HelloReply(Response, tag="hello"):
@@ -202,6 +225,13 @@ class StatsInfo(msgspec.Struct, kw_only=True):
     # sample of sessions): the free space it needs. (The binary snapshot
     # written beside it needs some more, but a compaction does without.)
     compaction_needs_bytes: int = 0
+    # Shared mode (``--backend``): the engine and namespace, whether the
+    # engine answers (and what it said if not), and whether this daemon
+    # holds the namespace's expiry lease. ``None`` in local mode.
+    backend: str | None = None
+    backend_ok: bool | None = None
+    backend_error: str | None = None
+    expiry_lease: bool | None = None
 
 
 class StatsReply(Response, tag="stats"):
@@ -245,6 +275,8 @@ class CompactResult(msgspec.Struct, kw_only=True):
     bytes_after: int
     sessions: int
     seconds: float
+    # Said instead of the sizes where there is nothing to compact (shared mode).
+    note: str | None = None
 
 
 class CompactReply(Response, tag="compact"):
@@ -262,6 +294,8 @@ class Event(msgspec.Struct, kw_only=True):
     at: int
     session: Session | None = None
     dropped: int = 0
+    # Where a watch resumes after this event (shared mode; ``Watch.after``).
+    cursor: str | None = None
 
 
 class EventReply(Response, tag="event"):
@@ -280,10 +314,11 @@ class ErrorReply(Response, tag="error"):
     message: str
 
 
-AnyResponse = (
-    HelloReply | Pong | SessionReply | Page | Deleted | StatsReply | CleanupReply
-    | ConfigReply | ImportReply | CompactReply | EventReply | Stopping | ErrorReply
-)
+# The tagged unions the decoders read, one member per message type.
+# (Built from the lists: ``X | Y`` needs the members written out.)
+AnyRequest: Any = typing.Union[tuple(REQUESTS)]  # noqa: UP007
+AnyResponse: Any = typing.Union[tuple(RESPONSES)]  # noqa: UP007
+WRITES: Final = frozenset(kind for kind in REQUESTS if kind.writes)
 
 # -- frames ------------------------------------------------------------------
 
@@ -335,7 +370,7 @@ def error_frame(req_id: int, exc: SessionError) -> bytes:
 DECODE_ERRORS: Final = (
     msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError
 )
-OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in typing.get_args(AnyRequest))
+OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in REQUESTS)
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(AnyRequest)
 
 

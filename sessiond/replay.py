@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sessiond import snapshot
+from sessiond.blocks import read_block, read_line
 from sessiond.diskio import atomic_write, fsync_dir, write_all
 from sessiond.errors import JournalError
 from sessiond.model import Record, Session
-from sessiond.records import LineError, line_id, read_block, read_line
+from sessiond.records import LineError, line_id
 from sessiond.rules import Rules
 from sessiond.store import ReplayRefused, Store
 

@@ -291,6 +291,31 @@ def admit(s: Sessions, now: int, session: Session, out: list[Change]) -> tuple[s
     return "already present and not newer", False
 
 
+class Imported:
+    """What an import did, each record counted once (``count`` or
+    ``refuse`` after ``admit``)."""
+
+    __slots__ = ("imported", "updated", "skipped", "already_expired", "reasons")
+
+    def __init__(self) -> None:
+        self.imported = self.updated = self.skipped = self.already_expired = 0
+        self.reasons: list[str] = []
+
+    def count(self, sid: str, outcome: str, late: bool) -> None:
+        if outcome == CREATED:
+            self.imported += 1
+        elif outcome == UPDATED:
+            self.updated += 1
+        else:
+            self.skipped += 1
+            self.reasons.append(f"{sid}: {outcome}")
+        self.already_expired += late
+
+    def refuse(self, sid: str, reason: Exception) -> None:
+        self.skipped += 1
+        self.reasons.append(f"{sid}: {reason}")
+
+
 def normalise(s: Sessions, rec: Session) -> Record:
     """A record that enters from a file, another daemon or a journal line
     not in the daemon's own form: the one check of the rules for records

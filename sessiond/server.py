@@ -1,13 +1,13 @@
 """The server: it accepts connections, checks each peer, and holds the parts.
 
-A ``Server`` is composed of parts that each own their state: the
-``Dispatcher`` (``sessiond.dispatch``: batches of requests to replies and
-commits), ``Connections`` (``sessiond.connection``: reading frames within
-their limits, sending replies), the hub of watchers (``sessiond.events``)
-and the two timers (``sessiond.timers``). Here: accepting (and accepting
-again on a socket bound anew), the peer check, each connection's life from
-accept to close, streaming events to watchers, draining at a stop, and
-``stats``, which asks each part for its own figures.
+A ``Server`` holds an engine (``Engine``: the local one of
+``sessiond.local``, or the shared one of ``sessiond.shared``), whose
+dispatcher turns batches of requests into replies, and ``Connections``
+(``sessiond.connection``: reading frames within their limits, sending
+replies). Here: accepting (and accepting again on a socket bound anew), the
+peer check, each connection's life from accept to close, streaming events
+to watchers, draining at a stop, and ``stats``, which asks each part for
+its own figures.
 """
 
 from __future__ import annotations
@@ -18,22 +18,18 @@ import os
 import socket
 import struct
 import time
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from sessiond import __version__
-from sessiond.config import Settings
-from sessiond.connection import Connections, Stop
-from sessiond.dispatch import Dispatcher
+from sessiond.connection import Batches, Connections, Stop
 from sessiond.errors import Busy, InternalError
-from sessiond.events import Hub, Watcher
-from sessiond.journal import Journal
+from sessiond.events import EventSource
 from sessiond.live import Live
 from sessiond.protocol import StatsInfo, error_frame
-from sessiond.store import Store
-from sessiond.timers import Compactor, ExpiryTimer
 
 log = logging.getLogger("sessiond.server")
 
@@ -42,31 +38,46 @@ _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
 
 
-class Server:
-    """Serves one store and one journal to any number of connections."""
+class Engine(Protocol):
+    """What the server holds of an engine."""
 
-    def __init__(self, store: Store, journal: Journal, live: Live, event_loop: str) -> None:
-        self.store = store
-        self.journal = journal
+    @property
+    def dispatcher(self) -> Any:
+        """Its dispatcher: ``batch()``, and a ``stats`` and a
+        ``request_stop`` (the ``shutdown`` request) the server sets."""
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start its own tasks (timers, readers) in ``tg``."""
+
+    async def figures(self, now: int) -> dict[str, Any]:
+        """Its part of ``stats``: the sessions' counts and its own health."""
+
+    async def stop(self) -> None:
+        """Leave nothing undone at a clean stop."""
+
+    def sessions(self) -> int:
+        """How many sessions it holds (for systemd's status line)."""
+
+    def describe(self) -> str:
+        """Where the sessions are kept, for the log."""
+
+
+class Server:
+    """Serves one engine to any number of connections."""
+
+    def __init__(self, engine: Engine, live: Live, event_loop: str) -> None:
+        self.engine = engine
         self.live = live
         self.event_loop = event_loop
         self.started = time.monotonic()
         self.uid = os.getuid()
-        self.hub = Hub()
+        self.dispatcher: Batches = engine.dispatcher
+        engine.dispatcher.stats = self.stats
         # Set by a ``shutdown`` request: the daemon then stops as on SIGTERM
         # (``sessiond.daemon`` waits for it beside the signals).
         self.stop_requested = anyio.Event()
-        self.dispatcher = Dispatcher(
-            store, journal, self.hub, live, self.stats, self.stop_requested.set
-        )
+        engine.dispatcher.request_stop = self.stop_requested.set
         self.connections = Connections(self.dispatcher, live)
-        self.expiry = ExpiryTimer(store, self.dispatcher.commit)
-        self.compactor = Compactor(store, journal, live)
-        self.dispatcher.noticers += [self.expiry.notice, self.compactor.notice]
-        # A failed write turns the journal read-only: start what ends that
-        # now, not when the compactor's timer next fires.
-        journal.on_failure = self.compactor.wake
-        live.listen(self._settings_changed)
         self.open = 0  # connections accepted and not yet closed
         # Watchers waiting for their client to go away: drain() ends them.
         self._idle: set[anyio.CancelScope] = set()
@@ -79,32 +90,22 @@ class Server:
         self.listener: SocketListener | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
-    def _settings_changed(self, settings: Settings) -> None:
-        self.journal.policy = settings.fsync
-        self.expiry.wake()
-        self.compactor.wake()
-
-    def stats(self, now: int) -> StatsInfo:
+    async def stats(self, now: int) -> StatsInfo:
         """Every part's figures."""
         return StatsInfo(
-            **self.store.stats(now),
-            **self.expiry.figures(),
-            **self.journal.figures(),
-            **self.compactor.figures(),
+            **await self.engine.figures(now),
             pid=os.getpid(),
             version=__version__,
             uptime_seconds=round(time.monotonic() - self.started, 3),
             event_loop=self.event_loop,
             connections=self.open,
-            watchers=len(self.hub.watchers),
             config_sources=self.live.layers.sources(),
         )
 
     def start(self, listener: SocketListener, tg: anyio.abc.TaskGroup) -> None:
         """Start accepting on ``listener`` and the timers, in ``tg``."""
         tg.start_soon(self.serve, listener, tg)
-        tg.start_soon(self.expiry.run)
-        tg.start_soon(self.compactor.run)
+        self.engine.start(tg)
 
     # -- accepting -------------------------------------------------------
 
@@ -241,7 +242,7 @@ class Server:
 
     # -- watch -----------------------------------------------------------
 
-    async def _watch(self, stream: SocketStream, watcher: Watcher) -> None:
+    async def _watch(self, stream: SocketStream, watcher: EventSource) -> None:
         """Stream events until the client goes away or the daemon stops."""
         try:
             async with anyio.create_task_group() as tg:
@@ -254,8 +255,7 @@ class Server:
 
                 tg.start_soon(until_closed)
                 while not self.connections.stopping:
-                    await watcher.ready.wait()
-                    data = watcher.take()
+                    data = await watcher.next()
                     if data:
                         # No send timeout here: a watcher that stops reading
                         # blocks only this task, its bounded queue overflows
@@ -270,7 +270,7 @@ class Server:
                             break
                 tg.cancel_scope.cancel()
         finally:
-            self.hub.unsubscribe(watcher)
+            watcher.close()
 
     async def _receive_any(self, stream: SocketStream) -> bool:
         with anyio.CancelScope() as idle:

@@ -10,7 +10,7 @@ Layout (little-endian): magic, u32 format, u32 header length, u32 CRC-32 of
 the header, the msgpack ``Header``, zeros up to HEAD_BYTES (the header is
 written last, in place); then chunks, each a u32 length and a msgpack
 ``Chunk``: records as columns. Users, metas and ttls index tables that run
-across chunks, timestamps the chunk's own (as ``records.read_block`` shares
+across chunks, timestamps the chunk's own (as ``blocks.read_block`` shares
 them within a block), so that equal values load as one shared object.
 """
 
@@ -298,7 +298,7 @@ class Writer:
 def load(journal: Path, feed: Callable[[list[Record]], object]) -> Header | None:
     """Hand the snapshot's records to ``feed`` (in one go: the store adopts
     a million faster at once than in parts), in creation order, exactly as
-    ``records.read_block`` makes them from the lines they stand for; then
+    ``blocks.read_block`` makes them from the lines they stand for; then
     return its header (replay the journal after ``journal_bytes``). ``None``
     when there is no snapshot.
 

@@ -31,7 +31,7 @@ from sessiond import rules
 from sessiond.deadlines import DeadlineQueue, Queue
 from sessiond.errors import InvalidRequest, TooLarge
 from sessiond.model import ACTIVE, EMPTY_META, EXPIRED, PURGED, US, Change, Record, Session
-from sessiond.rules import Rules
+from sessiond.rules import Imported, Rules
 from sessiond.slots import Slots
 
 # Equal small metas and equal ttls are held once (sessions often share
@@ -65,16 +65,6 @@ class Cleaned(NamedTuple):
 
     removed: list[str]
     remaining: int
-
-
-class Imported(NamedTuple):
-    """What an import did, each record counted once."""
-
-    imported: int
-    updated: int
-    skipped: int
-    already_expired: int
-    reasons: list[str]
 
 
 class Store:
@@ -189,25 +179,16 @@ class Store:
     def import_sessions(self, now: int, sessions: list[Session]) -> tuple[Imported, list[Change]]:
         """Merge records from elsewhere (``rules.admit`` each); a record the
         rules refuse is skipped with its reason."""
-        imported = updated = skipped = late = 0
-        reasons: list[str] = []
+        tally = Imported()
         changes: list[Change] = []
         for session in sessions:
             try:
-                outcome, expired = rules.admit(self, now, session, changes)
+                outcome, late = rules.admit(self, now, session, changes)
             except (InvalidRequest, TooLarge) as exc:
-                skipped += 1
-                reasons.append(f"{session.id}: {exc}")
+                tally.refuse(session.id, exc)
                 continue
-            if outcome == "created":
-                imported += 1
-            elif outcome == "updated":
-                updated += 1
-            else:
-                skipped += 1
-                reasons.append(f"{session.id}: {outcome}")
-            late += expired
-        return Imported(imported, updated, skipped, late, reasons), changes
+            tally.count(session.id, outcome, late)
+        return tally, changes
 
     def next_deadline(self) -> int | None:
         """When ``expire_due``/``purge_due`` next have work (wall-clock
@@ -402,7 +383,7 @@ class Store:
 
     def replay(self, items: Sequence[Record | Session | str]) -> None:
         """Replay journal lines in order: a ``Record`` (a line in the form
-        the daemon writes, see ``records.read_block``) is adopted as it is,
+        the daemon writes, see ``blocks.read_block``) is adopted as it is,
         a ``Session`` (any other put line) is checked by the rules for
         records that enter, an id is removed (absent ids are fine). Last
         line for an id wins.

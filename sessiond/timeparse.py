@@ -22,7 +22,7 @@ Imported only by the commands that read a time or a duration with a unit.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sessiond.limits import TIME_MAX
 from sessiond.model import US
@@ -52,7 +52,7 @@ _TIME = (
 _ZONE = r"(?P<z>[Zz]|(?P<sign>[+-])(?P<zh>\d\d)(?::?(?P<zm>\d\d))?)"
 # re.ASCII: \d must not match the digits of other scripts.
 _ISO = re.compile(rf"{_DATE}(?:[Tt ]{_TIME}{_ZONE}?)?", re.ASCII)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _digits(text: str) -> bool:
@@ -110,7 +110,7 @@ def parse_iso(text: str) -> int:
             int(g["y"]), int(g["m"] or g["bm"]), int(g["d"] or g["bd"]),
             int(g["h"] or 0), int(g["mi"] or g["bmi"] or 0), int(g["s"] or g["bs"] or 0),
             int((g["f"] or "0")[:6].ljust(6, "0")),
-            tzinfo=timezone.utc,
+            tzinfo=UTC,
         )
     except ValueError as exc:  # month 13, February 30, hour 24 ...
         raise ValueError(f"unparsable timestamp {text!r} ({exc}); use {FORMS}") from None

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
+from sessiond import compaction
 from sessiond.compaction import compacted_size
 from sessiond.errors import InternalError, JournalError, ReadOnly
 from sessiond.journal import Journal
@@ -174,7 +175,7 @@ class Compactor:
             if j.failed and time.monotonic() < next_try:
                 continue
             try:
-                await j.compact(self.store.live_slots)
+                await compaction.compact(j, self.store.live_slots)
                 retry, next_try = 1.0, 0.0
                 last = time.monotonic()
             except JournalError as exc:

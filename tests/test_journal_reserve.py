@@ -11,7 +11,7 @@ import resource
 from collections.abc import Callable
 from pathlib import Path
 
-from sessiond.journal import RESERVE_BYTES
+from sessiond.journalfile import RESERVE_BYTES
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import repair, scan

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sessiond.blocks import read_block, read_line
 from sessiond.errors import InvalidRequest
 from sessiond.limits import MAX_VERSION, TIME_MAX
 from sessiond.model import ImportedSession, Record, Session, iso
@@ -26,8 +27,6 @@ from sessiond.records import (
     plain_line,
     put_line,
     put_lines,
-    read_block,
-    read_line,
 )
 from sessiond.store import Store
 from sessiond.timeparse import parse_iso as parse_time

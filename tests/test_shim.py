@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ def not_found(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def us(text: str) -> int:
-    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    dt = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return int(dt.timestamp()) * US + dt.microsecond
 
 
@@ -348,7 +348,7 @@ def test_cleanup_removes_expired_or_due_sessions_and_refuses_a_bad_before(daemon
                          "remaining_count": 1, "removed_ids": [gone]}
     not_found(shim(daemon, "get", gone))
     assert cleanup("--before", "2000-01-01T00:00:00Z")["removed_ids"] == []
-    later = datetime.fromtimestamp(now_us() / US + 7200, timezone.utc)
+    later = datetime.fromtimestamp(now_us() / US + 7200, UTC)
     assert cleanup("--before", later.strftime("%Y-%m-%dT%H:%M:%SZ"))["removed_ids"] == [kept]
     assert count_sessions(daemon) == 0
     legacy_error(shim(daemon, "cleanup", "--force"),

@@ -1,7 +1,7 @@
 """The binary snapshot beside the journal (``sessiond.snapshot``).
 
 The first part drives the module on real files: records come back exactly
-as ``records.read_block`` makes them from the journal lines they stand for,
+as ``blocks.read_block`` makes them from the journal lines they stand for,
 the format is pinned by tests/golden/snapshot.snap, and a damaged or stale
 snapshot is refused. The second part drives real daemons: compaction writes
 the snapshot, a start loads it and replays only the journal after it, and
@@ -25,9 +25,10 @@ import pytest
 
 from sessionctl import Client
 from sessiond import snapshot
+from sessiond.blocks import read_block
 from sessiond.limits import MAX_VERSION
 from sessiond.model import EMPTY_META, US, Record, Session
-from sessiond.records import put_line, put_lines, read_block
+from sessiond.records import put_line, put_lines
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
 from tests.conftest import Daemon, run_sessiond

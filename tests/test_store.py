@@ -15,10 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessiond import rules
+from sessiond.blocks import read_block
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound, TooLarge
 from sessiond.limits import MAX_TTL, MAX_VERSION, META_MAX_BYTES, META_MAX_DEPTH
 from sessiond.model import ACTIVE, EXPIRED, US, Change, Record, Session
-from sessiond.records import delete_line, put_line, read_block
+from sessiond.records import delete_line, put_line
 from sessiond.rules import Rules
 from sessiond.store import PAGE_MAX_BYTES, ReplayRefused, Store
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -27,7 +27,7 @@ from tests.test_shim import legacy_error, pretty, shim
 def at(text: str) -> int:
     """Microseconds of an extended ISO 8601 UTC time, read by the standard
     library (not by the parser under test)."""
-    moment = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    moment = datetime.fromisoformat(text).replace(tzinfo=UTC)
     return int(moment.timestamp()) * US + moment.microsecond
 
 
