@@ -23,6 +23,7 @@ import sys
 from sessionctl.registry import (
     APPEND,
     COMMANDS,
+    DASHED_VALUES,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -32,12 +33,15 @@ from sessionctl.registry import (
     GLOBALS,
     OPTIONAL,
     POSITIONAL,
+    VERSION_OPTION,
     Arg,
     Args,
     BadValue,
+    CommandFailed,
     Interrupted,
     OutputFailed,
     UsageError,
+    dashed_value,
     out,
 )
 from sessiond import PROTOCOL_VERSION, __version__
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
 
     from sessionctl.client import Client
 
-_GLOBAL_OPTIONS = {arg.name: arg for arg in GLOBALS}
+_GLOBAL_OPTIONS = {name: arg for arg in GLOBALS for name in arg.names}
 
 
 def parse_fast(argv: Sequence[str]) -> Args | None:
@@ -71,14 +75,20 @@ def parse_fast(argv: Sequence[str]) -> Args | None:
     while i < len(argv):
         token = argv[i]
         i += 1
+        if token == VERSION_OPTION and command is None:
+            # The version command, with the global options only: argparse
+            # knows --version at the top, where no command's options are.
+            command = "version"
+            arguments = COMMANDS[command].arguments
+            continue
         if not token.startswith("-"):
             if command is None:
                 if token not in COMMANDS or token == "help":
                     return None
                 command = token
                 arguments = COMMANDS[token].arguments
-                options = {**_GLOBAL_OPTIONS,
-                           **{a.name: a for a in arguments if a.name.startswith("-")}}
+                options = {**_GLOBAL_OPTIONS, **{name: a for a in arguments
+                                                 for name in a.names if name.startswith("-")}}
             elif words_ended:
                 return None
             else:
@@ -97,7 +107,8 @@ def parse_fast(argv: Sequence[str]) -> Args | None:
             continue
         if eq:
             text = inline
-        elif i < len(argv) and not argv[i].startswith("-"):
+        elif i < len(argv) and (not argv[i].startswith("-")
+                                or name in DASHED_VALUES and dashed_value(argv[i])):
             text = argv[i]
             i += 1
         else:
@@ -192,13 +203,41 @@ def run(args: Args) -> int:
 
 
 def version(args: Args) -> int:
+    """This client's version and protocol, and, unless ``--client``, the
+    daemon's version if one answers (none is started for this)."""
+    data: dict[str, object] = {"sessionctl": __version__, "protocol": PROTOCOL_VERSION}
+    lines = [f"sessionctl {__version__} (protocol {PROTOCOL_VERSION})"]
+    if not args.client:
+        from sessionctl.handlers import CliClient
+        from sessiond.paths import socket_location
+
+        where = socket_location(args.socket)
+        try:
+            with CliClient(where, autostart=False, timeout=VERSION_TIMEOUT) as c:
+                data["sessiond"] = {"version": c.server_version, "pid": c.server_pid,
+                                    "socket": where}
+                lines.append(f"sessiond {c.server_version} (pid {c.server_pid}, on {where})")
+        except DaemonUnavailable:
+            data["sessiond"] = None
+            lines.append(f"sessiond: none answers on {where}")
     if args.json:
         from sessionctl.render import to_json
 
-        out(to_json({"sessionctl": __version__, "protocol": PROTOCOL_VERSION}))
+        out(to_json(data))
     else:
-        out(f"sessionctl {__version__} (protocol {PROTOCOL_VERSION})")
+        out("\n".join(lines))
     return EXIT_OK
+
+
+# A daemon that accepts but does not answer must not hang ``version``.
+VERSION_TIMEOUT = 5.0
+
+
+def _pointed(message: str, command: str | None) -> str:
+    """A usage error that says where to read how the command is used."""
+    if "'sessionctl help" in message:
+        return message  # argparse's errors say it already
+    return f"{message} (see 'sessionctl help{' ' + command if command else ''}')"
 
 
 def fail(message: str, status: int) -> int:
@@ -217,20 +256,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Started with fd 1 closed: a result could not be reported, so do
         # not change anything.
         return fail("standard output is closed; nothing was done", EXIT_FAILED)
+    command: str | None = None
     try:
-        status = run(parse(sys.argv[1:] if argv is None else argv))
+        args = parse(sys.argv[1:] if argv is None else argv)
+        command = args.command
+        status = run(args)
         # Flushed here, not at exit, so that a closed pipe is handled below.
         sys.stdout.flush()
         return status
     except UsageError as exc:
-        return fail(str(exc), EXIT_USAGE)
+        return fail(_pointed(str(exc), command), EXIT_USAGE)
     except DaemonUnavailable as exc:
         return fail(str(exc), EXIT_UNAVAILABLE)
     except InvalidRequest as exc:
-        return fail(str(exc), EXIT_USAGE)
+        return fail(_pointed(str(exc), command), EXIT_USAGE)
     except SessionError as exc:
         return fail(str(exc), EXIT_FAILED)
-    except OutputFailed as exc:
+    except (OutputFailed, CommandFailed) as exc:
         return fail(str(exc), EXIT_FAILED)
     except Interrupted as exc:
         return fail(str(exc), exc.status)

@@ -221,12 +221,12 @@ class Client(Operations):
                     f"'journalctl --user -u sessiond' under systemd)"
                 ) from exc
             if off_by is not None:
+                from sessionctl.autostart import start_advice
                 from sessionctl.unreachable import connect_failed
 
                 raise DaemonUnavailable(connect_failed(self._where, exc) or (
-                    f"no sessiond answers on {self._where} ({exc.strerror}); start it with "
-                    f"'sessiond' or 'systemctl --user start sessiond', or "
-                    f"{self._autostart_advice(off_by)}"
+                    f"no sessiond answers on {self._where} ({exc.strerror}); "
+                    f"{start_advice(self._where)}, or {self._autostart_advice(off_by)}"
                 )) from exc
         except OSError as exc:
             sock.close()

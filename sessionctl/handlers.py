@@ -10,7 +10,7 @@ or the output code.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sessionctl import render
@@ -18,24 +18,34 @@ from sessionctl.client import (
     BY_ENVIRONMENT,
     NO_AUTOSTART_ENV,
     Client,
-    add_up,
     autostart_off_by_env,
 )
 from sessionctl.registry import (
-    EXIT_FAILED,
     EXIT_OK,
     Args,
-    Interrupted,
     OutputFailed,
     UsageError,
     out,
 )
-from sessiond.model import format_duration, now_us
-from sessiond.protocol import PAGE_MAX, ImportResult
+from sessiond.errors import SessionExpired
+from sessiond.model import Session, format_duration, now_us
+from sessiond.protocol import PAGE_MAX
+
+# The settings counted in seconds: ``config KEY VALUE`` also takes a
+# duration for them (``2h``, ``7d``), sent as whole seconds.
+SECONDS_KEYS = (
+    "default_ttl", "max_lifetime", "expired_retention", "compact_interval",
+    "frame_timeout", "send_timeout", "idle_timeout",
+)
 
 
 def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
     out(render.to_json(data) if args.json else human())
+
+
+def plural(count: int, word: str) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 class CliClient(Client):
@@ -55,28 +65,6 @@ def connect(args: Args) -> Client:
     return CliClient(args.socket, autostart=False if args.no_autostart else None)
 
 
-def prepare_cleanup(args: Args) -> None:
-    args.before_us = None
-    if args.before is not None:
-        from sessiond.timeparse import parse_before
-
-        try:
-            args.before_us = parse_before(args.before, now_us())
-        except ValueError as exc:
-            raise UsageError(f"--before: {exc}") from None
-
-
-def prepare_import(args: Args) -> None:
-    from pathlib import Path
-
-    from sessiond.legacy import read_sessions
-
-    try:
-        args.loaded = read_sessions(Path(args.file))
-    except OSError as exc:
-        raise UsageError(f"{exc.strerror}; give the path of a data.jsonl or an export") from None
-
-
 def prepare_export(args: Args) -> Callable[[], None] | None:
     from pathlib import Path
 
@@ -84,6 +72,11 @@ def prepare_export(args: Args) -> Callable[[], None] | None:
 
     args.target = None
     if args.output is None:
+        if args.json and args.format == "csv":
+            raise UsageError(
+                "--json and --format csv contradict each other: CSV on stdout is not JSON "
+                "(use --format json or jsonl, or --output FILE, when --json shapes the summary)"
+            )
         return None
     try:
         target = open_output(Path(args.output))
@@ -91,6 +84,43 @@ def prepare_export(args: Args) -> Callable[[], None] | None:
         raise UsageError(f"--output {args.output}: {exc.strerror}") from None
     args.target = target
     return target.discard
+
+
+def prepare_config(args: Args) -> None:
+    """The value to send: JSON when it is JSON, else the string; for a
+    setting in seconds, a duration (``2h``) in whole seconds."""
+    from sessiond.config import parse_value
+
+    args.parsed = None
+    if args.value is None:
+        return
+    value = parse_value(args.value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if args.key in SECONDS_KEYS and not number:
+        from sessiond.timeparse import DURATION_FORMS, parse_duration
+
+        try:
+            value = parse_duration(args.value)
+        except ValueError:
+            raise UsageError(
+                f"invalid value {args.value!r} for {args.key}: not a number of seconds or a "
+                f"duration; use {DURATION_FORMS}"
+            ) from None
+    args.parsed = value
+
+
+def expired(sid: str, *, refreshing: bool = False) -> SessionExpired:
+    """The daemon's refusal of a change to an expired session, with the
+    command that brings it back."""
+    if refreshing:
+        return SessionExpired(
+            f"session {sid} has expired; add --revive to bring it back "
+            f"('sessionctl refresh {sid} --revive')"
+        )
+    return SessionExpired(
+        f"session {sid} has expired; bring it back first with 'sessionctl refresh {sid} "
+        f"--revive'"
+    )
 
 
 def show_session(c: Client, args: Args, s: Any) -> int:
@@ -109,13 +139,19 @@ def h_get(c: Client, args: Args) -> int:
 
 
 def h_set(c: Client, args: Args) -> int:
-    return show_session(
-        c, args, c.set(args.id, args.key, args.value, expect_version=args.expect_version)
-    )
+    try:
+        s = c.set(args.id, args.key, args.value, expect_version=args.expect_version)
+    except SessionExpired:
+        raise expired(args.id) from None
+    return show_session(c, args, s)
 
 
 def h_unset(c: Client, args: Args) -> int:
-    return show_session(c, args, c.unset(args.id, args.key, expect_version=args.expect_version))
+    try:
+        s = c.unset(args.id, args.key, expect_version=args.expect_version)
+    except SessionExpired:
+        raise expired(args.id) from None
+    return show_session(c, args, s)
 
 
 def h_delete(c: Client, args: Args) -> int:
@@ -129,20 +165,60 @@ def h_expire(c: Client, args: Args) -> int:
 
 
 def h_refresh(c: Client, args: Args) -> int:
-    return show_session(c, args, c.refresh(args.id, ttl=args.ttl, revive=args.revive))
+    try:
+        s = c.refresh(args.id, ttl=args.ttl, revive=args.revive)
+    except SessionExpired:
+        if args.revive:
+            raise  # past max_lifetime: the daemon says so
+        raise expired(args.id, refreshing=True) from None
+    return show_session(c, args, s)
+
+
+class _Listing:
+    """The sessions ``list`` asked for, page by page, and whether ``--limit``
+    left some out (known once they have been read)."""
+
+    def __init__(self, c: Client, args: Args) -> None:
+        self.c = c
+        self.args = args
+        self.more = False
+
+    def __iter__(self) -> Iterator[Session]:
+        c, args = self.c, self.args
+        left: int | None = args.limit
+        cursor: str | None = None
+        while True:
+            page = PAGE_MAX if left is None else min(left, PAGE_MAX)
+            sessions, cursor = c.list_page(status=args.status, user=args.user, limit=page,
+                                           cursor=cursor)
+            for s in sessions:  # a page holds at most ``left``
+                yield s
+                if left is not None:
+                    left -= 1
+            if cursor is None:
+                return
+            if left == 0:
+                # The cursor says only that the store goes on: one more
+                # session asked for says whether another one matches.
+                self.more = bool(c.list_page(status=args.status, user=args.user, limit=1,
+                                             cursor=cursor)[0])
+                return
 
 
 def h_list(c: Client, args: Args) -> int:
-    from itertools import islice
-
-    limit = args.limit
-    page = min(limit, PAGE_MAX) if limit else PAGE_MAX
-    sessions = islice(c.iter_sessions(status=args.status, user=args.user, page=page), limit)
-    if args.json:
+    sessions = _Listing(c, args)
+    if args.ids:
+        if args.json:
+            render.write_json_array(sys.stdout, (s.id for s in sessions))
+        else:
+            for s in sessions:
+                out(s.id)
+    elif args.json:
         # Streamed page by page: a million sessions never sit in one string.
         render.write_json_array(sys.stdout, (render.session_dict(s) for s in sessions))
     else:
-        out(render.session_table(list(sessions), now_us()))
+        shown: list[Session] = list(sessions)
+        out(render.session_table(shown, now_us(), more=sessions.more))
     return EXIT_OK
 
 
@@ -150,7 +226,15 @@ def h_stats(c: Client, args: Args) -> int:
     import msgspec
 
     st = c.stats()
-    emit(args, msgspec.to_builtins(st), lambda: render.stats_fields(st, now_us()))
+    data: dict[str, Any] = {}
+    for key, value in msgspec.to_builtins(st).items():
+        if key == "read_only":
+            # A yes or no, as the table shows it; the reason beside it.
+            data["read_only"] = value is not None
+            data["read_only_reason"] = value
+        else:
+            data[key] = value
+    emit(args, data, lambda: render.stats_fields(st, now_us()))
     return EXIT_OK
 
 
@@ -167,146 +251,13 @@ def h_export(c: Client, args: Args) -> int:
     except OSError as exc:
         raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
     emit(args, {"exported": count, "file": str(target.path)},
-         lambda: render.escape_message(
-             f"exported {count} session{'s' if count != 1 else ''} to {target.path}"))
-    return EXIT_OK
-
-
-class _StopNow(Exception):
-    """A second SIGINT or SIGTERM during an import: stop at once."""
-
-
-class _Signals:
-    """SIGINT and SIGTERM while an import runs: the first is noted, and the
-    import stops once the page in flight is answered, so that the count of
-    committed sessions is exact; a second stops it at once."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._before: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        import signal
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._before[signum] = signal.signal(signum, self._note)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for signum, handler in self._before.items():
-            signal.signal(signum, handler)
-
-    def _note(self, signum: int, frame: object) -> None:
-        if self.received is not None:
-            raise _StopNow
-        self.received = signum
-
-
-def import_all(c: Client, args: Args) -> ImportResult:
-    """Every page of ``args.loaded`` imported. A signal stops it with
-    ``Interrupted``, which says how far it got and that a rerun is safe,
-    and whose exit status is 128 + the signal's number, as a shell reports
-    a process it killed."""
-    import signal
-
-    sessions = args.loaded.sessions
-    total = ImportResult(reasons=[])
-    forced = False
-    with _Signals() as signals:
-        try:
-            if signals.received is None:
-                for part in c.import_pages(sessions):
-                    add_up(total, part)
-                    if signals.received is not None:
-                        break
-        except _StopNow:
-            forced = True
-    if signals.received is None:
-        return total
-    name = signal.Signals(signals.received).name
-    committed = total.imported + total.updated
-    done = total.imported + total.updated + total.skipped
-    how_far = (
-        f"{committed} sessions were committed (imported {total.imported}, updated "
-        f"{total.updated}; {total.skipped} skipped) of {len(sessions)}"
-    )
-    if forced:
-        how_far = (f"at least {how_far}; a second signal cut the page in flight short, and "
-                   f"it may have been committed too")
-    elif done < len(sessions):
-        how_far += f"; the other {len(sessions) - done} were not sent"
-    raise Interrupted(
-        f"import interrupted by {name}: {how_far}. Importing {args.file} again is safe "
-        f"(a session already there is replaced only by a newer version of itself): a "
-        f"rerun completes the import",
-        128 + signals.received,
-    )
-
-
-def h_import(c: Client, args: Args) -> int:
-    loaded = args.loaded
-    result = import_all(c, args)
-    # Records no request could carry are skipped here, as the daemon skips
-    # those its rules refuse.
-    skipped = result.skipped + len(loaded.refused)
-    reasons = loaded.refused + result.reasons
-    data = {
-        "imported": result.imported,
-        "updated": result.updated,
-        "skipped": skipped,
-        "unreadable": len(loaded.problems),
-        "already_expired": result.already_expired,
-        "reasons": reasons,
-        "problems": loaded.problems,
-    }
-
-    def human() -> str:
-        expired = result.already_expired
-        lines = [
-            f"imported {result.imported}, updated {result.updated}, skipped {skipped}, "
-            f"unreadable {len(loaded.problems)} ({loaded.format} from {args.file})"
-        ]
-        if expired:
-            lines.append(
-                f"  {expired} of them already expired: kept for expired_retention from now"
-            )
-        lines += [f"  skipped {r}" for r in reasons]
-        lines += [f"  unreadable: {p}" for p in loaded.problems]
-        # The reasons quote ids and lines from the file, whatever it holds.
-        return "\n".join(render.escape_message(line) for line in lines)
-
-    emit(args, data, human)
-    if loaded.problems:
-        sys.stderr.write(
-            f"sessionctl: error: {len(loaded.problems)} unreadable record(s) in {args.file} "
-            f"were not imported (listed above)\n"
-        )
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def h_cleanup(c: Client, args: Args) -> int:
-    import msgspec
-
-    r = c.cleanup(before=args.before_us, dry_run=args.dry_run)
-
-    def human() -> str:
-        verb = "would remove" if r.dry_run else "removed"
-        lines = [f"{verb} {r.removed_count} sessions, {r.remaining_count} remaining"]
-        lines += [f"  {sid}" for sid in r.removed_ids]
-        return "\n".join(lines)
-
-    emit(args, msgspec.to_builtins(r), human)
+         lambda: render.escape_message(f"exported {plural(count, 'session')} to {target.path}"))
     return EXIT_OK
 
 
 def h_config(c: Client, args: Args) -> int:
-    from sessiond.config import parse_value
-
     if args.value is not None:
-        data = c.set_config(args.key, parse_value(args.value))
+        data = c.set_config(args.key, args.parsed)
     elif args.key or args.json:
         data = c.config(args.key)
     else:
@@ -326,31 +277,8 @@ def h_compact(c: Client, args: Args) -> int:
     r = c.compact()
     emit(args, msgspec.to_builtins(r), lambda: (
         f"compacted: {render.human_bytes(r.bytes_before)} -> {render.human_bytes(r.bytes_after)}, "
-        f"{r.sessions} sessions kept, {r.seconds:.3f}s"
+        f"{plural(r.sessions, 'session')} kept, {r.seconds:.3f}s"
     ))
-    return EXIT_OK
-
-
-def h_watch(c: Client, args: Args) -> int:
-    from sessiond.model import iso
-
-    try:
-        for ev in c.watch(user=args.user):
-            if args.json:
-                data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at)}
-                if ev.session is not None:
-                    data["session"] = render.session_dict(ev.session)
-                if ev.kind == "lagged":
-                    data["dropped"] = ev.dropped
-                out(render.to_json(data, indent=0).replace("\n", ""))
-            elif ev.kind == "lagged":
-                out(f"{iso(ev.at)} lagged, {ev.dropped} events dropped")
-            elif ev.kind != "watching":
-                user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-                out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        return EXIT_OK
     return EXIT_OK
 
 

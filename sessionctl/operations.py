@@ -42,9 +42,11 @@ from sessiond.protocol import (
     Response,
     SessionReply,
     Set,
+    Shutdown,
     Stats,
     StatsInfo,
     StatsReply,
+    Stopping,
     Unset,
 )
 
@@ -77,6 +79,7 @@ _config_sources = _reply(ConfigReply, lambda r: (r.config, r.sources))
 _imported = _reply(ImportReply, lambda r: r.result)
 _compacted = _reply(CompactReply, lambda r: r.result)
 _pong = _reply(Pong, lambda r: r)
+_stopping = _reply(Stopping, lambda r: r.pid)
 
 
 if TYPE_CHECKING:
@@ -233,3 +236,10 @@ class Operations:
     def ping(self) -> Reply[Pong]:
         """The daemon's pid, version and uptime."""
         return self._submit(Ping(id=0), _pong)
+
+    @operation
+    def shutdown(self) -> Reply[int]:
+        """Stop the daemon, as SIGTERM does; returns its pid. It answers
+        first, then finishes the requests in flight and syncs its journal.
+        Raises ``Unsupported`` from a daemon too old to know the request."""
+        return self._submit(Shutdown(id=0), _stopping)

@@ -129,12 +129,18 @@ def meta_text(value: Any) -> str:
     return value if isinstance(value, str) else _json.encode(value).decode()
 
 
+def ttl_text(ttl: int) -> str:
+    """``3600s (1h)``; ``5s`` alone, where the words would say it again."""
+    words = format_duration(ttl)
+    return f"{ttl}s" if words == f"{ttl}s" else f"{ttl}s ({words})"
+
+
 def session_fields(s: Session, now: int) -> str:
     rows: list[tuple[str, Any]] = [
         ("id", s.id),
         ("user", s.user),
         ("status", f"{s.status} ({time_left(s, now)})"),
-        ("ttl", f"{s.ttl}s ({format_duration(s.ttl)})"),
+        ("ttl", ttl_text(s.ttl)),
         ("created", f"{iso(s.created_at)} ({relative(s.created_at, now)})"),
         ("last access", f"{iso(s.last_access)} ({relative(s.last_access, now)})"),
         ("expires", iso(s.expires_at)),
@@ -156,7 +162,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def session_table(sessions: list[Session], now: int) -> str:
+def session_table(sessions: list[Session], now: int, *, more: bool = False) -> str:
+    """The table and its count line, which says when ``--limit`` left out
+    sessions that match."""
     rows = [
         (
             s.id,
@@ -169,6 +177,8 @@ def session_table(sessions: list[Session], now: int) -> str:
         for s in sessions
     ]
     count = f"{len(sessions)} session{'s' if len(sessions) != 1 else ''}"
+    if more:
+        count += " shown; more match (raise --limit to see them)"
     if not rows:
         return count
     return table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows) + f"\n\n{count}"

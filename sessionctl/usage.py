@@ -9,32 +9,70 @@ cannot disagree about what a command takes. ``help`` runs here too.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from sessionctl.registry import (
     APPEND,
     COMMANDS,
+    DASHED_VALUES,
     EXIT_OK,
     FLAG,
     GLOBAL_DEFAULTS,
     GLOBALS,
     OPTIONAL,
+    VERSION_OPTION,
     Arg,
     Args,
     BadValue,
     UsageError,
+    dashed_value,
     out,
 )
 
-GLOBAL_DESTS = frozenset({"help", *(arg.dest for arg in GLOBALS)})
+GLOBAL_DESTS = frozenset({"help", "version_option", *(arg.dest for arg in GLOBALS)})
+
+
+def see_help(topic: str | None) -> str:
+    """Where a usage error points: ``(see 'sessionctl help COMMAND')``."""
+    return f"(see 'sessionctl help{' ' + topic if topic else ''}')"
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``; did you mean 'get'?`` when a candidate is close to ``word`` (as
+    git and kubectl say it), else nothing."""
+    import difflib
+
+    # difflib's ratio alone offers 'export' for 'teleport': a close one
+    # must also start as the word does, or be closer still.
+    bare = word.lstrip("-")[:1]
+    for close in difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6):
+        if (close.lstrip("-")[:1] == bare
+                or difflib.SequenceMatcher(None, word, close).ratio() >= 0.8):
+            return f"; did you mean {close!r}?"
+    return ""
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # A subcommand's prog is "sessionctl NAME": point at that command's help.
-        topic = self.prog.partition(" ")[2]
-        raise UsageError(f"{message} (see 'sessionctl help{' ' + topic if topic else ''}')")
+        raise UsageError(f"{message} {see_help(self.prog.partition(' ')[2])}")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # argparse's own check, with a suggestion: a mistyped command or
+        # choice is the commonest slip.
+        choices = action.choices
+        if choices is None or value in choices:
+            return
+        if isinstance(action, argparse._SubParsersAction):
+            # No "argument COMMAND:" before it: the message says what it is.
+            raise argparse.ArgumentError(
+                None, f"unknown command {value!r}{did_you_mean(value, choices)}"
+            )
+        raise argparse.ArgumentError(action, (
+            f"invalid choice: {value!r}{did_you_mean(value, choices)} "
+            f"(choose from {', '.join(map(str, choices))})"
+        ))
 
 
 class TopParser(Parser):
@@ -55,10 +93,8 @@ class TopParser(Parser):
         lines += [
             "",
             "options, before or after the command:",
-            "  --socket PATH   the daemon's socket (else $SESSIOND_SOCKET, else the default)",
-            "  --json          print the result as JSON on stdout, and nothing else",
-            "  --no-autostart  do not start sessiond when none answers "
-            "(or SESSIONCTL_NO_AUTOSTART=1)",
+            *(f"  {_option_words(arg):<14}  {arg.help}" for arg in GLOBALS),
+            f"  {VERSION_OPTION:<14}  the same as 'sessionctl version' (before any command)",
             "",
             "Run 'sessionctl help COMMAND' for a command's options.",
             "Exit status: 0 done; 1 the operation failed; 2 bad usage or invalid value; "
@@ -92,7 +128,7 @@ def synopsis(name: str, sub: argparse.ArgumentParser) -> str:
             else:
                 parts.append(value)
             continue
-        flag = action.option_strings[0]
+        flag = "|".join(action.option_strings)  # -q|--quiet
         if action.nargs == 0:
             parts.append(f"[{flag}]")
         elif isinstance(action, argparse._AppendAction):
@@ -105,6 +141,10 @@ def synopsis(name: str, sub: argparse.ArgumentParser) -> str:
             nested = f"[{value}{' ' + nested if nested else ''}]"
         parts.append(nested)
     return " ".join(parts)
+
+
+def _option_words(arg: Arg) -> str:
+    return f"{arg.name} {arg.metavar}" if arg.kind not in (FLAG,) and arg.metavar else arg.name
 
 
 def _typed(check: Callable[[str], object]) -> Callable[[str], object]:
@@ -140,7 +180,7 @@ def _add(parser: argparse.ArgumentParser, arg: Arg, **extra: Any) -> None:
     elif arg.default is not None:
         options["default"] = arg.default
     options.update(extra)
-    parser.add_argument(arg.name, **options)
+    parser.add_argument(*arg.names, **options)
 
 
 def build_parser() -> TopParser:
@@ -150,10 +190,13 @@ def build_parser() -> TopParser:
         # be reset by the subcommand's parser, which knows it too.
         _add(common, arg, default=argparse.SUPPRESS)
     p = TopParser(prog="sessionctl", parents=[common], allow_abbrev=False)
+    p.add_argument(VERSION_OPTION, action="store_true", dest="version_option",
+                   help="the same as 'sessionctl version'")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, command in COMMANDS.items():
         parser = sub.add_parser(name, parents=[common], help=command.summary,
-                                description=command.summary, allow_abbrev=False)
+                                description=command.summary, epilog=command.notes,
+                                allow_abbrev=False)
         for arg in command.arguments:
             _add(parser, arg)
     return p
@@ -162,11 +205,56 @@ def build_parser() -> TopParser:
 def parse_with_argparse(argv: Sequence[str]) -> Args:
     """``argv`` read by argparse: bad usage raises ``UsageError``; ``-h``
     prints help and exits, as argparse does."""
-    args = build_parser().parse_args(argv, Args())
+    args, extra = build_parser().parse_known_args(_joined(argv), Args())
+    command = args.command
+    if extra:
+        raise UsageError(_unexpected(extra[0], command))
+    if args.version_option:
+        if command is not None:
+            raise UsageError(f"{VERSION_OPTION} takes no command {see_help(None)}")
+        args.command = "version"
+        for arg in COMMANDS["version"].arguments:  # as if none was given
+            setattr(args, arg.dest, False if arg.kind == FLAG else arg.default)
+    del args.version_option
     for name, default in GLOBAL_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
     return args
+
+
+def _joined(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--before -7d`` written ``--before=-7d``: argparse takes
+    any word that starts with a dash for an option, and a time before now
+    does (``parse_fast`` reads it the same)."""
+    words: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return words + list(argv[i:])
+        if word in DASHED_VALUES and i + 1 < len(argv) and dashed_value(argv[i + 1]):
+            words.append(f"{word}={argv[i + 1]}")
+            i += 2
+        else:
+            words.append(word)
+            i += 1
+    return words
+
+
+def _unexpected(word: str, command: str | None) -> str:
+    """What to say of the first word argparse could not place."""
+    if not word.startswith("-") or word == "-":
+        return f"unexpected argument {word!r} {see_help(command)}"
+    name = word.partition("=")[0]
+    options = [name for arg in GLOBALS for name in arg.names]
+    if command is None:
+        options.append(VERSION_OPTION)
+        where = ""
+    else:
+        options += [name for arg in COMMANDS[command].arguments for name in arg.names
+                    if name.startswith("-")]
+        where = f" for {command!r}"
+    return f"unknown option {name!r}{where}{did_you_mean(name, options)} {see_help(command)}"
 
 
 def show_help(args: Args) -> int:
@@ -175,7 +263,10 @@ def show_help(args: Args) -> int:
     if args.topic:
         sub = subcommands(parser).get(args.topic)
         if sub is None:
-            raise UsageError(f"no such command {args.topic!r}; run 'sessionctl help'")
+            raise UsageError(
+                f"no such command {args.topic!r}{did_you_mean(args.topic, COMMANDS)} "
+                f"{see_help(None)}"
+            )
         out(sub.format_help().rstrip("\n"))
     else:
         out(parser.format_help().rstrip("\n"))

@@ -236,13 +236,30 @@ async def _report_to_systemd(engine: Engine, watchdog: float | None) -> None:
 
 
 async def _until_stopped(server: Server, where: paths.Paths) -> None:
+    """Until SIGTERM, SIGINT or a ``shutdown`` request; SIGHUP reloads."""
+    async with anyio.create_task_group() as tg:
+
+        async def until_requested() -> None:
+            await server.stop_requested.wait()
+            log.info("received a shutdown request")
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(until_requested)
+        await _until_signalled(server, where)
+        tg.cancel_scope.cancel()
+
+
+async def _until_signalled(server: Server, where: paths.Paths) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum != signal.SIGHUP:
                 log.info("received %s", signal.Signals(signum).name)
                 return
             try:
-                await server.engine.dispatcher.reload()
+                # A shutdown request lets a reload in progress finish, as
+                # SIGTERM (read after it) does.
+                with anyio.CancelScope(shield=True):
+                    await server.engine.dispatcher.reload()
             except SessionError as exc:
                 log.error("SIGHUP: config not reloaded: %s", exc)
                 continue

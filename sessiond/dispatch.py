@@ -87,8 +87,9 @@ class Dispatcher:
 
     Holds the parts that requests use (the store, the journal, the hub of
     watchers, the live settings) and nothing that others own: the server
-    gives it the one figure it cannot make, ``stats``, and registers what
-    must hear of every commit (``notice``)."""
+    gives it the one figure it cannot make, ``stats``, and the way to stop
+    the daemon, ``request_stop``, and registers what must hear of every
+    commit (``notice``)."""
 
     def __init__(
         self,
@@ -103,6 +104,9 @@ class Dispatcher:
         self.hub = hub
         self.live = live
         self.stats = stats
+        # Stops the daemon as SIGTERM does (the ``shutdown`` request); the
+        # server sets it, as it sets ``stats``.
+        self.request_stop: Callable[[], None] = _no_stop
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []
@@ -465,4 +469,5 @@ def hello_event() -> Event:
     return Event(kind="watching", sid=None, at=now_us())
 
 
-
+def _no_stop() -> None:
+    raise AssertionError("the server gives the dispatcher its request_stop")

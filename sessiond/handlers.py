@@ -54,9 +54,11 @@ from sessiond.protocol import (
     Response,
     SessionReply,
     Set,
+    Shutdown,
     Stats,
     StatsInfo,
     StatsReply,
+    Stopping,
     Unset,
 )
 from sessiond.store import Store
@@ -83,6 +85,8 @@ class Context(Parts, Protocol):
     """What the other handlers use: the local engine's parts."""
 
     store: Store
+
+    def request_stop(self) -> None: ...
 
     async def adopt(self, layers: config.Layers) -> None: ...
 
@@ -223,6 +227,14 @@ def hello(c: Parts, req: Hello, now: int) -> Outcome:
         )
     return HelloReply(id=req.id, version=PROTOCOL_VERSION, server=__version__,
                       pid=os.getpid()), []
+
+
+@handles(Shutdown)
+def shutdown(c: Context, req: Shutdown, now: int) -> Outcome:
+    # Only asks: the daemon stops as on SIGTERM, after this reply and every
+    # other request in flight are answered and the journal is synced.
+    c.request_stop()
+    return Stopping(id=req.id, pid=os.getpid()), []
 
 
 # -- requests that wait on I/O of their own -------------------------------------

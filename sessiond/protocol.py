@@ -154,6 +154,8 @@ class Watch(Request, tag="watch"):
     after: str | None = None
 
 
+class Shutdown(Request, tag="shutdown"):
+    """Stop the daemon, as SIGTERM does; answered before it stops."""
 
 
 class Response(msgspec.Struct, tag_field="r", kw_only=True):
@@ -298,6 +300,13 @@ class Event(msgspec.Struct, kw_only=True):
 
 class EventReply(Response, tag="event"):
     event: Event
+
+
+class Stopping(Response, tag="stopping"):
+    """The answer to ``Shutdown``: the daemon (``pid``) stops once it has
+    answered the requests in flight and synced its journal."""
+
+    pid: int
 
 
 class ErrorReply(Response, tag="error"):

@@ -43,7 +43,8 @@ class Engine(Protocol):
 
     @property
     def dispatcher(self) -> Any:
-        """Its dispatcher: ``batch()``, and a ``stats`` the server sets."""
+        """Its dispatcher: ``batch()``, and a ``stats`` and a
+        ``request_stop`` (the ``shutdown`` request) the server sets."""
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start its own tasks (timers, readers) in ``tg``."""
@@ -72,6 +73,10 @@ class Server:
         self.uid = os.getuid()
         self.dispatcher: Batches = engine.dispatcher
         engine.dispatcher.stats = self.stats
+        # Set by a ``shutdown`` request: the daemon then stops as on SIGTERM
+        # (``sessiond.daemon`` waits for it beside the signals).
+        self.stop_requested = anyio.Event()
+        engine.dispatcher.request_stop = self.stop_requested.set
         self.connections = Connections(self.dispatcher, live)
         self.open = 0  # connections accepted and not yet closed
         # Watchers waiting for their client to go away: drain() ends them.

@@ -108,9 +108,15 @@ def _write(path: Path, text: str) -> None:
 
 def systemctl(*args: str) -> str | None:
     """Run ``systemctl --user ARGS``; None when it worked, else why not."""
+    return _systemctl(*args)[0]
+
+
+def _systemctl(*args: str) -> tuple[str | None, str]:
+    """``systemctl --user ARGS``: why it did not work (None when it did),
+    and what it printed."""
     exe = shutil.which("systemctl")
     if exe is None:
-        return "systemctl is not installed"
+        return "systemctl is not installed", ""
     command = " ".join(["systemctl", "--user", *args])
     try:
         done = subprocess.run(
@@ -118,25 +124,41 @@ def systemctl(*args: str) -> str | None:
             timeout=SYSTEMCTL_TIMEOUT, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        return f"'{command}' did not finish within {SYSTEMCTL_TIMEOUT:g}s"
+        return f"'{command}' did not finish within {SYSTEMCTL_TIMEOUT:g}s", ""
     if done.returncode != 0:
         said = done.stderr.strip().splitlines()
-        return f"'{command}' failed: " + (said[-1] if said else f"exit status {done.returncode}")
-    return None
+        why = f"'{command}' failed: " + (said[-1] if said else f"exit status {done.returncode}")
+        return why, done.stdout
+    return None, done.stdout
 
 
-def _reload(hint: str = "") -> None:
-    """``daemon-reload`` if a user manager answers; say so if none does."""
+def service_pid() -> int | None:
+    """The pid of the daemon systemd runs as ``sessiond.service`` (its
+    MainPID); None when the units are not installed, or no user manager
+    says it runs one."""
+    if not service_installed():
+        return None
+    problem, said = _systemctl("show", "--property=MainPID", "--value", SERVICE)
+    text = said.strip()
+    if problem is not None or not text.isdigit() or text == "0":
+        return None
+    return int(text)
+
+
+def _reload(hint: str = "") -> bool:
+    """``daemon-reload`` if a user manager answers; say so if none does.
+    Whether one did."""
     problem = systemctl("daemon-reload")
     if problem is None:
         print("reloaded the systemd user manager")
-        return
+        return True
     print(
         f"sessiond: daemon-reload skipped: {problem}\n"
         f"sessiond: no systemd user manager answered; one started later reads the units "
         f"itself{hint}",
         file=sys.stderr,
     )
+    return False
 
 
 def _install() -> int:
@@ -154,18 +176,30 @@ def _install() -> int:
         print(f"{'updated' if path.exists() else 'installed'} {path}")
         _write(path, text)
     print(f"  ExecStart={exec_quote(executable)}")
-    _reload(
-        ".\nsessiond: on a system without one, sessionctl cannot start sessiond while "
-        "they are installed: 'sessiond install-service --uninstall' removes them"
+    reloaded = _reload(
+        ".\nsessiond: on a system without one, sessionctl cannot start sessiond on the "
+        "default socket while they are installed: 'sessiond install-service --uninstall' "
+        "removes them"
     )
     if updated:
         print(f"A sessiond that systemd already runs keeps its old settings until "
               f"'systemctl --user restart {SERVICE}'.")
     print(
-        "While these units are installed, sessionctl leaves starting sessiond to systemd.\n"
+        "While these units are installed, sessionctl leaves starting sessiond on the default "
+        "socket to systemd.\n"
         "Enable and start it (now and at every login) with:\n"
         f"  {ENABLE_COMMAND}"
     )
+    if not reloaded:
+        # Written, but not in force: a script that goes on to enable them
+        # must not be told that this worked.
+        print(
+            f"sessiond: error: the units are written but no user manager has loaded them; "
+            f"once one runs (log in to a systemd session, or 'loginctl enable-linger "
+            f"$USER'), run 'systemctl --user daemon-reload && {ENABLE_COMMAND}'",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

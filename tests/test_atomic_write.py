@@ -177,11 +177,11 @@ def test_install_service_writes_whole_units_readable_by_all_and_no_temp(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     d = make_daemon(start=False)
-    first = install_service(d)
+    first = install_service(d, manager=True)
     assert first.returncode == 0, first.stderr
     target = unit_dir(d)
     inodes = {p.name: p.stat().st_ino for p in target.iterdir()}
-    again = install_service(d)  # over the old units: replaced, not rewritten
+    again = install_service(d, manager=True)  # over the old units: replaced, not rewritten
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in target.iterdir()) == ["sessiond.service", "sessiond.socket"]
     for unit in target.iterdir():

@@ -197,7 +197,9 @@ def test_list_pages_beyond_one_frame(d: Daemon) -> None:
             p.create(user="bulk")
     listed = js(d, "list", "--user", "bulk")
     assert len(listed) == 2100 and len({s["id"] for s in listed}) == 2100
-    assert ok(d, "list", "--user", "bulk", "--limit", "1500").splitlines()[-1] == "1500 sessions"
+    assert ok(d, "list", "--user", "bulk", "--limit", "1500").splitlines()[-1] == (
+        "1500 sessions shown; more match (raise --limit to see them)"
+    )
 
 
 def test_stats_for_people_has_no_python_none(d: Daemon) -> None:
@@ -265,11 +267,11 @@ def test_help_lists_every_command_with_its_arguments(d: Daemon) -> None:
     commands = subcommands(build_parser())
     for name in commands:
         assert re.search(rf"^  {name}\b", out, re.M), name
-    for synopsis in ("create [--user U] [--ttl S] [--meta K=V]... [--id ID]",
-                     "list [--status active|expired] [--user U] [--limit N]",
-                     "refresh ID [--ttl S] [--revive]",
+    for synopsis in ("create [--user U] [--ttl DURATION] [--meta K=V]... [--id ID]",
+                     "list [--status active|expired] [--user U] [--limit N] [--ids]",
+                     "refresh ID [--ttl DURATION] [--revive]",
                      "export [--format json|jsonl|csv] [--output FILE]",
-                     "cleanup [--before TIMESTAMP] [--dry-run]",
+                     "cleanup [--before TIMESTAMP] [--dry-run] [-q|--quiet] [--verbose]",
                      "config [KEY [VALUE]]"):
         assert synopsis in out, synopsis
     assert ok(d, "--help") == out

@@ -62,7 +62,7 @@ def assert_capped(d: Daemon, created: dict[str, int]) -> None:
                   js(d, "refresh", "young")):
         assert (young["status"], young["expires_at"]) == ("active", young_end)
     refused = d.ctl("refresh", "old")
-    assert refused.returncode == 1 and "pass revive" in refused.stderr
+    assert refused.returncode == 1 and "add --revive" in refused.stderr
     refused = d.ctl("refresh", "old", "--revive")
     assert refused.returncode == 1 and "reached max_lifetime" in refused.stderr
 

@@ -9,6 +9,7 @@ inside the test's temporary directory, so none can reach a real manager.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -68,11 +69,75 @@ def unit_dir(d: Daemon) -> Path:
     return Path(d.env["XDG_CONFIG_HOME"]) / "systemd" / "user"
 
 
-def install_service(d: Daemon, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+def install_service(
+    d: Daemon, *args: str, manager: bool = False, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``sessiond install-service ARGS``: with ``manager``, a stand-in user
+    manager answers its ``systemctl`` calls (see ``fake_systemctl``); else
+    none does, as in a container."""
+    if manager:
+        extra.setdefault("PATH", fake_systemctl(d) + os.pathsep + os.environ["PATH"])
     return subprocess.run(
         [SESSIOND, "install-service", *args], env=isolated_env(d, **extra),
         capture_output=True, text=True, timeout=60, check=False,
     )
+
+
+# A stand-in for ``systemctl --user`` with a user manager behind it: it
+# logs every call (calls.jsonl), answers ``show -p MainPID`` with the pid in
+# state.json, and ``stop`` by stopping that process as systemd would
+# (SIGTERM, then waiting for it to exit); any other call succeeds. With
+# "manager": false in state.json every call fails, as with no manager; the
+# verbs listed in "fail" fail.
+FAKE_SYSTEMCTL = r"""#!{python}
+import json, os, signal, sys, time
+here = os.path.dirname(os.path.abspath(__file__))
+args = [a for a in sys.argv[1:] if a != "--user"]
+with open(os.path.join(here, "calls.jsonl"), "a") as f:
+    f.write(json.dumps(args) + "\n")
+with open(os.path.join(here, "state.json")) as f:
+    state = json.load(f)
+if not state.get("manager", True):
+    sys.exit("Failed to connect to bus: No such file or directory")
+if args[0] in state.get("fail", []):
+    sys.exit(f"Job for {{args[-1]}} failed.")
+pid = state.get("main_pid", 0)
+if args[0] == "show":
+    print(pid)
+elif args[0] == "stop" and pid:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{{pid}}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.01)
+    else:
+        sys.exit(f"{{pid}} did not stop")
+"""
+
+
+def fake_systemctl(d: Daemon, **state: object) -> str:
+    """A directory holding the stand-in ``systemctl`` (its state: ``state``),
+    to put first on PATH."""
+    where = d.root / "fake-systemctl"
+    where.mkdir(exist_ok=True)
+    script = where / "systemctl"
+    script.write_text(FAKE_SYSTEMCTL.format(python=sys.executable))
+    script.chmod(0o755)
+    (where / "state.json").write_text(json.dumps(state))
+    return str(where)
+
+
+def systemctl_calls(d: Daemon) -> list[list[str]]:
+    """What the stand-in ``systemctl`` was asked, in order."""
+    log = d.root / "fake-systemctl" / "calls.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 class NotifyListener:
@@ -161,7 +226,7 @@ def test_installed_units_pass_systemd_analyze_verify(
     if analyze is None:
         pytest.skip("systemd-analyze is not installed, so the units cannot be verified")
     d = make_daemon(start=False)
-    assert install_service(d).returncode == 0
+    assert install_service(d, manager=True).returncode == 0
     installed = [str(unit_dir(d) / name) for name in UNITS]
     done = subprocess.run(
         [analyze, "verify", "--user", *installed], env=isolated_env(d),
@@ -312,7 +377,7 @@ def test_install_service_writes_both_units_and_uninstall_removes_them(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     d = make_daemon(start=False)
-    done = install_service(d)
+    done = install_service(d, manager=True)
     assert done.returncode == 0, done.stderr
     target = unit_dir(d)
     service = (target / "sessiond.service").read_text().splitlines()
@@ -323,20 +388,36 @@ def test_install_service_writes_both_units_and_uninstall_removes_them(
                         f"ExecStart={exec_quote(Path(SESSIOND))}")]
     assert (target / "sessiond.socket").read_text() == (REPO_UNITS / "sessiond.socket").read_text()
     assert done.stdout.splitlines()[-1].strip() == "systemctl --user enable --now sessiond.socket"
-    # No user manager answers here: the units are written all the same and
-    # the skipped reload is reported with its reason.
-    assert "daemon-reload skipped: " in done.stderr
+    assert ["daemon-reload"] in systemctl_calls(d)
 
-    again = install_service(d, "--uninstall")
+    again = install_service(d, "--uninstall", manager=True)
     assert again.returncode == 0, again.stderr
     assert not any((target / name).exists() for name in UNITS)
+    assert ["disable", "--now", "sessiond.socket", "sessiond.service"] in systemctl_calls(d)
+
+
+def test_install_service_without_a_user_manager_writes_the_units_and_fails_saying_what_to_run(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    done = install_service(d)
+    # No user manager answers here: the units are written all the same, the
+    # skipped reload is reported with its reason, and the status says that
+    # they are not in force yet.
+    assert done.returncode == 1, done
+    assert all((unit_dir(d) / name).exists() for name in UNITS)
+    assert "daemon-reload skipped: " in done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("sessiond: error: the units are written but no user manager")
+    assert ("run 'systemctl --user daemon-reload && systemctl --user enable --now "
+            "sessiond.socket'") in last
 
 
 def test_uninstall_removes_enablement_links_systemctl_could_not(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     d = make_daemon(start=False)
-    assert install_service(d).returncode == 0
+    assert install_service(d).returncode == 1  # written; no manager to load them
     wants = unit_dir(d) / "sockets.target.wants"
     wants.mkdir()
     (wants / "sessiond.socket").symlink_to(unit_dir(d) / "sessiond.socket")
@@ -362,7 +443,7 @@ def test_autostart_leaves_an_installed_service_to_systemd(
     make_daemon: Callable[..., Daemon], systemctl: str,
 ) -> None:
     d = make_daemon(start=False)
-    assert install_service(d).returncode == 0
+    assert install_service(d, manager=True).returncode == 0
     extra: dict[str, str] = {"SESSIONCTL_NO_AUTOSTART": ""}
     if systemctl == "missing":
         empty = d.root / "empty-path"
@@ -370,29 +451,34 @@ def test_autostart_leaves_an_installed_service_to_systemd(
         extra["PATH"] = str(empty)
     elif shutil.which("systemctl") is None:
         pytest.skip("systemctl is not installed")
+    env = isolated_env(d, **extra)
+    # The units own the default socket, the one their socket unit listens on.
+    del env["SESSIOND_SOCKET"]
+    default = Path(env["XDG_RUNTIME_DIR"]) / "sessiond" / "sessiond.sock"
     try:
         done = subprocess.run(
-            [SESSIONCTL, "ping"], env=isolated_env(d, **extra),
-            capture_output=True, text=True, timeout=60, check=False,
+            [SESSIONCTL, "ping"], env=env, capture_output=True, text=True, timeout=60,
+            check=False,
         )
         assert done.returncode == 3, done
         assert "systemd user service" in done.stderr
         assert "install-service --uninstall" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         # Nothing was spawned behind systemd's back.
-        assert not d.socket.exists()
+        assert not default.exists()
         assert not (d.data_dir / "sessiond.lock").exists()
     finally:
         _kill_stray_daemon(d)
 
 
-def test_install_service_needs_no_user_manager_and_no_systemctl(
+def test_install_service_writes_the_units_without_systemctl_and_fails_saying_so(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     d = make_daemon(start=False)
     empty = d.root / "empty-path"
     empty.mkdir()
     done = install_service(d, PATH=str(empty))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
     assert "daemon-reload skipped: systemctl is not installed" in done.stderr
+    assert "systemctl --user daemon-reload && " in done.stderr.splitlines()[-1]
     assert all((unit_dir(d) / name).exists() for name in UNITS)

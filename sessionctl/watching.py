@@ -1,0 +1,97 @@
+"""``sessionctl watch``: events as they happen, across daemon restarts.
+
+A daemon that stops (``sessionctl shutdown``, ``systemctl --user restart``,
+an upgrade, a crash that systemd restarts) ends its watchers' connections.
+``watch`` then waits for a daemon to answer on the same socket again, with
+a backoff, for up to ``--reconnect-timeout`` (60 s by default), and goes on
+watching; it says so in one line on stderr, since the events in between
+were missed. It never starts a daemon to reconnect to: one stopped on
+purpose (to run ``sessiond --repair``, say) must stay stopped. Past the
+timeout, or at once with ``--no-reconnect``, it ends with exit status 3.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from sessionctl import render
+from sessionctl.client import Client
+from sessionctl.handlers import CliClient, plural
+from sessionctl.registry import EXIT_OK, Args, out
+from sessiond.errors import Busy, DaemonUnavailable
+from sessiond.model import iso
+from sessiond.protocol import Event
+
+# What a lost connection looks like, and what a daemon on its way up or
+# down answers: worth trying again.
+LOST = (DaemonUnavailable, Busy)
+FIRST_DELAY = 0.05
+MAX_DELAY = 1.0
+
+
+def show(ev: Event, as_json: bool) -> None:
+    if as_json:
+        data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at)}
+        if ev.session is not None:
+            data["session"] = render.session_dict(ev.session)
+        if ev.kind == "lagged":
+            data["dropped"] = ev.dropped
+        out(render.to_json(data, indent=0).replace("\n", ""))
+    elif ev.kind == "lagged":
+        out(f"{iso(ev.at)} lagged, {plural(ev.dropped, 'event')} dropped")
+    elif ev.kind != "watching":
+        user = f" user={render.escape(ev.session.user)}" if ev.session else ""
+        out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
+    sys.stdout.flush()
+
+
+def reconnect(args: Args, where: str, lost: Exception) -> Client:
+    """A client on ``where`` once a daemon answers there again, within
+    ``--reconnect-timeout``; else ``DaemonUnavailable``. Starts no daemon."""
+    patience = args.reconnect_timeout
+    deadline = time.monotonic() + patience
+    delay = FIRST_DELAY
+    while True:
+        try:
+            return CliClient(where, autostart=False)
+        except LOST as exc:
+            last = exc
+        if time.monotonic() + delay > deadline:
+            raise DaemonUnavailable(
+                f"watch: lost the connection to sessiond on {where} ({lost}), and no daemon "
+                f"answered there again within {patience}s ({last}); giving up"
+            ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY)
+
+
+def h_watch(c: Client, args: Args) -> int:
+    where = str(c.path)
+    client = c
+    try:
+        while True:
+            try:
+                for ev in client.watch(user=args.user):
+                    show(ev, args.json)
+                return EXIT_OK
+            except LOST as exc:
+                if args.no_reconnect:
+                    raise
+                lost = exc
+            if client is not c:
+                client.close()
+            client = c  # until a daemon answers again
+            client = reconnect(args, where, lost)
+            sys.stderr.write(
+                f"sessionctl: watch: reconnected to sessiond on {where} (pid "
+                f"{client.server_pid}) after losing the connection ({lost}); events in "
+                f"between were missed\n"
+            )
+            sys.stderr.flush()
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if client is not c:
+            client.close()
