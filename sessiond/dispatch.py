@@ -106,7 +106,7 @@ class Dispatcher:
         self.stats = stats
         # Stops the daemon as SIGTERM does (the ``shutdown`` request); the
         # server sets it, as it sets ``stats``.
-        self.request_stop: Callable[[], None] = _no_stop
+        self.request_stop: Callable[[], None] = no_stop
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []
@@ -469,5 +469,6 @@ def hello_event() -> Event:
     return Event(kind="watching", sid=None, at=now_us())
 
 
-def _no_stop() -> None:
+def no_stop() -> None:
+    """Stands for ``request_stop`` until the server gives its own."""
     raise AssertionError("the server gives the dispatcher its request_stop")

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sessiond import config
-from sessiond.dispatch import guess_id
+from sessiond.dispatch import guess_id, no_stop
 from sessiond.errors import (
     BackendUnavailable,
     Conflict,
@@ -59,6 +59,7 @@ from sessiond.protocol import (
     Request,
     Response,
     Set,
+    Shutdown,
     StatsInfo,
     Unset,
     Watch,
@@ -77,7 +78,7 @@ log = logging.getLogger("sessiond.shared")
 # Requests on one session, run together on a view of their records.
 ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
 # Answered by the daemon alone.
-OWN = frozenset({Hello, Ping, ConfigGet})
+OWN = frozenset({Hello, Ping, ConfigGet, Shutdown})
 # How often a request whose records keep changing under it is run again.
 AGAIN = 16
 
@@ -100,6 +101,7 @@ class SharedDispatcher:
         self.live = live
         self.started = time.monotonic()
         self.stats: Callable[[int], Awaitable[StatsInfo]] = _no_stats
+        self.request_stop: Callable[[], None] = no_stop
         self.watchers: set[StreamWatcher] = set()
         self._many: dict[type[Request], Callable[[Any], Awaitable[Response]]] = {
             List: self._list, Cleanup: self._cleanup, Import: self._import,
