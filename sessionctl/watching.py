@@ -58,12 +58,14 @@ def reconnect(args: Args, where: str, lost: Exception) -> Client:
             return CliClient(where, autostart=False)
         except LOST as exc:
             last = exc
-        if time.monotonic() + delay > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise DaemonUnavailable(
                 f"watch: lost the connection to sessiond on {where} ({lost}), and no daemon "
                 f"answered there again within {patience}s ({last}); giving up"
             ) from None
-        time.sleep(delay)
+        # The last try is at the deadline itself: the whole patience is given.
+        time.sleep(min(delay, left))
         delay = min(delay * 2, MAX_DELAY)
 
 

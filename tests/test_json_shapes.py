@@ -68,6 +68,7 @@ def test_a_session_has_one_shape_wherever_it_is_shown(daemon: Daemon) -> None:
         watch.communicate(timeout=30)
 
 
+@pytest.mark.local_only("read-only mode is the journal's, after a failed fsync")
 def test_stats_json_says_read_only_with_a_boolean_and_its_reason(
     make_daemon: Callable[..., Daemon],
 ) -> None:
