@@ -330,14 +330,18 @@ request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decod
 
 def request_error(exc: Exception) -> SessionError:
     """What a request body that failed to decode (one of ``DECODE_ERRORS``)
-    is answered with: msgspec's message names the offending field."""
+    is answered with, naming the offending field (msgspec's notation put
+    in words by ``sessiond.wording``)."""
     if isinstance(exc, UnicodeDecodeError):
         return InvalidRequest(f"malformed request: a string is not valid UTF-8 ({exc})")
     text = "value nested too deeply" if isinstance(exc, RecursionError) else str(exc)
     if text.startswith("Invalid value") and text.endswith("`$.op`"):
-        return Unsupported(f"unknown operation: {text} (known: {', '.join(OPERATIONS)})")
+        op = text[len("Invalid value ") : -len(" - at `$.op`")]
+        return Unsupported(f"unknown operation {op} (known: {', '.join(OPERATIONS)})")
     if isinstance(exc, msgspec.ValidationError):
-        return InvalidRequest(f"invalid request: {text}")
+        from sessiond.wording import plain
+
+        return InvalidRequest(f"invalid request: {plain(text, 'the request')}")
     return InvalidRequest(f"malformed request: {text or type(exc).__name__}")
 
 
