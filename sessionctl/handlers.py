@@ -290,7 +290,10 @@ def h_import(c: Client, args: Args) -> int:
 def h_cleanup(c: Client, args: Args) -> int:
     import msgspec
 
-    r = c.cleanup(before=args.before_us, dry_run=args.dry_run)
+    from sessionctl.operations import to_datetime
+
+    before = None if args.before_us is None else to_datetime(args.before_us)
+    r = c.cleanup(before=before, dry_run=args.dry_run)
 
     def human() -> str:
         verb = "would remove" if r.dry_run else "removed"
@@ -337,17 +340,17 @@ def h_watch(c: Client, args: Args) -> int:
     try:
         for ev in c.watch(user=args.user):
             if args.json:
-                data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at)}
+                data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at_us)}
                 if ev.session is not None:
                     data["session"] = render.session_dict(ev.session)
                 if ev.kind == "lagged":
                     data["dropped"] = ev.dropped
                 out(render.to_json(data, indent=0).replace("\n", ""))
             elif ev.kind == "lagged":
-                out(f"{iso(ev.at)} lagged, {ev.dropped} events dropped")
+                out(f"{iso(ev.at_us)} lagged, {ev.dropped} events dropped")
             elif ev.kind != "watching":
                 user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-                out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
+                out(f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}")
             sys.stdout.flush()
     except KeyboardInterrupt:
         return EXIT_OK

@@ -74,6 +74,13 @@ class DaemonUnavailable(SessionError):
     code = "unavailable"
 
 
+class ClientClosed(SessionError):
+    """A call on a client (or its pipeline, or its watch) after it was
+    closed. Never crosses the wire."""
+
+    code = "closed"
+
+
 class ProtocolError(SessionError):
     """The peer broke the framing or sent something undecodable."""
 
