@@ -32,6 +32,7 @@ from sessionctl.client import (
     autostart_off_by,
     check_autostart,
     check_hello,
+    check_import,
     check_timeout,
     closed,
     import_plan,
@@ -363,6 +364,7 @@ class AsyncClient(Operations):
         """Merge sessions a page at a time, yielding each page's result once
         the daemon has committed it (see ``Client.import_pages``, which
         raises alike)."""
+        check_import(sessions)
         config = await self.config("max_frame_bytes")
         limit = min(IMPORT_PAGE_BYTES, int(config["max_frame_bytes"]))
         for item in import_plan(sessions, limit):

@@ -21,7 +21,7 @@ import itertools
 import os
 import socket as _socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,15 +89,15 @@ _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
 ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
-def decode(body: bytes | memoryview) -> Response:
-    """A reply body; ``ProtocolError`` if it is not one this client reads
-    (msgspec's own words kept after ours, for whoever debugs the wire)."""
+def decode(body: bytes | memoryview, where: str) -> Response:
+    """A reply body from ``where``; ``ProtocolError`` if it is not one this
+    client reads (msgspec's account of why is the error's ``__cause__``)."""
     try:
         return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolError(
-            f"sessiond sent a reply this client cannot read ({exc}); the daemon and "
-            f"the client are most likely of different releases: restart the daemon"
+            f"what answers on {where} sent a reply this client cannot read: it is not "
+            f"sessiond, or a sessiond of another release (restart it to run this one)"
         ) from exc
 
 
@@ -117,7 +117,7 @@ def pop_frame(buf: bytearray, where: str) -> Response | None:
     if len(buf) < end:
         return None
     # Decoded in place; the view is gone before the bytes are dropped.
-    response = decode(memoryview(buf)[HEADER:end])
+    response = decode(memoryview(buf)[HEADER:end], where)
     del buf[:end]
     return response
 
@@ -222,6 +222,26 @@ def check_timeout(timeout: object) -> None:
         )
 
 
+def check_session(session: object) -> None:
+    """Raises ``InvalidRequest`` unless ``session`` is a session struct."""
+    if not isinstance(session, (Session, model.Session)):
+        raise InvalidRequest(
+            f"sessions must be Session structs (as Client.list or "
+            f"sessiond.legacy.read_sessions give them), not {type(session).__name__}"
+        )
+
+
+def check_import(sessions: object) -> None:
+    """What an import can check before it asks the daemon anything: that
+    ``sessions`` can be iterated, and every item of a list is a session (an
+    iterator's items are checked as they come)."""
+    if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Iterable):
+        raise InvalidRequest(f"sessions must be a list of sessions, not {type(sessions).__name__}")
+    if isinstance(sessions, Sequence):
+        for session in sessions:
+            check_session(session)
+
+
 def import_plan(
     sessions: Iterable[Session | model.Session], limit: int
 ) -> Iterator[builtins.list[Session | model.Session] | ImportResult]:
@@ -235,11 +255,7 @@ def import_plan(
     page: builtins.list[Session | model.Session] = []
     size = 0
     for session in sessions:
-        if not isinstance(session, (Session, model.Session)):
-            raise InvalidRequest(
-                f"sessions must be Session structs (as Client.list or "
-                f"sessiond.legacy.read_sessions give them), not {type(session).__name__}"
-            )
+        check_session(session)
         try:
             n = len(encoder.encode(session))
         except ENCODE_ERRORS as exc:
@@ -458,7 +474,7 @@ class Client(Operations):
             # decoded where it lies.
             chunk = self._recv()
             if len(chunk) > HEADER and int.from_bytes(chunk[:HEADER], "big") == len(chunk) - HEADER:
-                return decode(memoryview(chunk)[HEADER:])
+                return decode(memoryview(chunk)[HEADER:], self._where)
             self._buf += chunk
         while True:
             response = self._pop_frame()
@@ -548,6 +564,7 @@ class Client(Operations):
         skipped, with its reason, in a result of its own. Raises
         ``InvalidRequest`` when an item is not a session or holds a value
         that cannot be sent (the pages before it are committed)."""
+        check_import(sessions)
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
         for item in import_plan(sessions, limit):
             yield item if isinstance(item, ImportResult) else self.import_page(item)

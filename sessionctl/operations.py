@@ -335,7 +335,7 @@ def why_unsendable(exc: BaseException) -> str:
     text = str(exc)
     head, tail = "Encoding objects of type ", " is unsupported"
     if text.startswith(head) and text.endswith(tail):
-        return f"a {text[len(head) : -len(tail)]} is not a JSON value"
+        return f"a value of type {text[len(head) : -len(tail)]} is not JSON"
     return text
 
 
@@ -492,7 +492,8 @@ class Operations:
 
     @operation
     def stats(self) -> Reply[StatsInfo]:
-        """Counts and the daemon's health."""
+        """Counts and the daemon's health. Raises only what every operation
+        raises (see ``Operations``)."""
         return self._submit(Stats(id=0), _stats)
 
     @operation
@@ -501,7 +502,9 @@ class Operations:
     ) -> Reply[CleanupResult]:
         """Remove expired sessions, and with ``before`` (an aware
         ``datetime``) every session whose deadline is before it, active or
-        not (the legacy tool's meaning); ``dry_run`` only says which."""
+        not (the legacy tool's meaning); ``dry_run`` only says which.
+        Raises ``InvalidRequest`` for a ``before`` that is not an aware
+        ``datetime`` (a naive one could be local time or UTC)."""
         req = Cleanup(
             id=0,
             before=None if before is None else to_micros("before", before),
@@ -530,7 +533,8 @@ class Operations:
         self, key: str | None = None
     ) -> Reply[tuple[dict[str, Any], dict[str, str]]]:
         """``config(key)``, and where each setting came from: default, file,
-        env or flag (empty from a daemon too old to say)."""
+        env or flag (empty from a daemon too old to say). Raises
+        ``InvalidRequest`` for an unknown key."""
         req = ConfigGet(id=0, key=None if key is None else _text("key", key))
         return self._submit(req, _config_sources)
 
@@ -545,10 +549,13 @@ class Operations:
 
     @operation
     def compact(self) -> Reply[CompactResult]:
-        """Rewrite the journal now; sizes before and after, time taken."""
+        """Rewrite the journal now; sizes before and after, time taken.
+        Raises ``SessionError`` when the rewrite fails (the journal is left
+        as it was; the message says why)."""
         return self._submit(Compact(id=0), _compacted)
 
     @operation
     def ping(self) -> Reply[Pong]:
-        """The daemon's pid, version and uptime."""
+        """The daemon's pid, version and uptime. Raises only what every
+        operation raises (see ``Operations``)."""
         return self._submit(Ping(id=0), _pong)
