@@ -13,6 +13,7 @@ Imported where a refusal is being worded, never on a hot path.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 _KINDS = {
     "int": "a whole number",
@@ -53,13 +54,23 @@ def _place(path: str, outer: str | None, whole: str) -> str:
     return path[2:] if path.startswith("$.") else path.removeprefix("$")
 
 
-def plain(text: str, whole: str = "the value") -> str:
+def plain(text: str, whole: str = "the value", rules: Mapping[str, str] | None = None) -> str:
     """A msgspec ``ValidationError``'s text in words; ``whole`` names the
-    value at the top (``the request``, ``the record``). A text of a shape
-    not known here comes back with its notation's backticks dropped."""
+    value at the top (``the request``, ``the record``), and ``rules`` says
+    what some of its fields take, in the words of the rules that bound them
+    (``ttl`` -> ``a whole number of seconds from 1 to ...``), which serve
+    better than msgspec's bounds and patterns. A text of a shape not known
+    here comes back with its notation's backticks dropped."""
     at = _AT.fullmatch(text)
     body = text if at is None else at["body"]
     where = whole if at is None else _place(at["path"], at["outer"], whole)
+    rule = None
+    if at is not None and at["outer"] is None and rules is not None:
+        rule = rules.get(at["path"].removeprefix("$."))
+    if rule is not None and (m := _GOT.fullmatch(body)):
+        return f"{where} must be {rule}, not {kind(m['got'])}"
+    if rule is not None and _MISSING.fullmatch(body) is None and _UNKNOWN.fullmatch(body) is None:
+        return f"{where} must be {rule}"
     if m := _GOT.fullmatch(body):
         return f"{where} must be {kind(m['want'])}, not {kind(m['got'])}"
     if m := _LENGTH.fullmatch(body):

@@ -133,22 +133,28 @@ def test_closing_wakes_a_thread_waiting_for_its_answer(shared: Daemon) -> None:
 # -- arguments, in Python's words, before anything is sent -----------------------
 
 NOW = datetime.now(timezone.utc)
+# An argument of the wrong type, and a number out of its bounds, are the
+# client's to refuse: before anything is sent.
 BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
     ("ttl-text", lambda c: c.create(ttl="60"),
      f"ttl must be a whole number of seconds from 1 to {MAX_TTL}, not '60'"),
     ("ttl-float", lambda c: c.refresh("s1", ttl=1.5), "ttl must be a whole number of seconds"),
     ("ttl-bool", lambda c: c.create(ttl=True), "ttl must be a whole number of seconds"),
     ("ttl-zero", lambda c: c.create(ttl=0), "ttl must be a whole number of seconds"),
+    ("ttl-huge", lambda c: c.refresh("s1", ttl=MAX_TTL + 1), "ttl must be a whole number"),
     ("user-number", lambda c: c.create(user=5), "user must be a str, not int (5)"),
     ("meta-list", lambda c: c.create(meta=[1]), "meta must be a dict of str keys"),
-    ("meta-key", lambda c: c.create(meta={1: "v"}), "a meta key must be a str, not int"),
+    ("meta-key", lambda c: c.create(meta={"ok": 1, 1: "v"}), "a meta key must be a str, not int"),
     ("id-number", lambda c: c.create(id=7), "invalid session id 7: use 1-128 of"),
     ("sid-number", lambda c: c.get(12), "invalid session id 12"),
-    ("sid-slash", lambda c: c.delete("a/b"), "invalid session id 'a/b'"),
+    ("sid-none", lambda c: c.delete(None), "invalid session id None"),
+    ("sid-bytes", lambda c: c.set(b"s1", "k", "v"), "invalid session id b's1'"),
     ("touch-text", lambda c: c.get("s1", touch="yes"), "touch must be True or False, not 'yes'"),
     ("key-number", lambda c: c.set("s1", 3, "v"), "key must be a str, not int (3)"),
-    ("key-empty", lambda c: c.unset("s1", ""), "meta keys must be 1 to 256 characters"),
+    ("unset-key", lambda c: c.unset("s1", None), "key must be a str, not NoneType"),
     ("version-text", lambda c: c.set("s1", "k", "v", expect_version="2"),
+     "expect_version must be a session's version"),
+    ("version-zero", lambda c: c.unset("s1", "k", expect_version=0),
      "expect_version must be a session's version"),
     ("revive-number", lambda c: c.refresh("s1", revive=1), "revive must be True or False"),
     ("status", lambda c: c.list_page(status="zombie"),
@@ -157,6 +163,7 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
     ("list-limit", lambda c: c.list(limit=-3), "limit must be a whole number from 1 on"),
     ("page", lambda c: list(c.iter_sessions(page="all")), "limit must be a whole number"),
     ("cursor", lambda c: c.list_page(cursor=5), "cursor must be a str, not int"),
+    ("list-user", lambda c: c.list_page(user=["a"]), "user must be a str, not list"),
     ("before-naive", lambda c: c.cleanup(before=datetime(2030, 1, 1)),
      "before must be a timezone-aware datetime"),
     ("before-int", lambda c: c.cleanup(before=1), "before must be a datetime, not int"),
@@ -190,6 +197,39 @@ def test_a_bad_argument_is_refused_in_python_words_before_anything_is_sent(
         assert needle in str(caught.value)
         in_words(str(caught.value))
         assert c.ping().pid == shared.proc.pid  # nothing out of step
+
+
+# A string's characters and length are the daemon's to judge (it does
+# anyway; the client would pay for it on every call), in the same words.
+BAD_VALUES: list[tuple[str, Callable[[Client], Any], str]] = [
+    ("sid-slash", lambda c: c.delete("a/b"),
+     "sid must be a session id (use 1-128 of A-Z a-z 0-9 . _ -)"),
+    ("sid-long", lambda c: c.get("x" * 129), "sid must be a session id (use 1-128 of"),
+    ("id-empty", lambda c: c.create(id=""), "sid must be a session id"),
+    ("user-empty", lambda c: c.create(user=""), "user must be a name of 1 to 256 characters"),
+    ("user-control", lambda c: c.create(user="a\nb"), "user 'a\\nb' holds the control character"),
+    ("key-empty", lambda c: c.unset("s1", ""), "key must be a meta key of 1 to 256 characters"),
+    ("key-long", lambda c: c.set("s1", "k" * 257, 1), "key must be a meta key of 1 to 256"),
+    ("meta-key-control", lambda c: c.create(meta={"k\x1b": 1}), "holds the control character"),
+    ("meta-nan", lambda c: c.set("s1", "k", float("nan")), "meta values must be finite numbers"),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"), [(c, n) for _, c, n in BAD_VALUES], ids=[i for i, _, _ in BAD_VALUES]
+)
+def test_a_bad_value_is_refused_in_words_naming_it_and_changes_nothing(
+    shared: Daemon, call: Callable[[Client], Any], needle: str
+) -> None:
+    with shared.client() as c:
+        if not any(s.id == "s1" for s in c.list()):
+            c.create(id="s1")
+        before = c.stats().total_sessions, c.get("s1")
+        with pytest.raises(InvalidRequest) as caught:
+            call(c)
+        assert needle in str(caught.value)
+        in_words(str(caught.value))
+        assert (c.stats().total_sessions, c.get("s1")) == before
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ BAD: dict[str, tuple[bytes, str, str]] = {
     "sid too long": (request(op="create", id=7, sid="a" * 129), "invalid", "sid must be"),
     "empty user": (request(op="create", id=7, user=""), "invalid", "user must be"),
     "key too long": (request(op="set", id=7, sid="x", key="k" * 257, value=1), "invalid",
-                     "key must be a string of at most 256 characters"),
+                     "key must be a meta key of 1 to 256 characters"),
     "list limit zero": (request(op="list", id=7, limit=0), "invalid", "limit must be"),
     "list limit huge": (request(op="list", id=7, limit=10**9), "invalid", "limit must be"),
     "negative list cursor": (request(op="list", id=7, cursor="0:-1000000000:"), "invalid",

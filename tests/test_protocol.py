@@ -275,13 +275,15 @@ def test_too_large_is_an_invalid_request_with_its_own_wire_code() -> None:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"op": "create", "id": 1, "ttl": 0}, "ttl must be a whole number of at least 1"),
+        ({"op": "create", "id": 1, "ttl": 0},
+         "ttl must be a whole number of seconds from 1 to 3153600000"),
         ({"op": "create", "id": 1, "ttl": "60"},
-         "ttl must be a whole number or null, not a string"),
-        ({"op": "get", "id": 1, "sid": "bad id!"}, "sid must be a string matching"),
+         "ttl must be a whole number of seconds from 1 to 3153600000, not a string"),
+        ({"op": "get", "id": 1, "sid": "bad id!"},
+         "sid must be a session id (use 1-128 of A-Z a-z 0-9 . _ -)"),
         ({"op": "get", "id": -1, "sid": "x"}, "id must be a whole number of at least 0"),
-        ({"op": "list", "id": 1, "status": "zombie"}, "status must be a string matching"),
-        ({"op": "list", "id": 1, "limit": 100_000}, "limit must be a whole number of at most"),
+        ({"op": "list", "id": 1, "status": "zombie"}, "status must be 'active' or 'expired'"),
+        ({"op": "list", "id": 1, "limit": 100_000}, "limit must be a whole number from 1 to 1000"),
         ({"op": "nope", "id": 1}, "unknown operation 'nope' (known: hello, ping"),
         ({"op": "get", "id": 1}, "the request lacks the field 'sid'"),
         ({"op": "get", "id": 1, "sid": "x", "bogus": 1}, "does not take: 'bogus'"),
@@ -375,7 +377,7 @@ def test_an_invalid_field_is_an_invalid_error_naming_it_with_the_id(wire: Daemon
     with Raw(wire.socket) as raw:
         reply = raw.call(op="create", id=12, ttl=-5)
         assert reply["r"] == "error" and reply["id"] == 12 and reply["code"] == "invalid"
-        assert "ttl must be a whole number of at least 1" in reply["message"]
+        assert "ttl must be a whole number of seconds from 1 to" in reply["message"]
         # The connection is still good for the next request.
         assert raw.call(op="ping", id=13)["r"] == "pong"
 
