@@ -24,24 +24,28 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from sessionctl import arguments
 from sessionctl.client import (
     ENCODE_ERRORS,
     IMPORT_PAGE_BYTES,
     RECV_BYTES,
     add_up,
     autostart_off_by,
-    check_autostart,
     check_hello,
-    check_import,
-    check_timeout,
     closed,
     import_plan,
-    list_page_size,
     pop_frame,
     python_advice,
     refusal,
 )
-from sessionctl.operations import Event, EventReply, Operations, Session, unsendable, watch_request
+from sessionctl.operations import (
+    SESSION_KINDS,
+    Event,
+    EventReply,
+    Operations,
+    Session,
+    watch_request,
+)
 from sessionctl.pipeline import Batch
 from sessiond import model
 from sessiond.errors import DaemonUnavailable, SessionError, from_code
@@ -81,7 +85,9 @@ class AsyncClient(Operations):
     own). Opening raises ``DaemonUnavailable`` or ``Unsupported`` as
     ``Client()`` does, and the operations raise what ``Client``'s raise.
     Once closed (``aclose()``, or the end of its ``async with`` block),
-    every method raises ``ClientClosed``."""
+    every method raises ``ClientClosed``. ``server_version`` and
+    ``server_pid`` are the daemon's once the connection is open (``None``
+    before)."""
 
     def __init__(
         self,
@@ -92,8 +98,8 @@ class AsyncClient(Operations):
     ) -> None:
         from sessiond.paths import socket_location
 
-        check_timeout(timeout)
-        check_autostart(autostart)
+        arguments.timeout(timeout)
+        arguments.autostart(autostart)
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
         self._autostart = autostart
@@ -293,7 +299,7 @@ class AsyncClient(Operations):
         try:
             append_frame(out, req)
         except ENCODE_ERRORS as exc:
-            raise unsendable(req, exc) from exc
+            raise arguments.unsendable(req, exc) from exc
         await self._send(out)
         while True:
             # An answer to a request whose wait was cancelled comes first,
@@ -339,7 +345,7 @@ class AsyncClient(Operations):
         """Matching sessions in creation order, at most ``limit`` (raises as
         ``list_page`` does)."""
         out: list[Session] = []
-        page = list_page_size(limit)
+        page = arguments.page_size(limit)
         cursor: str | None = None
         while limit is None or len(out) < limit:
             sessions, cursor = await self.list_page(
@@ -364,7 +370,7 @@ class AsyncClient(Operations):
         """Merge sessions a page at a time, yielding each page's result once
         the daemon has committed it (see ``Client.import_pages``, which
         raises alike)."""
-        check_import(sessions)
+        arguments.sessions(sessions, SESSION_KINDS)
         config = await self.config("max_frame_bytes")
         limit = min(IMPORT_PAGE_BYTES, int(config["max_frame_bytes"]))
         for item in import_plan(sessions, limit):

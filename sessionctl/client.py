@@ -21,21 +21,20 @@ import itertools
 import os
 import socket as _socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from sessionctl.operations import (
+    SESSION_KINDS,
     AnyReply,
     Event,
     EventReply,
     Operations,
     Session,
-    unsendable,
     watch_request,
-    why_unsendable,
 )
 from sessiond import model
 from sessiond.errors import (
@@ -84,8 +83,8 @@ _BIG_RECV_BYTES = 1 << 18
 IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
-# What an encode of a request can fail with (a value that is not JSON, an
-# integer past 64 bits, nesting past the recursion limit).
+# What an encode of a request can fail with: see sessionctl.arguments,
+# which says why (imported then, and only then).
 ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
@@ -207,41 +206,6 @@ def autostart_off_by(autostart: bool | None) -> str | None:
     return None if autostart else BY_ARGUMENT
 
 
-def check_autostart(autostart: object) -> None:
-    if autostart is not None and autostart is not True and autostart is not False:
-        raise InvalidRequest(f"autostart must be True, False or None, not {autostart!r}")
-
-
-def check_timeout(timeout: object) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise InvalidRequest(
-            f"timeout must be a number of seconds above 0, or None to wait for ever, "
-            f"not {timeout!r}"
-        )
-
-
-def check_session(session: object) -> None:
-    """Raises ``InvalidRequest`` unless ``session`` is a session struct."""
-    if not isinstance(session, (Session, model.Session)):
-        raise InvalidRequest(
-            f"sessions must be Session structs (as Client.list or "
-            f"sessiond.legacy.read_sessions give them), not {type(session).__name__}"
-        )
-
-
-def check_import(sessions: object) -> None:
-    """What an import can check before it asks the daemon anything: that
-    ``sessions`` can be iterated, and every item of a list is a session (an
-    iterator's items are checked as they come)."""
-    if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Iterable):
-        raise InvalidRequest(f"sessions must be a list of sessions, not {type(sessions).__name__}")
-    if isinstance(sessions, Sequence):
-        for session in sessions:
-            check_session(session)
-
-
 def import_plan(
     sessions: Iterable[Session | model.Session], limit: int
 ) -> Iterator[builtins.list[Session | model.Session] | ImportResult]:
@@ -255,13 +219,18 @@ def import_plan(
     page: builtins.list[Session | model.Session] = []
     size = 0
     for session in sessions:
-        check_session(session)
+        if not isinstance(session, SESSION_KINDS):
+            from sessionctl import arguments
+
+            arguments.session(session, SESSION_KINDS)
         try:
             n = len(encoder.encode(session))
         except ENCODE_ERRORS as exc:
+            from sessionctl.arguments import why_unsendable
+
             raise InvalidRequest(
-                f"session {session.id!r} cannot be sent: {why_unsendable(exc)}; meta values "
-                f"must be str, int, float, bool, None, list or dict"
+                f"session {session.id!r} cannot be sent: {why_unsendable(exc)}; "
+                f"meta values must be str, int, float, bool, None, list or dict"
             ) from exc
         if n > budget:
             yield ImportResult(skipped=1, reasons=[
@@ -318,8 +287,13 @@ class Client(Operations):
     ) -> None:
         from sessiond.paths import socket_location
 
-        check_timeout(timeout)
-        check_autostart(autostart)
+        if (timeout is not None and type(timeout) is not float) or (
+            autostart is not None and type(autostart) is not bool
+        ):
+            from sessionctl import arguments
+
+            arguments.timeout(timeout)
+            arguments.autostart(autostart)
         # A string, as str(Path) would give it: ``path`` makes the Path only
         # when asked, so that a CLI run need not import pathlib.
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
@@ -493,6 +467,8 @@ class Client(Operations):
         try:
             append_frame(out, req)
         except ENCODE_ERRORS as exc:
+            from sessionctl.arguments import unsendable
+
             raise unsendable(req, exc) from exc
         self._send(out)
         while True:
@@ -530,7 +506,9 @@ class Client(Operations):
         """Matching sessions in creation order, at most ``limit`` (raises as
         ``list_page`` does)."""
         out: list[Session] = []
-        page = list_page_size(limit)
+        from sessionctl import arguments
+
+        page = arguments.page_size(limit)
         for s in self.iter_sessions(status=status, user=user, page=page):
             out.append(s)
             if limit is not None and len(out) >= limit:
@@ -564,7 +542,9 @@ class Client(Operations):
         skipped, with its reason, in a result of its own. Raises
         ``InvalidRequest`` when an item is not a session or holds a value
         that cannot be sent (the pages before it are committed)."""
-        check_import(sessions)
+        from sessionctl import arguments
+
+        arguments.sessions(sessions, SESSION_KINDS)
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
         for item in import_plan(sessions, limit):
             yield item if isinstance(item, ImportResult) else self.import_page(item)
@@ -620,13 +600,3 @@ def python_advice(kind: str, off_by: str) -> str:
             f"off; unset it, or pass {kind}(autostart=True)"
         )
     return f"let the client start it: pass {kind}(autostart=True), or leave autostart out"
-
-
-def list_page_size(limit: object) -> int:
-    """The page size that serves ``list(limit=...)``; raises
-    ``InvalidRequest`` for a limit that is not a whole number from 1 on."""
-    if limit is None:
-        return PAGE_MAX
-    if type(limit) is not int or limit < 1:
-        raise InvalidRequest(f"limit must be a whole number from 1 on, or None, not {limit!r}")
-    return min(limit, PAGE_MAX)

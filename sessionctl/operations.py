@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import msgspec
 
 from sessiond import model
-from sessiond.errors import InvalidRequest
-from sessiond.limits import MAX_TTL, MAX_VERSION, check_id, check_key, check_ttl, check_user
+from sessiond.limits import MAX_TTL
 from sessiond.protocol import (
     PAGE_MAX,
     Cleanup,
@@ -60,7 +59,6 @@ from sessiond.protocol import (
     StatsReply,
     Unset,
     Watch,
-    encoder,
 )
 
 if TYPE_CHECKING:
@@ -79,27 +77,6 @@ def to_datetime(us: int) -> datetime:
     """Microseconds since the epoch as an aware ``datetime`` in UTC (exact:
     no float on the way)."""
     return EPOCH + timedelta(microseconds=us)
-
-
-def to_micros(name: str, when: object) -> int:
-    """An aware ``datetime`` as microseconds since the epoch. Raises
-    ``InvalidRequest`` naming ``name`` for anything else, a naive datetime
-    included: it could mean local time (as ``datetime.timestamp`` takes
-    it) or UTC (as sessiond's own text input does), and guessing wrong
-    moves a cleanup by hours."""
-    if not isinstance(when, datetime):
-        raise InvalidRequest(
-            f"{name} must be a datetime, not {type(when).__name__} ({when!r}); e.g. "
-            f"datetime.now(timezone.utc) - timedelta(days=7)"
-        )
-    if when.utcoffset() is None:
-        raise InvalidRequest(
-            f"{name} must be a timezone-aware datetime, not the naive {when.isoformat()!r}: "
-            f"say which zone it is in, e.g. datetime(2026, 12, 1, tzinfo=timezone.utc) or "
-            f"a naive one's .astimezone() for local time"
-        )
-    delta = when - EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 # -- what the client gets back ---------------------------------------------
@@ -181,6 +158,9 @@ class EventReply(Response, tag="event"):
     event: Event
 
 
+# What an import takes: either kind of session encodes to the same bytes.
+SESSION_KINDS = (Session, model.Session)
+
 AnyReply = (
     HelloReply | Pong | SessionReply | Page | Deleted | StatsReply | CleanupReply
     | ConfigReply | ImportReply | CompactReply | EventReply | ErrorReply
@@ -210,145 +190,12 @@ _compacted = _reply(CompactReply, lambda r: r.result)
 _pong = _reply(Pong, lambda r: r)
 
 
-# -- arguments, checked before anything is sent ---------------------------
-#
-# In Python's words and naming the argument, where the daemon's decoder
-# would answer in msgpack's ("Expected `int | null`, got `str`"). The
-# session rules (ids, names, ttls) are sessiond.limits', which the daemon
-# applies too: the same message either side.
-#
-# Every argument's type is checked here, and the numbers' bounds; what only
-# costs more to check (an id's characters, a name's length and characters)
-# is left to the daemon, which checks it anyway and says so in the same
-# words. A hot operation lets a plain str or int through at the cost of a
-# type test, and calls the helpers below only for anything else: a check
-# of each argument by a function call would cost the pipelined rows of the
-# bench a tenth of their rate.
-
-
-def _flag(name: str, value: object) -> bool:
-    if value is True or value is False:
-        return value
-    raise InvalidRequest(f"{name} must be True or False, not {value!r}")
-
-
-def _text(name: str, value: object) -> str:
-    if isinstance(value, str):
-        return value
-    raise InvalidRequest(f"{name} must be a str, not {type(value).__name__} ({value!r})")
-
-
-def _sid(sid: object) -> str:
-    return sid if type(sid) is str else check_id(sid)
-
-
-def _user(user: object, new: bool = True) -> str | None:
-    if user is None or type(user) is str:
-        return user
-    name = _text("user", user)
-    check_user(name, new)
-    return name
-
-
-def _key(key: object) -> str:
-    if type(key) is str:
-        return key
-    name = _text("key", key)
-    check_key(name)
-    return name
-
-
-def _version(value: object) -> int | None:
-    if value is None or (type(value) is int and 1 <= value <= MAX_VERSION):
-        return value
-    raise InvalidRequest(
-        f"expect_version must be a session's version (a whole number from 1 to "
-        f"{MAX_VERSION}) or None, not {value!r}"
-    )
-
-
-def _meta(meta: object) -> dict[str, Any]:
-    if not isinstance(meta, dict):
-        raise InvalidRequest(
-            f"meta must be a dict of str keys to JSON values, not {type(meta).__name__}"
-        )
-    for key in meta:
-        _text("a meta key", key)
-    return meta
-
-
-def _status(status: object) -> str | None:
-    if status is None:
-        return None
-    if isinstance(status, str) and status in model.STATUSES:
-        return status
-    raise InvalidRequest(f"status must be 'active', 'expired' or None, not {status!r}")
-
-
-def _limit(name: str, limit: object) -> int:
-    if type(limit) is int and 1 <= limit <= PAGE_MAX:
-        return limit
-    raise InvalidRequest(f"{name} must be a whole number from 1 to {PAGE_MAX}, not {limit!r}")
-
-
-def _sessions(sessions: object) -> list[model.Session]:
-    if not isinstance(sessions, Sequence) or isinstance(sessions, (str, bytes)):
-        raise InvalidRequest(
-            f"sessions must be a list of sessions, not {type(sessions).__name__}"
-        )
-    if len(sessions) > PAGE_MAX:
-        raise InvalidRequest(
-            f"a page holds at most {PAGE_MAX} sessions, not {len(sessions)}; "
-            f"import_sessions pages any number"
-        )
-    for s in sessions:
-        if not isinstance(s, (Session, model.Session)):
-            raise InvalidRequest(
-                f"sessions must be Session structs (as Client.list or "
-                f"sessiond.legacy.read_sessions give them), not {type(s).__name__}"
-            )
-    # Either kind encodes to the same wire form (a test holds them to it),
-    # which is all a request does with them.
-    return list(sessions)
-
-
 def watch_request(user: object) -> Watch:
     """The request that starts a watch of ``user``'s sessions (everyone's
     for ``None``); ``InvalidRequest`` for a user that is not a name."""
-    return Watch(id=0, user=_user(user, new=False))
+    from sessionctl import arguments as a
 
-
-def unsendable(req: Request, exc: Exception) -> InvalidRequest:
-    """Why ``req`` could not be encoded (``exc``, from msgspec), in words
-    that name its field: a value that is not JSON (a set, a datetime, an
-    object), an integer past 64 bits, nesting past the recursion limit."""
-    for field in req.__struct_fields__:
-        value = getattr(req, field)
-        try:
-            encoder.encode(value)
-        except (TypeError, ValueError, OverflowError, RecursionError) as why:
-            return InvalidRequest(
-                f"{_ARGUMENT.get(field, field)} cannot be sent: {why_unsendable(why)}; "
-                f"use str, int, float, bool, None, list and dict"
-            )
-    return InvalidRequest(f"the request cannot be sent: {why_unsendable(exc)}")
-
-
-# A request's field as the Python call names it.
-_ARGUMENT = {"sid": "the session id", "value": "value", "meta": "meta"}
-
-
-def why_unsendable(exc: BaseException) -> str:
-    """msgspec's refusal to encode a value, in Python's words."""
-    if isinstance(exc, RecursionError):
-        return "it is nested too deeply"
-    if isinstance(exc, OverflowError):
-        return "an integer is outside -2**63 to 2**64 - 1"
-    text = str(exc)
-    head, tail = "Encoding objects of type ", " is unsupported"
-    if text.startswith(head) and text.endswith(tail):
-        return f"a value of type {text[len(head) : -len(tail)]} is not JSON"
-    return text
+    return Watch(id=0, user=a.user(user, new=False))
 
 
 if TYPE_CHECKING:
@@ -413,6 +260,15 @@ class Operations:
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Reply[T]:
         raise NotImplementedError
 
+    # Arguments: every argument's type is checked here, before anything is
+    # sent, and the numbers' bounds; what only costs more to check (an id's
+    # characters, a name's length and characters) is left to the daemon,
+    # which checks it anyway and says so in the same words. A hot operation
+    # lets a plain str or int through at the cost of a type test, and
+    # imports sessionctl.arguments only for anything else: a check of each
+    # argument by a function call costs the pipelined rows of the bench a
+    # tenth of their rate.
+
     @operation
     def create(
         self,
@@ -426,20 +282,24 @@ class Operations:
         ``default_ttl``, ``user`` to ``anonymous``, ``id`` to a random one.
         Raises ``Conflict`` when ``id`` is taken, ``TooLarge`` for a meta
         past 64 KiB of JSON."""
-        if user is not None and type(user) is not str:
-            user = _user(user)
-        if ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL):
-            ttl = check_ttl(ttl)
-        if id is not None and type(id) is not str:
-            id = check_id(id)
+        if (
+            (user is not None and type(user) is not str)
+            or (ttl is not None and (type(ttl) is not int or not 0 < ttl <= MAX_TTL))
+            or (id is not None and type(id) is not str)
+            or (meta is not None and type(meta) is not dict)
+        ):
+            from sessionctl import arguments as a
+
+            user, ttl, meta = a.user(user), None if ttl is None else a.ttl(ttl), a.meta(meta)
+            id = None if id is None else a.sid(id)
         if meta is None:
             meta = {}
-        elif type(meta) is dict:
+        else:
             for key in meta:
                 if type(key) is not str:
-                    meta = _meta(meta)
-        else:
-            meta = _meta(meta)
+                    from sessionctl import arguments as a
+
+                    meta = a.meta(meta)
         return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta, sid=id), _session)
 
     @operation
@@ -447,7 +307,9 @@ class Operations:
         """A session (``expired`` once past its deadline); ``touch`` slides
         it. Raises ``SessionNotFound``."""
         if type(sid) is not str or (touch is not False and touch is not True):
-            sid, touch = check_id(sid), _flag("touch", touch)
+            from sessionctl import arguments as a
+
+            sid, touch = a.sid(sid), a.flag("touch", touch)
         return self._submit(Get(id=0, sid=sid, touch=touch), _session)
 
     @operation
@@ -458,7 +320,9 @@ class Operations:
         if unchanged since. Raises ``SessionNotFound``, ``SessionExpired``,
         ``Conflict`` (another version), ``TooLarge``."""
         if type(sid) is not str or type(key) is not str or expect_version is not None:
-            sid, key, expect_version = check_id(sid), _key(key), _version(expect_version)
+            from sessionctl import arguments as a
+
+            sid, key, expect_version = a.sid(sid), a.key(key), a.version(expect_version)
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
         return self._submit(req, _session)
 
@@ -466,21 +330,31 @@ class Operations:
     def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Reply[Session]:
         """Remove ``meta[key]``; with ``expect_version``, only if unchanged
         since. Raises ``SessionNotFound``, ``SessionExpired``, ``Conflict``."""
-        # Not checked as a new key: unset is how a key that entered before
-        # the rules refused it goes away (see sessiond.rules.unset).
-        req = Unset(id=0, sid=_sid(sid), key=_text("key", key),
-                    expect_version=_version(expect_version))
+        from sessionctl import arguments as a
+
+        # The key's type alone: unset is how a key that entered before the
+        # rules refused its characters goes away (see sessiond.rules.unset).
+        req = Unset(id=0, sid=a.sid(sid), key=a.text("key", key),
+                    expect_version=a.version(expect_version))
         return self._submit(req, _session)
 
     @operation
     def delete(self, sid: str) -> Reply[str]:
         """Delete a session; returns its id. Raises ``SessionNotFound``."""
-        return self._submit(Delete(id=0, sid=_sid(sid)), _deleted)
+        if type(sid) is not str:
+            from sessionctl import arguments as a
+
+            sid = a.sid(sid)
+        return self._submit(Delete(id=0, sid=sid), _deleted)
 
     @operation
     def expire(self, sid: str) -> Reply[Session]:
         """Expire a session now. Raises ``SessionNotFound``."""
-        return self._submit(Expire(id=0, sid=_sid(sid)), _session)
+        if type(sid) is not str:
+            from sessionctl import arguments as a
+
+            sid = a.sid(sid)
+        return self._submit(Expire(id=0, sid=sid), _session)
 
     @operation
     def refresh(
@@ -489,8 +363,10 @@ class Operations:
         """Deadline = now + ``ttl`` seconds (the session's own ttl when not
         given). Raises ``SessionNotFound``, and ``SessionExpired`` for an
         expired session unless ``revive=True``."""
-        req = Refresh(id=0, sid=_sid(sid), ttl=None if ttl is None else check_ttl(ttl),
-                      revive=_flag("revive", revive))
+        from sessionctl import arguments as a
+
+        req = Refresh(id=0, sid=a.sid(sid), ttl=None if ttl is None else a.ttl(ttl),
+                      revive=a.flag("revive", revive))
         return self._submit(req, _session)
 
     @operation
@@ -505,12 +381,14 @@ class Operations:
         """One page of at most ``limit`` sessions and the cursor of the next
         (``None`` at the end). Raises ``InvalidRequest`` for a cursor that
         no page gave."""
+        from sessionctl import arguments as a
+
         req = List(
             id=0,
-            status=_status(status),
-            user=_user(user, new=False),
-            limit=_limit("limit", limit),
-            cursor=None if cursor is None else _text("cursor", cursor),
+            status=a.status(status),
+            user=a.user(user, new=False),
+            limit=a.limit("limit", limit),
+            cursor=None if cursor is None else a.text("cursor", cursor),
         )
         return self._submit(req, _page)
 
@@ -529,10 +407,12 @@ class Operations:
         not (the legacy tool's meaning); ``dry_run`` only says which.
         Raises ``InvalidRequest`` for a ``before`` that is not an aware
         ``datetime`` (a naive one could be local time or UTC)."""
+        from sessionctl import arguments as a
+
         req = Cleanup(
             id=0,
-            before=None if before is None else to_micros("before", before),
-            dry_run=_flag("dry_run", dry_run),
+            before=None if before is None else a.moment("before", before),
+            dry_run=a.flag("dry_run", dry_run),
         )
         return self._submit(req, _cleanup)
 
@@ -540,7 +420,9 @@ class Operations:
     def config(self, key: str | None = None) -> Reply[dict[str, Any]]:
         """All settings, or ``{key: value}``. Raises ``InvalidRequest`` for
         an unknown key."""
-        return self._submit(ConfigGet(id=0, key=None if key is None else _text("key", key)),
+        from sessionctl import arguments as a
+
+        return self._submit(ConfigGet(id=0, key=None if key is None else a.text("key", key)),
                             _config)
 
     @operation
@@ -549,8 +431,9 @@ class Operations:
         setting. Raises ``InvalidRequest`` for an unknown key or a value
         the key does not take (the message says what it takes),
         ``Conflict`` when a flag or a variable of the daemon sets it."""
-        req = ConfigSet(id=0, key=_text("key", key), value=value)
-        return self._submit(req, _config)
+        from sessionctl import arguments as a
+
+        return self._submit(ConfigSet(id=0, key=a.text("key", key), value=value), _config)
 
     @operation
     def config_sources(
@@ -559,7 +442,9 @@ class Operations:
         """``config(key)``, and where each setting came from: default, file,
         env or flag (empty from a daemon too old to say). Raises
         ``InvalidRequest`` for an unknown key."""
-        req = ConfigGet(id=0, key=None if key is None else _text("key", key))
+        from sessionctl import arguments as a
+
+        req = ConfigGet(id=0, key=None if key is None else a.text("key", key))
         return self._submit(req, _config_sources)
 
     @operation
@@ -569,7 +454,12 @@ class Operations:
         ``sessiond.legacy.read_sessions`` reads an export or a legacy file.
         Raises ``TooLarge`` for a request past the daemon's
         ``max_frame_bytes``."""
-        return self._submit(Import(id=0, sessions=_sessions(sessions)), _imported)
+        from sessionctl import arguments as a
+
+        # Either kind encodes to the same wire form (a test holds them to
+        # it), which is all a request does with them.
+        page = a.page(sessions, SESSION_KINDS)
+        return self._submit(Import(id=0, sessions=page), _imported)
 
     @operation
     def compact(self) -> Reply[CompactResult]:

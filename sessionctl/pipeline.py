@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sessionctl.operations import Operations, unsendable
+from sessionctl.operations import Operations
 from sessiond.errors import DaemonUnavailable, SessionError, from_code
 from sessiond.protocol import ErrorReply, Request, Response, append_frame
 
@@ -75,6 +75,8 @@ class Batch(Operations):
             append_frame(frames, req)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             del frames[start:]  # the frames queued before stay whole
+            from sessionctl.arguments import unsendable
+
             raise unsendable(req, exc) from exc
         pending = Pending(convert)
         self._queued.append((req.id, pending))

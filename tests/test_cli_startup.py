@@ -241,7 +241,7 @@ def test_get_imports_no_argparse_pathlib_or_platformdirs(d: Daemon) -> None:
     by_default = {k: v for k, v in d.env.items() if k != "SESSIOND_SOCKET"}
     by_default["XDG_RUNTIME_DIR"] = str(runtime)
     unwanted = {"argparse", "pathlib", "platformdirs", "dataclasses", "anyio", "shutil",
-                "sessionctl.pipeline"}
+                "sessionctl.pipeline", "sessionctl.arguments", "sessionctl.aclient"}
     for env in (d.env, by_default):
         loaded = imported_by(env, "get", sid)
         assert not unwanted & loaded, unwanted & loaded
