@@ -5,22 +5,33 @@
         s = c.create(user="alice", ttl=3600, meta={"theme": "dark"})
         print(c.get(s.id).status)
 
+    from sessionctl import AsyncClient          # asyncio or trio
+    async with AsyncClient() as c:
+        s = await c.create(user="alice")
+
 The names below are imported on first use: every ``sessionctl`` run imports
-this package, and ``sessionctl version`` or ``help`` need none of them.
+this package, and ``sessionctl version`` or ``help`` need none of them (nor
+does a program that uses ``Client`` need anyio, which ``AsyncClient``
+brings).
 """
 
 from __future__ import annotations
 
 import sys
 
+from sessiond import __version__ as __version__
+
 # mypy takes a module-level TYPE_CHECKING as typing.TYPE_CHECKING; importing
 # typing itself would cost ``sessionctl version`` a fifth of its time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from sessionctl.aclient import AsyncClient, AsyncPipeline
     from sessionctl.client import Client
+    from sessionctl.operations import Event, Session
     from sessionctl.pipeline import Pending, Pipeline
     from sessiond.errors import (
         Busy,
+        ClientClosed,
         Conflict,
         DaemonUnavailable,
         InternalError,
@@ -33,20 +44,21 @@ if TYPE_CHECKING:
         TooLarge,
         Unsupported,
     )
-    from sessiond.model import Session
     from sessiond.protocol import (
         CleanupResult,
         CompactResult,
-        Event,
         ImportResult,
         StatsInfo,
     )
 
 _HOMES = {
+    "sessionctl.aclient": ("AsyncClient", "AsyncPipeline"),
     "sessionctl.client": ("Client",),
+    "sessionctl.operations": ("Event", "Session"),
     "sessionctl.pipeline": ("Pending", "Pipeline"),
     "sessiond.errors": (
         "Busy",
+        "ClientClosed",
         "Conflict",
         "DaemonUnavailable",
         "InternalError",
@@ -59,15 +71,17 @@ _HOMES = {
         "TooLarge",
         "Unsupported",
     ),
-    "sessiond.model": ("Session",),
-    "sessiond.protocol": ("CleanupResult", "CompactResult", "Event", "ImportResult", "StatsInfo"),
+    "sessiond.protocol": ("CleanupResult", "CompactResult", "ImportResult", "StatsInfo"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
+    "AsyncClient",
+    "AsyncPipeline",
     "Busy",
     "CleanupResult",
     "Client",
+    "ClientClosed",
     "CompactResult",
     "Conflict",
     "DaemonUnavailable",

@@ -207,7 +207,10 @@ def h_import(c: Client, args: Args) -> int:
 def h_cleanup(c: Client, args: Args) -> int:
     import msgspec
 
-    r = c.cleanup(before=args.before_us, dry_run=args.dry_run)
+    from sessionctl.operations import to_datetime
+
+    before = None if args.before_us is None else to_datetime(args.before_us)
+    r = c.cleanup(before=before, dry_run=args.dry_run)
 
     def human() -> str:
         verb = "would remove" if r.dry_run else "removed"

@@ -2,7 +2,9 @@
 
 Every method sends one request and returns the daemon's answer as a typed
 struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
-requests without waiting for each answer.
+requests without waiting for each answer. (``sessionctl.aclient`` is the
+same client for asyncio and trio; the parts of a connection that do no I/O
+are here, for both.)
 
 A ``Client`` may be shared by threads, as redis-py's and httpx's clients
 are: one lock serialises the round trips (and pipeline executions) on its
@@ -25,30 +27,36 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from sessionctl.operations import Operations
+from sessionctl.operations import (
+    SESSION_KINDS,
+    AnyReply,
+    Event,
+    EventReply,
+    Operations,
+    Session,
+    watch_request,
+)
+from sessiond import model
 from sessiond.errors import (
+    ClientClosed,
     DaemonUnavailable,
+    InvalidRequest,
     ProtocolError,
     SessionError,
     Unsupported,
     from_code,
 )
-from sessiond.model import Session
 from sessiond.protocol import (
     HEADER,
     PAGE_MAX,
     PROTOCOL_VERSION,
-    AnyResponse,
     ErrorReply,
-    Event,
-    EventReply,
     Hello,
     HelloReply,
     Import,
     ImportResult,
     Request,
     Response,
-    Watch,
     append_frame,
     encoder,
 )
@@ -74,14 +82,43 @@ _BIG_RECV_BYTES = 1 << 18
 # daemon applies a page in one go while its other clients wait.
 IMPORT_PAGE_BYTES = 1 << 20
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
-_decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyResponse)
+_decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
+# What an encode of a request can fail with: see sessionctl.arguments,
+# which says why (imported then, and only then).
+ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 
 
-def _decode(body: bytes | memoryview) -> Response:
+def decode(body: bytes | memoryview, where: str) -> Response:
+    """A reply body from ``where``; ``ProtocolError`` if it is not one this
+    client reads (msgspec's account of why is the error's ``__cause__``)."""
     try:
         return _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(f"undecodable reply from sessiond: {exc}") from exc
+        raise ProtocolError(
+            f"what answers on {where} sent a reply this client cannot read: it is not "
+            f"sessiond, or a sessiond of another release (restart it to run this one)"
+        ) from exc
+
+
+def pop_frame(buf: bytearray, where: str) -> Response | None:
+    """The next whole reply at the start of ``buf``, taken out of it, if
+    there is one."""
+    if len(buf) < HEADER:
+        return None
+    n = int.from_bytes(buf[:HEADER], "big")
+    if n > MAX_REPLY_BYTES:
+        # Nothing the daemon sends comes near: the stream is out of step.
+        raise ProtocolError(
+            f"reply frame of {n} bytes from {where} exceeds {MAX_REPLY_BYTES}; "
+            f"the connection is out of step"
+        )
+    end = HEADER + n
+    if len(buf) < end:
+        return None
+    # Decoded in place; the view is gone before the bytes are dropped.
+    response = decode(memoryview(buf)[HEADER:end], where)
+    del buf[:end]
+    return response
 
 
 def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
@@ -125,6 +162,91 @@ def autostart_off_by_env() -> bool:
     return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
 
 
+def closed(kind: str, where: str) -> ClientClosed:
+    """The error of every call on a closed ``Client`` or ``AsyncClient``."""
+    return ClientClosed(
+        f"this {kind} (for {where}) is closed; make a new one (a client closes when its "
+        f"'with' block ends)"
+    )
+
+
+def refusal(
+    where: str, exc: OSError, off_by: str | None, started: bool, advice: Callable[[str], str]
+) -> DaemonUnavailable | None:
+    """What a failed connect to ``where`` raises, or ``None`` when a daemon
+    should be started (nothing answers, and autostart is on). ``started``:
+    one was, and answered, and now does not; ``advice`` says how to turn
+    autostart on, given what turned it off."""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+        if started:
+            return DaemonUnavailable(
+                f"sessiond was started and answered on {where}, then stopped "
+                f"answering ({exc.strerror}); see sessiond.log in its data dir (or "
+                f"'journalctl --user -u sessiond' under systemd)"
+            )
+        if off_by is None:
+            return None
+        from sessionctl.autostart import start_advice
+        from sessionctl.unreachable import connect_failed
+
+        return DaemonUnavailable(connect_failed(where, exc) or (
+            f"no sessiond answers on {where} ({exc.strerror}); "
+            f"{start_advice(where)}, or {advice(off_by)}"
+        ))
+    from sessionctl.unreachable import connect_failed
+
+    return DaemonUnavailable(connect_failed(where, exc) or f"cannot connect to {where}: {exc}")
+
+
+def autostart_off_by(autostart: bool | None) -> str | None:
+    """What turned autostart off (``BY_ARGUMENT``, ``BY_ENVIRONMENT``), or
+    ``None`` when it is on."""
+    if autostart is None:
+        return BY_ENVIRONMENT if autostart_off_by_env() else None
+    return None if autostart else BY_ARGUMENT
+
+
+def import_plan(
+    sessions: Iterable[Session | model.Session], limit: int
+) -> Iterator[builtins.list[Session | model.Session] | ImportResult]:
+    """``sessions`` in pages to send, each of at most ``PAGE_MAX`` sessions
+    and of at most ``limit`` bytes encoded (the request around them
+    included); a session too big for any page comes as an ``ImportResult``
+    that skips it, with its reason."""
+    # The request around the sessions: its keys, the largest id, and the
+    # largest array header (5 bytes where an empty array takes 1).
+    budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
+    page: builtins.list[Session | model.Session] = []
+    size = 0
+    for session in sessions:
+        if not isinstance(session, SESSION_KINDS):
+            from sessionctl import arguments
+
+            arguments.session(session, SESSION_KINDS)
+        try:
+            n = len(encoder.encode(session))
+        except ENCODE_ERRORS as exc:
+            from sessionctl.arguments import why_unsendable
+
+            raise InvalidRequest(
+                f"session {session.id!r} cannot be sent: {why_unsendable(exc)}; "
+                f"meta values must be str, int, float, bool, None, list or dict"
+            ) from exc
+        if n > budget:
+            yield ImportResult(skipped=1, reasons=[
+                f"{session.id}: {n} bytes encoded, more than one request may carry "
+                f"(the daemon's max_frame_bytes is {limit})"
+            ])
+            continue
+        if page and (len(page) == PAGE_MAX or size + n > budget):
+            yield page
+            page, size = [], 0
+        page.append(session)
+        size += n
+    if page:
+        yield page
+
+
 def add_up(total: ImportResult, part: ImportResult) -> None:
     """Add one page's counts and reasons to ``total``."""
     total.imported += part.imported
@@ -147,9 +269,14 @@ class Client(Operations):
     ``sessionctl`` does (through systemd when its units are installed).
     ``autostart=False``, or ``SESSIONCTL_NO_AUTOSTART=1`` in the
     environment when ``autostart`` is not given, turns that off.
+    ``timeout`` is how many seconds each wait for the daemon may take (to
+    connect, to send, for an answer); ``None`` waits for ever.
 
     Raises ``DaemonUnavailable`` when no daemon answers (or none could be
-    started), ``Unsupported`` when the daemon speaks another protocol."""
+    started), ``Unsupported`` when the daemon speaks another protocol,
+    ``InvalidRequest`` for a ``timeout`` or ``autostart`` of the wrong kind.
+    Once closed (``close()``, or the end of its ``with`` block), every
+    method raises ``ClientClosed``."""
 
     def __init__(
         self,
@@ -160,11 +287,19 @@ class Client(Operations):
     ) -> None:
         from sessiond.paths import socket_location
 
+        if (timeout is not None and type(timeout) is not float) or (
+            autostart is not None and type(autostart) is not bool
+        ):
+            from sessionctl import arguments
+
+            arguments.timeout(timeout)
+            arguments.autostart(autostart)
         # A string, as str(Path) would give it: ``path`` makes the Path only
         # when asked, so that a CLI run need not import pathlib.
         self._where = socket_location(os.fspath(socket) if socket is not None else None)
         self.timeout = timeout
         self._autostart = autostart
+        self._closed = False
         # Held for a whole round trip or pipeline: the socket, the buffers
         # and the replies' order are the connection's, not a thread's.
         self._lock = _thread.allocate_lock()
@@ -176,20 +311,11 @@ class Client(Operations):
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
         self._out = bytearray()
-        if autostart is None:
-            off_by = BY_ENVIRONMENT if autostart_off_by_env() else None
-        else:
-            off_by = None if autostart else BY_ARGUMENT
-        self._sock = self._connect(off_by)
+        self._sock = self._connect(autostart_off_by(autostart))
         try:
             hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
             assert isinstance(hello, HelloReply)
-            if hello.version != PROTOCOL_VERSION:
-                raise Unsupported(
-                    f"sessiond {hello.server} on {self._where} speaks protocol version "
-                    f"{hello.version}, this client speaks {PROTOCOL_VERSION}; restart the "
-                    f"daemon so that both run the same release"
-                )
+            check_hello(hello, self._where)
         except BaseException:
             self._sock.close()
             raise
@@ -212,29 +338,11 @@ class Client(Operations):
             _connect_patiently(sock, self._where, self.timeout)
             _use_kernel_timeouts(sock, self.timeout)
             return sock
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            if started:
-                raise DaemonUnavailable(
-                    f"sessiond was started and answered on {self._where}, then stopped "
-                    f"answering ({exc.strerror}); see sessiond.log in its data dir (or "
-                    f"'journalctl --user -u sessiond' under systemd)"
-                ) from exc
-            if off_by is not None:
-                from sessionctl.autostart import start_advice
-                from sessionctl.unreachable import connect_failed
-
-                raise DaemonUnavailable(connect_failed(self._where, exc) or (
-                    f"no sessiond answers on {self._where} ({exc.strerror}); "
-                    f"{start_advice(self._where)}, or {self._autostart_advice(off_by)}"
-                )) from exc
         except OSError as exc:
             sock.close()
-            from sessionctl.unreachable import connect_failed
-
-            raise DaemonUnavailable(
-                connect_failed(self._where, exc) or f"cannot connect to {self._where}: {exc}"
-            ) from exc
+            error = refusal(self._where, exc, off_by, started, self._autostart_advice)
+            if error is not None:
+                raise error from exc
         from sessionctl.autostart import start_daemon
 
         start_daemon(self.path)
@@ -244,16 +352,24 @@ class Client(Operations):
         """How to let the client start the daemon, in the words of whoever
         made it (the CLI and the shim speak of their own flags): ``off_by``
         is ``BY_ARGUMENT`` or ``BY_ENVIRONMENT``."""
-        if off_by == BY_ENVIRONMENT:
-            return (
-                f"let the client start it: {NO_AUTOSTART_ENV}="
-                f"{os.environ.get(NO_AUTOSTART_ENV, '')!r} in the environment turns that "
-                f"off; unset it, or pass Client(autostart=True)"
-            )
-        return "let the client start it: pass Client(autostart=True), or leave autostart out"
+        return python_advice(type(self).__name__, off_by)
 
     def close(self) -> None:
+        """Close the connection (again: nothing happens). A call on the
+        client from then on raises ``ClientClosed``; one that another thread
+        is waiting in ends with it."""
+        self._closed = True
+        try:
+            # Wakes a thread blocked in recv on this socket, which close()
+            # alone would leave waiting for its timeout.
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed before, or the daemon went first: nothing to wake
         self._sock.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed("Client", self._where)
 
     def __enter__(self) -> Client:
         return self
@@ -273,10 +389,17 @@ class Client(Operations):
                 f"sessiond on {self._where} did not take the request in time"
             ) from exc
         except OSError as exc:
-            parting = self._parting_error()
-            if parting is not None:
-                raise parting from exc
-            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: OSError) -> SessionError:
+        """What a send that failed with ``exc`` raises: the client was
+        closed, or the daemon closed the connection (saying why, maybe)."""
+        if self._closed:
+            return closed("Client", self._where)
+        parting = self._parting_error()
+        if parting is not None:
+            return parting
+        return DaemonUnavailable(f"connection to {self._where} lost: {exc}")
 
     def _parting_error(self) -> SessionError | None:
         """The error the daemon closed the connection with (``busy``, say),
@@ -293,23 +416,7 @@ class Client(Operations):
 
     def _pop_frame(self) -> Response | None:
         """The next whole reply already received, if there is one."""
-        buf = self._buf
-        if len(buf) < HEADER:
-            return None
-        n = int.from_bytes(buf[:HEADER], "big")
-        if n > MAX_REPLY_BYTES:
-            # Nothing the daemon sends comes near: the stream is out of step.
-            raise ProtocolError(
-                f"reply frame of {n} bytes from {self._where} exceeds {MAX_REPLY_BYTES}; "
-                f"the connection is out of step"
-            )
-        end = HEADER + n
-        if len(buf) < end:
-            return None
-        # Decoded in place; the view is gone before the bytes are dropped.
-        response = _decode(memoryview(buf)[HEADER:end])
-        del buf[:end]
-        return response
+        return pop_frame(self._buf, self._where)
 
     def _recv(self) -> bytes:
         """What the daemon has sent (waiting up to ``timeout``)."""
@@ -322,8 +429,12 @@ class Client(Operations):
         except (TimeoutError, BlockingIOError) as exc:
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
         except OSError as exc:
+            if self._closed:
+                raise closed("Client", self._where) from exc
             raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
         if not chunk:
+            if self._closed:
+                raise closed("Client", self._where)
             raise DaemonUnavailable(f"sessiond on {self._where} closed the connection")
         return chunk
 
@@ -337,7 +448,7 @@ class Client(Operations):
             # decoded where it lies.
             chunk = self._recv()
             if len(chunk) > HEADER and int.from_bytes(chunk[:HEADER], "big") == len(chunk) - HEADER:
-                return _decode(memoryview(chunk)[HEADER:])
+                return decode(memoryview(chunk)[HEADER:], self._where)
             self._buf += chunk
         while True:
             response = self._pop_frame()
@@ -353,7 +464,12 @@ class Client(Operations):
         req.id = self._new_id()
         out = self._out
         del out[:]
-        append_frame(out, req)
+        try:
+            append_frame(out, req)
+        except ENCODE_ERRORS as exc:
+            from sessionctl.arguments import unsendable
+
+            raise unsendable(req, exc) from exc
         self._send(out)
         while True:
             response = self._read_frame()
@@ -375,7 +491,8 @@ class Client(Operations):
     def iter_sessions(
         self, *, status: str | None = None, user: str | None = None, page: int = PAGE_MAX
     ) -> Iterator[Session]:
-        """Every matching session, fetched a page at a time."""
+        """Every matching session, fetched ``page`` at a time (raises as
+        ``list_page`` does)."""
         cursor: str | None = None
         while True:
             sessions, cursor = self.list_page(status=status, user=user, limit=page, cursor=cursor)
@@ -386,69 +503,73 @@ class Client(Operations):
     def list(
         self, *, status: str | None = None, user: str | None = None, limit: int | None = None
     ) -> list[Session]:
-        """Matching sessions in creation order, at most ``limit``."""
+        """Matching sessions in creation order, at most ``limit`` (raises as
+        ``list_page`` does)."""
         out: list[Session] = []
-        page = min(limit, PAGE_MAX) if limit else PAGE_MAX
+        from sessionctl import arguments
+
+        page = arguments.page_size(limit)
         for s in self.iter_sessions(status=status, user=user, page=page):
             out.append(s)
             if limit is not None and len(out) >= limit:
                 break
         return out
 
-    def import_sessions(self, sessions: builtins.list[Session]) -> ImportResult:
+    def import_sessions(
+        self, sessions: Iterable[Session | model.Session]
+    ) -> ImportResult:
         """Merge sessions from elsewhere, a page per request (see
         ``import_pages``); the totals of every page. Importing the same
-        sessions again changes nothing: those already there are skipped."""
+        sessions again changes nothing: those already there are skipped.
+        Raises as ``import_pages`` does."""
         total = ImportResult(reasons=[])
         for part in self.import_pages(sessions):
             add_up(total, part)
         return total
 
-    def import_pages(self, sessions: Iterable[Session]) -> Iterator[ImportResult]:
+    def import_pages(
+        self, sessions: Iterable[Session | model.Session]
+    ) -> Iterator[ImportResult]:
         """Merge sessions a page at a time, yielding each page's result once
         the daemon has committed it, so a caller that stops between pages
         knows exactly what was committed.
 
+        ``sessions`` are ``Session``s as this client returns them, or as
+        ``sessiond.legacy.read_sessions`` reads an export or a legacy file.
         A page holds at most ``PAGE_MAX`` sessions and fits in the smaller
         of ``IMPORT_PAGE_BYTES`` and the daemon's ``max_frame_bytes`` (asked
         once, here). A session too big for any page is not sent: it is
-        skipped, with its reason, in a result of its own."""
+        skipped, with its reason, in a result of its own. Raises
+        ``InvalidRequest`` when an item is not a session or holds a value
+        that cannot be sent (the pages before it are committed)."""
+        from sessionctl import arguments
+
+        arguments.sessions(sessions, SESSION_KINDS)
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
-        # The request around the sessions: its keys, the largest id, and the
-        # largest array header (5 bytes where an empty array takes 1).
-        budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
-        page: builtins.list[Session] = []
-        size = 0
-        for session in sessions:
-            n = len(encoder.encode(session))
-            if n > budget:
-                yield ImportResult(skipped=1, reasons=[
-                    f"{session.id}: {n} bytes encoded, more than one request may carry "
-                    f"(the daemon's max_frame_bytes is {limit})"
-                ])
-                continue
-            if page and (len(page) == PAGE_MAX or size + n > budget):
-                yield self.import_page(page)
-                page, size = [], 0
-            page.append(session)
-            size += n
-        if page:
-            yield self.import_page(page)
+        for item in import_plan(sessions, limit):
+            yield item if isinstance(item, ImportResult) else self.import_page(item)
 
     def pipeline(self) -> Pipeline:
         """Queue requests, send them all at once on exit, then read answers.
 
-        ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``."""
+        ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``. Raises
+        ``ClientClosed`` once the client is closed; see ``Pipeline``."""
         from sessionctl.pipeline import Pipeline
 
+        self._check_open()
         return Pipeline(self)
 
-    def watch(self, *, user: str | None = None) -> Iterator[Event]:
-        """Events as they happen, on a connection of their own, until the
-        generator is closed."""
+    def watch(self, *, user: str | None = None, after: str | None = None) -> Iterator[Event]:
+        """Events as they happen (of ``user``'s sessions, or everyone's;
+        in shared mode, after the event whose ``cursor`` is ``after``), on
+        a connection of their own, until the generator is closed. Raises
+        ``ClientClosed`` once this client is closed, and what ``Client()``
+        raises when the new connection cannot be made."""
+        self._check_open()
+        req = watch_request(user, after)
         other = type(self)(self._where, timeout=None, autostart=self._autostart)
         try:
-            first = other._roundtrip(Watch(id=0, user=user))
+            first = other._roundtrip(req)
             assert isinstance(first, EventReply)
             while True:
                 reply = other._read_frame()
@@ -460,3 +581,23 @@ class Client(Operations):
             other.close()
 
 
+def check_hello(hello: HelloReply, where: str) -> None:
+    """Raises ``Unsupported`` unless the daemon speaks our protocol."""
+    if hello.version != PROTOCOL_VERSION:
+        raise Unsupported(
+            f"sessiond {hello.server} on {where} speaks protocol version "
+            f"{hello.version}, this client speaks {PROTOCOL_VERSION}; restart the "
+            f"daemon so that both run the same release"
+        )
+
+
+def python_advice(kind: str, off_by: str) -> str:
+    """How a Python program lets a ``kind`` (``Client``, ``AsyncClient``)
+    start the daemon, given what turned that off."""
+    if off_by == BY_ENVIRONMENT:
+        return (
+            f"let the client start it: {NO_AUTOSTART_ENV}="
+            f"{os.environ.get(NO_AUTOSTART_ENV, '')!r} in the environment turns that "
+            f"off; unset it, or pass {kind}(autostart=True)"
+        )
+    return f"let the client start it: pass {kind}(autostart=True), or leave autostart out"

@@ -13,6 +13,8 @@ from typing import IO, TextIO
 
 from sessionctl import render
 from sessionctl.client import Client
+from sessionctl.operations import Session
+from sessiond import model
 from sessiond.diskio import AtomicFile
 from sessiond.records import plain_line
 
@@ -37,16 +39,26 @@ def write_sessions(c: Client, fmt: str, f: IO[bytes]) -> int:
         f.write(text.getvalue().encode())
     elif fmt == "jsonl":
         for s in c.iter_sessions():
-            f.write(plain_line(s))
+            f.write(plain_line(_as_held(s)))
             count += 1
     else:
         f.write(b"[")
         for s in c.iter_sessions():
-            f.write((b",\n  " if count else b"\n  ") + plain_line(s).rstrip(b"\n"))
+            f.write((b",\n  " if count else b"\n  ") + plain_line(_as_held(s)).rstrip(b"\n"))
             count += 1
         f.write(b"\n]\n" if count else b"]\n")
     f.flush()
     return count
+
+
+def _as_held(s: Session) -> model.Session:
+    """A session as the client reads it (its stamps datetimes) in the form
+    the journal's record writer takes (microseconds)."""
+    return model.Session(
+        id=s.id, user=s.user, status=s.status, ttl=s.ttl, meta=s.meta,
+        created_at=s.created_at_us, last_access=s.last_access_us,
+        expires_at=s.expires_at_us, expired_at=s.expired_at_us, version=s.version,
+    )
 
 
 def write_legacy(c: Client, fmt: str, out: TextIO) -> int:

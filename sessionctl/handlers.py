@@ -20,6 +20,7 @@ from sessionctl.client import (
     Client,
     autostart_off_by_env,
 )
+from sessionctl.operations import Session
 from sessionctl.registry import (
     EXIT_OK,
     Args,
@@ -28,7 +29,7 @@ from sessionctl.registry import (
     out,
 )
 from sessiond.errors import SessionExpired
-from sessiond.model import Session, format_duration, now_us
+from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
 
 # The settings counted in seconds: ``config KEY VALUE`` also takes a

@@ -1,6 +1,10 @@
 """Pipelines: requests queued on a client, sent together, answered as
 ``Pending`` values (see ``Client.pipeline``).
 
+``Batch`` is what every pipeline shares, the queue and the settling of
+answers; ``Pipeline`` sends a batch on a blocking ``Client``, and
+``sessionctl.aclient.AsyncPipeline`` on an ``AsyncClient``.
+
 Imported by the first ``pipeline()`` call, not by every client.
 """
 
@@ -17,6 +21,7 @@ from sessiond.errors import DaemonUnavailable, SessionError, from_code
 from sessiond.protocol import ErrorReply, Request, Response, append_frame
 
 if TYPE_CHECKING:
+    from sessionctl.aclient import AsyncClient
     from sessionctl.client import Client
 
 T = TypeVar("T")
@@ -40,7 +45,9 @@ class Pending(Generic[T]):
             self._value = self._convert(response)
 
     def result(self) -> T:
-        """The value, or the error the daemon answered with."""
+        """The value, or the error the daemon answered with (a
+        ``SessionError``). Raises ``RuntimeError`` before the pipeline is
+        sent."""
         if self._error is not None:
             raise self._error
         if self._value is _MISSING:
@@ -48,7 +55,56 @@ class Pending(Generic[T]):
         return self._value
 
 
-class Pipeline(Operations):
+class Batch(Operations):
+    """Requests queued for one connection, each answered by a ``Pending``:
+    the same operations as ``Client``, each checked (and refused with
+    ``InvalidRequest``) at the call, then queued as a frame."""
+
+    def __init__(self, client: Client | AsyncClient) -> None:
+        self._client = client
+        self._queued: list[tuple[int, Pending[Any]]] = []
+        self._frames = bytearray()
+
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        # A Pending, settled once the batch is sent: what ``operation``
+        # tells the type checker a pipeline's methods return.
+        req.id = self._client._new_id()
+        frames = self._frames
+        start = len(frames)
+        try:
+            append_frame(frames, req)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            del frames[start:]  # the frames queued before stay whole
+            from sessionctl.arguments import unsendable
+
+            raise unsendable(req, exc) from exc
+        pending = Pending(convert)
+        self._queued.append((req.id, pending))
+        return pending
+
+    def _take(self) -> tuple[memoryview, dict[int, Pending[Any]]]:
+        """The frames to send and the answers awaited, the queue emptied."""
+        data = memoryview(self._frames)
+        self._frames = bytearray()
+        waiting = dict(self._queued)
+        self._queued = []
+        return data, waiting
+
+    def _settle_received(self, waiting: dict[int, Pending[Any]]) -> None:
+        c = self._client
+        while waiting:
+            response = c._pop_frame()
+            if response is None:
+                return
+            pending = waiting.pop(response.id, None)
+            if pending is not None:
+                pending._settle(response)
+            elif isinstance(response, ErrorReply):
+                # Id 0 (or one we never sent): about the connection, not a request.
+                raise from_code(response.code, response.message)
+
+
+class Pipeline(Batch):
     """Requests queued on a client and sent together (see ``Client.pipeline``).
 
     The same operations as ``Client``, each returning a ``Pending`` whose
@@ -57,22 +113,18 @@ class Pipeline(Operations):
     shared (an execution holds the client's lock from first send to last
     reply)."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
-        self._queued: list[tuple[int, Pending[Any]]] = []
-        self._frames = bytearray()
+    _client: Client
 
-    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
-        # A Pending, settled by ``execute``: what ``operation`` tells the
-        # type checker a Pipeline's methods return.
-        req.id = self._client._new_id()
-        append_frame(self._frames, req)
-        pending = Pending(convert)
-        self._queued.append((req.id, pending))
-        return pending
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
 
     def execute(self) -> None:
         """Send everything queued and settle every ``Pending``.
+
+        Raises ``ClientClosed`` once the client is closed,
+        ``DaemonUnavailable`` when the daemon is gone or does not answer in
+        the client's ``timeout``; the daemon's answer to each request is
+        its ``Pending``'s.
 
         Replies are read while requests are still being sent: the daemon
         stops reading a client that does not read its replies, so sending
@@ -84,10 +136,8 @@ class Pipeline(Operations):
 
     def _execute_locked(self) -> None:
         c = self._client
-        data = memoryview(self._frames)
-        self._frames = bytearray()
-        waiting = dict(self._queued)
-        self._queued = []
+        c._check_open()
+        data, waiting = self._take()
         sock = c._sock
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLOUT)
@@ -109,27 +159,11 @@ class Pipeline(Operations):
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    parting = c._parting_error()
-                    if parting is not None:
-                        raise parting from exc
-                    raise DaemonUnavailable(f"connection to {c._where} lost: {exc}") from exc
+                    raise c._lost(exc) from exc
         self._settle_received(waiting)
         while waiting:
             c._fill()
             self._settle_received(waiting)
-
-    def _settle_received(self, waiting: dict[int, Pending[Any]]) -> None:
-        c = self._client
-        while waiting:
-            response = c._pop_frame()
-            if response is None:
-                return
-            pending = waiting.pop(response.id, None)
-            if pending is not None:
-                pending._settle(response)
-            elif isinstance(response, ErrorReply):
-                # Id 0 (or one we never sent): about the connection, not a request.
-                raise from_code(response.code, response.message)
 
     def __enter__(self) -> Pipeline:
         return self

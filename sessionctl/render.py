@@ -8,7 +8,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from sessiond.model import EXPIRED, US, Session, format_duration, iso
+from sessionctl.operations import Session
+from sessiond.model import EXPIRED, US, format_duration, iso
 from sessiond.protocol import StatsInfo
 
 CSV_FIELDS = ("id", "user", "status", "ttl", "created_at", "last_access", "expires_at")
@@ -63,10 +64,10 @@ def session_dict(s: Session) -> dict[str, Any]:
         "status": s.status,
         "ttl": s.ttl,
         "meta": s.meta,
-        "created_at": iso(s.created_at),
-        "last_access": iso(s.last_access),
-        "expires_at": iso(s.expires_at),
-        "expired_at": None if s.expired_at is None else iso(s.expired_at),
+        "created_at": iso(s.created_at_us),
+        "last_access": iso(s.last_access_us),
+        "expires_at": iso(s.expires_at_us),
+        "expired_at": None if s.expired_at_us is None else iso(s.expired_at_us),
         "version": s.version,
     }
 
@@ -83,8 +84,8 @@ def legacy_record(s: Session) -> dict[str, Any]:
 
 def csv_row(s: Session) -> tuple[str, str, str, int, str, str, str]:
     """A session as a CSV row under ``CSV_FIELDS``."""
-    return (s.id, s.user, s.status, s.ttl, iso(s.created_at), iso(s.last_access),
-            iso(s.expires_at))
+    return (s.id, s.user, s.status, s.ttl, iso(s.created_at_us), iso(s.last_access_us),
+            iso(s.expires_at_us))
 
 
 def to_json(value: Any, indent: int = 2) -> str:
@@ -110,11 +111,11 @@ def relative(us: int, now: int) -> str:
 
 def time_left(s: Session, now: int) -> str:
     if s.status == EXPIRED:
-        when = s.expired_at if s.expired_at is not None else s.expires_at
+        when = s.expired_at_us if s.expired_at_us is not None else s.expires_at_us
         return f"expired {relative(when, now)}"
-    if s.expires_at <= now:
-        return f"expired {relative(s.expires_at, now)}"
-    return f"expires {relative(s.expires_at, now)}"
+    if s.expires_at_us <= now:
+        return f"expired {relative(s.expires_at_us, now)}"
+    return f"expires {relative(s.expires_at_us, now)}"
 
 
 def fields(rows: Iterable[tuple[str, Any]]) -> str:
@@ -141,12 +142,12 @@ def session_fields(s: Session, now: int) -> str:
         ("user", s.user),
         ("status", f"{s.status} ({time_left(s, now)})"),
         ("ttl", ttl_text(s.ttl)),
-        ("created", f"{iso(s.created_at)} ({relative(s.created_at, now)})"),
-        ("last access", f"{iso(s.last_access)} ({relative(s.last_access, now)})"),
-        ("expires", iso(s.expires_at)),
+        ("created", f"{iso(s.created_at_us)} ({relative(s.created_at_us, now)})"),
+        ("last access", f"{iso(s.last_access_us)} ({relative(s.last_access_us, now)})"),
+        ("expires", iso(s.expires_at_us)),
     ]
-    if s.expired_at is not None:
-        rows.append(("expired", iso(s.expired_at)))
+    if s.expired_at_us is not None:
+        rows.append(("expired", iso(s.expired_at_us)))
     rows.append(("version", s.version))
     rows.extend((f"meta.{k}", meta_text(v)) for k, v in s.meta.items())
     return fields(rows)

@@ -36,7 +36,7 @@ from sessiond.limits import ID_RULE, MAX_TTL, valid_id
 
 if TYPE_CHECKING:
     from sessionctl.client import Client
-    from sessiond.model import Session
+    from sessionctl.operations import Session
 
 NOT_FOUND = "Session {} not found"
 HELP = """\
@@ -362,8 +362,11 @@ def c_cleanup(argv: Sequence[str]) -> int:
         except ValueError as exc:
             # The legacy tool took an unparsable --before as "now".
             raise Usage(f"--before: {exc}") from None
+    from sessionctl.operations import to_datetime
+
     with connect() as c:
-        r = c.cleanup(before=before, dry_run="--dry-run" in found)
+        r = c.cleanup(before=None if before is None else to_datetime(before),
+                      dry_run="--dry-run" in found)
     pretty({
         "ok": True,
         "dry_run": r.dry_run,

@@ -19,10 +19,10 @@ from typing import Any
 from sessionctl import render
 from sessionctl.client import Client
 from sessionctl.handlers import CliClient, plural
+from sessionctl.operations import Event
 from sessionctl.registry import EXIT_OK, Args, out
 from sessiond.errors import Busy, DaemonUnavailable
 from sessiond.model import iso
-from sessiond.protocol import Event
 
 # What a lost connection looks like, and what a daemon on its way up or
 # down answers: worth trying again.
@@ -33,17 +33,17 @@ MAX_DELAY = 1.0
 
 def show(ev: Event, as_json: bool) -> None:
     if as_json:
-        data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at)}
+        data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at_us)}
         if ev.session is not None:
             data["session"] = render.session_dict(ev.session)
         if ev.kind == "lagged":
             data["dropped"] = ev.dropped
         out(render.to_json(data, indent=0).replace("\n", ""))
     elif ev.kind == "lagged":
-        out(f"{iso(ev.at)} lagged, {plural(ev.dropped, 'event')} dropped")
+        out(f"{iso(ev.at_us)} lagged, {plural(ev.dropped, 'event')} dropped")
     elif ev.kind != "watching":
         user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-        out(f"{iso(ev.at)} {ev.kind} {render.escape(str(ev.sid))}{user}")
+        out(f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}")
     sys.stdout.flush()
 
 
@@ -72,11 +72,17 @@ def reconnect(args: Args, where: str, lost: Exception) -> Client:
 def h_watch(c: Client, args: Args) -> int:
     where = str(c.path)
     client = c
+    # The cursor of the last event shown: a shared daemon's events carry
+    # one, and a watch that comes back resumes after it (nothing missed
+    # that the engine still keeps); a local daemon's do not.
+    cursor: str | None = None
     try:
         while True:
             try:
-                for ev in client.watch(user=args.user):
+                for ev in client.watch(user=args.user, after=cursor):
                     show(ev, args.json)
+                    if ev.cursor is not None:
+                        cursor = ev.cursor
                 return EXIT_OK
             except LOST as exc:
                 if args.no_reconnect:
@@ -86,10 +92,11 @@ def h_watch(c: Client, args: Args) -> int:
                 client.close()
             client = c  # until a daemon answers again
             client = reconnect(args, where, lost)
+            missed = ("resuming after the last event shown" if cursor is not None
+                      else "events in between were missed")
             sys.stderr.write(
                 f"sessionctl: watch: reconnected to sessiond on {where} (pid "
-                f"{client.server_pid}) after losing the connection ({lost}); events in "
-                f"between were missed\n"
+                f"{client.server_pid}) after losing the connection ({lost}); {missed}\n"
             )
             sys.stderr.flush()
     except KeyboardInterrupt:

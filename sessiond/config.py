@@ -257,11 +257,16 @@ def validate(data: dict[str, Any]) -> Settings:
     try:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid config value: {exc}") from exc
+        # Every key is valid or not on its own: the first that is not says
+        # what it takes, in with_value's words.
+        for key, value in data.items():
+            with_value(Settings(), key, value)
+        raise ConfigError(f"invalid config: {exc}") from exc  # a rule across keys
 
 
 def with_value(settings: Settings, key: str, value: Any) -> Settings:
-    """``settings`` with one key changed, validated."""
+    """``settings`` with one key changed, validated. Raises ``ConfigError``
+    for an unknown key, or naming the key, the value and what it takes."""
     data = as_dict(settings)
     if key not in data:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
@@ -269,10 +274,45 @@ def with_value(settings: Settings, key: str, value: Any) -> Settings:
     try:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
-        # The rest was valid already, so the new value is what is wrong: name
-        # it, rather than msgspec's "at `$.key`".
-        why = str(exc).rsplit(" - at ", 1)[0]
-        raise ConfigError(f"invalid value {value!r} for {key}: {why}") from exc
+        # The rest was valid already, so the new value is what is wrong.
+        raise ConfigError(f"invalid value {value!r} for {key}: {key} takes {takes(key)}") from exc
+
+
+# What a number setting counts (a key not named here and not ``*_bytes`` is
+# a count), and what its 0 means where that is special.
+_UNITS = {
+    "default_ttl": "seconds", "max_lifetime": "seconds", "expired_retention": "seconds",
+    "compact_interval": "seconds", "frame_timeout": "seconds", "send_timeout": "seconds",
+    "idle_timeout": "seconds", "compact_growth_percent": "percent",
+}
+_ZERO = {"max_lifetime": "none", "expired_retention": "until cleanup"}
+
+
+def takes(key: str) -> str:
+    """What ``key`` takes, for people: its values (``'always', 'everysec'
+    or 'no'``), or its kind of number and bounds (``a whole number of
+    seconds from 1 to 3153600000``), read from ``Settings`` itself."""
+    from msgspec import inspect
+
+    struct = inspect.type_info(Settings)
+    assert isinstance(struct, inspect.StructType)
+    info = next(f.type for f in struct.fields if f.name == key)
+    if isinstance(info, inspect.LiteralType):
+        shown = [repr(v) for v in info.values]
+        return f"{', '.join(shown[:-1])} or {shown[-1]}"
+    assert isinstance(info, (inspect.IntType, inspect.FloatType)), info
+    unit = _UNITS.get(key, "bytes" if key.endswith("_bytes") else "")
+    text = "a whole number" if isinstance(info, inspect.IntType) else "a number"
+    if unit:
+        text += f" of {unit}"
+    if info.gt is not None:
+        text += f" above {info.gt:g}" + ("" if info.le is None else f", up to {info.le:g}")
+    elif info.ge is not None:
+        text += f" from {info.ge}" + (" on" if info.le is None else f" to {info.le}")
+    elif info.le is not None:
+        text += f" up to {info.le}"
+    zero = _ZERO.get(key)
+    return text if zero is None else f"{text} (0: {zero})"
 
 
 def parse_value(text: str) -> Any:

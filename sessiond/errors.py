@@ -86,6 +86,11 @@ class OutcomeUnknown(BackendUnavailable):
     the change may or may not have been made."""
 
     code = "outcome_unknown"
+class ClientClosed(SessionError):
+    """A call on a client (or its pipeline, or its watch) after it was
+    closed. Never crosses the wire."""
+
+    code = "closed"
 
 
 class ProtocolError(SessionError):

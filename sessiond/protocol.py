@@ -21,7 +21,7 @@ import msgspec
 
 from sessiond import PROTOCOL_VERSION as PROTOCOL_VERSION
 from sessiond.errors import InvalidRequest, SessionError, Unsupported
-from sessiond.limits import ID_MAX, ID_PATTERN, KEY_MAX, MAX_TTL, USER_MAX
+from sessiond.limits import ID_MAX, ID_PATTERN, ID_RULE, KEY_MAX, MAX_TTL, USER_MAX
 from sessiond.model import Session
 
 HEADER: Final = 4
@@ -374,16 +374,32 @@ OPERATIONS: Final = tuple(str(t.__struct_config__.tag) for t in REQUESTS)
 request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(AnyRequest)
 
 
+# What the fields bound by the session rules take, in those rules' words
+# (a refusal by the decoder then reads as one by the rules would).
+FIELD_RULES: Final = {
+    "sid": f"a session id ({ID_RULE})",
+    "ttl": f"a whole number of seconds from 1 to {MAX_TTL}",
+    "user": f"a name of 1 to {USER_MAX} characters",
+    "key": f"a meta key of 1 to {KEY_MAX} characters",
+    "limit": f"a whole number from 1 to {PAGE_MAX}",
+    "status": "'active' or 'expired'",
+}
+
+
 def request_error(exc: Exception) -> SessionError:
     """What a request body that failed to decode (one of ``DECODE_ERRORS``)
-    is answered with: msgspec's message names the offending field."""
+    is answered with, naming the offending field (msgspec's notation put
+    in words by ``sessiond.wording``)."""
     if isinstance(exc, UnicodeDecodeError):
         return InvalidRequest(f"malformed request: a string is not valid UTF-8 ({exc})")
     text = "value nested too deeply" if isinstance(exc, RecursionError) else str(exc)
     if text.startswith("Invalid value") and text.endswith("`$.op`"):
-        return Unsupported(f"unknown operation: {text} (known: {', '.join(OPERATIONS)})")
+        op = text[len("Invalid value ") : -len(" - at `$.op`")]
+        return Unsupported(f"unknown operation {op} (known: {', '.join(OPERATIONS)})")
     if isinstance(exc, msgspec.ValidationError):
-        return InvalidRequest(f"invalid request: {text}")
+        from sessiond.wording import plain
+
+        return InvalidRequest(f"invalid request: {plain(text, 'the request', FIELD_RULES)}")
     return InvalidRequest(f"malformed request: {text or type(exc).__name__}")
 
 

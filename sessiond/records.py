@@ -327,7 +327,9 @@ def decode_line(raw: bytes) -> Session | str:
     try:
         rec = _decoder.decode(line)
     except msgspec.ValidationError as exc:
-        raise LineError(f"not a valid record: {exc}") from exc
+        from sessiond.wording import plain
+
+        raise LineError(f"not a valid record: {plain(str(exc), 'the record')}") from exc
     except msgspec.DecodeError as exc:
         raise LineError(f"not valid JSON: {exc}", complete=False) from exc
     except RecursionError as exc:

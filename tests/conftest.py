@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from sessionctl import Client
+from sessionctl import Client, Session
 from sessionctl.client import NO_AUTOSTART_ENV
+from sessiond import model
 from sessiond.errors import DaemonUnavailable
-from sessiond.model import Session
 from tests.redis_servers import RedisClusterServers, RedisNode
 
 BIN = Path(sys.executable).parent
@@ -370,6 +371,18 @@ def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
 
 
 def stored(d: Daemon) -> dict[str, Session]:
-    """Every session ``d`` holds, by id."""
+    """Every session ``d`` holds, by id, as a client reads them."""
     with d.client() as c:
         return {s.id: s for s in c.iter_sessions()}
+
+
+def as_read(s: model.Session) -> Session:
+    """A session in the daemon's own form (integer stamps), as a client
+    reads it back: the same wire bytes, read by the client."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(s), type=Session)
+
+
+def as_held(s: Session) -> model.Session:
+    """A session as a client read it, in the daemon's own form: what the
+    journal's writers (``put_line``) take."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(s), type=model.Session)

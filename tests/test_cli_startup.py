@@ -203,6 +203,29 @@ sys.stderr.write(json.dumps([status, sorted(set(sys.modules) - before)]) + "\\n"
     return set(modules)
 
 
+def imported_by_python(code: str) -> set[str]:
+    """Modules ``code`` imports in a fresh interpreter, beyond those the
+    interpreter starts with."""
+    script = f"""
+import json, sys
+before = set(sys.modules)
+{code}
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=60, check=True)
+    return set(json.loads(r.stdout))
+
+
+def test_the_blocking_client_never_imports_anyio_and_the_async_one_does() -> None:
+    plain = imported_by_python("import sessionctl; sessionctl.Client; sessionctl.Session")
+    assert "sessionctl.client" in plain
+    assert not {"anyio", "sessionctl.aclient", "trio", "asyncio"} & plain
+    assert "anyio" in imported_by_python("import sessionctl; sessionctl.AsyncClient")
+    assert imported_by_python("from sessionctl import Client, Pipeline, ClientClosed").isdisjoint(
+        {"anyio", "sessionctl.aclient"})
+
+
 def test_version_client_imports_neither_msgspec_nor_typing_nor_argparse(d: Daemon) -> None:
     # The floor of every run: the command line read, a line printed. (Plain
     # ``version`` also asks the daemon, so it loads the client.)
@@ -223,7 +246,7 @@ def test_get_imports_no_argparse_pathlib_or_platformdirs(d: Daemon) -> None:
     by_default = {k: v for k, v in d.env.items() if k != "SESSIOND_SOCKET"}
     by_default["XDG_RUNTIME_DIR"] = str(runtime)
     unwanted = {"argparse", "pathlib", "platformdirs", "dataclasses", "anyio", "shutil",
-                "sessionctl.pipeline"}
+                "sessionctl.pipeline", "sessionctl.arguments", "sessionctl.aclient"}
     for env in (d.env, by_default):
         loaded = imported_by(env, "get", sid)
         assert not unwanted & loaded, unwanted & loaded

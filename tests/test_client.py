@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,9 @@ def test_create_returns_the_session_struct_with_every_field(c: Client) -> None:
     assert (s.id, s.user, s.status, s.ttl, s.version) == ("create-1", "create-user", "active",
                                                           120, 1)
     assert s.meta == {"theme": "dark", "n": 3}
-    assert s.created_at == s.last_access and s.expires_at == s.created_at + 120 * 1_000_000
+    assert s.created_at == s.last_access and s.expires_at == s.created_at + timedelta(seconds=120)
+    assert s.created_at.tzinfo is UTC
+    assert s.expires_at_us == s.created_at_us + 120 * 1_000_000
     assert s.expired_at is None
 
 
@@ -255,7 +258,7 @@ def test_cleanup_removes_expired_sessions_and_those_due_before(c: Client) -> Non
     c.expire(gone.id)
     due = c.create(user="cleanup", ttl=60)
     kept = c.create(user="cleanup", ttl=86400)
-    r = c.cleanup(before=due.expires_at + 1)
+    r = c.cleanup(before=due.expires_at + timedelta(microseconds=1))
     assert {gone.id, due.id} <= set(r.removed_ids) and kept.id not in r.removed_ids
     assert r.removed_count == len(r.removed_ids) and not r.dry_run
     assert [s.id for s in c.list(user="cleanup")] == [kept.id]
@@ -279,8 +282,8 @@ def test_import_sessions_merges_more_than_a_page(c: Client) -> None:
     template = c.create(user="importer")
     records = [
         Session(id=f"imp-{i}", user="imported", status="active", ttl=3600, meta={"i": i},
-                created_at=template.created_at, last_access=template.created_at,
-                expires_at=template.expires_at)
+                created_at_us=template.created_at_us, last_access_us=template.created_at_us,
+                expires_at_us=template.expires_at_us)
         for i in range(PAGE_MAX + 50)
     ]
     r = c.import_sessions(records)
@@ -326,13 +329,13 @@ def test_pipeline_errors_belong_to_their_own_request(c: Client) -> None:
     with c.pipeline() as p:
         first = p.get(good.id)
         missing = p.get("no-such-session")
-        bad = p.create(ttl=0)
+        taken = p.create(id=good.id)
         last = p.set(good.id, "k", "v")
     assert first.result().id == good.id
     with pytest.raises(SessionNotFound):
         missing.result()
-    with pytest.raises(InvalidRequest):
-        bad.result()
+    with pytest.raises(Conflict):
+        taken.result()
     assert last.result().meta == {"k": "v"}
 
 

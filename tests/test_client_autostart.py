@@ -143,15 +143,40 @@ def test_a_failed_start_is_daemon_unavailable_naming_the_log(fresh: Fresh) -> No
     assert str(fresh.data_dir / "sessiond.log") in str(caught.value)
 
 
-def test_the_readme_python_example_runs_on_a_fresh_install(fresh: Fresh) -> None:
-    text = README.read_text()
-    example = re.search(r"### Python\n\n```python\n(.*?)```", text, re.S)
-    assert example is not None, "the README's Python example"
-    env = {**os.environ, **fresh.env}
-    r = subprocess.run([sys.executable, "-c", example.group(1)], env=env, capture_output=True,
-                       text=True, timeout=60, check=False)
+def readme_example(heading: str) -> str:
+    """The Python code under ``heading`` in the README."""
+    found = re.search(rf"### {re.escape(heading)}\n\n```python\n(.*?)```", README.read_text(),
+                      re.S)
+    assert found is not None, f"the README's {heading} example"
+    return found.group(1)
+
+
+def run_example(fresh: Fresh, code: str) -> list[str]:
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, **fresh.env},
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["active", "2"]
+    return r.stdout.splitlines()
+
+
+def test_the_readme_client_example_runs_on_a_fresh_install(fresh: Fresh) -> None:
+    example = readme_example("Client")
+    printed = run_example(fresh, example)
+    assert printed == ["active", "1:00:00", "2", "session no-such-session not found", "True"]
+    # What it prints is what its comments say it prints.
+    assert re.findall(r"print\(.*\)\s+# (.+)$", example, re.M) == printed
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_readme_async_example_runs_on_a_fresh_install(fresh: Fresh, backend: str) -> None:
+    example = readme_example("AsyncClient (asyncio and trio)")
+    run = "asyncio.run(main())                      # or: trio.run(main)\n"
+    assert example.endswith(run)
+    if backend == "trio":  # as its last line's comment says
+        example = example.replace("import asyncio\n", "import trio\n").replace(
+            run, "trio.run(main)\n")
+    printed = run_example(fresh, example)
+    assert printed == ["bob", "1", "True"]
+    assert re.findall(r"print\(.*\)\s+# (.+)$", example, re.M) == printed
 
 
 # -- the CLI and the shim speak of their own switches ---------------------------

@@ -31,7 +31,7 @@ from sessiond.replay import (
     repair,
     scan,
 )
-from tests.conftest import SESSIOND, Daemon, wait_until
+from tests.conftest import SESSIOND, Daemon, as_held, wait_until
 
 pytestmark = pytest.mark.local_only(
     "the journal itself: its lines, commits, failures and compaction"
@@ -432,7 +432,7 @@ def test_compact_answers_sizes_sessions_kept_and_time(daemon: Daemon) -> None:
     with daemon.client() as c:
         live = {s.id: s for s in c.iter_sessions()}
     lines = daemon.journal_bytes().splitlines(keepends=True)
-    assert sorted(lines) == sorted(put_line(s) for s in live.values())
+    assert sorted(lines) == sorted(put_line(as_held(s)) for s in live.values())
     human = daemon.ctl("compact")
     assert human.returncode == 0
     assert "8 sessions kept" in human.stdout and "->" in human.stdout

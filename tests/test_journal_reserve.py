@@ -17,7 +17,7 @@ from sessiond.journalfile import RESERVE_BYTES
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import repair, scan
-from tests.conftest import Daemon, run_sessiond, stored
+from tests.conftest import Daemon, as_held, as_read, run_sessiond, stored
 
 pytestmark = pytest.mark.local_only("the space the journal reserves ahead of its writes")
 
@@ -62,7 +62,8 @@ def test_a_clean_stop_cuts_the_reserve_and_leaves_plain_jsonl(daemon: Daemon) ->
     assert daemon.stop() == 0
     data = daemon.journal.read_bytes()
     assert len(data) == size and b"\0" not in data
-    assert sorted(data.splitlines(keepends=True)) == sorted(put_line(s) for s in made.values())
+    assert sorted(data.splitlines(keepends=True)) == sorted(
+        put_line(as_held(s)) for s in made.values())
 
 
 def test_a_killed_daemon_leaves_its_reserve_and_the_next_start_cuts_it(
@@ -135,7 +136,7 @@ def test_zeros_with_data_after_them_are_damage_that_repair_drops(
     assert "dropped 1 unreadable line" in repaired.stdout
     assert d.journal.read_bytes() == head
     d.start()
-    assert stored(d) == {s.id: s for s in made[:5]}
+    assert stored(d) == {s.id: as_read(s) for s in made[:5]}
 
 
 def test_without_room_to_reserve_the_journal_appends_and_says_so(

@@ -47,17 +47,17 @@ def odd_ttls(now: int) -> tuple[str, int]:
 def assert_kept(found: dict[str, Session], created: int, default_ttl: int) -> None:
     assert set(found) == {"zero", "negative", "float", "numeric", "fraction", "plain"}
     zero, negative = found["zero"], found["negative"]
-    assert (zero.status, zero.ttl, zero.expires_at, zero.expired_at) == (
+    assert (zero.status, zero.ttl, zero.expires_at_us, zero.expired_at_us) == (
         "expired", default_ttl, created, created
     )
-    assert (negative.status, negative.ttl, negative.expired_at) == (
+    assert (negative.status, negative.ttl, negative.expired_at_us) == (
         "expired", default_ttl, created - 5 * US
     )
     assert {sid: found[sid].ttl for sid in ("float", "numeric", "fraction", "plain")} == {
         "float": 2, "numeric": 120, "fraction": 8, "plain": 300
     }
     assert found["numeric"].status == "active"
-    assert found["numeric"].expires_at == created + 120 * US
+    assert found["numeric"].expires_at_us == created + 120 * US
 
 
 def test_the_migration_keeps_records_with_odd_ttls(make_daemon: Callable[..., Daemon]) -> None:

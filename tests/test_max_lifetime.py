@@ -87,7 +87,7 @@ def test_the_timer_expires_a_capped_session_at_its_cap(daemon: Daemon) -> None:
         # Nobody reads the session: only the timer can expire it.
         wait_until(lambda: c.stats().expiries_done == 1, 20, "the timer")
         s = c.get("soon")
-    assert s.status == "expired" and s.expired_at == s.expires_at == now - 10 * US + 14 * US
+    assert s.status == "expired" and s.expired_at_us == s.expires_at_us == now - 10 * US + 14 * US
 
 
 @pytest.mark.local_only('a cap lowered in config.json, or refused by the journal')

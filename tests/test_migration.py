@@ -88,11 +88,11 @@ def test_first_start_imports_the_legacy_files_once_and_never_touches_them(
         assert (s.user, s.status, s.ttl, s.meta) == (
             rec["user"], rec["status"], rec["ttl"], rec["meta"]
         )
-        assert (iso(s.created_at), iso(s.last_access), iso(s.expires_at)) == (
+        assert (iso(s.created_at_us), iso(s.last_access_us), iso(s.expires_at_us)) == (
             rec["created_at"], rec["last_access"], rec["expires_at"]
         )
         if "expired_at" in rec:
-            assert s.expired_at is not None and iso(s.expired_at) == rec["expired_at"]
+            assert s.expired_at_us is not None and iso(s.expired_at_us) == rec["expired_at"]
     with d.client() as c:
         assert c.config("default_ttl") == {"default_ttl": 1234}
         assert c.create().ttl == 1234

@@ -171,7 +171,8 @@ def test_get_shows_a_session_past_its_deadline_as_expired(daemon: Daemon) -> Non
     with daemon.client() as c:
         c.import_sessions([Session(
             id="late", user="carol", status="active", ttl=60, meta={},
-            created_at=now - 120 * US, last_access=now - 120 * US, expires_at=now - 60 * US,
+            created_at_us=now - 120 * US, last_access_us=now - 120 * US,
+            expires_at_us=now - 60 * US,
         )])
     rec = session_of(shim(daemon, "get", "late"), status="expired")
     assert us(rec["expired_at"]) >= us(rec["expires_at"])
@@ -182,7 +183,7 @@ def test_set_stores_the_value_as_a_string_and_updates_last_access(daemon: Daemon
     sid = made.id
     rec = session_of(shim(daemon, "set", sid, "theme", "dark mode"))
     assert rec["meta"] == {"theme": "dark mode"}
-    assert us(rec["last_access"]) > made.last_access
+    assert us(rec["last_access"]) > made.last_access_us
     # Taken literally: a number stays a string, a leading dash is a value.
     rec = session_of(shim(daemon, "set", sid, "n", "42"))
     assert rec["meta"] == {"theme": "dark mode", "n": "42"}
@@ -223,7 +224,8 @@ def test_list_filters_limits_counts_and_shows_past_deadline_as_expired(daemon: D
     with daemon.client() as c:
         c.import_sessions([Session(
             id="late", user="carol", status="active", ttl=60, meta={},
-            created_at=now - 120 * US, last_access=now - 120 * US, expires_at=now - 60 * US,
+            created_at_us=now - 120 * US, last_access_us=now - 120 * US,
+            expires_at_us=now - 60 * US,
         )])
 
     def listing(*args: str) -> tuple[list[str], list[str]]:
@@ -263,7 +265,7 @@ def test_refresh_revives_and_resets_ttl_to_the_given_or_default_ttl(daemon: Daem
     # Legacy refresh: revives, and ttl becomes default_ttl (not the session's).
     rec = session_of(shim(daemon, "refresh", sid))
     assert rec["ttl"] == 777 and "expired_at" not in rec
-    assert us(rec["last_access"]) > made.last_access
+    assert us(rec["last_access"]) > made.last_access_us
     assert us(rec["expires_at"]) - us(rec["last_access"]) == 777 * US
     rec = session_of(shim(daemon, "refresh", sid, "--ttl", "90"))
     assert rec["ttl"] == 90 and us(rec["expires_at"]) - us(rec["last_access"]) == 90 * US

@@ -31,7 +31,7 @@ from sessiond.model import EMPTY_META, US, Record, Session
 from sessiond.records import put_line, put_lines
 from sessiond.replay import JournalDamaged, remove_leftovers, scan
 from sessiond.snapshot import HEAD_BYTES, SnapshotDamaged, SnapshotStale
-from tests.conftest import Daemon, run_sessiond
+from tests.conftest import Daemon, as_held, run_sessiond
 
 pytestmark = pytest.mark.local_only("the snapshot beside the journal")
 
@@ -527,7 +527,7 @@ def test_a_journal_edited_in_place_makes_the_snapshot_stale(daemon: Daemon) -> N
     with daemon.client() as c:
         populate(c)
         c.compact()
-        target = c.get("p1")
+        target = as_held(c.get("p1"))
     daemon.stop()
     # A valid line of the same length, in the part the snapshot stands for.
     line = put_line(target)

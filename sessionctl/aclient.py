@@ -1,0 +1,468 @@
+"""The Python client for asyncio and trio: ``AsyncClient``.
+
+The same operations as ``Client`` (written once, in ``sessionctl.operations``:
+here ``_submit`` returns a coroutine), the same errors and the same
+autostart rules, on anyio, so that one client serves asyncio and trio
+alike. The parts of a connection that do no I/O (frames, the checks of a
+hello, the words of a refusal, the paging of an import) are the blocking
+client's, in ``sessionctl.client``.
+
+This module alone imports anyio: ``import sessionctl``, ``Client`` and the
+command line never do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+
+from sessionctl import arguments
+from sessionctl.client import (
+    ENCODE_ERRORS,
+    IMPORT_PAGE_BYTES,
+    RECV_BYTES,
+    add_up,
+    autostart_off_by,
+    check_hello,
+    closed,
+    import_plan,
+    pop_frame,
+    python_advice,
+    refusal,
+)
+from sessionctl.operations import (
+    SESSION_KINDS,
+    Event,
+    EventReply,
+    Operations,
+    Session,
+    watch_request,
+)
+from sessionctl.pipeline import Batch
+from sessiond import model
+from sessiond.errors import DaemonUnavailable, SessionError, from_code
+from sessiond.protocol import (
+    PAGE_MAX,
+    PROTOCOL_VERSION,
+    ErrorReply,
+    Hello,
+    HelloReply,
+    ImportResult,
+    Request,
+    Response,
+    append_frame,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+T = TypeVar("T")
+# A pipeline's frames go out in pieces of this size, each within the
+# client's timeout (as the blocking pipeline's each poll is).
+_SEND_PIECE = 1 << 18
+
+
+class AsyncClient(Operations):
+    """A connection to sessiond for asyncio or trio, which tasks may share.
+
+    ``AsyncClient(socket, timeout=..., autostart=...)`` means what
+    ``Client(...)`` means, and makes no I/O: the connection opens at
+    ``async with AsyncClient() as c:`` (or ``await c.connect()``, or the
+    first request), starting a daemon when none answers as ``Client()``
+    does (the start itself runs in a worker thread). Every operation is a
+    coroutine: ``s = await c.get(sid)``.
+
+    One connection serves one request at a time: tasks that share a client
+    take turns (for requests in parallel, give each task a client of its
+    own). Opening raises ``DaemonUnavailable`` or ``Unsupported`` as
+    ``Client()`` does, and the operations raise what ``Client``'s raise.
+    Once closed (``aclose()``, or the end of its ``async with`` block),
+    every method raises ``ClientClosed``. ``server_version`` and
+    ``server_pid`` are the daemon's once the connection is open (``None``
+    before)."""
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = 30.0,
+        autostart: bool | None = None,
+    ) -> None:
+        from sessiond.paths import socket_location
+
+        arguments.timeout(timeout)
+        arguments.autostart(autostart)
+        self._where = socket_location(os.fspath(socket) if socket is not None else None)
+        self.timeout = timeout
+        self._autostart = autostart
+        self._closed = False
+        self._stream: anyio.abc.SocketStream | None = None
+        # Held for a whole round trip or pipeline, as Client's lock is.
+        self._lock = anyio.Lock()
+        self._new_id = itertools.count(1).__next__
+        self._buf = bytearray()
+        self.server_version: str | None = None
+        self.server_pid: int | None = None
+
+    @property
+    def path(self) -> Path:
+        """The socket this client connects to."""
+        from pathlib import Path
+
+        return Path(self._where)
+
+    # -- opening and closing ---------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection now (a request opens it otherwise). Raises
+        ``DaemonUnavailable``, ``Unsupported``, ``ClientClosed``."""
+        async with self._lock:
+            await self._open_locked()
+
+    async def _open_locked(self) -> anyio.abc.SocketStream:
+        if self._closed:
+            raise closed("AsyncClient", self._where)
+        if self._stream is not None:
+            return self._stream
+        stream = await self._connect(autostart_off_by(self._autostart))
+        self._stream = stream
+        try:
+            hello = await self._roundtrip_locked(
+                Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl")
+            )
+            assert isinstance(hello, HelloReply)
+            check_hello(hello, self._where)
+        except BaseException:
+            await self._drop()
+            raise
+        self.server_version = hello.server
+        self.server_pid = hello.pid
+        return stream
+
+    async def _connect(self, off_by: str | None, started: bool = False) -> anyio.abc.SocketStream:
+        """A connected stream; when nothing answers, a daemon started first
+        unless ``off_by`` says what turned that off."""
+        try:
+            with self._waiting():
+                return await anyio.connect_unix(self._where)
+        except TimeoutError as exc:  # an OSError too: first
+            raise DaemonUnavailable(
+                f"sessiond on {self._where} did not take the connection in time"
+            ) from exc
+        except OSError as exc:
+            error = refusal(self._where, exc, off_by, started, self._autostart_advice)
+            if error is not None:
+                raise error from exc
+        from sessionctl.autostart import start_daemon
+
+        await anyio.to_thread.run_sync(start_daemon, self.path)
+        return await self._connect(off_by, started=True)
+
+    def _autostart_advice(self, off_by: str) -> str:
+        return python_advice(type(self).__name__, off_by)
+
+    async def aclose(self) -> None:
+        """Close the connection (again: nothing happens). A call on the
+        client from then on raises ``ClientClosed``; one that another task
+        is waiting in ends with it."""
+        self._closed = True
+        await self._drop()
+
+    async def _drop(self) -> None:
+        """Close the connection, whatever it was in the middle of: the
+        next request opens another, unless the client is closed."""
+        stream, self._stream = self._stream, None
+        self._buf.clear()
+        if stream is not None:
+            await anyio.aclose_forcefully(stream)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed("AsyncClient", self._where)
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- frames ----------------------------------------------------------
+
+    def _waiting(self) -> AbstractContextManager[Any]:
+        """One wait for the daemon, within ``timeout`` (``TimeoutError``)."""
+        return nullcontext() if self.timeout is None else anyio.fail_after(self.timeout)
+
+    def _gone(self) -> SessionError:
+        """The error of a request whose connection is no more: closed by
+        ``aclose``, or dropped by a send cut short (in a pipeline, say)."""
+        if self._closed:
+            return closed("AsyncClient", self._where)
+        return DaemonUnavailable(f"the connection to {self._where} was cut off mid-request")
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> None:
+        stream = self._stream
+        if stream is None:
+            raise self._gone()
+        try:
+            for start in range(0, len(data), _SEND_PIECE):
+                with self._waiting():
+                    await stream.send(bytes(data[start : start + _SEND_PIECE]))
+        except BaseException as exc:
+            # Part of a frame may be out: the daemon would read what
+            # follows as garbage, so this connection is done with, whatever
+            # stopped the send (a timeout, a cancellation, the daemon).
+            error = await self._lost(exc)
+            await self._drop()
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _lost(self, exc: BaseException) -> SessionError | None:
+        """What a send that failed with ``exc`` raises (``None``: ``exc``
+        itself, a cancellation say): the client was closed, or the daemon
+        closed the connection (saying why, maybe)."""
+        if self._closed or isinstance(exc, anyio.ClosedResourceError):
+            return self._gone()
+        if isinstance(exc, TimeoutError):
+            return DaemonUnavailable(f"sessiond on {self._where} did not take the request in time")
+        if not isinstance(exc, (anyio.BrokenResourceError, OSError)):
+            return None
+        # The error the daemon closed the connection with (``busy``, say),
+        # if it sent one before closing: it is still there to read.
+        stream = self._stream
+        if stream is not None:
+            with anyio.move_on_after(0.5):
+                try:
+                    while True:
+                        self._buf += await stream.receive(RECV_BYTES)
+                        while (response := self._pop_frame()) is not None:
+                            if isinstance(response, ErrorReply) and response.id == 0:
+                                return from_code(response.code, response.message)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.BusyResourceError,
+                        OSError, SessionError):
+                    # Nothing (more) was said, or a pipeline's reading task
+                    # has the stream, and reads what was.
+                    pass
+        return DaemonUnavailable(f"connection to {self._where} lost: {exc}")
+
+    def _pop_frame(self) -> Response | None:
+        return pop_frame(self._buf, self._where)
+
+    async def _fill(self) -> None:
+        """Receive what the daemon has sent (waiting up to ``timeout``)."""
+        stream = self._stream
+        if stream is None:
+            raise self._gone()
+        try:
+            with self._waiting():
+                chunk = await stream.receive(RECV_BYTES)
+        except TimeoutError as exc:
+            raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
+        except anyio.ClosedResourceError as exc:
+            raise self._gone() from exc
+        except anyio.EndOfStream as exc:
+            if self._closed:
+                raise closed("AsyncClient", self._where) from exc
+            raise DaemonUnavailable(f"sessiond on {self._where} closed the connection") from exc
+        except (anyio.BrokenResourceError, OSError) as exc:
+            if self._closed:
+                raise closed("AsyncClient", self._where) from exc
+            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+        self._buf += chunk
+
+    async def _read_frame(self) -> Response:
+        while True:
+            response = self._pop_frame()
+            if response is not None:
+                return response
+            await self._fill()
+
+    async def _roundtrip(self, req: Request) -> Response:
+        async with self._lock:
+            await self._open_locked()
+            return await self._roundtrip_locked(req)
+
+    async def _roundtrip_locked(self, req: Request) -> Response:
+        req.id = self._new_id()
+        out = bytearray()
+        try:
+            append_frame(out, req)
+        except ENCODE_ERRORS as exc:
+            raise arguments.unsendable(req, exc) from exc
+        await self._send(out)
+        while True:
+            # An answer to a request whose wait was cancelled comes first,
+            # and is passed over.
+            response = await self._read_frame()
+            if response.id == req.id:
+                break
+            if isinstance(response, ErrorReply) and response.id == 0:
+                raise from_code(response.code, response.message)
+        if isinstance(response, ErrorReply):
+            raise from_code(response.code, response.message)
+        return response
+
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        # A coroutine of the value: what ``operation`` tells the type
+        # checker an AsyncClient's methods return. The arguments were
+        # checked already, at the call.
+        return self._call(req, convert)
+
+    async def _call(self, req: Request, convert: Callable[[Response], T]) -> T:
+        return convert(await self._roundtrip(req))
+
+    # -- higher level ----------------------------------------------------
+
+    async def iter_sessions(
+        self, *, status: str | None = None, user: str | None = None, page: int = PAGE_MAX
+    ) -> AsyncIterator[Session]:
+        """Every matching session, fetched ``page`` at a time (raises as
+        ``list_page`` does): ``async for s in c.iter_sessions(): ...``."""
+        cursor: str | None = None
+        while True:
+            sessions, cursor = await self.list_page(
+                status=status, user=user, limit=page, cursor=cursor
+            )
+            for s in sessions:
+                yield s
+            if cursor is None:
+                return
+
+    async def list(
+        self, *, status: str | None = None, user: str | None = None, limit: int | None = None
+    ) -> list[Session]:
+        """Matching sessions in creation order, at most ``limit`` (raises as
+        ``list_page`` does)."""
+        out: list[Session] = []
+        page = arguments.page_size(limit)
+        cursor: str | None = None
+        while limit is None or len(out) < limit:
+            sessions, cursor = await self.list_page(
+                status=status, user=user, limit=page, cursor=cursor
+            )
+            out.extend(sessions)
+            if cursor is None:
+                break
+        return out if limit is None else out[:limit]
+
+    async def import_sessions(self, sessions: Iterable[Session | model.Session]) -> ImportResult:
+        """Merge sessions from elsewhere, a page per request; the totals of
+        every page (see ``Client.import_sessions``, which raises alike)."""
+        total = ImportResult(reasons=[])
+        async for part in self.import_pages(sessions):
+            add_up(total, part)
+        return total
+
+    async def import_pages(
+        self, sessions: Iterable[Session | model.Session]
+    ) -> AsyncIterator[ImportResult]:
+        """Merge sessions a page at a time, yielding each page's result once
+        the daemon has committed it (see ``Client.import_pages``, which
+        raises alike)."""
+        arguments.sessions(sessions, SESSION_KINDS)
+        config = await self.config("max_frame_bytes")
+        limit = min(IMPORT_PAGE_BYTES, int(config["max_frame_bytes"]))
+        for item in import_plan(sessions, limit):
+            yield item if isinstance(item, ImportResult) else await self.import_page(item)
+
+    def pipeline(self) -> AsyncPipeline:
+        """Queue requests, send them all at once when the block ends, then
+        read the answers: ``async with c.pipeline() as p: a = p.get(x)``
+        ... ``a.result()``. Raises ``ClientClosed`` once the client is
+        closed; see ``AsyncPipeline``."""
+        self._check_open()
+        return AsyncPipeline(self)
+
+    async def watch(
+        self, *, user: str | None = None, after: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Events as they happen (of ``user``'s sessions, or everyone's;
+        in shared mode, after the event whose ``cursor`` is ``after``), on
+        a connection of their own: ``async for event in c.watch(): ...``,
+        until the generator is closed (``contextlib.aclosing`` closes it at
+        once when the loop is left). Raises ``ClientClosed`` once this
+        client is closed, and what opening a client raises when the new
+        connection cannot be made."""
+        self._check_open()
+        req = watch_request(user, after)
+        other = type(self)(self._where, timeout=None, autostart=self._autostart)
+        try:
+            first = await other._roundtrip(req)
+            assert isinstance(first, EventReply)
+            while True:
+                reply = await other._read_frame()
+                if isinstance(reply, ErrorReply):
+                    raise from_code(reply.code, reply.message)
+                assert isinstance(reply, EventReply)
+                yield reply.event
+        finally:
+            await other.aclose()
+
+
+class AsyncPipeline(Batch):
+    """Requests queued on an ``AsyncClient`` and sent together when the
+    ``async with`` block ends (or at ``await p.execute()``).
+
+    The same operations as ``AsyncClient``, not awaited: each returns a
+    ``Pending`` whose ``result()`` is the value (or raises the error) once
+    the pipeline is sent. A block left by an exception sends nothing."""
+
+    _client: AsyncClient
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__(client)
+
+    async def execute(self) -> None:
+        """Send everything queued and settle every ``Pending``, reading the
+        answers while the requests go out (see ``Pipeline.execute``, which
+        raises alike)."""
+        if not self._frames:
+            return
+        c = self._client
+        async with c._lock:
+            await c._open_locked()
+            data, waiting = self._take()
+            errors: list[SessionError] = []
+
+            async def send_all() -> None:
+                try:
+                    await c._send(data)
+                except SessionError as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+
+            # Errors are kept rather than raised in the task group, which
+            # would wrap them in an ExceptionGroup: the caller gets the
+            # one that stopped the pipeline, as from Pipeline.execute.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)
+                try:
+                    self._settle_received(waiting)
+                    while waiting:
+                        await c._fill()
+                        self._settle_received(waiting)
+                except SessionError as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+            if errors:
+                raise errors[0]
+
+    async def __aenter__(self) -> AsyncPipeline:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if t is None:
+            await self.execute()
