@@ -443,12 +443,17 @@ class Client(Operations):
 
         return Pipeline(self)
 
-    def watch(self, *, user: str | None = None) -> Iterator[Event]:
+    def watch(self, *, user: str | None = None, after: str | None = None) -> Iterator[Event]:
         """Events as they happen, on a connection of their own, until the
-        generator is closed."""
+        generator is closed. ``after``: the ``cursor`` of the last event
+        seen, to resume just after it (shared mode, where the engine keeps
+        the events: on any daemon of the namespace, even one restarted
+        since; a ``lagged`` event first if some are no longer kept). A
+        local daemon keeps no events and starts from now. Raises
+        ``InvalidRequest`` for a cursor that is not an event's."""
         other = type(self)(self._where, timeout=None, autostart=self._autostart)
         try:
-            first = other._roundtrip(Watch(id=0, user=user))
+            first = other._roundtrip(Watch(id=0, user=user, after=after))
             assert isinstance(first, EventReply)
             while True:
                 reply = other._read_frame()
