@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sessiond.errors import SessionError
-from sessiond.protocol import Event
+from sessiond.protocol import Event, StatsInfo
 from tests.conftest import Daemon
 
 
@@ -81,11 +81,18 @@ class Watching:
         def counted() -> bool:
             if self.error is not None:
                 raise AssertionError(f"the watch failed: {self.error!r}")
-            return bool(stats(d)["watchers"] >= 1)
+            return figures(d).watchers >= 1
 
         from tests.conftest import wait_until
 
         wait_until(counted, timeout, "the daemon to count the watcher")
+
+
+def figures(d: Daemon) -> StatsInfo:
+    """``Client.stats()`` of ``d`` (cheaper than a ``sessionctl`` run, for
+    polling)."""
+    with d.client() as c:
+        return c.stats()
 
 
 def stats(d: Daemon) -> dict[str, Any]:
