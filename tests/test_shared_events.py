@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sessiond.errors import DaemonUnavailable
+from sessiond.errors import DaemonUnavailable, InvalidRequest
 from sessiond.protocol import Event
 from tests.conftest import Daemon, wait_until
 from tests.fleet import Watching, engine_of, tag
@@ -148,3 +148,15 @@ def test_a_watch_behind_the_stream_s_retention_is_told_how_many_it_missed(
     assert lagged.dropped + len(rest) == total
     assert [e.session.meta["n"] for e in rest if e.session] == [
         str(j) for j in range(total - len(rest), total)]
+
+
+def test_a_watch_from_a_cursor_that_is_not_an_event_s_is_refused(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    a = make_daemon()
+    with a.client() as c:
+        with pytest.raises(InvalidRequest, match="cursor"):
+            next(c.watch(after="not-a-cursor"))
+        assert c.ping().pid == a.proc.pid  # type: ignore[union-attr]
+        assert c.stats().watchers == 0
+    assert "Traceback" not in a.log_text()

@@ -143,7 +143,15 @@ class SharedDispatcher:
             await self._flush(run, out)
             if isinstance(req, Watch):
                 watcher = StreamWatcher(self.store, req.user, req.after, self.watchers)
-                append_frame(out, await watcher.hello(req.id))
+                try:
+                    hello = await watcher.hello(req.id)
+                except SessionError as exc:
+                    # A cursor that is not an event's, the engine away: this
+                    # request is refused, the connection goes on.
+                    watcher.close()
+                    append_frame(out, _error(req.id, exc))
+                    continue
+                append_frame(out, hello)
                 return watcher, bad, used
             append_frame(out, await self._other(req))
         await self._flush(run, out)
