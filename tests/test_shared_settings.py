@@ -6,6 +6,7 @@ so; SIGHUP reads the namespace's settings again."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from collections.abc import Callable
@@ -89,6 +90,22 @@ def test_a_daemon_told_an_fsync_policy_refuses_to_start_naming_appendfsync(
     assert ("--fsync" if how == "flag" else "SESSIOND_FSYNC") in r.stderr
     assert "Traceback" not in r.stderr
     assert not d.socket.exists()
+
+
+def test_compact_succeeds_and_says_the_engine_persists_the_sessions(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    a = make_daemon()
+    with a.client() as c:
+        c.create()
+    human = a.ctl("compact")
+    assert human.returncode == 0, human.stderr
+    assert "persists the sessions itself" in human.stdout
+    assert "appendonly" in human.stdout
+    assert human.stderr == ""
+    data = json.loads(a.ctl("compact", "--json").stdout)
+    assert "persists the sessions itself" in data["note"]
+    assert data["sessions"] == 1
 
 
 def test_sighup_reads_the_namespace_s_settings_again(
