@@ -129,3 +129,26 @@ def test_sighup_reads_the_namespace_s_settings_again(
             assert c.create().ttl == 888
         r.hset(tag(a) + "config", "default_ttl", "999")
     wait_until(lambda: _setting(a, "default_ttl") == 999, 4, "the good value to be adopted")
+
+
+def test_a_namespace_setting_no_daemon_can_read_is_said_and_stops_none_of_them(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # A key of a newer sessiond, or a value written in the engine by hand:
+    # every daemon of the namespace reads it on the next change's event.
+    a = make_daemon()
+    b = make_daemon(namespace=a.namespace)
+    with engine_of(a) as r:
+        r.hset(tag(a) + "config", "future_key", "1")
+        assert a.ctl("config", "default_ttl", "600").returncode == 0
+        for d in (a, b):
+            wait_until(lambda d=d: "future_key" in d.log_text(), 5, "the refusal to be said")
+            assert d.ctl("ping").returncode == 0
+            assert d.proc is not None and d.proc.poll() is None
+            assert "Traceback" not in d.log_text()
+        r.hdel(tag(a) + "config", "future_key")
+        assert b.ctl("config", "default_ttl", "700").returncode == 0
+    for d in (a, b):
+        wait_until(lambda d=d: _setting(d, "default_ttl") == 700, 4, "the change to be adopted")
+        # Said once, not at every reading of the settings.
+        assert d.log_text().count("future_key") == 1
