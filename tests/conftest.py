@@ -9,7 +9,7 @@ gets a namespace of its own). A test about the journal, or otherwise about
 the local engine alone, is marked ``local_only("why")`` and runs once; one
 about shared mode alone, ``shared_only("why")``, runs on Redis and the Cluster.
 A test that damages or reconfigures its engine starts one of its own
-(``make_redis``) and points a daemon at it (``make_daemon(backend=...)``).
+(``make_redis``) and points daemons at it (``make_daemon_on(backend=...)``).
 
 Nothing here sleeps for a fixed time: every wait polls a condition against a
 deadline (``wait_until``).
@@ -299,11 +299,8 @@ class Daemon:
         return self.start(*args)
 
 
-@pytest.fixture
-def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
-    """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
-    test's engine and waits for it; ``namespace=`` shares another's;
-    ``backend=URL`` puts it on another engine (one of ``make_redis``'s)."""
+@contextlib.contextmanager
+def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
     counter = iter(range(1000))
 
@@ -313,6 +310,8 @@ def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon
         where = root or tmp_path / f"d{next(counter)}"
         where.mkdir(mode=0o700, exist_ok=True)
         on = engine if backend is None else Engine("own", backend)
+        if on is None:
+            raise AssertionError("make_daemon_on needs backend=URL (an engine of the test's own)")
         d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=on)
         if namespace is not None:
             d.namespace = namespace
@@ -321,11 +320,31 @@ def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon
             d.start()
         return d
 
-    yield make
-    for d in made:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(10)
+    try:
+        yield make
+    finally:
+        for d in made:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
+    """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
+    test's engine and waits for it; ``namespace=`` shares another's;
+    ``backend=URL`` puts it on another engine (one of ``make_redis``'s)."""
+    with _daemons(tmp_path, engine) as make:
+        yield make
+
+
+@pytest.fixture
+def make_daemon_on(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """``make_daemon`` for a test about an engine of its own (``make_redis``):
+    every daemon needs ``backend=URL``, and the test runs once, not once
+    per engine of the suite."""
+    with _daemons(tmp_path, None) as make:
+        yield make
 
 
 @contextlib.contextmanager

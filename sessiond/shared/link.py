@@ -28,6 +28,8 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sessiond.errors import BackendUnavailable, OutcomeUnknown, ReadOnly, SessionError
 from sessiond.shared.url import Backend
@@ -67,7 +69,7 @@ class Link:
         # RESP2: replies of one shape whatever redis-py's default (the
         # readers here take RESP3's too).
         probe = Redis(**b.client_kwargs(), socket_timeout=TIMEOUT,
-                      socket_connect_timeout=TIMEOUT, protocol=2)
+                      socket_connect_timeout=TIMEOUT, protocol=2, retry=_no_retry())
         try:
             with anyio.fail_after(TIMEOUT * 2):
                 info = await probe.info("cluster")
@@ -75,7 +77,7 @@ class Link:
             if not self.cluster:
                 pool = probe.connection_pool
                 self._class = pool.connection_class
-                self._kwargs = dict(pool.connection_kwargs)
+                self._kwargs = dict(pool.connection_kwargs, retry=_no_retry())
                 self.node = b.shown
                 return
             cluster = RedisCluster(
@@ -89,7 +91,7 @@ class Link:
                 if node is None:
                     raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
                 self._class = node.connection_class
-                self._kwargs = dict(node.connection_kwargs)
+                self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
                 self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
             finally:
                 await cluster.aclose()
@@ -210,6 +212,14 @@ class Link:
 
     async def _load_scripts(self) -> None:
         await self._round_trip([("SCRIPT", "LOAD", s) for s in self._scripts.values()], False)
+
+
+def _no_retry() -> Retry:
+    """No retries inside redis-py: its default tries a refused connection
+    again and again with backoff, so that an engine that is down (refused
+    at once) looked like one that does not answer (after the whole
+    deadline). The link fails the request; its client may try again."""
+    return Retry(NoBackoff(), 0)
 
 
 def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
