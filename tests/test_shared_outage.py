@@ -11,6 +11,7 @@ survives a kill) with a password, and damages it."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -139,6 +140,29 @@ def _answers(c: object, sid: str) -> bool:
     except BackendUnavailable:
         return False
     return True
+
+
+def test_stats_answers_while_the_engine_is_away_and_says_so(
+    engine_and_daemon: tuple[RedisNode, Daemon],
+) -> None:
+    node, d = engine_and_daemon
+    healthy = figures(d)
+    assert healthy.backend_ok is True and healthy.backend_error is None
+    node.kill()
+    r = d.ctl("stats", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["backend_ok"] is False
+    assert data["backend_error"]
+    _names_the_engine(data["backend"], node)
+    assert PASSWORD not in r.stdout
+    human = d.ctl("stats")
+    assert human.returncode == 0, human.stderr
+    assert "unreachable" in human.stdout
+    _names_the_engine(human.stdout, node)
+    node.start()
+    wait_until(lambda: figures(d).backend_ok, 10, "the engine's health to come back")
+    assert "unreachable" not in d.ctl("stats").stdout
 
 
 def test_timed_expiry_catches_up_after_a_pause_at_the_deadlines(
