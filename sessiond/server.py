@@ -26,7 +26,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from sessiond import __version__
 from sessiond.connection import Batches, Connections, Stop
-from sessiond.errors import Busy, InternalError
+from sessiond.errors import Busy, InternalError, SessionError
 from sessiond.events import EventSource
 from sessiond.live import Live
 from sessiond.protocol import StatsInfo, error_frame
@@ -250,7 +250,15 @@ class Server:
 
                 tg.start_soon(until_closed)
                 while not self.connections.stopping:
-                    data = await watcher.next()
+                    try:
+                        data = await watcher.next()
+                    except SessionError as exc:
+                        # The source failed (the shared engine is away): the
+                        # client is told why and the watch ends, as it does
+                        # when the daemon stops; it may resume at the cursor
+                        # of the last event it saw.
+                        await self._send_last(stream, error_frame(0, exc))
+                        break
                     if data:
                         # No send timeout here: a watcher that stops reading
                         # blocks only this task, its bounded queue overflows

@@ -19,7 +19,7 @@ import pytest
 
 from sessiond.errors import BackendUnavailable, OutcomeUnknown
 from tests.conftest import Daemon, wait_until
-from tests.fleet import fails, figures
+from tests.fleet import Watching, fails, figures
 from tests.redis_servers import RedisNode
 
 PASSWORD = "outage-S3cret-pw"
@@ -183,3 +183,19 @@ def test_timed_expiry_catches_up_after_a_pause_at_the_deadlines(
         for s in sessions:
             now = c.get(s.id)
             assert now.status == "expired" and now.expired_at == s.expires_at
+
+
+def test_a_watch_ends_saying_the_engine_is_away(
+    engine_and_daemon: tuple[RedisNode, Daemon],
+) -> None:
+    node, d = engine_and_daemon
+    w = Watching(d)
+    w.started(d)
+    node.kill()
+    wait_until(lambda: w.error is not None, 10, "the watch to end")
+    assert isinstance(w.error, BackendUnavailable), repr(w.error)
+    _names_the_engine(str(w.error), node)
+    assert "Traceback" not in d.log_text()
+    r = d.ctl("watch")
+    assert r.returncode == 3
+    _names_the_engine(r.stderr, node)
