@@ -1,5 +1,5 @@
 """Shared mode with an engine that refuses writes: out of memory, a
-read-only replica. Each is ``read_only`` (exit 1)
+read-only replica, a failed save (MISCONF). Each is ``read_only`` (exit 1)
 with the engine's reason, reads are still answered, and nothing was
 changed. An engine that may evict keys to make room is refused at start.
 
@@ -7,7 +7,9 @@ Each test runs a Redis of its own and reconfigures it."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from sessiond.errors import ReadOnly
 from tests.conftest import Daemon, wait_until
@@ -22,6 +24,7 @@ def _refused(d: Daemon, sid: str, reason: str) -> None:
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("sessionctl: error: ") and r.stderr.count("\n") == 1
     assert "refuses writes" in r.stderr and reason in r.stderr, r.stderr
+    assert "@user_script" not in r.stderr  # where in our script: nothing for people
     assert r.stdout == ""
     with d.client() as c:
         exc = fails(lambda: c.create())
@@ -63,6 +66,28 @@ def test_a_read_only_replica_refuses_writes_with_its_reason(
     with on_replica.client() as c:
         wait_until(lambda: c.get(sid).version == 2, 10, "the session to be replicated")
     _refused(on_replica, sid, "read only replica")
+
+
+def test_an_engine_that_cannot_save_refuses_writes_with_its_reason(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    node = make_redis(extra=("--dir", str(data)))
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        sid = c.create().id
+        c.set(sid, "k", "before")
+    # A save that fails (its directory is gone) with a save point set: the
+    # engine stops taking writes (stop-writes-on-bgsave-error).
+    shutil.rmtree(data)
+    node.cli("CONFIG", "SET", "save", "3600 1")
+    node.cli("BGSAVE")
+    wait_until(lambda: "rdb_last_bgsave_status:err" in node.cli("INFO", "persistence"), 15,
+               "the save to fail")
+    _refused(d, sid, "MISCONF")
+    assert "Traceback" not in d.log_text()
 
 
 def test_an_engine_that_may_evict_sessions_is_refused_at_start(

@@ -19,6 +19,7 @@ out of memory, a failed save) become ``ReadOnly`` with the engine's reason.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +44,8 @@ MAX_CONNECTIONS = 16
 Command = Sequence[str | bytes | int | float]
 # Refusals to write, as redis-py names them: the engine's reason is passed on.
 _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
+# What the engine adds to an error raised inside a script.
+_IN_SCRIPT = re.compile(r"\s*script: \w+, on @user_script:\d+\.?\s*$")
 
 
 class Link:
@@ -125,8 +128,8 @@ class Link:
                 await self._load_scripts()
                 continue
             for e in errors:
-                if isinstance(e, _REFUSALS):
-                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {e}")
+                if _refuses_writes(e):
+                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {_reason(e)}")
             return replies
         raise AssertionError("unreachable")
 
@@ -212,6 +215,18 @@ class Link:
 
     async def _load_scripts(self) -> None:
         await self._round_trip([("SCRIPT", "LOAD", s) for s in self._scripts.values()], False)
+
+
+def _refuses_writes(error: rx.ResponseError) -> bool:
+    """Whether ``error`` is the engine refusing to write (not a bug of
+    ours). MISCONF, a save that failed under stop-writes-on-bgsave-error,
+    has no class of its own in redis-py."""
+    return isinstance(error, _REFUSALS) or str(error).startswith("MISCONF")
+
+
+def _reason(error: rx.ResponseError) -> str:
+    """The engine's reason, without where in our script it was raised."""
+    return _IN_SCRIPT.sub("", str(error))
 
 
 def _no_retry() -> Retry:
