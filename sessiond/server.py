@@ -34,6 +34,8 @@ from sessiond.protocol import StatsInfo, error_frame
 log = logging.getLogger("sessiond.server")
 
 ACCEPT_BACKOFF_MAX = 0.25
+# How long a watch that ended with an error waits for its client to hang up.
+LAST_WORD_GRACE = 2.0
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
 
@@ -256,8 +258,14 @@ class Server:
                         # The source failed (the shared engine is away): the
                         # client is told why and the watch ends, as it does
                         # when the daemon stops; it may resume at the cursor
-                        # of the last event it saw.
+                        # of the last event it saw. The client hangs up on
+                        # the error, which ends the watch (until_closed):
+                        # cancelling that receive just as the hang-up
+                        # arrives trips a race in anyio's socket reader
+                        # (InvalidStateError logged by the loop).
                         await self._send_last(stream, error_frame(0, exc))
+                        with anyio.move_on_after(LAST_WORD_GRACE):
+                            await anyio.sleep_forever()
                         break
                     if data:
                         # No send timeout here: a watcher that stops reading
