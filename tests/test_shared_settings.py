@@ -15,8 +15,9 @@ import pytest
 
 from tests.conftest import SESSIOND, Daemon, wait_until
 from tests.fleet import engine_of, tag
+from tests.redis_servers import RedisNode
 
-pytestmark = pytest.mark.shared_only("the namespace's settings, kept in the engine")
+SHARED = pytest.mark.shared_only("the namespace's settings, kept in the engine")
 
 
 def _setting(d: Daemon, key: str) -> object:
@@ -24,6 +25,7 @@ def _setting(d: Daemon, key: str) -> object:
         return c.config(key)[key]
 
 
+@SHARED
 def test_a_setting_changed_on_one_host_is_in_force_on_another_within_a_second(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -42,6 +44,7 @@ def test_a_setting_changed_on_one_host_is_in_force_on_another_within_a_second(
     assert _setting(late, "default_ttl") == 4321
 
 
+@SHARED
 def test_a_setting_written_in_the_engine_without_its_event_is_adopted_too(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -58,9 +61,11 @@ def test_a_setting_written_in_the_engine_without_its_event_is_adopted_too(
     ("compact_growth_percent", "auto-aof-rewrite-percentage"),
 ])
 def test_config_of_what_the_engine_persists_by_is_refused_naming_its_setting(
-    make_daemon: Callable[..., Daemon], key: str, engine_setting: str,
+    make_daemon_on: Callable[..., Daemon], redis_single: RedisNode, key: str,
+    engine_setting: str,
 ) -> None:
-    a = make_daemon()
+    # Once: refused before anything reaches the engine.
+    a = make_daemon_on(backend=redis_single.url)
     value = "always" if key == "fsync" else "50"
     before = _setting(a, key)
     r = a.ctl("config", key, value)
@@ -75,9 +80,10 @@ def test_config_of_what_the_engine_persists_by_is_refused_naming_its_setting(
 
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_a_daemon_told_an_fsync_policy_refuses_to_start_naming_appendfsync(
-    make_daemon: Callable[..., Daemon], how: str,
+    make_daemon_on: Callable[..., Daemon], redis_single: RedisNode, how: str,
 ) -> None:
-    d = make_daemon(start=False)
+    # Once: refused before the engine is reached.
+    d = make_daemon_on(backend=redis_single.url, start=False)
     args = [SESSIOND, *d.engine_args]
     env = d.env
     if how == "flag":
@@ -92,6 +98,7 @@ def test_a_daemon_told_an_fsync_policy_refuses_to_start_naming_appendfsync(
     assert not d.socket.exists()
 
 
+@SHARED
 def test_compact_succeeds_and_says_the_engine_persists_the_sessions(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -108,6 +115,7 @@ def test_compact_succeeds_and_says_the_engine_persists_the_sessions(
     assert data["sessions"] == 1
 
 
+@SHARED
 def test_sighup_reads_the_namespace_s_settings_again(
     make_daemon: Callable[..., Daemon],
 ) -> None:
@@ -131,6 +139,7 @@ def test_sighup_reads_the_namespace_s_settings_again(
     wait_until(lambda: _setting(a, "default_ttl") == 999, 4, "the good value to be adopted")
 
 
+@SHARED
 def test_a_namespace_setting_no_daemon_can_read_is_said_and_stops_none_of_them(
     make_daemon: Callable[..., Daemon],
 ) -> None:
