@@ -560,9 +560,13 @@ class Client(Operations):
         return Pipeline(self)
 
     def watch(self, *, user: str | None = None, after: str | None = None) -> Iterator[Event]:
-        """Events as they happen (of ``user``'s sessions, or everyone's;
-        in shared mode, after the event whose ``cursor`` is ``after``), on
-        a connection of their own, until the generator is closed. Raises
+        """Events as they happen, on a connection of their own, until the
+        generator is closed. ``after``: the ``cursor`` of the last event
+        seen, to resume just after it (shared mode, where the engine keeps
+        the events: on any daemon of the namespace, even one restarted
+        since; a ``lagged`` event first if some are no longer kept). A
+        local daemon keeps no events and starts from now. Raises
+        ``InvalidRequest`` for a cursor that is not an event's,
         ``ClientClosed`` once this client is closed, and what ``Client()``
         raises when the new connection cannot be made."""
         self._check_open()

@@ -276,7 +276,10 @@ def h_compact(c: Client, args: Args) -> int:
     import msgspec
 
     r = c.compact()
+    # A note replaces the sizes where there was nothing to compact (the
+    # shared engine persists the sessions itself).
     emit(args, msgspec.to_builtins(r), lambda: (
+        f"compact: {render.escape(r.note)}" if r.note is not None else
         f"compacted: {render.human_bytes(r.bytes_before)} -> {render.human_bytes(r.bytes_after)}, "
         f"{plural(r.sessions, 'session')} kept, {r.seconds:.3f}s"
     ))

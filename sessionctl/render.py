@@ -240,4 +240,12 @@ def stats_fields(st: StatsInfo, now: int) -> str:
     ]
     if st.read_only is not None:
         rows.append(("compaction needs", f"{human_bytes(st.compaction_needs_bytes)} free"))
+    if st.backend is not None:
+        # Shared mode: the engine's health (the counts above are zeros
+        # while it is away) and whether this daemon runs the expiries.
+        rows.append(("backend", st.backend))
+        rows.append(("backend health", "ok" if st.backend_ok else
+                     f"unreachable: {st.backend_error or 'no reason given'}"))
+        rows.append(("expiry lease", "held here" if st.expiry_lease else
+                     "held by another daemon" if st.backend_ok else "not held here"))
     return fields(rows)

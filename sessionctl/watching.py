@@ -8,6 +8,9 @@ watching; it says so in one line on stderr, since the events in between
 were missed. It never starts a daemon to reconnect to: one stopped on
 purpose (to run ``sessiond --repair``, say) must stay stopped. Past the
 timeout, or at once with ``--no-reconnect``, it ends with exit status 3.
+A shared daemon whose engine is away is not a lost connection: the daemon
+answers, and would refuse a watch again at once, so the watch ends there,
+with exit status 3 and the engine's own words.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sessionctl.client import Client
 from sessionctl.handlers import CliClient, plural
 from sessionctl.operations import Event
 from sessionctl.registry import EXIT_OK, Args, out
-from sessiond.errors import Busy, DaemonUnavailable
+from sessiond.errors import BackendUnavailable, Busy, DaemonUnavailable
 from sessiond.model import iso
 
 # What a lost connection looks like, and what a daemon on its way up or
@@ -84,6 +87,8 @@ def h_watch(c: Client, args: Args) -> int:
                     if ev.cursor is not None:
                         cursor = ev.cursor
                 return EXIT_OK
+            except BackendUnavailable:
+                raise
             except LOST as exc:
                 if args.no_reconnect:
                     raise

@@ -28,7 +28,9 @@ log = logging.getLogger("sessiond.server")
 
 class EventSource(Protocol):
     """What the server streams to a ``watch`` client: frames of events,
-    each call waiting for the next ones."""
+    each call waiting for the next ones. ``next`` raises ``SessionError``
+    when the events cannot be had (the shared engine away): the watch ends
+    with that error."""
 
     async def next(self) -> bytes: ...
 

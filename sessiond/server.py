@@ -26,7 +26,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from sessiond import __version__
 from sessiond.connection import Batches, Connections, Stop
-from sessiond.errors import Busy, InternalError
+from sessiond.errors import Busy, InternalError, SessionError
 from sessiond.events import EventSource
 from sessiond.live import Live
 from sessiond.protocol import StatsInfo, error_frame
@@ -34,6 +34,8 @@ from sessiond.protocol import StatsInfo, error_frame
 log = logging.getLogger("sessiond.server")
 
 ACCEPT_BACKOFF_MAX = 0.25
+# How long a watch that ended with an error waits for its client to hang up.
+LAST_WORD_GRACE = 2.0
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _PEERCRED = struct.Struct("3i")
 
@@ -255,7 +257,21 @@ class Server:
 
                 tg.start_soon(until_closed)
                 while not self.connections.stopping:
-                    data = await watcher.next()
+                    try:
+                        data = await watcher.next()
+                    except SessionError as exc:
+                        # The source failed (the shared engine is away): the
+                        # client is told why and the watch ends, as it does
+                        # when the daemon stops; it may resume at the cursor
+                        # of the last event it saw. The client hangs up on
+                        # the error, which ends the watch (until_closed):
+                        # cancelling that receive just as the hang-up
+                        # arrives trips a race in anyio's socket reader
+                        # (InvalidStateError logged by the loop).
+                        await self._send_last(stream, error_frame(0, exc))
+                        with anyio.move_on_after(LAST_WORD_GRACE):
+                            await anyio.sleep_forever()
+                        break
                     if data:
                         # No send timeout here: a watcher that stops reading
                         # blocks only this task, its bounded queue overflows

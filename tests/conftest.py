@@ -6,7 +6,10 @@ own through ``engine``) runs three times: against the local engine, against
 one real Redis, and against a real three-master Redis Cluster
 (``tests/redis_servers.py``; the servers start once per run, and each daemon
 gets a namespace of its own). A test about the journal, or otherwise about
-the local engine alone, is marked ``local_only("why")`` and runs once.
+the local engine alone, is marked ``local_only("why")`` and runs once; one
+about shared mode alone, ``shared_only("why")``, runs on Redis and the Cluster.
+A test that damages or reconfigures its engine starts one of its own
+(``make_redis``) and points daemons at it (``make_daemon_on(backend=...)``).
 
 Nothing here sleeps for a fixed time: every wait polls a condition against a
 deadline (``wait_until``).
@@ -60,6 +63,9 @@ def no_autostart_in_this_process() -> Iterator[None]:
 # -- engines -----------------------------------------------------------------
 
 ENGINES = ("local", "redis", "cluster")
+# A test about shared mode itself (tests/test_shared_*.py) is marked
+# ``shared_only("why")`` and runs against one Redis and the Cluster.
+SHARED_ENGINES = ("redis", "cluster")
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,9 @@ class Engine:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         local_only = metafunc.definition.get_closest_marker("local_only")
-        names = ["local"] if local_only is not None else list(ENGINES)
+        shared_only = metafunc.definition.get_closest_marker("shared_only")
+        names = (["local"] if local_only is not None
+                 else list(SHARED_ENGINES) if shared_only is not None else list(ENGINES))
         metafunc.parametrize("engine", names, indirect=True, scope="module")
 
 
@@ -94,6 +102,23 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def make_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisNode]]:
+    """Factory: ``make_redis(**RedisNode options)`` starts a Redis of the
+    test's own (to stop, pause, reconfigure or lock with a password),
+    stopped at the test's end."""
+    made: list[RedisNode] = []
+
+    def make(**options: Any) -> RedisNode:
+        node = RedisNode(tmp_path_factory.mktemp("own-redis"), **options)
+        made.append(node)
+        return node.start()
+
+    yield make
+    for node in made:
+        node.stop()
 
 
 @pytest.fixture(scope="module")
@@ -275,18 +300,20 @@ class Daemon:
         return self.start(*args)
 
 
-@pytest.fixture
-def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
-    """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
-    test's engine and waits for it; ``namespace=`` shares another's."""
+@contextlib.contextmanager
+def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Daemon]]:
     made: list[Daemon] = []
     counter = iter(range(1000))
 
     def make(*args: str, env: dict[str, str] | None = None, start: bool = True,
-             root: Path | None = None, namespace: str | None = None) -> Daemon:
+             root: Path | None = None, namespace: str | None = None,
+             backend: str | None = None) -> Daemon:
         where = root or tmp_path / f"d{next(counter)}"
         where.mkdir(mode=0o700, exist_ok=True)
-        d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=engine)
+        on = engine if backend is None else Engine("own", backend)
+        if on is None:
+            raise AssertionError("make_daemon_on needs backend=URL (an engine of the test's own)")
+        d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=on)
         if namespace is not None:
             d.namespace = namespace
         made.append(d)
@@ -294,11 +321,31 @@ def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon
             d.start()
         return d
 
-    yield make
-    for d in made:
-        if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(10)
+    try:
+        yield make
+    finally:
+        for d in made:
+            if d.proc is not None and d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
+    """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
+    test's engine and waits for it; ``namespace=`` shares another's;
+    ``backend=URL`` puts it on another engine (one of ``make_redis``'s)."""
+    with _daemons(tmp_path, engine) as make:
+        yield make
+
+
+@pytest.fixture
+def make_daemon_on(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """``make_daemon`` for a test about an engine of its own (``make_redis``):
+    every daemon needs ``backend=URL``, and the test runs once, not once
+    per engine of the suite."""
+    with _daemons(tmp_path, None) as make:
+        yield make
 
 
 @contextlib.contextmanager

@@ -77,6 +77,7 @@ class RedisNode:
         unix: bool = False,
         cluster: bool = False,
         appendonly: bool = False,
+        password: str | None = None,
         extra: tuple[str, ...] = (),
     ) -> None:
         self.root = root
@@ -85,6 +86,7 @@ class RedisNode:
         self.unix = unix
         self.cluster = cluster
         self.appendonly = appendonly
+        self.password = password  # requirepass: redis-cli here gives it, URLs do not
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -115,6 +117,8 @@ class RedisNode:
         ]
         if self.unix:
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "600"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.cluster:
             args += [
                 "--cluster-enabled", "yes",
@@ -134,6 +138,8 @@ class RedisNode:
     def cli(self, *args: str, check: bool = True) -> str:
         where = (["-s", str(self.socket_path)] if self.unix
                  else ["-h", "127.0.0.1", "-p", str(self.port)])
+        if self.password is not None:
+            where += ["-a", self.password, "--no-auth-warning"]
         r = subprocess.run(
             [binary("redis-cli"), *where, *args], capture_output=True, text=True,
             timeout=30, check=False,

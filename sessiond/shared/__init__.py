@@ -51,11 +51,12 @@ class SharedEngine:
         self.live = live
         self.dispatcher = SharedDispatcher(store, live)
         self.reaper = Reaper(store, live)
-        self.reader = NamespaceReader(store, self.dispatcher.reload, self.reaper.hint)
+        self.reader = NamespaceReader(store, self._reload, self.reaper.hint)
         live.listen(self._settings_changed)
         store.maxlen = live.settings.event_retention
         self._sessions = 0
         self.appendfsync: str | None = None
+        self._unreadable: str | None = None  # why the settings cannot be read, said once
 
     def _settings_changed(self, settings: config.Settings) -> None:
         self.store.maxlen = settings.event_retention
@@ -69,12 +70,28 @@ class SharedEngine:
     async def _poll_settings(self) -> None:
         while True:
             await anyio.sleep(SETTINGS_POLL)
-            try:
-                layers = await scans.namespace_layers(self.store, self.live.layers)
-            except SessionError:
-                continue  # the engine is away (said by the link) or a bad value (said at reload)
-            if layers.settings != self.live.settings:
-                await self.dispatcher.adopt(layers)
+            await self._reload()
+
+    async def _reload(self) -> None:
+        """The namespace's settings read again (another daemon changed one,
+        or the poll). One this daemon cannot read (a bad value written in
+        the engine by hand, a key of a newer sessiond) is said, once, and
+        the settings in force are kept: it must not stop the daemon, nor
+        with it every daemon of the namespace, which all read it."""
+        try:
+            layers = await scans.namespace_layers(self.store, self.live.layers)
+        except ConfigError as exc:
+            if self._unreadable != str(exc):
+                log.error("settings not reloaded, those in force kept: %s", exc)
+                self._unreadable = str(exc)
+            return
+        except SessionError:
+            return  # the engine is away: the reaper says so, and requests fail
+        if self._unreadable is not None:
+            log.info("the namespace's settings are readable again")
+            self._unreadable = None
+        if layers != self.live.layers:
+            await self.dispatcher.adopt(layers)
 
     async def figures(self, now: int) -> dict[str, Any]:
         """Stats: the namespace's counts from the engine, this daemon's

@@ -21,9 +21,12 @@ sent and not answered, says that its outcome is unknown.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import anyio
 
 from sessiond import config
 from sessiond.dispatch import guess_id, no_stop
@@ -79,8 +82,16 @@ log = logging.getLogger("sessiond.shared")
 ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
 # Answered by the daemon alone.
 OWN = frozenset({Hello, Ping, ConfigGet, Shutdown})
-# How often a request whose records keep changing under it is run again.
-AGAIN = 16
+# How long a request whose records keep changing under it is run again
+# before it is refused (Conflict). Each round of a race on a record has a
+# winner, so a request loses round after round only while others keep
+# writing that record: a count of tries would fail a plain ``set`` among a
+# handful of busy writers; seconds bound only how long it may be held.
+AGAIN_SECONDS = 2.0
+# Between tries, a random pause of up to this much, doubling from a
+# millisecond: requests that lost to the same winner do not meet again
+# at once.
+AGAIN_PAUSE_MAX = 0.02
 
 
 class _OnView:
@@ -134,7 +145,15 @@ class SharedDispatcher:
             await self._flush(run, out)
             if isinstance(req, Watch):
                 watcher = StreamWatcher(self.store, req.user, req.after, self.watchers)
-                append_frame(out, await watcher.hello(req.id))
+                try:
+                    hello = await watcher.hello(req.id)
+                except SessionError as exc:
+                    # A cursor that is not an event's, the engine away: this
+                    # request is refused, the connection goes on.
+                    watcher.close()
+                    append_frame(out, _error(req.id, exc))
+                    continue
+                append_frame(out, hello)
                 return watcher, bad, used
             append_frame(out, await self._other(req))
         await self._flush(run, out)
@@ -206,8 +225,11 @@ class SharedDispatcher:
     async def _again(self, req: Request) -> Response:
         """Run ``req`` alone until its commit finds its records as it read
         them (another daemon changed them meanwhile)."""
-        for _ in range(AGAIN):
-            sid = getattr(req, "sid", None)
+        sid = getattr(req, "sid", None)
+        deadline = time.monotonic() + AGAIN_SECONDS
+        tries = 0
+        while True:
+            tries += 1
             try:
                 now, records = await self.store.fetch([sid] if sid else [])
                 reply, made = self._apply(View(rules_of(self.live.settings), records), req, now)
@@ -215,10 +237,12 @@ class SharedDispatcher:
                     return reply
             except SessionError as exc:
                 return _error(req.id, exc)
-        return _error(req.id, Conflict(
-            f"session {getattr(req, 'sid', '')} kept changing under this request "
-            f"({AGAIN} tries); try again"
-        ))
+            if time.monotonic() >= deadline:
+                return _error(req.id, Conflict(
+                    f"session {sid} kept changing under this request ({tries} tries in "
+                    f"{AGAIN_SECONDS:g}s); try again"
+                ))
+            await anyio.sleep(random.uniform(0, min(0.001 * 2**tries, AGAIN_PAUSE_MAX)))
 
     async def _refused(self, run: list[Request], exc: SessionError) -> list[Response]:
         """The commit of a run failed: what each request is told."""

@@ -19,6 +19,7 @@ out of memory, a failed save) become ``ReadOnly`` with the engine's reason.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,8 @@ from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from sessiond.errors import BackendUnavailable, OutcomeUnknown, ReadOnly, SessionError
 from sessiond.shared.url import Backend
@@ -41,6 +44,8 @@ MAX_CONNECTIONS = 16
 Command = Sequence[str | bytes | int | float]
 # Refusals to write, as redis-py names them: the engine's reason is passed on.
 _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
+# What the engine adds to an error raised inside a script.
+_IN_SCRIPT = re.compile(r"\s*script: \w+, on @user_script:\d+\.?\s*$")
 
 
 class Link:
@@ -67,7 +72,7 @@ class Link:
         # RESP2: replies of one shape whatever redis-py's default (the
         # readers here take RESP3's too).
         probe = Redis(**b.client_kwargs(), socket_timeout=TIMEOUT,
-                      socket_connect_timeout=TIMEOUT, protocol=2)
+                      socket_connect_timeout=TIMEOUT, protocol=2, retry=_no_retry())
         try:
             with anyio.fail_after(TIMEOUT * 2):
                 info = await probe.info("cluster")
@@ -75,7 +80,7 @@ class Link:
             if not self.cluster:
                 pool = probe.connection_pool
                 self._class = pool.connection_class
-                self._kwargs = dict(pool.connection_kwargs)
+                self._kwargs = dict(pool.connection_kwargs, retry=_no_retry())
                 self.node = b.shown
                 return
             cluster = RedisCluster(
@@ -89,7 +94,7 @@ class Link:
                 if node is None:
                     raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
                 self._class = node.connection_class
-                self._kwargs = dict(node.connection_kwargs)
+                self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
                 self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
             finally:
                 await cluster.aclose()
@@ -123,8 +128,8 @@ class Link:
                 await self._load_scripts()
                 continue
             for e in errors:
-                if isinstance(e, _REFUSALS):
-                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {e}")
+                if _refuses_writes(e):
+                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {_reason(e)}")
             return replies
         raise AssertionError("unreachable")
 
@@ -210,6 +215,26 @@ class Link:
 
     async def _load_scripts(self) -> None:
         await self._round_trip([("SCRIPT", "LOAD", s) for s in self._scripts.values()], False)
+
+
+def _refuses_writes(error: rx.ResponseError) -> bool:
+    """Whether ``error`` is the engine refusing to write (not a bug of
+    ours). MISCONF, a save that failed under stop-writes-on-bgsave-error,
+    has no class of its own in redis-py."""
+    return isinstance(error, _REFUSALS) or str(error).startswith("MISCONF")
+
+
+def _reason(error: rx.ResponseError) -> str:
+    """The engine's reason, without where in our script it was raised."""
+    return _IN_SCRIPT.sub("", str(error))
+
+
+def _no_retry() -> Retry:
+    """No retries inside redis-py: its default tries a refused connection
+    again and again with backoff, so that an engine that is down (refused
+    at once) looked like one that does not answer (after the whole
+    deadline). The link fails the request; its client may try again."""
+    return Retry(NoBackoff(), 0)
 
 
 def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
