@@ -133,8 +133,10 @@ def test_the_wheel_metadata_declares_the_license_and_the_pythons(
         extra = re.search(r'extra == "(\w+)"', req)
         if name and extra:
             by_extra.setdefault(extra.group(1), set()).add(name.group(0))
-    # (redis-py: the suite runs shared mode against real Redis servers.)
-    assert by_extra["test"] == {"pytest", "hypothesis", "pytest-timeout", "redis", "hiredis"}
+    # (redis-py: the suite runs shared mode against real Redis servers;
+    # trio: AsyncClient is tested under trio as well as asyncio.)
+    assert by_extra["test"] == {"pytest", "hypothesis", "pytest-timeout", "redis", "hiredis",
+                                 "trio"}
     assert by_extra["dev"] == {"ruff", "mypy"}
     assert by_extra["shared"] == {"redis", "hiredis"}
 
