@@ -141,6 +141,32 @@ def test_bench_runs_a_slow_anchor_when_allowed_and_warns_in_the_header(tmp_path:
     assert "pure-Python parser" in machine["redis"]
 
 
+def _without_redis_server() -> dict[str, str]:
+    """An environment whose PATH has no redis-server: the venv's own
+    executables alone (the bench needs nothing else)."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent)
+    return env
+
+
+@pytest.mark.parametrize(("flags", "env", "reason"), [
+    (["--no-redis"], None, "--no-redis leaves out every Redis"),
+    ([], _without_redis_server(), "redis-server is not on PATH (apt-get install redis-server)"),
+])
+def test_bench_shared_case_is_skipped_saying_why_where_it_has_no_redis(
+    tmp_path: Path, flags: list[str], env: dict[str, str] | None, reason: str
+) -> None:
+    out = tmp_path / "bench.json"
+    result = run_bench("--quick", "--only", "shared", *flags, "--json", str(out), env=env,
+                       timeout=120)
+    # A skipped case fails nothing.
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["case"] == "shared" and row["status"] == "skipped"
+    assert row["note"].startswith(reason), row["note"]
+    assert "SKIPPED" in result.stdout and reason in result.stdout
+
+
 # -- statistics ------------------------------------------------------------
 
 

@@ -202,9 +202,32 @@ def _speed(ctx: Ctx, c: Client, r: Any) -> None:
                 .want_ratio(at_least=at_least))
 
 
-def _memory_usage(r: Any, key: str) -> int:
+def _memory_usage(r: Any, key: str | bytes) -> int | None:
     # SAMPLES 0: every element counted, not an estimate from five.
-    return int(r.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0") or 0)
+    used = r.execute_command("MEMORY", "USAGE", key, "SAMPLES", "0")
+    return None if used is None else int(used)
+
+
+def _breakdown(r: Any, ours_ids: list[str], total: int) -> str:
+    """Where ours goes, in bytes a session: a session's hash (the mean of a
+    sample), and each other key of the namespace (its indexes, counters,
+    event stream) over every session in it, found by SCAN so that a change
+    of the engine's layout is shown rather than missed."""
+    sample = ours_ids[:: max(len(ours_ids) // 100, 1)]
+    sizes = [_memory_usage(r, OURS_PREFIX + sid) for sid in sample]
+    if None in sizes:
+        raise BenchError(f"the daemon's sessions are not at {OURS_PREFIX}<id> (the engine's "
+                         "key layout changed): update the bench's OURS_PREFIX")
+    parts = [f"a session's hash {sum(s or 0 for s in sizes) / len(sample):.0f}"]
+    tag = "sd:{" + NAMESPACE + "}:"
+    for key in sorted(r.scan_iter(match=tag + "*", count=10_000)):
+        name = key.decode()
+        if name.startswith(OURS_PREFIX):
+            continue
+        used = _memory_usage(r, key) or 0
+        if used / total >= 0.5:
+            parts.append(f"{name.removeprefix(tag)} {used / total:.0f}")
+    return ", ".join(parts)
 
 
 def _memory(ctx: Ctx, c: Client, r: Any) -> None:
@@ -221,29 +244,28 @@ def _memory(ctx: Ctx, c: Client, r: Any) -> None:
     end = used_memory(r)
     ours, direct = (mid - base) / n, (end - mid) / n
     log(f"  filled {n} sessions: ours {ours_seconds:.1f}s, direct {direct_seconds:.1f}s")
-    # Where ours goes: a session's hash (a sample's MEMORY USAGE), and the
-    # namespace's indexes and event stream (of every session in it, the
-    # get/set working set and those created while timed included).
-    sample = ours_ids[:: max(len(ours_ids) // 100, 1)]
-    per_hash = sum(_memory_usage(r, OURS_PREFIX + sid) for sid in sample) / len(sample)
-    total = int(r.hget("sd:{" + NAMESPACE + "}:counters", "total") or 0)
+    # The namespace holds the speed rows' sessions too.
+    total = c.stats().total_sessions
     if total < n:
         raise BenchError(f"the namespace holds {total} sessions, fewer than the {n} created")
-    tag = "sd:{" + NAMESPACE + "}:"
-    parts = {name: _memory_usage(r, tag + name) / total
-             for name in ("order", "due", "users", "events")}
-    split = ", ".join(f"{name} {v:.0f}" for name, v in parts.items())
     few = (f"; --quick: {n} sessions, so the event stream holds an event for every one "
            f"(it keeps {EVENT_RETENTION}), which it does not at 1M"
            if n <= EVENT_RETENTION else "")
-    ctx.add(Row(
+    row = Row(
         f"shared memory per session ({label})", "B", Summary.one(ours), Summary.one(direct),
         "direct: hash + EXPIRE", lower_is_better=True,
         note=f"INFO memory used_memory grown / sessions; ours created through the daemon "
         f"({FILL_DEPTH} pipelined creates a round trip, {n / ours_seconds:.0f}/s), direct "
         f"the same fields as a plain hash per session with EXPIRE ({n / direct_seconds:.0f}/s); "
-        f"ours by key, B a session: hash {per_hash:.0f}, {split}{few}",
-    ).want_ratio(at_most=2.0))
+        f"ours in B a session: {_breakdown(r, ours_ids, total)}{few}",
+    )
+    # The target is the issue's, at 1M (as the big case's): fewer sessions
+    # share the stream's fixed retention among fewer, and say less.
+    if n >= 1_000_000:
+        row.want_ratio(at_most=2.0)
+    else:
+        row.target_shown = "<=2x at 1M"
+    ctx.add(row)
 
 
 def case_shared(ctx: Ctx) -> None:
