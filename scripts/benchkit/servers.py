@@ -150,10 +150,11 @@ class RedisServer(Server):
             finally:
                 r.close()
 
-    def client(self) -> Any:
+    def client(self, db: int = 0) -> Any:
         import redis
 
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=REQUEST_TIMEOUT)
+        return redis.Redis(unix_socket_path=str(self.socket), db=db,
+                           socket_timeout=REQUEST_TIMEOUT)
 
     def aof_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("appendonly*") if p.is_file()) + sum(
