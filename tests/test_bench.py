@@ -141,6 +141,66 @@ def test_bench_runs_a_slow_anchor_when_allowed_and_warns_in_the_header(tmp_path:
     assert "pure-Python parser" in machine["redis"]
 
 
+def _without_redis_server() -> dict[str, str]:
+    """An environment whose PATH has no redis-server: the venv's own
+    executables alone (the bench needs nothing else)."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent)
+    return env
+
+
+@pytest.mark.parametrize(("flags", "env", "reason"), [
+    (["--no-redis"], None, "--no-redis leaves out every Redis"),
+    ([], _without_redis_server(), "redis-server is not on PATH (apt-get install redis-server)"),
+])
+def test_bench_shared_case_is_skipped_saying_why_where_it_has_no_redis(
+    tmp_path: Path, flags: list[str], env: dict[str, str] | None, reason: str
+) -> None:
+    out = tmp_path / "bench.json"
+    result = run_bench("--quick", "--only", "shared", *flags, "--json", str(out), env=env,
+                       timeout=120)
+    # A skipped case fails nothing.
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["case"] == "shared" and row["status"] == "skipped"
+    assert row["note"].startswith(reason), row["note"]
+    assert "SKIPPED" in result.stdout and reason in result.stdout
+
+
+SHARED_ROWS = (
+    "shared sequential get", "shared sequential set", "shared sequential create",
+    "shared pipelined x100 get", "shared pipelined x100 set", "shared pipelined x100 create",
+)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+@pytest.mark.timeout(600)
+def test_bench_shared_case_duels_the_daemon_on_its_engine_against_redis_py_direct(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bench.json"
+    result = run_bench("--quick", "--only", "shared", "--rounds", "2", "--json", str(out))
+    # 1 is a missed target, which shared mode (and a loaded machine) may show.
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}
+    broken = {case: row["note"] for case, row in rows.items() if row["status"] != "ok"}
+    assert not broken, broken
+    for case in SHARED_ROWS:
+        row = rows[case]
+        # Both sides ran in the same rounds, and the ratio is judged on them.
+        assert len(row["ours_rounds"]) == len(row["anchor_rounds"]) == 2, case
+        assert row["ours"] > 0 and row["anchor"] > 0, case
+        assert row["anchor_label"].startswith("direct"), case
+        want = "0.5x" if "sequential" in case else "0.8x"
+        assert row["target"] == ">=" + want and row["result"] in {"PASS", "FAIL", "UNSURE"}, case
+        assert case in result.stdout, f"{case} missing from the table"
+    # --quick fills 50k sessions: the memory row is shown, judged at 1M only.
+    memory = rows["shared memory per session (50k)"]
+    assert memory["ours"] > 0 and memory["anchor"] > 0 and memory["lower_is_better"]
+    assert memory["target"] == "<=2x at 1M" and memory["result"] == "n/a"
+    assert "a session's hash" in memory["note"] and "--quick: 50000 sessions" in memory["note"]
+
+
 # -- statistics ------------------------------------------------------------
 
 

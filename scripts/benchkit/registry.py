@@ -9,9 +9,10 @@ from collections.abc import Callable
 from benchkit.cases.big import case_big
 from benchkit.cases.commands import case_cli, case_shim
 from benchkit.cases.connections import case_connections
-from benchkit.cases.expiry import case_expiry
+from benchkit.cases.expiry import case_expiry, case_shared_expiry
 from benchkit.cases.pools import case_concurrent, case_fsync, case_latency
 from benchkit.cases.requests import case_pipelined, case_sequential
+from benchkit.cases.shared import case_shared
 from benchkit.measure import Ctx
 
 CASES: dict[str, Callable[[Ctx], None]] = {
@@ -25,4 +26,6 @@ CASES: dict[str, Callable[[Ctx], None]] = {
     "big": case_big,
     "expiry": case_expiry,
     "shim": case_shim,
+    "shared": case_shared,
+    "shared-expiry": case_shared_expiry,
 }

@@ -18,12 +18,19 @@ from sessiond.errors import DaemonUnavailable
 
 
 class Sessiond(Server):
-    """One ``sessiond`` on its own socket, data dir and config."""
+    """One ``sessiond`` on its own socket, data dir and config: on its
+    journal, or with ``backend`` (a URL) on that shared engine's
+    ``namespace``, where the engine's own appendfsync stands for ``fsync``."""
 
-    def __init__(self, root: Path, fsync: str = "everysec") -> None:
+    def __init__(
+        self, root: Path, fsync: str = "everysec", *, backend: str | None = None,
+        namespace: str = "default",
+    ) -> None:
         self.name = f"sessiond[{root.name}]"
         self.root = root
         self.fsync = fsync
+        self.backend = backend
+        self.namespace = namespace
         root.mkdir(mode=0o700)
         for d in ("run", "data", "home", "xdg"):
             (root / d).mkdir(mode=0o700)
@@ -63,7 +70,10 @@ class Sessiond(Server):
     def spawn(self) -> None:
         """Start without waiting (``wait_ready`` waits), to start several at once."""
         self._exec_at = time.monotonic()
-        self._spawn([str(SESSIOND), "--fsync", self.fsync], self.env, self.log_path)
+        # Shared mode refuses --fsync (the engine's appendfsync rules there).
+        mode = (["--backend", self.backend, "--namespace", self.namespace]
+                if self.backend is not None else ["--fsync", self.fsync])
+        self._spawn([str(SESSIOND), *mode], self.env, self.log_path)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> float:
         t0 = self._exec_at
@@ -71,7 +81,10 @@ class Sessiond(Server):
         while True:
             self._check_alive()
             try:
-                with Client(self.socket, timeout=5) as c:
+                # Never autostart: a ping before this daemon listens would
+                # start a stray one on its socket (with a data dir of the
+                # user's), and this one would find the socket taken.
+                with Client(self.socket, timeout=5, autostart=False) as c:
                     c.ping()
                 return time.monotonic() - t0
             except DaemonUnavailable:
@@ -80,7 +93,7 @@ class Sessiond(Server):
                 time.sleep(POLL)
 
     def client(self, timeout: float = REQUEST_TIMEOUT) -> Client:
-        return Client(self.socket, timeout=timeout)
+        return Client(self.socket, timeout=timeout, autostart=False)
 
     def __enter__(self) -> Sessiond:
         return self
@@ -137,10 +150,11 @@ class RedisServer(Server):
             finally:
                 r.close()
 
-    def client(self) -> Any:
+    def client(self, db: int = 0) -> Any:
         import redis
 
-        return redis.Redis(unix_socket_path=str(self.socket), socket_timeout=REQUEST_TIMEOUT)
+        return redis.Redis(unix_socket_path=str(self.socket), db=db,
+                           socket_timeout=REQUEST_TIMEOUT)
 
     def aof_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.glob("appendonly*") if p.is_file()) + sum(
