@@ -17,7 +17,12 @@ Durability rules:
   turn of the loop to join it; if none does, it writes and fsyncs on the
   event loop, as Redis does: the hand-over to the thread and back costs
   a good part of a fast fsync itself, and a stall that short costs less.
-  A group goes to the thread, so that the next one
+  That turn is itself given up while nobody takes it (``sessiond.grouping``:
+  after ``LONE_TURNS`` groups of one in a row, only one lone commit in
+  ``PROBE_EVERY`` offers it, until a group has company again): a commit
+  that does not offer it is written and fsynced at once, alone, and
+  acknowledged only after that fsync as every other. A group goes to the
+  thread, so that the next one
   forms while it is on disk; and a slower disk sends every fsync back
   there, where it does not hold up the readers. The write of a group and
   its fsync are one system call (pwritev2 with RWF_DSYNC, which syncs
@@ -65,6 +70,7 @@ import anyio.to_thread
 from sessiond.diskio import WRITE_ERRNOS, describe
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import failpoints
+from sessiond.grouping import GroupForming
 from sessiond.journalfile import JournalFile
 from sessiond.model import US
 from sessiond.writer import WriterThread
@@ -75,6 +81,13 @@ POLICIES = ("always", "everysec", "no")
 # Under ``always``, fsyncs that take less than this (on average, lately) run
 # on the event loop when nothing else is on its way to disk.
 INLINE_SYNC_MAX = 0.001
+# What one fsync counts for at most in that average. A stray slow one (a
+# burst of another process's I/O, a wait for a CPU on a loaded machine) would
+# otherwise send a fast disk's commits to the thread for dozens of commits,
+# each paying the hand-over and its wake-ups, and the thread's own timings
+# (which include those wake-ups) keep them there. Capped, it is the share of
+# slow fsyncs that decides: about half of the recent ones.
+SYNC_SECONDS_CAP = 2 * INLINE_SYNC_MAX
 Undo = Callable[[], None]
 
 
@@ -138,7 +151,10 @@ class Journal:
         self._holding = False
         # A group is forming for an fsync on the event loop: commits join it.
         self._forming = False
-        # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
+        # Whether a lone commit offers a turn for others to join its group.
+        self._grouping = GroupForming()
+        # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX and
+        # SYNC_SECONDS_CAP).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
         # Batches are numbered as they are accepted, from 1. ``settled``: every
@@ -219,6 +235,20 @@ class Journal:
             self._written(data, sync=False)
             self._settle(self.accepted)
             return
+        if self._sync_alone_now():
+            # Nobody has joined a group lately (``sessiond.grouping``): no
+            # turn, no queue, no Event; written and synced before returning.
+            file = self._open_file()
+            try:
+                self._write_sync(file, data, True, file.size)
+            except _DiskError as exc:
+                batch = _Batch(data, undo, self.accepted, None)
+                self._fail(exc.error, exc.what, [batch])
+                assert batch.error is not None
+                raise batch.error from exc
+            self._written(data, sync=True)
+            self._settle(self.accepted)
+            return
         # asyncio's own Event: anyio's (the same thing underneath on the
         # asyncio backend) costs ~1 us more to make, once per commit.
         done = asyncio.Event()
@@ -266,6 +296,20 @@ class Journal:
             and not self._fd_lock.locked()
         )
 
+    def _sync_alone_now(self) -> bool:
+        """Under ``always``: nothing is on its way to disk, the disk is fast,
+        and this commit is not to offer a turn for others to join it (asked
+        last: ``offer`` counts the commits it tells no)."""
+        return (
+            self.policy == "always"
+            and not self._queue
+            and not self._forming
+            and not self._holding
+            and not self._io_lock.locked()
+            and self.sync_seconds < INLINE_SYNC_MAX
+            and not self._grouping.offer()
+        )
+
     async def _inline_failed(
         self, exc: OSError, batch: _Batch, file: JournalFile, start: int
     ) -> NoReturn:
@@ -294,6 +338,7 @@ class Journal:
         order: each waits for _io_lock, which hands over first come, first
         served."""
         group, self._queue = self._queue, []
+        self._grouping.formed(len(group))
         data = b"".join([b.data for b in group])
         sync = self.policy == "always"
         if inline and not self._io_lock.locked():
@@ -377,7 +422,7 @@ class Journal:
 
     def _sync_took(self, seconds: float) -> None:
         # Read on the loop once the write is settled (which orders it).
-        self.sync_seconds += (seconds - self.sync_seconds) / 8
+        self.sync_seconds += (min(seconds, SYNC_SECONDS_CAP) - self.sync_seconds) / 8
 
     async def run_syncer(self) -> None:
         """``everysec``: fsync at most about a second behind the writes."""
