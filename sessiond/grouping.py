@@ -10,6 +10,10 @@ that had nobody but their own batch, still offers it one lone commit in
 ``PROBE_EVERY`` meanwhile so that clients that arrive are noticed, and
 offers it to every commit again as soon as a group had company.
 
+A commit that does not offer the turn is written and synced on the loop
+at once, on a slow disk too: the writer thread is there so that the next
+group forms while one is on disk, and there is nobody to form one.
+
 The journal owns one ``GroupForming`` and asks it; nothing here waits or
 reads a clock, so what it decides depends only on the groups before.
 """

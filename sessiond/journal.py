@@ -20,14 +20,17 @@ Durability rules:
   That turn is itself given up while nobody takes it (``sessiond.grouping``:
   after ``LONE_TURNS`` groups of one in a row, only one lone commit in
   ``PROBE_EVERY`` offers it, until a group has company again): a commit
-  that does not offer it is written and fsynced at once, alone, and
-  acknowledged only after that fsync as every other. A group goes to the
-  thread, so that the next one
-  forms while it is on disk; and a slower disk sends every fsync back
-  there, where it does not hold up the readers. The write of a group and
-  its fsync are one system call (pwritev2 with RWF_DSYNC, which syncs
-  those bytes as fdatasync would), unless writes made under ``everysec``
-  still wait for theirs: then an fdatasync of the whole file follows.
+  that does not offer it is written and fsynced on the loop at once,
+  alone, and acknowledged only after that fsync as every other. A group
+  goes to the thread, so that the next one forms while it is on disk; and
+  a slower disk sends every other fsync back there, where the next group
+  can form behind it. (Not the lone commits that no longer offer the
+  turn: with nobody to form a group the hand-over only adds its wake-ups,
+  and a reply that may have read the commit waits for its fsync anyway.)
+  The write of a group and its fsync are one system call (pwritev2 with
+  RWF_DSYNC, which syncs those bytes as fdatasync would), unless writes
+  made under ``everysec`` still wait for theirs: then an fdatasync of the
+  whole file follows.
 * The file runs ahead of the lines by zeros allocated before the writes
   that fill them, so that an fdatasync need not also commit a new file
   size (``sessiond.journalfile``).
@@ -81,13 +84,6 @@ POLICIES = ("always", "everysec", "no")
 # Under ``always``, fsyncs that take less than this (on average, lately) run
 # on the event loop when nothing else is on its way to disk.
 INLINE_SYNC_MAX = 0.001
-# What one fsync counts for at most in that average. A stray slow one (a
-# burst of another process's I/O, a wait for a CPU on a loaded machine) would
-# otherwise send a fast disk's commits to the thread for dozens of commits,
-# each paying the hand-over and its wake-ups, and the thread's own timings
-# (which include those wake-ups) keep them there. Capped, it is the share of
-# slow fsyncs that decides: about half of the recent ones.
-SYNC_SECONDS_CAP = 2 * INLINE_SYNC_MAX
 Undo = Callable[[], None]
 
 
@@ -153,8 +149,7 @@ class Journal:
         self._forming = False
         # Whether a lone commit offers a turn for others to join its group.
         self._grouping = GroupForming()
-        # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX and
-        # SYNC_SECONDS_CAP).
+        # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
         # Batches are numbered as they are accepted, from 1. ``settled``: every
@@ -297,16 +292,19 @@ class Journal:
         )
 
     def _sync_alone_now(self) -> bool:
-        """Under ``always``: nothing is on its way to disk, the disk is fast,
-        and this commit is not to offer a turn for others to join it (asked
-        last: ``offer`` counts the commits it tells no)."""
+        """Under ``always``: nothing is on its way to disk, and this commit
+        is not to offer a turn for others to join it (asked last: ``offer``
+        counts the commits it tells no). However slow the disk: the thread
+        is there so that the next group forms while one is on disk, and
+        nobody has joined one lately; a reply that may have read this
+        commit waits for its fsync wherever it runs (``Dispatcher._hold``),
+        and the hand-over would add two wake-ups to every commit."""
         return (
             self.policy == "always"
             and not self._queue
             and not self._forming
             and not self._holding
             and not self._io_lock.locked()
-            and self.sync_seconds < INLINE_SYNC_MAX
             and not self._grouping.offer()
         )
 
@@ -422,7 +420,7 @@ class Journal:
 
     def _sync_took(self, seconds: float) -> None:
         # Read on the loop once the write is settled (which orders it).
-        self.sync_seconds += (min(seconds, SYNC_SECONDS_CAP) - self.sync_seconds) / 8
+        self.sync_seconds += (seconds - self.sync_seconds) / 8
 
     async def run_syncer(self) -> None:
         """``everysec``: fsync at most about a second behind the writes."""

@@ -12,7 +12,7 @@ daemon with a real failed fsync.
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,10 @@ from typing import Any
 import anyio
 import pytest
 
+from sessiond import diskio
 from sessiond.errors import ReadOnly, SessionNotFound
 from sessiond.grouping import LONE_TURNS, PROBE_EVERY, GroupForming
-from sessiond.journal import INLINE_SYNC_MAX, Journal
+from sessiond.journal import Journal
 from sessiond.model import Session
 from sessiond.records import put_line
 from tests.conftest import Daemon, stored
@@ -175,39 +176,33 @@ def test_a_commit_that_gives_up_the_turn_and_fails_to_sync_is_refused_and_undone
     )
 
 
-def test_a_stray_slow_fsync_leaves_a_fast_disk_syncing_on_the_loop(
+@pytest.mark.skipif(not hasattr(os, "RWF_DSYNC"), reason="this system has no pwritev2(RWF_DSYNC)")
+def test_a_lone_writer_on_a_slow_disk_syncs_on_the_loop_once_nobody_joins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every fsync counts as slow, and the write and sync is one call.
+    monkeypatch.setattr("sessiond.journal.INLINE_SYNC_MAX", 0.0)
+    monkeypatch.setattr(diskio, "_rwf_dsync", os.RWF_DSYNC)
     real_pwritev = os.pwritev
-    stalls: list[int] = [0]
+    on_loop: list[bool] = []
 
     def pwritev(fd: int, buffers: Any, offset: int, flags: int = 0) -> int:
-        written = real_pwritev(fd, buffers, offset, flags)
-        if stalls[0]:
-            # The real write and sync, then a stall as long as a burst of
-            # another process's I/O can make one (a fault, not a wait).
-            stalls[0] -= 1
-            time.sleep(INLINE_SYNC_MAX * 40)
-        return written
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        return real_pwritev(fd, buffers, offset, flags)
 
     monkeypatch.setattr(os, "pwritev", pwritev)
     path = tmp_path / "data.jsonl"
-    in_thread: list[bool] = []
 
     async def steps(journal: Journal) -> None:
-        journal.sync_seconds = 0.0  # fast so far, whatever this disk did
-        stalls[0] = 1
-        await lone_commits(journal, 0, 2)
-        in_thread.append(journal._writer._thread is not None)
-        # A disk whose fsyncs are slow one after another does send them to
-        # the thread, where they do not hold up the loop.
-        stalls[0] = 8
-        await lone_commits(journal, 10, 9)
-        in_thread.append(journal._writer._thread is not None)
+        await lone_commits(journal, 0, LONE_TURNS + 2 * PROBE_EVERY)
 
     run(path, steps)
-    assert in_thread == [False, True]
-    assert len(state(path)) == 11
+    # While lone commits offer the turn, a slow disk's fsyncs run in the
+    # writer thread; once they no longer do, on the loop, but for the one
+    # in PROBE_EVERY that still offers it.
+    probing = [True] * (PROBE_EVERY - 1) + [False]
+    assert on_loop == [False] * LONE_TURNS + probing * 2
+    assert len(state(path)) == LONE_TURNS + 2 * PROBE_EVERY
 
 
 # -- a real daemon ------------------------------------------------------------
