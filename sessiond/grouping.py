@@ -1,5 +1,6 @@
-"""Whether a lone ``always`` commit offers the other connections a turn of
-the event loop to join its group before it writes and syncs on the loop.
+"""Whether an ``always`` commit that finds nothing in flight offers the
+other connections a turn of the event loop to join its group before it is
+written and synced.
 
 A turn is a trip round the event loop, taken with the caches as cold as the
 last sync left them: with one client it is a good part of the Python a
@@ -8,7 +9,8 @@ ready to join, and then a group shares one sync. So the journal offers it
 while it finds company, gives it up after ``LONE_TURNS`` groups in a row
 that had nobody but their own batch, still offers it one lone commit in
 ``PROBE_EVERY`` meanwhile so that clients that arrive are noticed, and
-offers it to every commit again as soon as a group had company.
+offers it to every commit again as soon as a group has company (formed by
+a turn, or queued behind a write).
 
 A commit that does not offer the turn is written and synced on the loop
 at once, on a slow disk too: the writer thread is there so that the next

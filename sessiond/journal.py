@@ -3,31 +3,34 @@
 Durability rules:
 
 * A batch is acknowledged only after its bytes are written (``everysec``,
-  ``no``) or written and fsynced (``always``). Every fsync runs in a worker
-  thread, and so does every write that could wait on the disk: under
-  ``everysec`` and ``no`` a batch is copied into the page cache from the
-  event loop only while nothing else touches the file (no fsync and no write
-  in flight, nothing queued), which costs microseconds where a thread hop
-  costs tens; otherwise it queues for the journal's own writer thread. A
-  commit that finds nothing on its way to disk hands its batch to that
-  thread itself; batches that queue while a write is on disk go out together
-  as one write and, for ``always``, one fsync (group commit). The exception:
-  under ``always``, while fsyncs take under ``INLINE_SYNC_MAX``, a commit
-  that finds nothing in flight gives the connections that are ready one
-  turn of the loop to join it; if none does, it writes and fsyncs on the
-  event loop, as Redis does: the hand-over to the thread and back costs
-  a good part of a fast fsync itself, and a stall that short costs less.
-  That turn is itself given up while nobody takes it (``sessiond.grouping``:
+  ``no``) or written and fsynced (``always``), on the loop or in a thread
+  alike.
+  Under ``everysec`` and ``no`` a batch is copied into the page cache from
+  the event loop only while nothing else touches the file (no fsync and no
+  write in flight, nothing queued), which costs microseconds where a thread
+  hop costs tens; otherwise it queues for the journal's own writer thread.
+  A commit that finds nothing on its way to disk hands its batch to that
+  thread itself; batches that queue while a write is on disk go out
+  together as one write and, for ``always``, one fsync (group commit).
+* Under ``always``, a commit that finds nothing in flight, while fsyncs
+  take under ``INLINE_SYNC_MAX`` (lately, on average), first gives the
+  connections that are ready one turn of the loop to join it. Alone after
+  it, it writes and fsyncs on the event loop, as Redis does: the hand-over
+  to the thread and back costs a good part of a fast fsync itself, and a
+  stall that short costs less. With company, the group goes to the thread,
+  so that the next one forms while it is on disk; and a slower disk sends
+  these fsyncs there too, where the next group can form behind them.
+* That turn is itself given up while nobody takes it (``sessiond.grouping``:
   after ``LONE_TURNS`` groups of one in a row, only one lone commit in
-  ``PROBE_EVERY`` offers it, until a group has company again): a commit
-  that does not offer it is written and fsynced on the loop at once,
-  alone, and acknowledged only after that fsync as every other. A group
-  goes to the thread, so that the next one forms while it is on disk; and
-  a slower disk sends every other fsync back there, where the next group
-  can form behind it. (Not the lone commits that no longer offer the
-  turn: with nobody to form a group the hand-over only adds its wake-ups,
-  and a reply that may have read the commit waits for its fsync anyway.)
-  The write of a group and its fsync are one system call (pwritev2 with
+  ``PROBE_EVERY`` offers it, until a group has company again). A commit
+  that does not offer it is written and fsynced on the loop at once, on a
+  slow disk too, and acknowledged only after that fsync like every other;
+  a failed fsync refuses it as below. With nobody to form a next group the
+  thread would only add its two wake-ups, and a reply that may have read
+  the commit waits for its fsync wherever it runs (``Dispatcher._hold``);
+  what a slow disk costs then is that the loop serves nothing else during
+  that fsync (neither does Redis's under ``appendfsync always``).
+* The write of a group and its fsync are one system call (pwritev2 with
   RWF_DSYNC, which syncs those bytes as fdatasync would), unless writes
   made under ``everysec`` still wait for theirs: then an fdatasync of the
   whole file follows.
@@ -81,8 +84,10 @@ from sessiond.writer import WriterThread
 log = logging.getLogger("sessiond.journal")
 
 POLICIES = ("always", "everysec", "no")
-# Under ``always``, fsyncs that take less than this (on average, lately) run
-# on the event loop when nothing else is on its way to disk.
+# Under ``always``, while fsyncs take less than this (on average, lately), a
+# commit that offers the group-forming turn and stays alone syncs on the
+# event loop; a slower disk sends it to the writer thread. (A commit that
+# does not offer the turn syncs on the loop whatever this says.)
 INLINE_SYNC_MAX = 0.001
 Undo = Callable[[], None]
 
