@@ -25,7 +25,10 @@ from benchkit.anchor import decide_anchor
 from benchkit.machine import parse_cpu_times, read_cpu_times, steal_percent
 from benchkit.rows import Row, fmt_range, fmt_summary
 from benchkit.sched import SchedCounts, parse_sched, read_sched
+from benchkit.servers import Sessiond
 from benchkit.stats import Summary, Target, coverage, judge, percentile, ratio
+
+from sessiond.errors import DaemonUnavailable
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 CASES = "sequential,pipelined,cli"
@@ -109,6 +112,17 @@ def test_bench_fsync_case_reports_the_daemons_cpu_migrations_a_request(tmp_path:
     assert row["status"] == "ok" and row["unit"] == "/req" and row["ours"] >= 0
     assert row["result"] == "-" and "preempted" in row["note"]
     assert "CPU migrations a request" in result.stdout
+
+
+def test_bench_clients_never_start_a_daemon_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the environment says: a bench run is not the test suite.
+    monkeypatch.delenv("SESSIONCTL_NO_AUTOSTART", raising=False)
+    sd = Sessiond(tmp_path / "sd", "always")  # not started
+    with pytest.raises(DaemonUnavailable, match="no sessiond answers"):
+        sd.client()
+    assert not sd.socket.exists(), "nothing was started on the bench daemon's socket"
 
 
 def test_bench_refuses_an_unknown_case_with_exit_2() -> None:

@@ -71,7 +71,11 @@ class Sessiond(Server):
         while True:
             self._check_alive()
             try:
-                with Client(self.socket, timeout=5) as c:
+                # Never autostart: a client that finds the socket not bound
+                # yet would start a daemon of its own on it (everysec, in the
+                # user's data dir), the bench's would exit for want of its
+                # socket, and the rows would measure the stray.
+                with Client(self.socket, timeout=5, autostart=False) as c:
                     c.ping()
                 return time.monotonic() - t0
             except DaemonUnavailable:
@@ -80,7 +84,7 @@ class Sessiond(Server):
                 time.sleep(POLL)
 
     def client(self, timeout: float = REQUEST_TIMEOUT) -> Client:
-        return Client(self.socket, timeout=timeout)
+        return Client(self.socket, timeout=timeout, autostart=False)
 
     def __enter__(self) -> Sessiond:
         return self

@@ -77,7 +77,7 @@ class _Ops:
 
 class _OursOps(_Ops):
     def __init__(self, address: str) -> None:
-        self.c = Client(address, timeout=REQUEST_TIMEOUT)
+        self.c = Client(address, timeout=REQUEST_TIMEOUT, autostart=False)
         self.create()
 
     def get(self) -> None:
