@@ -3,26 +3,37 @@
 Durability rules:
 
 * A batch is acknowledged only after its bytes are written (``everysec``,
-  ``no``) or written and fsynced (``always``). Every fsync runs in a worker
-  thread, and so does every write that could wait on the disk: under
-  ``everysec`` and ``no`` a batch is copied into the page cache from the
-  event loop only while nothing else touches the file (no fsync and no write
-  in flight, nothing queued), which costs microseconds where a thread hop
-  costs tens; otherwise it queues for the journal's own writer thread. A
-  commit that finds nothing on its way to disk hands its batch to that
-  thread itself; batches that queue while a write is on disk go out together
-  as one write and, for ``always``, one fsync (group commit). The exception:
-  under ``always``, while fsyncs take under ``INLINE_SYNC_MAX``, a commit
-  that finds nothing in flight gives the connections that are ready one
-  turn of the loop to join it; if none does, it writes and fsyncs on the
-  event loop, as Redis does: the hand-over to the thread and back costs
-  a good part of a fast fsync itself, and a stall that short costs less.
-  A group goes to the thread, so that the next one
-  forms while it is on disk; and a slower disk sends every fsync back
-  there, where it does not hold up the readers. The write of a group and
-  its fsync are one system call (pwritev2 with RWF_DSYNC, which syncs
-  those bytes as fdatasync would), unless writes made under ``everysec``
-  still wait for theirs: then an fdatasync of the whole file follows.
+  ``no``) or written and fsynced (``always``), on the loop or in a thread
+  alike.
+  Under ``everysec`` and ``no`` a batch is copied into the page cache from
+  the event loop only while nothing else touches the file (no fsync and no
+  write in flight, nothing queued), which costs microseconds where a thread
+  hop costs tens; otherwise it queues for the journal's own writer thread.
+  A commit that finds nothing on its way to disk hands its batch to that
+  thread itself; batches that queue while a write is on disk go out
+  together as one write and, for ``always``, one fsync (group commit).
+* Under ``always``, a commit that finds nothing in flight, while fsyncs
+  take under ``INLINE_SYNC_MAX`` (lately, on average), first gives the
+  connections that are ready one turn of the loop to join it. Alone after
+  it, it writes and fsyncs on the event loop, as Redis does: the hand-over
+  to the thread and back costs a good part of a fast fsync itself, and a
+  stall that short costs less. With company, the group goes to the thread,
+  so that the next one forms while it is on disk; and a slower disk sends
+  these fsyncs there too, where the next group can form behind them.
+* That turn is itself given up while nobody takes it (``sessiond.grouping``:
+  after ``LONE_TURNS`` groups of one in a row, only one lone commit in
+  ``PROBE_EVERY`` offers it, until a group has company again). A commit
+  that does not offer it is written and fsynced on the loop at once, on a
+  slow disk too, and acknowledged only after that fsync like every other;
+  a failed fsync refuses it as below. With nobody to form a next group the
+  thread would only add its two wake-ups, and a reply that may have read
+  the commit waits for its fsync wherever it runs (``Dispatcher._hold``);
+  what a slow disk costs then is that the loop serves nothing else during
+  that fsync (neither does Redis's under ``appendfsync always``).
+* The write of a group and its fsync are one system call (pwritev2 with
+  RWF_DSYNC, which syncs those bytes as fdatasync would), unless writes
+  made under ``everysec`` still wait for theirs: then an fdatasync of the
+  whole file follows.
 * The file runs ahead of the lines by zeros allocated before the writes
   that fill them, so that an fdatasync need not also commit a new file
   size (``sessiond.journalfile``).
@@ -65,6 +76,7 @@ import anyio.to_thread
 from sessiond.diskio import WRITE_ERRNOS, describe
 from sessiond.errors import JournalError, ReadOnly
 from sessiond.failpoints import failpoints
+from sessiond.grouping import GroupForming
 from sessiond.journalfile import JournalFile
 from sessiond.model import US
 from sessiond.writer import WriterThread
@@ -72,8 +84,10 @@ from sessiond.writer import WriterThread
 log = logging.getLogger("sessiond.journal")
 
 POLICIES = ("always", "everysec", "no")
-# Under ``always``, fsyncs that take less than this (on average, lately) run
-# on the event loop when nothing else is on its way to disk.
+# Under ``always``, while fsyncs take less than this (on average, lately), a
+# commit that offers the group-forming turn and stays alone syncs on the
+# event loop; a slower disk sends it to the writer thread. (A commit that
+# does not offer the turn syncs on the loop whatever this says.)
 INLINE_SYNC_MAX = 0.001
 Undo = Callable[[], None]
 
@@ -138,6 +152,8 @@ class Journal:
         self._holding = False
         # A group is forming for an fsync on the event loop: commits join it.
         self._forming = False
+        # Whether a lone commit offers a turn for others to join its group.
+        self._grouping = GroupForming()
         # Seconds an fsync takes, a moving average (see INLINE_SYNC_MAX).
         self.sync_seconds = 0.0
         self._capture: list[bytes] | None = None
@@ -219,6 +235,20 @@ class Journal:
             self._written(data, sync=False)
             self._settle(self.accepted)
             return
+        if self._sync_alone_now():
+            # Nobody has joined a group lately (``sessiond.grouping``): no
+            # turn, no queue, no Event; written and synced before returning.
+            file = self._open_file()
+            try:
+                self._write_sync(file, data, True, file.size)
+            except _DiskError as exc:
+                batch = _Batch(data, undo, self.accepted, None)
+                self._fail(exc.error, exc.what, [batch])
+                assert batch.error is not None
+                raise batch.error from exc
+            self._written(data, sync=True)
+            self._settle(self.accepted)
+            return
         # asyncio's own Event: anyio's (the same thing underneath on the
         # asyncio backend) costs ~1 us more to make, once per commit.
         done = asyncio.Event()
@@ -266,6 +296,23 @@ class Journal:
             and not self._fd_lock.locked()
         )
 
+    def _sync_alone_now(self) -> bool:
+        """Under ``always``: nothing is on its way to disk, and this commit
+        is not to offer a turn for others to join it (asked last: ``offer``
+        counts the commits it tells no). However slow the disk: the thread
+        is there so that the next group forms while one is on disk, and
+        nobody has joined one lately; a reply that may have read this
+        commit waits for its fsync wherever it runs (``Dispatcher._hold``),
+        and the hand-over would add two wake-ups to every commit."""
+        return (
+            self.policy == "always"
+            and not self._queue
+            and not self._forming
+            and not self._holding
+            and not self._io_lock.locked()
+            and not self._grouping.offer()
+        )
+
     async def _inline_failed(
         self, exc: OSError, batch: _Batch, file: JournalFile, start: int
     ) -> NoReturn:
@@ -294,6 +341,7 @@ class Journal:
         order: each waits for _io_lock, which hands over first come, first
         served."""
         group, self._queue = self._queue, []
+        self._grouping.formed(len(group))
         data = b"".join([b.data for b in group])
         sync = self.policy == "always"
         if inline and not self._io_lock.locked():

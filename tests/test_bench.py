@@ -24,7 +24,11 @@ import pytest
 from benchkit.anchor import decide_anchor
 from benchkit.machine import parse_cpu_times, read_cpu_times, steal_percent
 from benchkit.rows import Row, fmt_range, fmt_summary
+from benchkit.sched import SchedCounts, parse_sched, read_sched
+from benchkit.servers import Sessiond
 from benchkit.stats import Summary, Target, coverage, judge, percentile, ratio
+
+from sessiond.errors import DaemonUnavailable
 
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 CASES = "sequential,pipelined,cli"
@@ -90,6 +94,35 @@ def test_bench_quick_runs_its_cases_and_writes_table_and_json(tmp_path: Path) ->
     assert cli["result"] == judge(Summary.of(paired), Target(at_most=1.2))
     line = next(x for x in result.stdout.splitlines() if x.startswith("sessionctl get ID"))
     assert f"{cli['ratio']:.2f}x" in line and line.rstrip().endswith(cli["result"])
+
+
+@pytest.mark.timeout(300)
+def test_bench_fsync_case_reports_the_daemons_cpu_migrations_a_request(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_bench("--quick", "--no-redis", "--only", "fsync", "--rounds", "1",
+                       "--json", str(out))
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["fsync always: 16 clients / 1 client"]["target"] == ">=3x"
+    assert rows["fsync always: set, 1 client"]["target"] == ">=1x"
+    row = rows["fsync always, 1 client: CPU migrations a request"]
+    if read_sched(os.getpid()) is None:
+        assert row["status"] == "skipped" and "statistics" in row["note"]
+        return
+    assert row["status"] == "ok" and row["unit"] == "/req" and row["ours"] >= 0
+    assert row["result"] == "-" and "preempted" in row["note"]
+    assert "CPU migrations a request" in result.stdout
+
+
+def test_bench_clients_never_start_a_daemon_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the environment says: a bench run is not the test suite.
+    monkeypatch.delenv("SESSIONCTL_NO_AUTOSTART", raising=False)
+    sd = Sessiond(tmp_path / "sd", "always")  # not started
+    with pytest.raises(DaemonUnavailable, match="no sessiond answers"):
+        sd.client()
+    assert not sd.socket.exists(), "nothing was started on the bench daemon's socket"
 
 
 def test_bench_refuses_an_unknown_case_with_exit_2() -> None:
@@ -331,6 +364,34 @@ def test_steal_reading_parses_this_machines_proc_stat() -> None:
 def test_proc_stat_without_a_cpu_line_is_refused() -> None:
     with pytest.raises(ValueError, match="cpu"):
         parse_cpu_times("intr 1 2 3\n")
+
+
+SCHED = """python3 (4242, #threads: 2)
+-------------------------------------------------------------------
+se.exec_start                                :      10108532.842563
+se.sum_exec_runtime                          :             0.150776
+se.nr_migrations                             :                   17
+nr_switches                                  :                   40
+nr_voluntary_switches                        :                   31
+nr_involuntary_switches                      :                    9
+"""
+
+
+def test_sched_counts_are_read_from_a_threads_sched_text() -> None:
+    assert parse_sched(SCHED) == SchedCounts(migrations=17, preempted=9)
+    assert parse_sched(SCHED) - SchedCounts(10, 4) == SchedCounts(7, 5)
+
+
+def test_sched_text_without_the_counts_is_refused() -> None:
+    with pytest.raises(ValueError, match="migrations"):
+        parse_sched("nr_involuntary_switches : 3\n")
+
+
+def test_sched_counts_of_a_process_add_up_its_threads() -> None:
+    counts = read_sched(os.getpid())
+    # None only on a kernel that keeps no scheduler statistics.
+    assert counts is None or (counts.migrations >= 0 and counts.preempted >= 0)
+    assert read_sched(2**22 + 1) is None, "a process that does not exist has none"
 
 
 # -- the Redis anchor's rules -----------------------------------------------

@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from benchkit.rows import Row, fmt_summary
+from benchkit.sched import read_sched
 from benchkit.servers import RedisServer, Sessiond, maybe_redis
 from benchkit.settings import META, TTL, USER, BenchError, Profile, log
 from benchkit.stats import Summary
@@ -143,6 +144,36 @@ def pool_duel(
     if anchor is None or anchor_target is None:
         return ours_side, None
     return ours_side, lambda: pool_rate(anchor, op, seconds, procs, anchor_target)
+
+
+@dataclass
+class PerRequest:
+    """A server's scheduler counts a request, round by round (see sched.py)."""
+
+    migrations: list[float] = field(default_factory=list)
+    preempted: list[float] = field(default_factory=list)
+
+
+def watched_rate(
+    pool: WorkerPool, op: str, seconds: float, procs: int, target: int, pid: int,
+    per: PerRequest,
+) -> Measure:
+    """``pool_rate``, reading the scheduler counts of the server process
+    ``pid`` before and after each window (outside it) into ``per``; where
+    the kernel keeps none, ``per`` stays empty."""
+
+    def run() -> float:
+        before = read_sched(pid)
+        results = pool.run(op, seconds, procs=procs, target=target)
+        after = read_sched(pid)
+        ops = sum(r.ops for r in results)
+        if before is not None and after is not None and ops:
+            moved = after - before
+            per.migrations.append(moved.migrations / ops)
+            per.preempted.append(moved.preempted / ops)
+        return sum(r.rate for r in results)
+
+    return run
 
 
 def settled(pending: object) -> Any:

@@ -29,6 +29,8 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v / 1024 / 1024:.1f} MiB"
     if unit == "x":
         return f"{v:.2f}x"
+    if unit == "/req":
+        return f"{v:.3f}/req"
     return f"{v:g} {unit}"
 
 
@@ -80,7 +82,7 @@ class Row:
     paired round by round where both sides ran the same rounds."""
 
     case: str
-    unit: str  # "op/s", "ms", "s", "B", "x"
+    unit: str  # "op/s", "ms", "s", "B", "x", "/req"
     ours: Summary | None
     anchor: Summary | None = None
     anchor_label: str = ""  # what the anchor is (redis everysec, floor, ...)

@@ -81,9 +81,10 @@ class Sessiond(Server):
         while True:
             self._check_alive()
             try:
-                # Never autostart: a ping before this daemon listens would
-                # start a stray one on its socket (with a data dir of the
-                # user's), and this one would find the socket taken.
+                # Never autostart: a client that finds the socket not bound
+                # yet would start a daemon of its own on it (everysec, in the
+                # user's data dir), the bench's would exit for want of its
+                # socket, and the rows would measure the stray.
                 with Client(self.socket, timeout=5, autostart=False) as c:
                     c.ping()
                 return time.monotonic() - t0

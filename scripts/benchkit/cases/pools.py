@@ -7,8 +7,16 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
-from benchkit.measure import Ctx, Duel, Measure, interleave, pool_duel
-from benchkit.rows import Row
+from benchkit.measure import (
+    Ctx,
+    Duel,
+    Measure,
+    PerRequest,
+    interleave,
+    pool_duel,
+    watched_rate,
+)
+from benchkit.rows import Row, fmt_summary
 from benchkit.servers import Sessiond
 from benchkit.stats import Summary, percentile, ratio
 from benchkit.workers import WorkerPool, latencies
@@ -56,6 +64,14 @@ def case_fsync(ctx: Ctx) -> None:
                 duels[f"{policy}/{n}"] = pool_duel(
                     ours, anchor, "set", ctx.prof.window, n, (i, a_target)
                 )
+        # One client under always: the servers' scheduler counts as well.
+        sched_ours, sched_anchor = PerRequest(), PerRequest()
+        duels["always/1"] = (
+            watched_rate(ours, "set", ctx.prof.window, 1, 0, always.pid, sched_ours),
+            watched_rate(anchor, "set", ctx.prof.window, 1,
+                         redis_servers.index(ctx.redis_al), ctx.redis_al.pid, sched_anchor)
+            if anchor is not None and ctx.redis_al is not None else None,
+        )
         with ours, anchor if anchor is not None else nullcontext():
             res = interleave(ctx.prof.rounds, duels, "set")
     for policy in daemons:
@@ -80,6 +96,29 @@ def case_fsync(ctx: Ctx) -> None:
         ratio(a16, a1) if a1 is not None and a16 is not None else None, "redis",
         note="group commit: one fsync for every batch that queued behind the last one",
     ).want_value(at_least=3.0))
+    ctx.add(_migrations_row(sched_ours, sched_anchor))
+
+
+def _migrations_row(ours: PerRequest, anchor: PerRequest) -> Row:
+    """Informational: how often the server moved to another CPU a request,
+    one client under always (see benchkit.sched). Redis's figures go in the
+    note, not the anchor column: a ratio of counts this close to zero says
+    nothing."""
+    case = "fsync always, 1 client: CPU migrations a request"
+    if not ours.migrations:
+        return Row(case, "", None, status="skipped",
+                   note="this kernel keeps no /proc/PID/task/TID/sched statistics")
+    redis = ""
+    if anchor.migrations:
+        redis = (f"; Redis (appendfsync always) "
+                 f"{fmt_summary(Summary.of(anchor.migrations), '/req', True)}, preempted "
+                 f"{Summary.of(anchor.preempted).median:.2f} a request")
+    return Row(
+        case, "/req", Summary.of(ours.migrations),
+        note=f"informational; every thread of the server process, counted around each "
+        f"window of the 1-client row; ours preempted {Summary.of(ours.preempted).median:.2f} "
+        f"a request (switched out while it could still run){redis}",
+    )
 
 
 def case_latency(ctx: Ctx) -> None:
