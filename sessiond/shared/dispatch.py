@@ -37,7 +37,7 @@ from sessiond.errors import (
     Unsupported,
 )
 from sessiond.events import EventSource
-from sessiond.handlers import HANDLERS, SLOW
+from sessiond.handlers import HANDLERS, SLOW, hello, shape_refused
 from sessiond.live import Live, rules_of
 from sessiond.model import Change
 from sessiond.protocol import (
@@ -54,6 +54,7 @@ from sessiond.protocol import (
     Hello,
     Import,
     List,
+    Peer,
     Ping,
     Refresh,
     Request,
@@ -77,8 +78,8 @@ log = logging.getLogger("sessiond.shared")
 
 # Requests on one session, run together on a view of their records.
 ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
-# Answered by the daemon alone.
-OWN = frozenset({Hello, Ping, ConfigGet, Shutdown})
+# Answered by the daemon alone (and ``Hello``, which changes its connection).
+OWN = frozenset({Ping, ConfigGet, Shutdown})
 # How often a request whose records keep changing under it is run again.
 AGAIN = 16
 
@@ -109,12 +110,14 @@ class SharedDispatcher:
         }
 
     async def batch(
-        self, bodies: list[memoryview], bad: int, out: bytearray
+        self, bodies: list[memoryview], bad: int, out: bytearray, peer: Peer | None = None
     ) -> tuple[EventSource | None, int, int]:
         """Handle frames that arrived together (see ``Dispatcher.batch``)."""
         budget = self.live.settings.max_reply_queue_bytes
         run: list[Request] = []
         used = 0
+        if peer is None:
+            peer = Peer()
         for body in bodies:
             if len(out) > budget:
                 break
@@ -128,10 +131,20 @@ class SharedDispatcher:
                 continue
             bad = 0
             kind = type(req)
-            if kind in ON_SESSIONS:
+            refused = shape_refused(req, peer) if peer.version < 2 else None
+            if kind in ON_SESSIONS and refused is None:
                 run.append(req)
                 continue
             await self._flush(run, out)
+            if refused is not None:
+                append_frame(out, _error(req.id, refused))
+                continue
+            if isinstance(req, Hello):
+                try:
+                    append_frame(out, hello(req, peer))
+                except SessionError as exc:
+                    append_frame(out, _error(req.id, exc))
+                continue
             if isinstance(req, Watch):
                 watcher = StreamWatcher(self.store, req.user, req.after, self.watchers)
                 append_frame(out, await watcher.hello(req.id))
