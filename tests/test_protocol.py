@@ -23,11 +23,11 @@ from sessiond.errors import InvalidRequest, TooLarge, Unsupported
 from sessiond.model import Session
 from sessiond.protocol import (
     DEFAULT_MAX_FRAME,
-    Ack,
-    AckReply,
     HEADER,
     LENGTH,
     PROTOCOL_VERSION,
+    Ack,
+    AckReply,
     AnyRequest,
     AnyResponse,
     Cleanup,

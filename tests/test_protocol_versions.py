@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from sessionctl import Ack, AsyncClient, Client, InvalidRequest, Session, SessionNotFound
+from sessionctl import Ack, AsyncClient, InvalidRequest, Session, SessionNotFound
 from sessiond.failpoints import FAILPOINT_ENV, PROTOCOL_V1
 from sessiond.protocol import PROTOCOL_VERSION
 from tests.conftest import Daemon
