@@ -187,9 +187,20 @@ class Dispatcher:
                     await self._hold(out, bodies, first, used - 1, first_out, peer)
                 if isinstance(req, Hello):
                     try:
-                        append_frame(out, hello(req, peer))
+                        greeting = hello(req, peer)
                     except SessionError as exc:
                         append_frame(out, self._error_reply(req.id, exc))
+                    else:
+                        # Encoded as every handler's reply is (the encoder a
+                        # failpoint may make fail counts it too).
+                        start = len(out)
+                        out += NO_LENGTH
+                        try:
+                            encode_into(greeting, out, -1)
+                            pack_length(out, start, len(out) - start - HEADER)
+                        except Exception as exc:
+                            del out[start:]
+                            self._unencodable(out, req, [], exc)
                     v1 = peer.version < 2
                     first, first_out = used, len(out)
                     continue
