@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sessionctl.aclient import AsyncClient, AsyncPipeline
     from sessionctl.client import Client
-    from sessionctl.operations import Event, Session
+    from sessionctl.operations import Ack, Event, Session
     from sessionctl.pipeline import Pending, Pipeline
     from sessiond.errors import (
         Busy,
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "sessionctl.aclient": ("AsyncClient", "AsyncPipeline"),
     "sessionctl.client": ("Client",),
-    "sessionctl.operations": ("Event", "Session"),
+    "sessionctl.operations": ("Ack", "Event", "Session"),
     "sessionctl.pipeline": ("Pending", "Pipeline"),
     "sessiond.errors": (
         "Busy",
@@ -76,6 +76,7 @@ _HOMES = {
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
+    "Ack",
     "AsyncClient",
     "AsyncPipeline",
     "Busy",

@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -33,6 +33,7 @@ from sessionctl.client import (
     autostart_off_by,
     check_hello,
     closed,
+    hello_request,
     import_plan,
     pop_frame,
     python_advice,
@@ -40,6 +41,7 @@ from sessionctl.client import (
 )
 from sessionctl.operations import (
     SESSION_KINDS,
+    Ack,
     Event,
     EventReply,
     Operations,
@@ -48,12 +50,14 @@ from sessionctl.operations import (
 )
 from sessionctl.pipeline import Batch
 from sessiond import model
-from sessiond.errors import DaemonUnavailable, SessionError, from_code
+from sessiond.errors import DaemonUnavailable, SessionError, Unsupported, from_code
 from sessiond.protocol import (
+    ACK,
+    OLDEST_VERSION,
     PAGE_MAX,
     PROTOCOL_VERSION,
+    SESSION,
     ErrorReply,
-    Hello,
     HelloReply,
     ImportResult,
     Request,
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 T = TypeVar("T")
+D = TypeVar("D")
 # A pipeline's frames go out in pieces of this size, each within the
 # client's timeout (as the blocking pipeline's each poll is).
 _SEND_PIECE = 1 << 18
@@ -111,6 +116,8 @@ class AsyncClient(Operations):
         self._buf = bytearray()
         self.server_version: str | None = None
         self.server_pid: int | None = None
+        # The protocol version the hello agreed on (None before it).
+        self.protocol_version: int | None = None
 
     @property
     def path(self) -> Path:
@@ -135,9 +142,11 @@ class AsyncClient(Operations):
         stream = await self._connect(autostart_off_by(self._autostart))
         self._stream = stream
         try:
-            hello = await self._roundtrip_locked(
-                Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl")
-            )
+            try:
+                hello = await self._roundtrip_locked(hello_request(PROTOCOL_VERSION))
+            except Unsupported:
+                # A daemon of protocol version 1 (see hello_request).
+                hello = await self._roundtrip_locked(hello_request(OLDEST_VERSION))
             assert isinstance(hello, HelloReply)
             check_hello(hello, self._where)
         except BaseException:
@@ -145,6 +154,7 @@ class AsyncClient(Operations):
             raise
         self.server_version = hello.server
         self.server_pid = hello.pid
+        self.protocol_version = hello.version
         return stream
 
     async def _connect(self, off_by: str | None, started: bool = False) -> anyio.abc.SocketStream:
@@ -295,6 +305,10 @@ class AsyncClient(Operations):
 
     async def _roundtrip_locked(self, req: Request) -> Response:
         req.id = self._new_id()
+        if self.protocol_version == OLDEST_VERSION and getattr(req, "returning", SESSION) == ACK:
+            # Asked before the connection opened (_speaks_acks): a daemon of
+            # version 1 answers the whole session, which the ack is made of.
+            req.returning = SESSION  # type: ignore[attr-defined]
         out = bytearray()
         try:
             append_frame(out, req)
@@ -321,6 +335,11 @@ class AsyncClient(Operations):
 
     async def _call(self, req: Request, convert: Callable[[Response], T]) -> T:
         return convert(await self._roundtrip(req))
+
+    def _speaks_acks(self) -> bool:
+        # Not known before the connection opens: asked for, and taken back
+        # at the send if the daemon turns out to speak version 1.
+        return self.protocol_version != OLDEST_VERSION
 
     # -- higher level ----------------------------------------------------
 
@@ -376,13 +395,23 @@ class AsyncClient(Operations):
         for item in import_plan(sessions, limit):
             yield item if isinstance(item, ImportResult) else await self.import_page(item)
 
-    def pipeline(self) -> AsyncPipeline:
+    @overload
+    def pipeline(
+        self, *, returning: Literal["session"] | None = None
+    ) -> AsyncPipeline[Session]: ...
+
+    @overload
+    def pipeline(self, *, returning: Literal["ack"]) -> AsyncPipeline[Ack]: ...
+
+    def pipeline(self, *, returning: str | None = None) -> AsyncPipeline[Any]:
         """Queue requests, send them all at once when the block ends, then
         read the answers: ``async with c.pipeline() as p: a = p.get(x)``
-        ... ``a.result()``. Raises ``ClientClosed`` once the client is
-        closed; see ``AsyncPipeline``."""
+        ... ``a.result()``. ``returning="ack"`` as in ``Client.pipeline``.
+        Raises ``ClientClosed`` once the client is closed,
+        ``InvalidRequest`` for another ``returning``; see
+        ``AsyncPipeline``."""
         self._check_open()
-        return AsyncPipeline(self)
+        return AsyncPipeline(self, returning)
 
     async def watch(
         self, *, user: str | None = None, after: str | None = None
@@ -410,7 +439,7 @@ class AsyncClient(Operations):
             await other.aclose()
 
 
-class AsyncPipeline(Batch):
+class AsyncPipeline(Batch[D]):
     """Requests queued on an ``AsyncClient`` and sent together when the
     ``async with`` block ends (or at ``await p.execute()``).
 
@@ -420,8 +449,8 @@ class AsyncPipeline(Batch):
 
     _client: AsyncClient
 
-    def __init__(self, client: AsyncClient) -> None:
-        super().__init__(client)
+    def __init__(self, client: AsyncClient, returning: str | None = None) -> None:
+        super().__init__(client, returning)
 
     async def execute(self) -> None:
         """Send everything queued and settle every ``Pending``, reading the
@@ -458,7 +487,7 @@ class AsyncPipeline(Batch):
             if errors:
                 raise errors[0]
 
-    async def __aenter__(self) -> AsyncPipeline:
+    async def __aenter__(self) -> AsyncPipeline[D]:
         return self
 
     async def __aexit__(

@@ -80,6 +80,12 @@ def meta(value: object) -> dict[str, Any]:
     return value
 
 
+def returning(value: object) -> str:
+    if isinstance(value, str) and value in ("session", "ack"):
+        return value
+    raise InvalidRequest(f"returning must be 'session', 'ack' or None, not {value!r}")
+
+
 def status(value: object) -> str | None:
     if value is None:
         return None

@@ -23,12 +23,13 @@ import socket as _socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import msgspec
 
 from sessionctl.operations import (
     SESSION_KINDS,
+    Ack,
     AnyReply,
     Event,
     EventReply,
@@ -48,6 +49,7 @@ from sessiond.errors import (
 )
 from sessiond.protocol import (
     HEADER,
+    OLDEST_VERSION,
     PAGE_MAX,
     PROTOCOL_VERSION,
     ErrorReply,
@@ -64,7 +66,7 @@ from sessiond.protocol import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sessionctl.pipeline import Pipeline
+    from sessionctl.pipeline import Pending, Pipeline
 
 T = TypeVar("T")
 # Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
@@ -311,9 +313,18 @@ class Client(Operations):
         # trips, when a reply arrives in one piece.
         self._buf = bytearray()
         self._out = bytearray()
+        # Requests a pipeline sent and whose answers nobody has read yet, by
+        # id: whoever reads next settles them (a round trip reads past
+        # them to its own answer). See sessionctl.pipeline.
+        self._strays: dict[int, Pending[Any]] = {}
         self._sock = self._connect(autostart_off_by(autostart))
         try:
-            hello = self._roundtrip(Hello(id=0, version=PROTOCOL_VERSION, client="sessionctl"))
+            try:
+                hello = self._roundtrip(hello_request(PROTOCOL_VERSION))
+            except Unsupported:
+                # A daemon of protocol version 1 refuses any other hello:
+                # asked again in its version (see hello_request).
+                hello = self._roundtrip(hello_request(OLDEST_VERSION))
             assert isinstance(hello, HelloReply)
             check_hello(hello, self._where)
         except BaseException:
@@ -321,6 +332,9 @@ class Client(Operations):
             raise
         self.server_version = hello.server
         self.server_pid = hello.pid
+        # The version the hello agreed on: 2 lets operations on one
+        # session be answered with acks (``returning="ack"``).
+        self.protocol_version: int | None = hello.version
 
     @property
     def path(self) -> Path:
@@ -477,14 +491,46 @@ class Client(Operations):
                 break
             if isinstance(response, ErrorReply) and response.id == 0:
                 raise from_code(response.code, response.message)
+            # The answer to a request a pipeline sent: its Pending's.
+            pending = self._strays.pop(response.id, None)
+            if pending is not None:
+                pending._settle(response)
         if isinstance(response, ErrorReply):
             raise from_code(response.code, response.message)
         return response
+
+    def _settle_strays(self, block: bool) -> None:
+        """Read what the daemon has sent (waiting up to ``timeout`` for
+        some if ``block``) and settle the pipelined requests it answers.
+        Raises the error the daemon closed the connection with, if it did."""
+        if block:
+            self._fill()
+        else:
+            try:
+                chunk = self._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                raise self._lost(exc) from exc
+            if not chunk:
+                return  # closed: the next read that waits says so
+            self._buf += chunk
+        strays = self._strays
+        while (response := self._pop_frame()) is not None:
+            pending = strays.pop(response.id, None)
+            if pending is not None:
+                pending._settle(response)
+            elif isinstance(response, ErrorReply) and response.id == 0:
+                # About the connection, not a request.
+                raise from_code(response.code, response.message)
 
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
         # The value itself: what ``operation`` tells the type checker a
         # Client's methods return.
         return convert(self._roundtrip(req))
+
+    def _speaks_acks(self) -> bool:
+        return self.protocol_version is not None and self.protocol_version >= 2
 
     # -- higher level ----------------------------------------------------
 
@@ -549,15 +595,23 @@ class Client(Operations):
         for item in import_plan(sessions, limit):
             yield item if isinstance(item, ImportResult) else self.import_page(item)
 
-    def pipeline(self) -> Pipeline:
-        """Queue requests, send them all at once on exit, then read answers.
+    @overload
+    def pipeline(self, *, returning: Literal["session"] | None = None) -> Pipeline[Session]: ...
 
-        ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``. Raises
-        ``ClientClosed`` once the client is closed; see ``Pipeline``."""
+    @overload
+    def pipeline(self, *, returning: Literal["ack"]) -> Pipeline[Ack]: ...
+
+    def pipeline(self, *, returning: str | None = None) -> Pipeline[Any]:
+        """Queue requests, send them as they queue up, read the answers at
+        the end: ``with c.pipeline() as p: a = p.get(x)`` ... ``a.result()``.
+        ``returning="ack"``: every operation on one session in it is
+        answered with an ``Ack`` unless its call says otherwise. Raises
+        ``ClientClosed`` once the client is closed, ``InvalidRequest`` for
+        another ``returning``; see ``Pipeline``."""
         from sessionctl.pipeline import Pipeline
 
         self._check_open()
-        return Pipeline(self)
+        return Pipeline(self, returning)
 
     def watch(self, *, user: str | None = None, after: str | None = None) -> Iterator[Event]:
         """Events as they happen, on a connection of their own, until the
@@ -585,13 +639,23 @@ class Client(Operations):
             other.close()
 
 
+def hello_request(version: int) -> Hello:
+    """The hello that opens a connection, saying the newest protocol
+    version this client speaks. A daemon of version 2 or later answers the
+    lower of its own and ours. One of version 1 refuses any hello but 1
+    (``Unsupported``), and the client then says hello again with
+    ``OLDEST_VERSION``: one round trip more, against old daemons only."""
+    return Hello(id=0, version=version, client="sessionctl")
+
+
 def check_hello(hello: HelloReply, where: str) -> None:
-    """Raises ``Unsupported`` unless the daemon speaks our protocol."""
-    if hello.version != PROTOCOL_VERSION:
+    """Raises ``Unsupported`` unless the daemon agreed on a version of the
+    protocol that this client speaks."""
+    if not OLDEST_VERSION <= hello.version <= PROTOCOL_VERSION:
         raise Unsupported(
             f"sessiond {hello.server} on {where} speaks protocol version "
-            f"{hello.version}, this client speaks {PROTOCOL_VERSION}; restart the "
-            f"daemon so that both run the same release"
+            f"{hello.version}, this client speaks {OLDEST_VERSION} to {PROTOCOL_VERSION}; "
+            f"restart the daemon so that both run the same release"
         )
 
 

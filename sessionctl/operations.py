@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union
 
 import msgspec
 
 from sessiond import model, protocol
 from sessiond.limits import MAX_TTL
 from sessiond.protocol import (
+    ACK,
     PAGE_MAX,
+    SESSION,
     Cleanup,
     CleanupReply,
     CleanupResult,
@@ -122,6 +124,34 @@ class Session(msgspec.Struct, kw_only=True, gc=False):
         return None if us is None else to_datetime(us)
 
 
+class Ack(msgspec.Struct, array_like=True, gc=False):
+    """What a write asked with ``returning="ack"`` gets: the session it
+    changed (or read), in the fewest bytes. ``id`` (a ``create`` made it),
+    ``version`` (the session's, after the change), ``expires_at`` (the
+    deadline) and ``expired_at`` (``None`` while active) as in ``Session``;
+    ``status`` from those. The rest (user, ttl, meta, ...) is the session's,
+    which the caller has, or can ``get``."""
+
+    id: str
+    version: int
+    expires_at_us: int
+    expired_at_us: int | None = None
+
+    @property
+    def expires_at(self) -> datetime:
+        """The deadline (past it, the daemon expires the session)."""
+        return to_datetime(self.expires_at_us)
+
+    @property
+    def expired_at(self) -> datetime | None:
+        us = self.expired_at_us
+        return None if us is None else to_datetime(us)
+
+    @property
+    def status(self) -> str:
+        return "active" if self.expired_at_us is None else "expired"
+
+
 class Event(msgspec.Struct, kw_only=True):
     """Something that happened to a session, as ``watch`` reports it.
 
@@ -162,10 +192,14 @@ class EventReply(Response, tag="event"):
     event: Event
 
 
+class AckReply(Response, tag="ack"):
+    ack: Ack
+
+
 # What an import takes: either kind of session encodes to the same bytes.
 SESSION_KINDS = (Session, model.Session)
 
-_OWN_REPLIES = (SessionReply, Page, EventReply)
+_OWN_REPLIES = (SessionReply, Page, EventReply, AckReply)
 # Every reply the daemon makes (``protocol.RESPONSES``), those that carry
 # sessions read into the client's types: a reply added to the protocol is
 # one this client reads without being listed again here.
@@ -190,6 +224,18 @@ def _reply(kind: type[R], value: Callable[[R], T]) -> Callable[[Response], T]:
 
 
 _session = _reply(SessionReply, lambda r: r.session)
+
+
+def _ack(r: Response) -> Ack:
+    """An ``AckReply``'s ack; or, from a daemon of protocol version 1 (which
+    answers the whole session), the ack made of the session."""
+    if type(r) is AckReply:
+        return r.ack
+    assert isinstance(r, SessionReply)
+    s = r.session
+    return Ack(s.id, s.version, s.expires_at_us, s.expired_at_us)
+
+
 _deleted = _reply(Deleted, lambda r: r.sid)
 _page = _reply(Page, lambda r: (r.sessions, r.cursor))
 _stats = _reply(StatsReply, lambda r: r.stats)
@@ -213,10 +259,17 @@ def watch_request(user: object, after: object = None) -> Watch:
                  after=None if after is None else a.text("after", after))
 
 
+# What a request on one session may be answered with (``returning``).
+Shape = Literal["session", "ack"]
+
 if TYPE_CHECKING:
-    from typing import Concatenate, ParamSpec, overload
+    from typing import Concatenate, ParamSpec, Protocol, overload
 
     P = ParamSpec("P")
+    D = TypeVar("D")
+    S_co = TypeVar("S_co", covariant=True)
+    A_co = TypeVar("A_co", covariant=True)
+    D_co = TypeVar("D_co", covariant=True)
 
     class Reply(Generic[T]):
         """What an operation's ``_submit`` hands back: a ``T`` from a
@@ -239,7 +292,7 @@ if TYPE_CHECKING:
         def __get__(self, obj: Client, owner: type) -> Callable[P, T]: ...
 
         @overload
-        def __get__(self, obj: Batch, owner: type) -> Callable[P, Pending[T]]: ...
+        def __get__(self, obj: Batch[Any], owner: type) -> Callable[P, Pending[T]]: ...
 
         @overload
         def __get__(
@@ -248,10 +301,55 @@ if TYPE_CHECKING:
 
         def __get__(self, obj: object, owner: type) -> Any: ...
 
+    class Shaped(Protocol[P, S_co, A_co, D_co]):
+        """A ``shaped`` operation as a submitter returns it: ``S_co`` for
+        ``returning="session"``, ``A_co`` for ``"ack"``, ``D_co`` when the
+        call does not say (a pipeline's own ``returning``). The arguments
+        are checked against the method's own signature when ``returning``
+        is not given."""
+
+        @overload
+        def __call__(self, *args: Any, returning: Literal["ack"], **kwargs: Any) -> A_co: ...
+
+        @overload
+        def __call__(
+            self, *args: Any, returning: Literal["session"], **kwargs: Any
+        ) -> S_co: ...
+
+        @overload
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> D_co: ...
+
+    class shaped(Generic[P]):
+        """An ``operation`` answered with a ``Session`` or, with
+        ``returning="ack"``, an ``Ack``. For the type checker only."""
+
+        def __init__(self, method: Callable[Concatenate[Any, P], Reply[Any]]) -> None: ...
+
+        @overload
+        def __get__(self, obj: None, owner: type) -> shaped[P]: ...
+
+        @overload
+        def __get__(self, obj: Client, owner: type) -> Shaped[P, Session, Ack, Session]: ...
+
+        @overload
+        def __get__(
+            self, obj: Batch[D], owner: type
+        ) -> Shaped[P, Pending[Session], Pending[Ack], Pending[D]]: ...
+
+        @overload
+        def __get__(self, obj: AsyncClient, owner: type) -> Shaped[
+            P, Coroutine[Any, Any, Session], Coroutine[Any, Any, Ack],
+            Coroutine[Any, Any, Session],
+        ]: ...
+
+        def __get__(self, obj: object, owner: type) -> Any: ...
+
 else:
 
     def operation(method):
         return method
+
+    shaped = operation
 
 
 class Operations:
@@ -272,8 +370,33 @@ class Operations:
     ``timeout``; ``ReadOnly`` for a write while the daemon cannot write its
     journal. Each method names the errors of its own beyond those."""
 
+    # What an operation on one session answers when its call does not say
+    # (``returning``): a pipeline's own, from ``pipeline(returning=...)``.
+    _returning: str = SESSION
+
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Reply[T]:
         raise NotImplementedError
+
+    def _speaks_acks(self) -> bool:
+        """Whether the connection's hello agreed on protocol version 2, so
+        that an ack may be asked for: from a daemon of version 1, the
+        whole session is asked for and an ``Ack`` made of it."""
+        raise NotImplementedError
+
+    def _shaped(self, req: Any, returning: object) -> Reply[Any]:
+        """Submit a request on one session, answered as ``returning`` says
+        (``None``: as the submitter's ``_returning`` does)."""
+        if returning is None:
+            returning = self._returning
+        elif returning != SESSION and returning != ACK:
+            from sessionctl import arguments as a
+
+            a.returning(returning)
+        if returning == ACK:
+            if self._speaks_acks():
+                req.returning = ACK
+            return self._submit(req, _ack)
+        return self._submit(req, _session)
 
     # Arguments: every argument's type is checked here, before anything is
     # sent, and the numbers' bounds; what only costs more to check (an id's
@@ -284,7 +407,7 @@ class Operations:
     # argument by a function call costs the pipelined rows of the bench a
     # tenth of their rate.
 
-    @operation
+    @shaped
     def create(
         self,
         *,
@@ -292,9 +415,12 @@ class Operations:
         ttl: int | None = None,
         meta: dict[str, Any] | None = None,
         id: str | None = None,
-    ) -> Reply[Session]:
+        returning: Shape | None = None,
+    ) -> Reply[Session | Ack]:
         """Create a session; ``ttl`` (seconds) defaults to the daemon's
         ``default_ttl``, ``user`` to ``anonymous``, ``id`` to a random one.
+        ``returning="ack"`` answers an ``Ack`` instead of the ``Session``
+        (as every operation on one session that answers a session does).
         Raises ``Conflict`` when ``id`` is taken, ``TooLarge`` for a meta
         past 64 KiB of JSON."""
         if (
@@ -315,22 +441,37 @@ class Operations:
                     from sessionctl import arguments as a
 
                     meta = a.meta(meta)
-        return self._submit(Create(id=0, user=user, ttl=ttl, meta=meta, sid=id), _session)
+        req = Create(id=0, user=user, ttl=ttl, meta=meta, sid=id)
+        if returning is None and self._returning == SESSION:
+            return self._submit(req, _session)
+        return self._shaped(req, returning)
 
-    @operation
-    def get(self, sid: str, *, touch: bool = False) -> Reply[Session]:
+    @shaped
+    def get(
+        self, sid: str, *, touch: bool = False, returning: Shape | None = None
+    ) -> Reply[Session | Ack]:
         """A session (``expired`` once past its deadline); ``touch`` slides
-        it. Raises ``SessionNotFound``."""
+        it (with ``returning="ack"``, the ``Ack`` says the deadline and
+        whether it was expired). Raises ``SessionNotFound``."""
         if type(sid) is not str or (touch is not False and touch is not True):
             from sessionctl import arguments as a
 
             sid, touch = a.sid(sid), a.flag("touch", touch)
-        return self._submit(Get(id=0, sid=sid, touch=touch), _session)
+        req = Get(id=0, sid=sid, touch=touch)
+        if returning is None and self._returning == SESSION:
+            return self._submit(req, _session)
+        return self._shaped(req, returning)
 
-    @operation
+    @shaped
     def set(
-        self, sid: str, key: str, value: Any, *, expect_version: int | None = None
-    ) -> Reply[Session]:
+        self,
+        sid: str,
+        key: str,
+        value: Any,
+        *,
+        expect_version: int | None = None,
+        returning: Shape | None = None,
+    ) -> Reply[Session | Ack]:
         """Set ``meta[key]`` to a JSON value; with ``expect_version``, only
         if unchanged since. Raises ``SessionNotFound``, ``SessionExpired``,
         ``Conflict`` (another version), ``TooLarge``."""
@@ -339,10 +480,19 @@ class Operations:
 
             sid, key, expect_version = a.sid(sid), a.key(key), a.version(expect_version)
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
-        return self._submit(req, _session)
+        if returning is None and self._returning == SESSION:
+            return self._submit(req, _session)
+        return self._shaped(req, returning)
 
-    @operation
-    def unset(self, sid: str, key: str, *, expect_version: int | None = None) -> Reply[Session]:
+    @shaped
+    def unset(
+        self,
+        sid: str,
+        key: str,
+        *,
+        expect_version: int | None = None,
+        returning: Shape | None = None,
+    ) -> Reply[Session | Ack]:
         """Remove ``meta[key]``; with ``expect_version``, only if unchanged
         since. Raises ``SessionNotFound``, ``SessionExpired``, ``Conflict``."""
         from sessionctl import arguments as a
@@ -351,7 +501,7 @@ class Operations:
         # rules refused its characters goes away (see sessiond.rules.unset).
         req = Unset(id=0, sid=a.sid(sid), key=a.text("key", key),
                     expect_version=a.version(expect_version))
-        return self._submit(req, _session)
+        return self._shaped(req, returning)
 
     @operation
     def delete(self, sid: str) -> Reply[str]:
@@ -362,19 +512,24 @@ class Operations:
             sid = a.sid(sid)
         return self._submit(Delete(id=0, sid=sid), _deleted)
 
-    @operation
-    def expire(self, sid: str) -> Reply[Session]:
+    @shaped
+    def expire(self, sid: str, *, returning: Shape | None = None) -> Reply[Session | Ack]:
         """Expire a session now. Raises ``SessionNotFound``."""
         if type(sid) is not str:
             from sessionctl import arguments as a
 
             sid = a.sid(sid)
-        return self._submit(Expire(id=0, sid=sid), _session)
+        return self._shaped(Expire(id=0, sid=sid), returning)
 
-    @operation
+    @shaped
     def refresh(
-        self, sid: str, *, ttl: int | None = None, revive: bool = False
-    ) -> Reply[Session]:
+        self,
+        sid: str,
+        *,
+        ttl: int | None = None,
+        revive: bool = False,
+        returning: Shape | None = None,
+    ) -> Reply[Session | Ack]:
         """Deadline = now + ``ttl`` seconds (the session's own ttl when not
         given). Raises ``SessionNotFound``, and ``SessionExpired`` for an
         expired session unless ``revive=True``."""
@@ -382,7 +537,7 @@ class Operations:
 
         req = Refresh(id=0, sid=a.sid(sid), ttl=None if ttl is None else a.ttl(ttl),
                       revive=a.flag("revive", revive))
-        return self._submit(req, _session)
+        return self._shaped(req, returning)
 
     @operation
     def list_page(

@@ -5,6 +5,15 @@
 answers; ``Pipeline`` sends a batch on a blocking ``Client``, and
 ``sessionctl.aclient.AsyncPipeline`` on an ``AsyncClient``.
 
+A ``Pipeline`` in a ``with`` block streams: every ``STREAM_EVERY``
+requests it sends what it has queued, and settles what has come back,
+while the caller goes on queuing, so that the daemon works on the first
+requests while the client encodes the next. Only whole frames go out (a
+send cut short is finished, or the connection closed), and every request
+carries its id, so a block that ends early leaves the connection in step:
+the answers to what was sent are matched to their ``Pending``s by whoever
+reads next (``Client._strays``).
+
 Imported by the first ``pipeline()`` call, not by every client.
 """
 
@@ -18,14 +27,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sessionctl.operations import Operations
 from sessiond.errors import DaemonUnavailable, SessionError, from_code
-from sessiond.protocol import ErrorReply, Request, Response, append_frame
+from sessiond.protocol import SESSION, ErrorReply, Request, Response, append_frame
 
 if TYPE_CHECKING:
     from sessionctl.aclient import AsyncClient
     from sessionctl.client import Client
 
 T = TypeVar("T")
+D = TypeVar("D")
 _MISSING: Any = object()
+# A streaming pipeline sends what it has queued every this many requests:
+# small enough that the daemon starts early, large enough that the sends
+# (a lock, a system call) cost little a request.
+STREAM_EVERY = 16
 
 
 class Pending(Generic[T]):
@@ -55,15 +69,27 @@ class Pending(Generic[T]):
         return self._value
 
 
-class Batch(Operations):
+class Batch(Operations, Generic[D]):
     """Requests queued for one connection, each answered by a ``Pending``:
     the same operations as ``Client``, each checked (and refused with
-    ``InvalidRequest``) at the call, then queued as a frame."""
+    ``InvalidRequest``) at the call, then queued as a frame. ``D`` is what
+    an operation on one session answers when its call does not say
+    (``returning``): ``Session``, or ``Ack`` for ``returning="ack"``."""
 
-    def __init__(self, client: Client | AsyncClient) -> None:
+    def __init__(self, client: Client | AsyncClient, returning: str | None = None) -> None:
         self._client = client
         self._queued: list[tuple[int, Pending[Any]]] = []
         self._frames = bytearray()
+        if returning is not None and returning != SESSION:
+            from sessionctl import arguments
+
+            self._returning = arguments.returning(returning)
+
+    def _speaks_acks(self) -> bool:
+        # Before an AsyncClient's connection opens, whole sessions are asked
+        # for (and acks made of them): the daemon's version is not known.
+        version = self._client.protocol_version
+        return version is not None and version >= 2
 
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
         # A Pending, settled once the batch is sent: what ``operation``
@@ -104,19 +130,50 @@ class Batch(Operations):
                 raise from_code(response.code, response.message)
 
 
-class Pipeline(Batch):
+class Pipeline(Batch[D]):
     """Requests queued on a client and sent together (see ``Client.pipeline``).
 
     The same operations as ``Client``, each returning a ``Pending`` whose
-    ``result()`` is the value (or raises the error) once the pipeline is sent.
-    A pipeline belongs to the thread that fills it; its client may be
-    shared (an execution holds the client's lock from first send to last
-    reply)."""
+    ``result()`` is the value (or raises the error) once the pipeline is
+    executed. In a ``with`` block the requests go out in chunks as they
+    are queued (see the module's docstring); the answers are read and
+    settled at the latest by ``execute()``, which the block's end calls.
+    A block left by an exception sends no more: what was sent already is
+    answered (its ``Pending``s settle when the client next reads), and the
+    client stays usable. A pipeline belongs to the thread that fills it;
+    its client may be shared (each send, and an execution, hold the
+    client's lock)."""
 
     _client: Client
 
-    def __init__(self, client: Client) -> None:
-        super().__init__(client)
+    def __init__(self, client: Client, returning: str | None = None) -> None:
+        super().__init__(client, returning)
+        self._streaming = False
+        # Requests queued since the last send.
+        self._unsent = 0
+        # Requests sent and not yet answered: settled by execute().
+        self._sent: dict[int, Pending[Any]] = {}
+
+    def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
+        pending = super()._submit(req, convert)
+        if self._streaming:
+            self._unsent += 1
+            if self._unsent >= STREAM_EVERY:
+                self._stream()
+        return pending
+
+    def _stream(self) -> None:
+        """Send what is queued, and settle what has come back, without
+        waiting for any answer."""
+        self._unsent = 0
+        c = self._client
+        with c._lock:
+            c._check_open()
+            data, waiting = self._take()
+            c._strays.update(waiting)
+            self._sent.update(waiting)
+            self._send_locked(data)
+            c._settle_strays(block=False)
 
     def execute(self) -> None:
         """Send everything queued and settle every ``Pending``.
@@ -124,52 +181,81 @@ class Pipeline(Batch):
         Raises ``ClientClosed`` once the client is closed,
         ``DaemonUnavailable`` when the daemon is gone or does not answer in
         the client's ``timeout``; the daemon's answer to each request is
-        its ``Pending``'s.
+        its ``Pending``'s."""
+        if not self._frames and not self._sent:
+            return
+        c = self._client
+        with c._lock:
+            c._check_open()
+            data, waiting = self._take()
+            c._strays.update(waiting)
+            waiting.update(self._sent)
+            self._sent = {}
+            self._send_locked(data)
+            # Replies may have been read by a request in between, and
+            # settled there: those are no longer awaited.
+            strays = c._strays
+            left = [i for i in waiting if i in strays]
+            while left:
+                c._settle_strays(block=True)
+                left = [i for i in left if i in strays]
+
+    def _send_locked(self, data: memoryview) -> None:
+        """Send ``data`` (whole frames) with the client's lock held.
 
         Replies are read while requests are still being sent: the daemon
         stops reading a client that does not read its replies, so sending
-        everything first would deadlock once both socket buffers are full."""
-        if not self._frames:
+        everything first would deadlock once both socket buffers are full.
+        A send that stops part-way through a frame (the daemon gone, or
+        slow past the timeout) closes the client: what it would send next
+        would be read as the rest of that frame."""
+        if not data:
             return
-        with self._client._lock:
-            self._execute_locked()
-
-    def _execute_locked(self) -> None:
         c = self._client
-        c._check_open()
-        data, waiting = self._take()
         sock = c._sock
+        sent = 0
+        try:
+            # The usual case: the socket takes it all at once.
+            sent = sock.send(data, _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise c._lost(exc) from exc
+        if sent == len(data):
+            return
         poller = select.poll()
         poller.register(sock, select.POLLIN | select.POLLOUT)
         wait_ms = None if c.timeout is None else c.timeout * 1000
-        sent = 0
-        while sent < len(data):
-            ready = poller.poll(wait_ms)
-            if not ready:
-                raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
-            mask = ready[0][1]
-            if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                c._fill()
-                self._settle_received(waiting)
-            elif mask & select.POLLOUT:
-                try:
-                    # MSG_DONTWAIT: the socket blocks (see _use_kernel_timeouts),
-                    # and a blocking send would wait to send it all.
-                    sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise c._lost(exc) from exc
-        self._settle_received(waiting)
-        while waiting:
-            c._fill()
-            self._settle_received(waiting)
+        try:
+            while sent < len(data):
+                ready = poller.poll(wait_ms)
+                if not ready:
+                    raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
+                mask = ready[0][1]
+                if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    c._settle_strays(block=True)
+                elif mask & select.POLLOUT:
+                    try:
+                        # MSG_DONTWAIT: the socket blocks (see
+                        # _use_kernel_timeouts), and a blocking send would
+                        # wait to send it all.
+                        sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise c._lost(exc) from exc
+        except BaseException:
+            if sent:
+                c.close()  # part of a frame may be out: out of step for good
+            raise
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Pipeline[D]:
+        self._streaming = True
         return self
 
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._streaming = False
         if t is None:
             self.execute()

@@ -22,7 +22,7 @@ import anyio
 from sessiond.errors import Busy, ProtocolError, TooLarge
 from sessiond.events import EventSource
 from sessiond.live import Live
-from sessiond.protocol import HEADER, LENGTH, error_frame
+from sessiond.protocol import HEADER, LENGTH, Peer, error_frame
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
@@ -133,11 +133,12 @@ class Batches(Protocol):
     engine (``sessiond.dispatch``, ``sessiond.shared.dispatch``)."""
 
     async def batch(
-        self, bodies: list[memoryview], bad: int, out: bytearray
+        self, bodies: list[memoryview], bad: int, out: bytearray, peer: Peer | None = None
     ) -> tuple[EventSource | None, int, int]:
-        """Append the replies to ``bodies`` to ``out``; the event source a
-        ``watch`` among them began, the count of bad frames in a row, and
-        how many bodies were used."""
+        """Append the replies to ``bodies`` (from ``peer``'s connection,
+        whose protocol version a hello among them may change) to ``out``;
+        the event source a ``watch`` among them began, the count of bad
+        frames in a row, and how many bodies were used."""
 
 
 class Connections:
@@ -206,6 +207,8 @@ class Connections:
         # What the large frame at the start of ``pending`` has reserved
         # against frame_buffer_bytes.
         held = 0
+        # The protocol version the connection's hello agreed on.
+        peer = Peer()
         try:
             while True:
                 if not pending and self.stopping:
@@ -242,7 +245,7 @@ class Connections:
                     pending = data
                 else:
                     pending += data
-                used, watcher, bad = await self._answer(conn, pending, bad)
+                used, watcher, bad = await self._answer(conn, pending, bad, peer)
                 if watcher is not None:
                     return watcher
                 if used == len(pending):
@@ -281,7 +284,7 @@ class Connections:
         return n
 
     async def _answer(
-        self, conn: Conn, data: bytes | bytearray, bad: int
+        self, conn: Conn, data: bytes | bytearray, bad: int, peer: Peer
     ) -> tuple[int, EventSource | None, int]:
         """Answer every whole frame at the start of ``data``, a batch at a
         time. Returns how many bytes were used, the watcher if a ``watch``
@@ -312,7 +315,7 @@ class Connections:
             if not bodies:
                 return pos, None, bad
             out = bytearray()
-            watcher, bad, used = await self.dispatcher.batch(bodies, bad, out)
+            watcher, bad, used = await self.dispatcher.batch(bodies, bad, out, peer)
             pos = ends[used - 1]
             if out:
                 try:

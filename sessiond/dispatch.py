@@ -21,7 +21,7 @@ from sessiond import compaction, config, live
 from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import EventSource, Hub
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
-from sessiond.handlers import HANDLERS, SLOW, Handler
+from sessiond.handlers import HANDLERS, SLOW, Handler, hello, shape_refused
 from sessiond.journal import Journal
 from sessiond.live import Live, rules_of
 from sessiond.model import Change, Record, now_us
@@ -36,6 +36,8 @@ from sessiond.protocol import (
     Event,
     EventReply,
     Get,
+    Hello,
+    Peer,
     Request,
     StatsInfo,
     Watch,
@@ -117,9 +119,10 @@ class Dispatcher:
         self._journal_lines = encode_fault(LINE_ENCODE_ERROR, journal_lines)
 
     async def batch(
-        self, bodies: list[memoryview], bad: int, out: bytearray
+        self, bodies: list[memoryview], bad: int, out: bytearray, peer: Peer | None = None
     ) -> tuple[EventSource | None, int, int]:
-        """Handle frames that arrived together; one journal commit for all.
+        """Handle frames that arrived together on ``peer``'s connection (a
+        new one speaking version 1, if not given); one journal commit for all.
 
         Appends the reply frames to ``out``. Stops early once they exceed
         ``max_reply_queue_bytes``, so a client that pipelines big reads
@@ -146,6 +149,11 @@ class Dispatcher:
         # waits on I/O of its own: where their replies begin in ``out``.
         first = 0
         first_out = len(out)
+        if peer is None:
+            peer = Peer()
+        # A connection that speaks version 1 must not ask for acks (its
+        # client could not read them): checked only there.
+        v1 = peer.version < 2
         for body in bodies:
             if len(out) > budget:
                 break
@@ -158,19 +166,44 @@ class Dispatcher:
                 continue
             bad = 0
             kind = type(req)
+            if v1 and (refused := shape_refused(req, peer)) is not None:
+                append_frame(out, self._error_reply(req.id, refused))
+                continue
             handler = handlers.get(kind)
             if handler is None:
                 slow = SLOW.get(kind)
-                if slow is None and kind is not Watch:
+                if slow is None and kind is not Watch and kind is not Hello:
                     unknown = Unsupported(f"unsupported operation {kind.__name__}")
                     append_frame(out, self._error_reply(req.id, unknown))
                     continue
-                # These wait on I/O of their own: settle the batch so far first.
+                # These wait on I/O of their own, or (a hello) change what
+                # the connection may ask: settle the batch so far first.
                 if changes:
-                    await self._commit(changes, writes, out, bodies, first, used - 1, first_out)
+                    await self._commit(
+                        changes, writes, out, bodies, first, used - 1, first_out, peer
+                    )
                     changes, writes = [], []
                 elif journal.settled < journal.accepted:
-                    await self._hold(out, bodies, first, used - 1, first_out)
+                    await self._hold(out, bodies, first, used - 1, first_out, peer)
+                if isinstance(req, Hello):
+                    try:
+                        greeting = hello(req, peer)
+                    except SessionError as exc:
+                        append_frame(out, self._error_reply(req.id, exc))
+                    else:
+                        # Encoded as every handler's reply is (the encoder a
+                        # failpoint may make fail counts it too).
+                        start = len(out)
+                        out += NO_LENGTH
+                        try:
+                            encode_into(greeting, out, -1)
+                            pack_length(out, start, len(out) - start - HEADER)
+                        except Exception as exc:
+                            del out[start:]
+                            self._unencodable(out, req, [], exc)
+                    v1 = peer.version < 2
+                    first, first_out = used, len(out)
+                    continue
                 if slow is None:
                     assert isinstance(req, Watch)
                     settings = self.live.settings
@@ -211,12 +244,12 @@ class Dispatcher:
                 if kind in _WRITES or (isinstance(req, Get) and req.touch):
                     writes.append((start, end, req.id))
         if changes:
-            await self._commit(changes, writes, out, bodies, first, used, first_out)
+            await self._commit(changes, writes, out, bodies, first, used, first_out, peer)
         elif journal.settled < journal.accepted:
             # Nothing to commit, but another batch is on its way to disk,
             # and these replies may have read what it changed. (The usual
             # case, nothing in flight, costs this one comparison.)
-            await self._hold(out, bodies, first, used, first_out)
+            await self._hold(out, bodies, first, used, first_out, peer)
         return None, bad, used
 
     async def _commit(
@@ -228,6 +261,7 @@ class Dispatcher:
         first: int,
         end: int,
         first_out: int,
+        peer: Peer,
     ) -> None:
         """Commit the changes of ``bodies[first:end]``, whose replies are
         ``out[first_out:]``. Once committed, every batch accepted before
@@ -251,10 +285,16 @@ class Dispatcher:
                 return
             # The other replies may have read what was refused (a write of
             # this batch, or of one that failed with it): computed again.
-            await self._recompute(out, bodies, first, end, first_out, final)
+            await self._recompute(out, bodies, first, end, first_out, final, peer)
 
     async def _hold(
-        self, out: bytearray, bodies: list[memoryview], first: int, end: int, first_out: int
+        self,
+        out: bytearray,
+        bodies: list[memoryview],
+        first: int,
+        end: int,
+        first_out: int,
+        peer: Peer,
     ) -> None:
         """Hold the replies of ``bodies[first:end]`` (which changed nothing)
         until every batch accepted before they were computed has settled;
@@ -267,7 +307,7 @@ class Dispatcher:
         failures = journal.failures
         await journal.wait_settled(journal.accepted)
         if journal.failures != failures:
-            await self._recompute(out, bodies, first, end, first_out, {})
+            await self._recompute(out, bodies, first, end, first_out, {}, peer)
 
     async def _recompute(
         self,
@@ -277,6 +317,7 @@ class Dispatcher:
         end: int,
         first_out: int,
         final: dict[int, SessionError],
+        peer: Peer,
     ) -> None:
         """Compute the replies of ``bodies[first:end]`` again until they
         stand: those in ``final`` (writes whose changes were refused) answer
@@ -288,7 +329,7 @@ class Dispatcher:
         journal = self.journal
         while True:
             failures = journal.failures
-            changes, writes = self._rerun(out, bodies, first, end, first_out, final)
+            changes, writes = self._rerun(out, bodies, first, end, first_out, final, peer)
             if changes:
                 try:
                     await self.commit(changes)
@@ -312,6 +353,7 @@ class Dispatcher:
         end: int,
         first_out: int,
         final: dict[int, SessionError],
+        peer: Peer,
     ) -> tuple[list[Change], list[tuple[int, int, int]]]:
         """Replace the replies of ``bodies[first:end]`` (each has one frame
         in ``out``, from ``first_out`` to the end) with new ones; returns
@@ -334,8 +376,8 @@ class Dispatcher:
                 append_frame(rebuilt, self._error_reply(req.id, error))
                 continue
             handler = self._handlers.get(type(req))
-            if handler is None:
-                rebuilt += out[old:pos]  # unsupported: no state either
+            if handler is None or shape_refused(req, peer) is not None:
+                rebuilt += out[old:pos]  # unsupported, or refused: no state either
                 continue
             start = first_out + len(rebuilt)
             made = self._run_into(rebuilt, req, handler)

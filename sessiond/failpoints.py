@@ -1,10 +1,11 @@
 """Failpoints: faults injected for real, for tests (``SESSIOND_FAILPOINT``).
 
 A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
-journal fsync fail with EIO, makes a compaction's snapshot fail to write, or
+journal fsync fail with EIO, makes a compaction's snapshot fail to write,
 makes the encoding of a reply or of a journal line fail as a value msgpack
-cannot carry would. The disk calls a failpoint can fail are in
-``sessiond.diskio``, which asks ``failpoints()`` before each.
+cannot carry would, or makes the daemon speak protocol version 1 only.
+The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
+``failpoints()`` before each.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ SNAPSHOT_ERROR = "snapshot-error"
 REPLY_ENCODE_ERROR = "reply-encode-error"
 LINE_ENCODE_ERROR = "line-encode-error"
 ENCODE_POINTS = (REPLY_ENCODE_ERROR, LINE_ENCODE_ERROR)
+# The daemon speaks protocol version 1 only, as a daemon of the release
+# before version 2 did (it refuses any other hello in that one's words):
+# what a new client meets when an old daemon still runs.
+PROTOCOL_V1 = "protocol-v1"
 
 
 class Failpoints:
@@ -43,7 +48,7 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR) + ENCODE_POINTS
+        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1) + ENCODE_POINTS
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue

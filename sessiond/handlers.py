@@ -21,11 +21,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from sessiond import __version__, config, live, rules
-from sessiond.errors import ConfigError, Unsupported
+from sessiond.errors import ConfigError, InvalidRequest, SessionError, Unsupported
+from sessiond.failpoints import PROTOCOL_V1, failpoints
 from sessiond.live import Live
 from sessiond.model import Change, Record, now_us
 from sessiond.protocol import (
+    ACK,
+    OLDEST_VERSION,
     PROTOCOL_VERSION,
+    SESSION,
+    Ack,
+    AckReply,
     Cleanup,
     CleanupReply,
     CleanupResult,
@@ -47,6 +53,7 @@ from sessiond.protocol import (
     ImportResult,
     List,
     Page,
+    Peer,
     Ping,
     Pong,
     Refresh,
@@ -111,8 +118,33 @@ def handles(kind: type[Request], table: dict[type[Request], H] | None = None) ->
     return enter
 
 
-def session_reply(req: Request, record: Record) -> SessionReply:
+def session_reply(
+    req: Create | Get | Set | Unset | Expire | Refresh, record: Record
+) -> SessionReply | AckReply:
+    """The answer to a request on one session, in the shape it asked for
+    (``returning``): the whole session, or an ``Ack``. The one place
+    either engine's dispatcher shapes it (a connection of version 1 never
+    gets here with ``ack``: ``shape_refused``)."""
+    if req.returning == ACK:
+        ack = Ack(record.id, record.version, record.expires_at, record.expired_at)
+        return AckReply(id=req.id, ack=ack)
     return SessionReply(id=req.id, session=record.to_session())
+
+
+def shape_refused(req: Request, peer: Peer) -> SessionError | None:
+    """Why ``req`` cannot be answered on ``peer``'s connection: a
+    ``returning`` other than the whole session, on a connection whose
+    hello did not agree on version 2 (a version 1 client never sends one;
+    the daemon will not answer it with a shape that client cannot read).
+    Asked before the request runs, so that the refusal changes nothing."""
+    returning = getattr(req, "returning", SESSION)
+    if returning == SESSION or peer.version >= 2:
+        return None
+    return InvalidRequest(
+        f"invalid request: returning={returning!r} needs protocol version 2, and this "
+        f"connection speaks version {peer.version} (its hello said so, or there was none); "
+        f"say hello with version 2 first, or leave returning out"
+    )
 
 
 # -- sessions ----------------------------------------------------------------
@@ -218,15 +250,25 @@ def ping(c: Parts, req: Ping, now: int) -> Outcome:
     return Pong(id=req.id, pid=os.getpid(), version=__version__, uptime=uptime), []
 
 
-@handles(Hello)
-def hello(c: Parts, req: Hello, now: int) -> Outcome:
-    if req.version != PROTOCOL_VERSION:
+def hello(req: Hello, peer: Peer) -> HelloReply:
+    """Agree on the connection's protocol version: the lower of the
+    client's and the daemon's own (``PROTOCOL_VERSION``), from then on
+    ``peer.version``. Not in ``HANDLERS``: it is the one request that
+    changes its connection, and each dispatcher calls it with the peer.
+    Raises ``Unsupported`` for a version older than the oldest spoken,
+    and, under the ``protocol-v1`` failpoint, for any but 1, in the words
+    a daemon of version 1 used."""
+    own = OLDEST_VERSION if failpoints().armed(PROTOCOL_V1) else PROTOCOL_VERSION
+    if req.version < OLDEST_VERSION or (own == 1 and req.version != 1):
+        spoken = (
+            f"version {own}" if own == OLDEST_VERSION else f"versions {OLDEST_VERSION} to {own}"
+        )
         raise Unsupported(
             f"protocol version {req.version} is not supported: this sessiond "
-            f"({__version__}) speaks version {PROTOCOL_VERSION}"
+            f"({__version__}) speaks {spoken}"
         )
-    return HelloReply(id=req.id, version=PROTOCOL_VERSION, server=__version__,
-                      pid=os.getpid()), []
+    peer.version = min(req.version, own)
+    return HelloReply(id=req.id, version=peer.version, server=__version__, pid=os.getpid())
 
 
 @handles(Shutdown)

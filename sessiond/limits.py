@@ -56,6 +56,20 @@ def check_id(sid: object) -> str:
     return sid  # type: ignore[return-value]
 
 
+# How the daemon refuses a request's session id that breaks the rule: in
+# the words its decoder used when it checked every id itself (see
+# ``sessiond.protocol.Sid``), which the rules now say where an id is missed
+# or made.
+ID_REFUSAL: Final = f"invalid request: sid must be a session id ({ID_RULE})"
+
+
+def check_sid(sid: object) -> str:
+    """``sid``, if it is a session id; ``InvalidRequest`` in a request's words."""
+    if not valid_id(sid):
+        raise InvalidRequest(ID_REFUSAL)
+    return sid  # type: ignore[return-value]
+
+
 def check_ttl(ttl: object) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
         raise InvalidRequest(

@@ -26,10 +26,10 @@ import msgspec
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound
 from sessiond.limits import (
     MAX_VERSION,
-    check_id,
     check_key,
     check_meta,
     check_meta_value,
+    check_sid,
     check_time,
     check_ttl,
     check_user,
@@ -93,7 +93,7 @@ def require(s: Sessions, sid: str) -> Record:
     # expression); a miss is told apart from a malformed id.
     record = s.peek(sid) if isinstance(sid, str) else None
     if record is None:
-        check_id(sid)
+        check_sid(sid)
         raise SessionNotFound(f"session {sid} not found")
     return record
 
@@ -132,7 +132,7 @@ def create(
     if sid is None:
         sid = new_id()
     else:
-        check_id(sid)
+        check_sid(sid)
     if s.peek(sid) is not None:
         raise Conflict(f"session {sid} already exists")
     check_user(user)

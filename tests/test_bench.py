@@ -70,8 +70,8 @@ def test_bench_quick_runs_its_cases_and_writes_table_and_json(tmp_path: Path) ->
     assert not broken, broken
     for case in (
         "sequential create", "sequential get", "sequential set",
-        "pipelined x100 create", "pipelined x100 get", "pipelined x100 set (whole session)",
-        "pipelined x100 set (whole session) vs HSET+HGETALL",
+        "pipelined x100 create (whole session)", "pipelined x100 get (whole session)",
+        "pipelined x100 set (ack)", "pipelined x100 set (whole session) vs HSET+HGETALL",
         "sessionctl get ID (whole process)",
     ):
         row = rows[case]

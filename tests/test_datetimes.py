@@ -186,7 +186,11 @@ def test_a_client_session_encodes_to_the_daemons_bytes() -> None:
     assert msgspec.to_builtins(theirs[1])["expired_at"] == request.sessions[1].expired_at
 
 
-@pytest.mark.parametrize("name", ["response.session", "response.page", "response.event"])
+@pytest.mark.parametrize(
+    "name",
+    ["response.session", "response.page", "response.event", "response.ack",
+     "response.ack.expired"],
+)
 def test_the_client_reads_the_golden_replies_to_the_same_microseconds(name: str) -> None:
     raw = bytes.fromhex(read_golden()[name])
     reply = decode(raw[HEADER:], "the golden file")
@@ -217,3 +221,14 @@ def test_the_daemons_own_sessions_keep_their_integers() -> None:
 
 def test_the_package_says_its_version() -> None:
     assert sessionctl.__version__ == sessiond.__version__ == version("sessiond")
+
+
+def test_an_ack_gives_datetimes_as_a_session_does() -> None:
+    from sessionctl import Ack
+    from sessionctl.operations import AckReply
+
+    reply = decode(bytes.fromhex(read_golden()["response.ack.expired"])[HEADER:], "golden")
+    assert isinstance(reply, AckReply) and isinstance(reply.ack, Ack)
+    ack = reply.ack
+    assert ack.expires_at == moment(ack.expires_at_us) and ack.expires_at.tzinfo is UTC
+    assert ack.expired_at == moment(ack.expires_at_us + 1) and ack.status == "expired"

@@ -94,8 +94,8 @@ BAD: dict[str, tuple[bytes, str, str]] = {
                                           value=-1), "invalid", "max_frame_bytes"),
     "config value of wrong type": (request(op="config_set", id=7, key="fsync", value=3),
                                    "invalid", "fsync"),
-    "protocol version unknown": (request(op="hello", id=7, version=99), "unsupported",
-                                 "version 99"),
+    "protocol version too old": (request(op="hello", id=7, version=0), "unsupported",
+                                 "version 0 is not supported"),
 }
 
 

@@ -26,6 +26,8 @@ from sessiond.protocol import (
     HEADER,
     LENGTH,
     PROTOCOL_VERSION,
+    Ack,
+    AckReply,
     AnyRequest,
     AnyResponse,
     Cleanup,
@@ -104,7 +106,10 @@ EXPIRED_SESSION = Session(
 # Each message and the name its frame has in the golden file. Changing how
 # any of these encode is a protocol change: bump PROTOCOL_VERSION.
 SAMPLES: dict[str, Any] = {
-    "request.hello": Hello(id=1, version=PROTOCOL_VERSION, client="sessionctl"),
+    "request.hello": Hello(id=1, version=2, client="sessionctl"),
+    # What a client of version 1 says, and a new one says again to a daemon
+    # of version 1 that refused its hello.
+    "request.hello.v1": Hello(id=1, version=1, client="sessionctl"),
     "request.ping": Ping(id=2),
     "request.create.defaults": Create(id=3),
     "request.create": Create(id=4, user="alice", ttl=3600, meta={"theme": "dark"}, sid="s1"),
@@ -125,7 +130,12 @@ SAMPLES: dict[str, Any] = {
     "request.watch": Watch(id=18, user="alice"),
     "request.watch.everyone": Watch(id=19),
     "request.shutdown": Shutdown(id=20),
-    "response.hello": HelloReply(id=1, version=PROTOCOL_VERSION, server="0.1.0", pid=4242),
+    # Version 2: an operation on one session asks for an ack.
+    "request.set.ack": Set(id=21, sid="s1", key="theme", value="light", returning="ack"),
+    "request.create.ack": Create(id=22, user="alice", ttl=3600, returning="ack"),
+    "request.get.touch.ack": Get(id=23, sid="s1", touch=True, returning="ack"),
+    "response.hello": HelloReply(id=1, version=2, server="0.1.0", pid=4242),
+    "response.hello.v1": HelloReply(id=1, version=1, server="0.1.0", pid=4242),
     "response.pong": Pong(id=2, pid=4242, version="0.1.0", uptime=1.5),
     "response.session": SessionReply(id=4, session=SESSION),
     "response.page": Page(id=9, sessions=[SESSION, EXPIRED_SESSION], cursor="0:2:s2"),
@@ -160,6 +170,9 @@ SAMPLES: dict[str, Any] = {
     "response.event.lagged": EventReply(id=0, event=Event(kind="lagged", sid=None, at=T0,
                                                           dropped=7)),
     "response.stopping": Stopping(id=20, pid=4242),
+    "response.ack": AckReply(id=21, ack=Ack("1f0f618148e2", 2, T0 + 3600 * 1_000_000, None)),
+    "response.ack.expired": AckReply(id=23, ack=Ack("s2", 3, T0 + 60_000_000,
+                                                    T0 + 60_000_001)),
     "response.error.not_found": ErrorReply(id=5, code="not_found",
                                            message="session s1 not found"),
     "response.error.connection": ErrorReply(
@@ -283,8 +296,10 @@ def test_too_large_is_an_invalid_request_with_its_own_wire_code() -> None:
          "ttl must be a whole number of seconds from 1 to 3153600000"),
         ({"op": "create", "id": 1, "ttl": "60"},
          "ttl must be a whole number of seconds from 1 to 3153600000, not a string"),
-        ({"op": "get", "id": 1, "sid": "bad id!"},
+        ({"op": "get", "id": 1, "sid": "x" * 129},
          "sid must be a session id (use 1-128 of A-Z a-z 0-9 . _ -)"),
+        ({"op": "set", "id": 1, "sid": "x", "key": "k", "value": 1, "returning": "all"},
+         "returning must be 'session' or 'ack'"),
         ({"op": "get", "id": -1, "sid": "x"}, "id must be a whole number of at least 0"),
         ({"op": "list", "id": 1, "status": "zombie"}, "status must be 'active' or 'expired'"),
         ({"op": "list", "id": 1, "limit": 100_000}, "limit must be a whole number from 1 to 1000"),
@@ -350,12 +365,30 @@ def test_hello_answers_with_the_protocol_version_and_echoes_the_id(wire: Daemon)
     assert reply["version"] == PROTOCOL_VERSION and isinstance(reply["pid"], int)
 
 
-def test_hello_with_another_version_is_an_unsupported_error_naming_both(wire: Daemon) -> None:
+def test_hello_with_a_version_too_old_is_an_unsupported_error_naming_both(wire: Daemon) -> None:
+    # A newer one is answered with the daemon's own (test_protocol_versions).
     with Raw(wire.socket) as raw:
-        reply = raw.call(op="hello", id=5, version=PROTOCOL_VERSION + 98)
+        reply = raw.call(op="hello", id=5, version=0)
     assert reply["r"] == "error" and reply["id"] == 5 and reply["code"] == "unsupported"
-    assert str(PROTOCOL_VERSION + 98) in reply["message"]
+    assert "protocol version 0 is not" in reply["message"]
     assert str(PROTOCOL_VERSION) in reply["message"]
+
+
+@pytest.mark.parametrize("op", [
+    {"op": "get"}, {"op": "delete"}, {"op": "expire"}, {"op": "refresh"},
+    {"op": "set", "key": "k", "value": 1}, {"op": "unset", "key": "k"}, {"op": "create"},
+])
+def test_a_bad_id_is_refused_by_the_daemon_in_the_words_of_the_decoder(
+    wire: Daemon, op: dict[str, Any]
+) -> None:
+    # The decoder checks an id's length only; its characters are the
+    # rules', which refuse it before any change, in the same words.
+    with Raw(wire.socket) as raw:
+        reply = raw.call(id=31, sid="bad id!", **op)
+    assert reply == {"r": "error", "id": 31, "code": "invalid", "message":
+                     "invalid request: sid must be a session id (use 1-128 of A-Z a-z 0-9 . _ -)"}
+    with Client(wire.socket) as c:
+        assert not [s for s in c.list() if s.id == "bad id!"]
 
 
 def test_pipelined_requests_are_answered_in_order_each_echoing_its_id(wire: Daemon) -> None:

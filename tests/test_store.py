@@ -86,8 +86,12 @@ def test_create_uses_a_given_id_user_ttl_and_meta() -> None:
 @pytest.mark.parametrize("sid", ["", "a b", "x" * 129, "caf\u00e9", "a/b", "a:b"])
 def test_create_rejects_an_invalid_id_without_change(sid: str) -> None:
     store = Store()
-    with pytest.raises(InvalidRequest, match="invalid session id"):
+    with pytest.raises(InvalidRequest) as caught:
         rules.create(store, at(0), sid=sid)
+    # In the words the daemon's decoder used when it checked ids itself.
+    assert str(caught.value) == (
+        "invalid request: sid must be a session id (use 1-128 of A-Z a-z 0-9 . _ -)"
+    )
     assert len(store) == 0
 
 

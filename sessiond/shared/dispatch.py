@@ -40,7 +40,7 @@ from sessiond.errors import (
     Unsupported,
 )
 from sessiond.events import EventSource
-from sessiond.handlers import HANDLERS, SLOW
+from sessiond.handlers import HANDLERS, SLOW, hello, shape_refused
 from sessiond.live import Live, rules_of
 from sessiond.model import Change
 from sessiond.protocol import (
@@ -57,6 +57,7 @@ from sessiond.protocol import (
     Hello,
     Import,
     List,
+    Peer,
     Ping,
     Refresh,
     Request,
@@ -80,8 +81,8 @@ log = logging.getLogger("sessiond.shared")
 
 # Requests on one session, run together on a view of their records.
 ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
-# Answered by the daemon alone.
-OWN = frozenset({Hello, Ping, ConfigGet, Shutdown})
+# Answered by the daemon alone (and ``Hello``, which changes its connection).
+OWN = frozenset({Ping, ConfigGet, Shutdown})
 # How long a request whose records keep changing under it is run again
 # before it is refused (Conflict). Each round of a race on a record has a
 # winner, so a request loses round after round only while others keep
@@ -120,12 +121,14 @@ class SharedDispatcher:
         }
 
     async def batch(
-        self, bodies: list[memoryview], bad: int, out: bytearray
+        self, bodies: list[memoryview], bad: int, out: bytearray, peer: Peer | None = None
     ) -> tuple[EventSource | None, int, int]:
         """Handle frames that arrived together (see ``Dispatcher.batch``)."""
         budget = self.live.settings.max_reply_queue_bytes
         run: list[Request] = []
         used = 0
+        if peer is None:
+            peer = Peer()
         for body in bodies:
             if len(out) > budget:
                 break
@@ -139,21 +142,31 @@ class SharedDispatcher:
                 continue
             bad = 0
             kind = type(req)
-            if kind in ON_SESSIONS:
+            refused = shape_refused(req, peer) if peer.version < 2 else None
+            if kind in ON_SESSIONS and refused is None:
                 run.append(req)
                 continue
             await self._flush(run, out)
+            if refused is not None:
+                append_frame(out, _error(req.id, refused))
+                continue
+            if isinstance(req, Hello):
+                try:
+                    append_frame(out, hello(req, peer))
+                except SessionError as exc:
+                    append_frame(out, _error(req.id, exc))
+                continue
             if isinstance(req, Watch):
                 watcher = StreamWatcher(self.store, req.user, req.after, self.watchers)
                 try:
-                    hello = await watcher.hello(req.id)
+                    first = await watcher.hello(req.id)
                 except SessionError as exc:
                     # A cursor that is not an event's, the engine away: this
                     # request is refused, the connection goes on.
                     watcher.close()
                     append_frame(out, _error(req.id, exc))
                     continue
-                append_frame(out, hello)
+                append_frame(out, first)
                 return watcher, bad, used
             append_frame(out, await self._other(req))
         await self._flush(run, out)
