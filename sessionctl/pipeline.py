@@ -3,7 +3,7 @@
 
 ``Batch`` is what every pipeline shares, the queue and the settling of
 answers; ``Pipeline`` sends a batch on a blocking ``Client``, and
-``sessionctl.aclient.AsyncPipeline`` on an ``AsyncClient``.
+``sessionctl.apipeline.AsyncPipeline`` on an ``AsyncClient``.
 
 A ``Pipeline`` in a ``with`` block streams: every ``STREAM_EVERY``
 requests it sends what it has queued, and settles what has come back,
