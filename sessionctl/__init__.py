@@ -25,10 +25,11 @@ from sessiond import __version__ as __version__
 # typing itself would cost ``sessionctl version`` a fifth of its time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from sessionctl.aclient import AsyncClient, AsyncPipeline
+    from sessionctl.aclient import AsyncClient
+    from sessionctl.apipeline import AsyncPipeline
     from sessionctl.client import Client
-    from sessionctl.operations import Ack, Event, Session
     from sessionctl.pipeline import Pending, Pipeline
+    from sessionctl.results import Ack, Event, Session
     from sessiond.errors import (
         Busy,
         ClientClosed,
@@ -52,10 +53,11 @@ if TYPE_CHECKING:
     )
 
 _HOMES = {
-    "sessionctl.aclient": ("AsyncClient", "AsyncPipeline"),
+    "sessionctl.aclient": ("AsyncClient",),
+    "sessionctl.apipeline": ("AsyncPipeline",),
     "sessionctl.client": ("Client",),
-    "sessionctl.operations": ("Ack", "Event", "Session"),
     "sessionctl.pipeline": ("Pending", "Pipeline"),
+    "sessionctl.results": ("Ack", "Event", "Session"),
     "sessiond.errors": (
         "Busy",
         "ClientClosed",

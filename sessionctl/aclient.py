@@ -4,8 +4,8 @@ The same operations as ``Client`` (written once, in ``sessionctl.operations``:
 here ``_submit`` returns a coroutine), the same errors and the same
 autostart rules, on anyio, so that one client serves asyncio and trio
 alike. The parts of a connection that do no I/O (frames, the checks of a
-hello, the words of a refusal, the paging of an import) are the blocking
-client's, in ``sessionctl.client``.
+hello, the words of a refusal) are ``sessionctl.connection``'s, the paging
+of an import ``sessionctl.importing``'s, shared with the blocking client.
 
 This module alone imports anyio: ``import sessionctl``, ``Client`` and the
 command line never do.
@@ -25,30 +25,21 @@ import anyio.abc
 import anyio.to_thread
 
 from sessionctl import arguments
-from sessionctl.client import (
+from sessionctl.apipeline import AsyncPipeline
+from sessionctl.connection import (
     ENCODE_ERRORS,
-    IMPORT_PAGE_BYTES,
     RECV_BYTES,
-    add_up,
     autostart_off_by,
     check_hello,
     closed,
     hello_request,
-    import_plan,
     pop_frame,
     python_advice,
     refusal,
 )
-from sessionctl.operations import (
-    SESSION_KINDS,
-    Ack,
-    Event,
-    EventReply,
-    Operations,
-    Session,
-    watch_request,
-)
-from sessionctl.pipeline import Batch
+from sessionctl.importing import IMPORT_PAGE_BYTES, add_up, import_plan
+from sessionctl.operations import Operations, watch_request
+from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
 from sessiond.errors import DaemonUnavailable, SessionError, Unsupported, from_code
 from sessiond.protocol import (
@@ -69,7 +60,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 T = TypeVar("T")
-D = TypeVar("D")
 # A pipeline's frames go out in pieces of this size, each within the
 # client's timeout (as the blocking pipeline's each poll is).
 _SEND_PIECE = 1 << 18
@@ -437,61 +427,3 @@ class AsyncClient(Operations):
                 yield reply.event
         finally:
             await other.aclose()
-
-
-class AsyncPipeline(Batch[D]):
-    """Requests queued on an ``AsyncClient`` and sent together when the
-    ``async with`` block ends (or at ``await p.execute()``).
-
-    The same operations as ``AsyncClient``, not awaited: each returns a
-    ``Pending`` whose ``result()`` is the value (or raises the error) once
-    the pipeline is sent. A block left by an exception sends nothing."""
-
-    _client: AsyncClient
-
-    def __init__(self, client: AsyncClient, returning: str | None = None) -> None:
-        super().__init__(client, returning)
-
-    async def execute(self) -> None:
-        """Send everything queued and settle every ``Pending``, reading the
-        answers while the requests go out (see ``Pipeline.execute``, which
-        raises alike)."""
-        if not self._frames:
-            return
-        c = self._client
-        async with c._lock:
-            await c._open_locked()
-            data, waiting = self._take()
-            errors: list[SessionError] = []
-
-            async def send_all() -> None:
-                try:
-                    await c._send(data)
-                except SessionError as exc:
-                    errors.append(exc)
-                    tg.cancel_scope.cancel()
-
-            # Errors are kept rather than raised in the task group, which
-            # would wrap them in an ExceptionGroup: the caller gets the
-            # one that stopped the pipeline, as from Pipeline.execute.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(send_all)
-                try:
-                    self._settle_received(waiting)
-                    while waiting:
-                        await c._fill()
-                        self._settle_received(waiting)
-                except SessionError as exc:
-                    errors.append(exc)
-                    tg.cancel_scope.cancel()
-            if errors:
-                raise errors[0]
-
-    async def __aenter__(self) -> AsyncPipeline[D]:
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if t is None:
-            await self.execute()

@@ -16,8 +16,9 @@ import sys
 from typing import Any
 
 from sessionctl import render
-from sessionctl.client import Client, add_up
+from sessionctl.client import Client
 from sessionctl.handlers import emit, plural
+from sessionctl.importing import add_up
 from sessionctl.registry import (
     BULK_SHOWN,
     EXIT_FAILED,
@@ -207,7 +208,7 @@ def h_import(c: Client, args: Args) -> int:
 def h_cleanup(c: Client, args: Args) -> int:
     import msgspec
 
-    from sessionctl.operations import to_datetime
+    from sessionctl.results import to_datetime
 
     before = None if args.before_us is None else to_datetime(args.before_us)
     r = c.cleanup(before=before, dry_run=args.dry_run)

@@ -3,8 +3,8 @@
 Every method sends one request and returns the daemon's answer as a typed
 struct, or raises a ``SessionError`` subclass. ``pipeline()`` sends many
 requests without waiting for each answer. (``sessionctl.aclient`` is the
-same client for asyncio and trio; the parts of a connection that do no I/O
-are here, for both.)
+same client for asyncio and trio; the parts of a connection both share
+are ``sessionctl.connection``'s.)
 
 A ``Client`` may be shared by threads, as redis-py's and httpx's clients
 are: one lock serialises the round trips (and pipeline executions) on its
@@ -15,52 +15,43 @@ has a connection of its own.
 from __future__ import annotations
 
 import _thread
-import array
-import builtins
 import itertools
 import os
 import socket as _socket
-import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import msgspec
-
-from sessionctl.operations import (
-    SESSION_KINDS,
-    Ack,
-    AnyReply,
-    Event,
-    EventReply,
-    Operations,
-    Session,
-    watch_request,
+from sessionctl.connection import (
+    BIG_RECV_BYTES,
+    ENCODE_ERRORS,
+    RECV_BYTES,
+    autostart_off_by,
+    check_hello,
+    closed,
+    connect_patiently,
+    decode,
+    hello_request,
+    pop_frame,
+    python_advice,
+    refusal,
+    use_kernel_timeouts,
 )
+from sessionctl.operations import Operations, watch_request
+from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
-from sessiond.errors import (
-    ClientClosed,
-    DaemonUnavailable,
-    InvalidRequest,
-    ProtocolError,
-    SessionError,
-    Unsupported,
-    from_code,
-)
+from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError, Unsupported, from_code
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
     PAGE_MAX,
     PROTOCOL_VERSION,
     ErrorReply,
-    Hello,
     HelloReply,
-    Import,
     ImportResult,
     Request,
     Response,
     append_frame,
-    encoder,
 )
 
 if TYPE_CHECKING:
@@ -69,198 +60,6 @@ if TYPE_CHECKING:
     from sessionctl.pipeline import Pending, Pipeline
 
 T = TypeVar("T")
-# Far above any reply the daemon makes (a page is at most PAGE_MAX sessions
-# of at most 64 KiB of meta each): a bigger header means a broken stream.
-MAX_REPLY_BYTES = 1 << 30
-# A recv(2) of this size covers any small reply in one call; far bigger sizes
-# make every call map and unmap its buffer (measured: 3 us for 64 KiB, 22 us
-# for 256 KiB, whatever arrives). A big reply is read in bigger calls.
-RECV_BYTES = 65536
-_BIG_RECV_BYTES = 1 << 18
-# Import pages are bounded by bytes as well as by count: 1,000 sessions of
-# 8 KiB of meta make a request of 8 MB, past the daemon's max_frame_bytes
-# (4 MiB by default), which it refuses whole. The daemon's limit is asked
-# once an import; a page is kept to 1 MiB below it even so, because the
-# daemon applies a page in one go while its other clients wait.
-IMPORT_PAGE_BYTES = 1 << 20
-NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
-_decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
-# What an encode of a request can fail with: see sessionctl.arguments,
-# which says why (imported then, and only then).
-ENCODE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
-
-
-def decode(body: bytes | memoryview, where: str) -> Response:
-    """A reply body from ``where``; ``ProtocolError`` if it is not one this
-    client reads (msgspec's account of why is the error's ``__cause__``)."""
-    try:
-        return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolError(
-            f"what answers on {where} sent a reply this client cannot read: it is not "
-            f"sessiond, or a sessiond of another release (restart it to run this one)"
-        ) from exc
-
-
-def pop_frame(buf: bytearray, where: str) -> Response | None:
-    """The next whole reply at the start of ``buf``, taken out of it, if
-    there is one."""
-    if len(buf) < HEADER:
-        return None
-    n = int.from_bytes(buf[:HEADER], "big")
-    if n > MAX_REPLY_BYTES:
-        # Nothing the daemon sends comes near: the stream is out of step.
-        raise ProtocolError(
-            f"reply frame of {n} bytes from {where} exceeds {MAX_REPLY_BYTES}; "
-            f"the connection is out of step"
-        )
-    end = HEADER + n
-    if len(buf) < end:
-        return None
-    # Decoded in place; the view is gone before the bytes are dropped.
-    response = decode(memoryview(buf)[HEADER:end], where)
-    del buf[:end]
-    return response
-
-
-def _use_kernel_timeouts(sock: _socket.socket, timeout: float | None) -> None:
-    """Make ``sock`` blocking, with ``timeout`` enforced by the kernel
-    (SO_RCVTIMEO, SO_SNDTIMEO): a socket with a Python timeout polls before
-    every recv and send, two more system calls a request. A recv or send
-    that times out then fails with EAGAIN."""
-    sock.settimeout(None)
-    if timeout is None:
-        return
-    micros = max(1, round(timeout * 1_000_000))  # zero would mean "never"
-    # struct timeval: two C longs on Linux.
-    timeval = array.array("l", divmod(micros, 1_000_000)).tobytes()
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, timeval)
-
-
-def _connect_patiently(sock: _socket.socket, path: str, timeout: float | None) -> None:
-    """connect(2), waiting while the daemon's accept backlog is full.
-
-    A socket with a timeout is non-blocking underneath, and a non-blocking
-    Unix-socket connect fails at once with EAGAIN when the backlog is full
-    instead of waiting its turn, as a blocking one would."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            sock.connect(path)
-            return
-        except BlockingIOError:
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-
-def autostart_off_by_env() -> bool:
-    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off (set, and
-    neither empty nor ``0``). Read here only: ``Client`` asks it for the
-    CLI, the shim and Python programs alike."""
-    return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
-
-
-def closed(kind: str, where: str) -> ClientClosed:
-    """The error of every call on a closed ``Client`` or ``AsyncClient``."""
-    return ClientClosed(
-        f"this {kind} (for {where}) is closed; make a new one (a client closes when its "
-        f"'with' block ends)"
-    )
-
-
-def refusal(
-    where: str, exc: OSError, off_by: str | None, started: bool, advice: Callable[[str], str]
-) -> DaemonUnavailable | None:
-    """What a failed connect to ``where`` raises, or ``None`` when a daemon
-    should be started (nothing answers, and autostart is on). ``started``:
-    one was, and answered, and now does not; ``advice`` says how to turn
-    autostart on, given what turned it off."""
-    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-        if started:
-            return DaemonUnavailable(
-                f"sessiond was started and answered on {where}, then stopped "
-                f"answering ({exc.strerror}); see sessiond.log in its data dir (or "
-                f"'journalctl --user -u sessiond' under systemd)"
-            )
-        if off_by is None:
-            return None
-        from sessionctl.autostart import start_advice
-        from sessionctl.unreachable import connect_failed
-
-        return DaemonUnavailable(connect_failed(where, exc) or (
-            f"no sessiond answers on {where} ({exc.strerror}); "
-            f"{start_advice(where)}, or {advice(off_by)}"
-        ))
-    from sessionctl.unreachable import connect_failed
-
-    return DaemonUnavailable(connect_failed(where, exc) or f"cannot connect to {where}: {exc}")
-
-
-def autostart_off_by(autostart: bool | None) -> str | None:
-    """What turned autostart off (``BY_ARGUMENT``, ``BY_ENVIRONMENT``), or
-    ``None`` when it is on."""
-    if autostart is None:
-        return BY_ENVIRONMENT if autostart_off_by_env() else None
-    return None if autostart else BY_ARGUMENT
-
-
-def import_plan(
-    sessions: Iterable[Session | model.Session], limit: int
-) -> Iterator[builtins.list[Session | model.Session] | ImportResult]:
-    """``sessions`` in pages to send, each of at most ``PAGE_MAX`` sessions
-    and of at most ``limit`` bytes encoded (the request around them
-    included); a session too big for any page comes as an ``ImportResult``
-    that skips it, with its reason."""
-    # The request around the sessions: its keys, the largest id, and the
-    # largest array header (5 bytes where an empty array takes 1).
-    budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
-    page: builtins.list[Session | model.Session] = []
-    size = 0
-    for session in sessions:
-        if not isinstance(session, SESSION_KINDS):
-            from sessionctl import arguments
-
-            arguments.session(session, SESSION_KINDS)
-        try:
-            n = len(encoder.encode(session))
-        except ENCODE_ERRORS as exc:
-            from sessionctl.arguments import why_unsendable
-
-            raise InvalidRequest(
-                f"session {session.id!r} cannot be sent: {why_unsendable(exc)}; "
-                f"meta values must be str, int, float, bool, None, list or dict"
-            ) from exc
-        if n > budget:
-            yield ImportResult(skipped=1, reasons=[
-                f"{session.id}: {n} bytes encoded, more than one request may carry "
-                f"(the daemon's max_frame_bytes is {limit})"
-            ])
-            continue
-        if page and (len(page) == PAGE_MAX or size + n > budget):
-            yield page
-            page, size = [], 0
-        page.append(session)
-        size += n
-    if page:
-        yield page
-
-
-def add_up(total: ImportResult, part: ImportResult) -> None:
-    """Add one page's counts and reasons to ``total``."""
-    total.imported += part.imported
-    total.updated += part.updated
-    total.skipped += part.skipped
-    total.already_expired += part.already_expired
-    total.reasons.extend(part.reasons)
-
-
-# What turned autostart off, as ``Client._autostart_advice`` is told.
-BY_ARGUMENT = "argument"
-BY_ENVIRONMENT = "environment"
 
 
 class Client(Operations):
@@ -349,8 +148,8 @@ class Client(Operations):
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            _connect_patiently(sock, self._where, self.timeout)
-            _use_kernel_timeouts(sock, self.timeout)
+            connect_patiently(sock, self._where, self.timeout)
+            use_kernel_timeouts(sock, self.timeout)
             return sock
         except OSError as exc:
             sock.close()
@@ -437,7 +236,7 @@ class Client(Operations):
         buf = self._buf
         size = RECV_BYTES
         if len(buf) >= HEADER and int.from_bytes(buf[:HEADER], "big") >= RECV_BYTES:
-            size = _BIG_RECV_BYTES  # the rest of a big reply
+            size = BIG_RECV_BYTES  # the rest of a big reply
         try:
             chunk = self._sock.recv(size)
         except (TimeoutError, BlockingIOError) as exc:
@@ -499,31 +298,6 @@ class Client(Operations):
             raise from_code(response.code, response.message)
         return response
 
-    def _settle_strays(self, block: bool) -> None:
-        """Read what the daemon has sent (waiting up to ``timeout`` for
-        some if ``block``) and settle the pipelined requests it answers.
-        Raises the error the daemon closed the connection with, if it did."""
-        if block:
-            self._fill()
-        else:
-            try:
-                chunk = self._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                raise self._lost(exc) from exc
-            if not chunk:
-                return  # closed: the next read that waits says so
-            self._buf += chunk
-        strays = self._strays
-        while (response := self._pop_frame()) is not None:
-            pending = strays.pop(response.id, None)
-            if pending is not None:
-                pending._settle(response)
-            elif isinstance(response, ErrorReply) and response.id == 0:
-                # About the connection, not a request.
-                raise from_code(response.code, response.message)
-
     def _submit(self, req: Request, convert: Callable[[Response], T]) -> Any:
         # The value itself: what ``operation`` tells the type checker a
         # Client's methods return.
@@ -568,6 +342,8 @@ class Client(Operations):
         ``import_pages``); the totals of every page. Importing the same
         sessions again changes nothing: those already there are skipped.
         Raises as ``import_pages`` does."""
+        from sessionctl.importing import add_up
+
         total = ImportResult(reasons=[])
         for part in self.import_pages(sessions):
             add_up(total, part)
@@ -589,6 +365,7 @@ class Client(Operations):
         ``InvalidRequest`` when an item is not a session or holds a value
         that cannot be sent (the pages before it are committed)."""
         from sessionctl import arguments
+        from sessionctl.importing import IMPORT_PAGE_BYTES, import_plan
 
         arguments.sessions(sessions, SESSION_KINDS)
         limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
@@ -637,35 +414,3 @@ class Client(Operations):
                 yield reply.event
         finally:
             other.close()
-
-
-def hello_request(version: int) -> Hello:
-    """The hello that opens a connection, saying the newest protocol
-    version this client speaks. A daemon of version 2 or later answers the
-    lower of its own and ours. One of version 1 refuses any hello but 1
-    (``Unsupported``), and the client then says hello again with
-    ``OLDEST_VERSION``: one round trip more, against old daemons only."""
-    return Hello(id=0, version=version, client="sessionctl")
-
-
-def check_hello(hello: HelloReply, where: str) -> None:
-    """Raises ``Unsupported`` unless the daemon agreed on a version of the
-    protocol that this client speaks."""
-    if not OLDEST_VERSION <= hello.version <= PROTOCOL_VERSION:
-        raise Unsupported(
-            f"sessiond {hello.server} on {where} speaks protocol version "
-            f"{hello.version}, this client speaks {OLDEST_VERSION} to {PROTOCOL_VERSION}; "
-            f"restart the daemon so that both run the same release"
-        )
-
-
-def python_advice(kind: str, off_by: str) -> str:
-    """How a Python program lets a ``kind`` (``Client``, ``AsyncClient``)
-    start the daemon, given what turned that off."""
-    if off_by == BY_ENVIRONMENT:
-        return (
-            f"let the client start it: {NO_AUTOSTART_ENV}="
-            f"{os.environ.get(NO_AUTOSTART_ENV, '')!r} in the environment turns that "
-            f"off; unset it, or pass {kind}(autostart=True)"
-        )
-    return f"let the client start it: pass {kind}(autostart=True), or leave autostart out"

@@ -13,7 +13,7 @@ from typing import IO, TextIO
 
 from sessionctl import render
 from sessionctl.client import Client
-from sessionctl.operations import Session
+from sessionctl.results import Session
 from sessiond import model
 from sessiond.diskio import AtomicFile
 from sessiond.records import plain_line

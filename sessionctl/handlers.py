@@ -14,13 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sessionctl import render
-from sessionctl.client import (
-    BY_ENVIRONMENT,
-    NO_AUTOSTART_ENV,
-    Client,
-    autostart_off_by_env,
-)
-from sessionctl.operations import Session
+from sessionctl.client import Client
+from sessionctl.connection import BY_ENVIRONMENT, NO_AUTOSTART_ENV, autostart_off_by_env
 from sessionctl.registry import (
     EXIT_OK,
     Args,
@@ -28,6 +23,7 @@ from sessionctl.registry import (
     UsageError,
     out,
 )
+from sessionctl.results import Session
 from sessiond.errors import SessionExpired
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX

@@ -3,7 +3,7 @@
 
 ``Batch`` is what every pipeline shares, the queue and the settling of
 answers; ``Pipeline`` sends a batch on a blocking ``Client``, and
-``sessionctl.aclient.AsyncPipeline`` on an ``AsyncClient``.
+``sessionctl.apipeline.AsyncPipeline`` on an ``AsyncClient``.
 
 A ``Pipeline`` in a ``with`` block streams: every ``STREAM_EVERY``
 requests it sends what it has queued, and settles what has come back,
@@ -25,6 +25,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from sessionctl.connection import RECV_BYTES
 from sessionctl.operations import Operations
 from sessiond.errors import DaemonUnavailable, SessionError, from_code
 from sessiond.protocol import SESSION, ErrorReply, Request, Response, append_frame
@@ -173,7 +174,33 @@ class Pipeline(Batch[D]):
             c._strays.update(waiting)
             self._sent.update(waiting)
             self._send_locked(data)
-            c._settle_strays(block=False)
+            self._settle_strays(block=False)
+
+    def _settle_strays(self, block: bool) -> None:
+        """Read what the daemon has sent (waiting up to ``timeout`` for
+        some if ``block``) and settle the pipelined requests it answers.
+        Raises the error the daemon closed the connection with, if it did."""
+        c = self._client
+        if block:
+            c._fill()
+        else:
+            try:
+                chunk = c._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                raise c._lost(exc) from exc
+            if not chunk:
+                return  # closed: the next read that waits says so
+            c._buf += chunk
+        strays = c._strays
+        while (response := c._pop_frame()) is not None:
+            pending = strays.pop(response.id, None)
+            if pending is not None:
+                pending._settle(response)
+            elif isinstance(response, ErrorReply) and response.id == 0:
+                # About the connection, not a request.
+                raise from_code(response.code, response.message)
 
     def execute(self) -> None:
         """Send everything queued and settle every ``Pending``.
@@ -197,7 +224,7 @@ class Pipeline(Batch[D]):
             strays = c._strays
             left = [i for i in waiting if i in strays]
             while left:
-                c._settle_strays(block=True)
+                self._settle_strays(block=True)
                 left = [i for i in left if i in strays]
 
     def _send_locked(self, data: memoryview) -> None:
@@ -233,11 +260,11 @@ class Pipeline(Batch[D]):
                     raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
                 mask = ready[0][1]
                 if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
-                    c._settle_strays(block=True)
+                    self._settle_strays(block=True)
                 elif mask & select.POLLOUT:
                     try:
                         # MSG_DONTWAIT: the socket blocks (see
-                        # _use_kernel_timeouts), and a blocking send would
+                        # use_kernel_timeouts), and a blocking send would
                         # wait to send it all.
                         sent += sock.send(data[sent:], _socket.MSG_DONTWAIT)
                     except BlockingIOError:

@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from sessionctl.operations import Session
+from sessionctl.results import Session
 from sessiond.model import EXPIRED, US, format_duration, iso
 from sessiond.protocol import StatsInfo
 

@@ -36,7 +36,7 @@ from sessiond.limits import ID_RULE, MAX_TTL, valid_id
 
 if TYPE_CHECKING:
     from sessionctl.client import Client
-    from sessionctl.operations import Session
+    from sessionctl.results import Session
 
 NOT_FOUND = "Session {} not found"
 HELP = """\
@@ -204,7 +204,8 @@ def parse_meta(values: list[str]) -> dict[str, str]:
 
 
 def connect() -> Client:
-    from sessionctl.client import NO_AUTOSTART_ENV, Client
+    from sessionctl.client import Client
+    from sessionctl.connection import NO_AUTOSTART_ENV
 
     class ShimClient(Client):
         # The shim has no flag of its own: only the environment turns
@@ -362,7 +363,7 @@ def c_cleanup(argv: Sequence[str]) -> int:
         except ValueError as exc:
             # The legacy tool took an unparsable --before as "now".
             raise Usage(f"--before: {exc}") from None
-    from sessionctl.operations import to_datetime
+    from sessionctl.results import to_datetime
 
     with connect() as c:
         r = c.cleanup(before=None if before is None else to_datetime(before),

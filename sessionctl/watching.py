@@ -22,8 +22,8 @@ from typing import Any
 from sessionctl import render
 from sessionctl.client import Client
 from sessionctl.handlers import CliClient, plural
-from sessionctl.operations import Event
 from sessionctl.registry import EXIT_OK, Args, out
+from sessionctl.results import Event
 from sessiond.errors import BackendUnavailable, Busy, DaemonUnavailable
 from sessiond.model import iso
 

@@ -34,7 +34,7 @@ import msgspec
 import pytest
 
 from sessionctl import Client, Session
-from sessionctl.client import NO_AUTOSTART_ENV
+from sessionctl.connection import NO_AUTOSTART_ENV
 from sessiond import model
 from sessiond.errors import DaemonUnavailable
 from tests.redis_servers import RedisClusterServers, RedisNode

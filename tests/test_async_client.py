@@ -41,7 +41,7 @@ from sessionctl import (
     SessionNotFound,
     StatsInfo,
 )
-from sessionctl.client import NO_AUTOSTART_ENV
+from sessionctl.connection import NO_AUTOSTART_ENV
 from sessiond.legacy import read_sessions
 from sessiond.protocol import PAGE_MAX, Pong
 from tests.conftest import Daemon

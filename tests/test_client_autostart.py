@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sessionctl import Client, DaemonUnavailable
-from sessionctl.client import NO_AUTOSTART_ENV
+from sessionctl.connection import NO_AUTOSTART_ENV
 from tests.conftest import SESSIONCTL, wait_until
 from tests.test_autostart import gone
 from tests.test_shim import BASH, SCRIPT, legacy_error

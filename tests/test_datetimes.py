@@ -25,7 +25,7 @@ import pytest
 import sessionctl
 import sessiond
 from sessionctl import Client, Event, InvalidRequest, Session
-from sessionctl.client import decode
+from sessionctl.connection import decode
 from sessiond import model
 from sessiond.limits import TIME_MAX, TIME_MIN
 from sessiond.model import US, iso, now_us
@@ -225,7 +225,7 @@ def test_the_package_says_its_version() -> None:
 
 def test_an_ack_gives_datetimes_as_a_session_does() -> None:
     from sessionctl import Ack
-    from sessionctl.operations import AckReply
+    from sessionctl.results import AckReply
 
     reply = decode(bytes.fromhex(read_golden()["response.ack.expired"])[HEADER:], "golden")
     assert isinstance(reply, AckReply) and isinstance(reply.ack, Ack)

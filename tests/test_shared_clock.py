@@ -45,7 +45,7 @@ def test_the_skew_is_real_in_the_daemon_s_process(skewed: Daemon) -> None:
     import time
 
     from sessionctl import Client
-    from sessionctl.operations import EventReply
+    from sessionctl.results import EventReply
     from sessiond.protocol import Watch
 
     with Client(skewed.socket) as c:

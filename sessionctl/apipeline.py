@@ -1,0 +1,80 @@
+"""``AsyncPipeline``: requests queued on an ``AsyncClient``, sent together
+when the ``async with`` block ends, answered as ``Pending`` values (see
+``AsyncClient.pipeline``; the queue and the settling of answers are
+``sessionctl.pipeline.Batch``'s, shared with the blocking pipeline).
+
+Imported with ``sessionctl.aclient``: anyio is imported here, as there.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+
+from sessionctl.pipeline import Batch
+from sessiond.errors import SessionError
+
+if TYPE_CHECKING:
+    from sessionctl.aclient import AsyncClient
+
+D = TypeVar("D")
+
+
+class AsyncPipeline(Batch[D]):
+    """Requests queued on an ``AsyncClient`` and sent together when the
+    ``async with`` block ends (or at ``await p.execute()``).
+
+    The same operations as ``AsyncClient``, not awaited: each returns a
+    ``Pending`` whose ``result()`` is the value (or raises the error) once
+    the pipeline is sent. A block left by an exception sends nothing."""
+
+    _client: AsyncClient
+
+    def __init__(self, client: AsyncClient, returning: str | None = None) -> None:
+        super().__init__(client, returning)
+
+    async def execute(self) -> None:
+        """Send everything queued and settle every ``Pending``, reading the
+        answers while the requests go out (see ``Pipeline.execute``, which
+        raises alike)."""
+        if not self._frames:
+            return
+        c = self._client
+        async with c._lock:
+            await c._open_locked()
+            data, waiting = self._take()
+            errors: list[SessionError] = []
+
+            async def send_all() -> None:
+                try:
+                    await c._send(data)
+                except SessionError as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+
+            # Errors are kept rather than raised in the task group, which
+            # would wrap them in an ExceptionGroup: the caller gets the
+            # one that stopped the pipeline, as from Pipeline.execute.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_all)
+                try:
+                    self._settle_received(waiting)
+                    while waiting:
+                        await c._fill()
+                        self._settle_received(waiting)
+                except SessionError as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+            if errors:
+                raise errors[0]
+
+    async def __aenter__(self) -> AsyncPipeline[D]:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if t is None:
+            await self.execute()
