@@ -4,8 +4,7 @@ Rules (the journal's part of the durability contract, ``sessiond.journal``):
 
 * Batches are numbered as they are accepted, from 1 (``accepted``).
 * ``settled``: every batch up to this one is written (synced, for
-  ``always``) or refused; they settle in order, whatever order their
-  writes finish in.
+  ``always``) or refused; they settle in order.
 * ``failures``: how many failures have refused batches (or turned the
   journal read-only). A reply computed while a batch it may have read was
   unsettled stands only if this has not moved once that batch settles
