@@ -27,11 +27,12 @@ from sessiond import snapshot
 from sessiond.diskio import describe, fsync_dir, pwrite_all, sync_data, write_all
 from sessiond.errors import JournalError
 from sessiond.failpoints import SNAPSHOT_ERROR, failpoint, failpoints
-from sessiond.journal import Abandoned, Journal
+from sessiond.journal import Journal
 from sessiond.model import Record
 from sessiond.protocol import CompactResult
 from sessiond.records import put_lines
 from sessiond.replay import TMP_SUFFIX
+from sessiond.rewrites import Abandoned
 
 log = logging.getLogger("sessiond.journal")
 
@@ -58,7 +59,8 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
 
     Raises ``JournalError`` (the journal left as it was) on failure."""
     path = journal.path
-    async with journal.compact_lock:
+    rewrites = journal.rewrites
+    async with rewrites.lock:
         started = time.monotonic()
         before = journal.size
         tmp = path.with_name(path.name + TMP_SUFFIX)
@@ -67,15 +69,15 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
         # The records hold every batch accepted so far, written or not;
         # capture starts at the same instant, so every later write is in the
         # capture (and perhaps in the records too).
-        accepted, errors = journal.start_capture()
+        accepted, errors = rewrites.start_capture()
         try:
             kept = await anyio.to_thread.run_sync(
                 write_snapshot, tmp, records, len(records), snap
             )
             # A batch the snapshot holds but that is still unwritten could yet
             # fail and be reverted: wait until each has settled.
-            await journal.wait_settled(accepted)
-            async with journal.holding_writes(errors) as tail:
+            await journal.settlement.wait(accepted)
+            async with rewrites.holding_writes(errors) as tail:
                 fd, size, dir_error = await anyio.to_thread.run_sync(
                     finish, path, tmp, tail, snap
                 )
@@ -91,7 +93,7 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
         except (OSError, Abandoned) as exc:
             why = describe(exc) if isinstance(exc, OSError) else str(exc)
             if isinstance(exc, OSError):
-                journal.write_errors += 1
+                journal.readonly.write_errors += 1
             try:
                 tmp.unlink(missing_ok=True)
             except OSError as unlink_exc:

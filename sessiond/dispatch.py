@@ -103,6 +103,8 @@ class Dispatcher:
     ) -> None:
         self.store = store
         self.journal = journal
+        # The numbering of the journal's batches, which replies wait on.
+        self.settlement = journal.settlement
         self.hub = hub
         self.live = live
         self.stats = stats
@@ -143,7 +145,7 @@ class Dispatcher:
         decode = request_decoder.decode
         encode_into = self._encode_into
         pack_length = LENGTH.pack_into
-        journal = self.journal
+        settlement = self.settlement
         used = 0
         # The requests since the batch began or since the last request that
         # waits on I/O of its own: where their replies begin in ``out``.
@@ -183,7 +185,7 @@ class Dispatcher:
                         changes, writes, out, bodies, first, used - 1, first_out, peer
                     )
                     changes, writes = [], []
-                elif journal.settled < journal.accepted:
+                elif settlement.settled < settlement.accepted:
                     await self._hold(out, bodies, first, used - 1, first_out, peer)
                 if isinstance(req, Hello):
                     try:
@@ -245,7 +247,7 @@ class Dispatcher:
                     writes.append((start, end, req.id))
         if changes:
             await self._commit(changes, writes, out, bodies, first, used, first_out, peer)
-        elif journal.settled < journal.accepted:
+        elif settlement.settled < settlement.accepted:
             # Nothing to commit, but another batch is on its way to disk,
             # and these replies may have read what it changed. (The usual
             # case, nothing in flight, costs this one comparison.)
@@ -268,7 +270,7 @@ class Dispatcher:
         them has settled too (they settle in order), and none of those was
         refused after these replies were computed: had one been, this
         commit would have been refused with it."""
-        failures = self.journal.failures
+        failures = self.settlement.failures
         try:
             await self.commit(changes)
         except (ReadOnly, InternalError) as exc:
@@ -278,7 +280,7 @@ class Dispatcher:
                 self._frame_indices(out, first, first_out, {start for start, _, _ in writes}),
                 error,
             )
-            if not writes and self.journal.failures == failures:
+            if not writes and self.settlement.failures == failures:
                 # Lazy expiries of reads alone, refused by a journal that was
                 # read-only already: nobody saw them, and an expired answer
                 # holds (the session is past its deadline).
@@ -303,10 +305,10 @@ class Dispatcher:
         As Redis holds every reply of a turn of its event loop until the
         AOF write (and fsync) that covers it: a reply must not show a
         change that its writer is then told was refused."""
-        journal = self.journal
-        failures = journal.failures
-        await journal.wait_settled(journal.accepted)
-        if journal.failures != failures:
+        settlement = self.settlement
+        failures = settlement.failures
+        await settlement.wait(settlement.accepted)
+        if settlement.failures != failures:
             await self._recompute(out, bodies, first, end, first_out, {}, peer)
 
     async def _recompute(
@@ -326,9 +328,9 @@ class Dispatcher:
         committed, and they wait for what they read as ``_hold`` does. Each
         round but the last follows a new refusal, and the journal is
         read-only after one, so this ends."""
-        journal = self.journal
+        settlement = self.settlement
         while True:
-            failures = journal.failures
+            failures = settlement.failures
             changes, writes = self._rerun(out, bodies, first, end, first_out, final, peer)
             if changes:
                 try:
@@ -338,11 +340,11 @@ class Dispatcher:
                     starts = {start for start, _, _ in writes}
                     for index in self._frame_indices(out, first, first_out, starts):
                         final[index] = exc
-                    if not writes and journal.failures == failures:
+                    if not writes and settlement.failures == failures:
                         return
                     continue
-            await journal.wait_settled(journal.accepted)
-            if journal.failures == failures:
+            await settlement.wait(settlement.accepted)
+            if settlement.failures == failures:
                 return
 
     def _rerun(

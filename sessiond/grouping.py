@@ -12,9 +12,15 @@ that had nobody but their own batch, still offers it one lone commit in
 offers it to every commit again as soon as a group has company (formed by
 a turn, or queued behind a write).
 
-A commit that does not offer the turn is written and synced on the loop
-at once, on a slow disk too: the writer thread is there so that the next
-group forms while one is on disk, and there is nobody to form one.
+A commit that does not offer the turn is written and fsynced on the loop
+at once, on a slow disk too, and acknowledged only after that fsync like
+every other; a failed fsync refuses it as any other (``sessiond.journal``).
+With nobody to form a next group the writer thread, which is there so that
+the next group forms while one is on disk, would only add its two
+wake-ups, and a reply that may have read the commit waits for its fsync
+wherever it runs (``Dispatcher._hold``); what a slow disk costs then is
+that the loop serves nothing else during that fsync (neither does Redis's
+under ``appendfsync always``).
 
 The journal owns one ``GroupForming`` and asks it; nothing here waits or
 reads a clock, so what it decides depends only on the groups before.

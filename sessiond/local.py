@@ -36,7 +36,7 @@ class LocalEngine:
         self.dispatcher.noticers += [self.expiry.notice, self.compactor.notice]
         # A failed write turns the journal read-only: start what ends that
         # now, not when the compactor's timer next fires.
-        journal.on_failure = self.compactor.wake
+        journal.readonly.on_failure = self.compactor.wake
         live.listen(self._settings_changed)
 
     def _settings_changed(self, settings: Settings) -> None:

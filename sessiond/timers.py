@@ -132,13 +132,14 @@ class Compactor:
     def __init__(self, store: Store, journal: Journal, live: Live) -> None:
         self.store = store
         self.journal = journal
+        self.rewrites = journal.rewrites
         self.live = live
         self._wake = anyio.Event()
 
     def notice(self) -> None:
         """After a commit: the journal may have grown enough."""
         s = self.live.settings
-        if self.journal.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes):
+        if self.rewrites.due(self.journal.size, s.compact_growth_percent, s.compact_min_bytes):
             self._wake.set()
 
     def wake(self, *_: object) -> None:
@@ -154,25 +155,26 @@ class Compactor:
         next_try = 0.0  # when a compaction may be tried again after failures
         last = time.monotonic()
         j = self.journal
+        readonly, rewrites = j.readonly, j.rewrites
         while True:
             interval = self.live.settings.compact_interval or math.inf
-            wait = RESUME_INTERVAL if j.failed else min(interval, 60.0)
+            wait = RESUME_INTERVAL if readonly.failed else min(interval, 60.0)
             with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
             s = self.live.settings
-            if j.failed and await j.try_resume():
+            if readonly.failed and await j.try_resume():
                 retry, next_try = 1.0, 0.0
                 continue
             timer_due = (
                 s.compact_interval > 0
-                and j.changed_since_compaction
+                and rewrites.changed
                 and time.monotonic() - last >= s.compact_interval
             )
-            grown = j.due_for_compaction(s.compact_growth_percent, s.compact_min_bytes)
-            if not (j.failed or timer_due or grown):
+            grown = rewrites.due(j.size, s.compact_growth_percent, s.compact_min_bytes)
+            if not (readonly.failed or timer_due or grown):
                 continue
-            if j.failed and time.monotonic() < next_try:
+            if readonly.failed and time.monotonic() < next_try:
                 continue
             try:
                 await compaction.compact(j, self.store.live_slots)

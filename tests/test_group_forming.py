@@ -102,9 +102,9 @@ async def concurrent_commits(journal: Journal, first: int, count: int) -> int:
     before = journal.fsyncs
 
     async def one(i: int) -> None:
-        accepted = journal.accepted
+        accepted = journal.settlement.accepted
         await journal.commit(put_line(session(i)), lambda: None)
-        assert journal.fsyncs > before and journal.settled > accepted
+        assert journal.fsyncs > before and journal.settlement.settled > accepted
 
     async with anyio.create_task_group() as tg:
         for i in range(first, first + count):
