@@ -17,11 +17,11 @@ from typing import Final, cast
 
 import msgspec
 
-from sessiond import compaction, config, live
+from sessiond import compaction, config, live, standing
 from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import EventSource, Hub
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
-from sessiond.handlers import HANDLERS, SLOW, Handler, hello, shape_refused
+from sessiond.handlers import HANDLERS, SLOW, hello, shape_refused
 from sessiond.journal import Journal
 from sessiond.live import Live, rules_of
 from sessiond.model import Change, Record, now_us
@@ -32,13 +32,11 @@ from sessiond.protocol import (
     NO_LENGTH,
     WRITES,
     CompactResult,
-    ErrorReply,
     Event,
     EventReply,
     Get,
     Hello,
     Peer,
-    Request,
     StatsInfo,
     Watch,
     append_frame,
@@ -135,7 +133,7 @@ class Dispatcher:
 
         No reply leaves here carrying state that is not yet durable: the
         batch's own changes are committed first, and replies that may have
-        read another batch's changes wait until those are (``_hold``). When
+        read another batch's changes wait until those are (``standing.hold``). When
         changes they saw are refused, they are computed again."""
         budget = self.live.settings.max_reply_queue_bytes
         changes: list[Change] = []
@@ -164,19 +162,19 @@ class Dispatcher:
                 req = decode(body)
             except DECODE_ERRORS as exc:
                 bad += 1
-                append_frame(out, self._error_reply(guess_id(body), request_error(exc)))
+                append_frame(out, standing.error_reply(guess_id(body), request_error(exc)))
                 continue
             bad = 0
             kind = type(req)
             if v1 and (refused := shape_refused(req, peer)) is not None:
-                append_frame(out, self._error_reply(req.id, refused))
+                append_frame(out, standing.error_reply(req.id, refused))
                 continue
             handler = handlers.get(kind)
             if handler is None:
                 slow = SLOW.get(kind)
                 if slow is None and kind is not Watch and kind is not Hello:
                     unknown = Unsupported(f"unsupported operation {kind.__name__}")
-                    append_frame(out, self._error_reply(req.id, unknown))
+                    append_frame(out, standing.error_reply(req.id, unknown))
                     continue
                 # These wait on I/O of their own, or (a hello) change what
                 # the connection may ask: settle the batch so far first.
@@ -186,12 +184,12 @@ class Dispatcher:
                     )
                     changes, writes = [], []
                 elif settlement.settled < settlement.accepted:
-                    await self._hold(out, bodies, first, used - 1, first_out, peer)
+                    await standing.hold(self, out, bodies, first, used - 1, first_out, peer)
                 if isinstance(req, Hello):
                     try:
                         greeting = hello(req, peer)
                     except SessionError as exc:
-                        append_frame(out, self._error_reply(req.id, exc))
+                        append_frame(out, standing.error_reply(req.id, exc))
                     else:
                         # Encoded as every handler's reply is (the encoder a
                         # failpoint may make fail counts it too).
@@ -202,7 +200,7 @@ class Dispatcher:
                             pack_length(out, start, len(out) - start - HEADER)
                         except Exception as exc:
                             del out[start:]
-                            self._unencodable(out, req, [], exc)
+                            standing.unencodable(self, out, req, [], exc)
                     v1 = peer.version < 2
                     first, first_out = used, len(out)
                     continue
@@ -217,18 +215,18 @@ class Dispatcher:
                 try:
                     append_frame(out, await slow(self, req))
                 except SessionError as exc:
-                    append_frame(out, self._error_reply(req.id, exc))
+                    append_frame(out, standing.error_reply(req.id, exc))
                 first, first_out = used, len(out)
                 continue
             try:
                 reply, made = handler(self, req, now_us())
             except SessionError as exc:
-                append_frame(out, self._error_reply(req.id, exc))
+                append_frame(out, standing.error_reply(req.id, exc))
                 continue
             except Exception as exc:  # a bug: answer, log, keep serving
                 log.exception("internal error handling %s", type(req).__name__)
                 bug = InternalError(f"internal error: {exc!r}")
-                append_frame(out, self._error_reply(req.id, bug))
+                append_frame(out, standing.error_reply(req.id, bug))
                 continue
             # append_frame, inline.
             start = len(out)
@@ -237,7 +235,7 @@ class Dispatcher:
                 encode_into(reply, out, -1)
             except Exception as exc:
                 del out[start:]
-                self._unencodable(out, req, made, exc)
+                standing.unencodable(self, out, req, made, exc)
                 continue
             end = len(out)
             pack_length(out, start, end - start - HEADER)
@@ -251,7 +249,7 @@ class Dispatcher:
             # Nothing to commit, but another batch is on its way to disk,
             # and these replies may have read what it changed. (The usual
             # case, nothing in flight, costs this one comparison.)
-            await self._hold(out, bodies, first, used, first_out, peer)
+            await standing.hold(self, out, bodies, first, used, first_out, peer)
         return None, bad, used
 
     async def _commit(
@@ -277,7 +275,7 @@ class Dispatcher:
             # Refused, and reverted: every write's reply becomes the refusal.
             error: SessionError = exc
             final = dict.fromkeys(
-                self._frame_indices(out, first, first_out, {start for start, _, _ in writes}),
+                standing.frame_indices(out, first, first_out, {start for start, _, _ in writes}),
                 error,
             )
             if not writes and self.settlement.failures == failures:
@@ -287,168 +285,7 @@ class Dispatcher:
                 return
             # The other replies may have read what was refused (a write of
             # this batch, or of one that failed with it): computed again.
-            await self._recompute(out, bodies, first, end, first_out, final, peer)
-
-    async def _hold(
-        self,
-        out: bytearray,
-        bodies: list[memoryview],
-        first: int,
-        end: int,
-        first_out: int,
-        peer: Peer,
-    ) -> None:
-        """Hold the replies of ``bodies[first:end]`` (which changed nothing)
-        until every batch accepted before they were computed has settled;
-        if one of those was refused, compute them again (after its revert).
-
-        As Redis holds every reply of a turn of its event loop until the
-        AOF write (and fsync) that covers it: a reply must not show a
-        change that its writer is then told was refused."""
-        settlement = self.settlement
-        failures = settlement.failures
-        await settlement.wait(settlement.accepted)
-        if settlement.failures != failures:
-            await self._recompute(out, bodies, first, end, first_out, {}, peer)
-
-    async def _recompute(
-        self,
-        out: bytearray,
-        bodies: list[memoryview],
-        first: int,
-        end: int,
-        first_out: int,
-        final: dict[int, SessionError],
-        peer: Peer,
-    ) -> None:
-        """Compute the replies of ``bodies[first:end]`` again until they
-        stand: those in ``final`` (writes whose changes were refused) answer
-        their error, the others run again against the store as it is now.
-        Their own changes (lazy expiries, a write that now succeeds) are
-        committed, and they wait for what they read as ``_hold`` does. Each
-        round but the last follows a new refusal, and the journal is
-        read-only after one, so this ends."""
-        settlement = self.settlement
-        while True:
-            failures = settlement.failures
-            changes, writes = self._rerun(out, bodies, first, end, first_out, final, peer)
-            if changes:
-                try:
-                    await self.commit(changes)
-                    return
-                except (ReadOnly, InternalError) as exc:
-                    starts = {start for start, _, _ in writes}
-                    for index in self._frame_indices(out, first, first_out, starts):
-                        final[index] = exc
-                    if not writes and settlement.failures == failures:
-                        return
-                    continue
-            await settlement.wait(settlement.accepted)
-            if settlement.failures == failures:
-                return
-
-    def _rerun(
-        self,
-        out: bytearray,
-        bodies: list[memoryview],
-        first: int,
-        end: int,
-        first_out: int,
-        final: dict[int, SessionError],
-        peer: Peer,
-    ) -> tuple[list[Change], list[tuple[int, int, int]]]:
-        """Replace the replies of ``bodies[first:end]`` (each has one frame
-        in ``out``, from ``first_out`` to the end) with new ones; returns
-        the changes made and the writes among them, as ``_batch`` keeps."""
-        rebuilt = bytearray()
-        changes: list[Change] = []
-        writes: list[tuple[int, int, int]] = []
-        pos = first_out
-        for index in range(first, end):
-            (n,) = LENGTH.unpack_from(out, pos)
-            old = pos
-            pos += HEADER + n
-            try:
-                req = request_decoder.decode(bodies[index])
-            except DECODE_ERRORS:
-                rebuilt += out[old:pos]  # no state in a decoding error
-                continue
-            error = final.get(index)
-            if error is not None:
-                append_frame(rebuilt, self._error_reply(req.id, error))
-                continue
-            handler = self._handlers.get(type(req))
-            if handler is None or shape_refused(req, peer) is not None:
-                rebuilt += out[old:pos]  # unsupported, or refused: no state either
-                continue
-            start = first_out + len(rebuilt)
-            made = self._run_into(rebuilt, req, handler)
-            if made:
-                changes.extend(made)
-                if type(req) in _WRITES or (isinstance(req, Get) and req.touch):
-                    writes.append((start, first_out + len(rebuilt), req.id))
-        assert pos == len(out), "one reply frame per request"
-        out[first_out:] = rebuilt
-        return changes, writes
-
-    def _run_into(self, out: bytearray, req: Request, handler: Handler) -> list[Change]:
-        """Run one request and append its reply (or error) to ``out``; the
-        changes it made, none if it failed. (``_batch`` does the same
-        inline, for speed.)"""
-        try:
-            reply, made = handler(self, req, now_us())
-        except SessionError as exc:
-            append_frame(out, self._error_reply(req.id, exc))
-            return []
-        except Exception as exc:  # a bug: answer, log, keep serving
-            log.exception("internal error handling %s", type(req).__name__)
-            append_frame(out, self._error_reply(req.id, InternalError(f"internal error: {exc!r}")))
-            return []
-        start = len(out)
-        out += NO_LENGTH
-        try:
-            self._encode_into(reply, out, -1)
-        except Exception as exc:
-            del out[start:]
-            self._unencodable(out, req, made, exc)
-            return []
-        LENGTH.pack_into(out, start, len(out) - start - HEADER)
-        return made
-
-    def _unencodable(
-        self, out: bytearray, req: Request, made: list[Change], exc: Exception
-    ) -> None:
-        """The reply to ``req`` could not be encoded (a bug): what it
-        changed, the latest changes to the store, is reverted, and it is
-        answered with an internal error. Called while handling ``exc``."""
-        if made:
-            self.store.revert(made)
-        log.exception("internal error encoding the reply to %s; its changes are reverted",
-                      type(req).__name__)
-        bug = InternalError(
-            f"internal error: the reply could not be encoded ({exc!r}); nothing was changed"
-        )
-        append_frame(out, self._error_reply(req.id, bug))
-
-    @staticmethod
-    def _frame_indices(
-        out: bytearray, first: int, first_out: int, starts: set[int]
-    ) -> list[int]:
-        """The requests (indices of bodies, counted from ``first``) whose
-        reply frames begin at ``starts`` in ``out``."""
-        found: list[int] = []
-        pos, index = first_out, first
-        while len(found) < len(starts) and pos < len(out):
-            if pos in starts:
-                found.append(index)
-            (n,) = LENGTH.unpack_from(out, pos)
-            pos += HEADER + n
-            index += 1
-        return found
-
-    @staticmethod
-    def _error_reply(req_id: int, exc: SessionError) -> ErrorReply:
-        return ErrorReply(id=req_id, code=exc.code, message=str(exc))
+            await standing.recompute(self, out, bodies, first, end, first_out, final, peer)
 
     async def commit(self, changes: list[Change]) -> None:
         """Persist changes already applied to the store (the latest it

@@ -18,7 +18,7 @@ every other; a failed fsync refuses it as any other (``sessiond.journal``).
 With nobody to form a next group the writer thread, which is there so that
 the next group forms while one is on disk, would only add its two
 wake-ups, and a reply that may have read the commit waits for its fsync
-wherever it runs (``Dispatcher._hold``); what a slow disk costs then is
+wherever it runs (``standing.hold``); what a slow disk costs then is
 that the loop serves nothing else during that fsync (neither does Redis's
 under ``appendfsync always``).
 

@@ -8,7 +8,7 @@ Rules (the journal's part of the durability contract, ``sessiond.journal``):
 * ``failures``: how many failures have refused batches (or turned the
   journal read-only). A reply computed while a batch it may have read was
   unsettled stands only if this has not moved once that batch settles
-  (``Dispatcher._hold``).
+  (``standing.hold``).
 * A batch refused by a failed background fsync while an older group is in
   the writer thread is newer than that group, which may yet be written or
   refused in turn: ``settled`` does not pass that group before it settles,
