@@ -97,7 +97,7 @@ def test_the_wheel_installs_the_three_commands(wheel: zipfile.ZipFile) -> None:
     assert "from sessionctl.shim import main" in (ROOT / "scripts" / "script.sh").read_text()
 
 
-def test_the_wheel_ships_the_units_the_license_and_python_m_sessiond(
+def test_the_wheel_ships_the_units_the_templates_the_license_and_python_m_sessiond(
     wheel: zipfile.ZipFile,
 ) -> None:
     names = set(wheel.namelist())
@@ -109,6 +109,10 @@ def test_the_wheel_ships_the_units_the_license_and_python_m_sessiond(
     assert "Copyright (c)" in wheel.read(license_file).decode()
     assert {"sessiond/__main__.py", "sessiond/py.typed", "sessionctl/py.typed",
             "sessiond/shared/__init__.py", "sessiond/shared/scripts.py"} <= names
+    # The completion scripts' templates: `sessionctl completion` reads them.
+    for shell in ("bash", "zsh", "fish"):
+        template = f"sessionctl/shells/{shell}.tmpl"
+        assert wheel.read(template) == (ROOT / template).read_bytes()
 
 
 def test_the_wheel_metadata_declares_the_license_and_the_pythons(
