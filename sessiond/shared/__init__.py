@@ -52,6 +52,7 @@ class SharedEngine:
         self.dispatcher = SharedDispatcher(store, live)
         self.reaper = Reaper(store, live)
         self.reader = NamespaceReader(store, self._reload, self.reaper.hint)
+        store.on_deadline = self.reaper.hint
         live.listen(self._settings_changed)
         store.maxlen = live.settings.event_retention
         self._sessions = 0

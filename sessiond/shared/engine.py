@@ -24,7 +24,8 @@ them are in one slot of a Cluster: a script touches only its own slot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sessiond.model import US, Change, Record
@@ -62,6 +63,10 @@ class SharedStore:
         # Events kept in the stream for watchers that fall behind or come
         # back (the event_retention setting, kept up to date by the engine).
         self.maxlen = 100_000
+        # This daemon's mark on the events it adds: its own stream reader
+        # skips them, having heard of them here (``on_deadline``).
+        self.origin = os.urandom(6).hex()
+        self.on_deadline: Callable[[int], None] = _nobody
 
     def key(self, sid: str) -> str:
         return self.prefix + sid
@@ -162,7 +167,7 @@ class SharedStore:
                 sids.setdefault(sid, len(sids) + 7)
         keys = [self.order, self.due, self.purge, self.users, self.counters, self.events]
         keys += [self.key(sid) for sid in sids]
-        args: list[Any] = [self.maxlen, len(made)]
+        args: list[Any] = [self.maxlen, self.origin, len(made)]
         for group in made:
             args += group.args(sids)
         (reply,) = await self.link.call(
@@ -170,7 +175,14 @@ class SharedStore:
         )
         if isinstance(reply, Exception):
             raise reply
-        return [bool(int(r)) for r in reply]
+        applied = [bool(int(r)) for r in reply]
+        deadlines = [
+            r.expires_at for group, ok in zip(made, applied, strict=True) if ok
+            for r in group.final.values() if r is not None and r.expired_at is None
+        ]
+        if deadlines:
+            self.on_deadline(min(deadlines))
+        return applied
 
     async def set_setting(self, key: str, value: bytes, now: int) -> None:
         (reply,) = await self.link.call([(
@@ -191,6 +203,10 @@ class SharedStore:
         replies = await self.link.call(commands)
         _raise_errors(replies)
         return replies
+
+
+def _nobody(deadline: int) -> None:
+    """Where deadlines go until the expiry timer listens."""
 
 
 def _raise_errors(replies: list[Any]) -> None:

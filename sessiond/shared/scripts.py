@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Final
 
 # KEYS: order, due, purge, users, counters, events, then the records' keys.
-# ARGV: maxlen, groups, then each group (one request's changes, applied all
-# or none): its records, each as
+# ARGV: maxlen, origin (the daemon's mark on its events), groups, then each
+# group (one request's changes, applied all or none): its records, each as
 #   key index, sid, expected version ("-": absent), then "0" (removed) or
 #   "1", the 9 fields, the index ("d" due / "p" purge) and its score,
 # then the counter deltas (total, active, ttl_sum, expiries, purges), the
@@ -29,12 +29,12 @@ from typing import Final
 COMMIT: Final = """
 local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
 local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
-local maxlen = ARGV[1]
-local pos = 3
+local maxlen, origin = ARGV[1], ARGV[2]
+local pos = 4
 local results = {}
 local poisoned = {}
 local FIELDS = {'u', 't', 'm', 'c', 'a', 'e', 'x', 'v', 'i'}
-for g = 1, tonumber(ARGV[2]) do
+for g = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[pos]); pos = pos + 1
   local first = pos
   local ok = true
@@ -109,7 +109,7 @@ for g = 1, tonumber(ARGV[2]) do
       local number = redis.call('HINCRBY', counters, 'events', 1)
       redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number,
                  'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
-                 'r', ARGV[p + 4])
+                 'r', ARGV[p + 4], 'o', origin)
       p = p + 5
     end
     results[g] = 1

@@ -34,14 +34,20 @@ log = logging.getLogger("sessiond.shared")
 
 BLOCK_MS = 500
 COUNT = 256
+# After a read that found events, the daemon's own reader lets more gather
+# this long before it reads again: a busy stream costs it a read or so a
+# pause, not one an event (nor one each of its own writes'). Others'
+# settings and deadlines reach it that much later, well within a second.
+GATHER = 0.1
 CONFIG = "config"
 _session = msgspec.msgpack.Decoder(Session)
 
 
 class Entry:
-    """One event of the stream."""
+    """One event of the stream (``origin``: the mark of the daemon that
+    added it; none on a setting's)."""
 
-    __slots__ = ("id", "number", "kind", "sid", "at", "user", "session")
+    __slots__ = ("id", "number", "kind", "sid", "at", "user", "session", "origin")
 
     def __init__(self, entry_id: bytes | str, fields: Any) -> None:
         self.id = _text(entry_id)
@@ -52,6 +58,8 @@ class Entry:
         self.at = int(values["a"])
         self.user = _text(values["u"])
         self.session = bytes(values["r"])
+        origin = values.get("o")
+        self.origin = None if origin is None else _text(origin)
 
     @property
     def cursor(self) -> str:
@@ -139,7 +147,9 @@ async def read(store: SharedStore, after: str) -> list[Entry]:
 
 class NamespaceReader:
     """The daemon's own reading of the stream: settings another daemon
-    changed (``on_config``), deadlines it set (``on_deadline``)."""
+    changed (``on_config``), deadlines it set (``on_deadline``). Its own
+    events it skips: the store told the expiry timer of their deadlines
+    as it committed them (``SharedStore.on_deadline``)."""
 
     def __init__(
         self,
@@ -161,14 +171,17 @@ class NamespaceReader:
                 # this tries again, a little later.
                 await anyio.sleep(1)
                 continue
+            own = self.store.origin
             for entry in entries:
                 after = entry.id
                 if entry.kind == CONFIG:
                     await self.on_config()
-                elif entry.session:
+                elif entry.session and entry.origin != own:
                     session = _session.decode(entry.session)
                     if session.status == ACTIVE:
                         self.on_deadline(session.expires_at)
+            if entries and len(entries) < COUNT:
+                await anyio.sleep(GATHER)
 
 
 def _fields(fields: Any) -> dict[str, Any]:

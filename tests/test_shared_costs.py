@@ -1,0 +1,49 @@
+"""Shared mode: what a request costs the engine, counted by the engine
+(``INFO commandstats``, which counts the commands a script runs too).
+
+Speed itself is the bench's (scripts/bench.py); these pin the round trips
+and commands behind it, which do not depend on how loaded the machine is:
+a daemon's own writes do not each send its stream reader back to the
+engine, and a write is one HSET (or HDEL) a record, not one a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.conftest import Daemon
+from tests.redis_servers import RedisNode
+
+WRITES = 200
+
+
+def _calls(node: RedisNode) -> dict[str, int]:
+    """Calls of each command so far, by name."""
+    out: dict[str, int] = {}
+    for line in node.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.removeprefix("cmdstat_").partition(":")
+            fields = dict(f.split("=", 1) for f in rest.strip().split(","))
+            out[name] = int(fields["calls"])
+    return out
+
+
+def _grown(before: dict[str, int], after: dict[str, int], *names: str) -> int:
+    return sum(after.get(n, 0) - before.get(n, 0) for n in names)
+
+
+def test_a_daemons_own_writes_do_not_each_cost_its_stream_reader_a_round_trip(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        sid = c.create(ttl=3600).id
+        before = _calls(node)
+        for i in range(WRITES):
+            c.set(sid, "k", str(i))
+        after = _calls(node)
+    xreads = _grown(before, after, "xread")
+    # One read of the stream a write was the old cost; the reader now takes
+    # what gathered in a short pause, in one read.
+    assert xreads < WRITES / 4, f"{xreads} XREADs for {WRITES} writes"
