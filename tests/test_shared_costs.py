@@ -47,3 +47,26 @@ def test_a_daemons_own_writes_do_not_each_cost_its_stream_reader_a_round_trip(
     # One read of the stream a write was the old cost; the reader now takes
     # what gathered in a short pause, in one read.
     assert xreads < WRITES / 4, f"{xreads} XREADs for {WRITES} writes"
+
+
+def test_a_write_is_one_hset_a_record_not_one_a_field(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        sids = [c.create(ttl=3600, meta={"n": 0}).id for _ in range(20)]
+        before = _calls(node)
+        for sid in sids:
+            c.set(sid, "k", "v")
+        for sid in sids:
+            c.unset(sid, "k")
+        creating = _calls(node)
+        for _ in range(20):
+            c.create(ttl=3600)
+        after = _calls(node)
+    writes = _grown(before, creating, "hset", "hdel")
+    assert writes <= 2 * len(sids), f"{writes} HSET/HDEL for {2 * len(sids)} writes"
+    creates = _grown(creating, after, "hset", "hdel")
+    # The record's, and at most one for its place in the creation order.
+    assert creates <= 2 * 20, f"{creates} HSET/HDEL for 20 creates"

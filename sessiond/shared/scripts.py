@@ -20,12 +20,16 @@ from typing import Final
 # ARGV: maxlen, origin (the daemon's mark on its events), groups, then each
 # group (one request's changes, applied all or none): its records, each as
 #   key index, sid, expected version ("-": absent), then "0" (removed) or
-#   "1", the 9 fields, the index ("d" due / "p" purge) and its score,
+#   "1", the fields to set (a count, then names and values), the fields to
+#   remove (a count, then names), the index to enter it in and the one to
+#   take it out of ("d" due, "p" purge, "-" none), and its score there
+#   (``hashes.record_args``: only what changed is sent),
 # then the counter deltas (total, active, ttl_sum, expiries, purges), the
 # users' deltas, and the events (kind, sid, at, user, session).
 # A group whose records are not as expected is not applied (0); neither is
 # a later group that touches one of its records (their state was computed
-# on top of it). Returns each group's 1 or 0.
+# on top of it). Returns each group's 1 or 0. A record costs one HSET and
+# at most one HDEL; a counter is moved only when it changes.
 COMMIT: Final = """
 local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
 local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
@@ -33,7 +37,13 @@ local maxlen, origin = ARGV[1], ARGV[2]
 local pos = 4
 local results = {}
 local poisoned = {}
-local FIELDS = {'u', 't', 'm', 'c', 'a', 'e', 'x', 'v', 'i'}
+local INDEX = {d = due, p = purge}
+-- Where the record at p ends.
+local function past(p)
+  if ARGV[p + 3] == '0' then return p + 4 end
+  local q = p + 5 + 2 * tonumber(ARGV[p + 4])
+  return q + tonumber(ARGV[q]) + 4
+end
 for g = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[pos]); pos = pos + 1
   local first = pos
@@ -46,7 +56,7 @@ for g = 1, tonumber(ARGV[3]) do
     if poisoned[key] or (expect == '-' and v) or (expect ~= '-' and v ~= expect) then
       ok = false
     end
-    if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+    p = past(p)
   end
   local tail = p
   local nusers = tonumber(ARGV[tail + 5])
@@ -56,7 +66,7 @@ for g = 1, tonumber(ARGV[3]) do
     p = first
     for r = 1, n do
       poisoned[KEYS[tonumber(ARGV[p])]] = true
-      if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+      p = past(p)
     end
     results[g] = 0
   else
@@ -68,30 +78,24 @@ for g = 1, tonumber(ARGV[3]) do
         redis.call('ZREM', order, sid)
         redis.call('ZREM', due, sid)
         redis.call('ZREM', purge, sid)
-        p = p + 4
       else
-        for f = 1, 9 do
-          local value = ARGV[p + 3 + f]
-          if value == '' then
-            redis.call('HDEL', key, FIELDS[f])
-          else
-            redis.call('HSET', key, FIELDS[f], value)
-          end
-        end
+        local nset = tonumber(ARGV[p + 4])
+        local put = {}
+        for i = 1, 2 * nset do put[i] = ARGV[p + 4 + i] end
         if expect == '-' then
           local seq = redis.call('HINCRBY', counters, 'seq', 1)
-          redis.call('HSET', key, 'q', seq)
+          put[#put + 1] = 'q'; put[#put + 1] = seq
           redis.call('ZADD', order, seq, sid)
         end
-        if ARGV[p + 13] == 'd' then
-          redis.call('ZADD', due, ARGV[p + 14], sid)
-          redis.call('ZREM', purge, sid)
-        else
-          redis.call('ZREM', due, sid)
-          redis.call('ZADD', purge, ARGV[p + 14], sid)
-        end
-        p = p + 15
+        if #put > 0 then redis.call('HSET', key, unpack(put)) end
+        local q = p + 5 + 2 * nset
+        local ndel = tonumber(ARGV[q])
+        if ndel > 0 then redis.call('HDEL', key, unpack(ARGV, q + 1, q + ndel)) end
+        local into, out, score = ARGV[q + ndel + 1], ARGV[q + ndel + 2], ARGV[q + ndel + 3]
+        if into ~= '-' then redis.call('ZADD', INDEX[into], score, sid) end
+        if out ~= '-' then redis.call('ZREM', INDEX[out], sid) end
       end
+      p = past(p)
     end
     local names = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
     for c = 1, 5 do
@@ -105,12 +109,14 @@ for g = 1, tonumber(ARGV[3]) do
       p = p + 2
     end
     p = p + 1
-    for e = 1, nevents do
-      local number = redis.call('HINCRBY', counters, 'events', 1)
-      redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number,
-                 'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
-                 'r', ARGV[p + 4], 'o', origin)
-      p = p + 5
+    if nevents > 0 then
+      local number = redis.call('HINCRBY', counters, 'events', nevents) - nevents
+      for e = 1, nevents do
+        redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number + e,
+                   'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
+                   'r', ARGV[p + 4], 'o', origin)
+        p = p + 5
+      end
     end
     results[g] = 1
   end
