@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Final
 
-# KEYS: order, due, purge, users, counters, events, then the records' keys.
+# KEYS: the order's bucket prefix, due, purge, users, counters, events, then
+# the records' keys. (The order: ``sd:{NS}:o:<seq // 128>``, each a hash of
+# sequence number -> id: a hash of that few fields is packed by the engine,
+# a fraction of what a sorted set costs a member.)
 # ARGV: maxlen, origin (the daemon's mark on its events), groups, then each
 # group (one request's changes, applied all or none): its records, each as
 #   key index, sid, expected version ("-": absent), then "0" (removed) or
@@ -74,8 +77,9 @@ for g = 1, tonumber(ARGV[3]) do
     for r = 1, n do
       local key, sid, expect = KEYS[tonumber(ARGV[p])], ARGV[p + 1], ARGV[p + 2]
       if ARGV[p + 3] == '0' then
+        local seq = redis.call('HGET', key, 'q')
+        if seq then redis.call('HDEL', order .. math.floor(tonumber(seq) / 128), seq) end
         redis.call('DEL', key)
-        redis.call('ZREM', order, sid)
         redis.call('ZREM', due, sid)
         redis.call('ZREM', purge, sid)
       else
@@ -85,7 +89,7 @@ for g = 1, tonumber(ARGV[3]) do
         if expect == '-' then
           local seq = redis.call('HINCRBY', counters, 'seq', 1)
           put[#put + 1] = 'q'; put[#put + 1] = seq
-          redis.call('ZADD', order, seq, sid)
+          redis.call('HSET', order .. math.floor(seq / 128), seq, sid)
         end
         if #put > 0 then redis.call('HSET', key, unpack(put)) end
         local q = p + 5 + 2 * nset
@@ -125,31 +129,59 @@ end
 return results
 """
 
-# Records in creation order after a sequence number: KEYS order; ARGV the
-# records' key prefix, the sequence number after which to start, how many
-# records of ``user`` ("": any) to return, how many to look at at most.
-# Returns the last sequence number looked at, whether any record follows
-# it, then each record as its id and HGETALL.
+# Records in creation order after a sequence number: KEYS the order's
+# bucket prefix, counters; ARGV the records' key prefix, the sequence
+# number after which to start, how many records of ``user`` ("": any) to
+# return, how many to look at at most (and buckets to walk, empty ones
+# left by removals included). Returns the last sequence number looked at
+# (past a bucket walked to its end, that bucket's last), whether any
+# record may follow it, then each record as its id and HGETALL.
 PAGE: Final = """
-local prefix, after, user = ARGV[1], ARGV[2], ARGV[5]
+local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
-local ids = redis.call('ZRANGE', KEYS[1], '(' .. after, '+inf', 'BYSCORE',
-                       'LIMIT', 0, most + 1, 'WITHSCORES')
+local top = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 local out = {}
-local found, looked, last = 0, 0, after
-local more = 0
-for i = 1, #ids, 2 do
-  if found >= want or looked >= most then more = 1; break end
-  looked = looked + 1
-  last = ids[i + 1]
-  local key = prefix .. ids[i]
-  if user == '' or redis.call('HGET', key, 'u') == user then
-    out[#out + 1] = ids[i]
-    out[#out + 1] = redis.call('HGETALL', key)
-    found = found + 1
+local found, looked, last, more = 0, 0, after, 0
+local bucket = math.floor(after / 128)
+local walked = 0
+while more == 0 and bucket * 128 <= top do
+  if walked >= most then more = 1; break end
+  walked = walked + 1
+  local flat = redis.call('HGETALL', KEYS[1] .. bucket)
+  local seqs, ids = {}, {}
+  for i = 1, #flat, 2 do
+    local q = tonumber(flat[i])
+    if q > after then seqs[#seqs + 1] = q; ids[q] = flat[i + 1] end
   end
+  table.sort(seqs)
+  for _, q in ipairs(seqs) do
+    if found >= want or looked >= most then more = 1; break end
+    looked = looked + 1
+    last = q
+    local key = prefix .. ids[q]
+    if user == '' or redis.call('HGET', key, 'u') == user then
+      out[#out + 1] = ids[q]
+      out[#out + 1] = redis.call('HGETALL', key)
+      found = found + 1
+    end
+  end
+  if more == 0 then last = math.max(last, math.min(bucket * 128 + 127, top)) end
+  bucket = bucket + 1
 end
 return {last, more, out}
+"""
+
+# The namespace's layout of keys: KEYS counters, the first layout's order
+# (a sorted set); ARGV this sessiond's layout. Returns the namespace's
+# layout, and marks a new namespace with ARGV's.
+LAYOUT: Final = """
+local v = redis.call('HGET', KEYS[1], 'layout')
+if v then return v end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HEXISTS', KEYS[1], 'seq') == 1 then
+  return '1'
+end
+redis.call('HSET', KEYS[1], 'layout', ARGV[1])
+return ARGV[1]
 """
 
 # What falls due: KEYS one index (due or purge); ARGV the key prefix, the
