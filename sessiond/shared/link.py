@@ -1,13 +1,15 @@
-"""The daemon's link to the shared engine: connections, round trips, errors.
+"""The daemon's link to the engine: connections, round trips, errors.
 
-redis-py does what a client library must (the URL's TLS and Unix-socket
-connections, authentication, a Cluster's topology); the commands of a batch
-go over connections of redis-py's kept here, in one round trip each
-(``call``), without its client layer, which costs more per command than the
-round trip itself. Every key of a namespace is in one hash slot, so all of
-them live on one node: a Cluster is detected from the node the URL names,
-and the link talks to the master that holds the slot, following it when
-the Cluster moves it.
+redis-py does what a client library must on the way in (the URL's
+authentication, a Cluster's topology) and carries TLS; the commands of a
+batch go over connections of the link's own (``sessiond.shared.wire``), in
+one round trip each (``call``), without a client layer, which would cost
+more per command than the round trip itself. A call takes a free
+connection without waiting for anything; only when every one of
+``MAX_CONNECTIONS`` is busy does it wait its turn. Every key of a
+namespace is in one hash slot, so all of them live on one node: a Cluster
+is detected from the node the URL names, and the link talks to the master
+that holds the slot, following it when the Cluster moves it.
 
 Each round trip has a deadline (``TIMEOUT``): an engine that does not answer
 in time is as good as gone, and is said to be (``BackendUnavailable``,
