@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_until
+from tests.fleet import figures
 from tests.redis_servers import RedisNode
 
 WRITES = 200
@@ -70,3 +71,24 @@ def test_a_write_is_one_hset_a_record_not_one_a_field(
     creates = _grown(creating, after, "hset", "hdel")
     # The record's, and at most one for its place in the creation order.
     assert creates <= 2 * 20, f"{creates} HSET/HDEL for 20 creates"
+
+
+def test_a_daemon_without_the_expiry_lease_does_not_ask_for_it_on_every_write(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    a = make_daemon_on(backend=node.url)
+    b = make_daemon_on(backend=node.url, namespace=a.namespace)
+    wait_until(lambda: figures(a).expiry_lease != figures(b).expiry_lease, 10,
+               "one daemon to hold the lease")
+    other = b if figures(a).expiry_lease else a
+    with other.client() as c:
+        sid = c.create(ttl=3600).id
+        before = _calls(node)
+        for i in range(WRITES):
+            c.set(sid, "k", str(i))
+        after = _calls(node)
+    # The lease is a GET (then SET or PEXPIRE) in its script: asked for
+    # about once a second, not once a write.
+    tries = _grown(before, after, "get")
+    assert tries < WRITES / 4, f"{tries} looks at the lease for {WRITES} writes"

@@ -187,7 +187,7 @@ class Link:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self._hand_back()  # handed a turn as it was cancelled: pass it on
-            else:
+            elif waiter in self._waiting:  # (``_hand_back`` drops cancelled ones)
                 self._waiting.remove(waiter)
             raise
 
