@@ -92,3 +92,23 @@ def test_a_daemon_without_the_expiry_lease_does_not_ask_for_it_on_every_write(
     # about once a second, not once a write.
     tries = _grown(before, after, "get")
     assert tries < WRITES / 4, f"{tries} looks at the lease for {WRITES} writes"
+
+
+def test_a_batch_of_creates_moves_each_counter_once_not_once_a_session(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        c.create(ttl=3600)
+        before = _calls(node)
+        with c.pipeline() as p:
+            made = [p.create(ttl=3600, user=f"u{i % 3}") for i in range(100)]
+        assert len({m.result().id for m in made}) == 100
+        after = _calls(node)
+        st = c.stats()
+    # total, active, ttl_sum, seq, events and three users: a handful a
+    # script, however many sessions it creates (six a session was the cost).
+    moves = _grown(before, after, "hincrby")
+    assert moves < 100, f"{moves} HINCRBY for 100 creates"
+    assert st.total_sessions == 101 and st.active == 101 and st.unique_users == 4

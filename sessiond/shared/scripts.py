@@ -32,7 +32,7 @@ from typing import Final
 # A group whose records are not as expected is not applied (0); neither is
 # a later group that touches one of its records (their state was computed
 # on top of it). Returns each group's 1 or 0. A record costs one HSET and
-# at most one HDEL; a counter is moved only when it changes.
+# at most one HDEL; a counter is moved once a script, when it changes.
 COMMIT: Final = """
 local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
 local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
@@ -41,6 +41,14 @@ local pos = 4
 local results = {}
 local poisoned = {}
 local INDEX = {d = due, p = purge}
+-- Counters are moved once a script, by what every group applied added up:
+-- seq and events numbered from their value at the start.
+local NAMES = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
+local moved = {0, 0, 0, 0, 0}
+local people, by = {}, {}
+local start = redis.call('HMGET', counters, 'seq', 'events')
+local seq0, seq = tonumber(start[1] or '0'), tonumber(start[1] or '0')
+local number0, number = tonumber(start[2] or '0'), tonumber(start[2] or '0')
 -- Where the record at p ends.
 local function past(p)
   if ARGV[p + 3] == '0' then return p + 4 end
@@ -87,7 +95,7 @@ for g = 1, tonumber(ARGV[3]) do
         local put = {}
         for i = 1, 2 * nset do put[i] = ARGV[p + 4 + i] end
         if expect == '-' then
-          local seq = redis.call('HINCRBY', counters, 'seq', 1)
+          seq = seq + 1
           put[#put + 1] = 'q'; put[#put + 1] = seq
           redis.call('HSET', order .. math.floor(seq / 128), seq, sid)
         end
@@ -101,30 +109,36 @@ for g = 1, tonumber(ARGV[3]) do
       end
       p = past(p)
     end
-    local names = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
-    for c = 1, 5 do
-      local delta = tonumber(ARGV[tail + c - 1])
-      if delta ~= 0 then redis.call('HINCRBY', counters, names[c], delta) end
-    end
+    for c = 1, 5 do moved[c] = moved[c] + tonumber(ARGV[tail + c - 1]) end
     p = tail + 6
     for u = 1, nusers do
-      local left = redis.call('HINCRBY', users, ARGV[p], ARGV[p + 1])
-      if left <= 0 then redis.call('HDEL', users, ARGV[p]) end
+      local who = ARGV[p]
+      if not by[who] then by[who] = 0; people[#people + 1] = who end
+      by[who] = by[who] + tonumber(ARGV[p + 1])
       p = p + 2
     end
     p = p + 1
-    if nevents > 0 then
-      local number = redis.call('HINCRBY', counters, 'events', nevents) - nevents
-      for e = 1, nevents do
-        redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number + e,
-                   'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
-                   'r', ARGV[p + 4], 'o', origin)
-        p = p + 5
-      end
+    for e = 1, nevents do
+      number = number + 1
+      redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number,
+                 'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
+                 'r', ARGV[p + 4], 'o', origin)
+      p = p + 5
     end
     results[g] = 1
   end
   pos = after
+end
+for c = 1, 5 do
+  if moved[c] ~= 0 then redis.call('HINCRBY', counters, NAMES[c], moved[c]) end
+end
+if seq ~= seq0 then redis.call('HINCRBY', counters, 'seq', seq - seq0) end
+if number ~= number0 then redis.call('HINCRBY', counters, 'events', number - number0) end
+for _, who in ipairs(people) do
+  if by[who] ~= 0 then
+    local left = redis.call('HINCRBY', users, who, by[who])
+    if left <= 0 then redis.call('HDEL', users, who) end
+  end
 end
 return results
 """
