@@ -44,10 +44,9 @@ _session = msgspec.msgpack.Decoder(Session)
 
 
 class Entry:
-    """One event of the stream (``origin``: the mark of the daemon that
-    added it; none on a setting's)."""
+    """One event of the stream."""
 
-    __slots__ = ("id", "number", "kind", "sid", "at", "user", "session", "origin")
+    __slots__ = ("id", "number", "kind", "sid", "at", "user", "session")
 
     def __init__(self, entry_id: bytes | str, fields: Any) -> None:
         self.id = _text(entry_id)
@@ -58,8 +57,6 @@ class Entry:
         self.at = int(values["a"])
         self.user = _text(values["u"])
         self.session = bytes(values["r"])
-        origin = values.get("o")
-        self.origin = None if origin is None else _text(origin)
 
     @property
     def cursor(self) -> str:
@@ -133,6 +130,12 @@ class StreamWatcher:
 
 async def read(store: SharedStore, after: str) -> list[Entry]:
     """The stream's entries after ``after``, waiting a little for some."""
+    return [Entry(entry_id, fields) for entry_id, fields in await _read(store, after)]
+
+
+async def _read(store: SharedStore, after: str) -> list[Any]:
+    """The stream's entries after ``after`` as the engine gave them: ids
+    and fields."""
     (reply,) = await store.link.call([(
         "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", store.events, after,
     )])
@@ -141,8 +144,8 @@ async def read(store: SharedStore, after: str) -> list[Entry]:
     if not reply:
         return []
     # One stream asked for: its entries, however the reply is shaped.
-    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    return [Entry(entry_id, fields) for entry_id, fields in entries]
+    entries: list[Any] = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return entries
 
 
 class NamespaceReader:
@@ -165,18 +168,23 @@ class NamespaceReader:
         after = "$"
         while True:
             try:
-                entries = await read(self.store, after)
+                entries = await _read(self.store, after)
             except SessionError:
                 # The engine is away: the link says so to every request;
                 # this tries again, a little later.
                 await anyio.sleep(1)
                 continue
-            own = self.store.origin
-            for entry in entries:
-                after = entry.id
+            own = self.store.origin.encode()
+            for entry_id, fields in entries:
+                after = _text(entry_id)
+                # The origin is the last field the commit script adds: its
+                # own events are passed over without being read further.
+                if isinstance(fields, list) and fields[-2:] == [b"o", own]:
+                    continue
+                entry = Entry(entry_id, fields)
                 if entry.kind == CONFIG:
                     await self.on_config()
-                elif entry.session and entry.origin != own:
+                elif entry.session:
                     session = _session.decode(entry.session)
                     if session.status == ACTIVE:
                         self.on_deadline(session.expires_at)
