@@ -148,6 +148,14 @@ async def _read(store: SharedStore, after: str) -> list[Any]:
     return entries
 
 
+async def _last_id(store: SharedStore) -> str:
+    """The id of the stream's last entry ("0-0": none yet)."""
+    (reply,) = await store.link.call([("XREVRANGE", store.events, "+", "-", "COUNT", 1)])
+    if isinstance(reply, Exception):
+        raise reply
+    return _text(reply[0][0]) if reply else "0-0"
+
+
 class NamespaceReader:
     """The daemon's own reading of the stream: settings another daemon
     changed (``on_config``), deadlines it set (``on_deadline``). Its own
@@ -165,9 +173,14 @@ class NamespaceReader:
         self.on_deadline = on_deadline
 
     async def run(self) -> None:
-        after = "$"
+        # From the stream's last entry, by its id: "$" would mean the last
+        # entry when each read reaches the engine, and an event added
+        # between one read and the next would be missed.
+        after: str | None = None
         while True:
             try:
+                if after is None:
+                    after = await _last_id(self.store)
                 entries = await _read(self.store, after)
             except SessionError:
                 # The engine is away: the link says so to every request;
