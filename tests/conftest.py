@@ -398,8 +398,13 @@ def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
     try:
         tag = "sd:{" + d.namespace + "}:"
         state = {}
-        for raw in client.zrange(tag + "order", 0, -1):
-            sid = raw.decode()
+        # The creation order: buckets of 128 sequence numbers (layout 2).
+        top = int(client.hget(tag + "counters", "seq") or 0)
+        order: dict[int, str] = {}
+        for bucket in range(top // 128 + 1):
+            for seq, raw in client.hgetall(f"{tag}o:{bucket}").items():
+                order[int(seq)] = raw.decode()
+        for _, sid in sorted(order.items()):
             h = {k.decode(): v.decode() for k, v in client.hgetall(tag + "s:" + sid).items()}
             if not h:
                 continue

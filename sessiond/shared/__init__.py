@@ -21,11 +21,11 @@ from typing import Any
 import anyio.abc
 
 from sessiond import config
-from sessiond.errors import BackendUnavailable, ConfigError, SessionError, StartError
+from sessiond.errors import BackendUnavailable, ConfigError, ReadOnly, SessionError, StartError
 from sessiond.live import Live
 from sessiond.shared import scans
 from sessiond.shared.dispatch import SharedDispatcher
-from sessiond.shared.engine import SharedStore
+from sessiond.shared.engine import LAYOUT, SharedStore
 from sessiond.shared.link import Link
 from sessiond.shared.reaper import Reaper
 from sessiond.shared.url import Backend
@@ -52,6 +52,7 @@ class SharedEngine:
         self.dispatcher = SharedDispatcher(store, live)
         self.reaper = Reaper(store, live)
         self.reader = NamespaceReader(store, self._reload, self.reaper.hint)
+        store.on_deadline = self.reaper.hint
         live.listen(self._settings_changed)
         store.maxlen = live.settings.event_retention
         self._sessions = 0
@@ -154,6 +155,25 @@ def _no_counts() -> dict[str, Any]:
     }
 
 
+async def _check_layout(store: SharedStore) -> None:
+    """Refuse a namespace whose keys are laid out otherwise than this
+    sessiond reads them."""
+    try:
+        layout = await store.layout()
+    except ReadOnly as exc:
+        # A new namespace on an engine refusing writes: nothing to read
+        # otherwise, and every write will say why.
+        log.warning("the namespace's layout is not marked: %s", exc)
+        return
+    if layout != LAYOUT:
+        raise StartError(
+            f"the namespace {store.namespace} on the shared engine {store.link.node} holds "
+            f"sessions in layout {layout} of the keys, and this sessiond reads layout "
+            f"{LAYOUT}: run the sessiond that wrote it to export them, and import them into "
+            f"a new namespace"
+        )
+
+
 async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -> SharedEngine:
     """Reach the engine, check that it keeps what it is given, and read the
     namespace's settings. Raises ``StartError`` saying what is wrong."""
@@ -174,6 +194,7 @@ async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -
                 f"which can evict sessions to make room; set it to noeviction (or a "
                 f"volatile-* policy) on the server"
             )
+        await _check_layout(store)
         if policy is None:
             log.warning("the shared engine %s does not say its maxmemory-policy (CONFIG GET "
                         "refused): make sure it cannot evict keys", store.link.node)

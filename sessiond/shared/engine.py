@@ -12,11 +12,15 @@ Every key of a namespace carries the namespace as its hash tag, so all of
 them are in one slot of a Cluster: a script touches only its own slot.
 
     sd:{NS}:s:<id>    a session (``sessiond.shared.hashes``)
-    sd:{NS}:order     creation order (score: a sequence number)
+    sd:{NS}:o:<n>     creation order, in buckets: sequence number -> id, for
+                      the numbers n * 128 to n * 128 + 127 (a small hash is
+                      packed by the engine: a fraction of a sorted set's
+                      cost a member; a list pages through them in order)
     sd:{NS}:due       active sessions by deadline
     sd:{NS}:purge     expired sessions by when their retention starts
     sd:{NS}:users     sessions by user (counts)
-    sd:{NS}:counters  total, active, ttl_sum, expiries, purges, seq, events
+    sd:{NS}:counters  total, active, ttl_sum, expiries, purges, seq, events,
+                      layout (``LAYOUT``, this list's)
     sd:{NS}:events    the stream of events (watch, settings changes)
     sd:{NS}:config    the namespace's settings (JSON values)
     sd:{NS}:lease     which daemon runs the expiry timer
@@ -24,7 +28,8 @@ them are in one slot of a Cluster: a script touches only its own slot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sessiond.model import US, Change, Record
@@ -34,6 +39,9 @@ from sessiond.shared.link import Link
 
 # A scan looks at this many records at most per round trip.
 SCAN_MOST = 2000
+# The layout of the keys above. The first (a sorted set ``sd:{NS}:order``,
+# never in a release) is refused by name at start.
+LAYOUT = 2
 
 
 def _now(reply: Sequence[Any]) -> int:
@@ -49,7 +57,8 @@ class SharedStore:
         self.namespace = namespace
         tag = "sd:{" + namespace + "}:"
         self.prefix = tag + "s:"
-        self.order, self.due, self.purge = tag + "order", tag + "due", tag + "purge"
+        self.order, self.due, self.purge = tag + "o:", tag + "due", tag + "purge"
+        self.first_order = tag + "order"
         self.users, self.counters = tag + "users", tag + "counters"
         self.events, self.config, self.lease = tag + "events", tag + "config", tag + "lease"
         self._commit = link.script(scripts.COMMIT)
@@ -59,9 +68,14 @@ class SharedStore:
         self._config_set = link.script(scripts.CONFIG_SET)
         self._lease = link.script(scripts.LEASE)
         self._release = link.script(scripts.RELEASE)
+        self._layout = link.script(scripts.LAYOUT)
         # Events kept in the stream for watchers that fall behind or come
         # back (the event_retention setting, kept up to date by the engine).
         self.maxlen = 100_000
+        # This daemon's mark on the events it adds: its own stream reader
+        # skips them, having heard of them here (``on_deadline``).
+        self.origin = os.urandom(6).hex()
+        self.on_deadline: Callable[[int], None] = _nobody
 
     def key(self, sid: str) -> str:
         return self.prefix + sid
@@ -89,7 +103,7 @@ class SharedStore:
         looked at, whether records follow it, and the records."""
         time, (last, more, flat) = await self._calls([
             ("TIME",),
-            ("EVALSHA", self._page, 1, self.order, self.prefix, after, want,
+            ("EVALSHA", self._page, 2, self.order, self.counters, self.prefix, after, want,
              max(most, want), user or ""),
         ])
         it = iter(flat)
@@ -130,6 +144,17 @@ class SharedStore:
         counters = {_text(k): int(v) for k, v in zip(it, it, strict=True)}
         return now, counters, int(users), int(soon)
 
+    async def layout(self) -> int:
+        """The namespace's layout of keys (``LAYOUT`` for a new one, which
+        this marks: again if its answer was lost). Raises ``ReadOnly`` when
+        a new one cannot be marked."""
+        (reply,) = await self.link.call([
+            ("EVALSHA", self._layout, 2, self.counters, self.first_order, LAYOUT),
+        ])
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
+
     async def settings(self) -> dict[str, bytes]:
         """The namespace's settings as stored (JSON text by key)."""
         (reply,) = await self._calls([("HGETALL", self.config)])
@@ -162,7 +187,7 @@ class SharedStore:
                 sids.setdefault(sid, len(sids) + 7)
         keys = [self.order, self.due, self.purge, self.users, self.counters, self.events]
         keys += [self.key(sid) for sid in sids]
-        args: list[Any] = [self.maxlen, len(made)]
+        args: list[Any] = [self.maxlen, self.origin, len(made)]
         for group in made:
             args += group.args(sids)
         (reply,) = await self.link.call(
@@ -170,7 +195,14 @@ class SharedStore:
         )
         if isinstance(reply, Exception):
             raise reply
-        return [bool(int(r)) for r in reply]
+        applied = [bool(int(r)) for r in reply]
+        deadlines = [
+            r.expires_at for group, ok in zip(made, applied, strict=True) if ok
+            for r in group.final.values() if r is not None and r.expired_at is None
+        ]
+        if deadlines:
+            self.on_deadline(min(deadlines))
+        return applied
 
     async def set_setting(self, key: str, value: bytes, now: int) -> None:
         (reply,) = await self.link.call([(
@@ -191,6 +223,10 @@ class SharedStore:
         replies = await self.link.call(commands)
         _raise_errors(replies)
         return replies
+
+
+def _nobody(deadline: int) -> None:
+    """Where deadlines go until the expiry timer listens."""
 
 
 def _raise_errors(replies: list[Any]) -> None:

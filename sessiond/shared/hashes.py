@@ -54,17 +54,58 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def record_args(sid: str, record: Record | None) -> list[Any]:
-    """A record's final state as the commit script reads it."""
+def _values(record: Record) -> list[Any]:
+    """A record's FIELDS, as stored ("": absent)."""
+    x, i = record.expired_at, record.imported_at
+    return [
+        record.user, record.ttl, record.meta_json, record.created_at, record.last_access,
+        record.expires_at, "" if x is None else x, record.version, "" if i is None else i,
+    ]
+
+
+def _index(record: Record) -> tuple[str, int]:
+    """The index a record is in ("d" due, "p" purge) and its score there."""
+    if record.expired_at is None:
+        return "d", record.expires_at
+    return "p", rules.purge_key(record)
+
+
+def record_args(first: Record | None, record: Record | None) -> list[Any]:
+    """A record's change from ``first`` (as read) to its final state, as
+    the commit script reads it: "0" (removed), or "1", the fields to set
+    (a count, then names and values), the fields to remove (a count, then
+    names), the index to enter it in and the one to take it out of ("d",
+    "p", "-": neither), and its score. Only what differs from ``first`` is
+    sent: the commit applies it only if the record is still at
+    ``first``'s version, and every change but an import of an equal
+    version bumps it; for that one, and a new record, everything is."""
     if record is None:
         return ["0"]
-    x, i = record.expired_at, record.imported_at
-    index = ("d", record.expires_at) if x is None else ("p", rules.purge_key(record))
-    return [
-        "1", record.user, record.ttl, record.meta_json, record.created_at,
-        record.last_access, record.expires_at, "" if x is None else x,
-        record.version, "" if i is None else i, *index,
-    ]
+    new = _values(record)
+    if first is None or first.version == record.version:
+        old: list[Any] = [None] * len(FIELDS)
+    else:
+        old = _values(first)
+    puts: list[Any] = []
+    gone: list[str] = []
+    for name, value, was in zip(FIELDS, new, old, strict=True):
+        if value == was:
+            continue
+        if value == "":
+            if first is not None:
+                gone.append(name)
+        else:
+            puts += [name, value]
+    kind, score = _index(record)
+    if first is None:
+        put, drop = kind, "-"
+    else:
+        was_kind, was_score = _index(first)
+        if (was_kind, was_score) == (kind, score):
+            put, drop = "-", "-"
+        else:
+            put, drop = kind, (was_kind if was_kind != kind else "-")
+    return ["1", len(puts) // 2, *puts, len(gone), *gone, put, drop, score]
 
 
 class Group:
@@ -109,7 +150,7 @@ class Group:
         for sid, record in self.final.items():
             first = self.first[sid]
             out += [key_index[sid], sid, ABSENT if first is None else first.version]
-            out += record_args(sid, record)
+            out += record_args(first, record)
         out += self.deltas
         users = [(u, n) for u, n in self.users.items() if n]
         out.append(len(users))

@@ -1,13 +1,15 @@
-"""The daemon's link to the shared engine: connections, round trips, errors.
+"""The daemon's link to the engine: connections, round trips, errors.
 
-redis-py does what a client library must (the URL's TLS and Unix-socket
-connections, authentication, a Cluster's topology); the commands of a batch
-go over connections of redis-py's kept here, in one round trip each
-(``call``), without its client layer, which costs more per command than the
-round trip itself. Every key of a namespace is in one hash slot, so all of
-them live on one node: a Cluster is detected from the node the URL names,
-and the link talks to the master that holds the slot, following it when
-the Cluster moves it.
+redis-py does what a client library must on the way in (the URL's
+authentication, a Cluster's topology) and carries TLS; the commands of a
+batch go over connections of the link's own (``sessiond.shared.wire``), in
+one round trip each (``call``), without a client layer, which would cost
+more per command than the round trip itself. A call takes a free
+connection without waiting for anything; only when every one of
+``MAX_CONNECTIONS`` is busy does it wait its turn. Every key of a
+namespace is in one hash slot, so all of them live on one node: a Cluster
+is detected from the node the URL names, and the link talks to the master
+that holds the slot, following it when the Cluster moves it.
 
 Each round trip has a deadline (``TIMEOUT``): an engine that does not answer
 in time is as good as gone, and is said to be (``BackendUnavailable``,
@@ -18,10 +20,11 @@ out of memory, a failed save) become ``ReadOnly`` with the engine's reason.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -34,6 +37,9 @@ from redis.backoff import NoBackoff
 
 from sessiond.errors import BackendUnavailable, OutcomeUnknown, ReadOnly, SessionError
 from sessiond.shared.url import Backend
+from sessiond.shared.wire import Borrowed, Command, Lean, pack
+
+Connected = Lean | Borrowed
 
 log = logging.getLogger("sessiond.shared")
 
@@ -41,7 +47,6 @@ TIMEOUT = 2.0
 # Round trips at once (and so connections to the engine): a thousand clients
 # take turns on these rather than open a thousand connections.
 MAX_CONNECTIONS = 16
-Command = Sequence[str | bytes | int | float]
 # Refusals to write, as redis-py names them: the engine's reason is passed on.
 _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
 # What the engine adds to an error raised inside a script.
@@ -55,10 +60,19 @@ class Link:
         self.backend = backend
         self.slot_key = slot_key
         self.cluster = False
+        # Where the namespace's node is: a Unix socket's path, or host and
+        # port; redis-py's connection for TLS (``_kwargs``).
+        self._path = ""
+        self._host = ""
+        self._port = 0
+        self._located = False
         self._kwargs: dict[str, Any] = {}
         self._class: type[AbstractConnection] = Connection
-        self._idle: list[AbstractConnection] = []
-        self._turns = anyio.Semaphore(MAX_CONNECTIONS)
+        self._idle: list[Connected] = []
+        # Turns: a connection each, at most MAX_CONNECTIONS; a call that
+        # finds none free waits for one handed back (``_waiting``).
+        self._free = MAX_CONNECTIONS
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._scripts: dict[bytes, bytes] = {}  # sha -> source, to load again
         self.last_error: str | None = None
         self.node = backend.shown
@@ -81,27 +95,31 @@ class Link:
                 pool = probe.connection_pool
                 self._class = pool.connection_class
                 self._kwargs = dict(pool.connection_kwargs, retry=_no_retry())
+                self._path, self._host, self._port = b.path, b.host, b.port
                 self.node = b.shown
-                return
-            cluster = RedisCluster(
-                host=b.host, port=b.port, password=b.password, username=b.username,
-                ssl=b.tls, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, protocol=2,
-            )
-            try:
-                with anyio.fail_after(TIMEOUT * 2):
-                    await cluster.initialize()
-                node = cluster.get_node_from_key(self.slot_key)
-                if node is None:
-                    raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
-                self._class = node.connection_class
-                self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
-                self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
-            finally:
-                await cluster.aclose()
+            else:
+                cluster = RedisCluster(
+                    host=b.host, port=b.port, password=b.password, username=b.username,
+                    ssl=b.tls, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+                    protocol=2,
+                )
+                try:
+                    with anyio.fail_after(TIMEOUT * 2):
+                        await cluster.initialize()
+                    node = cluster.get_node_from_key(self.slot_key)
+                    if node is None:
+                        raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
+                    self._class = node.connection_class
+                    self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
+                    self._path, self._host, self._port = "", node.host, int(node.port)
+                    self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
+                finally:
+                    await cluster.aclose()
         except (rx.RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from exc
         finally:
             await probe.aclose()
+        self._located = True
         await self._drop_idle()
 
     # -- round trips -------------------------------------------------------
@@ -134,56 +152,99 @@ class Link:
         raise AssertionError("unreachable")
 
     async def _round_trip(self, commands: Sequence[Command], writes: bool) -> list[Any]:
-        async with self._connection() as conn:
-            sent = False
+        if self._free > 0 and not self._waiting:
+            self._free -= 1  # a turn at once: no wait on the way
+        else:
+            await self._turn()
+        try:
+            conn = await self._connection()
             try:
-                with anyio.fail_after(TIMEOUT):
-                    await conn.send_packed_command(conn.pack_commands(commands), False)
-                    sent = True
-                    replies: list[Any] = []
-                    for _ in commands:
-                        try:
-                            replies.append(await conn.read_response())
-                        except rx.ResponseError as exc:
-                            replies.append(exc)
-            except (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError) as exc:
-                # Raised out of ``_connection``, which drops the connection.
-                if sent and writes:
-                    raise OutcomeUnknown(
-                        f"the shared engine {self.node} stopped answering after the change "
-                        f"was sent ({_why(exc)}): it may or may not have been made; read the "
-                        f"session to see"
-                    ) from exc
-                raise self._unavailable(exc) from exc
+                replies = await conn.exchange(pack(commands), len(commands), TIMEOUT)
+            except BaseException as exc:
+                # Whatever went wrong, the connection may be out of step.
+                await conn.aclose()
+                if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError)):
+                    # Written: the engine may have applied it.
+                    if writes:
+                        raise OutcomeUnknown(
+                            f"the shared engine {self.node} stopped answering after the "
+                            f"change was sent ({_why(exc)}): it may or may not have been "
+                            f"made; read the session to see"
+                        ) from exc
+                    raise self._unavailable(exc) from exc
+                raise
+            self._idle.append(conn)
+        finally:
+            self._hand_back()
         self.last_error = None
         return replies
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AbstractConnection]:
-        async with self._turns, self._connected() as conn:
-            yield conn
-
-    @asynccontextmanager
-    async def _connected(self) -> AsyncIterator[AbstractConnection]:
-        if self._idle:
-            conn = self._idle.pop()
-        else:
-            if not self._kwargs:
-                await self.locate()
-            conn = self._class(**self._kwargs)
-            try:
-                with anyio.fail_after(TIMEOUT):
-                    await conn.connect()  # type: ignore[no-untyped-call]
-            except (rx.RedisError, OSError, TimeoutError) as exc:
-                await conn.disconnect()
-                raise self._unavailable(exc) from exc
+    async def _turn(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
         try:
-            yield conn
+            await waiter
         except BaseException:
-            # Whatever went wrong, the connection may be out of step.
-            await conn.disconnect()
+            if waiter.done() and not waiter.cancelled():
+                self._hand_back()  # handed a turn as it was cancelled: pass it on
+            elif waiter in self._waiting:  # (``_hand_back`` drops cancelled ones)
+                self._waiting.remove(waiter)
             raise
-        self._idle.append(conn)
+
+    def _hand_back(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    async def _connection(self) -> Connected:
+        """An idle connection that is still open, or a new one."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.sendable():
+                return conn
+            await conn.aclose()
+        if not self._located:
+            await self.locate()
+        try:
+            if self.backend.tls:
+                borrowed = self._class(**self._kwargs)
+                try:
+                    with anyio.fail_after(TIMEOUT):
+                        await borrowed.connect()  # type: ignore[no-untyped-call]
+                except BaseException:
+                    await borrowed.disconnect()
+                    raise
+                return Borrowed(borrowed)
+            lean = await Lean.open(self._host, self._port, self._path, TIMEOUT)
+            try:
+                await self._hello(lean)
+            except BaseException:
+                await lean.aclose()
+                raise
+            return lean
+        except (rx.RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _hello(self, conn: Lean) -> None:
+        """Authenticate and choose the database, as redis-py would at connect."""
+        b = self.backend
+        commands: list[Command] = []
+        if b.password is not None:
+            who = [b.username] if b.username else []
+            commands.append(("AUTH", *who, b.password))
+        if b.db and not self.cluster:
+            commands.append(("SELECT", b.db))
+        if not commands:
+            return
+        replies = await conn.exchange(pack(commands), len(commands), TIMEOUT)
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, rx.ResponseError):
+                if command[0] == "AUTH" and not isinstance(reply, rx.AuthenticationError):
+                    raise rx.AuthenticationError(str(reply)) from reply
+                raise reply
 
     def _unavailable(self, exc: BaseException) -> SessionError:
         if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError)):
@@ -197,7 +258,7 @@ class Link:
     async def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
-            await conn.disconnect()
+            await conn.aclose()
 
     async def close(self) -> None:
         await self._drop_idle()

@@ -55,8 +55,10 @@ class Reaper:
 
     def hint(self, deadline: int) -> None:
         """A deadline set somewhere in the fleet: earlier than the timer's
-        next wake, it wakes it."""
-        if deadline < self._target:
+        next wake, it wakes it. Only the lease's holder listens: another
+        daemon's timer would only find the lease taken (and it looks at
+        the heads of the indexes when it takes the lease)."""
+        if self.holding and deadline < self._target:
             self._wake.set()
 
     def wake(self, *_: object) -> None:

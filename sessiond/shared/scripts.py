@@ -16,25 +16,46 @@ from __future__ import annotations
 
 from typing import Final
 
-# KEYS: order, due, purge, users, counters, events, then the records' keys.
-# ARGV: maxlen, groups, then each group (one request's changes, applied all
-# or none): its records, each as
+# KEYS: the order's bucket prefix, due, purge, users, counters, events, then
+# the records' keys. (The order: ``sd:{NS}:o:<seq // 128>``, each a hash of
+# sequence number -> id: a hash of that few fields is packed by the engine,
+# a fraction of what a sorted set costs a member.)
+# ARGV: maxlen, origin (the daemon's mark on its events), groups, then each
+# group (one request's changes, applied all or none): its records, each as
 #   key index, sid, expected version ("-": absent), then "0" (removed) or
-#   "1", the 9 fields, the index ("d" due / "p" purge) and its score,
+#   "1", the fields to set (a count, then names and values), the fields to
+#   remove (a count, then names), the index to enter it in and the one to
+#   take it out of ("d" due, "p" purge, "-" none), and its score there
+#   (``hashes.record_args``: only what changed is sent),
 # then the counter deltas (total, active, ttl_sum, expiries, purges), the
 # users' deltas, and the events (kind, sid, at, user, session).
 # A group whose records are not as expected is not applied (0); neither is
 # a later group that touches one of its records (their state was computed
-# on top of it). Returns each group's 1 or 0.
+# on top of it). Returns each group's 1 or 0. A record costs one HSET and
+# at most one HDEL; a counter is moved once a script, when it changes.
 COMMIT: Final = """
 local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
 local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
-local maxlen = ARGV[1]
-local pos = 3
+local maxlen, origin = ARGV[1], ARGV[2]
+local pos = 4
 local results = {}
 local poisoned = {}
-local FIELDS = {'u', 't', 'm', 'c', 'a', 'e', 'x', 'v', 'i'}
-for g = 1, tonumber(ARGV[2]) do
+local INDEX = {d = due, p = purge}
+-- Counters are moved once a script, by what every group applied added up:
+-- seq and events numbered from their value at the start.
+local NAMES = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
+local moved = {0, 0, 0, 0, 0}
+local people, by = {}, {}
+local start = redis.call('HMGET', counters, 'seq', 'events')
+local seq0, seq = tonumber(start[1] or '0'), tonumber(start[1] or '0')
+local number0, number = tonumber(start[2] or '0'), tonumber(start[2] or '0')
+-- Where the record at p ends.
+local function past(p)
+  if ARGV[p + 3] == '0' then return p + 4 end
+  local q = p + 5 + 2 * tonumber(ARGV[p + 4])
+  return q + tonumber(ARGV[q]) + 4
+end
+for g = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[pos]); pos = pos + 1
   local first = pos
   local ok = true
@@ -46,7 +67,7 @@ for g = 1, tonumber(ARGV[2]) do
     if poisoned[key] or (expect == '-' and v) or (expect ~= '-' and v ~= expect) then
       ok = false
     end
-    if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+    p = past(p)
   end
   local tail = p
   local nusers = tonumber(ARGV[tail + 5])
@@ -56,7 +77,7 @@ for g = 1, tonumber(ARGV[2]) do
     p = first
     for r = 1, n do
       poisoned[KEYS[tonumber(ARGV[p])]] = true
-      if ARGV[p + 3] == '1' then p = p + 15 else p = p + 4 end
+      p = past(p)
     end
     results[g] = 0
   else
@@ -64,86 +85,117 @@ for g = 1, tonumber(ARGV[2]) do
     for r = 1, n do
       local key, sid, expect = KEYS[tonumber(ARGV[p])], ARGV[p + 1], ARGV[p + 2]
       if ARGV[p + 3] == '0' then
+        local seq = redis.call('HGET', key, 'q')
+        if seq then redis.call('HDEL', order .. math.floor(tonumber(seq) / 128), seq) end
         redis.call('DEL', key)
-        redis.call('ZREM', order, sid)
         redis.call('ZREM', due, sid)
         redis.call('ZREM', purge, sid)
-        p = p + 4
       else
-        for f = 1, 9 do
-          local value = ARGV[p + 3 + f]
-          if value == '' then
-            redis.call('HDEL', key, FIELDS[f])
-          else
-            redis.call('HSET', key, FIELDS[f], value)
-          end
-        end
+        local nset = tonumber(ARGV[p + 4])
+        local put = {}
+        for i = 1, 2 * nset do put[i] = ARGV[p + 4 + i] end
         if expect == '-' then
-          local seq = redis.call('HINCRBY', counters, 'seq', 1)
-          redis.call('HSET', key, 'q', seq)
-          redis.call('ZADD', order, seq, sid)
+          seq = seq + 1
+          put[#put + 1] = 'q'; put[#put + 1] = seq
+          redis.call('HSET', order .. math.floor(seq / 128), seq, sid)
         end
-        if ARGV[p + 13] == 'd' then
-          redis.call('ZADD', due, ARGV[p + 14], sid)
-          redis.call('ZREM', purge, sid)
-        else
-          redis.call('ZREM', due, sid)
-          redis.call('ZADD', purge, ARGV[p + 14], sid)
-        end
-        p = p + 15
+        if #put > 0 then redis.call('HSET', key, unpack(put)) end
+        local q = p + 5 + 2 * nset
+        local ndel = tonumber(ARGV[q])
+        if ndel > 0 then redis.call('HDEL', key, unpack(ARGV, q + 1, q + ndel)) end
+        local into, out, score = ARGV[q + ndel + 1], ARGV[q + ndel + 2], ARGV[q + ndel + 3]
+        if into ~= '-' then redis.call('ZADD', INDEX[into], score, sid) end
+        if out ~= '-' then redis.call('ZREM', INDEX[out], sid) end
       end
+      p = past(p)
     end
-    local names = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
-    for c = 1, 5 do
-      local delta = tonumber(ARGV[tail + c - 1])
-      if delta ~= 0 then redis.call('HINCRBY', counters, names[c], delta) end
-    end
+    for c = 1, 5 do moved[c] = moved[c] + tonumber(ARGV[tail + c - 1]) end
     p = tail + 6
     for u = 1, nusers do
-      local left = redis.call('HINCRBY', users, ARGV[p], ARGV[p + 1])
-      if left <= 0 then redis.call('HDEL', users, ARGV[p]) end
+      local who = ARGV[p]
+      if not by[who] then by[who] = 0; people[#people + 1] = who end
+      by[who] = by[who] + tonumber(ARGV[p + 1])
       p = p + 2
     end
     p = p + 1
     for e = 1, nevents do
-      local number = redis.call('HINCRBY', counters, 'events', 1)
+      number = number + 1
       redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'n', number,
                  'k', ARGV[p], 's', ARGV[p + 1], 'a', ARGV[p + 2], 'u', ARGV[p + 3],
-                 'r', ARGV[p + 4])
+                 'r', ARGV[p + 4], 'o', origin)
       p = p + 5
     end
     results[g] = 1
   end
   pos = after
 end
+for c = 1, 5 do
+  if moved[c] ~= 0 then redis.call('HINCRBY', counters, NAMES[c], moved[c]) end
+end
+if seq ~= seq0 then redis.call('HINCRBY', counters, 'seq', seq - seq0) end
+if number ~= number0 then redis.call('HINCRBY', counters, 'events', number - number0) end
+for _, who in ipairs(people) do
+  if by[who] ~= 0 then
+    local left = redis.call('HINCRBY', users, who, by[who])
+    if left <= 0 then redis.call('HDEL', users, who) end
+  end
+end
 return results
 """
 
-# Records in creation order after a sequence number: KEYS order; ARGV the
-# records' key prefix, the sequence number after which to start, how many
-# records of ``user`` ("": any) to return, how many to look at at most.
-# Returns the last sequence number looked at, whether any record follows
-# it, then each record as its id and HGETALL.
+# Records in creation order after a sequence number: KEYS the order's
+# bucket prefix, counters; ARGV the records' key prefix, the sequence
+# number after which to start, how many records of ``user`` ("": any) to
+# return, how many to look at at most (and buckets to walk, empty ones
+# left by removals included). Returns the last sequence number looked at
+# (past a bucket walked to its end, that bucket's last), whether any
+# record may follow it, then each record as its id and HGETALL.
 PAGE: Final = """
-local prefix, after, user = ARGV[1], ARGV[2], ARGV[5]
+local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
-local ids = redis.call('ZRANGE', KEYS[1], '(' .. after, '+inf', 'BYSCORE',
-                       'LIMIT', 0, most + 1, 'WITHSCORES')
+local top = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 local out = {}
-local found, looked, last = 0, 0, after
-local more = 0
-for i = 1, #ids, 2 do
-  if found >= want or looked >= most then more = 1; break end
-  looked = looked + 1
-  last = ids[i + 1]
-  local key = prefix .. ids[i]
-  if user == '' or redis.call('HGET', key, 'u') == user then
-    out[#out + 1] = ids[i]
-    out[#out + 1] = redis.call('HGETALL', key)
-    found = found + 1
+local found, looked, last, more = 0, 0, after, 0
+local bucket = math.floor(after / 128)
+local walked = 0
+while more == 0 and bucket * 128 <= top do
+  if walked >= most then more = 1; break end
+  walked = walked + 1
+  local flat = redis.call('HGETALL', KEYS[1] .. bucket)
+  local seqs, ids = {}, {}
+  for i = 1, #flat, 2 do
+    local q = tonumber(flat[i])
+    if q > after then seqs[#seqs + 1] = q; ids[q] = flat[i + 1] end
   end
+  table.sort(seqs)
+  for _, q in ipairs(seqs) do
+    if found >= want or looked >= most then more = 1; break end
+    looked = looked + 1
+    last = q
+    local key = prefix .. ids[q]
+    if user == '' or redis.call('HGET', key, 'u') == user then
+      out[#out + 1] = ids[q]
+      out[#out + 1] = redis.call('HGETALL', key)
+      found = found + 1
+    end
+  end
+  if more == 0 then last = math.max(last, math.min(bucket * 128 + 127, top)) end
+  bucket = bucket + 1
 end
 return {last, more, out}
+"""
+
+# The namespace's layout of keys: KEYS counters, the first layout's order
+# (a sorted set); ARGV this sessiond's layout. Returns the namespace's
+# layout, and marks a new namespace with ARGV's.
+LAYOUT: Final = """
+local v = redis.call('HGET', KEYS[1], 'layout')
+if v then return v end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HEXISTS', KEYS[1], 'seq') == 1 then
+  return '1'
+end
+redis.call('HSET', KEYS[1], 'layout', ARGV[1])
+return ARGV[1]
 """
 
 # What falls due: KEYS one index (due or purge); ARGV the key prefix, the

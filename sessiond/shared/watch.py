@@ -34,6 +34,11 @@ log = logging.getLogger("sessiond.shared")
 
 BLOCK_MS = 500
 COUNT = 256
+# After a read that found events, the daemon's own reader lets more gather
+# this long before it reads again: a busy stream costs it a read or so a
+# pause, not one an event (nor one each of its own writes'). Others'
+# settings and deadlines reach it that much later, well within a second.
+GATHER = 0.1
 CONFIG = "config"
 _session = msgspec.msgpack.Decoder(Session)
 
@@ -125,6 +130,12 @@ class StreamWatcher:
 
 async def read(store: SharedStore, after: str) -> list[Entry]:
     """The stream's entries after ``after``, waiting a little for some."""
+    return [Entry(entry_id, fields) for entry_id, fields in await _read(store, after)]
+
+
+async def _read(store: SharedStore, after: str) -> list[Any]:
+    """The stream's entries after ``after`` as the engine gave them: ids
+    and fields."""
     (reply,) = await store.link.call([(
         "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", store.events, after,
     )])
@@ -133,13 +144,23 @@ async def read(store: SharedStore, after: str) -> list[Entry]:
     if not reply:
         return []
     # One stream asked for: its entries, however the reply is shaped.
-    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    return [Entry(entry_id, fields) for entry_id, fields in entries]
+    entries: list[Any] = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return entries
+
+
+async def _last_id(store: SharedStore) -> str:
+    """The id of the stream's last entry ("0-0": none yet)."""
+    (reply,) = await store.link.call([("XREVRANGE", store.events, "+", "-", "COUNT", 1)])
+    if isinstance(reply, Exception):
+        raise reply
+    return _text(reply[0][0]) if reply else "0-0"
 
 
 class NamespaceReader:
     """The daemon's own reading of the stream: settings another daemon
-    changed (``on_config``), deadlines it set (``on_deadline``)."""
+    changed (``on_config``), deadlines it set (``on_deadline``). Its own
+    events it skips: the store told the expiry timer of their deadlines
+    as it committed them (``SharedStore.on_deadline``)."""
 
     def __init__(
         self,
@@ -152,23 +173,36 @@ class NamespaceReader:
         self.on_deadline = on_deadline
 
     async def run(self) -> None:
-        after = "$"
+        # From the stream's last entry, by its id: "$" would mean the last
+        # entry when each read reaches the engine, and an event added
+        # between one read and the next would be missed.
+        after: str | None = None
         while True:
             try:
-                entries = await read(self.store, after)
+                if after is None:
+                    after = await _last_id(self.store)
+                entries = await _read(self.store, after)
             except SessionError:
                 # The engine is away: the link says so to every request;
                 # this tries again, a little later.
                 await anyio.sleep(1)
                 continue
-            for entry in entries:
-                after = entry.id
+            own = self.store.origin.encode()
+            for entry_id, fields in entries:
+                after = _text(entry_id)
+                # The origin is the last field the commit script adds: its
+                # own events are passed over without being read further.
+                if isinstance(fields, list) and fields[-2:] == [b"o", own]:
+                    continue
+                entry = Entry(entry_id, fields)
                 if entry.kind == CONFIG:
                     await self.on_config()
                 elif entry.session:
                     session = _session.decode(entry.session)
                     if session.status == ACTIVE:
                         self.on_deadline(session.expires_at)
+            if entries and len(entries) < COUNT:
+                await anyio.sleep(GATHER)
 
 
 def _fields(fields: Any) -> dict[str, Any]:

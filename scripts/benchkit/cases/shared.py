@@ -240,13 +240,19 @@ def _breakdown(r: Any, ours_ids: list[str], total: int) -> str:
                          "key layout changed): update the bench's OURS_PREFIX")
     parts = [f"a session's hash {sum(s or 0 for s in sizes) / len(sample):.0f}"]
     tag = "sd:{" + NAMESPACE + "}:"
-    for key in sorted(r.scan_iter(match=tag + "*", count=10_000)):
+    # Keys of one kind in many (the creation order's buckets, o:<n>) are
+    # added up under their kind's name.
+    kinds: dict[str, int] = {}
+    for key in r.scan_iter(match=tag + "*", count=10_000):
         name = key.decode()
         if name.startswith(OURS_PREFIX):
             continue
-        used = _memory_usage(r, key) or 0
+        kind = name.removeprefix(tag)
+        kind = "o:*" if kind.startswith("o:") else kind
+        kinds[kind] = kinds.get(kind, 0) + (_memory_usage(r, key) or 0)
+    for kind, used in sorted(kinds.items()):
         if used / total >= 0.5:
-            parts.append(f"{name.removeprefix(tag)} {used / total:.0f}")
+            parts.append(f"{kind} {used / total:.0f}")
     return ", ".join(parts)
 
 

@@ -1,0 +1,114 @@
+"""Shared mode: what a request costs the engine, counted by the engine
+(``INFO commandstats``, which counts the commands a script runs too).
+
+Speed itself is the bench's (scripts/bench.py); these pin the round trips
+and commands behind it, which do not depend on how loaded the machine is:
+a daemon's own writes do not each send its stream reader back to the
+engine, and a write is one HSET (or HDEL) a record, not one a field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.conftest import Daemon, wait_until
+from tests.fleet import figures
+from tests.redis_servers import RedisNode
+
+WRITES = 200
+
+
+def _calls(node: RedisNode) -> dict[str, int]:
+    """Calls of each command so far, by name."""
+    out: dict[str, int] = {}
+    for line in node.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.removeprefix("cmdstat_").partition(":")
+            fields = dict(f.split("=", 1) for f in rest.strip().split(","))
+            out[name] = int(fields["calls"])
+    return out
+
+
+def _grown(before: dict[str, int], after: dict[str, int], *names: str) -> int:
+    return sum(after.get(n, 0) - before.get(n, 0) for n in names)
+
+
+def test_a_daemons_own_writes_do_not_each_cost_its_stream_reader_a_round_trip(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        sid = c.create(ttl=3600).id
+        before = _calls(node)
+        for i in range(WRITES):
+            c.set(sid, "k", str(i))
+        after = _calls(node)
+    xreads = _grown(before, after, "xread")
+    # One read of the stream a write was the old cost; the reader now takes
+    # what gathered in a short pause, in one read.
+    assert xreads < WRITES / 4, f"{xreads} XREADs for {WRITES} writes"
+
+
+def test_a_write_is_one_hset_a_record_not_one_a_field(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        sids = [c.create(ttl=3600, meta={"n": 0}).id for _ in range(20)]
+        before = _calls(node)
+        for sid in sids:
+            c.set(sid, "k", "v")
+        for sid in sids:
+            c.unset(sid, "k")
+        creating = _calls(node)
+        for _ in range(20):
+            c.create(ttl=3600)
+        after = _calls(node)
+    writes = _grown(before, creating, "hset", "hdel")
+    assert writes <= 2 * len(sids), f"{writes} HSET/HDEL for {2 * len(sids)} writes"
+    creates = _grown(creating, after, "hset", "hdel")
+    # The record's, and at most one for its place in the creation order.
+    assert creates <= 2 * 20, f"{creates} HSET/HDEL for 20 creates"
+
+
+def test_a_daemon_without_the_expiry_lease_does_not_ask_for_it_on_every_write(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    a = make_daemon_on(backend=node.url)
+    b = make_daemon_on(backend=node.url, namespace=a.namespace)
+    wait_until(lambda: figures(a).expiry_lease != figures(b).expiry_lease, 10,
+               "one daemon to hold the lease")
+    other = b if figures(a).expiry_lease else a
+    with other.client() as c:
+        sid = c.create(ttl=3600).id
+        before = _calls(node)
+        for i in range(WRITES):
+            c.set(sid, "k", str(i))
+        after = _calls(node)
+    # The lease is a GET (then SET or PEXPIRE) in its script: asked for
+    # about once a second, not once a write.
+    tries = _grown(before, after, "get")
+    assert tries < WRITES / 4, f"{tries} looks at the lease for {WRITES} writes"
+
+
+def test_a_batch_of_creates_moves_each_counter_once_not_once_a_session(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        c.create(ttl=3600)
+        before = _calls(node)
+        with c.pipeline() as p:
+            made = [p.create(ttl=3600, user=f"u{i % 3}") for i in range(100)]
+        assert len({m.result().id for m in made}) == 100
+        after = _calls(node)
+        st = c.stats()
+    # total, active, ttl_sum, seq, events and three users: a handful a
+    # script, however many sessions it creates (six a session was the cost).
+    moves = _grown(before, after, "hincrby")
+    assert moves < 100, f"{moves} HINCRBY for 100 creates"
+    assert st.total_sessions == 101 and st.active == 101 and st.unique_users == 4
