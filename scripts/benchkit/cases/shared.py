@@ -149,9 +149,9 @@ def _duels(c: Client, r: Any) -> dict[str, InProcess]:
     ours_ids: Iterator[str] = cycle(ours_fill(c, WORKING_SET))
     direct_keys: Iterator[str] = cycle(direct_fill(r, WORKING_SET))
 
-    def ours_pipe(queue: Callable[[Pipeline], object]) -> Callable[[], int]:
+    def ours_pipe(queue: Callable[[Pipeline[Any]], object], ack: bool = False) -> Callable[[], int]:
         def run() -> int:
-            with c.pipeline() as p:
+            with c.pipeline(returning="ack" if ack else "session") as p:
                 pend = [queue(p) for _ in range(DEPTH)]
             for x in pend:
                 settled(x)
@@ -171,13 +171,13 @@ def _duels(c: Client, r: Any) -> dict[str, InProcess]:
     return {
         "sequential get": (_one(lambda: c.get(next(ours_ids))),
                            _one(lambda: r.hgetall(next(direct_keys)))),
-        "sequential set": (_one(lambda: c.set(next(ours_ids), "theme", "light")),
+        "sequential set": (_one(lambda: c.set(next(ours_ids), "theme", "light", returning="ack")),
                            _one(lambda: r.hset(next(direct_keys), "m.theme", "light"))),
         "sequential create": (_one(lambda: c.create(user=USER, ttl=TTL, meta=META)),
                               _one(lambda: direct_create(r))),
         "pipelined get": (ours_pipe(lambda p: p.get(next(ours_ids))),
                           direct_pipe(lambda p, now: p.hgetall(next(direct_keys)))),
-        "pipelined set": (ours_pipe(lambda p: p.set(next(ours_ids), "theme", "light")),
+        "pipelined set": (ours_pipe(lambda p: p.set(next(ours_ids), "theme", "light"), ack=True),
                           direct_pipe(lambda p, now: p.hset(next(direct_keys), "m.theme",
                                                            "light"))),
         "pipelined create": (ours_pipe(lambda p: p.create(user=USER, ttl=TTL, meta=META)),
@@ -193,9 +193,10 @@ _ROWS: dict[str, tuple[str, str, float, str]] = {
         "ours: client -> daemon -> engine (TIME + HGETALL in one round trip) and back; "
         "direct: redis-py HGETALL"),
     "sequential set": (
-        "shared sequential set", "direct: HSET", 0.5,
+        "shared sequential set (ack)", "direct: HSET", 0.5,
         "ours reads the record, then one script checks and bumps its version, writes it "
-        "and adds an event to the stream; direct: HSET of the meta field alone"),
+        "and adds an event to the stream, and answers an ack (id, version, deadline); "
+        "direct: HSET of the meta field alone, an integer reply"),
     "sequential create": (
         "shared sequential create", "direct: MULTI HSET EXPIRE", 0.5,
         "ours: one script writes the hash and enters it in the order, deadline and user "
@@ -205,9 +206,9 @@ _ROWS: dict[str, tuple[str, str, float, str]] = {
         f"shared pipelined x{DEPTH} get", "direct pipeline: HGETALL", 0.8,
         "ours: one round trip to the engine for the whole batch"),
     "pipelined set": (
-        f"shared pipelined x{DEPTH} set", "direct pipeline: HSET", 0.8,
-        "ours answers each set with the whole session, after a version check and an event "
-        "each; direct: HSET of the meta field, an integer reply"),
+        f"shared pipelined x{DEPTH} set (ack)", "direct pipeline: HSET", 0.8,
+        "ours answers each set with an ack (id, version, deadline), after a version check "
+        "and an event each; direct: HSET of the meta field, an integer reply"),
     "pipelined create": (
         f"shared pipelined x{DEPTH} create", "direct pipeline: HSET+EXPIRE", 0.8,
         "direct: HSET + EXPIRE in a pipeline(transaction=False), not atomic per session"),
