@@ -118,9 +118,16 @@ def handles(kind: type[Request], table: dict[type[Request], H] | None = None) ->
     return enter
 
 
-def session_reply(
-    req: Create | Get | Set | Unset | Expire | Refresh, record: Record
-) -> SessionReply | AckReply:
+class OnOneSession(Protocol):
+    """A request on one session, answered with it or with its ack."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def returning(self) -> str: ...
+
+
+def session_reply(req: OnOneSession, record: Record) -> SessionReply | AckReply:
     """The answer to a request on one session, in the shape it asked for
     (``returning``): the whole session, or an ``Ack``. The one place
     either engine's dispatcher shapes it (a connection of version 1 never

@@ -371,6 +371,8 @@ class ErrorReply(Response, tag="error"):
 AnyRequest: Any = typing.Union[tuple(REQUESTS)]  # noqa: UP007
 AnyResponse: Any = typing.Union[tuple(RESPONSES)]  # noqa: UP007
 WRITES: Final = frozenset(kind for kind in REQUESTS if kind.writes)
+# Requests on one session: those that name it (``sid``).
+ON_SESSION: Final = frozenset(kind for kind in REQUESTS if "sid" in kind.__struct_fields__)
 
 # -- frames ------------------------------------------------------------------
 

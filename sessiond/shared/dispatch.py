@@ -45,27 +45,22 @@ from sessiond.live import Live, rules_of
 from sessiond.model import Change
 from sessiond.protocol import (
     DECODE_ERRORS,
+    ON_SESSION,
     Cleanup,
     CompactResult,
     ConfigGet,
     ConfigSet,
-    Create,
-    Delete,
     ErrorReply,
-    Expire,
     Get,
     Hello,
     Import,
     List,
     Peer,
     Ping,
-    Refresh,
     Request,
     Response,
-    Set,
     Shutdown,
     StatsInfo,
-    Unset,
     Watch,
     append_frame,
     request_decoder,
@@ -79,8 +74,8 @@ from sessiond.shared.watch import StreamWatcher
 
 log = logging.getLogger("sessiond.shared")
 
-# Requests on one session, run together on a view of their records.
-ON_SESSIONS = frozenset({Get, Create, Set, Unset, Delete, Expire, Refresh})
+# Requests on one session (``protocol.ON_SESSION``) run together on a view
+# of their records.
 # Answered by the daemon alone (and ``Hello``, which changes its connection).
 OWN = frozenset({Ping, ConfigGet, Shutdown})
 # How long a request whose records keep changing under it is run again
@@ -143,7 +138,7 @@ class SharedDispatcher:
             bad = 0
             kind = type(req)
             refused = shape_refused(req, peer) if peer.version < 2 else None
-            if kind in ON_SESSIONS and refused is None:
+            if kind in ON_SESSION and refused is None:
                 run.append(req)
                 continue
             await self._flush(run, out)
