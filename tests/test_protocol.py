@@ -451,3 +451,12 @@ def test_the_client_maps_the_wire_error_code_back_to_the_exception(wire: Daemon)
         # A cursor only the daemon can judge: the refusal crosses the wire.
         with pytest.raises(InvalidRequest, match="invalid list cursor 'garbage'"):
             c.list_page(cursor="garbage")
+
+
+def test_requests_on_one_session_are_those_that_name_it() -> None:
+    # Both engines run these on the session they name (the shared one on a
+    # view of its records); a new request with a sid joins them by itself.
+    from sessiond.protocol import ON_SESSION
+
+    assert {kind.__name__ for kind in ON_SESSION} == {
+        "Create", "Get", "Set", "Unset", "Delete", "Expire", "Refresh"}
