@@ -112,10 +112,10 @@ class Dispatcher:
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []
-        self._handlers = HANDLERS
+        self.handlers = HANDLERS
         # The encoders of replies and journal lines: themselves, unless a
         # failpoint makes them fail (chosen once, not per request).
-        self._encode_into = encode_fault(REPLY_ENCODE_ERROR, encoder.encode_into)
+        self.encode_into = encode_fault(REPLY_ENCODE_ERROR, encoder.encode_into)
         self._journal_lines = encode_fault(LINE_ENCODE_ERROR, journal_lines)
 
     async def batch(
@@ -139,9 +139,9 @@ class Dispatcher:
         changes: list[Change] = []
         writes: list[tuple[int, int, int]] = []  # (start, end) of its reply in out, id
         # Looked up once: this loop runs for every request.
-        handlers = self._handlers
+        handlers = self.handlers
         decode = request_decoder.decode
-        encode_into = self._encode_into
+        encode_into = self.encode_into
         pack_length = LENGTH.pack_into
         settlement = self.settlement
         used = 0

@@ -128,7 +128,7 @@ def rerun(
         if error is not None:
             append_frame(rebuilt, error_reply(req.id, error))
             continue
-        handler = d._handlers.get(type(req))
+        handler = d.handlers.get(type(req))
         if handler is None or shape_refused(req, peer) is not None:
             rebuilt += out[old:pos]  # unsupported, or refused: no state either
             continue
@@ -159,7 +159,7 @@ def run_into(d: Dispatcher, out: bytearray, req: Request, handler: Handler) -> l
     start = len(out)
     out += NO_LENGTH
     try:
-        d._encode_into(reply, out, -1)
+        d.encode_into(reply, out, -1)
     except Exception as exc:
         del out[start:]
         unencodable(d, out, req, made, exc)
