@@ -7,41 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sessionctl import Client, DaemonUnavailable
-from tests.conftest import Daemon, wait_until
+from tests.conftest import Daemon
 
 pytestmark = pytest.mark.local_only("autostart starts a daemon with the default (local) engine")
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
-
-
-def gone(pid: int) -> bool:
-    """Dead, or a zombie nobody has reaped yet (it was started detached)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-@pytest.fixture
-def started() -> Iterator[list[int]]:
-    """Pids of daemons a test caused to start; each is stopped afterwards."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        wait_until(partial(gone, pid), 15, f"autostarted sessiond {pid} to exit")
 
 
 def daemon_pid(d: Daemon) -> int | None:

@@ -10,34 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from sessionctl import Client, DaemonUnavailable
-from tests.conftest import SESSIONCTL, Daemon, wait_until
-from tests.test_autostart import gone
+from tests.conftest import SESSIONCTL, Daemon
 from tests.test_systemd import install_service, isolated_env
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
-
-
-@pytest.fixture
-def started() -> Iterator[list[int]]:
-    """Pids of daemons a test caused to start; each is stopped afterwards."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        wait_until(partial(gone, pid), 15, f"autostarted sessiond {pid} to exit")
 
 
 def own_dir(d: Daemon, socket: Path) -> Path:

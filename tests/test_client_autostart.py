@@ -23,8 +23,7 @@ import pytest
 
 from sessionctl import Client, DaemonUnavailable
 from sessionctl.connection import NO_AUTOSTART_ENV
-from tests.conftest import SESSIONCTL, wait_until
-from tests.test_autostart import gone
+from tests.conftest import SESSIONCTL, gone, wait_until
 from tests.test_shim import BASH, SCRIPT, legacy_error
 
 pytestmark = pytest.mark.local_only("autostart starts a daemon with the default (local) engine")

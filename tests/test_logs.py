@@ -16,7 +16,6 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -259,28 +258,6 @@ def test_a_bad_log_size_or_count_is_a_usage_error(
 # -- autostart -----------------------------------------------------------
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
-
-
-def gone(pid: int) -> bool:
-    """Dead, or a zombie nobody has reaped yet (it was started detached)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-@pytest.fixture
-def started() -> Iterator[list[int]]:
-    """Pids of daemons a test caused to start; each is stopped afterwards."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        wait_until(partial(gone, pid), 15, f"autostarted sessiond {pid} to exit")
 
 
 def test_autostart_runs_the_daemon_with_its_rotating_log_file(
