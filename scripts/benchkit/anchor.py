@@ -13,10 +13,11 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchkit.settings import META, TTL, USER
+from benchkit.settings import DEPTH, META, TTL, USER
 from sessiond.model import US, new_id, now_us
 
 INSTALL_HINT = "pip install hiredis (or pip install -e '.[bench]')"
@@ -130,6 +131,22 @@ def pipe_create(p: Any, now: int) -> str:
     p.hset(sid, mapping=redis_fields(sid, USER, TTL, now))
     p.expire(sid, TTL)
     return sid
+
+
+def redis_pipe(r: Any, queue: Callable[[Any, int], object]) -> Callable[[], int]:
+    """A block of work for a duel: ``DEPTH`` requests queued by ``queue`` (the
+    pipeline and one ``now`` for all) in one redis-py pipeline, not a
+    transaction, as a Redis user pipelines."""
+
+    def run() -> int:
+        p = r.pipeline(transaction=False)
+        now = now_us()
+        for _ in range(DEPTH):
+            queue(p, now)
+        p.execute()
+        return DEPTH
+
+    return run
 
 
 def bulk_create_redis(r: Any, n: int) -> list[str]:

@@ -8,12 +8,11 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from benchkit.anchor import bulk_create_redis, pipe_create, redis_create
+from benchkit.anchor import bulk_create_redis, pipe_create, redis_create, redis_pipe
 from benchkit.measure import Ctx, InProcess, bulk_create_ours, interleave_blocks, settled
 from benchkit.rows import Row
 from benchkit.settings import DEPTH, META, PAGE, TTL, USER
 from sessionctl import Client, Pipeline
-from sessiond.model import now_us
 
 
 class _ListWalkOurs:
@@ -111,17 +110,7 @@ def case_pipelined(ctx: Ctx) -> None:
             return run
 
         def redis(queue: Callable[[Any, int], object]) -> Callable[[], int] | None:
-            if r is None:
-                return None
-
-            def run() -> int:
-                p = r.pipeline(transaction=False)
-                now = now_us()
-                for _ in range(DEPTH):
-                    queue(p, now)
-                p.execute()
-                return DEPTH
-            return run
+            return None if r is None else redis_pipe(r, queue)
 
         def hset_hgetall(p: Any, now: int) -> None:
             sid = next(redis_ids)

@@ -30,6 +30,7 @@ from contextlib import closing, contextmanager
 from itertools import cycle
 from typing import Any
 
+from benchkit.anchor import redis_pipe
 from benchkit.measure import Ctx, InProcess, interleave_blocks, settled
 from benchkit.rows import Row
 from benchkit.servers import RedisServer, Sessiond
@@ -159,14 +160,7 @@ def _duels(c: Client, r: Any) -> dict[str, InProcess]:
         return run
 
     def direct_pipe(queue: Callable[[Any, int], object]) -> Callable[[], int]:
-        def run() -> int:
-            p = r.pipeline(transaction=False)
-            now = now_us()
-            for _ in range(DEPTH):
-                queue(p, now)
-            p.execute()
-            return DEPTH
-        return run
+        return redis_pipe(r, queue)
 
     return {
         "sequential get": (_one(lambda: c.get(next(ours_ids))),
