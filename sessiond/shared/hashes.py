@@ -30,23 +30,28 @@ def record_of(sid: str, reply: Any) -> Record | None:
     if not reply:
         return None
     if isinstance(reply, dict):
-        fields = {_text(k): v for k, v in reply.items()}
+        fields = reply
     else:
         it = iter(reply)
-        fields = {_text(k): v for k, v in zip(it, it, strict=True)}
-    x, i = fields.get("x"), fields.get("i")
+        fields = dict(zip(it, it, strict=True))
+    if b"u" not in fields:
+        # Names as text (a connection that decodes): the usual names are
+        # bytes, looked up as they are, a decode a field saved per record.
+        fields = {k.encode() if isinstance(k, str) else k: v for k, v in fields.items()}
+    get = fields.get
+    x, i, q = get(b"x"), get(b"i"), get(b"q")
     return Record(
-        expires_at=int(fields["e"]),
+        expires_at=int(fields[b"e"]),
         id=sid,
-        user=sys.intern(_text(fields["u"])),
-        ttl=int(fields["t"]),
-        meta_json=bytes(fields["m"]),
-        created_at=int(fields["c"]),
-        last_access=int(fields["a"]),
+        user=sys.intern(_text(fields[b"u"])),
+        ttl=int(fields[b"t"]),
+        meta_json=bytes(fields[b"m"]),
+        created_at=int(fields[b"c"]),
+        last_access=int(fields[b"a"]),
         expired_at=None if x is None else int(x),
-        version=int(fields["v"]),
+        version=int(fields[b"v"]),
         imported_at=None if i is None else int(i),
-        seq=int(fields.get("q", -1)),
+        seq=-1 if q is None else int(q),
     )
 
 
