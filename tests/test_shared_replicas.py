@@ -44,6 +44,11 @@ def test_a_change_is_acknowledged_once_the_replicas_asked_for_have_it(
         assert replica.cli("HGET", key, "v").strip() == "1"
         c.set(s.id, "k", "w")
         assert replica.cli("HGET", key, "v").strip() == "2"
+        # The engine forgot its scripts (a restart without them): loaded
+        # again and the write sent again, waiting for the replica still.
+        primary.cli("SCRIPT", "FLUSH")
+        c.set(s.id, "k", "x")
+        assert replica.cli("HGET", key, "v").strip() == "3"
 
 
 def test_a_change_the_replicas_do_not_get_in_time_fails_as_of_unknown_outcome(

@@ -135,13 +135,14 @@ class Link:
         have applied them, or applied them and fewer replicas than
         ``replicas`` have them), ``ReadOnly`` (the engine refuses writes)."""
         waiting = writes and self.replicas > 0
+        sent = commands
         if waiting:
             # In the same round trip: WAIT answers once the replicas have
             # every write this connection made, the commands above included.
             ms = max(1, round(self.replicas_timeout * 1000))
-            commands = [*commands, ("WAIT", self.replicas, ms)]
+            sent = [*commands, ("WAIT", self.replicas, ms)]
         for attempt in (1, 2):
-            replies = await self._round_trip(commands, writes)
+            replies = await self._round_trip(sent, writes)
             waited = replies.pop() if waiting else None
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
