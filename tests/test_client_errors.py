@@ -236,6 +236,8 @@ def test_a_bad_value_is_refused_in_words_naming_it_and_changes_nothing(
     ("kwargs", "needle"),
     [({"timeout": "5"}, "timeout must be a number of seconds above 0"),
      ({"timeout": 0}, "timeout must be a number of seconds above 0"),
+     ({"timeout": 0.0}, "timeout must be a number of seconds above 0"),
+     ({"timeout": -1.5}, "timeout must be a number of seconds above 0"),
      ({"autostart": "yes"}, "autostart must be True, False or None")],
 )
 def test_a_bad_constructor_argument_is_refused_before_connecting(
