@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import socket
-from collections import deque
 from typing import Any
 
 import anyio
@@ -29,10 +28,10 @@ import anyio
 from sessiond import rules
 from sessiond.errors import SessionError
 from sessiond.live import Live, rules_of
-from sessiond.model import PURGED, US, Change
+from sessiond.model import US
 from sessiond.shared.engine import SharedStore
-from sessiond.shared.view import View
-from sessiond.timers import EXPIRY_BATCH, LAGS_KEPT, TIMER_MAX_SLEEP
+from sessiond.shared.scans import commit_each, each_alone, purges
+from sessiond.timers import EXPIRY_BATCH, TIMER_MAX_SLEEP, Lateness
 
 log = logging.getLogger("sessiond.shared")
 
@@ -47,8 +46,7 @@ class Reaper:
         self.live = live
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.holding = False
-        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
-        self.lag_max = 0.0
+        self.lateness = Lateness()
         self._target = math.inf  # the engine's time it next wakes at
         self._wake = anyio.Event()
         self._down: str | None = None  # the engine's trouble, said once
@@ -65,13 +63,7 @@ class Reaper:
         self._wake.set()
 
     def figures(self) -> dict[str, Any]:
-        lags = sorted(self.lags)
-        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
-        return {
-            "expiry_lag_max_ms": round(self.lag_max, 3),
-            "expiry_lag_p99_ms": round(p99, 3),
-            "expiry_lease": self.holding,
-        }
+        return {**self.lateness.figures(), "expiry_lease": self.holding}
 
     async def run(self) -> None:
         while True:
@@ -103,30 +95,21 @@ class Reaper:
         settings = rules_of(self.live.settings)
         now = await self.store.time()
         records = await self.store.due_records(False, now, EXPIRY_BATCH)
-        groups: list[list[Change]] = []
-        for record in records:
-            made: list[Change] = []
-            rules.lazy_expire(View.of(settings, [record]), record, now, made)
-            if made:
-                groups.append(made)
-        applied = await self.store.commit(groups, now) if groups else []
+        groups = each_alone(settings, records, rules.lazy_expire, now)
+        applied = await commit_each(self.store, groups, now)
         for made, ok in zip(groups, applied, strict=True):
             before = made[0].before
             if ok and before is not None:
-                self._lag((now - before.expires_at) / 1000)
+                self.lateness.add(now, before.expires_at)
         full = len(records) >= EXPIRY_BATCH
         retention = settings.expired_retention * US
         if retention:
             upto = now - retention
             doomed = await self.store.due_records(True, upto, EXPIRY_BATCH)
-            groups = []
-            for record in doomed:
-                if record.expired_at is not None and rules.purge_key(record) <= upto:
-                    made = []
-                    View.of(settings, [record]).put(made, PURGED, record, None)
-                    groups.append(made)
-            if groups:
-                await self.store.commit(groups, now)
+            groups = purges(settings, [
+                r for r in doomed if r.expired_at is not None and rules.purge_key(r) <= upto
+            ])
+            await commit_each(self.store, groups, now)
             full = full or len(doomed) >= EXPIRY_BATCH
         if full:
             return 0.0
@@ -135,11 +118,6 @@ class Reaper:
                                   else purge + retention) if d is not None]
         self._target = min(candidates) if candidates else math.inf
         return math.inf if not candidates else max(0.0, (self._target - now) / US)
-
-    def _lag(self, lag: float) -> None:
-        self.lags.append(lag)
-        if lag > self.lag_max:
-            self.lag_max = lag
 
     async def release(self) -> None:
         """Give the lease up at a clean stop, so that another daemon takes it
