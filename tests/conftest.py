@@ -82,6 +82,9 @@ class Engine:
         return self.backend is not None
 
 
+LOCAL = Engine("local")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         local_only = metafunc.definition.get_closest_marker("local_only")
@@ -178,7 +181,7 @@ class Daemon:
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
-    engine: Engine = Engine("local")
+    engine: Engine = LOCAL
     # Daemons given the same namespace (and engine) share their sessions.
     namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
 
@@ -372,8 +375,9 @@ def make_daemon_on(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 @contextlib.contextmanager
-def running(root: Path, engine: Engine) -> Iterator[Daemon]:
-    """A daemon on ``engine`` for a whole module, stopped cleanly after."""
+def running(root: Path, engine: Engine = LOCAL) -> Iterator[Daemon]:
+    """A daemon on ``engine`` (the local one unless given) for a whole
+    module, stopped cleanly after."""
     d = Daemon(root, engine=engine).start()
     yield d
     if d.stop() != 0:

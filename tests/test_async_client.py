@@ -44,7 +44,7 @@ from sessionctl import (
 from sessionctl.connection import NO_AUTOSTART_ENV
 from sessiond.legacy import read_sessions
 from sessiond.protocol import PAGE_MAX, Pong
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 from tests.test_client_autostart import Fresh, fresh  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.anyio
@@ -57,11 +57,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("aclient"))
-    d.start()
-    yield d
-    if d.stop() != 0:
-        d.kill()
+    with running(tmp_path_factory.mktemp("aclient")) as d:
+        yield d
 
 
 def unique(prefix: str) -> str:

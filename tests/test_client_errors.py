@@ -38,16 +38,13 @@ from sessionctl import (
     SessionError,
 )
 from sessiond.limits import MAX_TTL
-from tests.conftest import Daemon, wait_until
+from tests.conftest import Daemon, running, wait_until
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("errors"))
-    d.start()
-    yield d
-    if d.stop() != 0:
-        d.kill()
+    with running(tmp_path_factory.mktemp("errors")) as d:
+        yield d
 
 
 def in_words(message: str) -> None:

@@ -22,21 +22,18 @@ from pathlib import Path
 import pytest
 
 from sessionctl import completion, registry
-from tests.conftest import SESSIONCTL, Daemon
+from tests.conftest import SESSIONCTL, Daemon, running
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("completion"))
-    daemon.start()
-    with daemon.client() as c:
-        for sid in ("alpha-1", "alpha-2", "beta-1"):
-            c.create(id=sid)
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("completion")) as daemon:
+        with daemon.client() as c:
+            for sid in ("alpha-1", "alpha-2", "beta-1"):
+                c.create(id=sid)
+        yield daemon
 
 
 def script(d: Daemon, shell: str) -> Path:
