@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,6 +150,30 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def in_threads(work: Callable[[int], None], n: int, timeout: float, stuck: str) -> None:
+    """``work(i)`` for each ``i`` below ``n``, each in a thread of its own,
+    all let go at once; fails saying ``stuck`` when one has not finished
+    after ``timeout`` seconds, and re-raises the first failure."""
+    errors: list[BaseException] = []
+    gate = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        try:
+            gate.wait(30)
+            work(i)
+        except BaseException as exc:  # handed to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), stuck
+    if errors:
+        raise errors[0]
 
 
 def gone(pid: int) -> bool:

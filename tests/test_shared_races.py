@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from sessiond.errors import Conflict
-from tests.conftest import Daemon
+from tests.conftest import Daemon, in_threads
 from tests.fleet import create, get_json
 
 pytestmark = pytest.mark.shared_only("daemons racing on the sessions of one namespace")
@@ -21,25 +21,8 @@ SETS = 30  # per thread
 def _race(daemons: list[Daemon], work: Callable[[Daemon, int], None]) -> None:
     """``work(daemon, n)`` in THREADS threads per daemon, started together;
     re-raises the first failure."""
-    errors: list[BaseException] = []
-    gate = threading.Barrier(THREADS * len(daemons))
-
-    def run(d: Daemon, n: int) -> None:
-        try:
-            gate.wait(30)
-            work(d, n)
-        except BaseException as exc:  # handed to the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(d, i * THREADS + t))
-               for i, d in enumerate(daemons) for t in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a racing thread did not finish"
-    if errors:
-        raise errors[0]
+    in_threads(lambda n: work(daemons[n // THREADS], n), THREADS * len(daemons), 120,
+               "a racing thread did not finish")
 
 
 def test_sets_racing_from_two_hosts_on_one_session_all_land(
