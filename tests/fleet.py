@@ -103,6 +103,12 @@ def stats(d: Daemon) -> dict[str, Any]:
     return data
 
 
+def hosts(make_daemon: Callable[..., Daemon], n: int = 2) -> list[Daemon]:
+    """``n`` daemons started on one namespace: ``n`` hosts of one fleet."""
+    first = make_daemon()
+    return [first, *(make_daemon(namespace=first.namespace) for _ in range(n - 1))]
+
+
 def create(d: Daemon, *args: str) -> str:
     """A new session's id, made through ``sessionctl create`` on ``d``."""
     r = d.ctl("create", *args)

@@ -10,7 +10,7 @@ import pytest
 
 from sessiond.errors import Conflict
 from tests.conftest import Daemon, in_threads
-from tests.fleet import create, get_json
+from tests.fleet import create, get_json, hosts
 
 pytestmark = pytest.mark.shared_only("daemons racing on the sessions of one namespace")
 
@@ -28,8 +28,7 @@ def _race(daemons: list[Daemon], work: Callable[[Daemon, int], None]) -> None:
 def test_sets_racing_from_two_hosts_on_one_session_all_land(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
 
     def sets(d: Daemon, n: int) -> None:
@@ -50,8 +49,7 @@ def test_pipelined_sets_racing_from_two_hosts_all_land(
     # A pipeline reaches the daemon as one batch: every request of it on
     # the session is committed at once, and all of them are refused when
     # the other host got there first; each must then be made again.
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
 
     def sets(d: Daemon, n: int) -> None:
@@ -71,8 +69,7 @@ def test_pipelined_sets_racing_from_two_hosts_all_land(
 def test_a_stale_expected_version_on_another_host_is_a_conflict(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
     assert get_json(b, sid)["version"] == 1
     assert a.ctl("set", sid, "by", "a", "--expect-version", "1").returncode == 0
@@ -93,8 +90,7 @@ def test_a_stale_expected_version_on_another_host_is_a_conflict(
 def test_compare_and_set_racing_from_two_hosts_lets_exactly_one_win_each_round(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
     rounds = 20
     wins: list[tuple[int, int]] = []
@@ -126,8 +122,7 @@ def test_compare_and_set_racing_from_two_hosts_lets_exactly_one_win_each_round(
 def test_two_hosts_creating_one_id_at_once_make_one_session(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     made: list[str] = []
     refused: list[str] = []
     lock = threading.Lock()
