@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sessionctl import Client
 from sessiond.errors import Conflict
 from tests.conftest import Daemon, in_threads
 from tests.fleet import create, get_json, hosts
@@ -18,11 +19,15 @@ THREADS = 3  # per daemon, each with a client of its own
 SETS = 30  # per thread
 
 
-def _race(daemons: list[Daemon], work: Callable[[Daemon, int], None]) -> None:
-    """``work(daemon, n)`` in THREADS threads per daemon, started together;
-    re-raises the first failure."""
-    in_threads(lambda n: work(daemons[n // THREADS], n), THREADS * len(daemons), 120,
-               "a racing thread did not finish")
+def _race(daemons: list[Daemon], work: Callable[[Client, int], None]) -> None:
+    """``work(client, n)`` in THREADS threads per daemon, started together,
+    each with a client of its own; re-raises the first failure."""
+
+    def run(n: int) -> None:
+        with daemons[n // THREADS].client() as c:
+            work(c, n)
+
+    in_threads(run, THREADS * len(daemons), 120, "a racing thread did not finish")
 
 
 def test_sets_racing_from_two_hosts_on_one_session_all_land(
@@ -31,10 +36,9 @@ def test_sets_racing_from_two_hosts_on_one_session_all_land(
     a, b = hosts(make_daemon)
     sid = create(a)
 
-    def sets(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for i in range(SETS):
-                c.set(sid, f"k{n}-{i}", str(i))
+    def sets(c: Client, n: int) -> None:
+        for i in range(SETS):
+            c.set(sid, f"k{n}-{i}", str(i))
 
     _race([a, b], sets)
     final = get_json(b, sid)
@@ -52,13 +56,12 @@ def test_pipelined_sets_racing_from_two_hosts_all_land(
     a, b = hosts(make_daemon)
     sid = create(a)
 
-    def sets(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for round_ in range(3):
-                with c.pipeline() as p:
-                    replies = [p.set(sid, f"p{n}-{round_}-{i}", "v") for i in range(10)]
-                for r in replies:
-                    r.result()
+    def sets(c: Client, n: int) -> None:
+        for round_ in range(3):
+            with c.pipeline() as p:
+                replies = [p.set(sid, f"p{n}-{round_}-{i}", "v") for i in range(10)]
+            for r in replies:
+                r.result()
 
     _race([a, b], sets)
     final = get_json(a, sid)
@@ -96,21 +99,20 @@ def test_compare_and_set_racing_from_two_hosts_lets_exactly_one_win_each_round(
     wins: list[tuple[int, int]] = []
     lock = threading.Lock()
 
-    def cas(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for r in range(rounds):
-                # Everyone aims at the version the round starts at: one
-                # set per round can match it.
-                try:
-                    c.set(sid, "winner", str(n), expect_version=1 + r)
-                except Conflict:
-                    pass
-                else:
-                    with lock:
-                        wins.append((r, n))
-                # Wait for the round's winner to be visible before the next.
-                while c.get(sid).version < 2 + r:
-                    pass
+    def cas(c: Client, n: int) -> None:
+        for r in range(rounds):
+            # Everyone aims at the version the round starts at: one
+            # set per round can match it.
+            try:
+                c.set(sid, "winner", str(n), expect_version=1 + r)
+            except Conflict:
+                pass
+            else:
+                with lock:
+                    wins.append((r, n))
+            # Wait for the round's winner to be visible before the next.
+            while c.get(sid).version < 2 + r:
+                pass
 
     _race([a, b], cas)
     assert sorted(r for r, _ in wins) == list(range(rounds)), wins
@@ -127,17 +129,16 @@ def test_two_hosts_creating_one_id_at_once_make_one_session(
     refused: list[str] = []
     lock = threading.Lock()
 
-    def creates(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for i in range(10):
-                try:
-                    c.create(id=f"race-{i}", meta={"by": str(n)})
-                except Conflict:
-                    with lock:
-                        refused.append(f"race-{i}")
-                else:
-                    with lock:
-                        made.append(f"race-{i}")
+    def creates(c: Client, n: int) -> None:
+        for i in range(10):
+            try:
+                c.create(id=f"race-{i}", meta={"by": str(n)})
+            except Conflict:
+                with lock:
+                    refused.append(f"race-{i}")
+            else:
+                with lock:
+                    made.append(f"race-{i}")
 
     _race([a, b], creates)
     assert sorted(made) == [f"race-{i}" for i in range(10)]
