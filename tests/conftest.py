@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -150,6 +151,26 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def take_until(items: queue.Queue[Any], done: Callable[[Any], bool], timeout: float,
+               what: str, saw: Callable[[list[Any]], str]) -> list[Any]:
+    """The items a thread puts in ``items`` (events, a child's lines) up to
+    and including the first for which ``done`` is true. Fails when none is
+    within ``timeout`` seconds, or at ``None``, which ends what will come;
+    ``saw`` describes what came before."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            item = items.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {what} within {timeout}s; saw {saw(seen)}") from None
+        if item is None:
+            raise AssertionError(f"it ended before {what}; saw {saw(seen)}")
+        seen.append(item)
+        if done(item):
+            return seen
 
 
 def in_threads(work: Callable[[int], None], n: int, timeout: float, stuck: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sessiond.errors import SessionError
 from sessiond.protocol import Event, StatsInfo
-from tests.conftest import Daemon
+from tests.conftest import Daemon, take_until
 
 
 class Watching:
@@ -42,20 +42,11 @@ class Watching:
     def until(self, done: Callable[[Event], bool], timeout: float = 15,
               what: str = "a matching event") -> list[Event]:
         """Events up to and including the first for which ``done`` is true."""
-        seen: list[Event] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                last = ", ".join(f"{e.kind} {e.sid}" for e in seen[-5:])
-                raise AssertionError(
-                    f"no {what} within {timeout}s; saw {len(seen)} events (last: {last}), "
-                    f"error {self.error!r}"
-                ) from None
-            seen.append(event)
-            if done(event):
-                return seen
+        def saw(seen: list[Event]) -> str:
+            last = ", ".join(f"{e.kind} {e.sid}" for e in seen[-5:])
+            return f"{len(seen)} events (last: {last}), error {self.error!r}"
+
+        return take_until(self.events, done, timeout, what, saw)
 
     def count(self, n: int, timeout: float = 15) -> list[Event]:
         """The next ``n`` events."""
@@ -63,6 +54,12 @@ class Watching:
         self.until(lambda e: seen.append(e) is None and len(seen) >= n, timeout,
                    f"{n} events")
         return seen
+
+    def ended(self, timeout: float = 10) -> BaseException | None:
+        """Wait for the watch to end (its daemon stopped); what ended it."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the watch did not end with the daemon"
+        return self.error
 
     def nothing_more(self, within: float = 0.0) -> list[Event]:
         """Whatever arrived besides (``within``: how long to wait for more
