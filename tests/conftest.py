@@ -436,6 +436,17 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
 
 
+FAILPOINT = "SESSIOND_FAILPOINT"
+
+
+def restarted(d: Daemon) -> Daemon:
+    """kill -9 and start again without the failpoint (``FAILPOINT`` in its
+    ``extra_env``): the journal alone speaks."""
+    d.kill()
+    del d.extra_env[FAILPOINT]
+    return d.start()
+
+
 def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     """The real ``sessiond`` as a one-off command (``--check``, ``--repair``)
     on ``d``'s data directory."""
