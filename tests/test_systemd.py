@@ -9,6 +9,7 @@ inside the test's temporary directory, so none can reach a real manager.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -177,6 +178,22 @@ class NotifyListener:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def started_by_systemd(
+    d: Daemon, address: str | None = None, **env: str
+) -> Iterator[NotifyListener]:
+    """``d`` started (not waited for) with a notification socket, as systemd
+    starts a service: at ``address`` (else a file in ``d``'s root), with
+    ``env`` besides; the listener is closed after."""
+    listener = NotifyListener(address or str(d.root / "notify.sock"))
+    try:
+        d.extra_env.update(NOTIFY_SOCKET=listener.address, **env)
+        d.start(wait=False)
+        yield listener
+    finally:
+        listener.close()
+
+
 def ping_once(path: Path, timeout: float = 5.0) -> int:
     """One connection and one round trip, no retrying: the pid that answered.
 
@@ -249,10 +266,7 @@ def test_ready_is_sent_only_once_replayed_sessions_are_served(
     with d.client() as c:
         sids = [c.create(user="u").id for _ in range(50)]
     d.stop()
-    listener = NotifyListener(str(d.root / "notify.sock"))
-    try:
-        d.extra_env["NOTIFY_SOCKET"] = listener.address
-        d.start(wait=False)
+    with started_by_systemd(d) as listener:
         ready = listener.wait_for("READY=1", d)
         # No retrying: at the moment READY=1 arrives the daemon must answer,
         # with every replayed session, and say how many it holds.
@@ -262,8 +276,6 @@ def test_ready_is_sent_only_once_replayed_sessions_are_served(
         assert "STATUS=serving 50 sessions" in ready.split("\n")
         assert d.stop() == 0
         assert any("STOPPING=1" in m.split("\n") for m in listener.poll())
-    finally:
-        listener.close()
 
 
 def test_no_ready_when_the_journal_cannot_be_replayed(
@@ -272,16 +284,11 @@ def test_no_ready_when_the_journal_cannot_be_replayed(
     d = make_daemon(start=False)
     d.data_dir.mkdir(mode=0o700)
     d.journal.write_text('{"type": "session", "id": "a"\n{"type": "delete", "id": "b"}\n')
-    listener = NotifyListener(str(d.root / "notify.sock"))
-    try:
-        d.extra_env["NOTIFY_SOCKET"] = listener.address
-        d.start(wait=False)
+    with started_by_systemd(d) as listener:
         assert d.proc is not None
         assert d.proc.wait(START_TIMEOUT) == 1
         assert "line 1 (byte offset 0) is damaged" in d.log_text()
         assert not any("READY=1" in m.split("\n") for m in listener.poll())
-    finally:
-        listener.close()
 
 
 def test_watchdog_pings_and_status_follows_the_session_count(
@@ -289,18 +296,14 @@ def test_watchdog_pings_and_status_follows_the_session_count(
 ) -> None:
     d = make_daemon(start=False)
     # An abstract address, as systemd uses for user managers on some systems.
-    listener = NotifyListener(f"@sessiond-test-{uuid.uuid4().hex}")
-    try:
-        d.extra_env.update(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="200000")
-        d.start(wait=False)
+    address = f"@sessiond-test-{uuid.uuid4().hex}"
+    with started_by_systemd(d, address, WATCHDOG_USEC="200000") as listener:
         listener.wait_for("READY=1", d)
         listener.wait_for("WATCHDOG=1", d)
         with d.client() as c:
             c.create(user="w")
         listener.wait_for("STATUS=serving 1 session", d)
         assert d.stop() == 0
-    finally:
-        listener.close()
 
 
 # -- socket activation ---------------------------------------------------
