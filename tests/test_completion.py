@@ -44,6 +44,14 @@ def script(d: Daemon, shell: str) -> Path:
     return path
 
 
+def printed(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The lines a shell prints running a completion driver, which must
+    succeed and say nothing on stderr."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stderr == "", done
+    return done.stdout.splitlines()
+
+
 BASH_DRIVER = r"""
 source "$1"; shift
 complete -p sessionctl
@@ -59,13 +67,10 @@ def bash(d: Daemon, *words: str, env: dict[str, str] | None = None) -> list[str]
     as COMP_WORDS), with the script that ``sessionctl completion bash`` printed."""
     full = d.env
     full.update(env or {})
-    done = subprocess.run(
+    lines = printed(
         ["bash", "--norc", "--noprofile", "-c", BASH_DRIVER, "bash", str(script(d, "bash")),
-         SESSIONCTL, *words],
-        env=full, capture_output=True, text=True, timeout=60, check=False,
+         SESSIONCTL, *words], full,
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    lines = done.stdout.splitlines()
     assert lines[0] == "complete -F _sessionctl sessionctl"
     return lines[1:]
 
@@ -159,12 +164,10 @@ def test_the_script_parses_in_its_shell(d: Daemon, shell: str) -> None:
 
 def fish(d: Daemon, line: str) -> list[str]:
     exe = needs("fish")
-    done = subprocess.run(
-        [exe, "--no-config", "-c", f"source {script(d, 'fish')}; complete -C '{line}'"],
-        env=d.env, capture_output=True, text=True, timeout=60, check=False,
+    rows = printed(
+        [exe, "--no-config", "-c", f"source {script(d, 'fish')}; complete -C '{line}'"], d.env
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    return [row.split("\t")[0] for row in done.stdout.splitlines()]
+    return [row.split("\t")[0] for row in rows]
 
 
 def test_fish_completes_commands_options_choices_and_ids(d: Daemon) -> None:
@@ -199,12 +202,9 @@ _sessionctl
 
 def zsh(d: Daemon, *words: str) -> list[str]:
     exe = needs("zsh")
-    done = subprocess.run(
-        [exe, "-f", "-c", ZSH_DRIVER, "zsh", str(script(d, "zsh")), SESSIONCTL, *words],
-        env=d.env, capture_output=True, text=True, timeout=60, check=False,
+    lines = printed(
+        [exe, "-f", "-c", ZSH_DRIVER, "zsh", str(script(d, "zsh")), SESSIONCTL, *words], d.env
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    lines = done.stdout.splitlines()
     assert lines[0] == "compdef _sessionctl sessionctl"
     return lines[1:]
 
