@@ -379,7 +379,7 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
 
     def make(*args: str, env: dict[str, str] | None = None, start: bool = True,
              root: Path | None = None, namespace: str | None = None,
-             backend: str | None = None) -> Daemon:
+             backend: str | None = None, config: dict[str, Any] | None = None) -> Daemon:
         where = root or tmp_path / f"d{next(counter)}"
         where.mkdir(mode=0o700, exist_ok=True)
         on = engine if backend is None else Engine("own", backend)
@@ -388,6 +388,8 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
         d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=on)
         if namespace is not None:
             d.namespace = namespace
+        if config is not None:
+            d.config.write_text(json.dumps(config))
         made.append(d)
         if start:
             d.start()
@@ -405,8 +407,9 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
 @pytest.fixture
 def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
     """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
-    test's engine and waits for it; ``namespace=`` shares another's;
-    ``backend=URL`` puts it on another engine (one of ``make_redis``'s)."""
+    test's engine and waits for it; ``config={...}`` writes its config file
+    first; ``namespace=`` shares another's; ``backend=URL`` puts it on
+    another engine (one of ``make_redis``'s)."""
     with _daemons(tmp_path, engine) as make:
         yield make
 

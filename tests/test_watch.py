@@ -88,9 +88,7 @@ def watchers(d: Daemon) -> int:
 
 
 def started(make_daemon: Callable[..., Daemon], **settings: Any) -> Daemon:
-    d = make_daemon(start=False)
-    d.config.write_text(json.dumps(settings))
-    return d.start()
+    return make_daemon(config=settings)
 
 
 def test_client_watch_yields_every_kind_of_event_as_it_happens(
