@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,6 +196,14 @@ def in_threads(work: Callable[[int], None], n: int, timeout: float, stuck: str) 
     assert not any(t.is_alive() for t in threads), stuck
     if errors:
         raise errors[0]
+
+
+def needs(program: str) -> str:
+    """Where ``program`` is on PATH; the test is skipped where it is not."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is not installed")
+    return found
 
 
 def gone(pid: int) -> bool:

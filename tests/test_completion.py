@@ -14,7 +14,6 @@ those tests are skipped.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sessionctl import completion, registry
-from tests.conftest import SESSIONCTL, Daemon, running
+from tests.conftest import SESSIONCTL, Daemon, needs, running
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
 
@@ -145,13 +144,6 @@ def test_list_ids_prints_one_id_a_line(d: Daemon) -> None:
 
 
 # -- zsh and fish, where installed --------------------------------------------
-
-
-def needs(shell: str) -> str:
-    found = shutil.which(shell)
-    if found is None:
-        pytest.skip(f"{shell} is not installed")
-    return found
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])

@@ -27,7 +27,7 @@ import pytest
 
 from sessionctl import Client
 from sessiond.service import exec_quote
-from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, wait_until
+from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, needs, wait_until
 
 pytestmark = pytest.mark.local_only("the systemd units start a local daemon")
 
@@ -239,9 +239,7 @@ def test_socket_unit_listens_on_the_daemons_default_path_privately() -> None:
 def test_installed_units_pass_systemd_analyze_verify(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed, so the units cannot be verified")
+    analyze = needs("systemd-analyze")  # without it the units cannot be verified
     d = make_daemon(start=False)
     assert install_service(d, manager=True).returncode == 0
     installed = [str(unit_dir(d) / name) for name in UNITS]
@@ -362,9 +360,7 @@ def test_daemon_refuses_a_passed_socket_that_is_not_a_stream_socket(
 def test_daemon_serves_under_systemd_socket_activate(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        pytest.skip("systemd-socket-activate is not installed")
+    activate = needs("systemd-socket-activate")
     d = make_daemon(start=False)
     # systemd-socket-activate gives the child only the variables named here.
     names = ["SESSIOND_SOCKET", "SESSIOND_DATA_DIR", "SESSIOND_CONFIG", "HOME",
