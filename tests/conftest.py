@@ -20,12 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -152,50 +150,6 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-def take_until(items: queue.Queue[Any], done: Callable[[Any], bool], timeout: float,
-               what: str, saw: Callable[[list[Any]], str]) -> list[Any]:
-    """The items a thread puts in ``items`` (events, a child's lines) up to
-    and including the first for which ``done`` is true. Fails when none is
-    within ``timeout`` seconds, or at ``None``, which ends what will come;
-    ``saw`` describes what came before."""
-    seen: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            item = items.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"no {what} within {timeout}s; saw {saw(seen)}") from None
-        if item is None:
-            raise AssertionError(f"it ended before {what}; saw {saw(seen)}")
-        seen.append(item)
-        if done(item):
-            return seen
-
-
-def in_threads(work: Callable[[int], None], n: int, timeout: float, stuck: str) -> None:
-    """``work(i)`` for each ``i`` below ``n``, each in a thread of its own,
-    all let go at once; fails saying ``stuck`` when one has not finished
-    after ``timeout`` seconds, and re-raises the first failure."""
-    errors: list[BaseException] = []
-    gate = threading.Barrier(n)
-
-    def run(i: int) -> None:
-        try:
-            gate.wait(30)
-            work(i)
-        except BaseException as exc:  # handed to the test below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    assert not any(t.is_alive() for t in threads), stuck
-    if errors:
-        raise errors[0]
 
 
 def needs(program: str) -> str:
@@ -465,57 +419,6 @@ def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
     )
-
-
-def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
-    """Every session as ``d``'s engine holds it, read behind the daemon's
-    back (so that no read expires anything lazily): the last journal line
-    of each id, or the session's hash in the shared engine, in the legacy
-    record shape (times as ISO text)."""
-    from sessiond.model import iso
-
-    if not d.engine.shared:
-        state: dict[str, dict[str, Any]] = {}
-        if not d.journal.exists():
-            return state
-        for line in d.journal_bytes().decode().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record.get("type") == "delete":
-                    state.pop(record["id"], None)
-                else:
-                    state[record["id"]] = record
-        return state
-    import redis
-
-    assert d.engine.backend is not None
-    client: Any = (redis.RedisCluster.from_url(d.engine.backend) if d.engine.name == "cluster"
-                   else redis.Redis.from_url(d.engine.backend))
-    try:
-        tag = "sd:{" + d.namespace + "}:"
-        state = {}
-        # The creation order: buckets of 128 sequence numbers (layout 2).
-        top = int(client.hget(tag + "counters", "seq") or 0)
-        order: dict[int, str] = {}
-        for bucket in range(top // 128 + 1):
-            for seq, raw in client.hgetall(f"{tag}o:{bucket}").items():
-                order[int(seq)] = raw.decode()
-        for _, sid in sorted(order.items()):
-            h = {k.decode(): v.decode() for k, v in client.hgetall(tag + "s:" + sid).items()}
-            if not h:
-                continue
-            record: dict[str, Any] = {
-                "id": sid, "user": h["u"], "status": "expired" if "x" in h else "active",
-                "ttl": int(h["t"]), "meta": json.loads(h["m"]),
-                "created_at": iso(int(h["c"])), "last_access": iso(int(h["a"])),
-                "expires_at": iso(int(h["e"])), "version": int(h["v"]),
-            }
-            if "x" in h:
-                record["expired_at"] = iso(int(h["x"]))
-            state[sid] = record
-        return state
-    finally:
-        client.close()
 
 
 def stored(d: Daemon) -> dict[str, Session]:

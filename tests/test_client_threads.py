@@ -16,7 +16,8 @@ import pytest
 
 from sessionctl import Client, SessionNotFound
 from sessiond.model import Session
-from tests.conftest import Daemon, in_threads
+from tests.conftest import Daemon
+from tests.threads import in_threads
 
 THREADS = 8
 OPERATIONS = 500

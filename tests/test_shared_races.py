@@ -10,8 +10,9 @@ import pytest
 
 from sessionctl import Client
 from sessiond.errors import Conflict
-from tests.conftest import Daemon, in_threads
+from tests.conftest import Daemon
 from tests.fleet import create, get_json, hosts
+from tests.threads import in_threads
 
 pytestmark = pytest.mark.shared_only("daemons racing on the sessions of one namespace")
 

@@ -15,8 +15,9 @@ from typing import IO, Any
 import pytest
 
 from sessiond.errors import DaemonUnavailable
-from tests.conftest import SESSIONCTL, Daemon, take_until, wait_until
+from tests.conftest import SESSIONCTL, Daemon, wait_until
 from tests.fleet import Watching
+from tests.threads import take_until
 
 
 def brief(seen: list[Any]) -> str:
