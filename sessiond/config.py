@@ -53,6 +53,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Shared mode: events the engine keeps for watchers that fall behind or
     # come back after their daemon restarted (its stream's MAXLEN, about).
     event_retention: Annotated[int, msgspec.Meta(ge=10, le=100_000_000)] = 100_000
+    # Shared mode: a change is acknowledged once this many of the engine's
+    # replicas have it (Redis's WAIT), or refused as of unknown outcome
+    # after replicas_timeout seconds. 0: acknowledged once the engine's
+    # primary has it (replication is asynchronous, as Redis's is).
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    replicas_timeout: Annotated[float, msgspec.Meta(ge=0.001, le=60)] = 1.0
     # A watcher's queue in bytes of encoded events: a stalled watcher holds
     # this (and one send's worth) at most, whatever the sessions' size.
     watch_queue_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 4 * 1024 * 1024
@@ -63,6 +69,27 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 KEYS = tuple(Settings.__struct_fields__)
+# Settings that mean something only in shared mode, and would be a silent
+# no-op on the local journal: refused there, with why.
+SHARED_ONLY = {
+    "replicas": "the local journal has no replicas to wait for",
+    "replicas_timeout": "the local journal has no replicas to wait for",
+}
+
+
+DEFAULTS = Settings()
+
+
+def local_refusal(settings: Settings) -> str | None:
+    """Why ``settings`` cannot be in force in local mode (``None``: they
+    can): a shared-mode key set to anything but its default."""
+    for key, why in SHARED_ONLY.items():
+        if getattr(settings, key) != getattr(DEFAULTS, key):
+            return (
+                f"{key} is a setting of shared mode (sessiond --backend): {why}; "
+                f"leave it at {getattr(DEFAULTS, key)!r}"
+            )
+    return None
 ENV_PREFIX = "SESSIOND_"
 # Where a setting in force came from, lowest layer first.
 DEFAULT, FILE, ENV, FLAG = "default", "file", "env", "flag"

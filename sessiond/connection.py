@@ -43,9 +43,11 @@ FRAME: Final = 2  # waiting for the rest of a frame
 SEND: Final = 3  # waiting to send replies
 
 
-class Conn:
+class Conn(Peer):
     """A connection's socket, its readiness registration, and the deadline
-    of its current wait.
+    of its current wait; and, as the ``Peer`` the dispatcher is given, the
+    protocol version its hello agreed on (one object a connection: an idle
+    connection's memory is what the daemon holds for each).
 
     Readiness comes from the asyncio loop the daemon runs on (anyio's asyncio
     backend), through one reader registration kept for the connection's
@@ -60,6 +62,7 @@ class Conn:
     )
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.sock = sock
         self.fd = sock.fileno()
         self.loop = loop
@@ -165,20 +168,6 @@ class Connections:
     # The time limits are instead one deadline per connection, which the
     # deadline task enforces (see ``_run_deadlines``).
 
-    async def serve(self, sock: socket.socket) -> EventSource | None:
-        """Answer requests on ``sock`` until EOF, ``watch`` (returns its
-        watcher, for the caller to stream events to), or the daemon
-        stopping while this connection is between frames. Raises ``Stop``
-        when the connection must close, ``anyio.BrokenResourceError`` when
-        its peer went away."""
-        conn = Conn(sock, asyncio.get_running_loop())
-        self._conns.add(conn)
-        try:
-            return await self._serve_requests(conn)
-        finally:
-            conn.close()
-            self._conns.discard(conn)
-
     def interrupt_idle(self) -> None:
         """Stop reading: connections between frames find ``stopping`` set
         and close; those in the middle of one finish it."""
@@ -187,10 +176,17 @@ class Connections:
             if conn.kind == IDLE:
                 conn.interrupt()
 
-    async def _serve_requests(self, conn: Conn) -> EventSource | None:
-        """Answer requests until EOF, ``watch`` (returns its watcher), or the
-        daemon stopping while this connection is between frames."""
-        sock = conn.sock
+    async def serve(self, sock: socket.socket) -> EventSource | None:
+        """Answer requests on ``sock`` until EOF, ``watch`` (returns its
+        watcher, for the caller to stream events to), or the daemon
+        stopping while this connection is between frames. Raises ``Stop``
+        when the connection must close, ``anyio.BrokenResourceError`` when
+        its peer went away.
+
+        One coroutine, not a wrapper around another: an idle connection
+        holds this frame alone, and a frame of its own costs every open
+        connection its memory."""
+        conn = Conn(sock, asyncio.get_running_loop())
         # Bytes received and not yet handled: never a whole frame between
         # rounds, only the start of one (or nothing).
         pending: bytes | bytearray = b""
@@ -207,8 +203,7 @@ class Connections:
         # What the large frame at the start of ``pending`` has reserved
         # against frame_buffer_bytes.
         held = 0
-        # The protocol version the connection's hello agreed on.
-        peer = Peer()
+        self._conns.add(conn)
         try:
             while True:
                 if not pending and self.stopping:
@@ -245,7 +240,7 @@ class Connections:
                     pending = data
                 else:
                     pending += data
-                used, watcher, bad = await self._answer(conn, pending, bad, peer)
+                used, watcher, bad = await self._answer(conn, pending, bad)
                 if watcher is not None:
                     return watcher
                 if used == len(pending):
@@ -261,6 +256,8 @@ class Connections:
                     held = self._hold_frame(pending)
         finally:
             self.frame_bytes_held -= held
+            conn.close()
+            self._conns.discard(conn)
 
     def _hold_frame(self, pending: bytes | bytearray) -> int:
         """Reserve room for the frame that begins ``pending`` and has yet to
@@ -284,7 +281,7 @@ class Connections:
         return n
 
     async def _answer(
-        self, conn: Conn, data: bytes | bytearray, bad: int, peer: Peer
+        self, conn: Conn, data: bytes | bytearray, bad: int
     ) -> tuple[int, EventSource | None, int]:
         """Answer every whole frame at the start of ``data``, a batch at a
         time. Returns how many bytes were used, the watcher if a ``watch``
@@ -315,7 +312,7 @@ class Connections:
             if not bodies:
                 return pos, None, bad
             out = bytearray()
-            watcher, bad, used = await self.dispatcher.batch(bodies, bad, out, peer)
+            watcher, bad, used = await self.dispatcher.batch(bodies, bad, out, conn)
             pos = ends[used - 1]
             if out:
                 try:

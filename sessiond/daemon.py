@@ -142,6 +142,9 @@ def open_local(
     persisted before anyone connects (imported legacy sessions, deadlines
     that passed while the daemon was down, a lowered max_lifetime)."""
     settings = layers.settings
+    refusal = config.local_refusal(settings)
+    if refusal is not None:
+        raise StartError(refusal)
     for leftover in remove_leftovers(where.journal):
         log.warning("removed %s left by an interrupted compaction", leftover)
     store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)

@@ -18,7 +18,7 @@ from typing import Final, cast
 import msgspec
 
 from sessiond import compaction, config, live, standing
-from sessiond.errors import InternalError, ReadOnly, SessionError, Unsupported
+from sessiond.errors import ConfigError, InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import EventSource, Hub
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
 from sessiond.handlers import HANDLERS, SLOW, hello, shape_refused
@@ -312,8 +312,13 @@ class Dispatcher:
     async def adopt(self, layers: config.Layers) -> None:
         """Put new settings in force, and persist what the store's rules
         change with them (sessions brought within a lowered
-        max_lifetime). Raises ``ReadOnly`` when that cannot be persisted:
+        max_lifetime). Raises ``ConfigError`` for settings only shared mode
+        has (``config.local_refusal``: nothing changes), ``ReadOnly`` when
+        that cannot be persisted:
         the settings are then as they were."""
+        refusal = config.local_refusal(layers.settings)
+        if refusal is not None:
+            raise ConfigError(refusal)
         old = self.live.layers
         store = self.store
         changes = store.change_rules(now_us(), rules_of(layers.settings))

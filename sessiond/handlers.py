@@ -296,6 +296,11 @@ async def compact(c: Context, req: Compact) -> Response:
 
 @handles(ConfigSet, SLOW)
 async def config_set(c: Context, req: ConfigSet) -> Response:
+    # (The local engine's: a shared daemon's is sessiond.shared.scans'.)
+    if req.key in config.SHARED_ONLY:
+        refusal = config.local_refusal(c.live.layers.with_key(req.key, req.value).settings)
+        if refusal is not None:
+            raise Unsupported(refusal)
     updated = await live.set_key(c.live, req.key, req.value, c.adopt)
     sources = {key: c.live.layers.source(key) for key in updated}
     return ConfigReply(id=req.id, config=updated, sources=sources)

@@ -199,14 +199,8 @@ class Server:
                     "refused a connection from uid %d (only uid %d may connect)", uid, self.uid
                 )
                 return
-            stopping = self.connections.stopping
-            limit = self.live.settings.max_connections
-            if self.open >= limit or stopping:
-                why = "shutting down" if stopping else (
-                    f"too many connections (max_connections={limit})"
-                )
-                busy = Busy(f"daemon busy: {why}; try again")
-                await self._send_last(stream, error_frame(0, busy))
+            if self.open >= self.live.settings.max_connections or self.connections.stopping:
+                await self._send_last(stream, error_frame(0, self._busy()))
                 return
             self.open += 1
             try:
@@ -227,6 +221,15 @@ class Server:
                 self.open -= 1
                 if self.connections.stopping and self.open == 0:
                     self._drained.set()
+
+    def _busy(self) -> Busy:
+        """Why a connection is turned away (out of ``_connection``: its
+        locals would stay in the frame every open connection holds)."""
+        if self.connections.stopping:
+            why = "shutting down"
+        else:
+            why = f"too many connections (max_connections={self.live.settings.max_connections})"
+        return Busy(f"daemon busy: {why}; try again")
 
     @staticmethod
     async def _send_last(stream: SocketStream, data: bytes) -> None:

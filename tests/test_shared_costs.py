@@ -9,6 +9,7 @@ engine, and a write is one HSET (or HDEL) a record, not one a field.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from tests.conftest import Daemon, wait_until
@@ -16,6 +17,7 @@ from tests.fleet import figures
 from tests.redis_servers import RedisNode
 
 WRITES = 200
+EXPIRING = 400
 
 
 def _calls(node: RedisNode) -> dict[str, int]:
@@ -112,3 +114,26 @@ def test_a_batch_of_creates_moves_each_counter_once_not_once_a_session(
     moves = _grown(before, after, "hincrby")
     assert moves < 100, f"{moves} HINCRBY for 100 creates"
     assert st.total_sessions == 101 and st.active == 101 and st.unique_users == 4
+
+
+def test_the_lease_holder_asks_for_its_lease_about_once_a_second_not_once_a_turn(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    # Sessions created one after another fall due one after another: the
+    # holder's timer turns many times while they expire, and a look at the
+    # lease on every turn would make each expiry that much later.
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    wait_until(lambda: figures(d).expiry_lease, 10, "the daemon to hold the lease")
+    before = _calls(node)
+    started = time.monotonic()
+    with d.client() as c:
+        for _ in range(EXPIRING):
+            c.create(ttl=1)
+    wait_until(lambda: figures(d).expiries_done >= EXPIRING, 30, "every session to expire")
+    seconds = time.monotonic() - started
+    after = _calls(node)
+    turns = _grown(before, after, "zrange") // 2  # what is due: two ZRANGEs a turn
+    tries = _grown(before, after, "get")
+    assert turns > 10, f"the timer turned {turns} times for {EXPIRING} expiries"
+    assert tries <= seconds + 2, f"{tries} looks at the lease in {seconds:.1f}s ({turns} turns)"

@@ -54,14 +54,20 @@ class SharedEngine:
         self.reader = NamespaceReader(store, self._reload, self.reaper.hint)
         store.on_deadline = self.reaper.hint
         live.listen(self._settings_changed)
-        store.maxlen = live.settings.event_retention
+        self._follow(live.settings)
         self._sessions = 0
         self.appendfsync: str | None = None
         self._unreadable: str | None = None  # why the settings cannot be read, said once
 
     def _settings_changed(self, settings: config.Settings) -> None:
-        self.store.maxlen = settings.event_retention
+        self._follow(settings)
         self.reaper.wake()
+
+    def _follow(self, settings: config.Settings) -> None:
+        """The settings the engine's parts read as they go."""
+        self.store.maxlen = settings.event_retention
+        self.store.link.replicas = settings.replicas
+        self.store.link.replicas_timeout = settings.replicas_timeout
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         tg.start_soon(self.reaper.run)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
@@ -47,6 +47,16 @@ LAYOUT = 2
 def _now(reply: Sequence[Any]) -> int:
     """TIME's answer, in microseconds."""
     return int(reply[0]) * US + int(reply[1])
+
+
+class Due(NamedTuple):
+    """What falls due (``SharedStore.falling_due``), on the engine's clock."""
+
+    now: int
+    expiring: list[Record]
+    next_due: int | None
+    purging: list[Record]
+    next_purge: int | None
 
 
 class SharedStore:
@@ -106,30 +116,21 @@ class SharedStore:
             ("EVALSHA", self._page, 2, self.order, self.counters, self.prefix, after, want,
              max(most, want), user or ""),
         ])
-        it = iter(flat)
-        records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
-        return _now(time), int(last), bool(int(more)), [r for r in records if r is not None]
+        return _now(time), int(last), bool(int(more)), _records(flat)
 
-    async def due_records(self, purge: bool, upto: int, most: int) -> list[Record]:
-        """Records whose deadline (or start of retention, ``purge``) is at
-        or before ``upto``, earliest first."""
-        index = self.purge if purge else self.due
-        (flat,) = await self._calls([
-            ("EVALSHA", self._due, 1, index, self.prefix, upto, most),
+    async def falling_due(self, most: int, retention: int) -> Due:
+        """In one round trip: the engine's time, up to ``most`` active
+        records whose deadline has come and up to ``most`` expired ones
+        whose ``retention`` (microseconds; 0: none is purged by time) has
+        run out, earliest first, and when the next of each falls due."""
+        (reply,) = await self._calls([
+            ("EVALSHA", self._due, 2, self.due, self.purge, self.prefix, most, retention),
         ])
-        it = iter(flat)
-        records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
-        return [r for r in records if r is not None]
-
-    async def heads(self) -> tuple[int, int | None, int | None]:
-        """The engine's time, the earliest deadline and the earliest start of
-        a retention (``None`` when there is none)."""
-        time, due, purge = await self._calls([
-            ("TIME",),
-            ("ZRANGE", self.due, 0, 0, "WITHSCORES"),
-            ("ZRANGE", self.purge, 0, 0, "WITHSCORES"),
-        ])
-        return _now(time), _score(due), _score(purge)
+        secs, micros, expiring, next_due, purging, next_purge = reply
+        return Due(
+            _now([secs, micros]), _records(expiring), _score_of(next_due),
+            _records(purging), _score_of(next_purge),
+        )
 
     async def stats(self) -> tuple[int, dict[str, int], int, int]:
         """The engine's time, the counters, the users, and how many are due
@@ -239,11 +240,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _score(reply: Any) -> int | None:
-    """The score of ZRANGE ... WITHSCORES's first member (RESP2 gives
-    member, score; RESP3 [member, score])."""
-    if not reply:
-        return None
-    first = reply[0]
-    score = first[1] if isinstance(first, list | tuple) else reply[1]
-    return int(float(score))
+def _records(flat: list[Any]) -> list[Record]:
+    """Records a script returned as ids and HGETALLs (one that vanished
+    meanwhile left out)."""
+    it = iter(flat)
+    records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
+    return [r for r in records if r is not None]
+
+
+def _score_of(score: Any) -> int | None:
+    """A score a script returned (``None``: there was none)."""
+    return None if score is None else int(float(score))

@@ -76,6 +76,9 @@ class Link:
         self._scripts: dict[bytes, bytes] = {}  # sha -> source, to load again
         self.last_error: str | None = None
         self.node = backend.shown
+        # The replicas setting: writes wait for this many replicas (WAIT).
+        self.replicas = 0
+        self.replicas_timeout = 1.0
 
     # -- finding the node --------------------------------------------------
 
@@ -129,11 +132,21 @@ class Link:
         order; an error reply is returned as its exception (the caller
         decides), but for those below. Raises ``BackendUnavailable`` (nothing
         was applied), ``OutcomeUnknown`` (``writes``, and the engine may
-        have applied them), ``ReadOnly`` (the engine refuses writes)."""
+        have applied them, or applied them and fewer replicas than
+        ``replicas`` have them), ``ReadOnly`` (the engine refuses writes)."""
+        waiting = writes and self.replicas > 0
+        if waiting:
+            # In the same round trip: WAIT answers once the replicas have
+            # every write this connection made, the commands above included.
+            ms = max(1, round(self.replicas_timeout * 1000))
+            commands = [*commands, ("WAIT", self.replicas, ms)]
         for attempt in (1, 2):
             replies = await self._round_trip(commands, writes)
+            waited = replies.pop() if waiting else None
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
+                if waiting:
+                    self._check_replicas(waited)
                 return replies
             moved = any(isinstance(e, (rx.MovedError, rx.AskError)) for e in errors)
             missing = any(isinstance(e, rx.NoScriptError) for e in errors)
@@ -148,8 +161,26 @@ class Link:
             for e in errors:
                 if _refuses_writes(e):
                     raise ReadOnly(f"the shared engine {self.node} refuses writes: {_reason(e)}")
+            if waiting:
+                self._check_replicas(waited)
             return replies
         raise AssertionError("unreachable")
+
+    def _check_replicas(self, reply: Any) -> None:
+        """WAIT's answer: how many replicas have the writes (or why the
+        engine would not say)."""
+        if isinstance(reply, rx.ResponseError):
+            raise OutcomeUnknown(
+                f"the change was sent to the shared engine {self.node}, which would not say "
+                f"how many replicas have it ({_reason(reply)}); read the session to see"
+            )
+        have = int(reply)
+        if have < self.replicas:
+            raise OutcomeUnknown(
+                f"the change was made on the shared engine {self.node}, but only {have} of "
+                f"the {self.replicas} replicas the replicas setting asks for had it within "
+                f"{self.replicas_timeout:g}s: a failover now could lose it"
+            )
 
     async def _round_trip(self, commands: Sequence[Command], writes: bool) -> list[Any]:
         if self._free > 0 and not self._waiting:
@@ -159,7 +190,8 @@ class Link:
         try:
             conn = await self._connection()
             try:
-                replies = await conn.exchange(pack(commands), len(commands), TIMEOUT)
+                within = TIMEOUT + (self.replicas_timeout if writes and self.replicas else 0)
+                replies = await conn.exchange(pack(commands), len(commands), within)
             except BaseException as exc:
                 # Whatever went wrong, the connection may be out of step.
                 await conn.aclose()

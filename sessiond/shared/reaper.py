@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import socket
+import time
 from typing import Any
 
 import anyio
@@ -36,6 +37,11 @@ from sessiond.timers import EXPIRY_BATCH, TIMER_MAX_SLEEP, Lateness
 log = logging.getLogger("sessiond.shared")
 
 LEASE_MS = 5000
+# The holder extends its lease this often (seconds), not at every turn of
+# its timer: turns follow each other closely while sessions fall due, and a
+# round trip of its own each turn would make every expiry that much later. Far below
+# LEASE_MS, so the lease never runs out under a holder that keeps up.
+LEASE_RENEW = 1.0
 
 
 class Reaper:
@@ -50,6 +56,7 @@ class Reaper:
         self._target = math.inf  # the engine's time it next wakes at
         self._wake = anyio.Event()
         self._down: str | None = None  # the engine's trouble, said once
+        self._leased = -math.inf  # when it last asked for the lease (monotonic)
 
     def hint(self, deadline: int) -> None:
         """A deadline set somewhere in the fleet: earlier than the timer's
@@ -69,7 +76,10 @@ class Reaper:
         while True:
             delay = TIMER_MAX_SLEEP
             try:
-                self.holding = await self.store.hold_lease(self.holder, LEASE_MS)
+                asked = time.monotonic()
+                if not self.holding or asked - self._leased >= LEASE_RENEW:
+                    self.holding = await self.store.hold_lease(self.holder, LEASE_MS)
+                    self._leased = asked
                 if self.holding:
                     delay = await self._reap()
                 if self._down is not None:
@@ -91,33 +101,44 @@ class Reaper:
 
     async def _reap(self) -> float:
         """Expire and purge what is due; seconds until more is (0: a batch
-        was full)."""
+        was full). Two round trips: what is due (with the engine's time and
+        the next deadlines), then one commit of the expiries and purges."""
         settings = rules_of(self.live.settings)
-        now = await self.store.time()
-        records = await self.store.due_records(False, now, EXPIRY_BATCH)
-        groups = each_alone(settings, records, rules.lazy_expire, now)
+        retention = settings.expired_retention * US
+        asked = time.monotonic()
+        due = await self.store.falling_due(EXPIRY_BATCH, retention)
+        now = due.now
+        groups = each_alone(settings, due.expiring, rules.lazy_expire, now)
+        expiries = len(groups)
+        groups += purges(settings, [
+            r for r in due.purging
+            if r.expired_at is not None and rules.purge_key(r) <= now - retention
+        ])
         applied = await commit_each(self.store, groups, now)
-        for made, ok in zip(groups, applied, strict=True):
-            before = made[0].before
+        # The next wake: the next deadline, the next retention to run out,
+        # the retention of what was expired just now included.
+        candidates = [] if due.next_due is None else [due.next_due]
+        if retention and due.next_purge is not None:
+            candidates.append(due.next_purge + retention)
+        if not all(applied):
+            # Changed by another daemon since they were read: what they are
+            # now is looked at again at once (a session still due included,
+            # which the next deadline above left out).
+            candidates.append(now)
+        for made, ok in zip(groups[:expiries], applied, strict=False):
+            before, after = made[0].before, made[-1].after
             if ok and before is not None:
                 self.lateness.add(now, before.expires_at)
-        full = len(records) >= EXPIRY_BATCH
-        retention = settings.expired_retention * US
-        if retention:
-            upto = now - retention
-            doomed = await self.store.due_records(True, upto, EXPIRY_BATCH)
-            groups = purges(settings, [
-                r for r in doomed if r.expired_at is not None and rules.purge_key(r) <= upto
-            ])
-            await commit_each(self.store, groups, now)
-            full = full or len(doomed) >= EXPIRY_BATCH
-        if full:
+                if retention and after is not None:
+                    candidates.append(rules.purge_key(after) + retention)
+        if len(due.expiring) >= EXPIRY_BATCH or len(due.purging) >= EXPIRY_BATCH:
             return 0.0
-        now, due, purge = await self.store.heads()
-        candidates = [d for d in (due, None if purge is None or not retention
-                                  else purge + retention) if d is not None]
         self._target = min(candidates) if candidates else math.inf
-        return math.inf if not candidates else max(0.0, (self._target - now) / US)
+        if not candidates:
+            return math.inf
+        # ``now`` was the engine's time when it was asked; the commit has
+        # taken some since (counted from the asking, so never too little).
+        return max(0.0, (self._target - now) / US - (time.monotonic() - asked))
 
     async def release(self) -> None:
         """Give the lease up at a clean stop, so that another daemon takes it

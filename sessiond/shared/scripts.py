@@ -198,16 +198,35 @@ redis.call('HSET', KEYS[1], 'layout', ARGV[1])
 return ARGV[1]
 """
 
-# What falls due: KEYS one index (due or purge); ARGV the key prefix, the
-# latest score due, how many at most. Returns ids and HGETALLs.
+# What falls due, on the engine's clock, in one round trip: KEYS the due
+# and purge indexes; ARGV the key prefix, how many of each at most, and the
+# retention in microseconds ("0": nothing is purged by time). Returns the
+# engine's TIME (seconds, microseconds), then for each index the ids and
+# HGETALLs of what is due (active sessions whose deadline has come;
+# expired ones whose retention, counted from their score, has run out) and
+# the score of the first entry after them (false: none). Microseconds pass
+# 2^31 but not 2^53, so a Lua number holds them exactly; they are written
+# back as integers ('%.0f'), never in Lua's exponent notation.
 DUE: Final = """
-local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for i = 1, #ids do
-  out[#out + 1] = ids[i]
-  out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ids[i])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local most = tonumber(ARGV[2])
+local function take(index, upto)
+  local ids = redis.call('ZRANGE', index, '-inf', string.format('%.0f', upto), 'BYSCORE',
+                         'LIMIT', 0, most)
+  local out = {}
+  for i = 1, #ids do
+    out[#out + 1] = ids[i]
+    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ids[i])
+  end
+  local after = redis.call('ZRANGE', index, #ids, #ids, 'WITHSCORES')
+  return out, after[2] or false
 end
-return out
+local due, due_next = take(KEYS[1], now)
+local purge, purge_next = {}, false
+local retention = tonumber(ARGV[3])
+if retention > 0 then purge, purge_next = take(KEYS[2], now - retention) end
+return {t[1], t[2], due, due_next, purge, purge_next}
 """
 
 # The namespace's figures: KEYS counters, users, due; ARGV now and now + 60 s
