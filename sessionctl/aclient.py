@@ -31,6 +31,7 @@ from sessionctl.connection import (
     RECV_BYTES,
     autostart_off_by,
     check_hello,
+    client_socket,
     closed,
     hello_request,
     pop_frame,
@@ -91,11 +92,7 @@ class AsyncClient(Operations):
         timeout: float | None = 30.0,
         autostart: bool | None = None,
     ) -> None:
-        from sessiond.paths import socket_location
-
-        arguments.timeout(timeout)
-        arguments.autostart(autostart)
-        self._where = socket_location(os.fspath(socket) if socket is not None else None)
+        self._where = client_socket(socket, timeout, autostart)
         self.timeout = timeout
         self._autostart = autostart
         self._closed = False

@@ -173,13 +173,9 @@ def _other_daemon_alive(data: Path, ours: int) -> bool:
     pid = int(text)
     if pid == ours:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from sessionctl.unreachable import alive
+
+    return alive(pid)
 
 
 def _wait_for(path: Path, deadline: float) -> bool:

@@ -28,6 +28,7 @@ from sessionctl.connection import (
     RECV_BYTES,
     autostart_off_by,
     check_hello,
+    client_socket,
     closed,
     connect_patiently,
     decode,
@@ -86,18 +87,7 @@ class Client(Operations):
         timeout: float | None = 30.0,
         autostart: bool | None = None,
     ) -> None:
-        from sessiond.paths import socket_location
-
-        if (timeout is not None and type(timeout) is not float) or (
-            autostart is not None and type(autostart) is not bool
-        ):
-            from sessionctl import arguments
-
-            arguments.timeout(timeout)
-            arguments.autostart(autostart)
-        # A string, as str(Path) would give it: ``path`` makes the Path only
-        # when asked, so that a CLI run need not import pathlib.
-        self._where = socket_location(os.fspath(socket) if socket is not None else None)
+        self._where = client_socket(socket, timeout, autostart)
         self.timeout = timeout
         self._autostart = autostart
         self._closed = False

@@ -130,7 +130,8 @@ def bash() -> str:
         f"        {key}) words={_q(_words(allowed))} ;;"
         for key, allowed in config_values().items()
     )
-    return _template("bash").format(
+    return _script(
+        "bash",
         commands=_q(_words(COMMANDS)),
         top_options=_q(_words(options(None))),
         value_names="|".join(values),
@@ -139,8 +140,6 @@ def bash() -> str:
         positional_cases=positional_cases,
         config_keys=_q(_words(config_keys())),
         config_fixed=fixed,
-        FILES=FILES, IDS=IDS, CONFIG_KEYS=CONFIG_KEYS, CONFIG_VALUES=CONFIG_VALUES,
-        COMMAND_NAMES=COMMAND_NAMES,
     )
 
 
@@ -159,7 +158,8 @@ def zsh() -> str:
     described = "\n".join(
         f"        {_q(name + ':' + _summary(c.summary))}" for name, c in COMMANDS.items()
     )
-    return _template("zsh").format(
+    return _script(
+        "zsh",
         described=described,
         value_names="|".join(values),
         value_cases="\n".join(
@@ -180,8 +180,6 @@ def zsh() -> str:
             for key, allowed in config_values().items()
         ),
         commands=" ".join(COMMANDS),
-        FILES=FILES, IDS=IDS, CONFIG_KEYS=CONFIG_KEYS, CONFIG_VALUES=CONFIG_VALUES,
-        COMMAND_NAMES=COMMAND_NAMES,
     )
 
 
@@ -190,7 +188,8 @@ def zsh() -> str:
 
 def fish() -> str:
     values = value_options()
-    return _template("fish").format(
+    return _script(
+        "fish",
         value_names=" ".join(values),
         value_cases="\n".join(
             f"        case {name}\n            __sessionctl_kind {_q(kind)} $key $prefix"
@@ -215,16 +214,20 @@ def fish() -> str:
             for key, allowed in config_values().items()
         ),
         commands=" ".join(COMMANDS),
-        FILES=FILES, IDS=IDS, CONFIG_KEYS=CONFIG_KEYS, CONFIG_VALUES=CONFIG_VALUES,
-        COMMAND_NAMES=COMMAND_NAMES,
     )
 
 
-def _template(shell: str) -> str:
-    """The script's template (``shells/SHELL.tmpl``: the shell's own code, a
-    ``str.format`` template, so its own braces are doubled)."""
-    return resources.files("sessionctl").joinpath("shells", f"{shell}.tmpl").read_text(
+def _script(shell: str, **fields: str) -> str:
+    """The script: its template (``shells/SHELL.tmpl``: the shell's own code,
+    a ``str.format`` template, so its own braces are doubled) filled with
+    ``fields`` and the names of the kinds of values (``FILES`` ...), which
+    every template uses."""
+    template = resources.files("sessionctl").joinpath("shells", f"{shell}.tmpl").read_text(
         encoding="utf-8")
+    return template.format(
+        **fields, FILES=FILES, IDS=IDS, CONFIG_KEYS=CONFIG_KEYS, CONFIG_VALUES=CONFIG_VALUES,
+        COMMAND_NAMES=COMMAND_NAMES,
+    )
 
 
 SCRIPTS = {"bash": bash, "zsh": zsh, "fish": fish}

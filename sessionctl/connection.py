@@ -153,6 +153,27 @@ def refusal(
     return DaemonUnavailable(connect_failed(where, exc) or f"cannot connect to {where}: {exc}")
 
 
+def client_socket(
+    socket: str | os.PathLike[str] | None, timeout: float | None, autostart: bool | None
+) -> str:
+    """Where a client made with these arguments connects (a string, as
+    ``str(Path)`` gives it: ``path`` makes the Path only when asked, so that
+    a CLI run need not import pathlib). Raises ``InvalidRequest`` for a
+    ``timeout`` or ``autostart`` of the wrong kind, in ``sessionctl.arguments``'
+    words; the usual arguments pass without importing it."""
+    from sessiond.paths import socket_location
+
+    if not (
+        (timeout is None or (type(timeout) is float and timeout > 0))
+        and (autostart is None or type(autostart) is bool)
+    ):
+        from sessionctl import arguments
+
+        arguments.timeout(timeout)
+        arguments.autostart(autostart)
+    return socket_location(os.fspath(socket) if socket is not None else None)
+
+
 def autostart_off_by(autostart: bool | None) -> str | None:
     """What turned autostart off (``BY_ARGUMENT``, ``BY_ENVIRONMENT``), or
     ``None`` when it is on."""

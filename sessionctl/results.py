@@ -45,7 +45,26 @@ def to_datetime(us: int) -> datetime:
 # -- what the client gets back ---------------------------------------------
 
 
-class Session(msgspec.Struct, kw_only=True, gc=False):
+class _Deadline:
+    """``expires_at`` and ``expired_at`` as ``datetime``s, for ``Session``
+    and ``Ack``, which both keep their microseconds."""
+
+    __slots__ = ()
+    expires_at_us: int
+    expired_at_us: int | None
+
+    @property
+    def expires_at(self) -> datetime:
+        """The deadline (past it, the daemon expires the session)."""
+        return to_datetime(self.expires_at_us)
+
+    @property
+    def expired_at(self) -> datetime | None:
+        us = self.expired_at_us
+        return None if us is None else to_datetime(us)
+
+
+class Session(msgspec.Struct, _Deadline, kw_only=True, gc=False):
     """One session, as the daemon answered it.
 
     ``created_at``, ``last_access``, ``expires_at`` and ``expired_at``
@@ -74,18 +93,8 @@ class Session(msgspec.Struct, kw_only=True, gc=False):
     def last_access(self) -> datetime:
         return to_datetime(self.last_access_us)
 
-    @property
-    def expires_at(self) -> datetime:
-        """The deadline (past it, the daemon expires the session)."""
-        return to_datetime(self.expires_at_us)
 
-    @property
-    def expired_at(self) -> datetime | None:
-        us = self.expired_at_us
-        return None if us is None else to_datetime(us)
-
-
-class Ack(msgspec.Struct, array_like=True, gc=False):
+class Ack(msgspec.Struct, _Deadline, array_like=True, gc=False):
     """What a write asked with ``returning="ack"`` gets: the session it
     changed (or read), in the fewest bytes. ``id`` (a ``create`` made it),
     ``version`` (the session's, after the change), ``expires_at`` (the
@@ -97,16 +106,6 @@ class Ack(msgspec.Struct, array_like=True, gc=False):
     version: int
     expires_at_us: int
     expired_at_us: int | None = None
-
-    @property
-    def expires_at(self) -> datetime:
-        """The deadline (past it, the daemon expires the session)."""
-        return to_datetime(self.expires_at_us)
-
-    @property
-    def expired_at(self) -> datetime | None:
-        us = self.expired_at_us
-        return None if us is None else to_datetime(us)
 
     @property
     def status(self) -> str:

@@ -20,7 +20,6 @@ No daemon answering is exit status 3: there is nothing to stop, and
 
 from __future__ import annotations
 
-import os
 import time
 
 from sessionctl.client import Client
@@ -62,13 +61,9 @@ def gone(pid: int) -> bool:
         return True
     except OSError:
         # No /proc to read: the signal 0 test, which a zombie passes.
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        from sessionctl.unreachable import alive
+
+        return not alive(pid)
 
 
 def wait_gone(pid: int, seconds: float) -> bool:

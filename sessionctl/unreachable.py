@@ -43,6 +43,19 @@ def holder(data: str | os.PathLike[str] | None = None) -> int | None:
     return pid
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists, by the signal 0 test: one of another
+    user's does (it cannot be signalled, but is there), and so does a
+    zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def listens_on(pid: int, path: str) -> bool:
     """Whether process ``pid`` listens on a Unix socket bound to ``path``,
     whether or not the socket's file is still there: the kernel keeps the

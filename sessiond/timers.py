@@ -41,6 +41,28 @@ LAGS_KEPT = 10_000
 Commit = Callable[[list[Change]], Awaitable[None]]
 
 
+class Lateness:
+    """How late expiries were, in milliseconds past their deadlines: the
+    latest ``LAGS_KEPT`` (for the p99) and the worst. Each expiry timer,
+    local or shared, keeps one."""
+
+    def __init__(self) -> None:
+        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
+        self.worst = 0.0
+
+    def add(self, now: int, deadline: int) -> None:
+        """An expiry done at ``now`` of a session due at ``deadline``."""
+        lag = (now - deadline) / 1000
+        self.lags.append(lag)
+        if lag > self.worst:
+            self.worst = lag
+
+    def figures(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
+        return {"expiry_lag_max_ms": round(self.worst, 3), "expiry_lag_p99_ms": round(p99, 3)}
+
+
 class ExpiryTimer:
     """Sleeps until the earliest deadline (or an earlier one arrives),
     expires and purges what is due, and keeps how late it was."""
@@ -48,9 +70,7 @@ class ExpiryTimer:
     def __init__(self, store: Store, commit: Commit) -> None:
         self.store = store
         self._commit = commit
-        # Lateness of the expiries done, in milliseconds.
-        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
-        self.lag_max = 0.0
+        self.lateness = Lateness()
         # When it next wakes by itself; a deadline earlier than this wakes it.
         self._target = math.inf
         self._wake = anyio.Event()
@@ -73,9 +93,7 @@ class ExpiryTimer:
         self._wake.set()
 
     def figures(self) -> dict[str, Any]:
-        lags = sorted(self.lags)
-        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
-        return {"expiry_lag_max_ms": round(self.lag_max, 3), "expiry_lag_p99_ms": round(p99, 3)}
+        return self.lateness.figures()
 
     async def run(self) -> None:
         store = self.store
@@ -93,7 +111,9 @@ class ExpiryTimer:
                               len(expired) + len(purged), exc)
                     failed = True
                 else:
-                    self._count_lags(expired, now)
+                    for c in expired:
+                        assert c.before is not None
+                        self.lateness.add(now, c.before.expires_at)
             deadline = store.next_deadline()
             self._wake = anyio.Event()
             if deadline is None:
@@ -110,14 +130,6 @@ class ExpiryTimer:
             else:
                 # More is due (a batch was full): let requests in between.
                 await anyio.lowlevel.checkpoint()
-
-    def _count_lags(self, expired: list[Change], now: int) -> None:
-        for c in expired:
-            assert c.before is not None
-            lag = (now - c.before.expires_at) / 1000
-            self.lags.append(lag)
-            if lag > self.lag_max:
-                self.lag_max = lag
 
 
 class Compactor:

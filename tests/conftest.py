@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,9 @@ class Engine:
     @property
     def shared(self) -> bool:
         return self.backend is not None
+
+
+LOCAL = Engine("local")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -148,6 +152,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         delay = min(delay * 2, 0.1)
 
 
+def needs(program: str) -> str:
+    """Where ``program`` is on PATH; the test is skipped where it is not."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.skip(f"{program} is not installed")
+    return found
+
+
 def gone(pid: int) -> bool:
     """Dead, or a zombie nobody has reaped yet (it was started detached)."""
     try:
@@ -178,7 +190,7 @@ class Daemon:
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
-    engine: Engine = Engine("local")
+    engine: Engine = LOCAL
     # Daemons given the same namespace (and engine) share their sessions.
     namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
 
@@ -330,7 +342,7 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
 
     def make(*args: str, env: dict[str, str] | None = None, start: bool = True,
              root: Path | None = None, namespace: str | None = None,
-             backend: str | None = None) -> Daemon:
+             backend: str | None = None, config: dict[str, Any] | None = None) -> Daemon:
         where = root or tmp_path / f"d{next(counter)}"
         where.mkdir(mode=0o700, exist_ok=True)
         on = engine if backend is None else Engine("own", backend)
@@ -339,6 +351,8 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
         d = Daemon(where, extra_args=list(args), extra_env=dict(env or {}), engine=on)
         if namespace is not None:
             d.namespace = namespace
+        if config is not None:
+            d.config.write_text(json.dumps(config))
         made.append(d)
         if start:
             d.start()
@@ -356,8 +370,9 @@ def _daemons(tmp_path: Path, engine: Engine | None) -> Iterator[Callable[..., Da
 @pytest.fixture
 def make_daemon(tmp_path: Path, engine: Engine) -> Iterator[Callable[..., Daemon]]:
     """Factory: ``make_daemon(*args, env={...})`` starts a daemon on the
-    test's engine and waits for it; ``namespace=`` shares another's;
-    ``backend=URL`` puts it on another engine (one of ``make_redis``'s)."""
+    test's engine and waits for it; ``config={...}`` writes its config file
+    first; ``namespace=`` shares another's; ``backend=URL`` puts it on
+    another engine (one of ``make_redis``'s)."""
     with _daemons(tmp_path, engine) as make:
         yield make
 
@@ -372,8 +387,9 @@ def make_daemon_on(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 @contextlib.contextmanager
-def running(root: Path, engine: Engine) -> Iterator[Daemon]:
-    """A daemon on ``engine`` for a whole module, stopped cleanly after."""
+def running(root: Path, engine: Engine = LOCAL) -> Iterator[Daemon]:
+    """A daemon on ``engine`` (the local one unless given) for a whole
+    module, stopped cleanly after."""
     d = Daemon(root, engine=engine).start()
     yield d
     if d.stop() != 0:
@@ -386,63 +402,23 @@ def daemon(make_daemon: Callable[..., Daemon]) -> Daemon:
     return make_daemon()
 
 
+FAILPOINT = "SESSIOND_FAILPOINT"
+
+
+def restarted(d: Daemon) -> Daemon:
+    """kill -9 and start again without the failpoint (``FAILPOINT`` in its
+    ``extra_env``): the journal alone speaks."""
+    d.kill()
+    del d.extra_env[FAILPOINT]
+    return d.start()
+
+
 def run_sessiond(d: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     """The real ``sessiond`` as a one-off command (``--check``, ``--repair``)
     on ``d``'s data directory."""
     return subprocess.run(
         [SESSIOND, *args], env=d.env, capture_output=True, text=True, timeout=60, check=False
     )
-
-
-def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
-    """Every session as ``d``'s engine holds it, read behind the daemon's
-    back (so that no read expires anything lazily): the last journal line
-    of each id, or the session's hash in the shared engine, in the legacy
-    record shape (times as ISO text)."""
-    from sessiond.model import iso
-
-    if not d.engine.shared:
-        state: dict[str, dict[str, Any]] = {}
-        if not d.journal.exists():
-            return state
-        for line in d.journal_bytes().decode().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record.get("type") == "delete":
-                    state.pop(record["id"], None)
-                else:
-                    state[record["id"]] = record
-        return state
-    import redis
-
-    assert d.engine.backend is not None
-    client: Any = (redis.RedisCluster.from_url(d.engine.backend) if d.engine.name == "cluster"
-                   else redis.Redis.from_url(d.engine.backend))
-    try:
-        tag = "sd:{" + d.namespace + "}:"
-        state = {}
-        # The creation order: buckets of 128 sequence numbers (layout 2).
-        top = int(client.hget(tag + "counters", "seq") or 0)
-        order: dict[int, str] = {}
-        for bucket in range(top // 128 + 1):
-            for seq, raw in client.hgetall(f"{tag}o:{bucket}").items():
-                order[int(seq)] = raw.decode()
-        for _, sid in sorted(order.items()):
-            h = {k.decode(): v.decode() for k, v in client.hgetall(tag + "s:" + sid).items()}
-            if not h:
-                continue
-            record: dict[str, Any] = {
-                "id": sid, "user": h["u"], "status": "expired" if "x" in h else "active",
-                "ttl": int(h["t"]), "meta": json.loads(h["m"]),
-                "created_at": iso(int(h["c"])), "last_access": iso(int(h["a"])),
-                "expires_at": iso(int(h["e"])), "version": int(h["v"]),
-            }
-            if "x" in h:
-                record["expired_at"] = iso(int(h["x"]))
-            state[sid] = record
-        return state
-    finally:
-        client.close()
 
 
 def stored(d: Daemon) -> dict[str, Session]:

@@ -1,5 +1,6 @@
-"""Helpers of the shared-mode tests (``tests/test_shared_*.py``): a watch in
-a thread, the engine read behind the daemons' backs, a daemon's figures.
+"""Helpers of the shared-mode tests (``tests/test_shared_*.py``): the daemons
+of one namespace, a watch in a thread, the engine read behind the daemons'
+backs (``engine_state`` reads a local journal too), a daemon's figures.
 
 The daemons themselves come from ``tests/conftest.py`` (``make_daemon``,
 ``namespace=`` to share one, ``backend=`` to use a Redis of the test's own
@@ -17,8 +18,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from sessiond.errors import SessionError
+from sessiond.model import iso
 from sessiond.protocol import Event, StatsInfo
 from tests.conftest import Daemon
+from tests.threads import take_until
 
 
 class Watching:
@@ -42,20 +45,11 @@ class Watching:
     def until(self, done: Callable[[Event], bool], timeout: float = 15,
               what: str = "a matching event") -> list[Event]:
         """Events up to and including the first for which ``done`` is true."""
-        seen: list[Event] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                last = ", ".join(f"{e.kind} {e.sid}" for e in seen[-5:])
-                raise AssertionError(
-                    f"no {what} within {timeout}s; saw {len(seen)} events (last: {last}), "
-                    f"error {self.error!r}"
-                ) from None
-            seen.append(event)
-            if done(event):
-                return seen
+        def saw(seen: list[Event]) -> str:
+            last = ", ".join(f"{e.kind} {e.sid}" for e in seen[-5:])
+            return f"{len(seen)} events (last: {last}), error {self.error!r}"
+
+        return take_until(self.events, done, timeout, what, saw)
 
     def count(self, n: int, timeout: float = 15) -> list[Event]:
         """The next ``n`` events."""
@@ -63,6 +57,12 @@ class Watching:
         self.until(lambda e: seen.append(e) is None and len(seen) >= n, timeout,
                    f"{n} events")
         return seen
+
+    def ended(self, timeout: float = 10) -> BaseException | None:
+        """Wait for the watch to end (its daemon stopped); what ended it."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the watch did not end with the daemon"
+        return self.error
 
     def nothing_more(self, within: float = 0.0) -> list[Event]:
         """Whatever arrived besides (``within``: how long to wait for more
@@ -101,6 +101,12 @@ def stats(d: Daemon) -> dict[str, Any]:
     assert r.returncode == 0, r.stderr
     data: dict[str, Any] = json.loads(r.stdout)
     return data
+
+
+def hosts(make_daemon: Callable[..., Daemon], n: int = 2) -> list[Daemon]:
+    """``n`` daemons started on one namespace: ``n`` hosts of one fleet."""
+    first = make_daemon()
+    return [first, *(make_daemon(namespace=first.namespace) for _ in range(n - 1))]
 
 
 def create(d: Daemon, *args: str) -> str:
@@ -152,6 +158,47 @@ def engine_time_us(client: Any, key: str) -> int:
 def tag(d: Daemon) -> str:
     """The prefix of ``d``'s namespace's keys in the engine."""
     return "sd:{" + d.namespace + "}:"
+
+
+def engine_state(d: Daemon) -> dict[str, dict[str, Any]]:
+    """Every session as ``d``'s engine holds it, read behind the daemon's
+    back (so that no read expires anything lazily): the last journal line
+    of each id, or the session's hash in the shared engine, in the legacy
+    record shape (times as ISO text)."""
+    state: dict[str, dict[str, Any]] = {}
+    if not d.engine.shared:
+        if not d.journal.exists():
+            return state
+        for line in d.journal_bytes().decode().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record.get("type") == "delete":
+                    state.pop(record["id"], None)
+                else:
+                    state[record["id"]] = record
+        return state
+    prefix = tag(d)
+    with engine_of(d) as client:
+        # The creation order: buckets of 128 sequence numbers (layout 2).
+        top = int(client.hget(prefix + "counters", "seq") or 0)
+        order: dict[int, str] = {}
+        for bucket in range(top // 128 + 1):
+            for seq, raw in client.hgetall(f"{prefix}o:{bucket}").items():
+                order[int(seq)] = raw.decode()
+        for _, sid in sorted(order.items()):
+            h = {k.decode(): v.decode() for k, v in client.hgetall(prefix + "s:" + sid).items()}
+            if not h:
+                continue
+            record = {
+                "id": sid, "user": h["u"], "status": "expired" if "x" in h else "active",
+                "ttl": int(h["t"]), "meta": json.loads(h["m"]),
+                "created_at": iso(int(h["c"])), "last_access": iso(int(h["a"])),
+                "expires_at": iso(int(h["e"])), "version": int(h["v"]),
+            }
+            if "x" in h:
+                record["expired_at"] = iso(int(h["x"]))
+            state[sid] = record
+    return state
 
 
 def fails(what: Callable[[], object]) -> SessionError:

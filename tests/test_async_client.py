@@ -44,8 +44,9 @@ from sessionctl import (
 from sessionctl.connection import NO_AUTOSTART_ENV
 from sessiond.legacy import read_sessions
 from sessiond.protocol import PAGE_MAX, Pong
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 from tests.test_client_autostart import Fresh, fresh  # noqa: F401  (a fixture)
+from tests.test_client_errors import OPERATIONS as BOTH_CLIENTS
 
 pytestmark = pytest.mark.anyio
 
@@ -57,11 +58,8 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("aclient"))
-    d.start()
-    yield d
-    if d.stop() != 0:
-        d.kill()
+    with running(tmp_path_factory.mktemp("aclient")) as d:
+        yield d
 
 
 def unique(prefix: str) -> str:
@@ -359,25 +357,8 @@ async def test_a_refused_write_to_an_expired_session_is_session_expired(
 
 
 OPERATIONS: list[tuple[str, Callable[[Any], Awaitable[Any]]]] = [
-    ("create", lambda c: c.create()),
-    ("get", lambda c: c.get("s1")),
-    ("set", lambda c: c.set("s1", "k", "v")),
-    ("unset", lambda c: c.unset("s1", "k")),
-    ("delete", lambda c: c.delete("s1")),
-    ("expire", lambda c: c.expire("s1")),
-    ("refresh", lambda c: c.refresh("s1")),
-    ("list_page", lambda c: c.list_page()),
-    ("stats", lambda c: c.stats()),
-    ("cleanup", lambda c: c.cleanup()),
-    ("config", lambda c: c.config()),
-    ("set_config", lambda c: c.set_config("idle_timeout", 600)),
-    ("config_sources", lambda c: c.config_sources()),
-    ("import_page", lambda c: c.import_page([])),
-    ("compact", lambda c: c.compact()),
-    ("ping", lambda c: c.ping()),
+    *BOTH_CLIENTS,
     ("connect", lambda c: c.connect()),
-    ("list", lambda c: c.list()),
-    ("import_sessions", lambda c: c.import_sessions([])),
     ("iter_sessions", lambda c: c.iter_sessions().__anext__()),
     ("watch", lambda c: c.watch().__anext__()),
 ]

@@ -13,16 +13,13 @@ from pathlib import Path
 import pytest
 
 from sessiond.model import US, Session, now_us
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("bulk"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("bulk")) as daemon:
+        yield daemon
 
 
 def empty(d: Daemon) -> None:

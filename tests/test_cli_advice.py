@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SESSIONCTL, Daemon
+from tests.conftest import SESSIONCTL, Daemon, running
 from tests.test_systemd import install_service, isolated_env
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("advice"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("advice")) as daemon:
+        yield daemon
 
 
 def failure(r: subprocess.CompletedProcess[str], status: int) -> str:

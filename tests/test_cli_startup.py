@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import sessionctl
 from sessionctl import cli, registry, usage
 from sessiond import paths
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 
 OPTIONS = sorted(
     {a.name for c in registry.COMMANDS.values() for a in c.arguments if a.name.startswith("-")}
@@ -179,11 +179,8 @@ def test_the_package_exports_what_it_lists() -> None:
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("startup"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("startup")) as daemon:
+        yield daemon
 
 
 def imported_by(env: dict[str, str], *argv: str) -> set[str]:

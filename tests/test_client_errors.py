@@ -38,16 +38,13 @@ from sessionctl import (
     SessionError,
 )
 from sessiond.limits import MAX_TTL
-from tests.conftest import Daemon, wait_until
+from tests.conftest import Daemon, running, wait_until
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    d = Daemon(tmp_path_factory.mktemp("errors"))
-    d.start()
-    yield d
-    if d.stop() != 0:
-        d.kill()
+    with running(tmp_path_factory.mktemp("errors")) as d:
+        yield d
 
 
 def in_words(message: str) -> None:
@@ -57,7 +54,10 @@ def in_words(message: str) -> None:
 
 # -- a closed client -----------------------------------------------------------
 
-EVERY_METHOD: list[tuple[str, Callable[[Client], Any]]] = [
+# One call of each operation that Client and AsyncClient both have (an
+# AsyncClient's returns a coroutine): test_async_client's closed client
+# tries them too.
+OPERATIONS: list[tuple[str, Callable[[Any], Any]]] = [
     ("create", lambda c: c.create()),
     ("get", lambda c: c.get("s1")),
     ("set", lambda c: c.set("s1", "k", "v")),
@@ -75,8 +75,11 @@ EVERY_METHOD: list[tuple[str, Callable[[Client], Any]]] = [
     ("compact", lambda c: c.compact()),
     ("ping", lambda c: c.ping()),
     ("list", lambda c: c.list()),
-    ("iter_sessions", lambda c: next(c.iter_sessions())),
     ("import_sessions", lambda c: c.import_sessions([])),
+]
+EVERY_METHOD: list[tuple[str, Callable[[Client], Any]]] = [
+    *OPERATIONS,
+    ("iter_sessions", lambda c: next(c.iter_sessions())),
     ("import_pages", lambda c: next(c.import_pages([]))),
     ("pipeline", lambda c: c.pipeline()),
     ("watch", lambda c: next(c.watch())),
@@ -236,6 +239,8 @@ def test_a_bad_value_is_refused_in_words_naming_it_and_changes_nothing(
     ("kwargs", "needle"),
     [({"timeout": "5"}, "timeout must be a number of seconds above 0"),
      ({"timeout": 0}, "timeout must be a number of seconds above 0"),
+     ({"timeout": 0.0}, "timeout must be a number of seconds above 0"),
+     ({"timeout": -1.5}, "timeout must be a number of seconds above 0"),
      ({"autostart": "yes"}, "autostart must be True, False or None")],
 )
 def test_a_bad_constructor_argument_is_refused_before_connecting(

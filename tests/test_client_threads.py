@@ -10,7 +10,6 @@ right session, the right values, the right version.
 from __future__ import annotations
 
 import random
-import threading
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from sessionctl import Client, SessionNotFound
 from sessiond.model import Session
 from tests.conftest import Daemon
+from tests.threads import in_threads
 
 THREADS = 8
 OPERATIONS = 500
@@ -94,29 +94,16 @@ class Owner:
 def test_eight_threads_sharing_one_client_each_get_their_own_right_answers(
     daemon: Daemon,
 ) -> None:
-    errors: list[BaseException] = []
     done = [0] * THREADS
-    start = threading.Barrier(THREADS)
     with daemon.client() as c:
 
         def run(n: int) -> None:
             owner = Owner(c, n)
-            try:
-                start.wait(30)
-                for i in range(OPERATIONS):
-                    owner.step(i)
-                    done[n] += 1
-            except BaseException as exc:  # handed to the test below
-                errors.append(exc)
+            for i in range(OPERATIONS):
+                owner.step(i)
+                done[n] += 1
 
-        threads = [threading.Thread(target=run, args=(n,)) for n in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(100)
-        assert not any(t.is_alive() for t in threads), "a thread is stuck"
-        if errors:
-            raise errors[0]
+        in_threads(run, THREADS, 100, "a thread is stuck")
         assert done == [OPERATIONS] * THREADS
         # The connection is still in step afterwards.
         assert c.ping().pid == c.server_pid

@@ -14,7 +14,6 @@ those tests are skipped.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,21 +21,18 @@ from pathlib import Path
 import pytest
 
 from sessionctl import completion, registry
-from tests.conftest import SESSIONCTL, Daemon
+from tests.conftest import SESSIONCTL, Daemon, needs, running
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("completion"))
-    daemon.start()
-    with daemon.client() as c:
-        for sid in ("alpha-1", "alpha-2", "beta-1"):
-            c.create(id=sid)
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("completion")) as daemon:
+        with daemon.client() as c:
+            for sid in ("alpha-1", "alpha-2", "beta-1"):
+                c.create(id=sid)
+        yield daemon
 
 
 def script(d: Daemon, shell: str) -> Path:
@@ -45,6 +41,14 @@ def script(d: Daemon, shell: str) -> Path:
     path = d.root / f"completion.{shell}"
     path.write_text(r.stdout)
     return path
+
+
+def printed(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The lines a shell prints running a completion driver, which must
+    succeed and say nothing on stderr."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stderr == "", done
+    return done.stdout.splitlines()
 
 
 BASH_DRIVER = r"""
@@ -62,13 +66,10 @@ def bash(d: Daemon, *words: str, env: dict[str, str] | None = None) -> list[str]
     as COMP_WORDS), with the script that ``sessionctl completion bash`` printed."""
     full = d.env
     full.update(env or {})
-    done = subprocess.run(
+    lines = printed(
         ["bash", "--norc", "--noprofile", "-c", BASH_DRIVER, "bash", str(script(d, "bash")),
-         SESSIONCTL, *words],
-        env=full, capture_output=True, text=True, timeout=60, check=False,
+         SESSIONCTL, *words], full,
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    lines = done.stdout.splitlines()
     assert lines[0] == "complete -F _sessionctl sessionctl"
     return lines[1:]
 
@@ -145,13 +146,6 @@ def test_list_ids_prints_one_id_a_line(d: Daemon) -> None:
 # -- zsh and fish, where installed --------------------------------------------
 
 
-def needs(shell: str) -> str:
-    found = shutil.which(shell)
-    if found is None:
-        pytest.skip(f"{shell} is not installed")
-    return found
-
-
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_the_script_parses_in_its_shell(d: Daemon, shell: str) -> None:
     exe = needs(shell)
@@ -162,12 +156,10 @@ def test_the_script_parses_in_its_shell(d: Daemon, shell: str) -> None:
 
 def fish(d: Daemon, line: str) -> list[str]:
     exe = needs("fish")
-    done = subprocess.run(
-        [exe, "--no-config", "-c", f"source {script(d, 'fish')}; complete -C '{line}'"],
-        env=d.env, capture_output=True, text=True, timeout=60, check=False,
+    rows = printed(
+        [exe, "--no-config", "-c", f"source {script(d, 'fish')}; complete -C '{line}'"], d.env
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    return [row.split("\t")[0] for row in done.stdout.splitlines()]
+    return [row.split("\t")[0] for row in rows]
 
 
 def test_fish_completes_commands_options_choices_and_ids(d: Daemon) -> None:
@@ -202,12 +194,9 @@ _sessionctl
 
 def zsh(d: Daemon, *words: str) -> list[str]:
     exe = needs("zsh")
-    done = subprocess.run(
-        [exe, "-f", "-c", ZSH_DRIVER, "zsh", str(script(d, "zsh")), SESSIONCTL, *words],
-        env=d.env, capture_output=True, text=True, timeout=60, check=False,
+    lines = printed(
+        [exe, "-f", "-c", ZSH_DRIVER, "zsh", str(script(d, "zsh")), SESSIONCTL, *words], d.env
     )
-    assert done.returncode == 0 and done.stderr == "", done
-    lines = done.stdout.splitlines()
     assert lines[0] == "compdef _sessionctl sessionctl"
     return lines[1:]
 

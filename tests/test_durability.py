@@ -26,11 +26,9 @@ from sessiond.errors import DaemonUnavailable, ReadOnly, SessionNotFound
 from sessiond.model import US, Session, now_us
 from sessiond.records import put_line
 from sessiond.replay import TMP_SUFFIX
-from tests.conftest import Daemon, as_read, run_sessiond, stored, wait_until
+from tests.conftest import FAILPOINT, Daemon, as_read, restarted, run_sessiond, stored, wait_until
 
 pytestmark = pytest.mark.local_only("kill -9 of the daemon against its journal")
-
-FAILPOINT = "SESSIOND_FAILPOINT"
 
 
 def leftovers(d: Daemon) -> list[Path]:
@@ -409,9 +407,7 @@ def test_a_failed_fsync_under_always_is_not_acknowledged_and_writes_resume_after
             c.get(refused)
         st = c.stats()
         assert st.write_errors == 1 and st.read_only is None and st.compactions >= 1
-    d.kill()
-    del d.extra_env[FAILPOINT]
-    d.start()
+    restarted(d)
     assert stored(d) == acked
 
 
@@ -456,9 +452,7 @@ def test_everysec_flushes_in_the_background_and_a_failed_flush_turns_read_only_u
         wait_until(lambda: writable(c, "second"), what="writes accepted again")
         assert c.stats().compactions >= 1
         second = c.get("second")
-    d.kill()
-    del d.extra_env[FAILPOINT]
-    d.start()
+    restarted(d)
     assert stored(d) == {"first": first, "second": second}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from sessiond.model import US, now_us
 from sessiond.timeparse import parse_before, parse_duration
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 from tests.rawwire import snapshot
 
 DURATIONS = [
@@ -29,11 +29,8 @@ NOT_DURATIONS = [
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("durations"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("durations")) as daemon:
+        yield daemon
 
 
 def js(d: Daemon, *args: str) -> dict[str, object]:

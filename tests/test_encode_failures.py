@@ -15,13 +15,11 @@ from collections.abc import Callable
 import pytest
 
 from sessiond.errors import InternalError
-from tests.conftest import Daemon, stored, wait_until
+from tests.conftest import FAILPOINT, Daemon, restarted, stored, wait_until
 
 pytestmark = pytest.mark.local_only(
     "journal lines and replies that cannot be encoded, and their revert"
 )
-
-FAILPOINT = "SESSIOND_FAILPOINT"
 
 
 def started(make_daemon: Callable[..., Daemon], failpoint: str) -> Daemon:
@@ -32,13 +30,6 @@ def started(make_daemon: Callable[..., Daemon], failpoint: str) -> Daemon:
                15, "sessiond to say it is ready")
     assert "ready on" in d.log_text(), d.log_text()
     return d
-
-
-def restarted(d: Daemon) -> Daemon:
-    """kill -9 and start again without the failpoint: the journal alone speaks."""
-    d.kill()
-    del d.extra_env[FAILPOINT]
-    return d.start()
 
 
 def test_a_write_whose_reply_cannot_be_encoded_is_reverted_and_answered_internal_error(

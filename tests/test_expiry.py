@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from sessiond.deadlines import PRUNE_SLACK, DeadlineQueue
 from sessiond.errors import ReadOnly
 from sessiond.model import US, iso, now_us
-from tests.conftest import Daemon, engine_state, wait_until
+from tests.conftest import Daemon, wait_until
+from tests.fleet import engine_state
 
 # -- the queue -----------------------------------------------------------------
 

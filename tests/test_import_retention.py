@@ -122,10 +122,8 @@ def test_sessionctl_import_reports_the_expired_ones_and_keeps_them(daemon: Daemo
 def test_a_purge_after_an_import_counts_from_the_import_not_from_the_expiry(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    d = make_daemon(start=False)
     # Long enough for the get below on a loaded machine, short enough to wait.
-    d.config.write_text(json.dumps({"expired_retention": 8}))
-    d.start()
+    d = make_daemon(config={"expired_retention": 8})
     now = now_us()
     path = d.root / "data.jsonl"
     write_jsonl(path, [legacy("gone0soon000", now - 31 * DAY, 60, expired=True)])

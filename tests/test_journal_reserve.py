@@ -69,9 +69,7 @@ def test_a_clean_stop_cuts_the_reserve_and_leaves_plain_jsonl(daemon: Daemon) ->
 def test_a_killed_daemon_leaves_its_reserve_and_the_next_start_cuts_it(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    d = make_daemon(start=False)
-    d.config.write_text('{"fsync": "always"}')
-    d.start()
+    d = make_daemon(config={"fsync": "always"})
     with d.client() as c:
         for i in range(10):
             c.create(id=f"k{i}", meta={"i": str(i)})

@@ -112,10 +112,8 @@ def test_stalled_watchers_hold_a_bounded_amount_and_are_told_what_they_missed(
 def test_unfinished_large_frames_hold_at_most_frame_buffer_bytes_and_new_ones_get_busy(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    d = make_daemon(start=False)
     # Long enough that no unfinished frame times out during the test.
-    d.config.write_text('{"frame_timeout": 300}')
-    d.start()
+    d = make_daemon(config={"frame_timeout": 300})
     body = bytes(FRAME - 1)  # one byte short of what the header announces
     holders: list[Raw] = []
     refused: list[Raw] = []
@@ -157,9 +155,7 @@ def test_unfinished_large_frames_hold_at_most_frame_buffer_bytes_and_new_ones_ge
 def test_small_frames_are_never_refused_for_the_frame_buffer(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    d = make_daemon(start=False)
-    d.config.write_text('{"frame_timeout": 300, "frame_buffer_bytes": 1048576}')
-    d.start()
+    d = make_daemon(config={"frame_timeout": 300, "frame_buffer_bytes": 1048576})
     with Raw(d.socket) as big:
         big.send((FRAME).to_bytes(4, "big") + bytes(1000))  # holds 4 MiB (alone: let in)
         with d.client() as c:

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from sessiond.errors import InvalidRequest, SessionNotFound
-from tests.conftest import Daemon, engine_state, wait_until
+from tests.conftest import Daemon, wait_until
+from tests.fleet import engine_state
 
 
 def started(make_daemon: Callable[..., Daemon], **settings: Any) -> Daemon:

@@ -35,18 +35,24 @@ def _grown(before: dict[str, int], after: dict[str, int], *names: str) -> int:
     return sum(after.get(n, 0) - before.get(n, 0) for n in names)
 
 
-def test_a_daemons_own_writes_do_not_each_cost_its_stream_reader_a_round_trip(
-    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
-) -> None:
-    node = make_redis(unix=True)
-    d = make_daemon_on(backend=node.url)
+def _cost_of_sets(node: RedisNode, d: Daemon, *names: str) -> int:
+    """Calls of the commands ``names`` that ``node`` counted while ``d``
+    made WRITES sets on one session."""
     with d.client() as c:
         sid = c.create(ttl=3600).id
         before = _calls(node)
         for i in range(WRITES):
             c.set(sid, "k", str(i))
         after = _calls(node)
-    xreads = _grown(before, after, "xread")
+    return _grown(before, after, *names)
+
+
+def test_a_daemons_own_writes_do_not_each_cost_its_stream_reader_a_round_trip(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    xreads = _cost_of_sets(node, d, "xread")
     # One read of the stream a write was the old cost; the reader now takes
     # what gathered in a short pause, in one read.
     assert xreads < WRITES / 4, f"{xreads} XREADs for {WRITES} writes"
@@ -84,15 +90,9 @@ def test_a_daemon_without_the_expiry_lease_does_not_ask_for_it_on_every_write(
     wait_until(lambda: figures(a).expiry_lease != figures(b).expiry_lease, 10,
                "one daemon to hold the lease")
     other = b if figures(a).expiry_lease else a
-    with other.client() as c:
-        sid = c.create(ttl=3600).id
-        before = _calls(node)
-        for i in range(WRITES):
-            c.set(sid, "k", str(i))
-        after = _calls(node)
     # The lease is a GET (then SET or PEXPIRE) in its script: asked for
     # about once a second, not once a write.
-    tries = _grown(before, after, "get")
+    tries = _cost_of_sets(node, other, "get")
     assert tries < WRITES / 4, f"{tries} looks at the lease for {WRITES} writes"
 
 

@@ -15,7 +15,7 @@ import pytest
 from sessiond.errors import DaemonUnavailable, InvalidRequest
 from sessiond.protocol import Event
 from tests.conftest import Daemon, wait_until
-from tests.fleet import Watching, engine_of, tag
+from tests.fleet import Watching, engine_of, hosts, tag
 
 pytestmark = pytest.mark.shared_only("the namespace's stream of events, read by a fleet")
 
@@ -30,9 +30,7 @@ def _writes(d: Daemon, sids: list[str], n: int, rounds: int) -> None:
 def test_every_watch_of_the_namespace_sees_every_event_once_in_order(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
-    c = make_daemon(namespace=a.namespace)
+    a, b, c = hosts(make_daemon, 3)
     watches = [Watching(d) for d in (a, b, c)]
     for w, d in zip(watches, (a, b, c), strict=True):
         w.started(d)
@@ -68,8 +66,7 @@ def _cursor_after(events: list[Event], count: int) -> str:
 def test_a_watch_resumed_at_a_cursor_after_its_daemon_restarted_gets_what_it_missed(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     first = Watching(a)
     first.started(a)
     whole = Watching(b)
@@ -120,8 +117,7 @@ def test_a_watch_resumed_at_a_cursor_filters_by_user_too(
 def test_a_watch_behind_the_stream_s_retention_is_told_how_many_it_missed(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     assert b.ctl("config", "event_retention", "10").returncode == 0
     w = Watching(a)
     w.started(a)

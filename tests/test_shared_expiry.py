@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Daemon, wait_until
-from tests.fleet import Watching, figures
+from tests.fleet import Watching, figures, hosts
 from tests.redis_servers import RedisNode
 
 SHARED = pytest.mark.shared_only("timed expiry by a fleet of daemons under one lease")
@@ -26,8 +26,8 @@ def _holders(daemons: list[Daemon]) -> list[Daemon]:
 def test_sessions_due_across_three_daemons_expire_once_each_at_their_deadline(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    daemons = [a, make_daemon(namespace=a.namespace), make_daemon(namespace=a.namespace)]
+    daemons = hosts(make_daemon, 3)
+    a = daemons[0]
     watch = Watching(daemons[1])
     watch.started(daemons[1])
     sids: list[str] = []
@@ -112,8 +112,7 @@ def test_the_lease_passes_on_within_seconds_when_its_holder_is_killed(
 def test_a_holder_that_stops_cleanly_hands_the_lease_over_at_once(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     holder = wait_until(lambda: _holders([a, b]), 10, "a daemon to hold the lease")[0]
     other = b if holder is a else a
     assert holder.stop() == 0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import Daemon
-from tests.fleet import Watching, create, get_json, stats
+from tests.fleet import Watching, create, get_json, hosts, stats
 
 pytestmark = pytest.mark.shared_only("daemons sharing (or not) a namespace of an engine")
 
@@ -17,9 +17,7 @@ pytestmark = pytest.mark.shared_only("daemons sharing (or not) a namespace of an
 def test_a_session_made_on_one_host_is_read_changed_expired_and_watched_on_the_others(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
-    c = make_daemon(namespace=a.namespace)
+    a, b, c = hosts(make_daemon, 3)
     watch = Watching(c)
     watch.started(c)
 
@@ -53,8 +51,7 @@ def test_a_session_made_on_one_host_is_read_changed_expired_and_watched_on_the_o
 def test_a_list_on_any_host_holds_every_host_s_sessions_in_creation_order(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     made = [create(d) for d in (a, b, b, a, b)]
     for d in (a, b):
         r = d.ctl("list", "--json")
@@ -68,8 +65,7 @@ def test_a_list_on_any_host_holds_every_host_s_sessions_in_creation_order(
 def test_daemons_of_different_namespaces_never_see_each_other(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    a2 = make_daemon(namespace=a.namespace)
+    a, a2 = hosts(make_daemon)
     b = make_daemon()
     assert a.namespace != b.namespace
     watch_b = Watching(b)

@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import pytest
 
+from sessionctl import Client
 from sessiond.errors import Conflict
 from tests.conftest import Daemon
-from tests.fleet import create, get_json
+from tests.fleet import create, get_json, hosts
+from tests.threads import in_threads
 
 pytestmark = pytest.mark.shared_only("daemons racing on the sessions of one namespace")
 
@@ -18,41 +20,26 @@ THREADS = 3  # per daemon, each with a client of its own
 SETS = 30  # per thread
 
 
-def _race(daemons: list[Daemon], work: Callable[[Daemon, int], None]) -> None:
-    """``work(daemon, n)`` in THREADS threads per daemon, started together;
-    re-raises the first failure."""
-    errors: list[BaseException] = []
-    gate = threading.Barrier(THREADS * len(daemons))
+def _race(daemons: list[Daemon], work: Callable[[Client, int], None]) -> None:
+    """``work(client, n)`` in THREADS threads per daemon, started together,
+    each with a client of its own; re-raises the first failure."""
 
-    def run(d: Daemon, n: int) -> None:
-        try:
-            gate.wait(30)
-            work(d, n)
-        except BaseException as exc:  # handed to the test below
-            errors.append(exc)
+    def run(n: int) -> None:
+        with daemons[n // THREADS].client() as c:
+            work(c, n)
 
-    threads = [threading.Thread(target=run, args=(d, i * THREADS + t))
-               for i, d in enumerate(daemons) for t in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a racing thread did not finish"
-    if errors:
-        raise errors[0]
+    in_threads(run, THREADS * len(daemons), 120, "a racing thread did not finish")
 
 
 def test_sets_racing_from_two_hosts_on_one_session_all_land(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
 
-    def sets(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for i in range(SETS):
-                c.set(sid, f"k{n}-{i}", str(i))
+    def sets(c: Client, n: int) -> None:
+        for i in range(SETS):
+            c.set(sid, f"k{n}-{i}", str(i))
 
     _race([a, b], sets)
     final = get_json(b, sid)
@@ -67,17 +54,15 @@ def test_pipelined_sets_racing_from_two_hosts_all_land(
     # A pipeline reaches the daemon as one batch: every request of it on
     # the session is committed at once, and all of them are refused when
     # the other host got there first; each must then be made again.
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
 
-    def sets(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for round_ in range(3):
-                with c.pipeline() as p:
-                    replies = [p.set(sid, f"p{n}-{round_}-{i}", "v") for i in range(10)]
-                for r in replies:
-                    r.result()
+    def sets(c: Client, n: int) -> None:
+        for round_ in range(3):
+            with c.pipeline() as p:
+                replies = [p.set(sid, f"p{n}-{round_}-{i}", "v") for i in range(10)]
+            for r in replies:
+                r.result()
 
     _race([a, b], sets)
     final = get_json(a, sid)
@@ -88,8 +73,7 @@ def test_pipelined_sets_racing_from_two_hosts_all_land(
 def test_a_stale_expected_version_on_another_host_is_a_conflict(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
     assert get_json(b, sid)["version"] == 1
     assert a.ctl("set", sid, "by", "a", "--expect-version", "1").returncode == 0
@@ -110,28 +94,26 @@ def test_a_stale_expected_version_on_another_host_is_a_conflict(
 def test_compare_and_set_racing_from_two_hosts_lets_exactly_one_win_each_round(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     sid = create(a)
     rounds = 20
     wins: list[tuple[int, int]] = []
     lock = threading.Lock()
 
-    def cas(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for r in range(rounds):
-                # Everyone aims at the version the round starts at: one
-                # set per round can match it.
-                try:
-                    c.set(sid, "winner", str(n), expect_version=1 + r)
-                except Conflict:
-                    pass
-                else:
-                    with lock:
-                        wins.append((r, n))
-                # Wait for the round's winner to be visible before the next.
-                while c.get(sid).version < 2 + r:
-                    pass
+    def cas(c: Client, n: int) -> None:
+        for r in range(rounds):
+            # Everyone aims at the version the round starts at: one
+            # set per round can match it.
+            try:
+                c.set(sid, "winner", str(n), expect_version=1 + r)
+            except Conflict:
+                pass
+            else:
+                with lock:
+                    wins.append((r, n))
+            # Wait for the round's winner to be visible before the next.
+            while c.get(sid).version < 2 + r:
+                pass
 
     _race([a, b], cas)
     assert sorted(r for r, _ in wins) == list(range(rounds)), wins
@@ -143,23 +125,21 @@ def test_compare_and_set_racing_from_two_hosts_lets_exactly_one_win_each_round(
 def test_two_hosts_creating_one_id_at_once_make_one_session(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     made: list[str] = []
     refused: list[str] = []
     lock = threading.Lock()
 
-    def creates(d: Daemon, n: int) -> None:
-        with d.client() as c:
-            for i in range(10):
-                try:
-                    c.create(id=f"race-{i}", meta={"by": str(n)})
-                except Conflict:
-                    with lock:
-                        refused.append(f"race-{i}")
-                else:
-                    with lock:
-                        made.append(f"race-{i}")
+    def creates(c: Client, n: int) -> None:
+        for i in range(10):
+            try:
+                c.create(id=f"race-{i}", meta={"by": str(n)})
+            except Conflict:
+                with lock:
+                    refused.append(f"race-{i}")
+            else:
+                with lock:
+                    made.append(f"race-{i}")
 
     _race([a, b], creates)
     assert sorted(made) == [f"race-{i}" for i in range(10)]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import SESSIOND, Daemon, wait_until
-from tests.fleet import engine_of, tag
+from tests.fleet import engine_of, hosts, tag
 from tests.redis_servers import RedisNode
 
 SHARED = pytest.mark.shared_only("the namespace's settings, kept in the engine")
@@ -29,8 +29,7 @@ def _setting(d: Daemon, key: str) -> object:
 def test_a_setting_changed_on_one_host_is_in_force_on_another_within_a_second(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     r = a.ctl("config", "default_ttl", "4321")
     assert r.returncode == 0, r.stderr
     # A second, with room for a loaded machine.
@@ -145,8 +144,7 @@ def test_a_namespace_setting_no_daemon_can_read_is_said_and_stops_none_of_them(
 ) -> None:
     # A key of a newer sessiond, or a value written in the engine by hand:
     # every daemon of the namespace reads it on the next change's event.
-    a = make_daemon()
-    b = make_daemon(namespace=a.namespace)
+    a, b = hosts(make_daemon)
     with engine_of(a) as r:
         r.hset(tag(a) + "config", "future_key", "1")
         assert a.ctl("config", "default_ttl", "600").returncode == 0

@@ -227,6 +227,18 @@ def _reseal(path: Path, header: snapshot.Header, body: bytes) -> None:
     path.write_bytes((head + raw).ljust(HEAD_BYTES, b"\0") + body)
 
 
+def _golden_snapshot(tmp_path: Path) -> tuple[Path, snapshot.Header, bytes, int]:
+    """The golden journal written in ``tmp_path`` with its snapshot: the
+    journal, the snapshot's header and body, and the length of the body's
+    first chunk (after the 4 bytes that say it)."""
+    journal = tmp_path / "data.jsonl"
+    write(journal, golden_chunks())
+    data = (tmp_path / "data.snap").read_bytes()
+    header = msgspec.msgpack.decode(data[20 : HEAD_BYTES].rstrip(b"\0"), type=snapshot.Header)
+    body = data[HEAD_BYTES:]
+    return journal, header, body, int.from_bytes(body[:4], "little")
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [("length", "runs past the end"), ("count", "holds 12 records in 2 chunks, not 13"),
@@ -235,13 +247,8 @@ def _reseal(path: Path, header: snapshot.Header, body: bytes) -> None:
 def test_damage_behind_good_checksums_is_still_damage(
     tmp_path: Path, damage: str, reason: str
 ) -> None:
-    journal = tmp_path / "data.jsonl"
-    write(journal, golden_chunks())
+    journal, header, body, length = _golden_snapshot(tmp_path)
     path = tmp_path / "data.snap"
-    data = path.read_bytes()
-    header = msgspec.msgpack.decode(data[20 : HEAD_BYTES].rstrip(b"\0"), type=snapshot.Header)
-    body = data[HEAD_BYTES:]
-    length = int.from_bytes(body[:4], "little")
     first = msgspec.msgpack.decode(body[4 : 4 + length], type=snapshot.Chunk)
     if damage == "length":
         body = (length + len(body)).to_bytes(4, "little") + body[4:]
@@ -264,13 +271,8 @@ def test_damage_behind_good_checksums_is_still_damage(
 def test_a_version_out_of_range_behind_good_checksums_is_damage(tmp_path: Path) -> None:
     # A version the rules refuse must not enter by the snapshot: refused as
     # damage, the journal (whose line says otherwise) is replayed in full.
-    journal = tmp_path / "data.jsonl"
-    write(journal, golden_chunks())
+    journal, header, body, length = _golden_snapshot(tmp_path)
     path = tmp_path / "data.snap"
-    data = path.read_bytes()
-    header = msgspec.msgpack.decode(data[20 : HEAD_BYTES].rstrip(b"\0"), type=snapshot.Header)
-    body = data[HEAD_BYTES:]
-    length = int.from_bytes(body[:4], "little")
     raw = msgspec.msgpack.decode(body[4 : 4 + length])  # as plain lists: no bounds
     for version in (MAX_VERSION + 1, 2**64 - 1, 0):
         raw[6][0] = version

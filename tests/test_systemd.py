@@ -9,6 +9,7 @@ inside the test's temporary directory, so none can reach a real manager.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pytest
 
 from sessionctl import Client
 from sessiond.service import exec_quote
-from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, wait_until
+from tests.conftest import SESSIONCTL, SESSIOND, START_TIMEOUT, Daemon, needs, wait_until
 
 pytestmark = pytest.mark.local_only("the systemd units start a local daemon")
 
@@ -177,6 +178,22 @@ class NotifyListener:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def started_by_systemd(
+    d: Daemon, address: str | None = None, **env: str
+) -> Iterator[NotifyListener]:
+    """``d`` started (not waited for) with a notification socket, as systemd
+    starts a service: at ``address`` (else a file in ``d``'s root), with
+    ``env`` besides; the listener is closed after."""
+    listener = NotifyListener(address or str(d.root / "notify.sock"))
+    try:
+        d.extra_env.update(NOTIFY_SOCKET=listener.address, **env)
+        d.start(wait=False)
+        yield listener
+    finally:
+        listener.close()
+
+
 def ping_once(path: Path, timeout: float = 5.0) -> int:
     """One connection and one round trip, no retrying: the pid that answered.
 
@@ -222,9 +239,7 @@ def test_socket_unit_listens_on_the_daemons_default_path_privately() -> None:
 def test_installed_units_pass_systemd_analyze_verify(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed, so the units cannot be verified")
+    analyze = needs("systemd-analyze")  # without it the units cannot be verified
     d = make_daemon(start=False)
     assert install_service(d, manager=True).returncode == 0
     installed = [str(unit_dir(d) / name) for name in UNITS]
@@ -249,10 +264,7 @@ def test_ready_is_sent_only_once_replayed_sessions_are_served(
     with d.client() as c:
         sids = [c.create(user="u").id for _ in range(50)]
     d.stop()
-    listener = NotifyListener(str(d.root / "notify.sock"))
-    try:
-        d.extra_env["NOTIFY_SOCKET"] = listener.address
-        d.start(wait=False)
+    with started_by_systemd(d) as listener:
         ready = listener.wait_for("READY=1", d)
         # No retrying: at the moment READY=1 arrives the daemon must answer,
         # with every replayed session, and say how many it holds.
@@ -262,8 +274,6 @@ def test_ready_is_sent_only_once_replayed_sessions_are_served(
         assert "STATUS=serving 50 sessions" in ready.split("\n")
         assert d.stop() == 0
         assert any("STOPPING=1" in m.split("\n") for m in listener.poll())
-    finally:
-        listener.close()
 
 
 def test_no_ready_when_the_journal_cannot_be_replayed(
@@ -272,16 +282,11 @@ def test_no_ready_when_the_journal_cannot_be_replayed(
     d = make_daemon(start=False)
     d.data_dir.mkdir(mode=0o700)
     d.journal.write_text('{"type": "session", "id": "a"\n{"type": "delete", "id": "b"}\n')
-    listener = NotifyListener(str(d.root / "notify.sock"))
-    try:
-        d.extra_env["NOTIFY_SOCKET"] = listener.address
-        d.start(wait=False)
+    with started_by_systemd(d) as listener:
         assert d.proc is not None
         assert d.proc.wait(START_TIMEOUT) == 1
         assert "line 1 (byte offset 0) is damaged" in d.log_text()
         assert not any("READY=1" in m.split("\n") for m in listener.poll())
-    finally:
-        listener.close()
 
 
 def test_watchdog_pings_and_status_follows_the_session_count(
@@ -289,18 +294,14 @@ def test_watchdog_pings_and_status_follows_the_session_count(
 ) -> None:
     d = make_daemon(start=False)
     # An abstract address, as systemd uses for user managers on some systems.
-    listener = NotifyListener(f"@sessiond-test-{uuid.uuid4().hex}")
-    try:
-        d.extra_env.update(NOTIFY_SOCKET=listener.address, WATCHDOG_USEC="200000")
-        d.start(wait=False)
+    address = f"@sessiond-test-{uuid.uuid4().hex}"
+    with started_by_systemd(d, address, WATCHDOG_USEC="200000") as listener:
         listener.wait_for("READY=1", d)
         listener.wait_for("WATCHDOG=1", d)
         with d.client() as c:
             c.create(user="w")
         listener.wait_for("STATUS=serving 1 session", d)
         assert d.stop() == 0
-    finally:
-        listener.close()
 
 
 # -- socket activation ---------------------------------------------------
@@ -359,9 +360,7 @@ def test_daemon_refuses_a_passed_socket_that_is_not_a_stream_socket(
 def test_daemon_serves_under_systemd_socket_activate(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        pytest.skip("systemd-socket-activate is not installed")
+    activate = needs("systemd-socket-activate")
     d = make_daemon(start=False)
     # systemd-socket-activate gives the child only the variables named here.
     names = ["SESSIOND_SOCKET", "SESSIOND_DATA_DIR", "SESSIOND_CONFIG", "HOME",

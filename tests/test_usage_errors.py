@@ -11,17 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from sessionctl import registry
-from tests.conftest import Daemon
+from tests.conftest import Daemon, running
 from tests.rawwire import snapshot
 
 
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    daemon = Daemon(tmp_path_factory.mktemp("usage"))
-    daemon.start()
-    yield daemon
-    if daemon.stop() != 0:
-        daemon.kill()
+    with running(tmp_path_factory.mktemp("usage")) as daemon:
+        yield daemon
 
 
 def error_line(d: Daemon, *args: str) -> str:

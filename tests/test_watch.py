@@ -14,57 +14,16 @@ from typing import IO, Any
 
 import pytest
 
-from sessionctl import Event
 from sessiond.errors import DaemonUnavailable
 from tests.conftest import SESSIONCTL, Daemon, wait_until
+from tests.fleet import Watching
+from tests.threads import take_until
 
 
 def brief(seen: list[Any]) -> str:
     """What a failed wait saw, short enough to read."""
     last = ", ".join(repr(x)[:200] for x in seen[-3:])
     return f"{len(seen)} items, the last: {last}"
-
-
-class Watching:
-    """``Client.watch()`` running in a thread, its events in a queue."""
-
-    def __init__(self, d: Daemon, user: str | None = None) -> None:
-        self.events: queue.Queue[Event] = queue.Queue()
-        self.error: BaseException | None = None
-        self.ended = False
-        self._thread = threading.Thread(target=self._run, args=(d, user), daemon=True)
-        self._thread.start()
-
-    def _run(self, d: Daemon, user: str | None) -> None:
-        try:
-            with d.client() as c:
-                for event in c.watch(user=user):
-                    self.events.put(event)
-        except DaemonUnavailable:
-            self.ended = True  # the daemon stopped: that ends a watch
-        except BaseException as exc:  # handed to the test, which fails with it
-            self.error = exc
-
-    def until(self, done: Callable[[Event], bool], timeout: float = 15) -> list[Event]:
-        """Events up to and including the first for which ``done`` is true."""
-        seen: list[Event] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no matching event within {timeout}s; saw {brief(seen)}, "
-                    f"error {self.error!r}"
-                ) from None
-            seen.append(event)
-            if done(event):
-                return seen
-
-    def join(self, timeout: float = 10) -> None:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the watch did not end with the daemon"
-        assert self.error is None, self.error
 
 
 class Lines:
@@ -81,20 +40,7 @@ class Lines:
         self._lines.put(None)
 
     def until(self, done: Callable[[str], bool], timeout: float = 15) -> list[str]:
-        seen: list[str] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no matching line within {timeout}s; saw {brief(seen)}"
-                ) from None
-            if line is None:
-                raise AssertionError(f"output ended before a matching line; saw {brief(seen)}")
-            seen.append(line)
-            if done(line):
-                return seen
+        return take_until(self._lines, done, timeout, "matching line", brief)
 
     def join(self, timeout: float = 10) -> None:
         self._thread.join(timeout)
@@ -143,9 +89,7 @@ def watchers(d: Daemon) -> int:
 
 
 def started(make_daemon: Callable[..., Daemon], **settings: Any) -> Daemon:
-    d = make_daemon(start=False)
-    d.config.write_text(json.dumps(settings))
-    return d.start()
+    return make_daemon(config=settings)
 
 
 def test_client_watch_yields_every_kind_of_event_as_it_happens(
@@ -179,8 +123,7 @@ def test_client_watch_yields_every_kind_of_event_as_it_happens(
     assert updated.session is not None and updated.session.meta == {"k": "v"}
     assert all(e.at_us > 0 and e.at.tzinfo is not None for e in events)
     d.stop()
-    w.join()
-    assert w.ended
+    assert isinstance(w.ended(), DaemonUnavailable)
 
 
 def test_watch_for_one_user_sees_only_that_users_events(daemon: Daemon) -> None:
@@ -193,7 +136,8 @@ def test_watch_for_one_user_sees_only_that_users_events(daemon: Daemon) -> None:
     events = w.until(lambda e: e.sid == mine.id)
     assert [(e.kind, e.sid) for e in events] == [("created", mine.id)]
     daemon.stop()
-    w.join()
+    ended = w.ended()
+    assert ended is None or isinstance(ended, DaemonUnavailable), ended
 
 
 def test_sessionctl_watch_prints_one_line_per_event_until_interrupted(daemon: Daemon) -> None:

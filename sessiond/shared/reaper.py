@@ -22,7 +22,6 @@ import math
 import os
 import socket
 import time
-from collections import deque
 from typing import Any
 
 import anyio
@@ -30,10 +29,10 @@ import anyio
 from sessiond import rules
 from sessiond.errors import SessionError
 from sessiond.live import Live, rules_of
-from sessiond.model import PURGED, US, Change
+from sessiond.model import US
 from sessiond.shared.engine import SharedStore
-from sessiond.shared.view import View
-from sessiond.timers import EXPIRY_BATCH, LAGS_KEPT, TIMER_MAX_SLEEP
+from sessiond.shared.scans import commit_each, each_alone, purges
+from sessiond.timers import EXPIRY_BATCH, TIMER_MAX_SLEEP, Lateness
 
 log = logging.getLogger("sessiond.shared")
 
@@ -53,8 +52,7 @@ class Reaper:
         self.live = live
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         self.holding = False
-        self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
-        self.lag_max = 0.0
+        self.lateness = Lateness()
         self._target = math.inf  # the engine's time it next wakes at
         self._wake = anyio.Event()
         self._down: str | None = None  # the engine's trouble, said once
@@ -72,13 +70,7 @@ class Reaper:
         self._wake.set()
 
     def figures(self) -> dict[str, Any]:
-        lags = sorted(self.lags)
-        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
-        return {
-            "expiry_lag_max_ms": round(self.lag_max, 3),
-            "expiry_lag_p99_ms": round(p99, 3),
-            "expiry_lease": self.holding,
-        }
+        return {**self.lateness.figures(), "expiry_lease": self.holding}
 
     async def run(self) -> None:
         while True:
@@ -116,19 +108,13 @@ class Reaper:
         asked = time.monotonic()
         due = await self.store.falling_due(EXPIRY_BATCH, retention)
         now = due.now
-        groups: list[list[Change]] = []
-        for record in due.expiring:
-            made: list[Change] = []
-            rules.lazy_expire(View.of(settings, [record]), record, now, made)
-            if made:
-                groups.append(made)
+        groups = each_alone(settings, due.expiring, rules.lazy_expire, now)
         expiries = len(groups)
-        for record in due.purging:
-            if record.expired_at is not None and rules.purge_key(record) <= now - retention:
-                made = []
-                View.of(settings, [record]).put(made, PURGED, record, None)
-                groups.append(made)
-        applied = await self.store.commit(groups, now) if groups else []
+        groups += purges(settings, [
+            r for r in due.purging
+            if r.expired_at is not None and rules.purge_key(r) <= now - retention
+        ])
+        applied = await commit_each(self.store, groups, now)
         # The next wake: the next deadline, the next retention to run out,
         # the retention of what was expired just now included.
         candidates = [] if due.next_due is None else [due.next_due]
@@ -142,7 +128,7 @@ class Reaper:
         for made, ok in zip(groups[:expiries], applied, strict=False):
             before, after = made[0].before, made[-1].after
             if ok and before is not None:
-                self._lag((now - before.expires_at) / 1000)
+                self.lateness.add(now, before.expires_at)
                 if retention and after is not None:
                     candidates.append(rules.purge_key(after) + retention)
         if len(due.expiring) >= EXPIRY_BATCH or len(due.purging) >= EXPIRY_BATCH:
@@ -153,11 +139,6 @@ class Reaper:
         # ``now`` was the engine's time when it was asked; the commit has
         # taken some since (counted from the asking, so never too little).
         return max(0.0, (self._target - now) / US - (time.monotonic() - asked))
-
-    def _lag(self, lag: float) -> None:
-        self.lags.append(lag)
-        if lag > self.lag_max:
-            self.lag_max = lag
 
     async def release(self) -> None:
         """Give the lease up at a clean stop, so that another daemon takes it

@@ -10,7 +10,7 @@ another daemon changed meanwhile is read again and judged again.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sessiond import config, rules
@@ -49,6 +49,34 @@ async def commit_each(
 ) -> list[bool]:
     """Commit changes of one record each; which were applied."""
     return await store.commit(groups, now) if groups else []
+
+
+def each_alone(
+    settings: Rules,
+    records: Iterable[Record],
+    step: Callable[[View, Record, int, list[Change]], object],
+    now: int,
+) -> list[list[Change]]:
+    """The changes ``step`` (a rule on one record: ``rules.lazy_expire``,
+    ``rules.cap_record``) makes to each record judged alone, one group per
+    record it changed: what ``commit_each`` takes."""
+    groups: list[list[Change]] = []
+    for record in records:
+        made: list[Change] = []
+        step(View.of(settings, [record]), record, now, made)
+        if made:
+            groups.append(made)
+    return groups
+
+
+def purges(settings: Rules, records: Iterable[Record]) -> list[list[Change]]:
+    """The changes that remove each of ``records``, one group each."""
+    groups: list[list[Change]] = []
+    for record in records:
+        made: list[Change] = []
+        View.of(settings, [record]).put(made, PURGED, record, None)
+        groups.append(made)
+    return groups
 
 
 def _cursor(text: str | None) -> int:
@@ -128,12 +156,7 @@ async def _purge(
     for _ in range(3):
         if not doomed:
             break
-        groups: list[list[Change]] = []
-        for record in doomed:
-            made: list[Change] = []
-            View.of(settings, [record]).put(made, PURGED, record, None)
-            groups.append(made)
-        applied = await commit_each(store, groups, now)
+        applied = await commit_each(store, purges(settings, doomed), now)
         removed += [r for r, ok in zip(doomed, applied, strict=True) if ok]
         missed = [r.id for r, ok in zip(doomed, applied, strict=True) if not ok]
         if not missed:
@@ -241,12 +264,7 @@ async def cap_all(store: SharedStore, settings: Rules) -> None:
         raced = False
         while True:
             now, last, more, records = await store.page(after, SCAN_MOST, None)
-            groups: list[list[Change]] = []
-            for record in records:
-                made: list[Change] = []
-                rules.cap_record(View.of(settings, [record]), record, now, made)
-                if made:
-                    groups.append(made)
+            groups = each_alone(settings, records, rules.cap_record, now)
             raced |= not all(await commit_each(store, groups, now))
             if not more:
                 break
