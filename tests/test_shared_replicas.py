@@ -10,6 +10,7 @@ Each test runs a Redis of its own, and a replica of it."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -97,6 +98,15 @@ def test_the_replicas_setting_is_refused_in_local_mode_live_and_at_start(
     assert d.ctl("config", "replicas", "0").returncode == 0
     shown = d.ctl("config", "replicas", "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["replicas"] == 0, shown.stdout
+    # A reload of a file that sets it changes nothing, the other keys included.
+    said = d.log_text().count("replicas is a setting of shared mode")
+    d.config.write_text(json.dumps({"replicas": 1, "default_ttl": 200}))
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: d.log_text().count("replicas is a setting of shared mode") > said, 10,
+               "the reload's refusal in the log")
+    assert d.ctl("config", "default_ttl").stdout == "3600\n"
+    assert d.ctl("config", "replicas").stdout == "0\n"
     late = make_daemon(env={"SESSIOND_REPLICAS": "2"}, start=False)
     late.start(wait=False)
     assert late.proc is not None
