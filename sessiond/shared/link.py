@@ -135,14 +135,15 @@ class Link:
         have applied them, or applied them and fewer replicas than
         ``replicas`` have them), ``ReadOnly`` (the engine refuses writes)."""
         waiting = writes and self.replicas > 0
-        sent = commands
+        sent, within = commands, TIMEOUT
         if waiting:
             # In the same round trip: WAIT answers once the replicas have
             # every write this connection made, the commands above included.
             ms = max(1, round(self.replicas_timeout * 1000))
             sent = [*commands, ("WAIT", self.replicas, ms)]
+            within += self.replicas_timeout
         for attempt in (1, 2):
-            replies = await self._round_trip(sent, writes)
+            replies = await self._round_trip(sent, writes, within)
             waited = replies.pop() if waiting else None
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
@@ -183,7 +184,9 @@ class Link:
                 f"{self.replicas_timeout:g}s: a failover now could lose it"
             )
 
-    async def _round_trip(self, commands: Sequence[Command], writes: bool) -> list[Any]:
+    async def _round_trip(
+        self, commands: Sequence[Command], writes: bool, within: float
+    ) -> list[Any]:
         if self._free > 0 and not self._waiting:
             self._free -= 1  # a turn at once: no wait on the way
         else:
@@ -191,7 +194,6 @@ class Link:
         try:
             conn = await self._connection()
             try:
-                within = TIMEOUT + (self.replicas_timeout if writes and self.replicas else 0)
                 replies = await conn.exchange(pack(commands), len(commands), within)
             except BaseException as exc:
                 # Whatever went wrong, the connection may be out of step.
@@ -308,7 +310,9 @@ class Link:
         return sha
 
     async def _load_scripts(self) -> None:
-        await self._round_trip([("SCRIPT", "LOAD", s) for s in self._scripts.values()], False)
+        await self._round_trip(
+            [("SCRIPT", "LOAD", s) for s in self._scripts.values()], False, TIMEOUT
+        )
 
 
 def _refuses_writes(error: rx.ResponseError) -> bool:
