@@ -32,7 +32,7 @@ from sessiond.protocol import PAGE_MAX
 # duration for them (``2h``, ``7d``), sent as whole seconds.
 SECONDS_KEYS = (
     "default_ttl", "max_lifetime", "expired_retention", "compact_interval",
-    "frame_timeout", "send_timeout", "idle_timeout",
+    "frame_timeout", "send_timeout", "idle_timeout", "replicas_timeout",
 )
 
 

@@ -38,6 +38,9 @@ def test_a_change_is_acknowledged_once_the_replicas_asked_for_have_it(
     d = make_daemon_on(backend=primary.url)
     r = d.ctl("config", "replicas", "1")
     assert r.returncode == 0, r.stderr
+    # In seconds, as the other timeouts: a duration is taken too.
+    r = d.ctl("config", "replicas_timeout", "3s", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["replicas_timeout"] == 3, r.stderr
     with d.client() as c:
         s = c.create(meta={"k": "v"})
         # Replication is asynchronous; WAIT made the reply wait for it.
