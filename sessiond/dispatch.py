@@ -44,7 +44,7 @@ from sessiond.protocol import (
     request_decoder,
     request_error,
 )
-from sessiond.records import delete_line, put_line, put_lines
+from sessiond.records import change_lines, delete_line, put_line
 from sessiond.store import Store
 
 # The server's logger: splitting the server into modules changes no record.
@@ -71,11 +71,8 @@ def journal_lines(changes: list[Change]) -> bytes:
         return put_line(c.after) if c.after is not None else delete_line(c.sid)
     afters = list(map(_AFTER, changes))
     if None not in afters:
-        # A pipelined batch of writes: the bulk encoder compaction uses,
-        # a quarter cheaper a line than one put_line each. Updates write
-        # stamps written before (the cache pays); creates, new ones only.
-        recent = changes[0].before is not None
-        return put_lines(cast("list[Record]", afters), recent=recent)
+        # A pipelined batch of writes.
+        return change_lines(cast("list[Record]", afters))
     return b"".join([
         put_line(c.after) if c.after is not None else delete_line(c.sid) for c in changes
     ])

@@ -191,8 +191,11 @@ def to_line(session: Session | Record) -> PutLine:
     )
 
 
+_SEAL = b'%s,"crc":"%08x"}\n'.__mod__
+
+
 def _seal(body: bytes) -> bytes:
-    return b'%s,"crc":"%08x"}\n' % (body[:-1], zlib.crc32(body))
+    return _SEAL((body[:-1], zlib.crc32(body)))
 
 
 def put_line(session: Session | Record) -> bytes:
@@ -233,22 +236,16 @@ _DROP_LAST: Callable[[bytes], bytes] = itemgetter(slice(None, -1))
 _CRC_FIELD = b',"crc":"%08x"}\n'.__mod__
 
 
-def _bodies(
-    records: Sequence[Record], expired: bool, stamp: Callable[[int], str]
-) -> Iterator[bytes]:
+def _bodies(records: Sequence[Record], expired: bool) -> Iterator[bytes]:
     """Encoded put lines (unsealed) of records all active or all expired;
-    each distinct timestamp is formatted once, by ``stamp`` (last accesses,
-    mostly written once, by ``_format``: see ``to_line``)."""
+    each distinct timestamp is formatted once."""
     columns = [
         list(map(_CREATED, records)), list(map(_LAST, records)), list(map(_EXPIRES, records))
     ]
     if expired:
         columns.append(cast("list[int]", list(map(_EXPIRED, records))))
-    lasts = set(columns[1])
-    others = set(columns[0]).union(*columns[2:]) - lasts
-    formatted = dict(zip(others, map(stamp, others), strict=True))
-    formatted.update(zip(lasts, map(_format, lasts), strict=True))
-    text = formatted.__getitem__
+    distinct = set(columns[0]).union(*columns[1:])
+    text = dict(zip(distinct, map(_format, distinct), strict=True)).__getitem__
     stamps = [map(text, column) for column in columns]
     lines = map(
         _ExpiredLine if expired else _ActiveLine,
@@ -263,38 +260,58 @@ def _bodies(
     return map(_encode, lines)
 
 
-def put_lines(records: Sequence[Record], recent: bool = False) -> bytes:
+def put_lines(records: Sequence[Record]) -> bytes:
     """Checksummed journal lines for many records (what compaction writes):
-    the bytes of ``put_line`` for each, made without a loop in Python.
-
-    ``recent``: records just changed by requests, whose unchanged stamps
-    were written lately (the per-stamp cache then pays; for compaction's
-    many distinct stamps it only churns)."""
+    the bytes of ``put_line`` for each, made without a loop in Python, each
+    distinct stamp formatted once (and not cached: a compaction's many
+    distinct stamps would only churn the cache)."""
     imported = list(map(_IMPORTED, records))
     if countOf(imported, None) != len(imported):
-        return _with_imported(records, imported, recent)
-    stamp = _iso if recent else _format
+        return _with_imported(records, imported)
     flags = list(map(_EXPIRED, records))
     expired = len(flags) - countOf(flags, None)
     if not expired:
-        bodies: Iterable[bytes] = _bodies(records, False, stamp)
+        bodies: Iterable[bytes] = _bodies(records, False)
     elif expired == len(records):
-        bodies = _bodies(records, True, stamp)
+        bodies = _bodies(records, True)
     else:
-        active = _bodies([r for r in records if r.expired_at is None], False, stamp)
-        done = _bodies([r for r in records if r.expired_at is not None], True, stamp)
+        active = _bodies([r for r in records if r.expired_at is None], False)
+        done = _bodies([r for r in records if r.expired_at is not None], True)
         bodies = [next(active) if flag is None else next(done) for flag in flags]
     bodies = list(bodies)
     tails = map(_CRC_FIELD, map(zlib.crc32, bodies))
     return b"".join(chain.from_iterable(zip(map(_DROP_LAST, bodies), tails, strict=True)))
 
 
+def change_lines(records: Sequence[Record]) -> bytes:
+    """Checksummed journal lines for records just written by requests: the
+    bytes of ``put_line`` for each, as the commit path writes them.
+
+    Record by record: their stamps are few and mostly cached (created_at and
+    expires_at written before, last_access this batch's), so the columns
+    ``put_lines`` builds to format each distinct stamp once cost more than
+    they save here."""
+    raw, stamp = msgspec.Raw, _iso
+    bodies = [
+        _encode(_ActiveLine(
+            r.id, r.user, ACTIVE, r.ttl, raw(r.meta_json), created := stamp(r.created_at),
+            created if r.last_access == r.created_at else _format(r.last_access),
+            stamp(r.expires_at), r.version,
+        ))
+        if r.expired_at is None and r.imported_at is None
+        else _encode(to_line(r))
+        for r in records
+    ]
+    seal, crc32 = _SEAL, zlib.crc32
+    return b"".join([seal((body[:-1], crc32(body))) for body in bodies])
+
+
 def _with_imported(
-    records: Sequence[Record], imported: list[int | None], recent: bool
+    records: Sequence[Record], imported: list[int | None]
 ) -> bytes:
     """``put_lines`` where some records carry ``imported_at`` (rare: after an
     import of expired sessions): theirs one at a time, the rest in bulk."""
-    rest = put_lines([r for r, at in zip(records, imported, strict=True) if at is None], recent)
+    rest = put_lines([r for r, at in zip(records, imported, strict=True) if at is None])
     others = iter(rest.splitlines(keepends=True))  # JSON text holds no raw newline
     return b"".join([
         next(others) if at is None else put_line(r)
