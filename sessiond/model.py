@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 
@@ -129,11 +129,15 @@ class Record(msgspec.Struct, order=True, gc=False):
         )
 
 
-class Change(NamedTuple):
+class Change(msgspec.Struct, frozen=True, gc=False):
     """One transition of one session: ``before``/``after`` are ``None`` for
     absent. ``kind`` is created, updated, expired, deleted or purged. For a
     removal, ``seq`` is the record's place in creation order, so that a
-    revert can put it back there."""
+    revert can put it back there.
+
+    A Struct, not a NamedTuple: every write makes one, and a NamedTuple's
+    constructor is Python code, several times dearer. ``gc=False``: it
+    holds strings and records, which hold nothing that could make a cycle."""
 
     kind: str
     sid: str
