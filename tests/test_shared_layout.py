@@ -56,3 +56,23 @@ def test_a_namespace_in_the_first_layout_is_refused_at_start_naming_it(
     assert f"namespace {namespace}" in log and "layout 1" in log, log
     assert "export" in log and "import" in log
     assert not d.socket.exists()
+
+
+def test_a_session_hash_changed_outside_sessiond_is_refused_by_name_and_serving_goes_on(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    tag = "sd:{" + d.namespace + "}:"
+    with d.client() as c:
+        damaged, intact = c.create(ttl=3600).id, c.create(ttl=3600).id
+    assert node.cli("HDEL", tag + "s:" + damaged, "e", "v").strip() == "2"
+    got = d.ctl("get", damaged)
+    assert got.returncode == 1
+    assert got.stdout == ""
+    assert f"session {damaged} in the engine lacks the field(s) e, v" in got.stderr
+    assert "changed outside sessiond" in got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1
+    # Nothing else is touched: the other session reads, the daemon runs.
+    assert d.ctl("get", intact).returncode == 0
+    assert d.proc is not None and d.proc.poll() is None

@@ -201,11 +201,11 @@ class SharedDispatcher:
             now, records = await self.store.fetch(sids)
         except SessionError as exc:
             return [_error(req.id, exc) for req in run]
-        view = View(rules_of(self.live.settings), records)
+        on = _OnView(self, View(rules_of(self.live.settings), records))
         replies: list[Response] = []
         groups: list[tuple[int, list[Change]]] = []
         for i, req in enumerate(run):
-            reply, made = self._apply(view, req, now)
+            reply, made = self._apply(on, req, now)
             replies.append(reply)
             if made:
                 groups.append((i, made))
@@ -220,9 +220,9 @@ class SharedDispatcher:
                 replies[i] = await self._again(run[i])
         return replies
 
-    def _apply(self, view: View, req: Request, now: int) -> tuple[Response, list[Change]]:
+    def _apply(self, on: _OnView, req: Request, now: int) -> tuple[Response, list[Change]]:
         try:
-            reply, made = HANDLERS[type(req)](_OnView(self, view), req, now)
+            reply, made = HANDLERS[type(req)](on, req, now)
             return reply, made
         except SessionError as exc:
             return _error(req.id, exc), []
@@ -240,7 +240,8 @@ class SharedDispatcher:
             tries += 1
             try:
                 now, records = await self.store.fetch([sid] if sid else [])
-                reply, made = self._apply(View(rules_of(self.live.settings), records), req, now)
+                view = View(rules_of(self.live.settings), records)
+                reply, made = self._apply(_OnView(self, view), req, now)
                 if not made or (await self.store.commit([made], now))[0]:
                     return reply
             except SessionError as exc:

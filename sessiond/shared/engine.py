@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
-from sessiond.shared.hashes import Group, record_of
+from sessiond.shared.hashes import READ, Group, record_of
 from sessiond.shared.link import Link
 
 # A scan looks at this many records at most per round trip.
@@ -99,10 +99,12 @@ class SharedStore:
     async def fetch(self, sids: Sequence[str]) -> tuple[int, dict[str, Record | None]]:
         """The engine's time and the records of ``sids``, in one round trip."""
         replies = await self.link.call(
-            [("TIME",)] + [("HGETALL", self.key(sid)) for sid in sids]
+            [("TIME",)] + [("HMGET", self.key(sid), *READ) for sid in sids]
         )
         _raise_errors(replies)
-        records = {sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)}
+        records = {
+            sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)
+        }
         return _now(replies[0]), records
 
     async def page(
@@ -241,8 +243,8 @@ def _text(value: bytes | str) -> str:
 
 
 def _records(flat: list[Any]) -> list[Record]:
-    """Records a script returned as ids and HGETALLs (one that vanished
-    meanwhile left out)."""
+    """Records a script returned as ids and HMGETs of ``READ`` (one that
+    vanished meanwhile left out)."""
     it = iter(flat)
     records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
     return [r for r in records if r is not None]

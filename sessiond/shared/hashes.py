@@ -15,44 +15,49 @@ from typing import Any
 import msgspec
 
 from sessiond import rules
+from sessiond.errors import InternalError
 from sessiond.model import EXPIRED, PURGED, Change, Record
 
 # u user, t ttl, m meta JSON, c created, a last access, e expires, x expired
 # (absent while active), v version, i imported (absent but on imports),
 # q place in creation order (set by the engine).
 FIELDS = ("u", "t", "m", "c", "a", "e", "x", "v", "i")
+# What a read asks for, in this order (HMGET): a list of values in a known
+# order makes a record without the dict an HGETALL's pairs need first.
+READ = (*FIELDS, "q")
 ABSENT = "-"
 _encode = msgspec.msgpack.encode
 
 
-def record_of(sid: str, reply: Any) -> Record | None:
-    """The record an HGETALL answered (``None``: no such session)."""
-    if not reply:
+def record_of(sid: str, values: Any) -> Record | None:
+    """The record an HMGET of ``READ`` answered (``None``: no such session).
+    Raises ``InternalError`` for a hash that lacks a field every record
+    has (changed outside sessiond)."""
+    u, t, m, c, a, e, x, v, i, q = values
+    if u is None:
         return None
-    if isinstance(reply, dict):
-        fields = reply
-    else:
-        it = iter(reply)
-        fields = dict(zip(it, it, strict=True))
-    if b"u" not in fields:
-        # Names as text (a connection that decodes): the usual names are
-        # bytes, looked up as they are, a decode a field saved per record.
-        fields = {k.encode() if isinstance(k, str) else k: v for k, v in fields.items()}
-    get = fields.get
-    x, i, q = get(b"x"), get(b"i"), get(b"q")
+    if None in (t, m, c, a, e, v):
+        lacking = [n for n, got in zip(READ, values, strict=True) if got is None and n in _NEEDED]
+        raise InternalError(
+            f"session {sid} in the engine lacks the field(s) {', '.join(lacking)} every "
+            f"session has: its hash was changed outside sessiond"
+        )
     return Record(
-        expires_at=int(fields[b"e"]),
+        expires_at=int(e),
         id=sid,
-        user=sys.intern(_text(fields[b"u"])),
-        ttl=int(fields[b"t"]),
-        meta_json=bytes(fields[b"m"]),
-        created_at=int(fields[b"c"]),
-        last_access=int(fields[b"a"]),
+        user=sys.intern(_text(u)),
+        ttl=int(t),
+        meta_json=bytes(m),
+        created_at=int(c),
+        last_access=int(a),
         expired_at=None if x is None else int(x),
-        version=int(fields[b"v"]),
+        version=int(v),
         imported_at=None if i is None else int(i),
         seq=-1 if q is None else int(q),
     )
+
+
+_NEEDED = frozenset(("t", "m", "c", "a", "e", "v"))
 
 
 def _text(value: bytes | str) -> str:

@@ -16,6 +16,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from sessiond.shared.hashes import READ
+
+# A session's fields as a read takes them (``hashes.READ``, in its order):
+# the arguments of an HMGET inside a script.
+_READ = ", ".join(f"'{name}'" for name in READ)
+
 # KEYS: the order's bucket prefix, due, purge, users, counters, events, then
 # the records' keys. (The order: ``sd:{NS}:o:<seq // 128>``, each a hash of
 # sequence number -> id: a hash of that few fields is packed by the engine,
@@ -149,7 +155,7 @@ return results
 # return, how many to look at at most (and buckets to walk, empty ones
 # left by removals included). Returns the last sequence number looked at
 # (past a bucket walked to its end, that bucket's last), whether any
-# record may follow it, then each record as its id and HGETALL.
+# record may follow it, then each record as its id and HMGET of READ.
 PAGE: Final = """
 local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -175,7 +181,7 @@ while more == 0 and bucket * 128 <= top do
     local key = prefix .. ids[q]
     if user == '' or redis.call('HGET', key, 'u') == user then
       out[#out + 1] = ids[q]
-      out[#out + 1] = redis.call('HGETALL', key)
+      out[#out + 1] = redis.call('HMGET', key, """ + _READ + """)
       found = found + 1
     end
   end
@@ -202,7 +208,7 @@ return ARGV[1]
 # and purge indexes; ARGV the key prefix, how many of each at most, and the
 # retention in microseconds ("0": nothing is purged by time). Returns the
 # engine's TIME (seconds, microseconds), then for each index the ids and
-# HGETALLs of what is due (active sessions whose deadline has come;
+# HMGETs of READ of what is due (active sessions whose deadline has come;
 # expired ones whose retention, counted from their score, has run out) and
 # the score of the first entry after them (false: none). Microseconds pass
 # 2^31 but not 2^53, so a Lua number holds them exactly; they are written
@@ -217,7 +223,7 @@ local function take(index, upto)
   local out = {}
   for i = 1, #ids do
     out[#out + 1] = ids[i]
-    out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ids[i])
+    out[#out + 1] = redis.call('HMGET', ARGV[1] .. ids[i], """ + _READ + """)
   end
   local after = redis.call('ZRANGE', index, #ids, #ids, 'WITHSCORES')
   return out, after[2] or false
