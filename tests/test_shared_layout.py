@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.conftest import Daemon
+from tests.fleet import tag
 from tests.redis_servers import RedisNode
 
 
@@ -63,10 +64,8 @@ def test_a_session_hash_changed_outside_sessiond_is_refused_by_name_and_serving_
 ) -> None:
     node = make_redis(unix=True)
     d = make_daemon_on(backend=node.url)
-    tag = "sd:{" + d.namespace + "}:"
-    with d.client() as c:
-        damaged, intact = c.create(ttl=3600).id, c.create(ttl=3600).id
-    assert node.cli("HDEL", tag + "s:" + damaged, "e", "v").strip() == "2"
+    damaged, intact = d.ctl("create").stdout.strip(), d.ctl("create").stdout.strip()
+    assert node.cli("HDEL", tag(d) + "s:" + damaged, "e", "v").strip() == "2"
     got = d.ctl("get", damaged)
     assert got.returncode == 1
     assert got.stdout == ""
