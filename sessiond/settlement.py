@@ -35,18 +35,22 @@ class Batch:
 
     __slots__ = ("data", "undo", "seq", "done", "error")
 
-    def __init__(self, data: bytes, undo: Undo, seq: int, done: asyncio.Event | None) -> None:
+    def __init__(
+        self, data: bytes, undo: Undo, seq: int, done: asyncio.Future[None] | None
+    ) -> None:
         self.data = data
         self.undo = undo
         self.seq = seq
-        # Set once written or refused; None for a batch written inline, which
-        # nobody waits for (an Event costs more than the write).
+        # Settled once written or refused; None for a batch written inline,
+        # which nobody waits for (a future costs more than the write).
         self.done = done
         self.error: Exception | None = None
 
     def settle(self) -> None:
-        if self.done is not None:
-            self.done.set()
+        done = self.done
+        # Already done only if its waiter was cancelled (and the future with it).
+        if done is not None and not done.done():
+            done.set_result(None)
 
 
 class Settlement:

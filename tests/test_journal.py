@@ -601,3 +601,49 @@ def test_check_and_repair_flags_exclude_each_other(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["always", "everysec"])
+def test_a_commit_cancelled_while_its_group_waits_leaves_the_group_written_and_acknowledged(
+    tmp_path: Path, policy: str,
+) -> None:
+    # The cancelled commit's batch stays in its group (the write may be on
+    # its way already): the group is written, and settling it must not trip
+    # over the batch whose task has gone.
+    path = tmp_path / "data.jsonl"
+    acknowledged: list[int] = []
+
+    async def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await anyio.sleep(0.001)
+
+    async def go() -> None:
+        journal = Journal(path, policy)
+        journal.open(0, False)
+        doomed = anyio.CancelScope()
+
+        async def commit(i: int, scope: anyio.CancelScope) -> None:
+            with scope:
+                await journal.commit(put_line(session(i)), lambda: None)
+                acknowledged.append(i)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(journal.run_flusher)
+                # A write on its way to disk: commits queue behind it.
+                async with journal._io_lock:
+                    tg.start_soon(commit, 0, doomed)
+                    tg.start_soon(commit, 1, anyio.CancelScope())
+                    await until(lambda: journal.settlement.accepted == 2)
+                    doomed.cancel()
+                    await until(lambda: doomed.cancelled_caught)
+                await until(lambda: acknowledged == [1])
+                tg.cancel_scope.cancel()
+        finally:
+            journal.close()
+
+    anyio.run(go)
+    assert acknowledged == [1]
+    assert sorted(state(path)) == sorted(session(i).id for i in (0, 1))
