@@ -11,22 +11,19 @@ import anyio
 
 
 class _Job:
-    __slots__ = ("func", "loop", "done", "over", "error")
+    __slots__ = ("func", "loop", "done", "error")
 
     def __init__(self, func: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
         self.func = func
         self.loop = loop
-        # What the waiting task awaits: a bare future, which costs a group
-        # less than an Event in a shielded cancel scope (taken only when the
-        # task is cancelled meanwhile: see ``run``).
+        # A bare future (awaited in a shielded scope, so never cancelled):
+        # less than an Event costs, once a group.
         self.done: asyncio.Future[None] = loop.create_future()
-        self.over = False
         self.error: BaseException | None = None
 
     def finish(self) -> None:
         """On the loop, once ``func`` has returned or raised."""
-        self.over = True
-        if not self.done.done():
+        if not self.done.done():  # cancelled only by a native cancel()
             self.done.set_result(None)
 
 
@@ -54,19 +51,12 @@ class WriterThread:
                 target=self._main, name="sessiond-journal", daemon=True
             )
             self._thread.start()
-        loop = asyncio.get_running_loop()
-        job = _Job(func, loop)
+        job = _Job(func, asyncio.get_running_loop())
         self._jobs.put(job)
-        try:
+        # Shielded: the caller must see the write's outcome (and account
+        # for it) before a cancellation reaches it, at its next checkpoint.
+        with anyio.CancelScope(shield=True):
             await job.done
-        except BaseException:
-            # Cancelled (the future with it): the write cannot be taken
-            # back, so wait for it all the same, then be cancelled.
-            with anyio.CancelScope(shield=True):
-                while not job.over:
-                    job.done = loop.create_future()
-                    await job.done
-            raise
         if job.error is not None:
             raise job.error
 
