@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain, repeat
+from itertools import repeat
 from operator import attrgetter, countOf, itemgetter
 from typing import Any, cast
 
@@ -198,6 +198,12 @@ def _seal(body: bytes) -> bytes:
     return _SEAL((body[:-1], zlib.crc32(body)))
 
 
+def _sealed(bodies: Iterable[bytes]) -> bytes:
+    """``_seal`` of each body, joined: the lines of a batch or a chunk."""
+    seal, crc32 = _SEAL, zlib.crc32
+    return b"".join([seal((body[:-1], crc32(body))) for body in bodies])
+
+
 def put_line(session: Session | Record) -> bytes:
     """A checksummed journal line for a session, newline included."""
     return _seal(_encode(to_line(session)))
@@ -230,10 +236,6 @@ class _ExpiredLine(msgspec.Struct, tag_field="type", tag="session", gc=False):
     expires_at: str
     expired_at: str
     version: int
-
-
-_DROP_LAST: Callable[[bytes], bytes] = itemgetter(slice(None, -1))
-_CRC_FIELD = b',"crc":"%08x"}\n'.__mod__
 
 
 def _bodies(records: Sequence[Record], expired: bool) -> Iterator[bytes]:
@@ -278,9 +280,7 @@ def put_lines(records: Sequence[Record]) -> bytes:
         active = _bodies([r for r in records if r.expired_at is None], False)
         done = _bodies([r for r in records if r.expired_at is not None], True)
         bodies = [next(active) if flag is None else next(done) for flag in flags]
-    bodies = list(bodies)
-    tails = map(_CRC_FIELD, map(zlib.crc32, bodies))
-    return b"".join(chain.from_iterable(zip(map(_DROP_LAST, bodies), tails, strict=True)))
+    return _sealed(bodies)
 
 
 def change_lines(records: Sequence[Record]) -> bytes:
@@ -302,8 +302,7 @@ def change_lines(records: Sequence[Record]) -> bytes:
         else _encode(to_line(r))
         for r in records
     ]
-    seal, crc32 = _SEAL, zlib.crc32
-    return b"".join([seal((body[:-1], crc32(body))) for body in bodies])
+    return _sealed(bodies)
 
 
 def _with_imported(
