@@ -32,9 +32,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+from sessiond.errors import InternalError
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
-from sessiond.shared.hashes import READ, Group, record_of
+from sessiond.shared.hashes import READ, Group, damage, record_of
 from sessiond.shared.link import Link
 
 # A scan looks at this many records at most per round trip.
@@ -57,6 +58,8 @@ class Due(NamedTuple):
     next_due: int | None
     purging: list[Record]
     next_purge: int | None
+    # Entries of the indexes that make no record: (id, what is wrong).
+    aside: list[tuple[str, str]]
 
 
 class SharedStore:
@@ -74,6 +77,7 @@ class SharedStore:
         self._commit = link.script(scripts.COMMIT)
         self._page = link.script(scripts.PAGE)
         self._due = link.script(scripts.DUE)
+        self._set_aside = link.script(scripts.SET_ASIDE)
         self._stats = link.script(scripts.STATS)
         self._config_set = link.script(scripts.CONFIG_SET)
         self._lease = link.script(scripts.LEASE)
@@ -124,15 +128,23 @@ class SharedStore:
         """In one round trip: the engine's time, up to ``most`` active
         records whose deadline has come and up to ``most`` expired ones
         whose ``retention`` (microseconds; 0: none is purged by time) has
-        run out, earliest first, and when the next of each falls due."""
+        run out, earliest first, when the next of each falls due, and the
+        entries among them that make no record (``Due.aside``)."""
         (reply,) = await self._calls([
             ("EVALSHA", self._due, 2, self.due, self.purge, self.prefix, most, retention),
         ])
         secs, micros, expiring, next_due, purging, next_purge = reply
+        aside: list[tuple[str, str]] = []
         return Due(
-            _now([secs, micros]), _records(expiring), _score_of(next_due),
-            _records(purging), _score_of(next_purge),
+            _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
+            _records(purging, aside), _score_of(next_purge), aside,
         )
+
+    async def set_aside(self, sids: Sequence[str]) -> None:
+        """Take ``sids`` off the indexes of deadlines, which only the
+        expiry timer reads: sessions whose hashes make no record, which
+        would otherwise come first in every look at what is due."""
+        await self._calls([("EVALSHA", self._set_aside, 2, self.due, self.purge, *sids)])
 
     async def stats(self) -> tuple[int, dict[str, int], int, int]:
         """The engine's time, the counters, the users, and how many are due
@@ -242,12 +254,29 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _records(flat: list[Any]) -> list[Record]:
+def _records(flat: list[Any], aside: list[tuple[str, str]] | None = None) -> list[Record]:
     """Records a script returned as ids and HMGETs of ``READ`` (one that
-    vanished meanwhile left out)."""
+    vanished meanwhile left out). A hash changed outside sessiond so that it
+    makes no record raises ``InternalError``; given ``aside``, it is put
+    there instead (its id, and what is wrong with it, said as a read of
+    it would say it), and so is an id whose hash is gone."""
     it = iter(flat)
-    records = [record_of(_text(sid), fields) for sid, fields in zip(it, it, strict=True)]
-    return [r for r in records if r is not None]
+    records = []
+    for sid, fields in zip(it, it, strict=True):
+        name = _text(sid)
+        try:
+            record = record_of(name, fields)
+        except InternalError:
+            if aside is None:
+                raise
+            aside.append((name, f"session {name} in the engine {damage(fields)}"))
+            continue
+        if record is not None:
+            records.append(record)
+        elif aside is not None:
+            aside.append((name, f"session {name} is in the engine's index of deadlines but "
+                                "its hash is gone: it was deleted outside sessiond"))
+    return records
 
 
 def _score_of(score: Any) -> int | None:

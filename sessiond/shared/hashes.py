@@ -31,33 +31,60 @@ _encode = msgspec.msgpack.encode
 
 def record_of(sid: str, values: Any) -> Record | None:
     """The record an HMGET of ``READ`` answered (``None``: no such session).
-    Raises ``InternalError`` for a hash that lacks a field every record
-    has (changed outside sessiond)."""
+    Raises ``InternalError`` for a hash changed outside sessiond so that it
+    no longer makes a record: a field every record has is missing, or one
+    that holds a number does not (``damage``)."""
     u, t, m, c, a, e, x, v, i, q = values
     if u is None:
         return None
-    if None in (t, m, c, a, e, v):
-        lacking = [n for n, got in zip(READ, values, strict=True) if got is None and n in _NEEDED]
-        raise InternalError(
-            f"session {sid} in the engine lacks the field(s) {', '.join(lacking)} every "
-            f"session has: its hash was changed outside sessiond"
+    try:
+        return Record(
+            expires_at=int(e),
+            id=sid,
+            user=sys.intern(_text(u)),
+            ttl=int(t),
+            meta_json=bytes(m),
+            created_at=int(c),
+            last_access=int(a),
+            expired_at=None if x is None else int(x),
+            version=int(v),
+            imported_at=None if i is None else int(i),
+            seq=-1 if q is None else int(q),
         )
-    return Record(
-        expires_at=int(e),
-        id=sid,
-        user=sys.intern(_text(u)),
-        ttl=int(t),
-        meta_json=bytes(m),
-        created_at=int(c),
-        last_access=int(a),
-        expired_at=None if x is None else int(x),
-        version=int(v),
-        imported_at=None if i is None else int(i),
-        seq=-1 if q is None else int(q),
-    )
+    except (TypeError, ValueError) as exc:
+        # int(None) and bytes(None) are TypeErrors; int(b"x") and a user
+        # that is not UTF-8 are ValueErrors.
+        raise InternalError(f"session {sid} in the engine {damage(values)}") from exc
 
 
-_NEEDED = frozenset(("t", "m", "c", "a", "e", "v"))
+# What a record needs of its hash: fields every record has, and those that
+# hold integers when present.
+_NEEDED = ("u", "t", "m", "c", "a", "e", "v")
+_INTEGERS = ("t", "c", "a", "e", "x", "v", "i", "q")
+
+
+def damage(values: Any) -> str:
+    """What is wrong with an HMGET of ``READ`` that makes no record, in
+    words that follow "session ID in the engine"."""
+    fields = dict(zip(READ, values, strict=True))
+    lacking = [n for n in _NEEDED if fields[n] is None]
+    if lacking:
+        what = f"lacks the field(s) {', '.join(lacking)} every session has"
+    else:
+        bad = [n for n in _INTEGERS if fields[n] is not None and not _integer(fields[n])]
+        if bad:
+            what = f"holds something other than a whole number in the field(s) {', '.join(bad)}"
+        else:
+            what = "holds a user name that is not UTF-8 text"
+    return what + ": its hash was changed outside sessiond"
+
+
+def _integer(value: bytes | str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _text(value: bytes | str) -> str:

@@ -42,6 +42,9 @@ LEASE_MS = 5000
 # round trip of its own each turn would make every expiry that much later. Far below
 # LEASE_MS, so the lease never runs out under a holder that keeps up.
 LEASE_RENEW = 1.0
+# Sessions set aside (``Reaper._set_aside``) named one by one in the log, a
+# turn; the rest are counted.
+SAY_MOST = 10
 
 
 class Reaper:
@@ -108,6 +111,8 @@ class Reaper:
         asked = time.monotonic()
         due = await self.store.falling_due(EXPIRY_BATCH, retention)
         now = due.now
+        if due.aside:
+            await self._set_aside(due.aside)
         groups = each_alone(settings, due.expiring, rules.lazy_expire, now)
         expiries = len(groups)
         groups += purges(settings, [
@@ -120,10 +125,10 @@ class Reaper:
         candidates = [] if due.next_due is None else [due.next_due]
         if retention and due.next_purge is not None:
             candidates.append(due.next_purge + retention)
-        if not all(applied):
-            # Changed by another daemon since they were read: what they are
-            # now is looked at again at once (a session still due included,
-            # which the next deadline above left out).
+        if due.aside or not all(applied):
+            # Changed by another daemon since they were read, or behind
+            # entries just set aside: looked at again at once (a session
+            # still due included, which the next deadline above left out).
             candidates.append(now)
         for made, ok in zip(groups[:expiries], applied, strict=False):
             before, after = made[0].before, made[-1].after
@@ -139,6 +144,22 @@ class Reaper:
         # ``now`` was the engine's time when it was asked; the commit has
         # taken some since (counted from the asking, so never too little).
         return max(0.0, (self._target - now) / US - (time.monotonic() - asked))
+
+    async def _set_aside(self, aside: list[tuple[str, str]]) -> None:
+        """Take entries that make no record off the indexes of deadlines,
+        saying which and why: left there, each would come first in every
+        look at what is due, and a batch of them would stop expiry. The
+        sessions' hashes stay as they are; reading one says what is wrong
+        with it."""
+        await self.store.set_aside([sid for sid, _ in aside])
+        for _, why in aside[:SAY_MOST]:
+            log.error(
+                "%s; expiry sets it aside: once repaired, it expires on a read past its "
+                "deadline, and on the timer again after a touch", why,
+            )
+        if len(aside) > SAY_MOST:
+            log.error("expiry set %d more sessions aside for the same reasons",
+                      len(aside) - SAY_MOST)
 
     async def release(self) -> None:
         """Give the lease up at a clean stop, so that another daemon takes it

@@ -235,6 +235,16 @@ if retention > 0 then purge, purge_next = take(KEYS[2], now - retention) end
 return {t[1], t[2], due, due_next, purge, purge_next}
 """
 
+# Entries of the indexes of deadlines whose hashes make no record (changed
+# or deleted outside sessiond): KEYS due, purge; ARGV their ids.
+SET_ASIDE: Final = """
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[2], ARGV[i])
+end
+return #ARGV
+"""
+
 # The namespace's figures: KEYS counters, users, due; ARGV now and now + 60 s
 # (microseconds). Returns the counters' HGETALL, the users, those due soon.
 STATS: Final = """
