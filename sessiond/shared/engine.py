@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from sessiond.errors import InternalError
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
-from sessiond.shared.hashes import READ, Group, damage, record_of
+from sessiond.shared.hashes import READ, Group, record_of
 from sessiond.shared.link import Link
 
 # A scan looks at this many records at most per round trip.
@@ -266,10 +266,10 @@ def _records(flat: list[Any], aside: list[tuple[str, str]] | None = None) -> lis
         name = _text(sid)
         try:
             record = record_of(name, fields)
-        except InternalError:
+        except InternalError as exc:
             if aside is None:
                 raise
-            aside.append((name, f"session {name} in the engine {damage(fields)}"))
+            aside.append((name, str(exc)))
             continue
         if record is not None:
             records.append(record)
