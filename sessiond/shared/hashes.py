@@ -33,7 +33,7 @@ def record_of(sid: str, values: Any) -> Record | None:
     """The record an HMGET of ``READ`` answered (``None``: no such session).
     Raises ``InternalError`` for a hash changed outside sessiond so that it
     no longer makes a record: a field every record has is missing, or one
-    that holds a number does not (``damage``)."""
+    that holds a number does not (``_damage`` says which)."""
     u, t, m, c, a, e, x, v, i, q = values
     if u is None:
         return None
@@ -54,7 +54,7 @@ def record_of(sid: str, values: Any) -> Record | None:
     except (TypeError, ValueError) as exc:
         # int(None) and bytes(None) are TypeErrors; int(b"x") and a user
         # that is not UTF-8 are ValueErrors.
-        raise InternalError(f"session {sid} in the engine {damage(values)}") from exc
+        raise InternalError(f"session {sid} in the engine {_damage(values)}") from exc
 
 
 # What a record needs of its hash: fields every record has, and those that
@@ -63,7 +63,7 @@ _NEEDED = ("u", "t", "m", "c", "a", "e", "v")
 _INTEGERS = ("t", "c", "a", "e", "x", "v", "i", "q")
 
 
-def damage(values: Any) -> str:
+def _damage(values: Any) -> str:
     """What is wrong with an HMGET of ``READ`` that makes no record, in
     words that follow "session ID in the engine"."""
     fields = dict(zip(READ, values, strict=True))
