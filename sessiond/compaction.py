@@ -105,9 +105,12 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
             # that wrote it is done: to_thread waits for it).
             snap.discard()
         seconds = time.monotonic() - started
-        journal.rewritten(seconds, dir_error)
+        journal.rewritten(seconds, size < before, dir_error)
         log.info("compacted %s: %d -> %d bytes, %d sessions, %.3fs",
                  path, before, size, kept, seconds)
+        if journal.readonly.failed is not None and not await journal.try_resume():
+            log.warning("%s: rewritten in full, which freed no room to append: writes stay "
+                        "refused", path)
         return CompactResult(bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds)
 
 

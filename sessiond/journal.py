@@ -439,9 +439,11 @@ class Journal:
         self.rewrites.end_capture()
         self._wake.set()
 
-    def rewritten(self, seconds: float, dir_error: OSError | None) -> None:
-        """A compaction put a whole new file in place: a read-only journal
-        takes writes again (unless the directory's fsync failed)."""
-        self.rewrites.rewritten(seconds)
+    def rewritten(self, seconds: float, freed: bool, dir_error: OSError | None) -> None:
+        """A compaction put a whole new file in place (smaller than the old
+        one if ``freed``): a read-only journal takes writes again (unless
+        the directory's fsync failed, or it was refused room and the
+        compaction freed none: ``ReadOnlyMode.rewritten``)."""
+        self.rewrites.rewritten(seconds, freed)
         if dir_error is not None:
             self._fail(dir_error, "directory fsync")

@@ -9,10 +9,13 @@ Rules (the journal's part of the durability contract, ``sessiond.journal``):
   in-memory state to a fresh file (PostgreSQL's "fsyncgate": the file's
   pages cannot be trusted).
 * After a write the kernel refused for want of room (ENOSPC, EDQUOT, EFBIG:
-  it took none of it, and the file is cut back to its last good size), also
-  as soon as space can be reserved after the lines again (``try_resume``):
+  it took none of it, and the file is cut back to its last good size), as
+  soon as space can be reserved after the lines again (``try_resume``):
   nothing written before is in doubt, and a disk that filled up and was
-  then freed needs no restart.
+  then freed needs no restart. Also after a compaction that made the
+  journal smaller; one that freed nothing (every line was live) leaves it
+  read-only until there is room: otherwise the next write would fail the
+  same way, and start the same compaction, for as long as writes come.
 
 The journal owns one ``ReadOnlyMode``; it refuses and reverts the batches
 itself (``Journal._fail``), and asks this part what to say.
@@ -106,9 +109,13 @@ class ReadOnlyMode:
                     "writes are accepted again", self.path, reserved)
         return True
 
-    def rewritten(self) -> None:
+    def rewritten(self, freed: bool) -> None:
         """A compaction put a whole new file in place: writes are accepted
-        again."""
+        again, unless they were refused for want of room and it ``freed``
+        none (then room must be reserved after the new file's lines:
+        ``try_resume``)."""
+        if self._room_failure and not freed:
+            return
         if self.failed is not None:
             log.warning("journal rewritten in full: writes are accepted again")
         self.failed = None

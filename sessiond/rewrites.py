@@ -116,11 +116,12 @@ class Rewrites:
         self.capture = None
         self.held = False
 
-    def rewritten(self, seconds: float) -> None:
-        """A whole new file is in place: read-only mode ends, and the
+    def rewritten(self, seconds: float, freed: bool) -> None:
+        """A whole new file is in place (smaller than the old one if
+        ``freed``): read-only mode ends (``ReadOnlyMode.rewritten``), and the
         figures count it."""
         self._accepted_then = self._settlement.accepted
-        self._readonly.rewritten()
+        self._readonly.rewritten(freed)
         self.last_at = time.time()
         self.last_seconds = seconds
         self.count += 1

@@ -190,9 +190,15 @@ class Compactor:
                 continue
             try:
                 await compaction.compact(j, self.store.live_slots)
-                retry, next_try = 1.0, 0.0
                 last = time.monotonic()
             except JournalError as exc:
                 log.error("%s", exc)
+            if readonly.failed is None:
+                retry, next_try = 1.0, 0.0
+            else:
+                # Failed, or done and the rewritten journal has no room to
+                # append to either: as often again would only rewrite it
+                # over and over. Room that appears meanwhile is found by
+                # try_resume above, every RESUME_INTERVAL.
                 next_try = time.monotonic() + retry
                 retry = min(retry * 2, 30.0)

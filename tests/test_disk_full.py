@@ -8,6 +8,7 @@ writes are refused, and how much room a compaction would need.
 from __future__ import annotations
 
 import resource
+import time
 from collections.abc import Callable
 
 import pytest
@@ -99,6 +100,44 @@ def test_a_daemon_started_under_a_file_size_limit_below_its_journal_resumes_once
         limit(d.proc.pid, resource.RLIM_INFINITY)
         acked["after"] = wait_until(lambda: writable(c, "after"), 15, "writes accepted again")
         assert c.stats().compactions == 0
+    d.kill()
+    d.start()
+    assert stored(d) == acked
+
+
+def test_a_rewrite_that_leaves_no_room_to_append_keeps_writes_refused_and_is_not_repeated(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Room for the journal as it is, not for one more line: a rewrite fits
+    (every session is live, so it is as big as the journal) but leaves no
+    room either. It must not end read-only mode, or every write would fail,
+    start another full rewrite and end read-only mode again, for as long as
+    writes keep coming."""
+    d = make_daemon()
+    assert d.proc is not None
+    pid = d.proc.pid
+    with d.client() as c:
+        acked = {f"s{i}": c.create(id=f"s{i}", meta={"pad": PAD}) for i in range(40)}
+        size = c.stats().journal_bytes
+        limit(pid, size + 100)
+        assert writable(c, "refused") is None
+        wait_until(lambda: "compacted" in d.log_text(), 15, "a rewrite to be done")
+        # Writes keep coming for a while: each is refused, and the journal
+        # is not rewritten again and again meanwhile.
+        tried = 0
+        until = time.monotonic() + 3
+        while time.monotonic() < until:
+            assert writable(c, f"refused-{tried}") is None
+            tried += 1
+        st = c.stats()
+        assert st.read_only is not None and "File too large" in st.read_only
+        assert st.compactions <= 3, f"{st.compactions} rewrites for {tried} refused writes"
+        assert "writes are accepted again" not in d.log_text()
+        assert "rewritten in full, which freed no room to append" in d.log_text()
+        # Room again: the next append is accepted.
+        limit(pid, resource.RLIM_INFINITY)
+        acked["after"] = wait_until(lambda: writable(c, "after"), 15,
+                                    "writes to be accepted again")
     d.kill()
     d.start()
     assert stored(d) == acked
