@@ -43,6 +43,8 @@ SCAN_MOST = 2000
 # The layout of the keys above. The first (a sorted set ``sd:{NS}:order``,
 # never in a release) is refused by name at start.
 LAYOUT = 2
+# How the commit script's refusal of a damaged key begins.
+DAMAGED = "DAMAGED "
 
 
 def _now(reply: Sequence[Any]) -> int:
@@ -209,7 +211,7 @@ class SharedStore:
             [("EVALSHA", self._commit, len(keys), *keys, *args)], writes=True
         )
         if isinstance(reply, Exception):
-            raise reply
+            raise _refusal(reply)
         applied = [bool(int(r)) for r in reply]
         deadlines = [
             r.expires_at for group, ok in zip(made, applied, strict=True) if ok
@@ -242,6 +244,19 @@ class SharedStore:
 
 def _nobody(deadline: int) -> None:
     """Where deadlines go until the expiry timer listens."""
+
+
+def _refusal(reply: Exception) -> Exception:
+    """The commit script's error reply: its refusal of a key changed outside
+    sessiond (``scripts.COMMIT``, "DAMAGED <key> <what>") in words, any other
+    as it came."""
+    text = str(reply)
+    if not text.startswith(DAMAGED):
+        return reply
+    return InternalError(
+        f"the engine's key {text[len(DAMAGED):]}: it was changed outside sessiond; "
+        "nothing of this request was written"
+    )
 
 
 def _raise_errors(replies: list[Any]) -> None:

@@ -27,18 +27,21 @@ FIELDS = ("u", "t", "m", "c", "a", "e", "x", "v", "i")
 READ = (*FIELDS, "q")
 ABSENT = "-"
 _encode = msgspec.msgpack.encode
+# A meta is a JSON object (``rules.check_meta`` makes every one sessiond writes).
+_meta_decoder = msgspec.json.Decoder(dict)
 
 
 def record_of(sid: str, values: Any) -> Record | None:
     """The record an HMGET of ``READ`` answered (``None``: no such session).
     Raises ``InternalError`` for a hash changed outside sessiond so that it
-    no longer makes a record: a field every record has is missing, or one
-    that holds a number does not (``_damage`` says which)."""
+    no longer makes a record: a field every record has is missing, one
+    that holds a number does not, the version is not written as sessiond
+    writes it, or the meta is not a JSON object (``_damage`` says which)."""
     u, t, m, c, a, e, x, v, i, q = values
     if u is None:
         return None
     try:
-        return Record(
+        record = Record(
             expires_at=int(e),
             id=sid,
             user=sys.intern(_text(u)),
@@ -51,10 +54,22 @@ def record_of(sid: str, values: Any) -> Record | None:
             imported_at=None if i is None else int(i),
             seq=-1 if q is None else int(q),
         )
-    except (TypeError, ValueError) as exc:
+        # The meta is checked here, once, rather than where it is decoded:
+        # replies, events (the expiry timer's commit among them) and rules
+        # decode it, and an export writes it as it is. A decode of a small
+        # meta costs a fraction of the rest of this function.
+        _meta_decoder.decode(record.meta_json)
+    except (TypeError, ValueError, msgspec.DecodeError) as exc:
         # int(None) and bytes(None) are TypeErrors; int(b"x") and a user
-        # that is not UTF-8 are ValueErrors.
+        # that is not UTF-8 are ValueErrors; a meta that is not JSON, or
+        # not an object, a DecodeError.
         raise InternalError(f"session {sid} in the engine {_damage(values)}") from exc
+    if len(v) != len(str(record.version)):
+        # int() takes "01", " 1", "+1" and "1_0"; the commit script compares
+        # the version as text, with the one sessiond writes: such a record
+        # would be refused at every commit.
+        raise InternalError(f"session {sid} in the engine {_damage(values)}")
+    return record
 
 
 # What a record needs of its hash: fields every record has, and those that
@@ -74,6 +89,13 @@ def _damage(values: Any) -> str:
         bad = [n for n in _INTEGERS if fields[n] is not None and not _integer(fields[n])]
         if bad:
             what = f"holds something other than a whole number in the field(s) {', '.join(bad)}"
+        elif str(int(fields["v"])) != _text(fields["v"]):
+            what = (
+                "holds a version (field v) written otherwise than sessiond writes it "
+                "(a leading zero, a sign, a space or an underscore)"
+            )
+        elif (meta := _meta_fault(fields["m"])) is not None:
+            what = f"holds a meta (field m) that is {meta}"
         else:
             what = "holds a user name that is not UTF-8 text"
     return what + ": its hash was changed outside sessiond"
@@ -85,6 +107,17 @@ def _integer(value: bytes | str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _meta_fault(value: bytes) -> str | None:
+    """What is wrong with a stored meta (``None``: nothing)."""
+    try:
+        meta = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return "not JSON"
+    if not isinstance(meta, dict):
+        return f"JSON but not an object ({type(meta).__name__})"
+    return None
 
 
 def _text(value: bytes | str) -> str:

@@ -29,7 +29,7 @@ import anyio
 from sessiond import rules
 from sessiond.errors import SessionError
 from sessiond.live import Live, rules_of
-from sessiond.model import US
+from sessiond.model import US, Change
 from sessiond.shared.engine import SharedStore
 from sessiond.shared.scans import commit_each, each_alone, purges
 from sessiond.timers import EXPIRY_BATCH, TIMER_MAX_SLEEP, Lateness
@@ -45,6 +45,13 @@ LEASE_RENEW = 1.0
 # Sessions set aside (``Reaper._set_aside``) named one by one in the log, a
 # turn; the rest are counted.
 SAY_MOST = 10
+# A commit refused again for a record read at the same version is no race
+# (a change by another daemon bumps the version): the engine holds the
+# record otherwise than it reads. Rather than look again at once, and spin
+# at the engine, the timer waits before the next look, twice as long each
+# time it is refused so, up to STUCK_MOST seconds.
+STUCK_FIRST = 0.01
+STUCK_MOST = 1.0
 
 
 class Reaper:
@@ -60,6 +67,10 @@ class Reaper:
         self._wake = anyio.Event()
         self._down: str | None = None  # the engine's trouble, said once
         self._leased = -math.inf  # when it last asked for the lease (monotonic)
+        # Records (id, version) whose commit the last turn saw refused, and
+        # how many turns in a row saw one of them refused again.
+        self._refused: set[tuple[str, int]] = set()
+        self._stuck = 0
 
     def hint(self, deadline: int) -> None:
         """A deadline set somewhere in the fleet: earlier than the timer's
@@ -120,16 +131,20 @@ class Reaper:
             if r.expired_at is not None and rules.purge_key(r) <= now - retention
         ])
         applied = await commit_each(self.store, groups, now)
+        pause = self._backoff(groups, applied)
         # The next wake: the next deadline, the next retention to run out,
         # the retention of what was expired just now included.
         candidates = [] if due.next_due is None else [due.next_due]
         if retention and due.next_purge is not None:
             candidates.append(due.next_purge + retention)
-        if due.aside or not all(applied):
-            # Changed by another daemon since they were read, or behind
-            # entries just set aside: looked at again at once (a session
-            # still due included, which the next deadline above left out).
+        if due.aside:
+            # Behind entries just set aside: looked at again at once.
             candidates.append(now)
+        if not all(applied):
+            # Changed by another daemon since they were read: looked at
+            # again at once (a session still due included, which the next
+            # deadline above left out), unless refused turn after turn.
+            candidates.append(now + round(pause * US))
         for made, ok in zip(groups[:expiries], applied, strict=False):
             before, after = made[0].before, made[-1].after
             if ok and before is not None:
@@ -137,13 +152,36 @@ class Reaper:
                 if retention and after is not None:
                     candidates.append(rules.purge_key(after) + retention)
         if len(due.expiring) >= EXPIRY_BATCH or len(due.purging) >= EXPIRY_BATCH:
-            return 0.0
+            return pause
         self._target = min(candidates) if candidates else math.inf
         if not candidates:
             return math.inf
         # ``now`` was the engine's time when it was asked; the commit has
         # taken some since (counted from the asking, so never too little).
         return max(0.0, (self._target - now) / US - (time.monotonic() - asked))
+
+    def _backoff(self, groups: list[list[Change]], applied: list[bool]) -> float:
+        """Seconds to wait before looking again at what this turn's commit
+        refused: none for a race, longer each turn for records refused again
+        at the version they were read at (said in the log the first time)."""
+        refused = {
+            (made[0].sid, made[0].before.version)
+            for made, ok in zip(groups, applied, strict=True)
+            if not ok and made[0].before is not None
+        }
+        again = refused & self._refused
+        self._refused = refused
+        if not again:
+            self._stuck = 0
+            return 0.0
+        self._stuck += 1
+        if self._stuck == 1:
+            log.error(
+                "expiry of session(s) %s was refused again at the version read: the engine "
+                "holds them otherwise than they read; the timer backs off while it lasts",
+                ", ".join(sorted(sid for sid, _ in again)[:SAY_MOST]),
+            )
+        return float(min(STUCK_MOST, STUCK_FIRST * 2 ** (self._stuck - 1)))
 
     async def _set_aside(self, aside: list[tuple[str, str]]) -> None:
         """Take entries that make no record off the indexes of deadlines,

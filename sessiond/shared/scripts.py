@@ -39,6 +39,13 @@ _READ = ", ".join(f"'{name}'" for name in READ)
 # a later group that touches one of its records (their state was computed
 # on top of it). Returns each group's 1 or 0. A record costs one HSET and
 # at most one HDEL; a counter is moved once a script, when it changes.
+# A key that would make a write fail (changed outside sessiond: a counter
+# or user count that is not a whole number, a key of the wrong type) refuses
+# the whole script before its first write, with an error reply "DAMAGED
+# <key> <what>": the engine keeps the writes a script made before a command
+# failed, so a failure midway would leave half a request. Those checks cost
+# the script the users' HMGET and a TYPE of each other key it writes; the
+# counters' and the records' reads are made anyway.
 COMMIT: Final = """
 local order, due, purge = KEYS[1], KEYS[2], KEYS[3]
 local users, counters, events = KEYS[4], KEYS[5], KEYS[6]
@@ -49,18 +56,90 @@ local poisoned = {}
 local INDEX = {d = due, p = purge}
 -- Counters are moved once a script, by what every group applied added up:
 -- seq and events numbered from their value at the start.
-local NAMES = {'total', 'active', 'ttl_sum', 'expiries', 'purges'}
+local NAMES = {'total', 'active', 'ttl_sum', 'expiries', 'purges', 'seq', 'events'}
 local moved = {0, 0, 0, 0, 0}
 local people, by = {}, {}
-local start = redis.call('HMGET', counters, 'seq', 'events')
-local seq0, seq = tonumber(start[1] or '0'), tonumber(start[1] or '0')
-local number0, number = tonumber(start[2] or '0'), tonumber(start[2] or '0')
+local start = redis.pcall('HMGET', counters, unpack(NAMES))
+if start.err then return redis.error_reply('DAMAGED ' .. counters .. ' is not a hash') end
+local seq0, seq = tonumber(start[6] or '0'), tonumber(start[6] or '0')
+local number0, number = tonumber(start[7] or '0'), tonumber(start[7] or '0')
 -- Where the record at p ends.
 local function past(p)
   if ARGV[p + 3] == '0' then return p + 4 end
   local q = p + 5 + 2 * tonumber(ARGV[p + 4])
   return q + tonumber(ARGV[q]) + 4
 end
+-- What HINCRBY takes (a value that fits in 64 bits, with room to add).
+local function whole(x)
+  return not x or x == '0' or (#x <= 18 and string.match(x, '^%-?[1-9]%d*$') ~= nil)
+end
+-- The checks before the first write: what every group would write.
+local function damaged()
+  local wants, counts, names, creates = {}, {}, {}, 0
+  local was = {}
+  for k = 7, #KEYS do
+    local r = redis.pcall('HMGET', KEYS[k], 'v', 'q')
+    if r.err then return KEYS[k] .. ' is not a hash' end
+    if not whole(r[2]) then
+      return KEYS[k] .. ' holds something other than a whole number in the field q'
+    end
+    was[KEYS[k]] = r
+  end
+  local p = 4
+  for g = 1, tonumber(ARGV[3]) do
+    local n = tonumber(ARGV[p]); p = p + 1
+    for r = 1, n do
+      local key = KEYS[tonumber(ARGV[p])]
+      if ARGV[p + 3] == '0' then
+        wants[due] = 'zset'; wants[purge] = 'zset'
+        local q = was[key][2]
+        if q then wants[order .. math.floor(tonumber(q) / 128)] = 'hash' end
+      else
+        if ARGV[p + 2] == '-' then creates = creates + 1 end
+        local q = p + 5 + 2 * tonumber(ARGV[p + 4])
+        local into, out = ARGV[q + tonumber(ARGV[q]) + 1], ARGV[q + tonumber(ARGV[q]) + 2]
+        if into ~= '-' then wants[INDEX[into]] = 'zset' end
+        if out ~= '-' then wants[INDEX[out]] = 'zset' end
+      end
+      p = past(p)
+    end
+    for c = 1, 5 do
+      if tonumber(ARGV[p + c - 1]) ~= 0 then counts[c] = true end
+    end
+    local nusers = tonumber(ARGV[p + 5])
+    for u = 1, nusers do names[#names + 1] = ARGV[p + 4 + 2 * u] end
+    local nevents = tonumber(ARGV[p + 6 + 2 * nusers])
+    if nevents > 0 then counts[7] = true; wants[events] = 'stream' end
+    p = p + 7 + 2 * nusers + 5 * nevents
+  end
+  if creates > 0 then counts[6] = true end
+  for c = 1, 7 do
+    if counts[c] and not whole(start[c]) then
+      return counters .. ' holds something other than a whole number in the field ' .. NAMES[c]
+    end
+  end
+  if creates > 0 then
+    for b = math.floor((seq0 + 1) / 128), math.floor((seq0 + creates) / 128) do
+      wants[order .. b] = 'hash'
+    end
+  end
+  if #names > 0 then
+    local held = redis.pcall('HMGET', users, unpack(names))
+    if held.err then return users .. ' is not a hash' end
+    for u = 1, #names do
+      if not whole(held[u]) then
+        return users .. ' holds something other than a whole number in the field ' .. names[u]
+      end
+    end
+  end
+  for key, kind in pairs(wants) do
+    local is = redis.call('TYPE', key).ok
+    if is ~= kind and is ~= 'none' then return key .. ' is a ' .. is .. ', not a ' .. kind end
+  end
+  return false, was
+end
+local bad, was = damaged()
+if bad then return redis.error_reply('DAMAGED ' .. bad) end
 for g = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[pos]); pos = pos + 1
   local first = pos
@@ -69,7 +148,9 @@ for g = 1, tonumber(ARGV[3]) do
   for r = 1, n do
     local key = KEYS[tonumber(ARGV[p])]
     local expect = ARGV[p + 2]
-    local v = redis.call('HGET', key, 'v')
+    -- Read before the first write; read again once a group wrote it.
+    local v
+    if was[key] then v = was[key][1] else v = redis.call('HGET', key, 'v') end
     if poisoned[key] or (expect == '-' and v) or (expect ~= '-' and v ~= expect) then
       ok = false
     end
@@ -90,6 +171,7 @@ for g = 1, tonumber(ARGV[3]) do
     p = first
     for r = 1, n do
       local key, sid, expect = KEYS[tonumber(ARGV[p])], ARGV[p + 1], ARGV[p + 2]
+      was[key] = nil
       if ARGV[p + 3] == '0' then
         local seq = redis.call('HGET', key, 'q')
         if seq then redis.call('HDEL', order .. math.floor(tonumber(seq) / 128), seq) end

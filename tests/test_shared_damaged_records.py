@@ -1,0 +1,230 @@
+"""Shared mode: keys of a namespace changed outside sessiond (by hand, by
+another program). A session hash that no longer makes a record (its meta
+not a JSON object, its version not written as sessiond writes it) is
+refused by name on a read and set aside by the expiry timer, never breaking
+the protocol or a daemon of the fleet; a count or key the commit script
+would fail on refuses the whole request before anything is written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from sessiond.errors import InternalError
+from tests.conftest import Daemon, wait_until
+from tests.fleet import tag
+from tests.redis_servers import RedisNode
+
+
+def _alive(*daemons: Daemon) -> bool:
+    return all(d.proc is not None and d.proc.poll() is None for d in daemons)
+
+
+def _refused_by_name(got: subprocess.CompletedProcess[str], sid: str, said: str) -> None:
+    """A ``sessionctl`` run refused as any damaged hash is: one line naming
+    the session and what is wrong, exit 1, nothing on stdout."""
+    assert got.returncode == 1, (got.returncode, got.stderr)
+    assert got.stdout == ""
+    assert f"session {sid} in the engine {said}" in got.stderr, got.stderr
+    assert "changed outside sessiond" in got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+
+
+@pytest.mark.parametrize(("meta", "said"), [
+    ("{bad", "holds a meta (field m) that is not JSON"),
+    ("[1]", "holds a meta (field m) that is JSON but not an object (list)"),
+    ('"text"', "holds a meta (field m) that is JSON but not an object (str)"),
+], ids=["not-json", "a-list", "a-string"])
+def test_a_meta_that_is_not_a_json_object_is_refused_by_name_and_the_protocol_holds(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    meta: str, said: str,
+) -> None:
+    """A list for a meta used to reach the client in the reply, which then
+    took the daemon for something other than sessiond."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    damaged = d.ctl("create", "--meta", "role=admin").stdout.strip()
+    intact = d.ctl("create").stdout.strip()
+    node.cli("HSET", tag(d) + "s:" + damaged, "m", meta)
+    _refused_by_name(d.ctl("get", damaged), damaged, said)
+    _refused_by_name(d.ctl("set", damaged, "k", "v"), damaged, said)
+    listed = d.ctl("list")
+    assert "not sessiond" not in listed.stderr
+    assert listed.returncode == 0 or f"session {damaged} in the engine {said}" in listed.stderr
+    # The connection that was refused goes on serving: the reply kept the
+    # protocol's shape.
+    with d.client() as c:
+        refusal = re.escape(f"session {damaged} in the engine {said}")
+        with pytest.raises(InternalError, match=refusal):
+            c.get(damaged)
+        assert c.get(intact).id == intact
+    assert _alive(d)
+
+
+@pytest.mark.parametrize("version", ["01", " 1", "+1", "1_0", "-0"],
+                         ids=["leading-zero", "space", "plus", "underscore", "minus-zero"])
+def test_a_version_int_takes_but_sessiond_never_writes_is_refused_by_name(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    version: str,
+) -> None:
+    """The commit compares the version as text: such a version used to make
+    every write of the session fail as "kept changing under this request"."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    sid = d.ctl("create").stdout.strip()
+    node.cli("HSET", tag(d) + "s:" + sid, "v", version)
+    said = "holds a version (field v) written otherwise than sessiond writes it"
+    _refused_by_name(d.ctl("get", sid), sid, said)
+    _refused_by_name(d.ctl("set", sid, "k", "v"), sid, said)
+    assert _alive(d)
+
+
+def test_a_session_with_a_damaged_meta_is_set_aside_when_due_and_the_fleet_runs_on(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    """Its expiry's event decodes the meta: it used to raise out of the
+    lease holder's timer, ending the daemon, then the next holder, and so on
+    through the fleet."""
+    node = make_redis(unix=True)
+    a = make_daemon_on(backend=node.url)
+    b = make_daemon_on(backend=node.url, namespace=a.namespace)
+    key = tag(a) + "s:"
+    with a.client() as c:
+        damaged = c.create(ttl=1, meta={"role": "admin"}).id
+        node.cli("HSET", key + damaged, "m", "{bad")
+        short = c.create(ttl=1).id
+    wait_until(lambda: node.cli("HGET", key + short, "x").strip() != "", 15,
+               "the timer to expire the session after the damaged one")
+    assert node.cli("ZSCORE", tag(a) + "due", damaged).strip() == ""
+    assert _alive(a, b), a.log_text() + b.log_text()
+    logs = a.log_text() + b.log_text()
+    assert f"session {damaged} in the engine holds a meta (field m) that is not JSON" in logs
+    assert "Traceback" not in logs
+    # Repaired, it reads and expires again.
+    node.cli("HSET", key + damaged, "m", '{"role":"admin"}')
+    with b.client() as c:
+        assert c.get(damaged).status == "expired"
+
+
+def _evalsha_calls(node: RedisNode) -> int:
+    for line in node.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+# Scripts the expiry timer runs at most, from a session's creation to
+# two seconds after it was set aside: a lease renewal and a look at what is
+# due about every second. A spin makes thousands a second.
+SCRIPTS_MOST = 60
+
+
+@pytest.mark.parametrize("version", ["01", "+1"])
+def test_the_expiry_timer_does_not_spin_on_a_version_written_otherwise(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    version: str,
+) -> None:
+    """Its expiry used to be refused at every commit and looked at again at
+    once: the lease holder ran tens of thousands of scripts a second."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    due = tag(d) + "due"
+    first = _evalsha_calls(node)
+
+    def scripts() -> int:
+        made = _evalsha_calls(node) - first
+        assert made < SCRIPTS_MOST, f"the engine ran {made} scripts: the timer spins"
+        return made
+
+    with d.client() as c:
+        sid = c.create(ttl=1).id
+    node.cli("HSET", tag(d) + "s:" + sid, "v", version)
+    wait_until(lambda: scripts() >= 0 and node.cli("ZSCORE", due, sid).strip() == "", 15,
+               "the timer to set the session aside once due")
+    assert "holds a version (field v) written otherwise than sessiond writes it" \
+        in d.log_text()
+    # And it stays quiet after: what is measured here is a rate over a while.
+    settled = time.monotonic()
+    while time.monotonic() - settled < 2.0:
+        scripts()
+        time.sleep(0.1)
+    assert _alive(d)
+
+
+def _namespace_state(node: RedisNode, d: Daemon) -> dict[str, tuple[str, str]]:
+    """Every key of ``d``'s namespace but the lease (which the timer keeps
+    extending): its type and content, as redis-cli prints them."""
+    state = {}
+    for key in node.cli("KEYS", tag(d) + "*").split():
+        if key == tag(d) + "lease":
+            continue
+        kind = node.cli("TYPE", key).strip()
+        read = {
+            "hash": ("HGETALL", key), "zset": ("ZRANGE", key, "0", "-1", "WITHSCORES"),
+            "stream": ("XLEN", key), "string": ("GET", key),
+        }[kind]
+        lines = node.cli(*read).splitlines()
+        state[key] = (kind, "\n".join(sorted(lines) if kind == "hash" else lines))
+    return state
+
+
+@pytest.mark.parametrize(("damage", "said", "request_"), [
+    (("HSET", "counters", "total", "abc"), "counters holds something other than a whole "
+     "number in the field total", ("create", "--id", "s2")),
+    (("HSET", "counters", "seq", "1.5"), "counters holds something other than a whole "
+     "number in the field seq", ("create", "--id", "s2")),
+    (("HSET", "users", "alice", "abc"), "users holds something other than a whole "
+     "number in the field alice", ("create", "--id", "s2", "--user", "alice")),
+    (("HSET", "users", "alice", "abc"), "users holds something other than a whole "
+     "number in the field alice", ("delete", "s1")),
+    (("SET", "o:0", "junk"), "o:0 is a string, not a hash", ("create", "--id", "s2")),
+], ids=["counter", "seq", "user-count-create", "user-count-delete", "order-bucket"])
+def test_a_key_the_commit_would_fail_on_refuses_the_whole_request_with_nothing_written(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    damage: tuple[str, ...], said: str, request_: tuple[str, ...],
+) -> None:
+    """The engine keeps what a script wrote before a command of it failed:
+    a create used to leave its session and event behind without its count
+    or sequence number (the next create then took the same number and the
+    first dropped out of list and export), all reported as an internal
+    error."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    assert d.ctl("create", "--id", "s1", "--user", "alice").returncode == 0
+    verb, name, *rest = damage
+    if verb == "SET":
+        node.cli("DEL", tag(d) + name)
+    node.cli(verb, tag(d) + name, *rest)
+    before = _namespace_state(node, d)
+    got = d.ctl(*request_)
+    assert got.returncode == 1, got.stderr
+    assert got.stdout == ""
+    assert f"the engine's key {tag(d)}{said}: it was changed outside sessiond; " \
+        "nothing of this request was written" in got.stderr, got.stderr
+    assert len(got.stderr.strip().splitlines()) == 1
+    assert _namespace_state(node, d) == before
+    assert _alive(d)
+
+
+def test_a_create_refused_for_a_damaged_counter_goes_through_once_it_is_repaired(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    counters = tag(d) + "counters"
+    assert d.ctl("create", "--id", "s1").returncode == 0
+    node.cli("HSET", counters, "total", "abc")
+    assert d.ctl("create", "--id", "s2").returncode == 1
+    node.cli("HSET", counters, "total", "1")
+    assert d.ctl("create", "--id", "s2").returncode == 0
+    assert d.ctl("create", "--id", "s3").returncode == 0
+    assert node.cli("HGET", counters, "seq").strip() == "3"
+    assert node.cli("HGET", counters, "total").strip() == "3"
+    listed = d.ctl("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [s["id"] for s in json.loads(listed.stdout)] == ["s1", "s2", "s3"]
