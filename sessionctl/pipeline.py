@@ -46,12 +46,15 @@ STREAM_EVERY = 16
 class Pending(Generic[T]):
     """The answer to a pipelined request, available after the pipeline ends."""
 
-    __slots__ = ("_value", "_error", "_convert")
+    __slots__ = ("_value", "_error", "_convert", "_sent_on")
 
     def __init__(self, convert: Callable[[Response], T]) -> None:
         self._convert = convert
         self._value: T = _MISSING
         self._error: SessionError | None = None
+        # The pipeline that sent it, once its block ended early: the answer
+        # is read from the connection when asked for (``result``).
+        self._sent_on: Pipeline[Any] | None = None
 
     def _settle(self, response: Response) -> None:
         if isinstance(response, ErrorReply):
@@ -61,13 +64,22 @@ class Pending(Generic[T]):
 
     def result(self) -> T:
         """The value, or the error the daemon answered with (a
-        ``SessionError``). Raises ``RuntimeError`` before the pipeline is
-        sent."""
+        ``SessionError``). Raises ``RuntimeError`` when the request was not
+        sent; for one sent by a block that an exception ended, reads its
+        answer first, and raises what the client's reads raise
+        (``DaemonUnavailable``, ``ClientClosed``: its outcome is then
+        unknown)."""
+        if self._value is _MISSING and self._error is None and self._sent_on is not None:
+            self._sent_on._read_answer(self)
         if self._error is not None:
             raise self._error
         if self._value is _MISSING:
             raise RuntimeError("the pipeline has not been sent yet")
         return self._value
+
+    @property
+    def _settled(self) -> bool:
+        return self._value is not _MISSING or self._error is not None
 
 
 class Batch(Operations, Generic[D]):
@@ -140,10 +152,10 @@ class Pipeline(Batch[D]):
     are queued (see the module's docstring); the answers are read and
     settled at the latest by ``execute()``, which the block's end calls.
     A block left by an exception sends no more: what was sent already is
-    answered (its ``Pending``s settle when the client next reads), and the
-    client stays usable. A pipeline belongs to the thread that fills it;
-    its client may be shared (each send, and an execution, hold the
-    client's lock)."""
+    answered (its ``Pending``'s ``result()`` reads its answer, or it settles
+    when the client next reads), and the client stays usable. A pipeline
+    belongs to the thread that fills it; its client may be shared (each
+    send, and an execution, hold the client's lock)."""
 
     _client: Client
 
@@ -280,9 +292,23 @@ class Pipeline(Batch[D]):
         self._streaming = True
         return self
 
+    def _read_answer(self, pending: Pending[Any]) -> None:
+        """Read until ``pending`` (sent by this pipeline) is answered."""
+        c = self._client
+        with c._lock:
+            c._check_open()
+            while not pending._settled:
+                self._settle_strays(block=True)
+
     def __exit__(
         self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._streaming = False
         if t is None:
             self.execute()
+        else:
+            # Nothing more is sent; what was is answered, and its Pendings
+            # read their answers when asked (or settle at the client's next
+            # read): a request that was carried out never says it was not.
+            for pending in self._sent.values():
+                pending._sent_on = self

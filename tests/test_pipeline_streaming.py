@@ -60,6 +60,26 @@ def test_a_block_left_by_an_exception_leaves_the_connection_in_step(daemon: Daem
         assert all(x.result().version == got.version for x in again)
 
 
+def test_a_request_sent_before_an_exception_ended_the_block_answers_when_asked(
+    daemon: Daemon,
+) -> None:
+    """Not "not sent yet" for a request that was sent and carried out: a
+    caller told so would send it again."""
+    with daemon.client() as c:
+        with pytest.raises(Stop), c.pipeline() as p:
+            made = [p.create(id=f"asked-{n}") for n in range(STREAM_EVERY + 2)]
+            raise Stop
+        # Asked before anything else reads the connection.
+        assert made[0].result().id == "asked-0"
+        assert made[STREAM_EVERY - 1].result().id == f"asked-{STREAM_EVERY - 1}"
+        for unsent in made[STREAM_EVERY:]:
+            with pytest.raises(RuntimeError, match="not been sent"):
+                unsent.result()
+        assert c.get("asked-0").id == "asked-0"
+        with pytest.raises(SessionNotFound):
+            c.get(f"asked-{STREAM_EVERY}")
+
+
 def test_a_discarded_pipeline_leaves_the_connection_in_step(daemon: Daemon) -> None:
     with daemon.client() as c:
         made = c.create(id="discarded")
