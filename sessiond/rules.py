@@ -432,7 +432,9 @@ def purge_key(record: Record) -> int:
 def next_version(sid: str, version: int) -> int:
     """The version of a change a client asks for; refused at the top."""
     if version >= MAX_VERSION:
-        raise InvalidRequest(
+        # The state refuses it, not the request's shape: a conflict (exit 1),
+        # with no pointer to the command's help.
+        raise Conflict(
             f"session {sid} is at version {version}, the highest there is: it cannot be "
             f"changed any more; delete it and create it again"
         )
