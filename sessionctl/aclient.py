@@ -38,7 +38,7 @@ from sessionctl.connection import (
     python_advice,
     refusal,
 )
-from sessionctl.importing import IMPORT_PAGE_BYTES, add_up, import_plan
+from sessionctl.importing import add_up, import_plan
 from sessionctl.operations import Operations, watch_request
 from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
@@ -378,8 +378,7 @@ class AsyncClient(Operations):
         raises alike)."""
         arguments.sessions(sessions, SESSION_KINDS)
         config = await self.config("max_frame_bytes")
-        limit = min(IMPORT_PAGE_BYTES, int(config["max_frame_bytes"]))
-        for item in import_plan(sessions, limit):
+        for item in import_plan(sessions, int(config["max_frame_bytes"])):
             yield item if isinstance(item, ImportResult) else await self.import_page(item)
 
     @overload

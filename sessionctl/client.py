@@ -355,10 +355,10 @@ class Client(Operations):
         ``InvalidRequest`` when an item is not a session or holds a value
         that cannot be sent (the pages before it are committed)."""
         from sessionctl import arguments
-        from sessionctl.importing import IMPORT_PAGE_BYTES, import_plan
+        from sessionctl.importing import import_plan
 
         arguments.sessions(sessions, SESSION_KINDS)
-        limit = min(IMPORT_PAGE_BYTES, int(self.config("max_frame_bytes")["max_frame_bytes"]))
+        limit = int(self.config("max_frame_bytes")["max_frame_bytes"])
         for item in import_plan(sessions, limit):
             yield item if isinstance(item, ImportResult) else self.import_page(item)
 

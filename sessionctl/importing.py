@@ -22,12 +22,18 @@ IMPORT_PAGE_BYTES = 1 << 20
 
 
 def import_plan(
-    sessions: Iterable[Session | model.Session], limit: int
+    sessions: Iterable[Session | model.Session], max_frame_bytes: int
 ) -> Iterator[list[Session | model.Session] | ImportResult]:
     """``sessions`` in pages to send, each of at most ``PAGE_MAX`` sessions
-    and of at most ``limit`` bytes encoded (the request around them
-    included); a session too big for any page comes as an ``ImportResult``
-    that skips it, with its reason."""
+    and of at most ``IMPORT_PAGE_BYTES`` or the daemon's ``max_frame_bytes``
+    encoded, the smaller (the request around them included); a session too
+    big for any page comes as an ``ImportResult`` that skips it, with its
+    reason, which names the bound that applied."""
+    limit = min(IMPORT_PAGE_BYTES, max_frame_bytes)
+    if limit == max_frame_bytes:
+        bound = f"the daemon's max_frame_bytes is {max_frame_bytes}"
+    else:
+        bound = f"an import page carries at most {IMPORT_PAGE_BYTES} bytes"
     # The request around the sessions: its keys, the largest id, and the
     # largest array header (5 bytes where an empty array takes 1).
     budget = limit - len(encoder.encode(Import(id=2**63 - 1, sessions=[]))) - 4
@@ -49,8 +55,7 @@ def import_plan(
             ) from exc
         if n > budget:
             yield ImportResult(skipped=1, reasons=[
-                f"{session.id}: {n} bytes encoded, more than one request may carry "
-                f"(the daemon's max_frame_bytes is {limit})"
+                f"{session.id}: {n} bytes encoded, more than one request may carry ({bound})"
             ])
             continue
         if page and (len(page) == PAGE_MAX or size + n > budget):

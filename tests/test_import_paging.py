@@ -73,6 +73,17 @@ def test_pages_follow_a_lowered_max_frame_bytes_and_a_session_too_big_is_skipped
         assert c.ping().pid == c.server_pid
 
 
+def test_a_session_past_the_page_bound_is_skipped_naming_that_bound(daemon: Daemon) -> None:
+    """Not the daemon's max_frame_bytes (4 MiB here), which it fits in."""
+    huge = sessions(1, 1_500_000, prefix="huge")
+    with daemon.client() as c:
+        result = c.import_sessions(huge)
+    assert (result.imported, result.skipped) == (0, 1)
+    (reason,) = result.reasons
+    assert "an import page carries at most 1048576 bytes" in reason
+    assert "max_frame_bytes" not in reason
+
+
 def _write(path: Path, items: list[Session]) -> None:
     path.write_bytes(b"".join(plain_line(s) for s in items))
 
