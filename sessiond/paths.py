@@ -159,8 +159,15 @@ def private_dir(path: Path) -> Path:
 
 
 def lock_data_dir(lock_path: Path) -> int:
-    """Exclusive lock on the data dir, held for the daemon's life."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Exclusive lock on the data dir, held for the daemon's life. Raises
+    ``StartError`` when another daemon holds it or it cannot be made."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StartError(
+            f"cannot use data dir {lock_path.parent}: its lock file {lock_path.name} cannot be "
+            f"opened: {exc.strerror or exc}"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

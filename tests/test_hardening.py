@@ -143,6 +143,21 @@ UNSAFE = {
 }
 
 
+def test_a_data_dir_whose_lock_cannot_be_opened_is_refused_in_words(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """A read-only file system or a lock that is not a file: one line that
+    says which data dir cannot be used and why, not a bare OS error."""
+    d = make_daemon(start=False)
+    d.data_dir.mkdir(mode=0o700)
+    (d.data_dir / "sessiond.lock").mkdir()
+    text = exits_refusing(
+        d, f"cannot use data dir {d.data_dir}: its lock file sessiond.lock cannot be opened",
+        "Is a directory",
+    )
+    assert "Errno" not in text
+
+
 @pytest.mark.parametrize("which", ["socket", "data"])
 @pytest.mark.parametrize("case", sorted(UNSAFE))
 def test_unsafe_directory_is_refused_naming_it(
