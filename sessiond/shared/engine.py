@@ -160,9 +160,9 @@ class SharedStore:
         return now, counters, int(users), int(soon)
 
     async def layout(self) -> int:
-        """The namespace's layout of keys (``LAYOUT`` for a new one, which
-        this marks: again if its answer was lost). Raises ``ReadOnly`` when
-        a new one cannot be marked."""
+        """The namespace's layout of keys (``LAYOUT`` for a new one, or one
+        whose mark the engine lost, which this marks: again if its answer
+        was lost). Raises ``ReadOnly`` when one cannot be marked."""
         (reply,) = await self.link.call([
             ("EVALSHA", self._layout, 2, self.counters, self.first_order, LAYOUT),
         ])
