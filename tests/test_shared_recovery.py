@@ -47,3 +47,53 @@ def test_a_daemon_starts_on_a_namespace_flushed_while_daemons_ran(
         made = c.create().id
     with a.client() as c:
         assert [s.id for s in c.list()] == [kept, made]
+
+
+def test_reads_go_on_while_the_engine_refuses_writes_and_answer_expired_past_the_deadline(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    """As in local mode with a read-only journal: a read of a session past
+    its deadline answers it expired without persisting the expiry, which
+    the lease holder makes once the engine takes writes again."""
+    node = make_redis(extra=("--maxmemory-policy", "noeviction"))
+    d = make_daemon_on(backend=node.url)
+    key = tag(d) + "s:"
+    with d.client() as c:
+        lasting = c.create(ttl=3600, meta={"k": "v"}).id
+        passing = c.create(ttl=5).id
+    # Below what it uses (noeviction): every write is refused.
+    used = int(node.cli("INFO", "memory").split("used_memory:")[1].split()[0])
+    node.cli("CONFIG", "SET", "maxmemory", str(used // 2))
+    assert node.cli("HEXISTS", key + passing, "x").strip() == "0"  # not expired in time
+    deadline = int(node.cli("HGET", key + passing, "e"))
+    wait_until(lambda: _engine_now(node) > deadline, 20, "the session's deadline to pass")
+
+    got = d.ctl("get", passing, "--json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["status"] == "expired"
+    with d.client() as c:
+        assert c.get(passing).status == "expired"
+        assert c.get(lasting).meta == {"k": "v"}
+        listed = {s.id: s.status for s in c.list()}
+        assert listed == {lasting: "active", passing: "expired"}
+        assert isinstance(fails(lambda: c.set(lasting, "k", "w")), ReadOnly)
+        assert isinstance(fails(lambda: c.get(passing, touch=True)), ReadOnly)
+    exported = d.ctl("export", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    assert {json.loads(line)["id"] for line in exported.stdout.splitlines()} == {
+        lasting, passing}
+    # Nothing was persisted, and stats says why.
+    assert node.cli("HEXISTS", key + passing, "x").strip() == "0"
+    assert node.cli("HGET", key + lasting, "m").strip() == '{"k":"v"}'
+    refusing = figures(d).read_only
+    assert refusing is not None and "refuses writes" in refusing, refusing
+    shown = d.ctl("stats")
+    assert "read only" in shown.stdout and "refuses writes" in shown.stdout, shown.stdout
+    assert d.proc is not None and d.proc.poll() is None
+
+    node.cli("CONFIG", "SET", "maxmemory", "0")
+    with d.client() as c:
+        assert c.set(lasting, "k", "w").version == 2
+    assert figures(d).read_only is None
+    wait_until(lambda: node.cli("HEXISTS", key + passing, "x").strip() == "1", 20,
+               "the lease holder to expire the session once writes are taken")

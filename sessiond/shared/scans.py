@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sessiond import config, rules
-from sessiond.errors import ConfigError, InvalidRequest, TooLarge, Unsupported
+from sessiond.errors import ConfigError, InvalidRequest, ReadOnly, TooLarge, Unsupported
 from sessiond.live import Live, rules_of
 from sessiond.model import PURGED, Change, Record
 from sessiond.protocol import (
@@ -111,8 +111,13 @@ async def list_page(store: SharedStore, settings: Rules, req: List) -> Response:
                 size += len(record.meta_json) + RECORD_OVERHEAD_BYTES
             last = record.seq
         # An expiry another daemon raced is no reason to fail a read: the
-        # record is expired either way.
-        await commit_each(store, changes, now)
+        # record is expired either way. Nor is an engine that refuses
+        # writes: the page shows them expired all the same (as a ``get``
+        # does), and the lease holder expires them once it takes writes.
+        try:
+            await commit_each(store, changes, now)
+        except ReadOnly:
+            pass
         after = last
         if not more:
             break
