@@ -97,3 +97,35 @@ def test_reads_go_on_while_the_engine_refuses_writes_and_answer_expired_past_the
     assert figures(d).read_only is None
     wait_until(lambda: node.cli("HEXISTS", key + passing, "x").strip() == "1", 20,
                "the lease holder to expire the session once writes are taken")
+
+
+def test_max_lifetime_set_again_caps_the_sessions_a_failed_scan_left(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        damaged = c.create(ttl=3600).id
+        intact = c.create(ttl=3600).id
+    node.cli("HDEL", tag(d) + "s:" + damaged, "t")
+
+    failed = d.ctl("config", "max_lifetime", "60")
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert failed.stderr.startswith("sessionctl: error: ") and failed.stderr.count("\n") == 1
+    assert "max_lifetime 60 is in force" in failed.stderr, failed.stderr
+    assert f"session {damaged}" in failed.stderr
+    assert "run the command again" in failed.stderr
+    shown = d.ctl("config", "max_lifetime")
+    assert shown.returncode == 0 and shown.stdout.strip() in ("60", "1m"), shown.stdout
+    with d.client() as c:
+        s = c.get(intact)
+        assert s.expires_at_us - s.created_at_us > 60 * US  # not capped: the scan stopped
+
+    node.cli("HSET", tag(d) + "s:" + damaged, "t", "3600")
+    again = d.ctl("config", "max_lifetime", "60")
+    assert again.returncode == 0, again.stderr
+    with d.client() as c:
+        for sid in (intact, damaged):
+            s = c.get(sid)
+            assert s.expires_at_us - s.created_at_us <= 60 * US, sid
