@@ -129,3 +129,25 @@ def test_max_lifetime_set_again_caps_the_sessions_a_failed_scan_left(
         for sid in (intact, damaged):
             s = c.get(sid)
             assert s.expires_at_us - s.created_at_us <= 60 * US, sid
+
+
+def test_a_session_key_holding_a_string_is_refused_by_name_and_serving_goes_on(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        junk, intact = c.create().id, c.create().id
+    node.cli("SET", tag(d) + "s:" + junk, "junk")
+    for command in (("get", junk), ("set", junk, "k", "v"), ("delete", junk)):
+        r = d.ctl(*command)
+        assert r.returncode == 1, (command, r.stderr)
+        assert r.stdout == ""
+        assert r.stderr.startswith("sessionctl: error: ") and r.stderr.count("\n") == 1
+        assert f"session {junk} in the engine is not a hash" in r.stderr, r.stderr
+        assert "holds a string" in r.stderr and "changed outside sessiond" in r.stderr
+        assert "closing the connection" not in r.stderr
+    assert node.cli("GET", tag(d) + "s:" + junk).strip() == "junk"
+    assert d.ctl("get", intact).returncode == 0
+    assert d.proc is not None and d.proc.poll() is None
+    assert "Traceback" not in d.log_text()
