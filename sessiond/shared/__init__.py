@@ -137,7 +137,7 @@ class SharedEngine:
             "due_next_minute": soon,
             "expiries_done": counters.get("expiries", 0),
             "purges_done": counters.get("purges", 0),
-            "read_only": None,
+            "read_only": store.link.refusing,
             "backend_ok": True,
             "backend_error": None,
         }

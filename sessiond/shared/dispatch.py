@@ -242,7 +242,7 @@ class SharedDispatcher:
                 now, records = await self.store.fetch([sid] if sid else [])
                 view = View(rules_of(self.live.settings), records)
                 reply, made = self._apply(_OnView(self, view), req, now)
-                if not made or (await self.store.commit([made], now))[0]:
+                if not made or await self._committed(req, made, now):
                     return reply
             except SessionError as exc:
                 return _error(req.id, exc)
@@ -253,11 +253,24 @@ class SharedDispatcher:
                 ))
             await anyio.sleep(random.uniform(0, min(0.001 * 2**tries, AGAIN_PAUSE_MAX)))
 
+    async def _committed(self, req: Request, made: list[Change], now: int) -> bool:
+        """Whether ``req``'s changes were committed. A read's are lazy
+        expiries: refused by an engine that refuses writes, its expired
+        answer holds all the same (the session is past its deadline, as in
+        local mode with a read-only journal: ``Dispatcher._commit``), and
+        the lease holder expires it once the engine takes writes again."""
+        try:
+            return (await self.store.commit([made], now))[0]
+        except ReadOnly:
+            if _writes(req):
+                raise
+            return True
+
     async def _refused(self, run: list[Request], exc: SessionError) -> list[Response]:
         """The commit of a run failed: what each request is told."""
         replies: list[Response] = []
         for req in run:
-            writes = type(req).writes or (isinstance(req, Get) and req.touch)
+            writes = _writes(req)
             if isinstance(exc, ReadOnly) and not writes:
                 # Nothing was written: a read is answered on what stands.
                 replies.append(await self._again(req))
@@ -304,6 +317,11 @@ class SharedDispatcher:
                 f"sessions itself (see its appendonly and auto-aof-rewrite settings)"
             ),
         )
+
+
+def _writes(req: Request) -> bool:
+    """Whether ``req`` changes something by itself (not a lazy expiry)."""
+    return type(req).writes or (isinstance(req, Get) and req.touch)
 
 
 def _error(req_id: int, exc: SessionError) -> ErrorReply:

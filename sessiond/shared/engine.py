@@ -107,11 +107,25 @@ class SharedStore:
         replies = await self.link.call(
             [("TIME",)] + [("HMGET", self.key(sid), *READ) for sid in sids]
         )
+        for sid, reply in zip(sids, replies[1:], strict=True):
+            if isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE"):
+                await self._not_a_hash(sid)
         _raise_errors(replies)
         records = {
             sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)
         }
         return _now(replies[0]), records
+
+    async def _not_a_hash(self, sid: str) -> None:
+        """Raise ``InternalError`` for a session's key that holds another
+        type than a hash (set outside sessiond): named, as a damaged hash
+        is (``hashes.record_of``), not the engine's bare WRONGTYPE."""
+        (kind,) = await self._calls([("TYPE", self.key(sid))])
+        raise InternalError(
+            f"session {sid} in the engine is not a hash (its key {self.key(sid)} holds a "
+            f"{_text(kind)}): it was changed outside sessiond; delete or repair that key "
+            f"in the engine"
+        )
 
     async def page(
         self, after: int, want: int, user: str | None, most: int = SCAN_MOST
@@ -162,9 +176,9 @@ class SharedStore:
         return now, counters, int(users), int(soon)
 
     async def layout(self) -> int:
-        """The namespace's layout of keys (``LAYOUT`` for a new one, which
-        this marks: again if its answer was lost). Raises ``ReadOnly`` when
-        a new one cannot be marked."""
+        """The namespace's layout of keys (``LAYOUT`` for a new one, or one
+        whose mark the engine lost, which this marks: again if its answer
+        was lost). Raises ``ReadOnly`` when one cannot be marked."""
         (reply,) = await self.link.call([
             ("EVALSHA", self._layout, 2, self.counters, self.first_order, LAYOUT),
         ])

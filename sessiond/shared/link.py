@@ -75,6 +75,11 @@ class Link:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._scripts: dict[bytes, bytes] = {}  # sha -> source, to load again
         self.last_error: str | None = None
+        # Why the engine refused the last write sent (``None``: it took it,
+        # or none was refused): what ``stats`` shows as read only. Known
+        # from the writes themselves, as the local journal's read-only mode
+        # is: no probe that writes.
+        self.refusing: str | None = None
         self.node = backend.shown
         # The replicas setting: writes wait for this many replicas (WAIT).
         self.replicas = 0
@@ -147,6 +152,8 @@ class Link:
             waited = replies.pop() if waiting else None
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
+                if writes:
+                    self.refusing = None
                 if waiting:
                     self._check_replicas(waited)
                 return replies
@@ -162,7 +169,8 @@ class Link:
                 continue
             for e in errors:
                 if _refuses_writes(e):
-                    raise ReadOnly(f"the shared engine {self.node} refuses writes: {_reason(e)}")
+                    self.refusing = f"the shared engine {self.node} refuses writes: {_reason(e)}"
+                    raise ReadOnly(self.refusing)
             if waiting:
                 self._check_replicas(waited)
             return replies

@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sessiond import config, rules
-from sessiond.errors import ConfigError, InvalidRequest, TooLarge, Unsupported
+from sessiond.errors import (
+    ConfigError,
+    InvalidRequest,
+    ReadOnly,
+    SessionError,
+    TooLarge,
+    Unsupported,
+)
 from sessiond.live import Live, rules_of
 from sessiond.model import PURGED, Change, Record
 from sessiond.protocol import (
@@ -111,8 +118,13 @@ async def list_page(store: SharedStore, settings: Rules, req: List) -> Response:
                 size += len(record.meta_json) + RECORD_OVERHEAD_BYTES
             last = record.seq
         # An expiry another daemon raced is no reason to fail a read: the
-        # record is expired either way.
-        await commit_each(store, changes, now)
+        # record is expired either way. Nor is an engine that refuses
+        # writes: the page shows them expired all the same (as a ``get``
+        # does), and the lease holder expires them once it takes writes.
+        try:
+            await commit_each(store, changes, now)
+        except ReadOnly:
+            pass
         after = last
         if not more:
             break
@@ -245,14 +257,30 @@ async def config_set(
             )
         now = await store.time()
         await store.set_setting(req.key, json.dumps(value).encode(), now)
-        old_cap = live.settings.max_lifetime
         await adopt(new)
         cap = new.settings.max_lifetime
-        if cap and (not old_cap or cap < old_cap):
-            await cap_all(store, rules_of(new.settings))
+        if req.key == "max_lifetime" and cap:
+            # Every time it is set, not only when lowered: the scan is
+            # idempotent, and it is how a scan that failed (a damaged hash,
+            # the engine away) is finished once the cause is gone.
+            await _cap_existing(store, rules_of(new.settings), cap)
     return ConfigReply(
         id=req.id, config={req.key: value}, sources={req.key: new.source(req.key)}
     )
+
+
+async def _cap_existing(store: SharedStore, settings: Rules, cap: int) -> None:
+    """``cap_all`` after ``max_lifetime`` was stored: a scan that fails
+    raises its error again, saying that the setting is in force all the same
+    and how to finish."""
+    try:
+        await cap_all(store, settings)
+    except SessionError as exc:
+        raise type(exc)(
+            f"max_lifetime {cap} is in force, but the existing sessions were not all "
+            f"brought within it yet: {exc}; once that is fixed, run the command again "
+            f"to finish"
+        ) from exc
 
 
 async def cap_all(store: SharedStore, settings: Rules) -> None:

@@ -275,13 +275,15 @@ return {last, more, out}
 
 # The namespace's layout of keys: KEYS counters, the first layout's order
 # (a sorted set); ARGV this sessiond's layout. Returns the namespace's
-# layout, and marks a new namespace with ARGV's.
+# layout, and marks with ARGV's a namespace that has no mark. What tells
+# the first layout is its order, which held every session until it was
+# purged; not a sequence number in the counters without a mark: the
+# running daemons' commits put ``seq`` back after the engine lost its keys
+# (FLUSHALL, a restart that came back empty), never ``layout``.
 LAYOUT: Final = """
 local v = redis.call('HGET', KEYS[1], 'layout')
 if v then return v end
-if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HEXISTS', KEYS[1], 'seq') == 1 then
-  return '1'
-end
+if redis.call('EXISTS', KEYS[2]) == 1 then return '1' end
 redis.call('HSET', KEYS[1], 'layout', ARGV[1])
 return ARGV[1]
 """
