@@ -92,6 +92,10 @@ def prepare_config(args: Args) -> None:
     if args.value is None:
         return
     value = parse_value(args.value)
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        # Past what the protocol carries: as the text typed, which the
+        # daemon refuses naming the key's range, as for any other value.
+        value = args.value
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if args.key in SECONDS_KEYS and not number:
         from sessiond.timeparse import DURATION_FORMS, parse_duration

@@ -197,7 +197,10 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
     [(("default_ttl", "soon"), "invalid value 'soon' for default_ttl"),
      (("fsync", "sometimes"), "invalid value 'sometimes' for fsync"),
      (("colour", "blue"), "unknown config key 'colour'"),
-     (("colour",), "unknown config key 'colour'")],
+     (("colour",), "unknown config key 'colour'"),
+     (("max_frame_bytes", "99999999999999999999"),
+      "invalid value '99999999999999999999' for max_frame_bytes: max_frame_bytes takes a "
+      "whole number of bytes from 1024 to ")],
 )
 def test_a_bad_key_or_value_is_exit_2_with_the_daemons_message(
     d: Daemon, args: tuple[str, ...], needle: str
