@@ -118,12 +118,32 @@ def time_left(s: Session, now: int) -> str:
     return f"expires {relative(s.expires_at_us, now)}"
 
 
+def width(text: str) -> int:
+    """The columns ``text`` takes on a terminal: two for a wide character
+    (CJK, most emoji), none for a combining mark or a zero-width one, one
+    for the rest; as wcwidth(3) counts, near enough to align tables."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    columns = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Me", "Mn", "Cf"):
+            continue
+        columns += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return columns
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
+
+
 def fields(rows: Iterable[tuple[str, Any]]) -> str:
     """``key   value`` lines with the values aligned, both escaped (so a
     caller passes them raw, and escaping happens once)."""
     shown = [(escape(str(k)), escape(str(v))) for k, v in rows]
-    width = max((len(k) for k, _ in shown), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in shown)
+    columns = max((width(k) for k, _ in shown), default=0)
+    return "\n".join(f"{_pad(k, columns)}  {v}" for k, v in shown)
 
 
 def meta_text(value: Any) -> str:
@@ -157,9 +177,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Aligned columns, every cell escaped (a newline in a value must not
     start a row of its own)."""
     lines = [[escape(cell) for cell in line] for line in (header, *rows)]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    widths = [max(width(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
+        "  ".join(_pad(cell, widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +154,31 @@ def test_the_export_summary_escapes_the_path_it_names(daemon: Daemon, tmp_path: 
     assert_clean(r.stdout)
     assert r.stdout == f"exported 0 sessions to {tmp_path}/out\\x1b[2J\\n.json\n"
     assert json.loads(target.read_text()) == []
+
+
+def test_list_aligns_columns_by_the_width_a_terminal_gives_wide_and_combining_characters(
+    daemon: Daemon,
+) -> None:
+    """A wide character (CJK, an emoji) takes two columns and a combining
+    accent none: padded by code points, the columns after them would
+    shift."""
+    users = ["\U0001f44d\U0001f44d", "\u65e5\u672c\u8a9e", "e\u0301clair", "ascii"]
+    with daemon.client() as c:
+        for user in users:
+            c.create(user=user)
+    r = daemon.ctl("list")
+    assert r.returncode == 0, r.stderr
+
+    def width(text: str) -> int:
+        return sum(
+            0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) == "W" else 1
+            for ch in text
+        )
+
+    lines = r.stdout.splitlines()
+    header = lines[0]
+    status_at = width(header[: header.index("STATUS")])
+    rows = [line for line in lines[1:] if "active" in line]
+    assert len(rows) == len(users)
+    for row in rows:
+        assert width(row[: row.index("active")]) == status_at, row
