@@ -68,6 +68,15 @@ class InternalError(SessionError):
     code = "internal"
 
 
+class EngineError(InternalError):
+    """The shared engine answered a command with an error; ``text`` holds
+    its own words (what callers that expect a particular error look at)."""
+
+    def __init__(self, message: str, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
+
+
 class DaemonUnavailable(SessionError):
     """Nothing answers on the socket (and autostart was off or failed)."""
 

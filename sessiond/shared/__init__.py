@@ -21,7 +21,14 @@ from typing import Any
 import anyio.abc
 
 from sessiond import config
-from sessiond.errors import BackendUnavailable, ConfigError, ReadOnly, SessionError, StartError
+from sessiond.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InternalError,
+    ReadOnly,
+    SessionError,
+    StartError,
+)
 from sessiond.live import Live
 from sessiond.shared import scans
 from sessiond.shared.dispatch import SharedDispatcher
@@ -58,6 +65,7 @@ class SharedEngine:
         self._sessions = 0
         self.appendfsync: str | None = None
         self._unreadable: str | None = None  # why the settings cannot be read, said once
+        self._unknown: list[str] = []  # keys of the namespace's settings left out, said once
 
     def _settings_changed(self, settings: config.Settings) -> None:
         self._follow(settings)
@@ -82,23 +90,30 @@ class SharedEngine:
     async def _reload(self) -> None:
         """The namespace's settings read again (another daemon changed one,
         or the poll). One this daemon cannot read (a bad value written in
-        the engine by hand, a key of a newer sessiond) is said, once, and
-        the settings in force are kept: it must not stop the daemon, nor
-        with it every daemon of the namespace, which all read it."""
+        the engine by hand, the config key of another type) is said, once,
+        and the settings in force are kept: it must not stop the daemon,
+        nor with it every daemon of the namespace, which all read it. A key
+        it does not know (a newer sessiond's) is said once and left out."""
         try:
-            layers = await scans.namespace_layers(self.store, self.live.layers)
-        except ConfigError as exc:
+            layers, unknown = await scans.namespace_layers(self.store, self.live.layers)
+        except BackendUnavailable:
+            return  # the engine is away: the reaper says so, and requests fail
+        except SessionError as exc:
             if self._unreadable != str(exc):
                 log.error("settings not reloaded, those in force kept: %s", exc)
                 self._unreadable = str(exc)
             return
-        except SessionError:
-            return  # the engine is away: the reaper says so, and requests fail
         if self._unreadable is not None:
             log.info("the namespace's settings are readable again")
             self._unreadable = None
+        self._said_unknown(unknown)
         if layers != self.live.layers:
             await self.dispatcher.adopt(layers)
+
+    def _said_unknown(self, unknown: list[str]) -> None:
+        if unknown and unknown != self._unknown:
+            log.warning(_UNKNOWN, self.store.config, ", ".join(unknown))
+        self._unknown = unknown
 
     async def figures(self, now: int) -> dict[str, Any]:
         """Stats: the namespace's counts from the engine, this daemon's
@@ -153,6 +168,10 @@ class SharedEngine:
         return f"shared engine {self.store.link.node}, namespace {self.store.namespace}"
 
 
+_UNKNOWN = ("the namespace's settings (%s) hold keys this sessiond does not know, left out "
+            "(a newer sessiond's?): %s")
+
+
 def _no_counts() -> dict[str, Any]:
     return {
         "total_sessions": 0, "active": 0, "expired": 0, "unique_users": 0,
@@ -204,19 +223,23 @@ async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -
         if policy is None:
             log.warning("the shared engine %s does not say its maxmemory-policy (CONFIG GET "
                         "refused): make sure it cannot evict keys", store.link.node)
-        live = Live(await scans.namespace_layers(store, layers))
+        found, unknown = await scans.namespace_layers(store, layers)
+        live = Live(found)
         ignored = sorted(k for k in scans.ENGINE_OWNED if k in layers.file)
         if ignored:
             log.warning("%s: %s have no effect in shared mode (the engine persists the "
                         "sessions by its own settings)", layers.path, ", ".join(ignored))
         engine = SharedEngine(store, live)
+        engine._said_unknown(unknown)
         appendonly = await store.engine_setting("appendonly")
         fsync = await store.engine_setting("appendfsync")
         engine.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
     except BackendUnavailable as exc:
         await store.link.close()
         raise StartError(str(exc)) from exc
-    except ConfigError as exc:
+    except (ConfigError, InternalError) as exc:
+        # A bad value of the namespace's settings, a key of it holding
+        # another type (the link's words name it): one line, not a trace.
         await store.link.close()
         raise StartError(str(exc)) from exc
     log.info("sessions are in the shared engine %s, namespace %s", store.link.node, namespace)

@@ -305,8 +305,10 @@ class SharedDispatcher:
 
     async def reload(self) -> None:
         """The namespace's settings read again from the engine (SIGHUP,
-        and every change another daemon makes)."""
-        await self.adopt(await scans.namespace_layers(self.store, self.live.layers))
+        and every change another daemon makes). Keys it does not know are
+        left out, and said by the engine's reading of them (``SharedEngine``)."""
+        layers, _ = await scans.namespace_layers(self.store, self.live.layers)
+        await self.adopt(layers)
 
     async def compact(self) -> CompactResult:
         now, counters, _, _ = await self.store.stats()

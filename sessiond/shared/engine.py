@@ -28,11 +28,12 @@ them are in one slot of a Cluster: a script touches only its own slot.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from sessiond.errors import InternalError
+from sessiond.errors import EngineError, InternalError
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
 from sessiond.shared.hashes import READ, Group, record_of
@@ -76,6 +77,8 @@ class SharedStore:
         self.first_order = tag + "order"
         self.users, self.counters = tag + "users", tag + "counters"
         self.events, self.config, self.lease = tag + "events", tag + "config", tag + "lease"
+        self._tag = tag
+        link.kinds = self.kind_of
         self._commit = link.script(scripts.COMMIT)
         self._page = link.script(scripts.PAGE)
         self._due = link.script(scripts.DUE)
@@ -96,6 +99,16 @@ class SharedStore:
     def key(self, sid: str) -> str:
         return self.prefix + sid
 
+    def kind_of(self, key: str) -> str | None:
+        """The type ``key`` holds in this layout, as TYPE names it
+        (``None``: not a key of the namespace's)."""
+        if not key.startswith(self._tag):
+            return None
+        name = key[len(self._tag):]
+        if name.startswith(("s:", "o:")):
+            return "hash"
+        return _KINDS.get(name)
+
     # -- reading -----------------------------------------------------------
 
     async def time(self) -> int:
@@ -108,7 +121,7 @@ class SharedStore:
             [("TIME",)] + [("HMGET", self.key(sid), *READ) for sid in sids]
         )
         for sid, reply in zip(sids, replies[1:], strict=True):
-            if isinstance(reply, Exception) and str(reply).startswith("WRONGTYPE"):
+            if isinstance(reply, EngineError) and reply.text.startswith("WRONGTYPE"):
                 await self._not_a_hash(sid)
         _raise_errors(replies)
         records = {
@@ -151,10 +164,32 @@ class SharedStore:
         ])
         secs, micros, expiring, next_due, purging, next_purge = reply
         aside: list[tuple[str, str]] = []
-        return Due(
+        due = Due(
             _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
             _records(purging, aside), _score_of(next_purge), aside,
         )
+        for index, score in ((self.due, next_due), (self.purge, next_purge)):
+            if score is not None and not math.isfinite(float(score)):
+                await self._unbounded(index, aside)
+        return due
+
+    async def _unbounded(self, index: str, aside: list[tuple[str, str]]) -> None:
+        """Entries of ``index`` whose score is no time (+inf or -inf, put
+        there by hand: the engine refuses NaN), added to ``aside``: +inf
+        would never fall due, and next to the finite scores it would be
+        read as the next deadline. Looked up only when the next score is
+        not finite: a -inf one ahead of the others is taken as due and
+        judged by its hash's own deadline (``e``), as any entry is."""
+        found = await self._calls([
+            ("ZRANGE", index, bound, bound, "BYSCORE", "LIMIT", 0, SCAN_MOST)
+            for bound in ("+inf", "-inf")
+        ])
+        for bound, ids in zip(("+inf", "-inf"), found, strict=True):
+            for sid in ids:
+                name = _text(sid)
+                aside.append((name, f"session {name} has the score {bound} in the engine's "
+                                    f"index {index}, which is no time: the index was changed "
+                                    f"outside sessiond"))
 
     async def set_aside(self, sids: Sequence[str]) -> None:
         """Take ``sids`` off the indexes of deadlines, which only the
@@ -243,9 +278,17 @@ class SharedStore:
         if isinstance(reply, Exception):
             raise reply
 
-    async def hold_lease(self, holder: str, ms: int) -> bool:
+    async def hold_lease(self, holder: str, ms: int) -> tuple[bool, str | None]:
+        """Whether ``holder`` holds the expiry lease (taken or extended for
+        ``ms``), and, when another's had no end or one further than ``ms``
+        (set by hand, or by a stranger: expiry would stop for as long),
+        what was cut to ``ms``: its holder and how long it had left."""
         (reply,) = await self._calls([("EVALSHA", self._lease, 1, self.lease, holder, ms)])
-        return bool(int(reply))
+        if not isinstance(reply, list):
+            return bool(int(reply)), None
+        _, other, left = reply
+        had = "no end" if int(left) < 0 else f"{round(int(left) / 1000)}s left"
+        return False, f"the expiry lease of {_text(other)!r} ({self.lease}) had {had}"
 
     async def release_lease(self, holder: str) -> None:
         await self._calls([("EVALSHA", self._release, 1, self.lease, holder)])
@@ -264,7 +307,7 @@ def _refusal(reply: Exception) -> Exception:
     """The commit script's error reply: its refusal of a key changed outside
     sessiond (``scripts.COMMIT``, "DAMAGED <key> <what>") in words, any other
     as it came."""
-    text = str(reply)
+    text = reply.text if isinstance(reply, EngineError) else str(reply)
     if not text.startswith(DAMAGED):
         return reply
     return InternalError(
@@ -309,5 +352,17 @@ def _records(flat: list[Any], aside: list[tuple[str, str]] | None = None) -> lis
 
 
 def _score_of(score: Any) -> int | None:
-    """A score a script returned (``None``: there was none)."""
-    return None if score is None else int(float(score))
+    """A score a script returned (``None``: there was none, or it is no
+    time: ``SharedStore._unbounded`` sets such entries aside)."""
+    if score is None:
+        return None
+    value = float(score)
+    return int(value) if math.isfinite(value) else None
+
+
+# The types of the namespace's keys but sessions' and the order's buckets
+# (hashes), as TYPE names them: a key of another type is named in errors.
+_KINDS = {
+    "due": "zset", "purge": "zset", "users": "hash", "counters": "hash",
+    "events": "stream", "config": "hash", "lease": "string",
+}

@@ -15,7 +15,13 @@ Each round trip has a deadline (``TIMEOUT``): an engine that does not answer
 in time is as good as gone, and is said to be (``BackendUnavailable``,
 naming the engine without its password), unless what was sent may have
 been applied (``OutcomeUnknown``). Refusals to write (a read-only replica,
-out of memory, a failed save) become ``ReadOnly`` with the engine's reason.
+out of memory, a failed save) become ``ReadOnly`` with the engine's reason;
+any other error the engine answers (a key of ours changed by hand to the
+wrong type: WRONGTYPE) becomes ``InternalError`` with the engine's text,
+naming the key where it can (``kinds``): redis-py's own exceptions never
+leave the link, so that every part of the daemon that handles a
+``SessionError`` (a request, the expiry timer, the stream reader) handles
+what the engine's content makes it answer.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -35,7 +41,13 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from sessiond.errors import BackendUnavailable, OutcomeUnknown, ReadOnly, SessionError
+from sessiond.errors import (
+    BackendUnavailable,
+    EngineError,
+    OutcomeUnknown,
+    ReadOnly,
+    SessionError,
+)
 from sessiond.shared.url import Backend
 from sessiond.shared.wire import Borrowed, Command, Lean, pack
 
@@ -84,6 +96,10 @@ class Link:
         # The replicas setting: writes wait for this many replicas (WAIT).
         self.replicas = 0
         self.replicas_timeout = 1.0
+        # The type each key of ours holds (as TYPE names it; ``None``: not
+        # ours), which the store that names the keys sets: a key of
+        # another type in a command the engine refused is named.
+        self.kinds: Callable[[str], str | None] = _unknown_kind
 
     # -- finding the node --------------------------------------------------
 
@@ -134,8 +150,9 @@ class Link:
 
     async def call(self, commands: Sequence[Command], *, writes: bool = False) -> list[Any]:
         """Send ``commands`` in one round trip and return their replies in
-        order; an error reply is returned as its exception (the caller
-        decides), but for those below. Raises ``BackendUnavailable`` (nothing
+        order; an error reply is returned as an ``InternalError`` with the
+        engine's text (the caller decides), but for those below. Raises
+        ``BackendUnavailable`` (nothing
         was applied), ``OutcomeUnknown`` (``writes``, and the engine may
         have applied them, or applied them and fewer replicas than
         ``replicas`` have them), ``ReadOnly`` (the engine refuses writes)."""
@@ -173,8 +190,44 @@ class Link:
                     raise ReadOnly(self.refusing)
             if waiting:
                 self._check_replicas(waited)
-            return replies
+            return await self._ours(commands, replies)
         raise AssertionError("unreachable")
+
+    async def _ours(self, commands: Sequence[Command], replies: list[Any]) -> list[Any]:
+        """``replies`` with each error the engine answered as an
+        ``InternalError``: its text, and for WRONGTYPE the keys of the
+        command that hold another type than ours do (one more round trip,
+        on this path only)."""
+        out: list[Any] = []
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, rx.ResponseError):
+                text = _reason(reply)
+                if text.startswith("WRONGTYPE"):
+                    text += await self._wrong_types(command)
+                reply = EngineError(
+                    f"the shared engine {self.node} answered an error: {text}", _reason(reply)
+                )
+            out.append(reply)
+        return out
+
+    async def _wrong_types(self, command: Command) -> str:
+        """Which keys of ``command`` hold another type than ours do, in
+        words to follow the engine's error ("": none it can tell)."""
+        keys = [k for k in _keys(command) if self.kinds(k) is not None]
+        if not keys:
+            return ""
+        try:
+            types = await self._round_trip([("TYPE", k) for k in keys], False, TIMEOUT)
+        except SessionError:
+            return ""  # the engine went away meanwhile: its error is said as it was
+        wrong = [
+            f"{key} holds a {_decoded(held)} where sessiond keeps a {self.kinds(key)}"
+            for key, held in zip(keys, types, strict=True)
+            if isinstance(held, (bytes, str)) and _decoded(held) not in (self.kinds(key), "none")
+        ]
+        if not wrong:
+            return ""
+        return f" ({'; '.join(wrong)}: changed outside sessiond)"
 
     def _check_replicas(self, reply: Any) -> None:
         """WAIT's answer: how many replicas have the writes (or why the
@@ -333,6 +386,29 @@ def _refuses_writes(error: rx.ResponseError) -> bool:
 def _reason(error: rx.ResponseError) -> str:
     """The engine's reason, without where in our script it was raised."""
     return _IN_SCRIPT.sub("", str(error))
+
+
+def _unknown_kind(key: str) -> str | None:
+    """Until a store says which keys are its own: none is."""
+    return None
+
+
+def _keys(command: Command) -> list[str]:
+    """The keys a command of ours names: a script's KEYS, a stream read's
+    streams, else its first argument."""
+    name = str(command[0]).upper()
+    args = [a if isinstance(a, str) else _decoded(a) if isinstance(a, bytes) else str(a)
+            for a in command[1:]]
+    if name in ("EVALSHA", "EVAL"):
+        return args[2:2 + int(args[1])]
+    if name == "XREAD" and "STREAMS" in args:
+        streams = args[args.index("STREAMS") + 1:]
+        return streams[:len(streams) // 2]
+    return args[:1]
+
+
+def _decoded(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _no_retry() -> Retry:

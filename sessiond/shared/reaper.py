@@ -92,14 +92,21 @@ class Reaper:
             try:
                 asked = time.monotonic()
                 if not self.holding or asked - self._leased >= LEASE_RENEW:
-                    self.holding = await self.store.hold_lease(self.holder, LEASE_MS)
+                    self.holding, cut = await self.store.hold_lease(self.holder, LEASE_MS)
                     self._leased = asked
+                    if cut is not None:
+                        # Cut once: it then runs out as any lease does.
+                        log.warning("%s: cut to %gs, so that expiry goes on when it runs out",
+                                    cut, LEASE_MS / 1000)
                 if self.holding:
                     delay = await self._reap()
                 if self._down is not None:
-                    log.info("the shared engine answers again")
+                    log.info("expiry resumed")
                     self._down = None
             except SessionError as exc:
+                # The engine away, or what it holds (a key of the wrong
+                # type: the link words the engine's error): said once, and
+                # tried again at the timer's pace until it works.
                 self.holding = False
                 if self._down != str(exc):
                     log.error("expiry paused: %s", exc)

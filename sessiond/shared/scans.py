@@ -220,12 +220,20 @@ async def import_page(store: SharedStore, settings: Rules, req: Import) -> Respo
 # -- the namespace's settings ----------------------------------------------
 
 
-async def namespace_layers(store: SharedStore, layers: config.Layers) -> config.Layers:
+async def namespace_layers(
+    store: SharedStore, layers: config.Layers
+) -> tuple[config.Layers, list[str]]:
     """``layers`` with the namespace's settings (from the engine) in the
-    place of the config file's. Raises ``ConfigError`` naming a bad one."""
+    place of the config file's, and the keys among them this sessiond
+    does not know (a newer sessiond's, or written by hand), which it
+    leaves out: one daemon of an older release must run, and restart,
+    among newer ones. Raises ``ConfigError`` naming a bad value."""
     stored = await store.settings()
+    unknown = sorted(set(stored) - set(config.KEYS))
     values: dict[str, Any] = {}
     for key, text in stored.items():
+        if key in unknown:
+            continue
         try:
             values[key] = json.loads(text)
         except ValueError as exc:
@@ -234,7 +242,7 @@ async def namespace_layers(store: SharedStore, layers: config.Layers) -> config.
         config.validate(values)
     except ConfigError as exc:
         raise ConfigError(f"the namespace's settings in the engine: {exc}") from exc
-    return layers.with_namespace(values)
+    return layers.with_namespace(values), unknown
 
 
 async def config_set(

@@ -347,7 +347,10 @@ return 1
 """
 
 # The expiry lease: KEYS lease; ARGV holder, milliseconds. Taken if free,
-# extended if ours; returns 1 when held by ``holder``.
+# extended if ours; returns 1 when held by ``holder``, 0 when by another.
+# Another's that has no end, or further than a lease lasts (set by hand, or
+# by no sessiond), would stop expiry for as long: it is cut to a lease's
+# length, and the answer says so: {0, its holder, the PTTL it had}.
 LEASE: Final = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -357,6 +360,11 @@ end
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
+end
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 or left > tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {0, holder, left}
 end
 return 0
 """

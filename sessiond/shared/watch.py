@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from sessiond.errors import InvalidRequest, SessionError
+from sessiond.errors import BackendUnavailable, InvalidRequest, SessionError
 from sessiond.model import ACTIVE, Session, now_us
 from sessiond.protocol import Event, EventReply, Response, frame
 from sessiond.shared.engine import SharedStore
@@ -41,38 +41,68 @@ COUNT = 256
 GATHER = 0.1
 CONFIG = "config"
 _session = msgspec.msgpack.Decoder(Session)
+# The fields of an event, as the commit script adds them (and the origin).
+_FIELDS = ("n", "k", "s", "a", "u", "r")
+# A stream id's parts and an event's number: 64-bit, as the engine keeps them.
+_ID_MAX = 2**64 - 1
+_NUMBER_MAX = 2**63 - 1
+
+
+class Foreign(Exception):
+    """An entry of the stream no sessiond added (``XADD`` by hand, another
+    program): skipped by every reader. Its message says what is wrong, in
+    words that do not depend on the entry, so that it is said once."""
 
 
 class Entry:
-    """One event of the stream."""
+    """One event of the stream. Raises ``Foreign`` for an entry that is
+    not an event."""
 
     __slots__ = ("id", "number", "kind", "sid", "at", "user", "session")
 
+    session: Session | None
+
     def __init__(self, entry_id: bytes | str, fields: Any) -> None:
         self.id = _text(entry_id)
-        values = _fields(fields)
-        self.number = int(values["n"])
-        self.kind = _text(values["k"])
-        self.sid = _text(values["s"])
-        self.at = int(values["a"])
-        self.user = _text(values["u"])
-        self.session = bytes(values["r"])
+        try:
+            values = _fields(fields)
+        except ValueError as exc:  # an odd number of fields, or not UTF-8
+            raise Foreign("its fields are not names and values") from exc
+        lacking = [n for n in _FIELDS if n not in values]
+        if lacking:
+            raise Foreign(f"it lacks the field(s) {', '.join(lacking)} every event has")
+        try:
+            self.number = int(values["n"])
+            self.kind = _text(values["k"])
+            self.sid = _text(values["s"])
+            self.at = int(values["a"])
+            self.user = _text(values["u"])
+            raw = bytes(values["r"])
+            self.session = _session.decode(raw) if raw else None
+        except (ValueError, TypeError, msgspec.DecodeError) as exc:
+            # int() of text, text that is not UTF-8, a session that is not one.
+            raise Foreign("its fields do not hold an event's values") from exc
 
     @property
     def cursor(self) -> str:
         return f"{self.id}/{self.number}"
 
     def frame(self) -> bytes:
-        session = _session.decode(self.session) if self.session else None
         return frame(EventReply(id=0, event=Event(
-            kind=self.kind, sid=self.sid, at=self.at, session=session, cursor=self.cursor,
+            kind=self.kind, sid=self.sid, at=self.at, session=self.session, cursor=self.cursor,
         )))
 
 
 def parse_cursor(text: str) -> tuple[str, int]:
+    """A cursor's stream id and event number. Raises ``InvalidRequest`` for
+    one that no event can have (its numbers past what the engine keeps
+    included: the engine would refuse to read after it)."""
     stream_id, _, number = text.partition("/")
     ms, _, seq = stream_id.partition("-")
-    if not (ms.isdigit() and seq.isdigit() and number.isdigit()):
+    parts = (ms, seq, number)
+    if not all(p.isascii() and p.isdigit() for p in parts) or not (
+        int(ms) <= _ID_MAX and int(seq) <= _ID_MAX and int(number) <= _NUMBER_MAX
+    ):
         raise InvalidRequest(f"invalid watch cursor {text!r} (a cursor is an event's own)")
     return stream_id, int(number)
 
@@ -96,13 +126,7 @@ class StreamWatcher:
         if self.after is not None:
             self.last_id, self.last_number = parse_cursor(self.after)
         else:
-            (reply,) = await self.store.link.call([("XREVRANGE", self.store.events, "+", "-",
-                                                   "COUNT", 1)])
-            if isinstance(reply, Exception):
-                raise reply
-            if reply:
-                last = Entry(*reply[0])
-                self.last_id, self.last_number = last.id, last.number
+            self.last_id, self.last_number = await _last(self.store)
         start = f"{self.last_id}/{self.last_number}"
         return EventReply(id=req_id, event=Event(
             kind="watching", sid=None, at=now_us(), cursor=start,
@@ -111,9 +135,16 @@ class StreamWatcher:
     async def next(self) -> bytes:
         """Events after the last one sent (empty when none came within a
         short wait, so that the server can look whether it stops)."""
-        entries = await read(self.store, self.last_id)
+        entries = await _read(self.store, self.last_id)
         out: list[bytes] = []
-        for entry in entries:
+        for entry_id, fields in entries:
+            try:
+                entry = Entry(entry_id, fields)
+            except Foreign:
+                # Passed over (the daemon's own reader says so in its log):
+                # an event's number counts events, and it is none.
+                self.last_id = _text(entry_id)
+                continue
             gap = entry.number - self.last_number - 1
             if gap > 0:
                 lagged = Event(kind="lagged", sid=None, at=entry.at, dropped=gap)
@@ -126,11 +157,6 @@ class StreamWatcher:
 
     def close(self) -> None:
         self.registry.discard(self)
-
-
-async def read(store: SharedStore, after: str) -> list[Entry]:
-    """The stream's entries after ``after``, waiting a little for some."""
-    return [Entry(entry_id, fields) for entry_id, fields in await _read(store, after)]
 
 
 async def _read(store: SharedStore, after: str) -> list[Any]:
@@ -156,6 +182,31 @@ async def _last_id(store: SharedStore) -> str:
     return _text(reply[0][0]) if reply else "0-0"
 
 
+async def _last(store: SharedStore) -> tuple[str, int]:
+    """The id of the stream's last entry and the number of the last event
+    at or before it (entries added by hand have none): where a watch
+    from now starts. ("0-0", 0: none yet.)"""
+    (entries,) = await store.link.call([("XREVRANGE", store.events, "+", "-", "COUNT", 1)])
+    if isinstance(entries, Exception):
+        raise entries
+    if not entries:
+        return "0-0", 0
+    last = _text(entries[0][0])
+    while entries:
+        for entry_id, fields in entries:
+            try:
+                return last, Entry(entry_id, fields).number
+            except Foreign:
+                continue
+        # Foreign entries at the end (rare): back over them, a page at a time.
+        (entries,) = await store.link.call([
+            ("XREVRANGE", store.events, "(" + _text(entries[-1][0]), "-", "COUNT", COUNT),
+        ])
+        if isinstance(entries, Exception):
+            raise entries
+    return last, 0
+
+
 class NamespaceReader:
     """The daemon's own reading of the stream: settings another daemon
     changed (``on_config``), deadlines it set (``on_deadline``). Its own
@@ -171,6 +222,8 @@ class NamespaceReader:
         self.store = store
         self.on_config = on_config
         self.on_deadline = on_deadline
+        self._down: str | None = None  # why the stream cannot be read, said once
+        self._foreign: set[str] = set()  # what was wrong with entries skipped, said once
 
     async def run(self) -> None:
         # From the stream's last entry, by its id: "$" would mean the last
@@ -182,11 +235,19 @@ class NamespaceReader:
                 if after is None:
                     after = await _last_id(self.store)
                 entries = await _read(self.store, after)
-            except SessionError:
-                # The engine is away: the link says so to every request;
-                # this tries again, a little later.
+            except SessionError as exc:
+                # The engine is away (the expiry timer says so, and the
+                # link to every request), or its stream is not one (a key
+                # changed by hand: said here, once): tried again a little
+                # later.
+                if not isinstance(exc, BackendUnavailable) and self._down != str(exc):
+                    log.error("events of other daemons not heard: %s", exc)
+                    self._down = str(exc)
                 await anyio.sleep(1)
                 continue
+            if self._down is not None:
+                log.info("events of other daemons heard again")
+                self._down = None
             own = self.store.origin.encode()
             for entry_id, fields in entries:
                 after = _text(entry_id)
@@ -194,15 +255,26 @@ class NamespaceReader:
                 # own events are passed over without being read further.
                 if isinstance(fields, list) and fields[-2:] == [b"o", own]:
                     continue
-                entry = Entry(entry_id, fields)
+                try:
+                    entry = Entry(entry_id, fields)
+                except Foreign as exc:
+                    self._skipped(after, str(exc))
+                    continue
                 if entry.kind == CONFIG:
                     await self.on_config()
-                elif entry.session:
-                    session = _session.decode(entry.session)
-                    if session.status == ACTIVE:
-                        self.on_deadline(session.expires_at)
+                elif entry.session is not None and entry.session.status == ACTIVE:
+                    self.on_deadline(entry.session.expires_at)
             if entries and len(entries) < COUNT:
                 await anyio.sleep(GATHER)
+
+    def _skipped(self, entry_id: str, why: str) -> None:
+        """An entry that is no event, passed over by every reader of the
+        stream (watchers too): said once for each thing wrong with one."""
+        if why not in self._foreign:
+            self._foreign.add(why)
+            log.warning("the namespace's stream %s holds entries no sessiond added (%s, the "
+                        "first): %s; passed over, here and by every watch",
+                        self.store.events, entry_id, why)
 
 
 def _fields(fields: Any) -> dict[str, Any]:
