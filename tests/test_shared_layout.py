@@ -5,6 +5,7 @@ written in the first layout (a sorted set) is refused at start, by name."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -121,3 +122,34 @@ def test_sessions_damaged_or_deleted_outside_sessiond_are_set_aside_and_the_rest
     with d.client() as c:
         c.get(damaged, touch=True)
     assert node.cli("ZSCORE", due, damaged).strip() != ""
+
+
+def test_entries_no_record_can_come_of_are_set_aside_whatever_is_wrong_with_them(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    """A number past 64 bits (which no reply or event could carry), a key
+    that is no hash, an id that is not text: each falls due ahead of a
+    session that must still expire on time, and none ends the daemon."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    due = tag(d) + "due"
+    with d.client() as c:
+        huge, stringly = c.create(ttl=3600).id, c.create(ttl=3600).id
+        node.cli("HSET", tag(d) + "s:" + huge, "v", str(10**25))
+        node.cli("DEL", tag(d) + "s:" + stringly)
+        node.cli("SET", tag(d) + "s:" + stringly, "junk")
+        not_text = os.fsdecode(b"\xff\xfe")
+        node.cli("ZADD", due, "1", huge, "1", stringly, "1", not_text)
+        short = c.create(ttl=1).id
+        got = d.ctl("get", huge)
+        assert got.returncode == 1 and len(got.stderr.strip().splitlines()) == 1
+        assert f"session {huge} in the engine holds a number past 64 bits in the field(s) v" \
+            in got.stderr
+    wait_until(lambda: node.cli("HGET", tag(d) + "s:" + short, "x").strip() != "", 10,
+               "the timer to expire the session behind the broken entries")
+    assert node.cli("ZCARD", due).strip() == "0"
+    log = d.log_text()
+    assert f"session {huge} in the engine holds a number past 64 bits" in log
+    assert f"session {stringly} in the engine is not a hash" in log
+    assert "in the engine has an id that is not UTF-8 text" in log
+    assert d.proc is not None and d.proc.poll() is None

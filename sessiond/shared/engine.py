@@ -48,6 +48,11 @@ LAYOUT = 2
 DAMAGED = "DAMAGED "
 
 
+# An index entry that makes no record: its id as the engine holds it (bytes
+# when it is not UTF-8 text), and what is wrong with it, in words.
+Aside = tuple[str | bytes, str]
+
+
 def _now(reply: Sequence[Any]) -> int:
     """TIME's answer, in microseconds."""
     return int(reply[0]) * US + int(reply[1])
@@ -62,7 +67,7 @@ class Due(NamedTuple):
     purging: list[Record]
     next_purge: int | None
     # Entries of the indexes that make no record: (id, what is wrong).
-    aside: list[tuple[str, str]]
+    aside: list[Aside]
 
 
 class SharedStore:
@@ -163,7 +168,7 @@ class SharedStore:
             ("EVALSHA", self._due, 2, self.due, self.purge, self.prefix, most, retention),
         ])
         secs, micros, expiring, next_due, purging, next_purge = reply
-        aside: list[tuple[str, str]] = []
+        aside: list[Aside] = []
         due = Due(
             _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
             _records(purging, aside), _score_of(next_purge), aside,
@@ -173,7 +178,7 @@ class SharedStore:
                 await self._unbounded(index, aside)
         return due
 
-    async def _unbounded(self, index: str, aside: list[tuple[str, str]]) -> None:
+    async def _unbounded(self, index: str, aside: list[Aside]) -> None:
         """Entries of ``index`` whose score is no time (+inf or -inf, put
         there by hand: the engine refuses NaN), added to ``aside``: +inf
         would never fall due, and next to the finite scores it would be
@@ -191,7 +196,7 @@ class SharedStore:
                                     f"index {index}, which is no time: the index was changed "
                                     f"outside sessiond"))
 
-    async def set_aside(self, sids: Sequence[str]) -> None:
+    async def set_aside(self, sids: Sequence[str | bytes]) -> None:
         """Take ``sids`` off the indexes of deadlines, which only the
         expiry timer reads: sessions whose hashes make no record, which
         would otherwise come first in every look at what is due."""
@@ -326,7 +331,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _records(flat: list[Any], aside: list[tuple[str, str]] | None = None) -> list[Record]:
+def _records(flat: list[Any], aside: list[Aside] | None = None) -> list[Record]:
     """Records a script returned as ids and HMGETs of ``READ`` (one that
     vanished meanwhile left out). A hash changed outside sessiond so that it
     makes no record raises ``InternalError``; given ``aside``, it is put
@@ -335,7 +340,26 @@ def _records(flat: list[Any], aside: list[tuple[str, str]] | None = None) -> lis
     it = iter(flat)
     records = []
     for sid, fields in zip(it, it, strict=True):
-        name = _text(sid)
+        try:
+            name = _text(sid)
+        except UnicodeDecodeError:
+            # Not an id sessiond makes (they are ASCII): named as it can be.
+            name = sid.decode(errors="backslashreplace")
+            if aside is None:
+                raise InternalError(f"the engine holds a session id that is not UTF-8 text: "
+                                    f"{name}; it was written outside sessiond") from None
+            aside.append((sid, f"session {name} in the engine has an id that is not UTF-8 "
+                               f"text: it was written outside sessiond"))
+            continue
+        if isinstance(fields, bytes):
+            # DUE's word for a key its HMGET could not read (not a hash).
+            if aside is None:
+                raise InternalError(f"session {name} in the engine is not a hash: "
+                                    f"{fields.decode(errors='replace')}")
+            aside.append((sid, f"session {name} in the engine is not a hash "
+                               f"({fields.decode(errors='replace')}): it was changed outside "
+                               f"sessiond"))
+            continue
         try:
             record = record_of(name, fields)
         except InternalError as exc:

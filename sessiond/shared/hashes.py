@@ -64,12 +64,25 @@ def record_of(sid: str, values: Any) -> Record | None:
         # that is not UTF-8 are ValueErrors; a meta that is not JSON, or
         # not an object, a DecodeError.
         raise InternalError(f"session {sid} in the engine {_damage(values)}") from exc
-    if len(v) != len(str(record.version)):
+    if len(v) != len(str(record.version)) or not _in_range(record):
         # int() takes "01", " 1", "+1" and "1_0"; the commit script compares
         # the version as text, with the one sessiond writes: such a record
-        # would be refused at every commit.
+        # would be refused at every commit. And a number past 64 bits would
+        # fail where the record is sent (a reply, an event).
         raise InternalError(f"session {sid} in the engine {_damage(values)}")
     return record
+
+
+_LEAST, _MOST = -(2**63), 2**63 - 1
+
+
+def _in_range(r: Record) -> bool:
+    numbers = [r.expires_at, r.ttl, r.created_at, r.last_access, r.version, r.seq]
+    if r.expired_at is not None:
+        numbers.append(r.expired_at)
+    if r.imported_at is not None:
+        numbers.append(r.imported_at)
+    return _LEAST <= min(numbers) and max(numbers) <= _MOST
 
 
 # What a record needs of its hash: fields every record has, and those that
@@ -89,6 +102,9 @@ def _damage(values: Any) -> str:
         bad = [n for n in _INTEGERS if fields[n] is not None and not _integer(fields[n])]
         if bad:
             what = f"holds something other than a whole number in the field(s) {', '.join(bad)}"
+        elif big := [n for n in _INTEGERS if fields[n] is not None
+                     and not _LEAST <= int(fields[n]) <= _MOST]:
+            what = f"holds a number past 64 bits in the field(s) {', '.join(big)}"
         elif str(int(fields["v"])) != _text(fields["v"]):
             what = (
                 "holds a version (field v) written otherwise than sessiond writes it "

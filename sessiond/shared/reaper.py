@@ -30,7 +30,7 @@ from sessiond import rules
 from sessiond.errors import SessionError
 from sessiond.live import Live, rules_of
 from sessiond.model import US, Change
-from sessiond.shared.engine import SharedStore
+from sessiond.shared.engine import Aside, SharedStore
 from sessiond.shared.scans import commit_each, each_alone, purges
 from sessiond.timers import EXPIRY_BATCH, TIMER_MAX_SLEEP, Lateness
 
@@ -190,7 +190,7 @@ class Reaper:
             )
         return float(min(STUCK_MOST, STUCK_FIRST * 2 ** (self._stuck - 1)))
 
-    async def _set_aside(self, aside: list[tuple[str, str]]) -> None:
+    async def _set_aside(self, aside: list[Aside]) -> None:
         """Take entries that make no record off the indexes of deadlines,
         saying which and why: left there, each would come first in every
         look at what is due, and a batch of them would stop expiry. The

@@ -307,7 +307,11 @@ local function take(index, upto)
   local out = {}
   for i = 1, #ids do
     out[#out + 1] = ids[i]
-    out[#out + 1] = redis.call('HMGET', ARGV[1] .. ids[i], """ + _READ + """)
+    -- A key that is no hash (set outside sessiond) answers its error's
+    -- words in place of the fields, for the daemon to set it aside.
+    local fields = redis.pcall('HMGET', ARGV[1] .. ids[i], """ + _READ + """)
+    if fields['err'] then fields = fields['err'] end
+    out[#out + 1] = fields
   end
   local after = redis.call('ZRANGE', index, #ids, #ids, 'WITHSCORES')
   return out, after[2] or false
