@@ -3,7 +3,8 @@
 A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
 journal fsync fail with EIO, makes a compaction's snapshot fail to write,
 makes the encoding of a reply or of a journal line fail as a value msgpack
-cannot carry would, or makes the daemon speak protocol version 1 only.
+cannot carry would, makes the daemon speak protocol version 1 only, or
+makes a turn of shared mode's expiry timer fail as a bug would.
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
@@ -36,6 +37,8 @@ ENCODE_POINTS = (REPLY_ENCODE_ERROR, LINE_ENCODE_ERROR)
 # before version 2 did (it refuses any other hello in that one's words):
 # what a new client meets when an old daemon still runs.
 PROTOCOL_V1 = "protocol-v1"
+# A turn of shared mode's expiry timer raises as a bug of its own would.
+EXPIRY_BUG = "expiry-bug"
 
 
 class Failpoints:
@@ -48,7 +51,8 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1) + ENCODE_POINTS
+        known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG)
+                 + ENCODE_POINTS)
         for item in (part.strip() for part in spec.split(",")):
             if not item:
                 continue

@@ -28,6 +28,7 @@ import anyio
 
 from sessiond import rules
 from sessiond.errors import SessionError
+from sessiond.failpoints import EXPIRY_BUG, failpoints
 from sessiond.live import Live, rules_of
 from sessiond.model import US, Change
 from sessiond.shared.engine import Aside, SharedStore
@@ -111,6 +112,14 @@ class Reaper:
                 if self._down != str(exc):
                     log.error("expiry paused: %s", exc)
                     self._down = str(exc)
+            except Exception as exc:
+                # A bug: said with its traceback, once while it lasts, and
+                # tried again at the timer's pace. Ending the daemon would
+                # hand the lease, and the same bug, to the next daemon of
+                # the namespace, and so on through the fleet.
+                if self._down != repr(exc):
+                    log.exception("expiry paused by an internal error (a bug)")
+                    self._down = repr(exc)
             self._wake = anyio.Event()
             if delay > 0:
                 # At least every TIMER_MAX_SLEEP: the lease is extended, and a
@@ -124,6 +133,8 @@ class Reaper:
         """Expire and purge what is due; seconds until more is (0: a batch
         was full). Two round trips: what is due (with the engine's time and
         the next deadlines), then one commit of the expiries and purges."""
+        if failpoints().hit(EXPIRY_BUG):
+            raise RuntimeError(f"injected by failpoint {EXPIRY_BUG}")
         settings = rules_of(self.live.settings)
         retention = settings.expired_retention * US
         asked = time.monotonic()
