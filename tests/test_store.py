@@ -1062,11 +1062,11 @@ def test_a_change_asked_for_at_the_highest_version_is_refused_and_an_expiry_keep
         lambda: rules.get(store, at(1), "top", True),
         lambda: rules.expire(store, at(1), "top"),
     ):
-        with pytest.raises(InvalidRequest, match="delete it and create it again"):
+        with pytest.raises(Conflict, match="delete it and create it again"):
             call()
     assert state(store) == before
     # Past its deadline, a revive would need two versions: refused whole.
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         rules.refresh(store, at(200), "top", revive=True)
     assert state(store) == before
     changes = store.expire_due(at(200))
