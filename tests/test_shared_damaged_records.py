@@ -259,6 +259,30 @@ def test_a_session_hash_changed_outside_sessiond_is_refused_by_name_and_serving_
     assert d.proc is not None and d.proc.poll() is None
 
 
+def test_requests_sent_together_with_one_on_a_damaged_session_are_answered_each_on_its_own(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    """A pipeline (or several clients at once) reads its sessions in one
+    round trip; one damaged session among them refuses only the requests
+    on it."""
+    node = make_redis(unix=True)
+    d = make_daemon_on(backend=node.url)
+    with d.client() as c:
+        damaged, intact = c.create().id, c.create().id
+        node.cli("HSET", tag(d) + "s:" + damaged, "v", "seven")
+        with c.pipeline() as p:
+            before = p.get(intact)
+            refused = p.get(damaged)
+            changed = p.set(intact, "k", "v")
+            after = p.get(intact)
+        assert before.result().version == 1
+        with pytest.raises(InternalError, match=f"session {damaged} in the engine holds"):
+            refused.result()
+        assert changed.result().meta == {"k": "v"}
+        assert after.result().version == 2
+    assert _alive(d)
+
+
 def test_sessions_damaged_or_deleted_outside_sessiond_are_set_aside_and_the_rest_expire(
     make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
 ) -> None:

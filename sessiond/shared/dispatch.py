@@ -199,6 +199,13 @@ class SharedDispatcher:
         sids = list(dict.fromkeys(s for s in (getattr(r, "sid", None) for r in run) if s))
         try:
             now, records = await self.store.fetch(sids)
+        except InternalError as exc:
+            if len(sids) < 2:
+                return [_error(req.id, exc) for req in run]
+            # A session the engine holds damaged (changed outside sessiond)
+            # among others: each request alone, so that only those on it
+            # are refused (rare, and a round trip or two a request).
+            return [await self._again(req) for req in run]
         except SessionError as exc:
             return [_error(req.id, exc) for req in run]
         on = _OnView(self, View(rules_of(self.live.settings), records))
