@@ -64,11 +64,13 @@ def record_of(sid: str, values: Any) -> Record | None:
         # that is not UTF-8 are ValueErrors; a meta that is not JSON, or
         # not an object, a DecodeError.
         raise InternalError(f"session {sid} in the engine {_damage(values)}") from exc
-    if len(v) != len(str(record.version)) or not _in_range(record):
+    if (len(v) != len(str(record.version)) or (q is not None and len(q) != len(str(record.seq)))
+            or not _in_range(record)):
         # int() takes "01", " 1", "+1" and "1_0"; the commit script compares
-        # the version as text, with the one sessiond writes: such a record
-        # would be refused at every commit. And a number past 64 bits would
-        # fail where the record is sent (a reply, an event).
+        # the version as text, with the one sessiond writes (such a record
+        # would be refused at every commit), and removes the place in the
+        # creation order by its text. And a number past 64 bits would fail
+        # where the record is sent (a reply, an event).
         raise InternalError(f"session {sid} in the engine {_damage(values)}")
     return record
 
@@ -105,10 +107,11 @@ def _damage(values: Any) -> str:
         elif big := [n for n in _INTEGERS if fields[n] is not None
                      and not _LEAST <= int(fields[n]) <= _MOST]:
             what = f"holds a number past 64 bits in the field(s) {', '.join(big)}"
-        elif str(int(fields["v"])) != _text(fields["v"]):
+        elif odd := [n for n in ("v", "q") if fields[n] is not None
+                     and str(int(fields[n])) != _text(fields[n])]:
             what = (
-                "holds a version (field v) written otherwise than sessiond writes it "
-                "(a leading zero, a sign, a space or an underscore)"
+                f"holds a number written otherwise than sessiond writes it (a leading "
+                f"zero, a sign, a space or an underscore) in the field(s) {', '.join(odd)}"
             )
         elif (meta := _meta_fault(fields["m"])) is not None:
             what = f"holds a meta (field m) that is {meta}"
