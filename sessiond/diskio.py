@@ -17,6 +17,15 @@ receive what we write, and keep its owner and mode through the rename). It
 is fsynced, renamed over the target, and the directory is fsynced so that
 the rename itself survives a crash.
 
+A target that is a symlink of the user's (or root's) is followed: the file
+it points to is replaced, and the link stays. A target of theirs that
+exists and is no regular file (a device such as /dev/null, a FIFO, a
+terminal through /dev/stdout) cannot be replaced by a rename without
+replacing the device itself: it is written to directly, as a shell
+redirection would. Another user's symlink or FIFO, planted under the
+target's name in a shared directory, is never followed or written into:
+it is replaced (or, in a sticky directory, the rename is refused).
+
 Errors are ``OSError`` naming the target (not the temp file, which is
 removed): callers translate them into their own messages.
 """
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,7 +58,9 @@ class AtomicFile:
 
     ``mode`` is set before the rename, so the file never appears under its
     name with another. ``prefix`` and ``suffix`` shape the temp name (for a
-    caller that sweeps leftovers of an interrupted write by name)."""
+    caller that sweeps leftovers of an interrupted write by name). A symlink
+    is followed, and a target that is no regular file is written to
+    directly (see the module's docstring): then ``tmp`` is ``None``."""
 
     def __init__(
         self,
@@ -60,6 +72,23 @@ class AtomicFile:
     ) -> None:
         self.path = Path(path)
         self.mode = mode
+        self._done = False
+        self.tmp: Path | None = None
+        trusted = (os.getuid(), 0)
+        st = _stat(self.path, follow=False)
+        if st is not None and stat.S_ISLNK(st.st_mode) and st.st_uid in trusted:
+            pointed = _stat(self.path, follow=True)
+            if pointed is None or stat.S_ISREG(pointed.st_mode):
+                # The file it points to is the one replaced (or made).
+                self.path = Path(os.path.realpath(self.path))
+            st = pointed
+        if (st is not None and st.st_uid in trusted and not stat.S_ISREG(st.st_mode)
+                and not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode)):
+            try:
+                self.file: BinaryIO = open(self.path, "wb")  # closed by commit or discard
+            except OSError as exc:
+                raise _about(exc, self.path) from exc
+            return
         directory = self.path.parent
         try:
             fd, tmp = tempfile.mkstemp(
@@ -70,14 +99,21 @@ class AtomicFile:
         except OSError as exc:
             raise _about(exc, self.path) from exc
         self.tmp = Path(tmp)
-        self.file: BinaryIO = os.fdopen(fd, "wb")
-        self._done = False
+        self.file = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
         """Flush, fsync, rename over the target, fsync the directory.
         Raises ``OSError`` naming the target (and removes the temp file)."""
         if self._done:
             raise ValueError(f"{self.path} was already committed or discarded")
+        if self.tmp is None:
+            # Written to directly: nothing to sync or rename.
+            self._done = True
+            try:
+                self.file.close()
+            except OSError as exc:
+                raise _about(exc, self.path) from exc
+            return
         try:
             self.file.flush()
             if self.mode != PRIVATE:
@@ -104,7 +140,8 @@ class AtomicFile:
             self.file.close()
         except OSError:
             pass  # what it failed to flush is being thrown away anyway
-        self.tmp.unlink(missing_ok=True)
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -148,6 +185,16 @@ def atomic_write(
             write_all(out.file.fileno(), data)
         except OSError as exc:
             raise _about(exc, out.path) from exc
+
+
+def _stat(path: Path, follow: bool) -> os.stat_result | None:
+    """``path``'s status (``None``: nothing there). Raises ``OSError`` naming it."""
+    try:
+        return os.stat(path, follow_symlinks=follow)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _about(exc, path) from exc
 
 
 def _about(exc: OSError, path: Path) -> OSError:

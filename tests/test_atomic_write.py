@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 
 from sessiond.diskio import AtomicFile, atomic_file, atomic_write
 from tests.conftest import BIN, Daemon, run_sessiond, stored
+from tests.test_hardening import OTHER_UID
 from tests.test_shim import BASH, SCRIPT
 from tests.test_systemd import install_service, unit_dir
 
@@ -88,6 +90,62 @@ def test_the_temp_file_is_never_one_someone_made_first(tmp_path: Path) -> None:
         assert out.tmp.parent == tmp_path and out.tmp.name.startswith(".out.json.")
     finally:
         out.discard()
+
+
+def test_a_symlink_of_ours_is_followed_and_stays(tmp_path: Path) -> None:
+    """A dotfile manager's link, or the user's own: the file it points to
+    is replaced, not the link."""
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "real.json"]
+
+
+def test_another_users_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
+    """Planted under the target's name in a shared directory, it would
+    receive what is written (an export's secrets) were it followed."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a symlink to another uid")
+    theirs = tmp_path / "theirs"
+    theirs.write_text("")
+    link = tmp_path / "out.json"
+    link.symlink_to(theirs)
+    os.lchown(link, OTHER_UID, -1)
+    atomic_write(link, b"secret")
+    assert not link.is_symlink() and link.read_bytes() == b"secret"
+    assert theirs.read_text() == ""
+
+
+def test_a_fifo_of_ours_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """As /dev/null or /dev/stdout would be: a rename would put a regular
+    file where the device (or the pipe a reader holds) was."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo, 0o600)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write(fifo, b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.listdir(tmp_path) == ["pipe"]
+
+
+def test_the_cli_export_through_a_symlink_keeps_the_link(daemon: Daemon, tmp_path: Path) -> None:
+    with daemon.client() as c:
+        made = c.create(user="linked")
+    real = tmp_path / "e.json"
+    real.write_text("[]")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    r = daemon.ctl("export", "--output", str(link))
+    assert r.returncode == 0, r.stderr
+    assert link.is_symlink()
+    assert json.loads(real.read_text())[0]["id"] == made.id
 
 
 # -- the shim's export ---------------------------------------------------------
