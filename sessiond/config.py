@@ -302,7 +302,20 @@ def with_value(settings: Settings, key: str, value: Any) -> Settings:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         # The rest was valid already, so the new value is what is wrong.
-        raise ConfigError(f"invalid value {value!r} for {key}: {key} takes {takes(key)}") from exc
+        raise ConfigError(
+            f"invalid value {_shown(value)} for {key}: {key} takes {takes(key)}"
+        ) from exc
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: JSON (``true``, ``null``, ``{"a": 1}``),
+    a string in quotes as before."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, OverflowError):
+        return repr(value)
 
 
 # What a number setting counts (a key not named here and not ``*_bytes`` is

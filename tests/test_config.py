@@ -52,7 +52,8 @@ def test_a_wrong_value_names_the_key_and_the_value(key: str, value: Any, needle:
     with pytest.raises(ConfigError) as caught:
         config.with_value(before, key, value)
     message = str(caught.value)
-    assert message.startswith(f"invalid value {value!r} for {key}: ")
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    assert message.startswith(f"invalid value {shown} for {key}: ")
     assert needle in message
     assert "`" not in message and "Expected" not in message  # msgspec's words
     assert before == config.Settings()
@@ -198,6 +199,8 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
      (("fsync", "sometimes"), "invalid value 'sometimes' for fsync"),
      (("colour", "blue"), "unknown config key 'colour'"),
      (("colour",), "unknown config key 'colour'"),
+     (("default_ttl", "true"), "invalid value true for default_ttl"),
+     (("fsync", "null"), "invalid value null for fsync"),
      (("max_frame_bytes", "99999999999999999999"),
       "invalid value '99999999999999999999' for max_frame_bytes: max_frame_bytes takes a "
       "whole number of bytes from 1024 to ")],
