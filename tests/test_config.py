@@ -199,7 +199,7 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
      (("fsync", "sometimes"), "invalid value 'sometimes' for fsync"),
      (("colour", "blue"), "unknown config key 'colour'"),
      (("colour",), "unknown config key 'colour'"),
-     (("default_ttl", "true"), "invalid value true for default_ttl"),
+     (("max_connections", "true"), "invalid value true for max_connections"),
      (("fsync", "null"), "invalid value null for fsync"),
      (("max_frame_bytes", "99999999999999999999"),
       "invalid value '99999999999999999999' for max_frame_bytes: max_frame_bytes takes a "
