@@ -151,9 +151,9 @@ def open_local(
     journal = Journal(where.journal, settings.fsync)
     journal.open(valid_end, needs_newline)
     try:
-        layers, initial, migrated = migration.migrate_legacy(store, layers, where.data_dir)
+        layers, migrated = migration.migrate_legacy(store, layers, where.data_dir, journal)
         now = now_us()
-        initial += store.cap_lifetimes(now)
+        initial = store.cap_lifetimes(now)
         initial += store.expire_due(now) + store.purge_due(now)
         if initial:
             journal.append_at_start(journal_lines(initial))

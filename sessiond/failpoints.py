@@ -1,10 +1,11 @@
 """Failpoints: faults injected for real, for tests (``SESSIOND_FAILPOINT``).
 
-A failpoint kills the daemon with SIGKILL at a step of compaction, makes a
-journal fsync fail with EIO, makes a compaction's snapshot fail to write,
-makes the encoding of a reply or of a journal line fail as a value msgpack
-cannot carry would, makes the daemon speak protocol version 1 only, or
-makes a turn of shared mode's expiry timer fail as a bug would.
+A failpoint kills the daemon with SIGKILL at a step of compaction or of the
+legacy migration, makes a journal fsync fail with EIO, makes a compaction's
+snapshot fail to write, makes the encoding of a reply or of a journal line
+fail as a value msgpack cannot carry would, makes the daemon speak protocol
+version 1 only, or makes a turn of shared mode's expiry timer fail as a bug
+would.
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
@@ -23,8 +24,10 @@ FAILPOINT_ENV = "SESSIOND_FAILPOINT"
 # Steps where a failpoint kills the daemon with SIGKILL, the one that makes
 # a journal fsync fail with EIO, and the one that makes a compaction's
 # snapshot fail to write (the compaction goes on without it).
+MIGRATION_COMMITTED = "migration-committed"  # after each write of a legacy migration
 KILL_POINTS = (
-    "compact-written", "compact-synced", "compact-renamed", "snapshot-written", "snapshot-renamed"
+    "compact-written", "compact-synced", "compact-renamed", "snapshot-written", "snapshot-renamed",
+    MIGRATION_COMMITTED,
 )
 FSYNC_ERROR = "fsync-error"
 SNAPSHOT_ERROR = "snapshot-error"

@@ -5,6 +5,14 @@ The first time a daemon starts with an empty journal and finds the legacy
 legacy ``default_ttl``), logs what it imported and what it could not read,
 and marks the data dir so that it never runs again. The legacy files are
 only ever read (docs/legacy.md).
+
+A migration that a stop (SIGTERM, a kill, a crash) interrupts is finished at
+the next start: a ``legacy-importing`` marker is made durable before the
+first session reaches the journal, and only a migration wholly on disk turns
+it into the ``legacy-imported`` marker. Its presence is what tells a journal
+holding part of an import from one holding the user's own sessions (which
+is never imported into). Importing again is safe: the sessions already in
+the journal are left as they are, the rest are imported.
 """
 
 from __future__ import annotations
@@ -13,52 +21,112 @@ import logging
 from pathlib import Path
 
 from sessiond import config
-from sessiond.errors import SessionError
+from sessiond.diskio import atomic_write, fsync_dir
+from sessiond.dispatch import journal_lines
+from sessiond.errors import SessionError, StartError
+from sessiond.failpoints import MIGRATION_COMMITTED, failpoint
+from sessiond.journal import Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
-from sessiond.model import Change, now_us
+from sessiond.model import now_us
 from sessiond.store import Store
 
 log = logging.getLogger("sessiond")
 
 MIGRATED_MARKER = "legacy-imported"
+# Made durable before the first imported session reaches the journal, and
+# renamed to MIGRATED_MARKER once the whole import is there.
+BEGUN_MARKER = "legacy-importing"
+# Sessions per journal write of the import: a legacy file of millions of
+# lines is never turned into one buffer of journal lines.
+COMMIT_SESSIONS = 10_000
 
 
 def migrate_legacy(
-    store: Store, layers: config.Layers, data_dir: Path
-) -> tuple[config.Layers, list[Change], Path | None]:
-    """First start with an empty journal: bring ``~/.session`` across once.
+    store: Store, layers: config.Layers, data_dir: Path, journal: Journal
+) -> tuple[config.Layers, Path | None]:
+    """First start with an empty journal, or a start after an interrupted
+    migration: bring ``~/.session`` across, committing the imported
+    sessions to ``journal``.
 
     Returns the settings' layers (a legacy default_ttl goes to the config
-    file), the changes to persist, and the legacy file when it
-    was imported: ``mark_migrated`` must follow once the changes are on disk,
-    so that a failed first commit is retried at the next start. The legacy
-    files are only ever read."""
+    file) and the legacy file when it was imported: ``mark_migrated`` must
+    follow once whatever else the start writes is on disk. The legacy files
+    are only ever read. Raises ``StartError`` when the begun marker cannot
+    be written, ``JournalError``/``OSError`` as ``append_at_start`` does."""
     source = legacy_dir()
     legacy_file = source / "data.jsonl"
-    if len(store) or (data_dir / MIGRATED_MARKER).exists() or not legacy_file.is_file():
-        return layers, [], None
+    begun = data_dir / BEGUN_MARKER
+    resuming = begun.exists() and not (data_dir / MIGRATED_MARKER).exists()
+    if not resuming and (len(store) or (data_dir / MIGRATED_MARKER).exists()):
+        return layers, None
+    if not legacy_file.is_file():
+        if resuming:
+            _abandon(begun, legacy_file, len(store), "it is no longer a file")
+        return layers, None
     try:
         loaded = read_sessions(legacy_file)
     except OSError as exc:
+        if resuming:
+            _abandon(begun, legacy_file, len(store), exc.strerror or str(exc))
+            return layers, None
         # Serving matters more than migrating, and the file can be imported
         # later; say so rather than refuse to start.
         log.error("legacy import skipped: %s; import it with 'sessionctl import %s'",
                   exc.strerror, legacy_file)
-        return layers, [], None
+        return layers, None
+    if resuming:
+        log.warning("resuming the migration of legacy %s interrupted at an earlier start: "
+                    "%d sessions of it are already in the journal", legacy_file, len(store))
+    else:
+        _begin(begun, legacy_file)
     # The default_ttl first: legacy records with a ttl of 0 or less are
     # kept expired, with the default_ttl in force as their ttl.
     layers = _migrate_default_ttl(store, layers, source)
-    result, changes = store.import_sessions(now_us(), loaded.sessions)
+    sessions = loaded.sessions
+    present = 0
+    if resuming:
+        # Nobody was served since: a session in the journal is this file's,
+        # imported (and perhaps expired) before the stop.
+        sessions = [s for s in sessions if s.id not in store]
+        present = len(loaded.sessions) - len(sessions)
+    result, changes = store.import_sessions(now_us(), sessions)
     for problem in loaded.problems + loaded.refused + result.reasons:
         log.warning("legacy import: %s", problem)
+    for start in range(0, len(changes), COMMIT_SESSIONS):
+        journal.append_at_start(journal_lines(changes[start:start + COMMIT_SESSIONS]))
+        failpoint(MIGRATION_COMMITTED)
     log.info(
         "imported %d sessions from legacy %s (%d of them already expired, kept for "
-        "expired_retention from now; %d skipped, %d unreadable lines, reported above); "
+        "expired_retention from now; %d skipped, %d unreadable lines, reported above%s); "
         "the legacy files are left untouched",
         result.imported, legacy_file, result.already_expired,
         result.skipped + len(loaded.refused), len(loaded.problems),
+        f"; {present} imported before the interruption" if resuming else "",
     )
-    return layers, changes, legacy_file
+    return layers, legacy_file
+
+
+def _begin(begun: Path, legacy_file: Path) -> None:
+    try:
+        atomic_write(begun, f"{legacy_file}\n".encode())
+    except OSError as exc:
+        # Without it, a stop during the import would lose sessions silently.
+        raise StartError(
+            f"cannot record the start of the legacy migration in {begun}: {exc.strerror}"
+        ) from exc
+
+
+def _abandon(begun: Path, legacy_file: Path, present: int, why: str) -> None:
+    """An interrupted migration that cannot be finished. The daemon serves
+    from now on, so the marker goes: a later resume would bring back the
+    sessions deleted meanwhile."""
+    log.error("the migration of legacy %s interrupted at an earlier start cannot be "
+              "finished (%s): %d sessions of it are in the journal; import the rest with "
+              "'sessionctl import %s'", legacy_file, why, present, legacy_file)
+    try:
+        begun.unlink()
+    except OSError as exc:
+        raise StartError(f"cannot remove {begun}: {exc.strerror}") from exc
 
 
 def _migrate_default_ttl(store: Store, layers: config.Layers, source: Path) -> config.Layers:
@@ -93,5 +161,12 @@ def _migrate_default_ttl(store: Store, layers: config.Layers, source: Path) -> c
 
 
 def mark_migrated(data_dir: Path, legacy_file: Path) -> None:
-    """The legacy import is on disk: never run it again for this data dir."""
-    (data_dir / MIGRATED_MARKER).write_text(f"{legacy_file}\n")
+    """The legacy import is on disk: never run it again for this data dir.
+    Raises ``StartError``."""
+    begun, done = data_dir / BEGUN_MARKER, data_dir / MIGRATED_MARKER
+    try:
+        begun.replace(done)  # atomically: begun or done, never neither
+        fsync_dir(data_dir)
+    except OSError as exc:
+        raise StartError(f"cannot mark the legacy migration done in {done}: "
+                         f"{exc.strerror}") from exc

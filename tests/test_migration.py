@@ -16,7 +16,7 @@ import pytest
 
 from sessionctl import Session
 from sessiond.model import US, iso, now_us
-from tests.conftest import BIN, Daemon
+from tests.conftest import BIN, FAILPOINT, Daemon, wait_until
 
 pytestmark = pytest.mark.local_only("the one-time import of the legacy files into a local journal")
 
@@ -129,6 +129,62 @@ def test_a_legacy_file_whose_sessions_all_vanish_is_still_imported_only_once(
     d.restart()  # the journal replays to an empty store: the marker decides
     assert all_sessions(d) == {}
     assert d.log_text().count("sessions from legacy") == 1
+
+
+def test_a_migration_killed_after_its_first_commit_is_finished_at_the_next_start(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # More sessions than one write of the migration carries (10,000), so
+    # that the kill leaves part of them in the journal.
+    count = 25_000
+    now = now_us()
+    records = [dict(legacy_record(i % SESSIONS, now), id=f"{i:012x}") for i in range(count)]
+    d = make_daemon(start=False, env={FAILPOINT: "migration-committed"})
+    legacy = d.root / "home" / ".session" / "data.jsonl"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    d.start(wait=False)
+    assert d.proc is not None
+    status = wait_until(lambda: d.proc is not None and d.proc.poll() is not None, 120,
+                        "the failpoint to kill sessiond during the migration")
+    assert status and d.proc.returncode == -9, d.log_text()
+    assert not (d.data_dir / "legacy-imported").exists()
+    assert 0 < d.journal_bytes().count(b"\n") < count
+
+    del d.extra_env[FAILPOINT]
+    d.start()
+    found = all_sessions(d)
+    assert set(found) == {r["id"] for r in records}
+    for rec in records[:: count // 50]:
+        s = found[rec["id"]]
+        assert (s.user, s.status, s.ttl, s.meta) == (
+            rec["user"], rec["status"], rec["ttl"], rec["meta"]
+        )
+    log = d.log_text()
+    assert "resuming the migration of legacy" in log and "interrupted" in log
+    assert "10000 imported before the interruption" in log
+    assert (d.data_dir / "legacy-imported").exists()
+
+    # Finished means finished: a later start imports nothing.
+    with d.client() as c:
+        c.delete(records[0]["id"])
+    d.restart()
+    assert len(all_sessions(d)) == count - 1
+    assert d.log_text().count("resuming the migration") == 1
+
+
+def test_a_journal_with_sessions_of_its_own_is_never_migrated_into(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    with d.client() as c:
+        own = c.create(user="own").id
+    d.stop()
+    write_legacy_file(d.root / "home" / ".session" / "data.jsonl", now_us())
+    d.start()
+    assert set(all_sessions(d)) == {own}
+    assert "sessions from legacy" not in d.log_text()
 
 
 def test_import_reports_imported_updated_skipped_and_unreadable(daemon: Daemon) -> None:
