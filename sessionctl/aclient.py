@@ -34,6 +34,7 @@ from sessionctl.connection import (
     client_socket,
     closed,
     hello_request,
+    lost,
     pop_frame,
     python_advice,
     refusal,
@@ -251,7 +252,7 @@ class AsyncClient(Operations):
                     # Nothing (more) was said, or a pipeline's reading task
                     # has the stream, and reads what was.
                     pass
-        return DaemonUnavailable(f"connection to {self._where} lost: {exc}")
+        return lost(self._where, exc)
 
     def _pop_frame(self) -> Response | None:
         return pop_frame(self._buf, self._where)
@@ -268,14 +269,14 @@ class AsyncClient(Operations):
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
         except anyio.ClosedResourceError as exc:
             raise self._gone() from exc
-        except anyio.EndOfStream as exc:
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
             if self._closed:
                 raise closed("AsyncClient", self._where) from exc
-            raise DaemonUnavailable(f"sessiond on {self._where} closed the connection") from exc
-        except (anyio.BrokenResourceError, OSError) as exc:
-            if self._closed:
-                raise closed("AsyncClient", self._where) from exc
-            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+            # Lost: the next request connects again, as after a failed send.
+            await self._drop()
+            raise lost(
+                self._where, None if isinstance(exc, anyio.EndOfStream) else exc
+            ) from exc
         self._buf += chunk
 
     async def _read_frame(self) -> Response:
@@ -309,6 +310,8 @@ class AsyncClient(Operations):
             if response.id == req.id:
                 break
             if isinstance(response, ErrorReply) and response.id == 0:
+                # The daemon's last word before it closes the connection.
+                await self._drop()
                 raise from_code(response.code, response.message)
         if isinstance(response, ErrorReply):
             raise from_code(response.code, response.message)

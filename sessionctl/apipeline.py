@@ -68,6 +68,10 @@ class AsyncPipeline(Batch[D]):
                     errors.append(exc)
                     tg.cancel_scope.cancel()
             if errors:
+                # The answers still awaited will not come on this
+                # connection (nor on the next): their outcome is unknown.
+                for pending in waiting.values():
+                    pending._fail(errors[0])
                 raise errors[0]
 
     async def __aenter__(self) -> AsyncPipeline[D]:

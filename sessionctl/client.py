@@ -33,6 +33,7 @@ from sessionctl.connection import (
     connect_patiently,
     decode,
     hello_request,
+    lost,
     pop_frame,
     python_advice,
     refusal,
@@ -106,24 +107,65 @@ class Client(Operations):
         # id: whoever reads next settles them (a round trip reads past
         # them to its own answer). See sessionctl.pipeline.
         self._strays: dict[int, Pending[Any]] = {}
-        self._sock = self._connect(autostart_off_by(autostart))
+        # None once the connection is lost: the next call opens another
+        # (see _drop), as redis-py's connection pool does.
+        self._sock: _socket.socket | None = None
+        self.server_version = ""
+        self.server_pid = 0
+        # The version the hello agreed on: 2 lets operations on one
+        # session be answered with acks (``returning="ack"``).
+        self.protocol_version: int | None = None
+        self._open()
+
+    def _open(self) -> _socket.socket:
+        """Connect (starting a daemon as the first connect may) and say
+        hello; the socket, now the client's."""
+        sock = self._connect(autostart_off_by(self._autostart))
+        self._sock = sock
         try:
             try:
-                hello = self._roundtrip(hello_request(PROTOCOL_VERSION))
+                hello = self._exchange(hello_request(PROTOCOL_VERSION))
             except Unsupported:
                 # A daemon of protocol version 1 refuses any other hello:
                 # asked again in its version (see hello_request).
-                hello = self._roundtrip(hello_request(OLDEST_VERSION))
+                hello = self._exchange(hello_request(OLDEST_VERSION))
             assert isinstance(hello, HelloReply)
             check_hello(hello, self._where)
         except BaseException:
-            self._sock.close()
+            self._sock = None
+            sock.close()
             raise
         self.server_version = hello.server
         self.server_pid = hello.pid
-        # The version the hello agreed on: 2 lets operations on one
-        # session be answered with acks (``returning="ack"``).
-        self.protocol_version: int | None = hello.version
+        self.protocol_version = hello.version
+        if self._closed:
+            # close() ran in another thread while this one connected.
+            self._sock = None
+            sock.close()
+            raise closed("Client", self._where)
+        return sock
+
+    def _socket_locked(self) -> _socket.socket:
+        """The connection, opened again if the last one was lost (with the
+        lock held). Raises ``ClientClosed``, and what ``Client()`` raises."""
+        self._check_open()
+        sock = self._sock
+        return sock if sock is not None else self._open()
+
+    def _drop(self, error: SessionError) -> SessionError:
+        """Forget a connection that is lost (the daemon closed it, or went):
+        the requests a pipeline sent on it and whose answers were not read
+        settle with ``error`` (whether the daemon carried them out is
+        unknown, so nothing is sent again), and the next call connects
+        again. Returns ``error``, to raise."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._buf.clear()
+        strays, self._strays = self._strays, {}
+        for pending in strays.values():
+            pending._fail(error)
+        return error
 
     @property
     def path(self) -> Path:
@@ -162,13 +204,16 @@ class Client(Operations):
         client from then on raises ``ClientClosed``; one that another thread
         is waiting in ends with it."""
         self._closed = True
+        sock = self._sock
+        if sock is None:
+            return  # lost before, and not opened again
         try:
             # Wakes a thread blocked in recv on this socket, which close()
             # alone would leave waiting for its timeout.
-            self._sock.shutdown(_socket.SHUT_RDWR)
+            sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass  # closed before, or the daemon went first: nothing to wake
-        self._sock.close()
+        sock.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -184,9 +229,9 @@ class Client(Operations):
 
     # -- frames ----------------------------------------------------------
 
-    def _send(self, data: bytes | bytearray) -> None:
+    def _send(self, sock: _socket.socket, data: bytes | bytearray) -> None:
         try:
-            self._sock.sendall(data)
+            sock.sendall(data)
         except BlockingIOError as exc:
             raise DaemonUnavailable(
                 f"sessiond on {self._where} did not take the request in time"
@@ -196,23 +241,33 @@ class Client(Operations):
 
     def _lost(self, exc: OSError) -> SessionError:
         """What a send that failed with ``exc`` raises: the client was
-        closed, or the daemon closed the connection (saying why, maybe)."""
+        closed, or the daemon closed the connection (saying why, maybe),
+        which is then dropped (see ``_drop``)."""
         if self._closed:
             return closed("Client", self._where)
         parting = self._parting_error()
         if parting is not None:
-            return parting
-        return DaemonUnavailable(f"connection to {self._where} lost: {exc}")
+            return self._drop(parting)
+        return self._drop(lost(self._where, exc))
 
     def _parting_error(self) -> SessionError | None:
         """The error the daemon closed the connection with (``busy``, say),
         if it sent one before closing: a request sent after it fails with
-        EPIPE, but the frame is still there to read."""
+        EPIPE, but what it sent is still there to read. The answers to
+        requests a pipeline sent are among it: they settle their
+        ``Pending``s (a request carried out never says it was not)."""
+        sock = self._sock
+        if sock is None:
+            return None
         try:
-            self._buf += self._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
-            while (response := self._pop_frame()) is not None:
-                if isinstance(response, ErrorReply) and response.id == 0:
-                    return from_code(response.code, response.message)
+            while chunk := sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT):
+                self._buf += chunk
+                while (response := self._pop_frame()) is not None:
+                    if isinstance(response, ErrorReply) and response.id == 0:
+                        return from_code(response.code, response.message)
+                    pending = self._strays.pop(response.id, None)
+                    if pending is not None:
+                        pending._settle(response)
         except (OSError, ProtocolError):
             return None
         return None
@@ -227,19 +282,29 @@ class Client(Operations):
         size = RECV_BYTES
         if len(buf) >= HEADER and int.from_bytes(buf[:HEADER], "big") >= RECV_BYTES:
             size = BIG_RECV_BYTES  # the rest of a big reply
+        sock = self._sock
+        if sock is None:
+            # Dropped while a pipeline's answers were awaited (they settled).
+            raise self._gone()
         try:
-            chunk = self._sock.recv(size)
+            chunk = sock.recv(size)
         except (TimeoutError, BlockingIOError) as exc:
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
         except OSError as exc:
             if self._closed:
                 raise closed("Client", self._where) from exc
-            raise DaemonUnavailable(f"connection to {self._where} lost: {exc}") from exc
+            raise self._drop(lost(self._where, exc)) from exc
         if not chunk:
             if self._closed:
                 raise closed("Client", self._where)
-            raise DaemonUnavailable(f"sessiond on {self._where} closed the connection")
+            raise self._drop(lost(self._where, None))
         return chunk
+
+    def _gone(self) -> SessionError:
+        if self._closed:
+            return closed("Client", self._where)
+        return DaemonUnavailable(f"the connection to {self._where} was lost; the next call "
+                                 f"connects again")
 
     def _fill(self) -> None:
         """Receive what the daemon has sent (waiting up to ``timeout``)."""
@@ -264,6 +329,14 @@ class Client(Operations):
             return self._roundtrip_locked(req)
 
     def _roundtrip_locked(self, req: Request) -> Response:
+        self._socket_locked()
+        return self._exchange(req)
+
+    def _exchange(self, req: Request) -> Response:
+        """Send ``req`` on the connection there is and read its answer."""
+        sock = self._sock
+        if sock is None:
+            raise self._gone()
         req.id = self._new_id()
         out = self._out
         del out[:]
@@ -273,13 +346,14 @@ class Client(Operations):
             from sessionctl.arguments import unsendable
 
             raise unsendable(req, exc) from exc
-        self._send(out)
+        self._send(sock, out)
         while True:
             response = self._read_frame()
             if response.id == req.id:
                 break
             if isinstance(response, ErrorReply) and response.id == 0:
-                raise from_code(response.code, response.message)
+                # The daemon's last word before it closes the connection.
+                raise self._drop(from_code(response.code, response.message))
             # The answer to a request a pipeline sent: its Pending's.
             pending = self._strays.pop(response.id, None)
             if pending is not None:

@@ -125,6 +125,23 @@ def closed(kind: str, where: str) -> ClientClosed:
     )
 
 
+def lost(where: str, exc: BaseException | None) -> DaemonUnavailable:
+    """The error of a request whose connection to ``where`` was lost
+    (``exc`` the failure, ``None`` for an end of stream): the request may
+    or may not have been carried out, so it is not sent again; the
+    client's next call connects again. Some of anyio's errors carry no
+    message: their cause's, or their type, says what happened."""
+    if exc is None:
+        what = "the daemon closed the connection"
+    else:
+        cause = exc.__cause__
+        what = str(exc) or (str(cause) if cause is not None else "") or type(exc).__name__
+    return DaemonUnavailable(
+        f"connection to {where} lost ({what}); whether the daemon carried out the "
+        f"request is unknown, and the client's next call connects again"
+    )
+
+
 def refusal(
     where: str, exc: OSError, off_by: str | None, started: bool, advice: Callable[[str], str]
 ) -> DaemonUnavailable | None:

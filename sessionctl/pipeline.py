@@ -62,6 +62,10 @@ class Pending(Generic[T]):
         else:
             self._value = self._convert(response)
 
+    def _fail(self, error: SessionError) -> None:
+        """The connection it was sent on was lost before its answer came."""
+        self._error = error
+
     def result(self) -> T:
         """The value, or the error the daemon answered with (a
         ``SessionError``). Raises ``RuntimeError`` when the request was not
@@ -181,7 +185,7 @@ class Pipeline(Batch[D]):
         self._unsent = 0
         c = self._client
         with c._lock:
-            c._check_open()
+            c._socket_locked()  # connected again if the last was lost
             data, waiting = self._take()
             c._strays.update(waiting)
             self._sent.update(waiting)
@@ -196,8 +200,11 @@ class Pipeline(Batch[D]):
         if block:
             c._fill()
         else:
+            sock = c._sock
+            if sock is None:
+                return  # dropped: what it awaited has settled
             try:
-                chunk = c._sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
+                chunk = sock.recv(RECV_BYTES, _socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -211,8 +218,8 @@ class Pipeline(Batch[D]):
             if pending is not None:
                 pending._settle(response)
             elif isinstance(response, ErrorReply) and response.id == 0:
-                # About the connection, not a request.
-                raise from_code(response.code, response.message)
+                # About the connection, not a request: the daemon's last word.
+                raise c._drop(from_code(response.code, response.message))
 
     def execute(self) -> None:
         """Send everything queued and settle every ``Pending``.
@@ -225,7 +232,7 @@ class Pipeline(Batch[D]):
             return
         c = self._client
         with c._lock:
-            c._check_open()
+            c._socket_locked()  # connected again if the last was lost
             data, waiting = self._take()
             c._strays.update(waiting)
             waiting.update(self._sent)
@@ -246,12 +253,13 @@ class Pipeline(Batch[D]):
         stops reading a client that does not read its replies, so sending
         everything first would deadlock once both socket buffers are full.
         A send that stops part-way through a frame (the daemon gone, or
-        slow past the timeout) closes the client: what it would send next
-        would be read as the rest of that frame."""
+        slow past the timeout) drops the connection (``Client._drop``):
+        what it would send next would be read as the rest of that frame."""
         if not data:
             return
         c = self._client
         sock = c._sock
+        assert sock is not None  # opened by the caller, with the lock held
         sent = 0
         try:
             # The usual case: the socket takes it all at once.
@@ -283,9 +291,12 @@ class Pipeline(Batch[D]):
                         continue
                     except OSError as exc:
                         raise c._lost(exc) from exc
-        except BaseException:
-            if sent:
-                c.close()  # part of a frame may be out: out of step for good
+        except BaseException as exc:
+            if sent and c._sock is sock:
+                # Part of a frame may be out: out of step for good.
+                c._drop(exc if isinstance(exc, SessionError) else DaemonUnavailable(
+                    f"the connection to {c._where} was cut off mid-request; the "
+                    f"client's next call connects again"))
             raise
 
     def __enter__(self) -> Pipeline[D]:
