@@ -191,8 +191,8 @@ class SharedStore:
         ])
         for bound, ids in zip(("+inf", "-inf"), found, strict=True):
             for sid in ids:
-                name = _text(sid)
-                aside.append((name, f"session {name} has the score {bound} in the engine's "
+                name = sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
+                aside.append((sid, f"session {name} has the score {bound} in the engine's "
                                     f"index {index}, which is no time: the index was changed "
                                     f"outside sessiond"))
 
