@@ -69,6 +69,23 @@ def _said(text: str, *daemons: Daemon) -> int:
     return sum(d.log_text().count(text) for d in daemons)
 
 
+def _replaced_by_a_string(
+    node: RedisNode, key: str, kind: str, said: str, *daemons: Daemon
+) -> None:
+    """``key`` (of the namespace, holding a ``kind``) made a string: every
+    daemon says ``said`` once, naming the key and both types, and goes on,
+    idle, without a trace."""
+    node.cli("DEL", key)
+    node.cli("SET", key, "junk")
+    wait_until(lambda: all(said in d.log_text() for d in daemons), 10,
+               f"every daemon to say {key} cannot be read")
+    assert all(f"{key} holds a string where sessiond keeps a {kind}" in d.log_text()
+               for d in daemons)
+    _alive(*daemons)
+    _idle_while_paused(*daemons)
+    assert _said(said, *daemons) == len(daemons)
+
+
 @pytest.mark.parametrize(("key", "damage", "held"), [
     ("due", ("SET", "junk"), "a string where sessiond keeps a zset"),
     ("lease", ("HSET", "x", "y"), "a hash where sessiond keeps a string"),
@@ -105,16 +122,7 @@ def test_a_stream_of_the_wrong_type_is_said_once_and_heard_again_once_repaired(
 ) -> None:
     node, a, b = fleet
     events = tag(a) + "events"
-    node.cli("DEL", events)
-    node.cli("SET", events, "junk")
-    said = "events of other daemons not heard: "
-    wait_until(lambda: all(said in d.log_text() for d in (a, b)), 10,
-               "both daemons to say the stream cannot be read")
-    assert all(f"{events} holds a string where sessiond keeps a stream" in d.log_text()
-               for d in (a, b))
-    _alive(a, b)
-    _idle_while_paused(a, b)
-    assert _said(said, a, b) == 2
+    _replaced_by_a_string(node, events, "stream", "events of other daemons not heard: ", a, b)
     # A watch cannot start on it: refused in one line, the connection goes on.
     w = a.ctl("watch", timeout=30)
     assert w.returncode == 1
@@ -138,16 +146,8 @@ def test_a_config_key_of_the_wrong_type_keeps_the_settings_in_force_and_refuses_
     assert a.ctl("config", "default_ttl", "600").returncode == 0
     wait_until(lambda: _setting(b, "default_ttl") == 600, 5, "b to follow the setting")
     config = tag(a) + "config"
-    node.cli("DEL", config)
-    node.cli("SET", config, "junk")
     said = "settings not reloaded, those in force kept: "
-    wait_until(lambda: all(said in d.log_text() for d in (a, b)), 10,
-               "both daemons to say the settings cannot be read")
-    assert all(f"{config} holds a string where sessiond keeps a hash" in d.log_text()
-               for d in (a, b))
-    _alive(a, b)
-    _idle_while_paused(a, b)
-    assert _said(said, a, b) == 2
+    _replaced_by_a_string(node, config, "hash", said, a, b)
     # Requests go on, on the settings in force.
     made = b.ctl("create", "--json")
     assert made.returncode == 0 and '"ttl": 600' in made.stdout, made
