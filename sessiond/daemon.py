@@ -18,12 +18,12 @@ import anyio
 import anyio.abc
 
 from sessiond import __version__, check, config, logs, migration, paths, rebind, systemd
-from sessiond.dispatch import journal_lines
 from sessiond.errors import SessionError, StartError
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
 from sessiond.local import LocalEngine
 from sessiond.model import now_us
+from sessiond.records import journal_lines
 from sessiond.replay import JournalDamaged, load_store, remove_leftovers
 from sessiond.server import Engine, Server
 from sessiond.store import Store

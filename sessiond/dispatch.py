@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from operator import attrgetter
-from typing import Final, cast
+from typing import Final
 
 import msgspec
 
@@ -24,7 +23,7 @@ from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fa
 from sessiond.handlers import HANDLERS, SLOW, hello, shape_refused
 from sessiond.journal import Journal
 from sessiond.live import Live, rules_of
-from sessiond.model import Change, Record, now_us
+from sessiond.model import Change, now_us
 from sessiond.protocol import (
     DECODE_ERRORS,
     HEADER,
@@ -44,7 +43,7 @@ from sessiond.protocol import (
     request_decoder,
     request_error,
 )
-from sessiond.records import change_lines, delete_line, put_line
+from sessiond.records import journal_lines
 from sessiond.store import Store
 
 # The server's logger: splitting the server into modules changes no record.
@@ -61,21 +60,6 @@ class _IdOnly(msgspec.Struct):
 
 _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
 
-
-_AFTER = attrgetter("after")
-
-
-def journal_lines(changes: list[Change]) -> bytes:
-    if len(changes) == 1:
-        c = changes[0]
-        return put_line(c.after) if c.after is not None else delete_line(c.sid)
-    afters = list(map(_AFTER, changes))
-    if None not in afters:
-        # A pipelined batch of writes.
-        return change_lines(cast("list[Record]", afters))
-    return b"".join([
-        put_line(c.after) if c.after is not None else delete_line(c.sid) for c in changes
-    ])
 
 
 class Dispatcher:

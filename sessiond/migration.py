@@ -22,12 +22,12 @@ from pathlib import Path
 
 from sessiond import config
 from sessiond.diskio import atomic_write, fsync_dir
-from sessiond.dispatch import journal_lines
 from sessiond.errors import SessionError, StartError
 from sessiond.failpoints import MIGRATION_COMMITTED, failpoint
 from sessiond.journal import Journal
 from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
 from sessiond.model import now_us
+from sessiond.records import journal_lines
 from sessiond.store import Store
 
 log = logging.getLogger("sessiond")

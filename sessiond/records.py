@@ -31,6 +31,7 @@ from sessiond.model import (
     DEFAULT_USER,
     EXPIRED,
     US,
+    Change,
     ImportedSession,
     Record,
     Session,
@@ -281,6 +282,24 @@ def put_lines(records: Sequence[Record]) -> bytes:
         done = _bodies([r for r in records if r.expired_at is not None], True)
         bodies = [next(active) if flag is None else next(done) for flag in flags]
     return _sealed(bodies)
+
+
+_AFTER = attrgetter("after")
+
+
+def journal_lines(changes: list[Change]) -> bytes:
+    """The journal lines of ``changes``, in order: one a change (its record,
+    or the removal of its id)."""
+    if len(changes) == 1:
+        c = changes[0]
+        return put_line(c.after) if c.after is not None else delete_line(c.sid)
+    afters = list(map(_AFTER, changes))
+    if None not in afters:
+        # A pipelined batch of writes.
+        return change_lines(cast("list[Record]", afters))
+    return b"".join([
+        put_line(c.after) if c.after is not None else delete_line(c.sid) for c in changes
+    ])
 
 
 def change_lines(records: Sequence[Record]) -> bytes:
