@@ -163,38 +163,35 @@ class SharedStore:
         records whose deadline has come and up to ``most`` expired ones
         whose ``retention`` (microseconds; 0: none is purged by time) has
         run out, earliest first, when the next of each falls due, and the
-        entries among them that make no record (``Due.aside``)."""
+        entries among them that make no record (``Due.aside``), those of
+        score -inf among them."""
         (reply,) = await self._calls([
             ("EVALSHA", self._due, 2, self.due, self.purge, self.prefix, most, retention),
         ])
-        secs, micros, expiring, next_due, purging, next_purge = reply
+        secs, micros, expiring, next_due, due_none, purging, next_purge, purge_none = reply
         aside: list[Aside] = []
         due = Due(
             _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
             _records(purging, aside), _score_of(next_purge), aside,
         )
-        for index, score in ((self.due, next_due), (self.purge, next_purge)):
-            if score is not None and not math.isfinite(float(score)):
+        for index, score, unbounded in (
+            (self.due, next_due, due_none), (self.purge, next_purge, purge_none),
+        ):
+            aside += [_no_time(sid, "-inf", index) for sid in unbounded]
+            if score is not None and float(score) == math.inf:
                 await self._unbounded(index, aside)
         return due
 
     async def _unbounded(self, index: str, aside: list[Aside]) -> None:
-        """Entries of ``index`` whose score is no time (+inf or -inf, put
-        there by hand: the engine refuses NaN), added to ``aside``: +inf
-        would never fall due, and next to the finite scores it would be
-        read as the next deadline. Looked up only when the next score is
-        not finite: a -inf one ahead of the others is taken as due and
-        judged by its hash's own deadline (``e``), as any entry is."""
-        found = await self._calls([
-            ("ZRANGE", index, bound, bound, "BYSCORE", "LIMIT", 0, SCAN_MOST)
-            for bound in ("+inf", "-inf")
+        """Entries of ``index`` whose score is +inf (put there by hand: the
+        engine refuses NaN), added to ``aside``: they would never fall due,
+        and next to the finite scores one would be read as the next
+        deadline. Looked up only when the next score is +inf; those of
+        -inf come with what is due (``scripts.DUE``)."""
+        (ids,) = await self._calls([
+            ("ZRANGE", index, "+inf", "+inf", "BYSCORE", "LIMIT", 0, SCAN_MOST),
         ])
-        for bound, ids in zip(("+inf", "-inf"), found, strict=True):
-            for sid in ids:
-                name = sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
-                aside.append((sid, f"session {name} has the score {bound} in the engine's "
-                                    f"index {index}, which is no time: the index was changed "
-                                    f"outside sessiond"))
+        aside += [_no_time(sid, "+inf", index) for sid in ids]
 
     async def set_aside(self, sids: Sequence[str | bytes]) -> None:
         """Take ``sids`` off the indexes of deadlines, which only the
@@ -329,6 +326,12 @@ def _raise_errors(replies: list[Any]) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _no_time(sid: str | bytes, bound: str, index: str) -> Aside:
+    name = sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
+    return (sid, f"session {name} has the score {bound} in the engine's index {index}, "
+                 f"which is no time: the index was changed outside sessiond")
 
 
 def _records(flat: list[Any], aside: list[Aside] | None = None) -> list[Record]:

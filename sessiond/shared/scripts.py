@@ -293,16 +293,19 @@ return ARGV[1]
 # retention in microseconds ("0": nothing is purged by time). Returns the
 # engine's TIME (seconds, microseconds), then for each index the ids and
 # HMGETs of READ of what is due (active sessions whose deadline has come;
-# expired ones whose retention, counted from their score, has run out) and
-# the score of the first entry after them (false: none). Microseconds pass
-# 2^31 but not 2^53, so a Lua number holds them exactly; they are written
-# back as integers ('%.0f'), never in Lua's exponent notation.
+# expired ones whose retention, counted from their score, has run out),
+# the score of the first entry after them (false: none), and the ids
+# whose score is -inf (put there by hand: no time, which the daemon sets
+# aside rather than read at every turn). Microseconds pass 2^31 but not
+# 2^53, so a Lua number holds them exactly; they are written back as
+# integers ('%.0f'), never in Lua's exponent notation.
 DUE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local most = tonumber(ARGV[2])
 local function take(index, upto)
-  local ids = redis.call('ZRANGE', index, '-inf', string.format('%.0f', upto), 'BYSCORE',
+  local unbounded = redis.call('ZRANGE', index, '-inf', '-inf', 'BYSCORE', 'LIMIT', 0, most)
+  local ids = redis.call('ZRANGE', index, '(-inf', string.format('%.0f', upto), 'BYSCORE',
                          'LIMIT', 0, most)
   local out = {}
   for i = 1, #ids do
@@ -313,14 +316,15 @@ local function take(index, upto)
     if fields['err'] then fields = fields['err'] end
     out[#out + 1] = fields
   end
-  local after = redis.call('ZRANGE', index, #ids, #ids, 'WITHSCORES')
-  return out, after[2] or false
+  local past = #unbounded + #ids
+  local after = redis.call('ZRANGE', index, past, past, 'WITHSCORES')
+  return out, after[2] or false, unbounded
 end
-local due, due_next = take(KEYS[1], now)
-local purge, purge_next = {}, false
+local due, due_next, due_none = take(KEYS[1], now)
+local purge, purge_next, purge_none = {}, false, {}
 local retention = tonumber(ARGV[3])
-if retention > 0 then purge, purge_next = take(KEYS[2], now - retention) end
-return {t[1], t[2], due, due_next, purge, purge_next}
+if retention > 0 then purge, purge_next, purge_none = take(KEYS[2], now - retention) end
+return {t[1], t[2], due, due_next, due_none, purge, purge_next, purge_none}
 """
 
 # Entries of the indexes of deadlines whose hashes make no record (changed
