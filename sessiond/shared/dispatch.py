@@ -110,6 +110,7 @@ class SharedDispatcher:
         self.stats: Callable[[int], Awaitable[StatsInfo]] = _no_stats
         self.request_stop: Callable[[], None] = no_stop
         self.watchers: set[StreamWatcher] = set()
+        self.passed = scans.Passed()
         self._many: dict[type[Request], Callable[[Any], Awaitable[Response]]] = {
             List: self._list, Cleanup: self._cleanup, Import: self._import,
             ConfigSet: self._config_set,
@@ -296,7 +297,7 @@ class SharedDispatcher:
         return await scans.cleanup(self.store, self._rules(), req)
 
     async def _import(self, req: Import) -> Response:
-        return await scans.import_page(self.store, self._rules(), req)
+        return await scans.import_page(self.store, self._rules(), req, self.passed)
 
     async def _config_set(self, req: ConfigSet) -> Response:
         return await scans.config_set(self.store, self.live, req, self.adopt)

@@ -120,30 +120,52 @@ class SharedStore:
         (reply,) = await self.link.call([("TIME",)])
         return _now(reply)
 
-    async def fetch(self, sids: Sequence[str]) -> tuple[int, dict[str, Record | None]]:
-        """The engine's time and the records of ``sids``, in one round trip."""
+    async def fetch(
+        self, sids: Sequence[str], damaged: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Record | None]]:
+        """The engine's time and the records of ``sids``, in one round trip.
+        A session the engine holds damaged (changed outside sessiond: a
+        hash that makes no record, a key that is no hash) raises
+        ``InternalError`` naming it; given ``damaged``, it is put there
+        instead (its id, and those words), and left out of the records."""
         replies = await self.link.call(
             [("TIME",)] + [("HMGET", self.key(sid), *READ) for sid in sids]
         )
+        wrong = [
+            sid for sid, reply in zip(sids, replies[1:], strict=True)
+            if isinstance(reply, EngineError) and reply.text.startswith("WRONGTYPE")
+        ]
+        said: dict[str, str] = {}
+        if wrong:
+            kinds = await self._calls([("TYPE", self.key(sid)) for sid in wrong])
+            said = {sid: self._not_a_hash(sid, kind)
+                    for sid, kind in zip(wrong, kinds, strict=True)}
+            if damaged is None:
+                raise InternalError(said[wrong[0]])
+        _raise_errors([r for sid, r in zip(sids, replies[1:], strict=True) if sid not in said])
+        records: dict[str, Record | None] = {}
         for sid, reply in zip(sids, replies[1:], strict=True):
-            if isinstance(reply, EngineError) and reply.text.startswith("WRONGTYPE"):
-                await self._not_a_hash(sid)
-        _raise_errors(replies)
-        records = {
-            sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)
-        }
+            why = said.get(sid)
+            if why is None:
+                try:
+                    records[sid] = record_of(sid, reply)
+                    continue
+                except InternalError as exc:
+                    if damaged is None:
+                        raise
+                    why = str(exc)
+            assert damaged is not None  # else the first was raised above
+            damaged[sid] = why
         return _now(replies[0]), records
 
-    async def _not_a_hash(self, sid: str) -> None:
-        """Raise ``InternalError`` for a session's key that holds another
-        type than a hash (set outside sessiond): named, as a damaged hash
-        is (``hashes.record_of``), not the engine's bare WRONGTYPE."""
-        (kind,) = await self._calls([("TYPE", self.key(sid))])
-        raise InternalError(
-            f"session {sid} in the engine is not a hash (its key {self.key(sid)} holds a "
-            f"{_text(kind)}): it was changed outside sessiond; delete or repair that key "
-            f"in the engine"
-        )
+    def _not_a_hash(self, sid: str | bytes, kind: bytes | str) -> str:
+        """What is wrong with a session's key that holds ``kind`` (as TYPE
+        names it) rather than a hash: in the words a damaged hash is named
+        in (``hashes.record_of``)."""
+        name = _name(sid)
+        return (f"session {name} in the engine is not a hash (its key {self.prefix}{name} holds "
+                f"a {_text(kind)}): it was changed outside sessiond; delete or repair that key "
+                f"in the engine")
 
     async def page(
         self, after: int, want: int, user: str | None, most: int = SCAN_MOST
@@ -328,9 +350,13 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _name(sid: str | bytes) -> str:
+    """An id as the engine holds it, as text however it was written."""
+    return sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
+
+
 def _no_time(sid: str | bytes, bound: str, index: str) -> Aside:
-    name = sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
-    return (sid, f"session {name} has the score {bound} in the engine's index {index}, "
+    return (sid, f"session {_name(sid)} has the score {bound} in the engine's index {index}, "
                  f"which is no time: the index was changed outside sessiond")
 
 

@@ -10,12 +10,14 @@ another daemon changed meanwhile is read again and judged again.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from sessiond import config, rules
 from sessiond.errors import (
     ConfigError,
+    InternalError,
     InvalidRequest,
     ReadOnly,
     SessionError,
@@ -38,9 +40,11 @@ from sessiond.protocol import (
     Response,
 )
 from sessiond.rules import Rules
-from sessiond.shared.engine import SCAN_MOST, SharedStore
+from sessiond.shared.engine import SCAN_MOST, Aside, SharedStore
 from sessiond.shared.view import View
 from sessiond.store import PAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
+
+log = logging.getLogger("sessiond.shared")
 
 # Keys the engine's own settings stand for in shared mode: refused, naming them.
 ENGINE_OWNED = {
@@ -49,6 +53,36 @@ ENGINE_OWNED = {
     "compact_min_bytes": "auto-aof-rewrite-min-size",
     "compact_interval": "auto-aof-rewrite-percentage and auto-aof-rewrite-min-size",
 }
+
+
+# Sessions held damaged that one request passed over, named one by one in
+# the log; the rest are counted.
+SAY_MOST = 10
+# How many of them a daemon remembers having named (each is named once):
+# past that, one not remembered is named again when a request meets it.
+SAID_MOST = 100_000
+
+
+class Passed:
+    """Sessions the engine holds damaged (changed outside sessiond) that
+    lists, cleanups and imports went on past: each named in the log once,
+    however many requests meet it."""
+
+    def __init__(self) -> None:
+        self._said: set[str | bytes] = set()
+
+    def say(self, damaged: Iterable[Aside], by: str) -> None:
+        """Name in the log those of ``damaged`` (ids and what is wrong)
+        not named yet; ``by``: the request that passed over them."""
+        new = [(sid, why) for sid, why in dict(damaged).items() if sid not in self._said]
+        for _, why in new[:SAY_MOST]:
+            log.error("%s; %s passed over it, as lists, cleanups and imports do (and exports "
+                      "are refused) until it is repaired or deleted", why, by)
+        if len(new) > SAY_MOST:
+            log.error("%s passed over %d more sessions the engine holds damaged",
+                      by, len(new) - SAY_MOST)
+        room = max(0, SAID_MOST - len(self._said))
+        self._said.update(sid for sid, _ in new[:room])
 
 
 async def commit_each(
@@ -178,19 +212,29 @@ async def _purge(
     return removed
 
 
-async def import_page(store: SharedStore, settings: Rules, req: Import) -> Response:
+async def import_page(
+    store: SharedStore, settings: Rules, req: Import, passed: Passed
+) -> Response:
     """As ``Store.import_sessions``: each record admitted by the rules on
-    what the engine holds of its id, and committed alone."""
+    what the engine holds of its id, and committed alone. An id whose
+    session the engine holds damaged is skipped, saying why, and the rest
+    imported."""
     tally = rules.Imported()
     pending = list(req.sessions)
+    damaged: list[Aside] = []
     for _ in range(3):
         if not pending:
             break
-        now, records = await store.fetch(list({s.id: None for s in pending}))
+        held: dict[str, str] = {}
+        now, records = await store.fetch(list({s.id: None for s in pending}), held)
+        damaged += held.items()
         v = View.of(settings, [r for r in records.values() if r is not None])
         groups: list[list[Change]] = []
         outcomes: list[tuple[str, str, bool]] = []
         for session in pending:
+            if session.id in held:
+                tally.refuse(session.id, InternalError(held[session.id]))
+                continue
             made: list[Change] = []
             try:
                 outcome, late = rules.admit(v, now, session, made)
@@ -210,6 +254,7 @@ async def import_page(store: SharedStore, settings: Rules, req: Import) -> Respo
         pending = [s for s in pending if s.id in retry]
     for session in pending:
         tally.refuse(session.id, InvalidRequest("changed by another daemon while importing"))
+    passed.say(damaged, "an import")
     result = ImportResult(
         imported=tally.imported, updated=tally.updated, skipped=tally.skipped,
         reasons=tally.reasons, already_expired=tally.already_expired,
