@@ -164,7 +164,7 @@ class SharedDispatcher:
                     continue
                 append_frame(out, first)
                 return watcher, bad, used
-            append_frame(out, await self._other(req))
+            append_frame(out, scans.for_peer(await self._other(req), peer))
         await self._flush(run, out)
         return None, bad, used
 
@@ -291,10 +291,10 @@ class SharedDispatcher:
     # -- the others --------------------------------------------------------
 
     async def _list(self, req: List) -> Response:
-        return await scans.list_page(self.store, self._rules(), req)
+        return await scans.list_page(self.store, self._rules(), req, self.passed)
 
     async def _cleanup(self, req: Cleanup) -> Response:
-        return await scans.cleanup(self.store, self._rules(), req)
+        return await scans.cleanup(self.store, self._rules(), req, self.passed)
 
     async def _import(self, req: Import) -> Response:
         return await scans.import_page(self.store, self._rules(), req, self.passed)

@@ -48,9 +48,18 @@ LAYOUT = 2
 DAMAGED = "DAMAGED "
 
 
-# An index entry that makes no record: its id as the engine holds it (bytes
-# when it is not UTF-8 text), and what is wrong with it, in words.
+# An index entry that makes no record: its id as the engine answered it
+# (which may not be UTF-8 text), and what is wrong with it, in words.
 Aside = tuple[str | bytes, str]
+
+
+class Damaged(NamedTuple):
+    """A session a scan met that the engine holds damaged (changed outside
+    sessiond), in its place in the creation order."""
+
+    seq: int
+    sid: str | bytes
+    why: str
 
 
 def _now(reply: Sequence[Any]) -> int:
@@ -169,16 +178,28 @@ class SharedStore:
 
     async def page(
         self, after: int, want: int, user: str | None, most: int = SCAN_MOST
-    ) -> tuple[int, int, bool, list[Record]]:
+    ) -> tuple[int, int, bool, list[Record | Damaged]]:
         """The engine's time, then up to ``want`` records (of ``user``) after
         sequence number ``after`` in creation order: the last sequence number
-        looked at, whether records follow it, and the records."""
+        looked at, whether records follow it, and the records, a session
+        the engine holds damaged (which cannot be told from another user's
+        when its key is no hash) in its place as a ``Damaged``."""
         time, (last, more, flat) = await self._calls([
             ("TIME",),
             ("EVALSHA", self._page, 2, self.order, self.counters, self.prefix, after, want,
              max(most, want), user or ""),
         ])
-        return _now(time), int(last), bool(int(more)), _records(flat)
+        entries: list[Record | Damaged] = []
+        it = iter(flat)
+        for sid, seq, fields in zip(it, it, it, strict=True):
+            try:
+                record = self._record(sid, fields)
+            except InternalError as exc:
+                entries.append(Damaged(int(seq), sid, str(exc)))
+                continue
+            if record is not None:  # a hash deleted by hand: as deleted
+                entries.append(record)
+        return _now(time), int(last), bool(int(more)), entries
 
     async def falling_due(self, most: int, retention: int) -> Due:
         """In one round trip: the engine's time, up to ``most`` active
@@ -193,8 +214,8 @@ class SharedStore:
         secs, micros, expiring, next_due, due_none, purging, next_purge, purge_none = reply
         aside: list[Aside] = []
         due = Due(
-            _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
-            _records(purging, aside), _score_of(next_purge), aside,
+            _now([secs, micros]), self._records(expiring, aside), _score_of(next_due),
+            self._records(purging, aside), _score_of(next_purge), aside,
         )
         for index, score, unbounded in (
             (self.due, next_due, due_none), (self.purge, next_purge, purge_none),
@@ -322,6 +343,42 @@ class SharedStore:
         _raise_errors(replies)
         return replies
 
+    def _record(self, sid: bytes | str, fields: Any) -> Record | None:
+        """The record of a session a script returned as its id and HMGET of
+        ``READ`` (``None``: it has none). Raises ``InternalError`` naming
+        what is wrong with one the engine holds damaged: its hash changed
+        outside sessiond so that it makes no record, its key no hash (the
+        script answered its type), its id not text."""
+        try:
+            name = _text(sid)
+        except UnicodeDecodeError:
+            # Not an id sessiond makes (they are ASCII): named as it can be.
+            raise InternalError(f"session {_name(sid)} in the engine has an id that is not "
+                                f"UTF-8 text: it was written outside sessiond") from None
+        if isinstance(fields, bytes):
+            raise InternalError(self._not_a_hash(name, fields))
+        return record_of(name, fields)
+
+    def _records(self, flat: list[Any], aside: list[Aside]) -> list[Record]:
+        """Records a script returned as ids and HMGETs of ``READ``; those
+        that make none put in ``aside`` (their ids as the engine holds
+        them, and what is wrong, said as a read would say it), an id whose
+        hash is gone among them."""
+        it = iter(flat)
+        records = []
+        for sid, fields in zip(it, it, strict=True):
+            try:
+                record = self._record(sid, fields)
+            except InternalError as exc:
+                aside.append((sid, str(exc)))
+                continue
+            if record is not None:
+                records.append(record)
+            else:
+                aside.append((sid, f"session {_name(sid)} is in the engine's index of deadlines "
+                                   f"but its hash is gone: it was deleted outside sessiond"))
+        return records
+
 
 def _nobody(deadline: int) -> None:
     """Where deadlines go until the expiry timer listens."""
@@ -358,50 +415,6 @@ def _name(sid: str | bytes) -> str:
 def _no_time(sid: str | bytes, bound: str, index: str) -> Aside:
     return (sid, f"session {_name(sid)} has the score {bound} in the engine's index {index}, "
                  f"which is no time: the index was changed outside sessiond")
-
-
-def _records(flat: list[Any], aside: list[Aside] | None = None) -> list[Record]:
-    """Records a script returned as ids and HMGETs of ``READ`` (one that
-    vanished meanwhile left out). A hash changed outside sessiond so that it
-    makes no record raises ``InternalError``; given ``aside``, it is put
-    there instead (its id, and what is wrong with it, said as a read of
-    it would say it), and so is an id whose hash is gone."""
-    it = iter(flat)
-    records = []
-    for sid, fields in zip(it, it, strict=True):
-        try:
-            name = _text(sid)
-        except UnicodeDecodeError:
-            # Not an id sessiond makes (they are ASCII): named as it can be.
-            name = sid.decode(errors="backslashreplace")
-            if aside is None:
-                raise InternalError(f"the engine holds a session id that is not UTF-8 text: "
-                                    f"{name}; it was written outside sessiond") from None
-            aside.append((sid, f"session {name} in the engine has an id that is not UTF-8 "
-                               f"text: it was written outside sessiond"))
-            continue
-        if isinstance(fields, bytes):
-            # DUE's word for a key its HMGET could not read (not a hash).
-            if aside is None:
-                raise InternalError(f"session {name} in the engine is not a hash: "
-                                    f"{fields.decode(errors='replace')}")
-            aside.append((sid, f"session {name} in the engine is not a hash "
-                               f"({fields.decode(errors='replace')}): it was changed outside "
-                               f"sessiond"))
-            continue
-        try:
-            record = record_of(name, fields)
-        except InternalError as exc:
-            if aside is None:
-                raise
-            aside.append((name, str(exc)))
-            continue
-        if record is not None:
-            records.append(record)
-        elif aside is not None:
-            aside.append((name, f"session {name} is in the engine's index of deadlines but "
-                                "its hash is gone: it was deleted outside sessiond"))
-    return records
 
 
 def _score_of(score: Any) -> int | None:

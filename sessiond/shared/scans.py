@@ -23,24 +23,28 @@ from sessiond.errors import (
     SessionError,
     TooLarge,
     Unsupported,
+    damaged_words,
 )
 from sessiond.live import Live, rules_of
 from sessiond.model import PURGED, Change, Record
 from sessiond.protocol import (
+    DAMAGED_SAID,
     Cleanup,
     CleanupReply,
     CleanupResult,
     ConfigReply,
     ConfigSet,
+    ErrorReply,
     Import,
     ImportReply,
     ImportResult,
     List,
     Page,
+    Peer,
     Response,
 )
 from sessiond.rules import Rules
-from sessiond.shared.engine import SCAN_MOST, Aside, SharedStore
+from sessiond.shared.engine import SCAN_MOST, Aside, Damaged, SharedStore
 from sessiond.shared.view import View
 from sessiond.store import PAGE_MAX_BYTES, RECORD_OVERHEAD_BYTES
 
@@ -83,6 +87,27 @@ class Passed:
                       by, len(new) - SAY_MOST)
         room = max(0, SAID_MOST - len(self._said))
         self._said.update(sid for sid, _ in new[:room])
+
+
+def for_peer(reply: Response, peer: Peer) -> Response:
+    """``reply`` as ``peer``'s connection may have it: one of a version
+    before ``DAMAGED_SAID`` would not see what a page or a cleanup passed
+    over, and has it refused, naming the first, as it was before."""
+    if peer.version >= DAMAGED_SAID:
+        return reply
+    if isinstance(reply, Page) and reply.damaged:
+        exc = InternalError(damaged_words(reply.damaged))
+    elif isinstance(reply, CleanupReply) and reply.result.damaged:
+        r = reply.result
+        exc = InternalError(
+            f"cleanup passed over sessions the engine holds damaged, whether due or not: "
+            f"{damaged_words(r.damaged)}; {r.removed_count} other session"
+            f"{'' if r.removed_count == 1 else 's'} "
+            f"{'would be removed' if r.dry_run else 'removed'}"
+        )
+    else:
+        return reply
+    return ErrorReply(id=reply.id, code=exc.code, message=str(exc))
 
 
 async def commit_each(
@@ -128,23 +153,34 @@ def _cursor(text: str | None) -> int:
     return int(text)
 
 
-async def list_page(store: SharedStore, settings: Rules, req: List) -> Response:
+async def list_page(
+    store: SharedStore, settings: Rules, req: List, passed: Passed
+) -> Response:
     """As ``Store.list_page``: up to ``limit`` sessions after the cursor, in
-    creation order, within ``PAGE_MAX_BYTES``; a past-due one expired."""
+    creation order, within ``PAGE_MAX_BYTES``; a past-due one expired. One
+    the engine holds damaged is passed over and named in ``damaged``."""
     after = _cursor(req.cursor)
     page: list[Record] = []
+    damaged: list[Damaged] = []
     size = 0
     cursor: str | None = None
     while True:
         want = req.limit - len(page)
-        now, last, more, records = await store.page(after, want, req.user)
+        now, last, more, entries = await store.page(after, want, req.user)
         changes: list[list[Change]] = []
-        for record in records:
+        for entry in entries:
             if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
                 more = True
                 break
+            if isinstance(entry, Damaged):
+                # Its words count as a record's bytes do: a namespace of
+                # damaged keys is named a page at a time.
+                damaged.append(entry)
+                size += len(entry.why) + RECORD_OVERHEAD_BYTES
+                last = entry.seq
+                continue
             made: list[Change] = []
-            record = rules.lazy_expire(View.of(settings, [record]), record, now, made)
+            record = rules.lazy_expire(View.of(settings, [entry]), entry, now, made)
             if made:
                 changes.append(made)
             if req.status is None or record.status == req.status:
@@ -165,49 +201,73 @@ async def list_page(store: SharedStore, settings: Rules, req: List) -> Response:
         if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
             cursor = str(last)
             break
-    return Page(id=req.id, sessions=[r.to_session() for r in page], cursor=cursor)
+    passed.say([(d.sid, d.why) for d in damaged], "a list")
+    return Page(id=req.id, sessions=[r.to_session() for r in page], cursor=cursor,
+                damaged=[d.why for d in damaged])
 
 
-async def cleanup(store: SharedStore, settings: Rules, req: Cleanup) -> Response:
-    """As ``Store.cleanup``, a chunk of the namespace at a time."""
+def _split(entries: list[Record | Damaged], damaged: list[Damaged]) -> list[Record]:
+    """The records among a page's ``entries``; the others added to ``damaged``."""
+    records: list[Record] = []
+    for entry in entries:
+        if isinstance(entry, Damaged):
+            damaged.append(entry)
+        else:
+            records.append(entry)
+    return records
+
+
+async def cleanup(
+    store: SharedStore, settings: Rules, req: Cleanup, passed: Passed
+) -> Response:
+    """As ``Store.cleanup``, a chunk of the namespace at a time. A session
+    the engine holds damaged is passed over (whether it was due cannot be
+    told) and named in ``damaged``."""
     before = req.before
     if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
         raise InvalidRequest(f"before must be a timestamp in microseconds, not {before!r}")
     removed: list[str] = []
+    damaged: list[Damaged] = []
     after = 0
     while True:
-        now, last, more, records = await store.page(after, SCAN_MOST, None)
-        doomed = [r for r in records if rules.doomed(r, now, before)]
+        now, last, more, entries = await store.page(after, SCAN_MOST, None)
+        doomed = [r for r in _split(entries, damaged) if rules.doomed(r, now, before)]
         if not req.dry_run:
-            doomed = await _purge(store, settings, doomed, now, before)
+            doomed = await _purge(store, settings, doomed, now, before, damaged)
         removed += [r.id for r in doomed]
         if not more:
             break
         after = last
+    passed.say([(d.sid, d.why) for d in damaged], "a cleanup")
     _, counters, _, _ = await store.stats()
     total = counters.get("total", 0)
     result = CleanupResult(
         dry_run=req.dry_run, removed_count=len(removed),
         remaining_count=total - (len(removed) if req.dry_run else 0), removed_ids=removed,
+        damaged=[d.why for d in damaged],
     )
     return CleanupReply(id=req.id, result=result)
 
 
 async def _purge(
-    store: SharedStore, settings: Rules, doomed: list[Record], now: int, before: int | None
+    store: SharedStore, settings: Rules, doomed: list[Record], now: int, before: int | None,
+    damaged: list[Damaged],
 ) -> list[Record]:
     """Remove ``doomed``; those changed meanwhile are read again and removed
-    if they still are. Returns those removed."""
+    if they still are (one changed outside sessiond meanwhile is added to
+    ``damaged``). Returns those removed."""
     removed: list[Record] = []
     for _ in range(3):
         if not doomed:
             break
         applied = await commit_each(store, purges(settings, doomed), now)
         removed += [r for r, ok in zip(doomed, applied, strict=True) if ok]
-        missed = [r.id for r, ok in zip(doomed, applied, strict=True) if not ok]
+        missed = {r.id: r.seq for r, ok in zip(doomed, applied, strict=True) if not ok}
         if not missed:
             break
-        now, fresh = await store.fetch(missed)
+        held: dict[str, str] = {}
+        now, fresh = await store.fetch(list(missed), held)
+        damaged += [Damaged(missed[sid], sid, why) for sid, why in held.items()]
         doomed = [r for r in fresh.values() if r is not None and rules.doomed(r, now, before)]
     return removed
 
@@ -339,16 +399,21 @@ async def _cap_existing(store: SharedStore, settings: Rules, cap: int) -> None:
 async def cap_all(store: SharedStore, settings: Rules) -> None:
     """Bring every session within a lowered ``max_lifetime``
     (``rules.cap_record``), going over those another daemon changed
-    meanwhile again (they may still be over it)."""
+    meanwhile again (they may still be over it). Raises ``InternalError``
+    naming the sessions the engine holds damaged, once the others are."""
+    damaged: list[Damaged] = []
     for _ in range(3):
         after = 0
         raced = False
+        damaged = []
         while True:
-            now, last, more, records = await store.page(after, SCAN_MOST, None)
-            groups = each_alone(settings, records, rules.cap_record, now)
+            now, last, more, entries = await store.page(after, SCAN_MOST, None)
+            groups = each_alone(settings, _split(entries, damaged), rules.cap_record, now)
             raced |= not all(await commit_each(store, groups, now))
             if not more:
                 break
             after = last
         if not raced:
-            return
+            break
+    if damaged:
+        raise InternalError(damaged_words([d.why for d in damaged]))

@@ -237,7 +237,10 @@ return results
 # return, how many to look at at most (and buckets to walk, empty ones
 # left by removals included). Returns the last sequence number looked at
 # (past a bucket walked to its end, that bucket's last), whether any
-# record may follow it, then each record as its id and HMGET of READ.
+# record may follow it, then each record as its id, its sequence number
+# and HMGET of READ. A key that is no hash (set outside sessiond) answers
+# its type in place of the fields, for the daemon to pass over and name,
+# whoever's it is: which user's it was cannot be told.
 PAGE: Final = """
 local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -261,9 +264,13 @@ while more == 0 and bucket * 128 <= top do
     looked = looked + 1
     last = q
     local key = prefix .. ids[q]
-    if user == '' or redis.call('HGET', key, 'u') == user then
+    local whose = user == '' or redis.pcall('HGET', key, 'u')
+    if whose == true or whose == user or type(whose) == 'table' then
+      local fields = redis.pcall('HMGET', key, """ + _READ + """)
+      if fields['err'] then fields = redis.call('TYPE', key)['ok'] end
       out[#out + 1] = ids[q]
-      out[#out + 1] = redis.call('HMGET', key, """ + _READ + """)
+      out[#out + 1] = q
+      out[#out + 1] = fields
       found = found + 1
     end
   end
@@ -310,10 +317,10 @@ local function take(index, upto)
   local out = {}
   for i = 1, #ids do
     out[#out + 1] = ids[i]
-    -- A key that is no hash (set outside sessiond) answers its error's
-    -- words in place of the fields, for the daemon to set it aside.
+    -- A key that is no hash (set outside sessiond) answers its type in
+    -- place of the fields, for the daemon to set it aside.
     local fields = redis.pcall('HMGET', ARGV[1] .. ids[i], """ + _READ + """)
-    if fields['err'] then fields = fields['err'] end
+    if fields['err'] then fields = redis.call('TYPE', ARGV[1] .. ids[i])['ok'] end
     out[#out + 1] = fields
   end
   local past = #unbounded + #ids
