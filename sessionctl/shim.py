@@ -406,6 +406,9 @@ def c_version(argv: Sequence[str]) -> int:
 
 
 def c_help(argv: Sequence[str]) -> int:
+    # The legacy contract shows one usage text, and no help of a command:
+    # ``help create`` would print the same text as if it had been read.
+    only_positional("help", argv, 0)
     sys.stdout.write(HELP)
     return 0
 

@@ -403,6 +403,16 @@ def test_help_version_and_an_unknown_command(daemon: Daemon) -> None:
     legacy_error(shim(daemon, "frobnicate"), "Unknown command: frobnicate. Run 'help' for usage.")
 
 
+@pytest.mark.parametrize("command", ["help", "-h", "--help"])
+def test_help_refuses_an_extra_argument_as_every_command_does(
+    tmp_path: Path, command: str
+) -> None:
+    # No daemon is started: help never reaches one.
+    d = Daemon(tmp_path)
+    legacy_error(shim(d, command, "create"),
+                 "Unexpected argument for help: create. Run 'help' for usage.")
+
+
 @pytest.mark.parametrize("args", [
     ("get",), ("set", "k", "v"), ("delete",), ("expire",), ("refresh",), ("refresh", "--ttl", "60"),
 ], ids=" ".join)
