@@ -106,7 +106,8 @@ def test_environment_variables_win_over_the_file(make_daemon: Callable[..., Daem
     ("name", "value", "needle"),
     [("SESSIOND_DEFAULT_TTL", "soon", "invalid value 'soon' for default_ttl"),
      ("SESSIOND_FSYNC", "sometimes", "invalid value 'sometimes' for fsync"),
-     ("SESSIOND_MAX_FRAME_BYTES", "10", "a whole number of bytes from 1024 to")],
+     ("SESSIOND_MAX_FRAME_BYTES", "10", "a whole number of bytes from 1024 to"),
+     ("SESSIOND_DEFAULT_TTL", "1e3", ": invalid value 1e3 for default_ttl")],
 )
 def test_a_bad_environment_variable_stops_the_start_naming_it(
     make_daemon: Callable[..., Daemon], name: str, value: str, needle: str

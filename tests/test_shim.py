@@ -385,6 +385,9 @@ def test_config_lists_gets_and_sets_the_daemon_settings(daemon: Daemon) -> None:
     # and changes nothing.
     assert "colour" in legacy_error(shim(daemon, "config", "colour", "blue"))
     assert "default_ttl" in legacy_error(shim(daemon, "config", "default_ttl", "soon"))
+    # Quoted as typed, not as JSON reads it (1000.0).
+    assert legacy_error(shim(daemon, "config", "default_ttl", "1e3")).startswith(
+        "invalid value 1e3 for default_ttl: default_ttl takes a whole number")
     assert "Unexpected argument" in legacy_error(shim(daemon, "config", "a", "b", "c"))
     with daemon.client() as c:
         assert c.config() == {**settings, "default_ttl": 120, "fsync": fsync}
