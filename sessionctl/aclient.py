@@ -43,7 +43,13 @@ from sessionctl.importing import add_up, import_plan
 from sessionctl.operations import Operations, watch_request
 from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
-from sessiond.errors import DaemonUnavailable, SessionError, Unsupported, from_code
+from sessiond.errors import (
+    DaemonUnavailable,
+    ProtocolError,
+    SessionError,
+    Unsupported,
+    from_code,
+)
 from sessiond.protocol import (
     ACK,
     OLDEST_VERSION,
@@ -280,11 +286,17 @@ class AsyncClient(Operations):
         self._buf += chunk
 
     async def _read_frame(self) -> Response:
-        while True:
-            response = self._pop_frame()
-            if response is not None:
-                return response
-            await self._fill()
+        try:
+            while True:
+                response = self._pop_frame()
+                if response is not None:
+                    return response
+                await self._fill()
+        except ProtocolError:
+            # Where the next reply starts is unknown: the connection is
+            # dropped as a lost one is, and the next request connects again.
+            await self._drop()
+            raise
 
     async def _roundtrip(self, req: Request) -> Response:
         async with self._lock:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from sessionctl.pipeline import Batch
-from sessiond.errors import SessionError
+from sessiond.errors import ProtocolError, SessionError
 
 if TYPE_CHECKING:
     from sessionctl.aclient import AsyncClient
@@ -72,6 +72,9 @@ class AsyncPipeline(Batch[D]):
                 # connection (nor on the next): their outcome is unknown.
                 for pending in waiting.values():
                     pending._fail(errors[0])
+                if any(isinstance(e, ProtocolError) for e in errors):
+                    # Out of step, as in AsyncClient._read_frame.
+                    await c._drop()
                 raise errors[0]
 
     async def __aenter__(self) -> AsyncPipeline[D]:

@@ -273,8 +273,15 @@ class Client(Operations):
         return None
 
     def _pop_frame(self) -> Response | None:
-        """The next whole reply already received, if there is one."""
-        return pop_frame(self._buf, self._where)
+        """The next whole reply already received, if there is one. Raises
+        ``ProtocolError``, the connection dropped, for one it cannot read."""
+        try:
+            return pop_frame(self._buf, self._where)
+        except ProtocolError as exc:
+            # Where the next reply starts is unknown: the connection is
+            # dropped as a lost one is, and the next call connects again.
+            self._drop(exc)
+            raise
 
     def _recv(self) -> bytes:
         """What the daemon has sent (waiting up to ``timeout``)."""
@@ -316,7 +323,11 @@ class Client(Operations):
             # decoded where it lies.
             chunk = self._recv()
             if len(chunk) > HEADER and int.from_bytes(chunk[:HEADER], "big") == len(chunk) - HEADER:
-                return decode(memoryview(chunk)[HEADER:], self._where)
+                try:
+                    return decode(memoryview(chunk)[HEADER:], self._where)
+                except ProtocolError as exc:
+                    self._drop(exc)  # as _pop_frame does
+                    raise
             self._buf += chunk
         while True:
             response = self._pop_frame()

@@ -70,8 +70,11 @@ def pop_frame(buf: bytearray, where: str) -> Response | None:
     end = HEADER + n
     if len(buf) < end:
         return None
-    # Decoded in place; the view is gone before the bytes are dropped.
-    response = decode(memoryview(buf)[HEADER:end], where)
+    # Decoded in place; the view is released before the bytes are dropped,
+    # and when the reply cannot be read (its traceback would keep the view,
+    # and the client that drops the connection must empty its buffer).
+    with memoryview(buf)[HEADER:end] as view:
+        response = decode(view, where)
     del buf[:end]
     return response
 

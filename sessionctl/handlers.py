@@ -25,7 +25,7 @@ from sessionctl.registry import (
     out,
 )
 from sessionctl.results import Session
-from sessiond.errors import SessionExpired, SessionsDamaged
+from sessiond.errors import InvalidRequest, SessionExpired, SessionsDamaged
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
 
@@ -296,7 +296,14 @@ def h_export(c: Client, args: Args) -> int:
 
 def h_config(c: Client, args: Args) -> int:
     if args.value is not None:
-        data = c.set_config(args.key, args.parsed)
+        try:
+            data = c.set_config(args.key, args.parsed)
+        except InvalidRequest as exc:
+            from sessiond.config import as_typed
+
+            # The daemon quotes what it was sent: the value as the user
+            # typed it (1e3, 2h), not as it was read (1000.0, 7200).
+            raise type(exc)(as_typed(str(exc), args.key, args.parsed, args.value)) from exc
     elif args.key or args.json:
         data = c.config(args.key)
     else:

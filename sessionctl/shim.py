@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sessiond import __version__
-from sessiond.errors import SessionError, SessionExpired, SessionNotFound
+from sessiond.errors import InvalidRequest, SessionError, SessionExpired, SessionNotFound
 from sessiond.limits import ID_RULE, MAX_TTL, valid_id
 
 if TYPE_CHECKING:
@@ -393,8 +393,14 @@ def c_config(argv: Sequence[str]) -> int:
             except ValueError:
                 value = args[1]
             # The daemon validates keys and values (the legacy tool stored
-            # anything): a refusal is an error and changes nothing.
-            updated = c.set_config(args[0], value)
+            # anything): a refusal is an error and changes nothing, and
+            # quotes the value as it was typed (1e3, not the 1000.0 sent).
+            try:
+                updated = c.set_config(args[0], value)
+            except InvalidRequest as exc:
+                from sessiond.config import as_typed
+
+                raise Usage(as_typed(str(exc), args[0], value, args[1])) from None
             one_line({"ok": True, "updated": {args[0]: updated.get(args[0], value)}})
     return 0
 
@@ -406,6 +412,9 @@ def c_version(argv: Sequence[str]) -> int:
 
 
 def c_help(argv: Sequence[str]) -> int:
+    # The legacy contract shows one usage text, and no help of a command:
+    # ``help create`` would print the same text as if it had been read.
+    only_positional("help", argv, 0)
     sys.stdout.write(HELP)
     return 0
 

@@ -207,7 +207,7 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not raw:
             continue
         try:
-            values[key] = getattr(with_value(Settings(), key, parse_value(raw)), key)
+            values[key] = getattr(with_value(Settings(), key, parse_value(raw), typed=raw), key)
         except ConfigError as exc:
             raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from exc
     return values
@@ -291,9 +291,12 @@ def validate(data: dict[str, Any]) -> Settings:
         raise ConfigError(f"invalid config: {exc}") from exc  # a rule across keys
 
 
-def with_value(settings: Settings, key: str, value: Any) -> Settings:
+def with_value(
+    settings: Settings, key: str, value: Any, typed: str | None = None
+) -> Settings:
     """``settings`` with one key changed, validated. Raises ``ConfigError``
-    for an unknown key, or naming the key, the value and what it takes."""
+    for an unknown key, or naming the key, the value (as ``typed``, the text
+    it was read from, when given) and what it takes."""
     data = as_dict(settings)
     if key not in data:
         raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
@@ -302,9 +305,24 @@ def with_value(settings: Settings, key: str, value: Any) -> Settings:
         return msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         # The rest was valid already, so the new value is what is wrong.
-        raise ConfigError(
-            f"invalid value {_shown(value)} for {key}: {key} takes {takes(key)}"
-        ) from exc
+        raise ConfigError(f"{_invalid(key, value, typed)}{key} takes {takes(key)}") from exc
+
+
+def as_typed(message: str, key: str, value: Any, typed: str) -> str:
+    """``message`` quoting ``typed``, the text that ``value`` was read from,
+    where it is ``with_value``'s refusal of ``value`` for ``key``: a daemon
+    quotes the value it was sent, and ``1e3`` reaches it as 1000.0. Any
+    other message (and the refusal of a string, sent as it was typed) is
+    returned as it is."""
+    said = _invalid(key, value)
+    if isinstance(value, str) or not message.startswith(said):
+        return message
+    return _invalid(key, value, typed) + message[len(said):]
+
+
+def _invalid(key: str, value: Any, typed: str | None = None) -> str:
+    """How a refusal of ``value`` for ``key`` begins."""
+    return f"invalid value {_shown(value) if typed is None else _written(typed)} for {key}: "
 
 
 def _shown(value: Any) -> str:
@@ -316,6 +334,17 @@ def _shown(value: Any) -> str:
         return msgspec.json.encode(value).decode()
     except (TypeError, ValueError, OverflowError):
         return repr(value)
+
+
+def _written(text: str) -> str:
+    """A value as typed: as it is when it reads as JSON (``1e3``, ``NaN``,
+    which ``_shown`` would give as ``1000.0`` and ``null``), else in quotes,
+    as ``_shown`` quotes a string."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return repr(text)
+    return text.strip()
 
 
 # What a number setting counts (a key not named here and not ``*_bytes`` is

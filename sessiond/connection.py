@@ -18,11 +18,23 @@ import time
 from typing import Final, Protocol
 
 import anyio
+import msgspec
 
 from sessiond.errors import Busy, ProtocolError, TooLarge
 from sessiond.events import EventSource
 from sessiond.live import Live
-from sessiond.protocol import HEADER, LENGTH, Peer, error_frame
+from sessiond.protocol import (
+    HEADER,
+    LENGTH,
+    ConfigGet,
+    ConfigSet,
+    Hello,
+    Peer,
+    Ping,
+    Shutdown,
+    Stats,
+    error_frame,
+)
 
 # The server's logger: splitting the server into modules changes no record.
 log = logging.getLogger("sessiond.server")
@@ -42,6 +54,25 @@ IDLE: Final = 1  # waiting for the first byte of a frame
 FRAME: Final = 2  # waiting for the rest of a frame
 SEND: Final = 3  # waiting to send replies
 
+# What the one connection kept beyond max_connections serves (see
+# ``Server``): a hello, and what it takes to look at the daemon, change its
+# settings or stop it, however many clients hold the others. (Without it,
+# 'config max_connections 1' with a watch open locked every command out,
+# the one that would undo it included, as PostgreSQL's
+# superuser_reserved_connections and MySQL's extra admin connection avoid.)
+RESERVED_OPS: Final = frozenset(
+    cls.__struct_config__.tag for cls in (Hello, Ping, Stats, ConfigGet, ConfigSet, Shutdown)
+)
+# The commands that send them, for people.
+RESERVED_FOR: Final = "sessionctl config, stats, ping and shutdown"
+
+
+class _Op(msgspec.Struct):
+    op: str
+
+
+_op_of = msgspec.msgpack.Decoder(_Op).decode
+
 
 class Conn(Peer):
     """A connection's socket, its readiness registration, and the deadline
@@ -58,7 +89,7 @@ class Conn(Peer):
 
     __slots__ = (
         "sock", "fd", "loop", "kind", "deadline", "expired", "waiter", "writing", "reading",
-        "readable",
+        "readable", "reserved",
     )
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
@@ -76,6 +107,8 @@ class Conn(Peer):
         self.reading = False  # registered with the loop as a reader
         # Reported readable while nobody waited: recv() before waiting again.
         self.readable = False
+        # The connection kept beyond max_connections: RESERVED_OPS only.
+        self.reserved = False
 
     async def wait(self, writable: bool) -> None:
         """Until the socket is readable (or writable), or ``interrupt()``."""
@@ -176,17 +209,19 @@ class Connections:
             if conn.kind == IDLE:
                 conn.interrupt()
 
-    async def serve(self, sock: socket.socket) -> EventSource | None:
+    async def serve(self, sock: socket.socket, reserved: bool = False) -> EventSource | None:
         """Answer requests on ``sock`` until EOF, ``watch`` (returns its
         watcher, for the caller to stream events to), or the daemon
-        stopping while this connection is between frames. Raises ``Stop``
-        when the connection must close, ``anyio.BrokenResourceError`` when
-        its peer went away.
+        stopping while this connection is between frames; ``reserved``:
+        the connection kept beyond max_connections, which serves
+        ``RESERVED_OPS`` alone. Raises ``Stop`` when the connection must
+        close, ``anyio.BrokenResourceError`` when its peer went away.
 
         One coroutine, not a wrapper around another: an idle connection
         holds this frame alone, and a frame of its own costs every open
         connection its memory."""
         conn = Conn(sock, asyncio.get_running_loop())
+        conn.reserved = reserved
         # Bytes received and not yet handled: never a whole frame between
         # rounds, only the start of one (or nothing).
         pending: bytes | bytearray = b""
@@ -311,6 +346,8 @@ class Connections:
                 ends.append(end)
             if not bodies:
                 return pos, None, bad
+            if conn.reserved:
+                self._reserved_only(bodies)
             out = bytearray()
             watcher, bad, used = await self.dispatcher.batch(bodies, bad, out, conn)
             pos = ends[used - 1]
@@ -328,6 +365,23 @@ class Connections:
             if size - pos >= HEADER:
                 # More frames follow: a turn for the others between batches.
                 await anyio.lowlevel.checkpoint()
+
+    def _reserved_only(self, bodies: list[memoryview]) -> None:
+        """``Stop`` with ``busy``, before any of them is carried out, unless
+        every request in ``bodies`` is one the reserved connection serves (a
+        body that is no request is left to the dispatcher, which says so)."""
+        for body in bodies:
+            try:
+                op = _op_of(body).op
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if op not in RESERVED_OPS:
+                raise Stop(error_frame(0, Busy(
+                    f"daemon busy: too many connections (max_connections="
+                    f"{self.live.settings.max_connections}); the one connection kept beyond "
+                    f"them serves only {RESERVED_FOR}, with which the limit can be raised; "
+                    f"try again"
+                )))
 
     async def _send(self, conn: Conn, data: bytearray) -> None:
         sock = conn.sock

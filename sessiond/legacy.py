@@ -34,6 +34,9 @@ class Loaded:
     # skipped, as the daemon skips those its rules refuse.
     refused: list[str] = field(default_factory=list)
     format: str = "jsonl"
+    # Records whose id an earlier one (not deleted since) already had: each
+    # took the place of that one (see ``_apply``).
+    repeated: int = 0
 
     def keep(self, found: dict[str, Session]) -> None:
         """The last record of each id, unless no request can carry it."""
@@ -74,8 +77,9 @@ def legacy_dir() -> Path:
 
 
 def read_sessions(path: Path) -> Loaded:
-    """Every session in ``path`` (last record for an id wins, delete lines
-    remove), and a description of each line that could not be read."""
+    """Every session in ``path`` (last record for an id wins, in the place
+    of its first; delete lines remove), and a description of each line that
+    could not be read."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -97,7 +101,7 @@ def read_sessions(path: Path) -> Loaded:
         if not raw.strip():
             continue
         try:
-            _last_wins(found, decode_line(raw))
+            loaded.repeated += _apply(found, decode_line(raw))
         except LineError as exc:
             loaded.problems.append(f"{path}: line {lineno}: {exc}")
     loaded.keep(found)
@@ -119,20 +123,29 @@ def _read_array(path: Path, data: bytes) -> Loaded:
         if isinstance(item, dict):
             item.setdefault("type", "session")
         try:
-            _last_wins(found, decode_line(msgspec.json.encode(item)))
+            loaded.repeated += _apply(found, decode_line(msgspec.json.encode(item)))
         except LineError as exc:
             loaded.problems.append(f"{path}: record {index}: {exc}")
     loaded.keep(found)
     return loaded
 
 
-def _last_wins(found: dict[str, Session], item: Session | str) -> None:
-    """Apply one record (or delete, an id) of a file: the last for an id
-    wins, and is kept in the order of its last appearance."""
-    sid = item if isinstance(item, str) else item.id
-    found.pop(sid, None)
-    if not isinstance(item, str):
-        found[sid] = item
+def _apply(found: dict[str, Session], item: Session | str) -> bool:
+    """Apply one record (or delete, an id) of a file, as the daemon replays
+    its journal: a record whose id is there already replaces it in its
+    place, a delete removes it, a record after its delete comes last.
+
+    So a legacy file with an id on two lines (a hand edit, files joined)
+    gives the last line's record in the first line's place, as reading its
+    lines into a mapping by id does (a Python dict, or jq's object); the
+    first line's place is the session's creation, which the later line
+    rewrote. Returns whether ``item`` replaced a record."""
+    if isinstance(item, str):
+        found.pop(item, None)
+        return False
+    repeated = item.id in found
+    found[item.id] = item
+    return repeated
 
 
 def legacy_default_ttl(directory: Path) -> int | None:

@@ -25,7 +25,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from sessiond import __version__
-from sessiond.connection import Batches, Connections, Stop
+from sessiond.connection import RESERVED_FOR, Batches, Connections, Stop
 from sessiond.errors import Busy, InternalError, SessionError
 from sessiond.events import EventSource
 from sessiond.live import Live
@@ -81,6 +81,9 @@ class Server:
         engine.dispatcher.request_stop = self.stop_requested.set
         self.connections = Connections(self.dispatcher, live)
         self.open = 0  # connections accepted and not yet closed
+        # Whether the one connection kept beyond max_connections is open
+        # (counted in ``open`` too): see ``connection.RESERVED_OPS``.
+        self.reserve_taken = False
         # Watchers waiting for their client to go away: drain() ends them.
         self._idle: set[anyio.CancelScope] = set()
         self._drained = anyio.Event()
@@ -199,12 +202,14 @@ class Server:
                     "refused a connection from uid %d (only uid %d may connect)", uid, self.uid
                 )
                 return
-            if self.open >= self.live.settings.max_connections or self.connections.stopping:
+            reserved = self.open - self.reserve_taken >= self.live.settings.max_connections
+            if self.connections.stopping or (reserved and self.reserve_taken):
                 await self._send_last(stream, error_frame(0, self._busy()))
                 return
             self.open += 1
+            self.reserve_taken |= reserved
             try:
-                await self._serve_connection(stream)
+                await self._serve_connection(stream, reserved)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
                 pass
             except Stop as stop:
@@ -219,6 +224,8 @@ class Server:
                 )))
             finally:
                 self.open -= 1
+                if reserved:
+                    self.reserve_taken = False
                 if self.connections.stopping and self.open == 0:
                     self._drained.set()
 
@@ -228,7 +235,8 @@ class Server:
         if self.connections.stopping:
             why = "shutting down"
         else:
-            why = f"too many connections (max_connections={self.live.settings.max_connections})"
+            why = (f"too many connections (max_connections={self.live.settings.max_connections}, "
+                   f"and the one more kept for {RESERVED_FOR} is in use)")
         return Busy(f"daemon busy: {why}; try again")
 
     @staticmethod
@@ -240,8 +248,10 @@ class Server:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 pass
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
-        watcher = await self.connections.serve(stream.extra(SocketAttribute.raw_socket))
+    async def _serve_connection(self, stream: SocketStream, reserved: bool) -> None:
+        watcher = await self.connections.serve(
+            stream.extra(SocketAttribute.raw_socket), reserved
+        )
         if watcher is not None:
             await self._watch(stream, watcher)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,76 @@ def frame(body: bytes) -> bytes:
 def request(**fields: Any) -> bytes:
     """A framed request from plain values (no validation on our side)."""
     return frame(msgspec.msgpack.encode(fields))
+
+
+class OutOfStep:
+    """A peer that puts one bad frame on a real daemon's connection (which
+    never sends one): it listens at ``path``, and for the one connection it
+    takes, passes the client's hello to the daemon at ``daemon_socket`` and
+    its answer back, answers the request that follows with a frame no
+    client can read, then notes whether the client hangs up (``wait``)."""
+
+    # msgpack's one byte that stands for nothing.
+    BAD_BODY = b"\xc1"
+
+    def __init__(self, path: Path, daemon_socket: Path, timeout: float = 10.0) -> None:
+        self.daemon_socket = daemon_socket
+        self.timeout = timeout
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(os.fspath(path))
+        self.server.listen()
+        self.hung_up: bool | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.server.settimeout(self.timeout)
+            conn, _ = self.server.accept()
+            with conn, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as daemon:
+                conn.settimeout(self.timeout)
+                daemon.settimeout(self.timeout)
+                daemon.connect(os.fspath(self.daemon_socket))
+                daemon.sendall(_take_frame(conn))  # the hello
+                conn.sendall(_take_frame(daemon))
+                _take_frame(conn)
+                conn.sendall(frame(self.BAD_BODY))
+                try:
+                    while conn.recv(65536):
+                        pass  # what else the client sent before it knew
+                    self.hung_up = True
+                except TimeoutError:
+                    self.hung_up = False
+        except BaseException as exc:  # told to the test by wait()
+            self.error = exc
+        finally:
+            self.server.close()
+
+    def wait(self) -> bool:
+        """Whether the client hung up after the bad frame."""
+        self.thread.join(self.timeout * 2)
+        assert not self.thread.is_alive(), "the bad-frame peer did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.hung_up is not None
+        return self.hung_up
+
+
+def _take_frame(sock: socket.socket) -> bytes:
+    """One whole frame off ``sock``, header and all, as it came."""
+    head = _exactly(sock, HEADER)
+    return head + _exactly(sock, int.from_bytes(head, "big"))
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"the connection closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
 
 
 class Raw:

@@ -5,19 +5,27 @@ happened (whether the daemon carried the request out is unknown, so it is
 never sent again), the requests a pipeline sent on it and whose answers
 never came settle with that same error, and the call after connects
 again, with the client's autostart setting. ``Client`` and
-``AsyncClient`` alike, against a real daemon really restarted."""
+``AsyncClient`` alike, against a real daemon really restarted.
+
+So does one whose connection carried a reply it cannot read
+(``ProtocolError``): where the next reply starts is unknown. The bad frame
+comes from a peer put between the client and a real daemon
+(``tests.rawwire.OutOfStep``), since the daemon never sends one."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import anyio.to_thread
 import pytest
 
-from sessionctl import AsyncClient, DaemonUnavailable, Pending, Session
-from tests.conftest import Daemon, wait_until
+from sessionctl import AsyncClient, Client, DaemonUnavailable, Pending, ProtocolError, Session
+from tests.conftest import Daemon, running, wait_until
+from tests.rawwire import OutOfStep
 
 
 class LeftEarly(Exception):
@@ -123,3 +131,85 @@ async def test_async_client_says_what_happened_and_connects_again(
         assert not str(lost.value).rstrip().endswith(":")
         assert (await c.get(s.id)).id == s.id
         assert c.server_pid == daemon.proc.pid  # type: ignore[union-attr]
+
+
+# -- a reply the client cannot read ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The daemon behind the bad-frame peer: what answers is the same
+    whatever the engine, so one local daemon serves these tests."""
+    with running(tmp_path_factory.mktemp("outofstep")) as d:
+        yield d
+
+
+@pytest.fixture
+def sid(real: Daemon) -> str:
+    with real.client() as c:
+        return c.create().id
+
+
+@pytest.fixture
+def peer(real: Daemon, tmp_path: Path) -> OutOfStep:
+    """The bad-frame peer, at ``link``: a link that ``lead_to`` then points
+    at the real daemon's socket, for the connection that follows."""
+    found = OutOfStep(tmp_path / "peer.sock", real.socket)
+    (tmp_path / "link.sock").symlink_to(tmp_path / "peer.sock")
+    return found
+
+
+def lead_to(link: Path, target: Path) -> None:
+    new = link.with_name("new.sock")
+    new.symlink_to(target)
+    new.replace(link)
+
+
+def test_a_reply_the_client_cannot_read_drops_the_connection_and_the_next_call_connects_again(
+    real: Daemon, sid: str, peer: OutOfStep, tmp_path: Path
+) -> None:
+    link = tmp_path / "link.sock"
+    with Client(link, timeout=10) as c:
+        with pytest.raises(ProtocolError):
+            c.get(sid)
+        assert peer.wait(), "the client kept a connection it can no longer read"
+        lead_to(link, real.socket)
+        assert c.get(sid).id == sid
+
+
+def test_pipelined_requests_on_a_connection_out_of_step_settle_with_its_error(
+    real: Daemon, sid: str, peer: OutOfStep, tmp_path: Path
+) -> None:
+    link = tmp_path / "link.sock"
+    with Client(link, timeout=10) as c:
+        with pytest.raises(ProtocolError) as caught, c.pipeline() as p:
+            gets = [p.get(sid), p.get(sid)]
+        for pending in gets:
+            with pytest.raises(ProtocolError) as same:
+                pending.result()
+            assert same.value is caught.value
+        assert peer.wait(), "the client kept a connection it can no longer read"
+        lead_to(link, real.socket)
+        assert c.get(sid).id == sid
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("pipelined", [False, True], ids=["call", "pipeline"])
+@pytest.mark.anyio
+async def test_async_client_drops_a_connection_whose_reply_it_cannot_read(
+    real: Daemon, sid: str, peer: OutOfStep, tmp_path: Path, pipelined: bool,
+    anyio_backend: str,
+) -> None:
+    link = tmp_path / "link.sock"
+    async with AsyncClient(link, timeout=10) as c:
+        with pytest.raises(ProtocolError):
+            if pipelined:
+                async with c.pipeline() as p:
+                    p.get(sid)
+            else:
+                await c.get(sid)
+        assert await anyio.to_thread.run_sync(peer.wait), (
+            "the client kept a connection it can no longer read"
+        )
+        lead_to(link, real.socket)
+        assert (await c.get(sid)).id == sid

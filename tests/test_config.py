@@ -148,6 +148,24 @@ def test_setting_a_key_changes_that_key_alone_and_refuses_a_pinned_one(tmp_path:
     assert not path.exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "typed", "message", "quoted"),
+    [("default_ttl", 1000.0, "1e3", "invalid value 1000.0 for default_ttl: it takes",
+      "invalid value 1e3 for default_ttl: it takes"),
+     ("max_lifetime", 7200, "2h", "invalid value 7200 for max_lifetime: it takes",
+      "invalid value '2h' for max_lifetime: it takes"),
+     # Anything else is left as the daemon said it: a string was sent as typed.
+     ("default_ttl", "1e3x", "1e3x", "invalid value '1e3x' for default_ttl: it takes",
+      "invalid value '1e3x' for default_ttl: it takes"),
+     ("default_ttl", 1000.0, "1e3", "default_ttl is set by the environment variable",
+      "default_ttl is set by the environment variable")],
+)
+def test_a_refusal_quotes_the_value_as_typed(
+    key: str, value: Any, typed: str, message: str, quoted: str
+) -> None:
+    assert config.as_typed(message, key, value, typed) == quoted
+
+
 def test_an_environment_variable_is_validated_and_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="environment variable SESSIOND_FSYNC='x': invalid"):
         config.layered(tmp_path / "c.json", {"SESSIOND_FSYNC": "x"}, {})
@@ -203,7 +221,13 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
      (("fsync", "null"), "invalid value null for fsync"),
      (("max_frame_bytes", "99999999999999999999"),
       "invalid value '99999999999999999999' for max_frame_bytes: max_frame_bytes takes a "
-      "whole number of bytes from 1024 to ")],
+      "whole number of bytes from 1024 to "),
+     # Quoted as typed, not as read (1000.0, 10000.0, null, 1.5, 3153686400).
+     (("default_ttl", "1e3"), "invalid value 1e3 for default_ttl: default_ttl takes a whole"),
+     (("frame_timeout", "1e4"), "invalid value 1e4 for frame_timeout: frame_timeout takes a"),
+     (("idle_timeout", "NaN"), "invalid value NaN for idle_timeout: idle_timeout takes a"),
+     (("watch_queue", "1.50"), "invalid value 1.50 for watch_queue: watch_queue takes a"),
+     (("max_lifetime", "36501d"), "invalid value '36501d' for max_lifetime: max_lifetime takes")],
 )
 def test_a_bad_key_or_value_is_exit_2_with_the_daemons_message(
     d: Daemon, args: tuple[str, ...], needle: str

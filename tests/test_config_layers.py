@@ -106,7 +106,8 @@ def test_environment_variables_win_over_the_file(make_daemon: Callable[..., Daem
     ("name", "value", "needle"),
     [("SESSIOND_DEFAULT_TTL", "soon", "invalid value 'soon' for default_ttl"),
      ("SESSIOND_FSYNC", "sometimes", "invalid value 'sometimes' for fsync"),
-     ("SESSIOND_MAX_FRAME_BYTES", "10", "a whole number of bytes from 1024 to")],
+     ("SESSIOND_MAX_FRAME_BYTES", "10", "a whole number of bytes from 1024 to"),
+     ("SESSIOND_DEFAULT_TTL", "1e3", ": invalid value 1e3 for default_ttl")],
 )
 def test_a_bad_environment_variable_stops_the_start_naming_it(
     make_daemon: Callable[..., Daemon], name: str, value: str, needle: str
@@ -175,6 +176,32 @@ def test_the_legacy_default_ttl_is_migrated_alone_unless_the_file_sets_one(
     d = make_daemon(start=False)
     if before is not None:
         d.config.write_text(json.dumps(before))
+    legacy_files(d, default_ttl=1234)
+    d.start("--fsync", "no")
+    assert file_of(d) == after
+    assert d.ctl("config", "default_ttl").stdout == f"{after['default_ttl']}\n"
+
+
+def test_the_legacy_default_ttl_is_migrated_under_a_variable_that_wins_for_its_run(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False, env={"SESSIOND_DEFAULT_TTL": "60"})
+    legacy_files(d, default_ttl=1234)
+    d.start()
+    # The file takes it, for the runs without the variable; this run keeps
+    # the variable's, and says so.
+    assert file_of(d) == {"default_ttl": 1234}
+    assert d.ctl("config", "default_ttl").stdout == "60\n"
+    assert ("default_ttl 60 is in force instead, set by the environment variable "
+            "SESSIOND_DEFAULT_TTL") in d.log_text()
+    del d.extra_env["SESSIOND_DEFAULT_TTL"]
+    d.restart()
+    assert d.ctl("config", "default_ttl").stdout == "1234\n"
+
+
+def legacy_files(d: Daemon, default_ttl: int) -> None:
+    """The legacy tool's files in ``d``'s home: one session, and its
+    config.json setting ``default_ttl``."""
     legacy = d.root / "home" / ".session"
     legacy.mkdir(parents=True)
     now = now_us()
@@ -183,10 +210,7 @@ def test_the_legacy_default_ttl_is_migrated_alone_unless_the_file_sets_one(
         "meta": {}, "created_at": iso(now), "last_access": iso(now),
         "expires_at": iso(now + 60 * US),
     }) + "\n")
-    (legacy / "config.json").write_text('{"default_ttl": 1234}')
-    d.start("--fsync", "no")
-    assert file_of(d) == after
-    assert d.ctl("config", "default_ttl").stdout == f"{after['default_ttl']}\n"
+    (legacy / "config.json").write_text(json.dumps({"default_ttl": default_ttl}))
 
 
 def test_config_set_refuses_to_write_back_a_file_broken_by_hand(daemon: Daemon) -> None:

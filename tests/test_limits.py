@@ -6,6 +6,7 @@ descriptor it opened for the misbehaving clients is closed again).
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import select
@@ -226,12 +227,14 @@ def test_connection_over_max_connections_is_told_busy(make_daemon: Callable[...,
     d = configured(make_daemon, max_connections=3)
     seed(d.socket)
     before = snapshot(d.socket)
-    held = [d.client() for _ in range(3)]
+    # Three, and the one more kept for config, stats and shutdown (whose
+    # hello it answers).
+    held = [d.client() for _ in range(4)]
     try:
         with pytest.raises(Busy, match=r"max_connections=3"):
             Client(d.socket)
     finally:
-        held.pop().close()
+        held.pop(0).close()
 
     def admitted() -> bool:
         try:
@@ -244,6 +247,52 @@ def test_connection_over_max_connections_is_told_busy(make_daemon: Callable[...,
     wait_until(admitted, 10, "a freed slot to admit a new client")
     for c in held:
         c.close()
+    assert snapshot(d.socket) == before
+
+
+@pytest.mark.local_only("the connection limit is the server's, the same on either engine")
+def test_a_daemon_full_of_connections_still_answers_config_stats_and_shutdown(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    sid = seed(d.socket)[0]
+    assert d.ctl("config", "max_connections", "1").returncode == 0
+    with Raw(d.socket) as watcher:
+        assert watcher.call(op="watch", id=1)["r"] == "event"
+        refused = d.ctl("get", sid)
+        assert refused.returncode == 1, refused.stderr
+        assert "max_connections=1" in refused.stderr
+        assert "kept beyond them serves only sessionctl config, stats" in refused.stderr
+        stats = d.ctl("stats", "--json")
+        assert stats.returncode == 0 and json.loads(stats.stdout)["connections"] == 2
+        assert d.ctl("config", "max_connections").stdout == "1\n"
+        # The way out, without editing the file and SIGHUP.
+        assert d.ctl("config", "max_connections", "100").returncode == 0
+        assert d.ctl("get", sid).returncode == 0
+        assert d.ctl("config", "max_connections", "1").returncode == 0
+        assert d.ctl("shutdown").returncode == 0
+        assert d.proc is not None and d.proc.wait(10) == 0
+
+
+@pytest.mark.local_only("the connection limit is the server's, the same on either engine")
+def test_the_connection_kept_beyond_max_connections_is_one_and_serves_nothing_else(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = configured(make_daemon, max_connections=1)
+    sid = seed(d.socket)[0]
+    before = snapshot(d.socket)  # on the one connection max_connections allows
+    with d.client() as regular, d.client() as reserve:
+        assert reserve.stats().connections == 2
+        # Taken: nobody else gets in, not even for stats.
+        refused = d.ctl("stats")
+        assert refused.returncode == 1 and "is in use" in refused.stderr, refused.stderr
+        # Anything else, pipelined after a stats or not, is refused before any of it is done.
+        with pytest.raises(Busy, match="max_connections=1"), reserve.pipeline() as p:
+            p.stats()
+            p.delete(sid)
+        # It closed that connection, which is free for the next.
+        wait_until(lambda: d.ctl("stats").returncode == 0, 10, "the kept connection to be free")
+        assert regular.get(sid).id == sid
     assert snapshot(d.socket) == before
 
 

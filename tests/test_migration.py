@@ -99,6 +99,7 @@ def test_first_start_imports_the_legacy_files_once_and_never_touches_them(
     log = d.log_text()
     assert f"imported {SESSIONS} sessions from legacy" in log
     assert f"line {DAMAGED_LINE}" in log
+    assert "empty user" not in log and "repeat the id" not in log  # none of either
 
     # Changes after the import must survive restarts: the legacy file is
     # never read again, so nothing deleted comes back and nothing doubles.
@@ -172,6 +173,48 @@ def test_a_migration_killed_after_its_first_commit_is_finished_at_the_next_start
     d.restart()
     assert len(all_sessions(d)) == count - 1
     assert d.log_text().count("resuming the migration") == 1
+
+
+def test_an_empty_user_comes_in_as_anonymous_and_the_log_counts_them(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon(start=False)
+    records = [legacy_record(i, now_us()) for i in range(4)]
+    records[1]["user"] = records[3]["user"] = ""
+    legacy_lines(d, records)
+    d.start()
+    found = all_sessions(d)
+    assert [found[r["id"]].user for r in records] == ["user0", "anonymous", "user2", "anonymous"]
+    assert "legacy import: 2 sessions with an empty user imported as user anonymous" in (
+        d.log_text()
+    )
+
+
+def test_an_id_on_two_lines_comes_in_as_the_last_in_the_place_of_the_first(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # As the legacy file reads into a mapping by id: the later line rewrote
+    # the session that the first one created.
+    d = make_daemon(start=False)
+    records = [legacy_record(i, now_us()) for i in range(3)]
+    again = {**records[0], "meta": {"theme": "light"}}
+    legacy_lines(d, [records[0], records[1], again, records[2]])
+    d.start()
+    with d.client() as c:
+        listed = c.list()
+    assert [s.id for s in listed] == [r["id"] for r in records]
+    assert listed[0].meta == {"theme": "light"}
+    log = d.log_text()
+    assert "imported 3 sessions from legacy" in log
+    assert log.count("legacy import: 1 lines repeat the id of an earlier line; the last line "
+                     "of each id is imported, in the place of its first") == 1
+
+
+def legacy_lines(d: Daemon, records: list[dict[str, Any]]) -> None:
+    """``records`` as the legacy data.jsonl in ``d``'s home, a line each."""
+    path = d.root / "home" / ".session" / "data.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def test_a_journal_with_sessions_of_its_own_is_never_migrated_into(

@@ -385,6 +385,9 @@ def test_config_lists_gets_and_sets_the_daemon_settings(daemon: Daemon) -> None:
     # and changes nothing.
     assert "colour" in legacy_error(shim(daemon, "config", "colour", "blue"))
     assert "default_ttl" in legacy_error(shim(daemon, "config", "default_ttl", "soon"))
+    # Quoted as typed, not as JSON reads it (1000.0).
+    assert legacy_error(shim(daemon, "config", "default_ttl", "1e3")).startswith(
+        "invalid value 1e3 for default_ttl: default_ttl takes a whole number")
     assert "Unexpected argument" in legacy_error(shim(daemon, "config", "a", "b", "c"))
     with daemon.client() as c:
         assert c.config() == {**settings, "default_ttl": 120, "fsync": fsync}
@@ -401,6 +404,16 @@ def test_help_version_and_an_unknown_command(daemon: Daemon) -> None:
     assert list(version) == ["tool", "version"] and version["tool"] == "session"
     assert isinstance(version["version"], str) and version["version"]
     legacy_error(shim(daemon, "frobnicate"), "Unknown command: frobnicate. Run 'help' for usage.")
+
+
+@pytest.mark.parametrize("command", ["help", "-h", "--help"])
+def test_help_refuses_an_extra_argument_as_every_command_does(
+    tmp_path: Path, command: str
+) -> None:
+    # No daemon is started: help never reaches one.
+    d = Daemon(tmp_path)
+    legacy_error(shim(d, command, "create"),
+                 "Unexpected argument for help: create. Run 'help' for usage.")
 
 
 @pytest.mark.parametrize("args", [
