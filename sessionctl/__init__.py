@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         SessionError,
         SessionExpired,
         SessionNotFound,
+        SessionsDamaged,
         TooLarge,
         Unsupported,
     )
@@ -70,6 +71,7 @@ _HOMES = {
         "SessionError",
         "SessionExpired",
         "SessionNotFound",
+        "SessionsDamaged",
         "TooLarge",
         "Unsupported",
     ),
@@ -100,6 +102,7 @@ __all__ = [
     "SessionError",
     "SessionExpired",
     "SessionNotFound",
+    "SessionsDamaged",
     "StatsInfo",
     "TooLarge",
     "Unsupported",

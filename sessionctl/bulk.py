@@ -17,7 +17,7 @@ from typing import Any
 
 from sessionctl import render
 from sessionctl.client import Client
-from sessionctl.handlers import emit, plural
+from sessionctl.handlers import emit, plural, warn_damaged
 from sessionctl.importing import add_up
 from sessionctl.registry import (
     BULK_SHOWN,
@@ -217,8 +217,14 @@ def h_cleanup(c: Client, args: Args) -> int:
         verb = "would remove" if r.dry_run else "removed"
         lines = [f"{verb} {plural(r.removed_count, 'session')}, {r.remaining_count} remaining"]
         lines += listed(args, [f"  {sid}" for sid in r.removed_ids], "ids")
-        return "\n".join(lines)
+        if r.damaged:
+            # Whether they were due cannot be told: neither removed nor kept on purpose.
+            lines.append(f"passed over {plural(len(r.damaged), 'session')} the engine holds "
+                         f"damaged:")
+            lines += listed(args, [f"  {why}" for why in r.damaged], "damaged")
+        return "\n".join(render.escape_message(line) for line in lines)
 
     if not args.quiet:
         emit(args, msgspec.to_builtins(r), human)
+    warn_damaged(r.damaged)
     return EXIT_OK

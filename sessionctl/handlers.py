@@ -19,12 +19,13 @@ from sessionctl.connection import BY_ENVIRONMENT, NO_AUTOSTART_ENV, autostart_of
 from sessionctl.registry import (
     EXIT_OK,
     Args,
+    CommandFailed,
     OutputFailed,
     UsageError,
     out,
 )
 from sessionctl.results import Session
-from sessiond.errors import InvalidRequest, SessionExpired
+from sessiond.errors import InvalidRequest, SessionExpired, SessionsDamaged
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
 
@@ -43,6 +44,22 @@ def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
 def plural(count: int, word: str) -> str:
     """``1 session``, ``2 sessions``."""
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def warn_damaged(damaged: list[str]) -> None:
+    """After the results, one line on stderr: the sessions a list or a
+    cleanup passed over because the shared engine holds them damaged, and
+    what is wrong with the first (``get`` on each says, the daemon's log
+    names all). A warning, not an error: the command did what it could on
+    every other session, as ``journalctl`` goes on past a damaged file."""
+    if not damaged:
+        return
+    sys.stdout.flush()
+    count = len(damaged)
+    sys.stderr.write(render.escape_message(
+        f"sessionctl: warning: {plural(count, 'session')} left out: the engine holds "
+        f"{'it' if count == 1 else 'them'} damaged; the first: {damaged[0]}"
+    ) + "\n")
 
 
 class CliClient(Client):
@@ -183,15 +200,15 @@ class _Listing:
         self.c = c
         self.args = args
         self.more = False
+        # What the pages passed over (shared mode: sessions held damaged).
+        self.damaged: list[str] = []
 
     def __iter__(self) -> Iterator[Session]:
-        c, args = self.c, self.args
-        left: int | None = args.limit
+        left: int | None = self.args.limit
         cursor: str | None = None
         while True:
             page = PAGE_MAX if left is None else min(left, PAGE_MAX)
-            sessions, cursor = c.list_page(status=args.status, user=args.user, limit=page,
-                                           cursor=cursor)
+            sessions, cursor = self._page(page, cursor)
             for s in sessions:  # a page holds at most ``left``
                 yield s
                 if left is not None:
@@ -200,10 +217,22 @@ class _Listing:
                 return
             if left == 0:
                 # The cursor says only that the store goes on: one more
-                # session asked for says whether another one matches.
-                self.more = bool(c.list_page(status=args.status, user=args.user, limit=1,
-                                             cursor=cursor)[0])
+                # session asked for says whether another one matches
+                # (what it passed over on the way is past what is shown).
+                self.more = bool(self._page(1, cursor, shown=False)[0])
                 return
+
+    def _page(
+        self, limit: int, cursor: str | None, shown: bool = True
+    ) -> tuple[list[Session], str | None]:
+        args = self.args
+        try:
+            return self.c.list_page(status=args.status, user=args.user, limit=limit,
+                                    cursor=cursor)
+        except SessionsDamaged as exc:
+            if shown:
+                self.damaged += exc.damaged
+            return exc.sessions, exc.cursor
 
 
 def h_list(c: Client, args: Args) -> int:
@@ -220,6 +249,7 @@ def h_list(c: Client, args: Args) -> int:
     else:
         shown: list[Session] = list(sessions)
         out(render.session_table(shown, now_us(), more=sessions.more))
+    warn_damaged(sessions.damaged)
     return EXIT_OK
 
 
@@ -243,14 +273,22 @@ def h_export(c: Client, args: Args) -> int:
     from sessionctl.export import write_sessions
 
     target = args.target
-    if target is None:
-        write_sessions(c, args.format, sys.stdout.buffer)
-        return EXIT_OK
     try:
-        count = write_sessions(c, args.format, target.file)
-        target.commit()
-    except OSError as exc:
-        raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
+        if target is None:
+            write_sessions(c, args.format, sys.stdout.buffer)
+            return EXIT_OK
+        try:
+            count = write_sessions(c, args.format, target.file)
+            target.commit()
+        except OSError as exc:
+            raise OutputFailed(f"cannot write {target.path}: {exc.strerror or exc}") from None
+    except SessionsDamaged as exc:
+        # Moved to another host, an export that left them out would lose them.
+        raise CommandFailed(
+            f"export refused: {exc}; "
+            + ("what it wrote is incomplete" if target is None
+               else f"nothing was written to {target.path}")
+        ) from None
     emit(args, {"exported": count, "file": str(target.path)},
          lambda: render.escape_message(f"exported {plural(count, 'session')} to {target.path}"))
     return EXIT_OK

@@ -292,7 +292,9 @@ class Operations:
     ) -> Reply[tuple[list[Session], str | None]]:
         """One page of at most ``limit`` sessions and the cursor of the next
         (``None`` at the end). Raises ``InvalidRequest`` for a cursor that
-        no page gave."""
+        no page gave, ``SessionsDamaged`` (shared mode) for a page that
+        passed over sessions the engine holds damaged: it holds the page's
+        sessions and cursor, to go on with."""
         from sessionctl import arguments as a
 
         req = List(

@@ -59,8 +59,11 @@ class Pending(Generic[T]):
     def _settle(self, response: Response) -> None:
         if isinstance(response, ErrorReply):
             self._error = from_code(response.code, response.message)
-        else:
+            return
+        try:
             self._value = self._convert(response)
+        except SessionError as exc:  # a reply that refuses (``to_page``'s)
+            self._error = exc
 
     def _fail(self, error: SessionError) -> None:
         """The connection it was sent on was lost before its answer came."""

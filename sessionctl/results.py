@@ -19,6 +19,7 @@ from typing import Any, TypeVar, Union
 import msgspec
 
 from sessiond import model, protocol
+from sessiond.errors import SessionsDamaged
 from sessiond.protocol import (
     CleanupReply,
     CompactReply,
@@ -146,6 +147,7 @@ class SessionReply(Response, tag="session"):
 class Page(Response, tag="page"):
     sessions: list[Session]
     cursor: str | None = None
+    damaged: list[str] = []
 
 
 class EventReply(Response, tag="event"):
@@ -200,7 +202,18 @@ def to_ack(r: Response) -> Ack:
 
 
 to_deleted = _reply(Deleted, lambda r: r.sid)
-to_page = _reply(Page, lambda r: (r.sessions, r.cursor))
+
+
+def to_page(r: Response) -> tuple[list[Session], str | None]:
+    """A page's sessions and the cursor of the next; ``SessionsDamaged``
+    (which holds them) when it passed over sessions the shared engine holds
+    damaged: a program that lists is never left to miss one unawares."""
+    assert isinstance(r, Page)
+    if r.damaged:
+        raise SessionsDamaged(r.sessions, r.cursor, r.damaged)
+    return r.sessions, r.cursor
+
+
 to_stats = _reply(StatsReply, lambda r: r.stats)
 to_cleanup = _reply(CleanupReply, lambda r: r.result)
 to_config = _reply(ConfigReply, lambda r: r.config)

@@ -7,4 +7,4 @@ Importing this package must stay cheap (no anyio): ``sessionctl`` imports
 __version__ = "0.1.0"
 # Defined here rather than in ``protocol`` (which re-exports it) so that
 # ``sessionctl version`` can print it without importing msgspec.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3

@@ -7,6 +7,12 @@ sides of the wire.
 
 from __future__ import annotations
 
+# The type checker's only: importing typing would cost every ``sessionctl``
+# run (this module is on the path of each).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class SessionError(Exception):
     """Base of every error sessiond and sessionctl raise on purpose."""
@@ -75,6 +81,27 @@ class EngineError(InternalError):
     def __init__(self, message: str, text: str = "") -> None:
         super().__init__(message)
         self.text = text
+
+
+class SessionsDamaged(InternalError):
+    """A page of sessions that passed over some the shared engine holds
+    damaged (changed outside sessiond: read one with ``get`` for what is
+    wrong): ``damaged`` says what is wrong with each, in creation order;
+    ``sessions`` and ``cursor`` are the rest of the page, to go on with.
+    Raised by the client, from the page; never crosses the wire."""
+
+    def __init__(self, sessions: list[Any], cursor: str | None, damaged: list[str]) -> None:
+        super().__init__(damaged_words(damaged))
+        self.sessions = sessions
+        self.cursor = cursor
+        self.damaged = damaged
+
+
+def damaged_words(damaged: list[str]) -> str:
+    """What is wrong with the first of the sessions ``damaged`` names, and
+    how many more there are."""
+    more = len(damaged) - 1
+    return damaged[0] + (f" (and {more} more session{'s' if more > 1 else ''})" if more else "")
 
 
 class DaemonUnavailable(SessionError):

@@ -71,8 +71,14 @@ class Request(
 # The oldest version a daemon still speaks. A hello says the newest its
 # client speaks; the daemon answers the lower of that and its own, and
 # speaks that on the connection (version 1 until a hello says otherwise).
-# Version 2 added ``returning`` and ``AckReply``; nothing else differs.
+# Version 2 added ``returning`` and ``AckReply``; version 3, ``damaged`` in
+# a page and a cleanup's result; nothing else differs.
 OLDEST_VERSION: Final = 1
+# From this version on, a page and a cleanup go on past sessions the shared
+# engine holds damaged (changed outside sessiond) and name them in
+# ``damaged``. A connection of an older version would not see them: such a
+# page or cleanup is refused, naming the first, as before.
+DAMAGED_SAID: Final = 3
 
 
 class Hello(Request, tag="hello"):
@@ -237,6 +243,9 @@ class AckReply(Response, tag="ack"):
 class Page(Response, tag="page"):
     sessions: list[Session]
     cursor: str | None = None
+    # Version 3: what is wrong with each session the page passed over, in
+    # creation order (shared mode: held damaged by the engine).
+    damaged: list[str] = []
 
 
 class Deleted(Response, tag="deleted"):
@@ -295,6 +304,9 @@ class CleanupResult(msgspec.Struct, kw_only=True):
     removed_count: int
     remaining_count: int
     removed_ids: list[str]
+    # Version 3: what is wrong with each session it passed over (shared
+    # mode: held damaged by the engine, so whether it was due is unknown).
+    damaged: list[str] = []
 
 
 class CleanupReply(Response, tag="cleanup"):

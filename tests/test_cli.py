@@ -228,7 +228,8 @@ def test_cleanup_dry_run_changes_nothing_then_cleanup_removes(d: Daemon) -> None
     sid = new(d, "--user", "sweep")["id"]
     expire(d, sid)
     dry = js(d, "cleanup", "--dry-run")
-    assert set(dry) == {"dry_run", "removed_count", "remaining_count", "removed_ids"}
+    assert set(dry) == {"dry_run", "removed_count", "remaining_count", "removed_ids", "damaged"}
+    assert dry["damaged"] == []  # sessions the shared engine holds damaged, passed over
     assert dry["dry_run"] is True and sid in dry["removed_ids"]
     assert js(d, "get", sid)["status"] == "expired"
     human = ok(d, "cleanup")

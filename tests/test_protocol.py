@@ -140,6 +140,10 @@ SAMPLES: dict[str, Any] = {
     "response.session": SessionReply(id=4, session=SESSION),
     "response.page": Page(id=9, sessions=[SESSION, EXPIRED_SESSION], cursor="0:2:s2"),
     "response.page.last": Page(id=9, sessions=[]),
+    # Version 3: a page that passed over a session the shared engine holds damaged.
+    "response.page.damaged": Page(id=9, sessions=[SESSION], cursor="4", damaged=[
+        "session s2 in the engine lacks the field(s) e every session has: its hash was "
+        "changed outside sessiond"]),
     "response.deleted": Deleted(id=8, sid="s1"),
     "response.stats": StatsReply(id=12, stats=StatsInfo(
         total_sessions=2, active=1, expired=1, unique_users=2, average_ttl_seconds=1830.0,
@@ -154,6 +158,11 @@ SAMPLES: dict[str, Any] = {
         id=13,
         result=CleanupResult(dry_run=True, removed_count=1, remaining_count=2,
                              removed_ids=["s2"]),
+    ),
+    "response.cleanup.damaged": CleanupReply(
+        id=13,
+        result=CleanupResult(dry_run=False, removed_count=0, remaining_count=1,
+                             removed_ids=[], damaged=["session s2 in the engine is not a hash"]),
     ),
     "response.config": ConfigReply(id=15, config={"default_ttl": 7200},
                                    sources={"default_ttl": "file"}),

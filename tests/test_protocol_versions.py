@@ -1,7 +1,7 @@
-"""Protocol versions, both ways, against real daemons: a client of version
-2 and a daemon that speaks only version 1 (the ``protocol-v1`` failpoint
+"""Protocol versions, both ways, against real daemons: a client of today
+and a daemon that speaks only version 1 (the ``protocol-v1`` failpoint
 makes one, as the release before spoke), a client of version 1 (raw
-frames) and a daemon of version 2; and what version 2 added, acks
+frames) and a daemon of today; and what version 2 added, acks
 (``returning="ack"``), on either engine.
 """
 
@@ -31,7 +31,8 @@ def test_the_daemon_answers_the_lower_version_of_the_two(daemon: Daemon) -> None
         assert raw.call(op="hello", id=1, version=2)["version"] == 2
     with Raw(daemon.socket) as raw:
         # A newer client is answered in the daemon's own, which it then speaks.
-        assert raw.call(op="hello", id=1, version=PROTOCOL_VERSION + 5)["version"] == 2
+        reply = raw.call(op="hello", id=1, version=PROTOCOL_VERSION + 5)
+        assert reply["version"] == PROTOCOL_VERSION == 3
 
 
 def test_a_hello_older_than_version_1_is_refused_naming_what_is_spoken(daemon: Daemon) -> None:
@@ -39,7 +40,7 @@ def test_a_hello_older_than_version_1_is_refused_naming_what_is_spoken(daemon: D
         reply = raw.call(op="hello", id=3, version=0)
     assert reply["r"] == "error" and reply["code"] == "unsupported"
     assert "protocol version 0 is not supported" in reply["message"]
-    assert "speaks versions 1 to 2" in reply["message"]
+    assert "speaks versions 1 to 3" in reply["message"]
 
 
 def test_a_version_1_client_gets_whole_sessions_and_never_an_ack(daemon: Daemon) -> None:
@@ -142,9 +143,9 @@ def test_a_new_async_client_falls_back_to_version_1(make_daemon: Callable[..., D
     assert isinstance(second, Ack) and second.version == 2
 
 
-def test_the_client_asks_acks_of_a_version_2_daemon(daemon: Daemon) -> None:
+def test_the_client_asks_acks_of_a_daemon_of_version_2_or_later(daemon: Daemon) -> None:
     with daemon.client() as c:
-        assert c.protocol_version == PROTOCOL_VERSION == 2
+        assert c.protocol_version == PROTOCOL_VERSION == 3
         made = c.create(meta={"big": "x" * 1000}, returning="ack")
         assert isinstance(made, Ack) and made.version == 1
         assert isinstance(c.get(made.id, touch=True, returning="ack"), Ack)

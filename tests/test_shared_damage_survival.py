@@ -281,3 +281,33 @@ def test_a_namespace_setting_this_sessiond_does_not_know_is_said_and_left_out_at
     assert _setting(a, "default_ttl") == 777
     assert a.log_text().count("bogus_key") == 1
     assert "does not know" in a.log_text()
+
+
+@pytest.mark.parametrize("index", ["due", "purge"])
+def test_an_index_score_of_minus_infinity_is_set_aside_in_one_turn_and_said_once(
+    redis_single: RedisNode, make_daemon_on: Callable[..., Daemon], index: str,
+) -> None:
+    """Such an entry comes first in every look at what is due: it used to
+    be read again at every turn of the timer, never leaving the index while
+    its hash's own deadline was ahead (a batch of them kept the timer
+    busy for good)."""
+    node = redis_single
+    d = make_daemon_on(backend=node.url)
+    entries = tag(d) + index
+    sids = [d.ctl("create", "--ttl", "3600").stdout.strip() for _ in range(3)]
+    for sid in sids:
+        if index == "purge":
+            assert d.ctl("expire", sid).returncode == 0
+        node.cli("ZADD", entries, "-inf", sid)
+    short = d.ctl("create", "--ttl", "1").stdout.strip()
+    wait_until(lambda: _expired(node, d, short), 10, "the short session to expire")
+    # The turn that expired it read them, and set them aside.
+    assert [node.cli("ZSCORE", entries, sid).strip() for sid in sids] == ["", "", ""]
+    for sid in sids:
+        assert _said(f"session {sid} has the score -inf in the engine's index {entries}, "
+                     "which is no time", d) == 1, d.log_text()
+    _alive(d)
+    # The sessions themselves are untouched.
+    with d.client() as c:
+        assert [c.get(sid).status for sid in sids] == (
+            ["expired"] * 3 if index == "purge" else ["active"] * 3)

@@ -59,7 +59,9 @@ def test_a_meta_that_is_not_a_json_object_is_refused_by_name_and_the_protocol_ho
     _refused_by_name(d.ctl("set", damaged, "k", "v"), damaged, said)
     listed = d.ctl("list")
     assert "not sessiond" not in listed.stderr
-    assert listed.returncode == 0 or f"session {damaged} in the engine {said}" in listed.stderr
+    # Listed without it, and said (tests/test_shared_damaged_scans.py).
+    assert listed.returncode == 0 and f"session {damaged} in the engine {said}" in listed.stderr
+    assert intact in listed.stdout and damaged not in listed.stdout
     # The connection that was refused goes on serving: the reply kept the
     # protocol's shape.
     with d.client() as c:
@@ -239,9 +241,11 @@ def test_a_create_refused_for_a_damaged_counter_goes_through_once_it_is_repaired
 
 @pytest.mark.parametrize(("change", "said"), [
     (("HDEL", "e", "v"), "lacks the field(s) e, v every session has"),
+    (("HDEL", "u"), "lacks the field(s) u every session has"),
     (("HSET", "v", "seven"), "holds something other than a whole number in the field(s) v"),
     (("HSET", "e", "1.5e15"), "holds something other than a whole number in the field(s) e"),
-], ids=["fields-missing", "version-not-a-number", "deadline-not-a-whole-number"])
+], ids=["fields-missing", "user-missing", "version-not-a-number",
+        "deadline-not-a-whole-number"])
 def test_a_session_hash_changed_outside_sessiond_is_refused_by_name_and_serving_goes_on(
     make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
     change: tuple[str, ...], said: str,
@@ -370,3 +374,21 @@ def test_a_bug_in_a_turn_of_the_expiry_timer_is_logged_once_and_expiry_goes_on(
     assert "RuntimeError: injected by failpoint expiry-bug" in log
     assert "expiry resumed" in log
     assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_hash_lacking_only_its_user_is_damaged_not_a_free_id(
+    redis_single: RedisNode, make_daemon_on: Callable[..., Daemon],
+) -> None:
+    """It used to read as no session at all: ``get`` said not found, ``list``
+    left it out without a word, and a ``create`` of its id was refused by
+    every commit (which finds its version) for two seconds, then said the
+    session "kept changing"."""
+    d = make_daemon_on(backend=redis_single.url)
+    assert d.ctl("create", "--id", "s1").returncode == 0
+    redis_single.cli("HDEL", tag(d) + "s:s1", "u")
+    said = "session s1 in the engine lacks the field(s) u every session has"
+    _refused_by_name(d.ctl("create", "--id", "s1"), "s1", "lacks the field(s) u")
+    listed = d.ctl("list", "--ids")
+    assert (listed.returncode, listed.stdout) == (0, ""), listed.stderr
+    assert said in listed.stderr
+    assert _alive(d)

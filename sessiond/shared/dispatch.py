@@ -110,6 +110,7 @@ class SharedDispatcher:
         self.stats: Callable[[int], Awaitable[StatsInfo]] = _no_stats
         self.request_stop: Callable[[], None] = no_stop
         self.watchers: set[StreamWatcher] = set()
+        self.passed = scans.Passed()
         self._many: dict[type[Request], Callable[[Any], Awaitable[Response]]] = {
             List: self._list, Cleanup: self._cleanup, Import: self._import,
             ConfigSet: self._config_set,
@@ -163,7 +164,7 @@ class SharedDispatcher:
                     continue
                 append_frame(out, first)
                 return watcher, bad, used
-            append_frame(out, await self._other(req))
+            append_frame(out, scans.for_peer(await self._other(req), peer))
         await self._flush(run, out)
         return None, bad, used
 
@@ -290,13 +291,13 @@ class SharedDispatcher:
     # -- the others --------------------------------------------------------
 
     async def _list(self, req: List) -> Response:
-        return await scans.list_page(self.store, self._rules(), req)
+        return await scans.list_page(self.store, self._rules(), req, self.passed)
 
     async def _cleanup(self, req: Cleanup) -> Response:
-        return await scans.cleanup(self.store, self._rules(), req)
+        return await scans.cleanup(self.store, self._rules(), req, self.passed)
 
     async def _import(self, req: Import) -> Response:
-        return await scans.import_page(self.store, self._rules(), req)
+        return await scans.import_page(self.store, self._rules(), req, self.passed)
 
     async def _config_set(self, req: ConfigSet) -> Response:
         return await scans.config_set(self.store, self.live, req, self.adopt)

@@ -48,9 +48,18 @@ LAYOUT = 2
 DAMAGED = "DAMAGED "
 
 
-# An index entry that makes no record: its id as the engine holds it (bytes
-# when it is not UTF-8 text), and what is wrong with it, in words.
+# An index entry that makes no record: its id as the engine answered it
+# (which may not be UTF-8 text), and what is wrong with it, in words.
 Aside = tuple[str | bytes, str]
+
+
+class Damaged(NamedTuple):
+    """A session a scan met that the engine holds damaged (changed outside
+    sessiond), in its place in the creation order."""
+
+    seq: int
+    sid: str | bytes
+    why: str
 
 
 def _now(reply: Sequence[Any]) -> int:
@@ -120,81 +129,112 @@ class SharedStore:
         (reply,) = await self.link.call([("TIME",)])
         return _now(reply)
 
-    async def fetch(self, sids: Sequence[str]) -> tuple[int, dict[str, Record | None]]:
-        """The engine's time and the records of ``sids``, in one round trip."""
+    async def fetch(
+        self, sids: Sequence[str], damaged: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Record | None]]:
+        """The engine's time and the records of ``sids``, in one round trip.
+        A session the engine holds damaged (changed outside sessiond: a
+        hash that makes no record, a key that is no hash) raises
+        ``InternalError`` naming it; given ``damaged``, it is put there
+        instead (its id, and those words), and left out of the records."""
         replies = await self.link.call(
             [("TIME",)] + [("HMGET", self.key(sid), *READ) for sid in sids]
         )
+        wrong = [
+            sid for sid, reply in zip(sids, replies[1:], strict=True)
+            if isinstance(reply, EngineError) and reply.text.startswith("WRONGTYPE")
+        ]
+        said: dict[str, str] = {}
+        if wrong:
+            kinds = await self._calls([("TYPE", self.key(sid)) for sid in wrong])
+            said = {sid: self._not_a_hash(sid, kind)
+                    for sid, kind in zip(wrong, kinds, strict=True)}
+            if damaged is None:
+                raise InternalError(said[wrong[0]])
+        _raise_errors([r for sid, r in zip(sids, replies[1:], strict=True) if sid not in said])
+        records: dict[str, Record | None] = {}
         for sid, reply in zip(sids, replies[1:], strict=True):
-            if isinstance(reply, EngineError) and reply.text.startswith("WRONGTYPE"):
-                await self._not_a_hash(sid)
-        _raise_errors(replies)
-        records = {
-            sid: record_of(sid, r) for sid, r in zip(sids, replies[1:], strict=True)
-        }
+            why = said.get(sid)
+            if why is None:
+                try:
+                    records[sid] = record_of(sid, reply)
+                    continue
+                except InternalError as exc:
+                    if damaged is None:
+                        raise
+                    why = str(exc)
+            assert damaged is not None  # else the first was raised above
+            damaged[sid] = why
         return _now(replies[0]), records
 
-    async def _not_a_hash(self, sid: str) -> None:
-        """Raise ``InternalError`` for a session's key that holds another
-        type than a hash (set outside sessiond): named, as a damaged hash
-        is (``hashes.record_of``), not the engine's bare WRONGTYPE."""
-        (kind,) = await self._calls([("TYPE", self.key(sid))])
-        raise InternalError(
-            f"session {sid} in the engine is not a hash (its key {self.key(sid)} holds a "
-            f"{_text(kind)}): it was changed outside sessiond; delete or repair that key "
-            f"in the engine"
-        )
+    def _not_a_hash(self, sid: str | bytes, kind: bytes | str) -> str:
+        """What is wrong with a session's key that holds ``kind`` (as TYPE
+        names it) rather than a hash: in the words a damaged hash is named
+        in (``hashes.record_of``)."""
+        name = _name(sid)
+        return (f"session {name} in the engine is not a hash (its key {self.prefix}{name} holds "
+                f"a {_text(kind)}): it was changed outside sessiond; delete or repair that key "
+                f"in the engine")
 
     async def page(
         self, after: int, want: int, user: str | None, most: int = SCAN_MOST
-    ) -> tuple[int, int, bool, list[Record]]:
+    ) -> tuple[int, int, bool, list[Record | Damaged]]:
         """The engine's time, then up to ``want`` records (of ``user``) after
         sequence number ``after`` in creation order: the last sequence number
-        looked at, whether records follow it, and the records."""
+        looked at, whether records follow it, and the records, a session
+        the engine holds damaged (which cannot be told from another user's
+        when its key is no hash) in its place as a ``Damaged``."""
         time, (last, more, flat) = await self._calls([
             ("TIME",),
             ("EVALSHA", self._page, 2, self.order, self.counters, self.prefix, after, want,
              max(most, want), user or ""),
         ])
-        return _now(time), int(last), bool(int(more)), _records(flat)
+        entries: list[Record | Damaged] = []
+        it = iter(flat)
+        for sid, seq, fields in zip(it, it, it, strict=True):
+            try:
+                record = self._record(sid, fields)
+            except InternalError as exc:
+                entries.append(Damaged(int(seq), sid, str(exc)))
+                continue
+            if record is not None:  # a hash deleted by hand: as deleted
+                entries.append(record)
+        return _now(time), int(last), bool(int(more)), entries
 
     async def falling_due(self, most: int, retention: int) -> Due:
         """In one round trip: the engine's time, up to ``most`` active
         records whose deadline has come and up to ``most`` expired ones
         whose ``retention`` (microseconds; 0: none is purged by time) has
         run out, earliest first, when the next of each falls due, and the
-        entries among them that make no record (``Due.aside``)."""
+        entries among them that make no record (``Due.aside``), those of
+        score -inf among them."""
         (reply,) = await self._calls([
             ("EVALSHA", self._due, 2, self.due, self.purge, self.prefix, most, retention),
         ])
-        secs, micros, expiring, next_due, purging, next_purge = reply
+        secs, micros, expiring, next_due, due_none, purging, next_purge, purge_none = reply
         aside: list[Aside] = []
         due = Due(
-            _now([secs, micros]), _records(expiring, aside), _score_of(next_due),
-            _records(purging, aside), _score_of(next_purge), aside,
+            _now([secs, micros]), self._records(expiring, aside), _score_of(next_due),
+            self._records(purging, aside), _score_of(next_purge), aside,
         )
-        for index, score in ((self.due, next_due), (self.purge, next_purge)):
-            if score is not None and not math.isfinite(float(score)):
+        for index, score, unbounded in (
+            (self.due, next_due, due_none), (self.purge, next_purge, purge_none),
+        ):
+            aside += [_no_time(sid, "-inf", index) for sid in unbounded]
+            if score is not None and float(score) == math.inf:
                 await self._unbounded(index, aside)
         return due
 
     async def _unbounded(self, index: str, aside: list[Aside]) -> None:
-        """Entries of ``index`` whose score is no time (+inf or -inf, put
-        there by hand: the engine refuses NaN), added to ``aside``: +inf
-        would never fall due, and next to the finite scores it would be
-        read as the next deadline. Looked up only when the next score is
-        not finite: a -inf one ahead of the others is taken as due and
-        judged by its hash's own deadline (``e``), as any entry is."""
-        found = await self._calls([
-            ("ZRANGE", index, bound, bound, "BYSCORE", "LIMIT", 0, SCAN_MOST)
-            for bound in ("+inf", "-inf")
+        """Entries of ``index`` whose score is +inf (put there by hand: the
+        engine refuses NaN), added to ``aside``: they would never fall due,
+        and next to the finite scores one would be read as the next
+        deadline. Looked up only when the next score is +inf; those of
+        -inf come with what is due (``scripts.DUE``)."""
+        (ids,) = await self._calls([
+            ("ZRANGE", index, "+inf", "+inf", "BYSCORE", "LIMIT", 0, SCAN_MOST),
         ])
-        for bound, ids in zip(("+inf", "-inf"), found, strict=True):
-            for sid in ids:
-                name = sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
-                aside.append((sid, f"session {name} has the score {bound} in the engine's "
-                                    f"index {index}, which is no time: the index was changed "
-                                    f"outside sessiond"))
+        aside += [_no_time(sid, "+inf", index) for sid in ids]
 
     async def set_aside(self, sids: Sequence[str | bytes]) -> None:
         """Take ``sids`` off the indexes of deadlines, which only the
@@ -303,6 +343,42 @@ class SharedStore:
         _raise_errors(replies)
         return replies
 
+    def _record(self, sid: bytes | str, fields: Any) -> Record | None:
+        """The record of a session a script returned as its id and HMGET of
+        ``READ`` (``None``: it has none). Raises ``InternalError`` naming
+        what is wrong with one the engine holds damaged: its hash changed
+        outside sessiond so that it makes no record, its key no hash (the
+        script answered its type), its id not text."""
+        try:
+            name = _text(sid)
+        except UnicodeDecodeError:
+            # Not an id sessiond makes (they are ASCII): named as it can be.
+            raise InternalError(f"session {_name(sid)} in the engine has an id that is not "
+                                f"UTF-8 text: it was written outside sessiond") from None
+        if isinstance(fields, bytes):
+            raise InternalError(self._not_a_hash(name, fields))
+        return record_of(name, fields)
+
+    def _records(self, flat: list[Any], aside: list[Aside]) -> list[Record]:
+        """Records a script returned as ids and HMGETs of ``READ``; those
+        that make none put in ``aside`` (their ids as the engine holds
+        them, and what is wrong, said as a read would say it), an id whose
+        hash is gone among them."""
+        it = iter(flat)
+        records = []
+        for sid, fields in zip(it, it, strict=True):
+            try:
+                record = self._record(sid, fields)
+            except InternalError as exc:
+                aside.append((sid, str(exc)))
+                continue
+            if record is not None:
+                records.append(record)
+            else:
+                aside.append((sid, f"session {_name(sid)} is in the engine's index of deadlines "
+                                   f"but its hash is gone: it was deleted outside sessiond"))
+        return records
+
 
 def _nobody(deadline: int) -> None:
     """Where deadlines go until the expiry timer listens."""
@@ -331,48 +407,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _records(flat: list[Any], aside: list[Aside] | None = None) -> list[Record]:
-    """Records a script returned as ids and HMGETs of ``READ`` (one that
-    vanished meanwhile left out). A hash changed outside sessiond so that it
-    makes no record raises ``InternalError``; given ``aside``, it is put
-    there instead (its id, and what is wrong with it, said as a read of
-    it would say it), and so is an id whose hash is gone."""
-    it = iter(flat)
-    records = []
-    for sid, fields in zip(it, it, strict=True):
-        try:
-            name = _text(sid)
-        except UnicodeDecodeError:
-            # Not an id sessiond makes (they are ASCII): named as it can be.
-            name = sid.decode(errors="backslashreplace")
-            if aside is None:
-                raise InternalError(f"the engine holds a session id that is not UTF-8 text: "
-                                    f"{name}; it was written outside sessiond") from None
-            aside.append((sid, f"session {name} in the engine has an id that is not UTF-8 "
-                               f"text: it was written outside sessiond"))
-            continue
-        if isinstance(fields, bytes):
-            # DUE's word for a key its HMGET could not read (not a hash).
-            if aside is None:
-                raise InternalError(f"session {name} in the engine is not a hash: "
-                                    f"{fields.decode(errors='replace')}")
-            aside.append((sid, f"session {name} in the engine is not a hash "
-                               f"({fields.decode(errors='replace')}): it was changed outside "
-                               f"sessiond"))
-            continue
-        try:
-            record = record_of(name, fields)
-        except InternalError as exc:
-            if aside is None:
-                raise
-            aside.append((name, str(exc)))
-            continue
-        if record is not None:
-            records.append(record)
-        elif aside is not None:
-            aside.append((name, f"session {name} is in the engine's index of deadlines but "
-                                "its hash is gone: it was deleted outside sessiond"))
-    return records
+def _name(sid: str | bytes) -> str:
+    """An id as the engine holds it, as text however it was written."""
+    return sid.decode(errors="backslashreplace") if isinstance(sid, bytes) else sid
+
+
+def _no_time(sid: str | bytes, bound: str, index: str) -> Aside:
+    return (sid, f"session {_name(sid)} has the score {bound} in the engine's index {index}, "
+                 f"which is no time: the index was changed outside sessiond")
 
 
 def _score_of(score: Any) -> int | None:

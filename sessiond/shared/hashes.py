@@ -39,7 +39,13 @@ def record_of(sid: str, values: Any) -> Record | None:
     writes it, or the meta is not a JSON object (``_damage`` says which)."""
     u, t, m, c, a, e, x, v, i, q = values
     if u is None:
-        return None
+        if all(value is None for value in values):
+            return None
+        # Some fields without the user: no hash sessiond writes (it writes
+        # every field at once). Read as absent, a create of its id would be
+        # refused by the commit, which finds its version, for as long as
+        # it tried.
+        raise InternalError(f"session {sid} in the engine {_damage(values)}")
     try:
         record = Record(
             expires_at=int(e),

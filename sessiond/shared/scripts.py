@@ -237,7 +237,10 @@ return results
 # return, how many to look at at most (and buckets to walk, empty ones
 # left by removals included). Returns the last sequence number looked at
 # (past a bucket walked to its end, that bucket's last), whether any
-# record may follow it, then each record as its id and HMGET of READ.
+# record may follow it, then each record as its id, its sequence number
+# and HMGET of READ. A key that is no hash (set outside sessiond) answers
+# its type in place of the fields, for the daemon to pass over and name,
+# whoever's it is: which user's it was cannot be told.
 PAGE: Final = """
 local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -261,9 +264,13 @@ while more == 0 and bucket * 128 <= top do
     looked = looked + 1
     last = q
     local key = prefix .. ids[q]
-    if user == '' or redis.call('HGET', key, 'u') == user then
+    local whose = user == '' or redis.pcall('HGET', key, 'u')
+    if whose == true or whose == user or type(whose) == 'table' then
+      local fields = redis.pcall('HMGET', key, """ + _READ + """)
+      if fields['err'] then fields = redis.call('TYPE', key)['ok'] end
       out[#out + 1] = ids[q]
-      out[#out + 1] = redis.call('HMGET', key, """ + _READ + """)
+      out[#out + 1] = q
+      out[#out + 1] = fields
       found = found + 1
     end
   end
@@ -293,34 +300,38 @@ return ARGV[1]
 # retention in microseconds ("0": nothing is purged by time). Returns the
 # engine's TIME (seconds, microseconds), then for each index the ids and
 # HMGETs of READ of what is due (active sessions whose deadline has come;
-# expired ones whose retention, counted from their score, has run out) and
-# the score of the first entry after them (false: none). Microseconds pass
-# 2^31 but not 2^53, so a Lua number holds them exactly; they are written
-# back as integers ('%.0f'), never in Lua's exponent notation.
+# expired ones whose retention, counted from their score, has run out),
+# the score of the first entry after them (false: none), and the ids
+# whose score is -inf (put there by hand: no time, which the daemon sets
+# aside rather than read at every turn). Microseconds pass 2^31 but not
+# 2^53, so a Lua number holds them exactly; they are written back as
+# integers ('%.0f'), never in Lua's exponent notation.
 DUE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local most = tonumber(ARGV[2])
 local function take(index, upto)
-  local ids = redis.call('ZRANGE', index, '-inf', string.format('%.0f', upto), 'BYSCORE',
+  local unbounded = redis.call('ZRANGE', index, '-inf', '-inf', 'BYSCORE', 'LIMIT', 0, most)
+  local ids = redis.call('ZRANGE', index, '(-inf', string.format('%.0f', upto), 'BYSCORE',
                          'LIMIT', 0, most)
   local out = {}
   for i = 1, #ids do
     out[#out + 1] = ids[i]
-    -- A key that is no hash (set outside sessiond) answers its error's
-    -- words in place of the fields, for the daemon to set it aside.
+    -- A key that is no hash (set outside sessiond) answers its type in
+    -- place of the fields, for the daemon to set it aside.
     local fields = redis.pcall('HMGET', ARGV[1] .. ids[i], """ + _READ + """)
-    if fields['err'] then fields = fields['err'] end
+    if fields['err'] then fields = redis.call('TYPE', ARGV[1] .. ids[i])['ok'] end
     out[#out + 1] = fields
   end
-  local after = redis.call('ZRANGE', index, #ids, #ids, 'WITHSCORES')
-  return out, after[2] or false
+  local past = #unbounded + #ids
+  local after = redis.call('ZRANGE', index, past, past, 'WITHSCORES')
+  return out, after[2] or false, unbounded
 end
-local due, due_next = take(KEYS[1], now)
-local purge, purge_next = {}, false
+local due, due_next, due_none = take(KEYS[1], now)
+local purge, purge_next, purge_none = {}, false, {}
 local retention = tonumber(ARGV[3])
-if retention > 0 then purge, purge_next = take(KEYS[2], now - retention) end
-return {t[1], t[2], due, due_next, purge, purge_next}
+if retention > 0 then purge, purge_next, purge_none = take(KEYS[2], now - retention) end
+return {t[1], t[2], due, due_next, due_none, purge, purge_next, purge_none}
 """
 
 # Entries of the indexes of deadlines whose hashes make no record (changed
