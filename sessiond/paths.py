@@ -50,10 +50,20 @@ def _platformdirs() -> tuple[str, str, str]:
     return runtime, platformdirs.user_state_dir(APP), platformdirs.user_config_dir(APP)
 
 
+def xdg_dir(name: str) -> str | None:
+    """``$name``, an XDG base directory (``XDG_RUNTIME_DIR``, ...), when it
+    is an absolute path; ``None`` when it is unset, empty or relative. The
+    XDG Base Directory spec says to ignore a relative one, as systemd does:
+    a path that depends on the current directory would give a client and
+    the daemon it started two different sockets."""
+    value = os.environ.get(name, "")
+    return value if os.path.isabs(value) else None
+
+
 def default_socket() -> Path:
     from pathlib import Path
 
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = xdg_dir("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / APP / SOCKET_NAME
     return Path(_platformdirs()[0]) / SOCKET_NAME
@@ -88,7 +98,7 @@ def socket_location(option: str | None = None) -> str:
         if not chosen.startswith("~") and _normal(chosen):
             return chosen
     else:
-        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        runtime = xdg_dir("XDG_RUNTIME_DIR")
         if runtime:
             joined = f"{runtime}/{APP}/{SOCKET_NAME}"
             if _normal(joined):
