@@ -142,15 +142,30 @@ def resolve(socket: str | None = None, data: str | None = None, config: str | No
     return Paths(socket_path(socket), data_dir(data), config_path(config))
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` 0700 if missing; refuse one that is a symlink, is
-    owned by someone else, or is open to group or others."""
-    if not path.exists() and not path.is_symlink():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing directory above it, each 0700;
+    those that exist are left as they are. ``mkdir(parents=True)`` gives
+    its mode to the last directory only: under umask 000 it would make
+    ``~/.local`` world-writable, and anyone could then move
+    ``~/.local/state`` away (the next daemon would start empty). Raises
+    ``OSError``."""
+    missing: list[Path] = []
+    level = path
+    while not os.path.lexists(level) and level.parent != level:
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(level, 0o700)
         except FileExistsError:
-            pass
+            pass  # made by another process meanwhile: theirs, left alone
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` 0700 if missing (and every directory above it that
+    is: see ``make_private_dirs``); refuse one that is a symlink, is owned
+    by someone else, or is open to group or others."""
+    make_private_dirs(path)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePath(f"unsafe permissions: {path} is a symlink")

@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from sessiond.errors import SessionError
-from sessiond.paths import xdg_dir
+from sessiond.paths import make_private_dirs, xdg_dir
 
 SERVICE = "sessiond.service"
 SOCKET = "sessiond.socket"
@@ -165,7 +165,7 @@ def _reload(hint: str = "") -> bool:
 def _install() -> int:
     executable = sessiond_executable()
     target = user_unit_dir()
-    target.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(target)
     texts = {
         SERVICE: render_service(packaged_unit(SERVICE), executable),
         SOCKET: packaged_unit(SOCKET),
