@@ -18,7 +18,7 @@ import stat
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
-from sessiond.errors import SessionError, StartError
+from sessiond.errors import InvalidRequest, SessionError, StartError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,12 +69,36 @@ def default_socket() -> Path:
     return Path(_platformdirs()[0]) / SOCKET_NAME
 
 
-def socket_path(option: str | None = None) -> Path:
-    """``--socket``, then ``$SESSIOND_SOCKET``, then the default."""
+def _chosen(option: str | None, env: str) -> tuple[str | None, str | None]:
+    """The path given (``option``, else ``$env``), and the variable it came
+    from (``None``: the option, or nothing given)."""
+    if option:
+        return option, None
+    value = os.environ.get(env)
+    return (value, env) if value else (None, None)
+
+
+def _expanded(text: str, source: str | None) -> Path:
+    """``text`` as a Path, a leading ``~`` or ``~user`` expanded. Raises
+    ``InvalidRequest`` when it names no home directory (pathlib's bare
+    RuntimeError would reach the user as a traceback); ``source`` is the
+    variable it came from, to name in the message."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(SOCKET_ENV)
-    return Path(chosen).expanduser() if chosen else default_socket()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as exc:
+        user = text[1:].partition("/")[0]
+        why = f"no user {user}" if user else "this user has no home directory (HOME is not set)"
+        given = f"{source}={text!r}" if source else repr(text)
+        raise InvalidRequest(f"cannot expand {given}: {why}") from exc
+
+
+def socket_path(option: str | None = None) -> Path:
+    """``--socket``, then ``$SESSIOND_SOCKET``, then the default. Raises
+    ``InvalidRequest`` for a ``~user`` that names nobody."""
+    chosen, source = _chosen(option, SOCKET_ENV)
+    return _expanded(chosen, source) if chosen else default_socket()
 
 
 def _normal(path: str) -> bool:
@@ -107,17 +131,21 @@ def socket_location(option: str | None = None) -> str:
 
 
 def data_dir(option: str | None = None) -> Path:
+    """``--data-dir``, then ``$SESSIOND_DATA_DIR``, then the default; raises
+    as ``socket_path`` does."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(DATA_DIR_ENV)
-    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[1])
+    chosen, source = _chosen(option, DATA_DIR_ENV)
+    return _expanded(chosen, source) if chosen else Path(_platformdirs()[1])
 
 
 def config_path(option: str | None = None) -> Path:
+    """``--config``, then ``$SESSIOND_CONFIG``, then the default; raises as
+    ``socket_path`` does."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(CONFIG_ENV)
-    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[2]) / "config.json"
+    chosen, source = _chosen(option, CONFIG_ENV)
+    return _expanded(chosen, source) if chosen else Path(_platformdirs()[2]) / "config.json"
 
 
 class Paths(NamedTuple):
