@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sessionctl.connection import MAX_TIMEOUT
 from sessiond.errors import InvalidRequest
 from sessiond.limits import MAX_VERSION, check_id, check_key, check_ttl, check_user
 from sessiond.model import STATUSES
@@ -163,10 +164,11 @@ def sessions(value: object, kinds: tuple[type, ...]) -> None:
 def timeout(value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_TIMEOUT):
         raise InvalidRequest(
-            f"timeout must be a number of seconds above 0, or None to wait for ever, "
-            f"not {value!r}"
+            f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
+            f"or None to wait for ever, not {value!r}"
         )
 
 

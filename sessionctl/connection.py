@@ -37,6 +37,11 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 BIG_RECV_BYTES = 1 << 18
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
+# The longest wait a ``timeout`` may ask for (a day); ``None`` waits for
+# ever. Past some bound every clock the clients use refuses it (a poll
+# takes at most 2**31-1 ms, a socket timeout at most ~292 years), each
+# with its own OverflowError: one bound, the same for both clients.
+MAX_TIMEOUT = 86400.0
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
 # What an encode of a request can fail with: see sessionctl.arguments,
 # which says why (imported then, and only then).
@@ -184,7 +189,7 @@ def client_socket(
     from sessiond.paths import socket_location
 
     if not (
-        (timeout is None or (type(timeout) is float and timeout > 0))
+        (timeout is None or (type(timeout) is float and 0 < timeout <= MAX_TIMEOUT))
         and (autostart is None or type(autostart) is bool)
     ):
         from sessionctl import arguments
