@@ -18,7 +18,13 @@ from collections.abc import Callable
 import msgspec
 
 from sessionctl.results import AnyReply
-from sessiond.errors import ClientClosed, DaemonUnavailable, ProtocolError, Unsupported
+from sessiond.errors import (
+    ClientClosed,
+    DaemonUnavailable,
+    InvalidRequest,
+    ProtocolError,
+    Unsupported,
+)
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
@@ -37,6 +43,9 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 BIG_RECV_BYTES = 1 << 18
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
+# Booleans as systemd reads them (parse_boolean), any case; empty is unset.
+_TRUE = frozenset({"1", "yes", "y", "true", "t", "on"})
+_FALSE = frozenset({"", "0", "no", "n", "false", "f", "off"})
 # The longest wait a ``timeout`` may ask for (a day); ``None`` waits for
 # ever. Past some bound every clock the clients use refuses it (a poll
 # takes at most 2**31-1 ms, a socket timeout at most ~292 years), each
@@ -119,10 +128,22 @@ def connect_patiently(sock: _socket.socket, path: str, timeout: float | None) ->
 
 
 def autostart_off_by_env() -> bool:
-    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off (set, and
-    neither empty nor ``0``). Read here only: ``Client`` asks it for the
-    CLI, the shim and Python programs alike."""
-    return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
+    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off, read as
+    systemd reads a boolean: ``1``, ``yes``, ``true``, ``on`` turn it off;
+    ``0``, ``no``, ``false``, ``off`` or empty leave it on. Raises
+    ``InvalidRequest`` for anything else, rather than guess which was
+    meant. Read here only: ``Client`` asks it for the CLI, the shim and
+    Python programs alike."""
+    value = os.environ.get(NO_AUTOSTART_ENV, "")
+    word = value.lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InvalidRequest(
+        f"{NO_AUTOSTART_ENV}={value!r} is not a boolean: 1, yes, true or on turns autostart "
+        f"off; 0, no, false, off or empty leaves it on"
+    )
 
 
 def closed(kind: str, where: str) -> ClientClosed:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sessionctl import Client, DaemonUnavailable
+from sessionctl import Client, DaemonUnavailable, InvalidRequest
 from sessionctl.connection import NO_AUTOSTART_ENV
 from tests.conftest import SESSIONCTL, gone, wait_until
 from tests.test_shim import BASH, SCRIPT, legacy_error
@@ -126,12 +126,22 @@ def test_autostart_false_turns_it_off_and_the_error_names_the_argument(fresh: Fr
     assert fresh.nothing_started()
 
 
-@pytest.mark.parametrize("value", ["", "0"])
-def test_an_empty_or_zero_variable_leaves_autostart_on(
+@pytest.mark.parametrize("value", ["", "0", "false"])
+def test_an_empty_zero_or_false_variable_leaves_autostart_on(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv(NO_AUTOSTART_ENV, value)
     with Client() as c:
+        assert c.ping().pid > 0
+
+
+def test_a_variable_that_is_no_boolean_is_invalid_request_and_starts_nothing(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NO_AUTOSTART_ENV, "maybe")
+    with pytest.raises(InvalidRequest, match=f"^{NO_AUTOSTART_ENV}='maybe' is not a boolean: "):
+        Client()
+    with Client(autostart=True) as c:  # the argument wins: the variable is not read
         assert c.ping().pid > 0
 
 
