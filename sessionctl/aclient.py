@@ -90,7 +90,9 @@ class AsyncClient(Operations):
     Once closed (``aclose()``, or the end of its ``async with`` block),
     every method raises ``ClientClosed``. ``server_version`` and
     ``server_pid`` are the daemon's once the connection is open (``None``
-    before)."""
+    before). A client belongs to the event loop that opened it, and asyncio
+    carries no loop across ``os.fork()``: a child makes an ``AsyncClient``
+    of its own."""
 
     def __init__(
         self,
