@@ -100,7 +100,7 @@ class Client(Operations):
     or out of bounds (``inf`` too), for a socket path whose ``~user`` names
     nobody, or for a ``SESSIONCTL_NO_AUTOSTART`` that is not a boolean.
     Once closed (``close()``, or the end of its ``with`` block), every
-    method raises ``ClientClosed``. After
+    method, its pipelines and its watches raise ``ClientClosed``. After
     ``os.fork()`` the child's first call connects afresh (see the
     module)."""
 
@@ -136,6 +136,11 @@ class Client(Operations):
         # The process whose connection, lock and buffers these are: another
         # (a child after os.fork) leaves them to it (see _forked).
         self._pid = _getpid()
+        # The private clients of the watches running on this one, which
+        # close() closes too: a watch blocked in another thread ends.
+        # (By id: a dict, which close() copies in one step whatever other
+        # threads do.)
+        self._watches: dict[int, Client] = {}
         self.server_version = ""
         self.server_pid = 0
         # The version the hello agreed on: 2 lets operations on one
@@ -261,12 +266,15 @@ class Client(Operations):
         return python_advice(type(self).__name__, off_by)
 
     def close(self) -> None:
-        """Close the connection (again: nothing happens). A call on the
-        client from then on raises ``ClientClosed``; one that another thread
-        is waiting in ends with it."""
+        """Close the connection, and those of the watches running on it
+        (again: nothing happens). A call on the client from then on raises
+        ``ClientClosed``; one that another thread is waiting in, a watch
+        included, ends with it."""
         self._closed = True
         if self._pid != _getpid():
             self._forked()  # the parent's connection is not shut down
+        for watching in list(self._watches.values()):
+            watching.close()
         sock = self._sock
         if sock is None:
             return  # lost before, and not opened again
@@ -543,7 +551,10 @@ class Client(Operations):
         self._check_open()
         req = watch_request(user, after)
         other = type(self)(self._where, timeout=None, autostart=self._autostart)
+        self._watches[id(other)] = other
         try:
+            # Closed while the connection opened: close() did not see it.
+            self._check_open()
             first = other._roundtrip(req)
             assert isinstance(first, EventReply)
             while True:
@@ -562,4 +573,5 @@ class Client(Operations):
                 assert isinstance(reply, EventReply)
                 yield reply.event
         finally:
+            self._watches.pop(id(other), None)
             other.close()

@@ -134,6 +134,29 @@ def test_closing_wakes_a_thread_waiting_for_its_answer(shared: Daemon) -> None:
     assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
 
 
+def test_closing_ends_a_watch_running_in_another_thread(shared: Daemon) -> None:
+    c = shared.client(timeout=60)
+    before = c.stats().watchers
+    caught: list[BaseException] = []
+
+    def watching() -> None:
+        try:
+            for _ in c.watch():
+                pass
+        except SessionError as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=watching, daemon=True)
+    t.start()
+    wait_until(lambda: c.stats().watchers == before + 1, 10, "the watch to start")
+    c.close()
+    t.join(10)
+    assert not t.is_alive(), "close() left the watch waiting"
+    assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
+    with shared.client() as other:  # and the watch's connection is closed
+        wait_until(lambda: other.stats().watchers == before, 10, "the watch to end")
+
+
 # -- arguments, in Python's words, before anything is sent -----------------------
 
 NOW = datetime.now(UTC)
