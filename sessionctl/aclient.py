@@ -176,7 +176,11 @@ class AsyncClient(Operations):
                 raise error from exc
         from sessionctl.autostart import start_daemon
 
-        await anyio.to_thread.run_sync(start_daemon, self.path)
+        # Left to finish on its own if the task is cancelled: it waits as
+        # long as the daemon it started runs, up to the timeout.
+        await anyio.to_thread.run_sync(
+            start_daemon, self.path, self.timeout, abandon_on_cancel=True
+        )
         return await self._connect(off_by, started=True)
 
     def _autostart_advice(self, off_by: str) -> str:

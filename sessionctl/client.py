@@ -256,7 +256,7 @@ class Client(Operations):
                 raise error from exc
         from sessionctl.autostart import start_daemon
 
-        start_daemon(self.path)
+        start_daemon(self.path, self.timeout)
         return self._connect(off_by, started=True)
 
     def _autostart_advice(self, off_by: str) -> str:

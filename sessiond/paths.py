@@ -31,6 +31,8 @@ JOURNAL_NAME = "data.jsonl"
 LOCK_NAME = "sessiond.lock"
 LOG_NAME = "sessiond.log"
 SOCKET_NAME = "sessiond.sock"
+# A Unix socket's address holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
 
 
 class UnsafePath(SessionError):

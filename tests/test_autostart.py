@@ -101,7 +101,7 @@ def test_a_variable_that_is_no_boolean_is_refused_in_one_line(
     assert r.returncode == 3 and "drop --no-autostart and unset SESSIONCTL_NO_AUTOSTART" in r.stderr
 
 
-def test_a_daemon_that_cannot_start_is_exit_3_naming_the_log(
+def test_a_daemon_that_cannot_start_is_exit_3_saying_why_and_naming_the_log(
     make_daemon: Callable[..., Daemon], started: list[int]
 ) -> None:
     d = make_daemon(start=False)
@@ -116,6 +116,8 @@ def test_a_daemon_that_cannot_start_is_exit_3_naming_the_log(
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("sessionctl: error: ") and str(log) in r.stderr
     assert "not valid JSON" in log.read_text()
+    # Its reason, from its log, in the one line.
+    assert f"before answering on {d.socket}: config {d.config} is not valid JSON" in r.stderr
     assert pid is None
 
 

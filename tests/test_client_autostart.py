@@ -145,11 +145,15 @@ def test_a_variable_that_is_no_boolean_is_invalid_request_and_starts_nothing(
         assert c.ping().pid > 0
 
 
-def test_a_failed_start_is_daemon_unavailable_naming_the_log(fresh: Fresh) -> None:
-    Path(fresh.env["SESSIOND_CONFIG"]).write_text("{ not json")
+def test_a_failed_start_is_daemon_unavailable_saying_why_and_naming_the_log(
+    fresh: Fresh,
+) -> None:
+    config = fresh.env["SESSIOND_CONFIG"]
+    Path(config).write_text("{ not json")
     with pytest.raises(DaemonUnavailable) as caught:
         Client()
     assert str(fresh.data_dir / "sessiond.log") in str(caught.value)
+    assert f": config {config} is not valid JSON" in str(caught.value)
 
 
 def readme_example(heading: str) -> str:
