@@ -18,9 +18,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sessionctl.connection import MAX_TIMEOUT
 from sessiond.errors import InvalidRequest
-from sessiond.limits import MAX_VERSION, check_id, check_key, check_ttl, check_user
+from sessiond.limits import (
+    MAX_TIMEOUT,
+    MAX_VERSION,
+    check_id,
+    check_key,
+    check_ttl,
+    check_user,
+)
 from sessiond.model import STATUSES
 from sessiond.protocol import PAGE_MAX, Request, encoder
 

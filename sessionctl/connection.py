@@ -25,6 +25,7 @@ from sessiond.errors import (
     ProtocolError,
     Unsupported,
 )
+from sessiond.limits import MAX_TIMEOUT
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
@@ -46,11 +47,6 @@ NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
 # Booleans as systemd reads them (parse_boolean), any case; empty is unset.
 _TRUE = frozenset({"1", "yes", "y", "true", "t", "on"})
 _FALSE = frozenset({"", "0", "no", "n", "false", "f", "off"})
-# The longest wait a ``timeout`` may ask for (a day); ``None`` waits for
-# ever. Past some bound every clock the clients use refuses it (a poll
-# takes at most 2**31-1 ms, a socket timeout at most ~292 years), each
-# with its own OverflowError: one bound, the same for both clients.
-MAX_TIMEOUT = 86400.0
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
 # What an encode of a request can fail with: see sessionctl.arguments,
 # which says why (imported then, and only then).
