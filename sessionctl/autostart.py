@@ -127,9 +127,10 @@ def start_daemon(path: Path, timeout: float | None) -> None:
     # The daemon runs in / (see the module), every path it is given made
     # absolute; but for a relative socket path too long for a Unix socket
     # once absolute, which it can bind only from here.
-    where, cwd = os.path.abspath(path), "/"
+    where: str = os.path.abspath(path)
+    cwd: str | None = "/"
     if len(os.fsencode(where)) > SOCKET_PATH_MAX:
-        where, cwd = os.fspath(path), os.getcwd()
+        where, cwd = os.fspath(path), None
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         # Where this start's lines begin: its reason, if it fails, is there.

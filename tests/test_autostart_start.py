@@ -142,3 +142,17 @@ def test_a_daemon_holding_the_data_dir_on_another_socket_fails_the_start_at_once
     assert (f"another sessiond (pid {daemon.proc.pid}) holds data dir {daemon.data_dir} and "
             f"listens on {daemon.socket}, not on {other}") in r.stderr
     assert time.monotonic() - began < OLD_BOUND
+
+
+def test_a_relative_socket_too_long_once_absolute_is_still_bound_from_the_callers_directory(
+    fresh: Fresh, tmp_path: Path, started: list[int]  # noqa: F811
+) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True, mode=0o700)
+    assert len(str(deep / "s.sock")) > 107
+    r = subprocess.run([SESSIONCTL, "--socket", "s.sock", "ping", "--json"], cwd=deep,
+                       capture_output=True, text=True, timeout=60, check=False)
+    if r.returncode == 0:
+        started.append(json.loads(r.stdout)["pid"])
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(f"/proc/{started[0]}/cwd") == str(deep)
