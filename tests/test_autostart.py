@@ -72,12 +72,12 @@ def test_environment_variable_turns_it_off(
     assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
 
 
-@pytest.mark.parametrize("value", ["false", "No", "off"])
 def test_a_false_word_in_the_variable_leaves_it_on_as_systemd_reads_booleans(
-    make_daemon: Callable[..., Daemon], started: list[int], value: str
+    make_daemon: Callable[..., Daemon], started: list[int]
 ) -> None:
+    # (Client reads "false" alike: test_client_autostart.)
     d = make_daemon(start=False)
-    r = d.ctl("ping", "--json", env={"SESSIONCTL_NO_AUTOSTART": value})
+    r = d.ctl("ping", "--json", env={"SESSIONCTL_NO_AUTOSTART": "Off"})
     pid = daemon_pid(d)
     if pid is not None:
         started.append(pid)
