@@ -88,9 +88,11 @@ class AsyncClient(Operations):
     own). Opening raises ``DaemonUnavailable`` or ``Unsupported`` as
     ``Client()`` does, and the operations raise what ``Client``'s raise.
     Once closed (``aclose()``, or the end of its ``async with`` block),
-    every method raises ``ClientClosed``. ``server_version`` and
-    ``server_pid`` are the daemon's once the connection is open (``None``
-    before)."""
+    every method, its pipelines and its watches raise ``ClientClosed``.
+    ``server_version`` and ``server_pid`` are the daemon's once the
+    connection is open (``None`` before). A client belongs to the event
+    loop that opened it, and asyncio carries no loop across ``os.fork()``:
+    a child makes an ``AsyncClient`` of its own."""
 
     def __init__(
         self,
@@ -112,6 +114,9 @@ class AsyncClient(Operations):
         self.server_pid: int | None = None
         # The protocol version the hello agreed on (None before it).
         self.protocol_version: int | None = None
+        # The private clients of the watches running on this one, which
+        # aclose() closes too (by id, as Client's).
+        self._watches: dict[int, AsyncClient] = {}
 
     @property
     def path(self) -> Path:
@@ -149,6 +154,10 @@ class AsyncClient(Operations):
         self.server_version = hello.server
         self.server_pid = hello.pid
         self.protocol_version = hello.version
+        if self._closed:
+            # aclose() ran in another task while this one connected.
+            await self._drop()
+            raise closed("AsyncClient", self._where)
         return stream
 
     async def _connect(self, off_by: str | None, started: bool = False) -> anyio.abc.SocketStream:
@@ -167,17 +176,24 @@ class AsyncClient(Operations):
                 raise error from exc
         from sessionctl.autostart import start_daemon
 
-        await anyio.to_thread.run_sync(start_daemon, self.path)
+        # Left to finish on its own if the task is cancelled: it waits as
+        # long as the daemon it started runs, up to the timeout.
+        await anyio.to_thread.run_sync(
+            start_daemon, self.path, self.timeout, abandon_on_cancel=True
+        )
         return await self._connect(off_by, started=True)
 
     def _autostart_advice(self, off_by: str) -> str:
         return python_advice(type(self).__name__, off_by)
 
     async def aclose(self) -> None:
-        """Close the connection (again: nothing happens). A call on the
-        client from then on raises ``ClientClosed``; one that another task
-        is waiting in ends with it."""
+        """Close the connection, and those of the watches running on it
+        (again: nothing happens). A call on the client from then on raises
+        ``ClientClosed``; one that another task is waiting in, a watch
+        included, ends with it."""
         self._closed = True
+        for watching in list(self._watches.values()):
+            await watching.aclose()
         await self._drop()
 
     async def _drop(self) -> None:
@@ -427,6 +443,7 @@ class AsyncClient(Operations):
         self._check_open()
         req = watch_request(user, after)
         other = type(self)(self._where, timeout=None, autostart=self._autostart)
+        self._watches[id(other)] = other
         try:
             first = await other._roundtrip(req)
             assert isinstance(first, EventReply)
@@ -437,4 +454,5 @@ class AsyncClient(Operations):
                 assert isinstance(reply, EventReply)
                 yield reply.event
         finally:
+            self._watches.pop(id(other), None)
             await other.aclose()

@@ -19,7 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sessiond.errors import InvalidRequest
-from sessiond.limits import MAX_VERSION, check_id, check_key, check_ttl, check_user
+from sessiond.limits import (
+    MAX_TIMEOUT,
+    MAX_VERSION,
+    check_id,
+    check_key,
+    check_ttl,
+    check_user,
+)
 from sessiond.model import STATUSES
 from sessiond.protocol import PAGE_MAX, Request, encoder
 
@@ -163,10 +170,11 @@ def sessions(value: object, kinds: tuple[type, ...]) -> None:
 def timeout(value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_TIMEOUT):
         raise InvalidRequest(
-            f"timeout must be a number of seconds above 0, or None to wait for ever, "
-            f"not {value!r}"
+            f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
+            f"or None to wait for ever, not {value!r}"
         )
 
 

@@ -3,12 +3,16 @@
 If the systemd user units are installed and the socket is the default one
 (the path their socket unit listens on), the daemon is systemd's to run: we
 ask systemd to start it rather than starting a second, unmanaged one, and
-fail if systemd cannot. Otherwise we start ``sessiond`` detached and wait
-(up to 5 s) until it answers. Its log is ``sessiond.log`` in its data dir,
-which the daemon itself writes and rotates by size (``--log-file``); its
-stdout and stderr are appended to the same file from the start, so that a
-daemon that dies before it has set up its log (a broken installation, an
-interpreter that cannot start) still leaves its reason there.
+fail if systemd cannot. Otherwise we start ``sessiond`` detached, in
+``/`` (a daemon left in the caller's directory would keep its filesystem
+busy for its whole life, so every path it is given is absolute), and wait
+until it answers: as long as it runs, up to the client's ``timeout`` (a
+big journal takes seconds to replay), failing at once when it exits. Its
+log is ``sessiond.log`` in its data dir, which the daemon itself writes
+and rotates by size (``--log-file``); its stdout and stderr are appended
+to the same file from the start, so that a daemon that dies before it has
+set up its log (a broken installation, an interpreter that cannot start)
+still leaves its reason there, and the client's message quotes it.
 
 A daemon started on another socket (``--socket``, or ``$SESSIOND_SOCKET``
 pointing elsewhere than ``sessionctl`` was told by default) gets a data dir
@@ -24,6 +28,7 @@ same data again.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,7 +38,13 @@ from pathlib import Path
 from sessiond.errors import DaemonUnavailable
 from sessiond.service import SOCKET, service_installed, systemctl, user_unit_dir
 
-WAIT_SECONDS = 5.0
+# How long systemd's socket unit may take to listen once started.
+SYSTEMD_WAIT_SECONDS = 5.0
+# How much of the log a failed start wrote is read for its reason, and a
+# line of it that the daemon logged (sessiond.logs.FORMAT): the others
+# reached its stderr. A daemon that lost a race of starts logs there too.
+REASON_BYTES = 65536
+_RECORD = re.compile(r" sessiond\[(\d+)\] ([A-Z]+) (.*)")
 # Daemons this process started: a Popen dropped while its child runs warns
 # (ResourceWarning), and the child, once it ends, stays a zombie until it
 # is waited for. A program that keeps a Client for long outlives the daemon
@@ -95,13 +106,15 @@ def start_advice(where: str) -> str:
     return f"start it with '{shlex.join(words)}'"
 
 
-def start_daemon(path: Path) -> None:
-    """Make a daemon answer on ``path`` or raise ``DaemonUnavailable``."""
+def start_daemon(path: Path, timeout: float | None) -> None:
+    """Make a daemon answer on ``path`` or raise ``DaemonUnavailable``:
+    the one started is waited for as long as it runs (it may be replaying
+    a big journal), up to ``timeout`` seconds (``None``: no limit)."""
     _started[:] = [p for p in _started if p.poll() is None]
     if owned_by_units(path):
         _start_with_systemd(path)
         return
-    from sessiond.paths import data_dir, private_dir
+    from sessiond.paths import SOCKET_PATH_MAX, config_path, data_dir, private_dir
 
     data = daemon_data_dir(path)
     # Each level private, from the data dir down: a parent that mkdir
@@ -111,49 +124,128 @@ def start_daemon(path: Path) -> None:
     for level in (*reversed(data.relative_to(top).parents), data.relative_to(top)):
         private_dir(top / level)
     log_path = data / "sessiond.log"
+    # The daemon runs in / (see the module), every path it is given made
+    # absolute; but for a relative socket path too long for a Unix socket
+    # once absolute, which it can bind only from here.
+    where: str = os.path.abspath(path)
+    cwd: str | None = "/"
+    if len(os.fsencode(where)) > SOCKET_PATH_MAX:
+        where, cwd = os.fspath(path), None
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
+        # Where this start's lines begin: its reason, if it fails, is there.
+        offset = os.fstat(fd).st_size
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sessiond", "--socket", os.fspath(path),
-             "--data-dir", os.fspath(data), "--log-file", os.fspath(log_path)],
+            [sys.executable, "-m", "sessiond", "--socket", where,
+             "--data-dir", os.path.abspath(data), "--log-file", os.path.abspath(log_path),
+             "--config", os.path.abspath(config_path())],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
+            cwd=cwd,
             start_new_session=True,
             close_fds=True,
         )
     finally:
         os.close(fd)
     _started.append(proc)
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not _past(deadline):
         if _answers(path):
             return
         code = proc.poll()
         if code is not None and not _answers(path):
             # It may have lost a race to another autostarted daemon, or the
             # daemon that holds the data dir lost its socket file (it binds
-            # it again within a few seconds): give that one the rest of the wait.
+            # it again within a few seconds): that one is waited for then.
             if code != 0 and _other_daemon_alive(data, proc.pid):
-                if _wait_for(path, deadline):
-                    return
-                from sessionctl.unreachable import holder, listens_on
-
-                pid = holder(data)
-                if pid is not None and listens_on(pid, os.fspath(path)):
-                    raise DaemonUnavailable(
-                        f"sessiond (pid {pid}) holds {data} but its socket {path} is "
-                        f"missing, and it has not bound it again within {WAIT_SECONDS:g}s; "
-                        f"see its log"
-                    )
+                _wait_for_holder(path, data, proc.pid, deadline, timeout)
+                return
+            reason = _reason(log_path, offset, proc.pid)
             raise DaemonUnavailable(
-                f"sessiond exited with status {code} before answering on {path}; "
-                f"see {log_path}"
+                f"sessiond exited with status {code} before answering on {path}"
+                f"{': ' + reason if reason else ''}; see {log_path}"
             )
         time.sleep(0.02)
     raise DaemonUnavailable(
-        f"sessiond did not answer on {path} within {WAIT_SECONDS:g}s; see {log_path}"
+        f"sessiond (pid {proc.pid}), started, has not answered on {path} within "
+        f"{timeout:g}s (a big journal takes a while to replay: it may answer soon); "
+        f"see {log_path}"
     )
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _wait_for_holder(
+    path: Path, data: Path, ours: int, deadline: float | None, timeout: float | None
+) -> None:
+    """Wait, up to ``deadline``, for the daemon that holds ``data`` (ours
+    found it locked) to answer on ``path``: it won a race of starts and may
+    still be replaying, or it lost its socket file and binds it again.
+    Raises ``DaemonUnavailable`` when it does not, and at once when it
+    listens on another path (it was started there by hand): it never
+    will."""
+    from sessionctl.unreachable import holder, listening
+
+    where = os.fspath(path)
+    while _other_daemon_alive(data, ours):
+        if _answers(path):
+            return
+        pid = holder(data)
+        bound = listening(pid) if pid is not None else set()
+        if bound and where not in bound and os.path.abspath(where) not in bound:
+            raise DaemonUnavailable(
+                f"another sessiond (pid {pid}) holds data dir {data} and listens on "
+                f"{', '.join(sorted(bound))}, not on {path}; use that socket, or give this "
+                f"one a data dir of its own (SESSIOND_DATA_DIR)"
+            )
+        if _past(deadline):
+            if bound:
+                raise DaemonUnavailable(
+                    f"sessiond (pid {pid}) holds {data} but its socket {path} is "
+                    f"missing, and it has not bound it again within {timeout:g}s; "
+                    f"see its log"
+                )
+            raise DaemonUnavailable(
+                f"another sessiond{f' (pid {pid})' if pid else ''} holds data dir {data} "
+                f"and has not answered on {path} within {timeout:g}s (a big journal takes "
+                f"a while to replay: it may answer soon); see {data / 'sessiond.log'}"
+            )
+        time.sleep(0.05)
+    if not _answers(path):
+        raise DaemonUnavailable(
+            f"sessiond exited before answering on {path}: another sessiond held data dir "
+            f"{data}, and ended before it answered; see {data / 'sessiond.log'}"
+        )
+
+
+def _reason(log_path: Path, offset: int, pid: int) -> str | None:
+    """Why the daemon ``pid`` stopped, from what its start wrote to its log
+    (from ``offset``): the last error it logged, else the last line that
+    reached its stderr (a traceback's last line, an interpreter's
+    complaint). ``None`` when it said nothing."""
+    try:
+        with open(log_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0  # rotated since: this start's lines are all there is
+            f.seek(max(offset, size - REASON_BYTES))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    logged: str | None = None
+    printed: str | None = None
+    for line in text.splitlines():
+        line = line.strip()
+        record = _RECORD.search(line)
+        if record is None:
+            if line:
+                printed = line
+        elif int(record[1]) == pid and record[2] in ("ERROR", "CRITICAL"):
+            logged = record[3]
+    return logged or printed
 
 
 def _other_daemon_alive(data: Path, ours: int) -> bool:
@@ -197,9 +289,9 @@ def _start_with_systemd(path: Path) -> None:
             f"Start it with 'systemctl --user start {SOCKET}', or run "
             f"'sessiond install-service --uninstall' to let sessionctl start it"
         )
-    if not _wait_for(path, time.monotonic() + WAIT_SECONDS):
+    if not _wait_for(path, time.monotonic() + SYSTEMD_WAIT_SECONDS):
         raise DaemonUnavailable(
             f"systemd started {SOCKET} but nothing answers on {path} within "
-            f"{WAIT_SECONDS:g}s; see 'systemctl --user status {SOCKET}' and "
+            f"{SYSTEMD_WAIT_SECONDS:g}s; see 'systemctl --user status {SOCKET}' and "
             f"'journalctl --user -u sessiond'"
         )

@@ -10,6 +10,11 @@ A ``Client`` may be shared by threads, as redis-py's and httpx's clients
 are: one lock serialises the round trips (and pipeline executions) on its
 connection, whose buffers and request ids are shared state. ``watch()``
 has a connection of its own.
+
+A ``Client`` survives ``os.fork()``, as redis-py's connection pool does
+(``_checkpid``): it remembers the process whose connection it holds, and
+a call in another (a child) never touches the inherited one, whose
+replies are its parent's: the child's next call connects afresh.
 """
 
 from __future__ import annotations
@@ -62,6 +67,19 @@ if TYPE_CHECKING:
     from sessionctl.pipeline import Pending, Pipeline
 
 T = TypeVar("T")
+_getpid = os.getpid
+# Taken by the thread that hands a forked client's state over to its new
+# process (``Client._forked``); made anew in a child, where a thread of
+# the parent that held it at the fork no longer runs.
+_fork_lock = _thread.allocate_lock()
+
+
+def _new_fork_lock() -> None:
+    global _fork_lock
+    _fork_lock = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 class Client(Operations):
@@ -73,13 +91,18 @@ class Client(Operations):
     ``autostart=False``, or ``SESSIONCTL_NO_AUTOSTART=1`` in the
     environment when ``autostart`` is not given, turns that off.
     ``timeout`` is how many seconds each wait for the daemon may take (to
-    connect, to send, for an answer); ``None`` waits for ever.
+    connect, to send, for an answer, for a daemon it started to answer),
+    above 0 and at most 86400 (a day); ``None`` waits for ever.
 
     Raises ``DaemonUnavailable`` when no daemon answers (or none could be
     started), ``Unsupported`` when the daemon speaks another protocol,
-    ``InvalidRequest`` for a ``timeout`` or ``autostart`` of the wrong kind.
+    ``InvalidRequest`` for a ``timeout`` or ``autostart`` of the wrong kind
+    or out of bounds (``inf`` too), for a socket path whose ``~user`` names
+    nobody, or for a ``SESSIONCTL_NO_AUTOSTART`` that is not a boolean.
     Once closed (``close()``, or the end of its ``with`` block), every
-    method raises ``ClientClosed``."""
+    method, its pipelines and its watches raise ``ClientClosed``. After
+    ``os.fork()`` the child's first call connects afresh (see the
+    module)."""
 
     def __init__(
         self,
@@ -110,6 +133,14 @@ class Client(Operations):
         # None once the connection is lost: the next call opens another
         # (see _drop), as redis-py's connection pool does.
         self._sock: _socket.socket | None = None
+        # The process whose connection, lock and buffers these are: another
+        # (a child after os.fork) leaves them to it (see _forked).
+        self._pid = _getpid()
+        # The private clients of the watches running on this one, which
+        # close() closes too: a watch blocked in another thread ends.
+        # (By id: a dict, which close() copies in one step whatever other
+        # threads do.)
+        self._watches: dict[int, Client] = {}
         self.server_version = ""
         self.server_pid = 0
         # The version the hello agreed on: 2 lets operations on one
@@ -144,6 +175,41 @@ class Client(Operations):
             sock.close()
             raise closed("Client", self._where)
         return sock
+
+    def _forked(self) -> None:
+        """Leave what the parent process had to it, in a child after
+        ``os.fork()``: the connection is closed here, not shut down (the
+        parent goes on using it), never read from or written to (its
+        replies are the parent's), and the next call connects afresh. The
+        lock is made anew: a thread of the parent may have held it at the
+        fork, and that thread does not run here. The requests a pipeline
+        sent before the fork are answered to the parent: they settle with
+        an error saying so."""
+        with _fork_lock:
+            pid = _getpid()
+            if self._pid == pid:
+                return  # another thread of this process did it
+            sock, self._sock = self._sock, None
+            self._lock = _thread.allocate_lock()
+            self._buf = bytearray()
+            self._out = bytearray()
+            strays, self._strays = self._strays, {}
+            parent, self._pid = self._pid, pid  # last: the rest is ready
+        if sock is not None:
+            sock.close()
+        error = DaemonUnavailable(
+            f"this request went to {self._where} from process {parent}, which forked this "
+            f"one, and its answer goes there: whether it was carried out is unknown here"
+        )
+        for pending in strays.values():
+            pending._fail(error)
+
+    def _hold(self) -> _thread.LockType:
+        """The lock of the connection, once this client is this process's
+        (see ``_forked``): one pid compare a call."""
+        if self._pid != _getpid():
+            self._forked()
+        return self._lock
 
     def _socket_locked(self) -> _socket.socket:
         """The connection, opened again if the last one was lost (with the
@@ -190,7 +256,7 @@ class Client(Operations):
                 raise error from exc
         from sessionctl.autostart import start_daemon
 
-        start_daemon(self.path)
+        start_daemon(self.path, self.timeout)
         return self._connect(off_by, started=True)
 
     def _autostart_advice(self, off_by: str) -> str:
@@ -200,10 +266,15 @@ class Client(Operations):
         return python_advice(type(self).__name__, off_by)
 
     def close(self) -> None:
-        """Close the connection (again: nothing happens). A call on the
-        client from then on raises ``ClientClosed``; one that another thread
-        is waiting in ends with it."""
+        """Close the connection, and those of the watches running on it
+        (again: nothing happens). A call on the client from then on raises
+        ``ClientClosed``; one that another thread is waiting in, a watch
+        included, ends with it."""
         self._closed = True
+        if self._pid != _getpid():
+            self._forked()  # the parent's connection is not shut down
+        for watching in list(self._watches.values()):
+            watching.close()
         sock = self._sock
         if sock is None:
             return  # lost before, and not opened again
@@ -336,6 +407,8 @@ class Client(Operations):
             self._fill()
 
     def _roundtrip(self, req: Request) -> Response:
+        if self._pid != _getpid():  # _hold, written out: every call passes here
+            self._forked()
         with self._lock:
             return self._roundtrip_locked(req)
 
@@ -478,14 +551,27 @@ class Client(Operations):
         self._check_open()
         req = watch_request(user, after)
         other = type(self)(self._where, timeout=None, autostart=self._autostart)
+        self._watches[id(other)] = other
         try:
+            # Closed while the connection opened: close() did not see it.
+            self._check_open()
             first = other._roundtrip(req)
             assert isinstance(first, EventReply)
             while True:
+                if other._pid != _getpid():
+                    # Forked: the events on that connection are the
+                    # parent's; a fresh one here would miss those between.
+                    parent = other._pid
+                    other._forked()
+                    raise DaemonUnavailable(
+                        f"this watch's connection to {self._where} belongs to process "
+                        f"{parent}, which forked this one; start a watch here"
+                    )
                 reply = other._read_frame()
                 if isinstance(reply, ErrorReply):
                     raise from_code(reply.code, reply.message)
                 assert isinstance(reply, EventReply)
                 yield reply.event
         finally:
+            self._watches.pop(id(other), None)
             other.close()

@@ -18,7 +18,14 @@ from collections.abc import Callable
 import msgspec
 
 from sessionctl.results import AnyReply
-from sessiond.errors import ClientClosed, DaemonUnavailable, ProtocolError, Unsupported
+from sessiond.errors import (
+    ClientClosed,
+    DaemonUnavailable,
+    InvalidRequest,
+    ProtocolError,
+    Unsupported,
+)
+from sessiond.limits import MAX_TIMEOUT
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
@@ -37,6 +44,9 @@ MAX_REPLY_BYTES = 1 << 30
 RECV_BYTES = 65536
 BIG_RECV_BYTES = 1 << 18
 NO_AUTOSTART_ENV = "SESSIONCTL_NO_AUTOSTART"
+# Booleans as systemd reads them (parse_boolean), any case; empty is unset.
+_TRUE = frozenset({"1", "yes", "y", "true", "t", "on"})
+_FALSE = frozenset({"", "0", "no", "n", "false", "f", "off"})
 _decoder: msgspec.msgpack.Decoder[Response] = msgspec.msgpack.Decoder(AnyReply)
 # What an encode of a request can fail with: see sessionctl.arguments,
 # which says why (imported then, and only then).
@@ -114,10 +124,22 @@ def connect_patiently(sock: _socket.socket, path: str, timeout: float | None) ->
 
 
 def autostart_off_by_env() -> bool:
-    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off (set, and
-    neither empty nor ``0``). Read here only: ``Client`` asks it for the
-    CLI, the shim and Python programs alike."""
-    return os.environ.get(NO_AUTOSTART_ENV, "") not in ("", "0")
+    """Whether ``SESSIONCTL_NO_AUTOSTART`` turns autostart off, read as
+    systemd reads a boolean: ``1``, ``yes``, ``true``, ``on`` turn it off;
+    ``0``, ``no``, ``false``, ``off`` or empty leave it on. Raises
+    ``InvalidRequest`` for anything else, rather than guess which was
+    meant. Read here only: ``Client`` asks it for the CLI, the shim and
+    Python programs alike."""
+    value = os.environ.get(NO_AUTOSTART_ENV, "")
+    word = value.lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InvalidRequest(
+        f"{NO_AUTOSTART_ENV}={value!r} is not a boolean: 1, yes, true or on turns autostart "
+        f"off; 0, no, false, off or empty leaves it on"
+    )
 
 
 def closed(kind: str, where: str) -> ClientClosed:
@@ -184,7 +206,7 @@ def client_socket(
     from sessiond.paths import socket_location
 
     if not (
-        (timeout is None or (type(timeout) is float and timeout > 0))
+        (timeout is None or (type(timeout) is float and 0 < timeout <= MAX_TIMEOUT))
         and (autostart is None or type(autostart) is bool)
     ):
         from sessionctl import arguments

@@ -69,7 +69,11 @@ class CliClient(Client):
     def _autostart_advice(self, off_by: str) -> str:
         if off_by == BY_ENVIRONMENT:
             return f"let sessionctl start it (unset {NO_AUTOSTART_ENV})"
-        also = f" and unset {NO_AUTOSTART_ENV}" if autostart_off_by_env() else ""
+        try:
+            set_too = autostart_off_by_env()
+        except InvalidRequest:
+            set_too = True  # not a boolean: unsetting it is part of the advice
+        also = f" and unset {NO_AUTOSTART_ENV}" if set_too else ""
         return f"let sessionctl start it (drop --no-autostart{also})"
 
 

@@ -187,7 +187,7 @@ class Pipeline(Batch[D]):
         waiting for any answer."""
         self._unsent = 0
         c = self._client
-        with c._lock:
+        with c._hold():
             c._socket_locked()  # connected again if the last was lost
             data, waiting = self._take()
             c._strays.update(waiting)
@@ -234,7 +234,7 @@ class Pipeline(Batch[D]):
         if not self._frames and not self._sent:
             return
         c = self._client
-        with c._lock:
+        with c._hold():
             c._socket_locked()  # connected again if the last was lost
             data, waiting = self._take()
             c._strays.update(waiting)
@@ -309,7 +309,7 @@ class Pipeline(Batch[D]):
     def _read_answer(self, pending: Pending[Any]) -> None:
         """Read until ``pending`` (sent by this pipeline) is answered."""
         c = self._client
-        with c._lock:
+        with c._hold():
             c._check_open()
             while not pending._settled:
                 self._settle_strays(block=True)

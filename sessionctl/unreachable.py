@@ -62,31 +62,39 @@ def listens_on(pid: int, path: str) -> bool:
     name it was bound to (``/proc/net/unix``), and the process's
     descriptors say which sockets are its own. False when /proc cannot
     tell."""
-    inodes: set[str] = set()
+    bound = listening(pid)
+    return path in bound or os.path.abspath(path) in bound
+
+
+def listening(pid: int) -> set[str]:
+    """The paths process ``pid``'s listening Unix sockets were bound to
+    (see ``listens_on``); empty when it has none, or /proc cannot tell."""
+    names: dict[str, str] = {}
     try:
         with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
             next(f, None)  # the header
             for line in f:
                 # Num RefCount Protocol Flags Type St Inode Path
                 fields = line.rstrip("\n").split(None, 7)
-                if len(fields) == 8 and fields[7] == path and int(fields[3], 16) & _ACCEPTCON:
-                    inodes.add(fields[6])
+                if len(fields) == 8 and int(fields[3], 16) & _ACCEPTCON:
+                    names[f"socket:[{fields[6]}]"] = fields[7]
     except (OSError, ValueError):
-        return False
-    if not inodes:
-        return False
-    wanted = {f"socket:[{inode}]" for inode in inodes}
+        return set()
+    if not names:
+        return set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return False
+        return set()
+    found: set[str] = set()
     for fd in fds:
         try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
-                return True
+            name = names.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
             continue
-    return False
+        if name is not None:
+            found.add(name)
+    return found
 
 
 def socket_missing(where: str, pid: int) -> str:

@@ -46,7 +46,8 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     # difflib's ratio alone offers 'export' for 'teleport': a close one
     # must also start as the word does, or be closer still.
     bare = word.lstrip("-")[:1]
-    for close in difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6):
+    others = [c for c in candidates if c != word]  # the word itself is no suggestion
+    for close in difflib.get_close_matches(word, others, n=3, cutoff=0.6):
         if (close.lstrip("-")[:1] == bare
                 or difflib.SequenceMatcher(None, word, close).ratio() >= 0.8):
             return f"; did you mean {close!r}?"
@@ -208,7 +209,9 @@ def parse_with_argparse(argv: Sequence[str]) -> Args:
     args, extra = build_parser().parse_known_args(_joined(argv), Args())
     command = args.command
     if extra:
-        raise UsageError(_unexpected(extra[0], command))
+        # Some releases of argparse leave the ``--`` itself among them.
+        words = [word for word in extra if word != "--"] or extra
+        raise UsageError(_unexpected(words[0], command, _after_dashes(argv, words)))
     if args.version_option:
         if command is not None:
             raise UsageError(f"{VERSION_OPTION} takes no command {see_help(None)}")
@@ -241,9 +244,23 @@ def _joined(argv: Sequence[str]) -> list[str]:
     return words
 
 
-def _unexpected(word: str, command: str | None) -> str:
-    """What to say of the first word argparse could not place."""
-    if not word.startswith("-") or word == "-":
+def _after_dashes(argv: Sequence[str], extra: list[str]) -> bool:
+    """Whether ``extra[0]``, the first word argparse could not place, came
+    after ``--``, where every word is an argument, whatever it looks like.
+    argparse leaves the words it cannot place in order: the options it does
+    not know where it meets them, then the arguments left over, which end
+    with those after ``--``: so it did if all of ``extra`` ends ``argv``
+    after its ``--``."""
+    if "--" not in argv:
+        return False
+    after = list(argv)[list(argv).index("--") + 1:]
+    return 0 < len(extra) <= len(after) and after[len(after) - len(extra):] == extra
+
+
+def _unexpected(word: str, command: str | None, argument: bool = False) -> str:
+    """What to say of the first word argparse could not place (an
+    ``argument``: one after ``--``)."""
+    if argument or not word.startswith("-") or word == "-":
         return f"unexpected argument {word!r} {see_help(command)}"
     name = word.partition("=")[0]
     options = [name for arg in GLOBALS for name in arg.names]

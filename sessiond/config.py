@@ -427,10 +427,11 @@ def save(path: Path, settings: Settings | dict[str, Any]) -> None:
     # Imported here: ``sessionctl config`` reads this module, and needs no
     # tempfile to do it.
     from sessiond.diskio import atomic_write
+    from sessiond.paths import make_private_dirs
 
     data = msgspec.json.format(msgspec.json.encode(settings), indent=2) + b"\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(path.parent)
         atomic_write(path, data)
     except OSError as exc:
         raise ConfigError(f"cannot write config {path}: {exc.strerror}") from exc

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
-from sessiond import __version__, check, config, logs, migration, paths, rebind, systemd
+from sessiond import __version__, check, config, failpoints, logs, migration, paths, rebind, systemd
 from sessiond.errors import SessionError, StartError
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
@@ -93,6 +93,7 @@ async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock_fd = paths.lock_data_dir(where.lock)
+    failpoints.pause(failpoints.START_DELAY)
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}

@@ -4,8 +4,9 @@ A failpoint kills the daemon with SIGKILL at a step of compaction or of the
 legacy migration, makes a journal fsync fail with EIO, makes a compaction's
 snapshot fail to write, makes the encoding of a reply or of a journal line
 fail as a value msgpack cannot carry would, makes the daemon speak protocol
-version 1 only, or makes a turn of shared mode's expiry timer fail as a bug
-would.
+version 1 only, makes a turn of shared mode's expiry timer fail as a bug
+would, or stops the daemon (SIGSTOP) as it starts, as long as a test wants
+a start to take.
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
@@ -42,6 +43,10 @@ ENCODE_POINTS = (REPLY_ENCODE_ERROR, LINE_ENCODE_ERROR)
 PROTOCOL_V1 = "protocol-v1"
 # A turn of shared mode's expiry timer raises as a bug of its own would.
 EXPIRY_BUG = "expiry-bug"
+# The daemon stops itself (SIGSTOP) once it holds its data dir, before it
+# replays anything: a start that takes as long as a big journal's replay,
+# until the test sends SIGCONT.
+START_DELAY = "start-delay"
 
 
 class Failpoints:
@@ -54,7 +59,7 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG)
+        known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG, START_DELAY)
                  + ENCODE_POINTS)
         for item in (part.strip() for part in spec.split(",")):
             if not item:
@@ -110,6 +115,13 @@ def failpoint(name: str) -> None:
     """Die here, for real, if the environment names this step."""
     if failpoints().hit(name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause(name: str) -> None:
+    """Stop here (SIGSTOP), for real, if the environment names this step:
+    the process goes on at SIGCONT."""
+    if failpoints().hit(name):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

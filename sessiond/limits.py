@@ -36,6 +36,11 @@ MAX_VERSION: Final = 2**63 - 1
 # back (accepting one would brick replay).
 TIME_MIN: Final = -62135596800 * US  # 0001-01-01T00:00:00Z
 TIME_MAX: Final = 253402300800 * US - 1  # 9999-12-31T23:59:59.999999Z
+# The longest wait a client's ``timeout`` may ask for (a day; ``None`` waits
+# for ever). Past some bound every clock the clients use refuses it (a poll
+# takes at most 2**31-1 ms, a socket timeout at most ~292 years), each with
+# its own OverflowError: one bound, the same for Client and AsyncClient.
+MAX_TIMEOUT: Final = 86400.0
 # msgpack carries integers from -2**63 to 2**64 - 1; a meta value outside
 # that could be stored but never sent back to a client.
 INT_MIN: Final = -(2**63)

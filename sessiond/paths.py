@@ -18,7 +18,7 @@ import stat
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
-from sessiond.errors import SessionError, StartError
+from sessiond.errors import InvalidRequest, SessionError, StartError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,6 +31,8 @@ JOURNAL_NAME = "data.jsonl"
 LOCK_NAME = "sessiond.lock"
 LOG_NAME = "sessiond.log"
 SOCKET_NAME = "sessiond.sock"
+# A Unix socket's address holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
 
 
 class UnsafePath(SessionError):
@@ -50,21 +52,55 @@ def _platformdirs() -> tuple[str, str, str]:
     return runtime, platformdirs.user_state_dir(APP), platformdirs.user_config_dir(APP)
 
 
+def xdg_dir(name: str) -> str | None:
+    """``$name``, an XDG base directory (``XDG_RUNTIME_DIR``, ...), when it
+    is an absolute path; ``None`` when it is unset, empty or relative. The
+    XDG Base Directory spec says to ignore a relative one, as systemd does:
+    a path that depends on the current directory would give a client and
+    the daemon it started two different sockets."""
+    value = os.environ.get(name, "")
+    return value if os.path.isabs(value) else None
+
+
 def default_socket() -> Path:
     from pathlib import Path
 
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = xdg_dir("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / APP / SOCKET_NAME
     return Path(_platformdirs()[0]) / SOCKET_NAME
 
 
-def socket_path(option: str | None = None) -> Path:
-    """``--socket``, then ``$SESSIOND_SOCKET``, then the default."""
+def _chosen(option: str | None, env: str) -> tuple[str | None, str | None]:
+    """The path given (``option``, else ``$env``), and the variable it came
+    from (``None``: the option, or nothing given)."""
+    if option:
+        return option, None
+    value = os.environ.get(env)
+    return (value, env) if value else (None, None)
+
+
+def _expanded(text: str, source: str | None) -> Path:
+    """``text`` as a Path, a leading ``~`` or ``~user`` expanded. Raises
+    ``InvalidRequest`` when it names no home directory (pathlib's bare
+    RuntimeError would reach the user as a traceback); ``source`` is the
+    variable it came from, to name in the message."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(SOCKET_ENV)
-    return Path(chosen).expanduser() if chosen else default_socket()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as exc:
+        user = text[1:].partition("/")[0]
+        why = f"no user {user}" if user else "this user has no home directory (HOME is not set)"
+        given = f"{source}={text!r}" if source else repr(text)
+        raise InvalidRequest(f"cannot expand {given}: {why}") from exc
+
+
+def socket_path(option: str | None = None) -> Path:
+    """``--socket``, then ``$SESSIOND_SOCKET``, then the default. Raises
+    ``InvalidRequest`` for a ``~user`` that names nobody."""
+    chosen, source = _chosen(option, SOCKET_ENV)
+    return _expanded(chosen, source) if chosen else default_socket()
 
 
 def _normal(path: str) -> bool:
@@ -88,7 +124,7 @@ def socket_location(option: str | None = None) -> str:
         if not chosen.startswith("~") and _normal(chosen):
             return chosen
     else:
-        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        runtime = xdg_dir("XDG_RUNTIME_DIR")
         if runtime:
             joined = f"{runtime}/{APP}/{SOCKET_NAME}"
             if _normal(joined):
@@ -97,17 +133,21 @@ def socket_location(option: str | None = None) -> str:
 
 
 def data_dir(option: str | None = None) -> Path:
+    """``--data-dir``, then ``$SESSIOND_DATA_DIR``, then the default; raises
+    as ``socket_path`` does."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(DATA_DIR_ENV)
-    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[1])
+    chosen, source = _chosen(option, DATA_DIR_ENV)
+    return _expanded(chosen, source) if chosen else Path(_platformdirs()[1])
 
 
 def config_path(option: str | None = None) -> Path:
+    """``--config``, then ``$SESSIOND_CONFIG``, then the default; raises as
+    ``socket_path`` does."""
     from pathlib import Path
 
-    chosen = option or os.environ.get(CONFIG_ENV)
-    return Path(chosen).expanduser() if chosen else Path(_platformdirs()[2]) / "config.json"
+    chosen, source = _chosen(option, CONFIG_ENV)
+    return _expanded(chosen, source) if chosen else Path(_platformdirs()[2]) / "config.json"
 
 
 class Paths(NamedTuple):
@@ -132,15 +172,30 @@ def resolve(socket: str | None = None, data: str | None = None, config: str | No
     return Paths(socket_path(socket), data_dir(data), config_path(config))
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` 0700 if missing; refuse one that is a symlink, is
-    owned by someone else, or is open to group or others."""
-    if not path.exists() and not path.is_symlink():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def make_private_dirs(path: Path) -> None:
+    """Create ``path`` and every missing directory above it, each 0700;
+    those that exist are left as they are. ``mkdir(parents=True)`` gives
+    its mode to the last directory only: under umask 000 it would make
+    ``~/.local`` world-writable, and anyone could then move
+    ``~/.local/state`` away (the next daemon would start empty). Raises
+    ``OSError``."""
+    missing: list[Path] = []
+    level = path
+    while not os.path.lexists(level) and level.parent != level:
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(level, 0o700)
         except FileExistsError:
-            pass
+            pass  # made by another process meanwhile: theirs, left alone
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` 0700 if missing (and every directory above it that
+    is: see ``make_private_dirs``); refuse one that is a symlink, is owned
+    by someone else, or is open to group or others."""
+    make_private_dirs(path)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePath(f"unsafe permissions: {path} is a symlink")

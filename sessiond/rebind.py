@@ -120,8 +120,7 @@ class SocketKeeper:
             self._said = problem
 
 
-# A Unix socket's address holds 108 bytes, the terminating NUL included.
-SOCKET_PATH_MAX = 107
+SOCKET_PATH_MAX = paths.SOCKET_PATH_MAX
 
 
 def bind_socket(path: Path) -> socket.socket:

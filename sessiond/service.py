@@ -5,7 +5,8 @@ them into the user's unit directory with ``ExecStart=`` pointing at this
 installation's ``sessiond``, reloads the user manager if one runs, and says
 how to enable them. ``--uninstall`` disables and removes them.
 
-Only the standard library is imported here: ``sessionctl`` asks
+Only the standard library (and ``sessiond.paths``, which every
+``sessionctl`` run imports anyway) is imported here: ``sessionctl`` asks
 ``user_unit_dir`` on its autostart path.
 """
 
@@ -21,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from sessiond.errors import SessionError
+from sessiond.paths import make_private_dirs, xdg_dir
 
 SERVICE = "sessiond.service"
 SOCKET = "sessiond.socket"
@@ -37,9 +39,8 @@ class ServiceError(SessionError):
 
 def user_unit_dir() -> Path:
     """Where the systemd user manager looks for the user's own units."""
-    base = os.environ.get("XDG_CONFIG_HOME", "")
-    # The XDG spec tells us to ignore a relative XDG_CONFIG_HOME; so does systemd.
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    base = xdg_dir("XDG_CONFIG_HOME")
+    root = Path(base) if base else Path.home() / ".config"
     return root / "systemd" / "user"
 
 
@@ -164,7 +165,7 @@ def _reload(hint: str = "") -> bool:
 def _install() -> int:
     executable = sessiond_executable()
     target = user_unit_dir()
-    target.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(target)
     texts = {
         SERVICE: render_service(packaged_unit(SERVICE), executable),
         SOCKET: packaged_unit(SOCKET),

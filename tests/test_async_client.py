@@ -258,6 +258,31 @@ async def test_watch_is_an_async_iterator_of_events_until_closed(shared: Daemon)
         await eventually(lambda: watchers(before), "the watch's connection to close")
 
 
+async def test_closing_ends_a_watch_running_in_another_task(shared: Daemon) -> None:
+    caught: list[BaseException] = []
+
+    async def watchers(n: int) -> bool:
+        async with AsyncClient(shared.socket) as other:
+            return (await other.stats()).watchers == n
+
+    async def watching() -> None:
+        try:
+            async for _ in c.watch():
+                pass
+        except SessionError as exc:
+            caught.append(exc)
+
+    async with AsyncClient(shared.socket) as c:
+        before = (await c.stats()).watchers
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watching)
+                await eventually(lambda: watchers(before + 1), "the watch to start")
+                await c.aclose()
+    assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
+    await eventually(lambda: watchers(before), "the watch's connection to close")
+
+
 # -- tasks, timeouts, cancellation ----------------------------------------------
 
 

@@ -62,7 +62,7 @@ def test_no_autostart_flag_turns_it_off(make_daemon: Callable[..., Daemon]) -> N
     assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
 
 
-@pytest.mark.parametrize("value", ["1", "yes"])
+@pytest.mark.parametrize("value", ["1", "yes", "TRUE", "on"])
 def test_environment_variable_turns_it_off(
     make_daemon: Callable[..., Daemon], value: str
 ) -> None:
@@ -72,7 +72,36 @@ def test_environment_variable_turns_it_off(
     assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
 
 
-def test_a_daemon_that_cannot_start_is_exit_3_naming_the_log(
+def test_a_false_word_in_the_variable_leaves_it_on_as_systemd_reads_booleans(
+    make_daemon: Callable[..., Daemon], started: list[int]
+) -> None:
+    # (Client reads "false" alike: test_client_autostart.)
+    d = make_daemon(start=False)
+    r = d.ctl("ping", "--json", env={"SESSIONCTL_NO_AUTOSTART": "Off"})
+    pid = daemon_pid(d)
+    if pid is not None:
+        started.append(pid)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pid"] == pid
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "offf"])
+def test_a_variable_that_is_no_boolean_is_refused_in_one_line(
+    make_daemon: Callable[..., Daemon], value: str
+) -> None:
+    d = make_daemon(start=False)
+    r = d.ctl("ping", env={"SESSIONCTL_NO_AUTOSTART": value})
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(
+        f"sessionctl: error: SESSIONCTL_NO_AUTOSTART={value!r} is not a boolean: 1, yes, true "
+        f"or on turns autostart off; 0, no, false, off or empty leaves it on"), r.stderr
+    assert not d.socket.exists() and not (d.data_dir / "sessiond.log").exists()
+    # --no-autostart does not read it, and says to unset it too.
+    r = d.ctl("ping", "--no-autostart", env={"SESSIONCTL_NO_AUTOSTART": value})
+    assert r.returncode == 3 and "drop --no-autostart and unset SESSIONCTL_NO_AUTOSTART" in r.stderr
+
+
+def test_a_daemon_that_cannot_start_is_exit_3_saying_why_and_naming_the_log(
     make_daemon: Callable[..., Daemon], started: list[int]
 ) -> None:
     d = make_daemon(start=False)
@@ -87,6 +116,8 @@ def test_a_daemon_that_cannot_start_is_exit_3_naming_the_log(
     assert r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert r.stderr.startswith("sessionctl: error: ") and str(log) in r.stderr
     assert "not valid JSON" in log.read_text()
+    # Its reason, from its log, in the one line.
+    assert f"before answering on {d.socket}: config {d.config} is not valid JSON" in r.stderr
     assert pid is None
 
 

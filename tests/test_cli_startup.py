@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import sessionctl
 from sessionctl import cli, registry, usage
 from sessiond import paths
+from sessiond.errors import InvalidRequest
 from tests.conftest import Daemon, running
 
 OPTIONS = sorted(
@@ -156,8 +157,8 @@ def test_the_socket_path_is_pathlibs(text: str) -> None:
             mp.setenv(key, value)
         try:
             expected = str(paths.socket_path())
-        except RuntimeError:  # "~a": no such user, so no home to expand to
-            with pytest.raises(RuntimeError):
+        except InvalidRequest:  # "~a": no such user, so no home to expand to
+            with pytest.raises(InvalidRequest):
                 paths.socket_location()
         else:
             assert paths.socket_location() == expected

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from sessionctl import Client, DaemonUnavailable
+from sessionctl import Client, DaemonUnavailable, InvalidRequest
 from sessionctl.connection import NO_AUTOSTART_ENV
 from tests.conftest import SESSIONCTL, gone, wait_until
 from tests.test_shim import BASH, SCRIPT, legacy_error
@@ -126,8 +126,8 @@ def test_autostart_false_turns_it_off_and_the_error_names_the_argument(fresh: Fr
     assert fresh.nothing_started()
 
 
-@pytest.mark.parametrize("value", ["", "0"])
-def test_an_empty_or_zero_variable_leaves_autostart_on(
+@pytest.mark.parametrize("value", ["", "0", "false"])
+def test_an_empty_zero_or_false_variable_leaves_autostart_on(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv(NO_AUTOSTART_ENV, value)
@@ -135,11 +135,25 @@ def test_an_empty_or_zero_variable_leaves_autostart_on(
         assert c.ping().pid > 0
 
 
-def test_a_failed_start_is_daemon_unavailable_naming_the_log(fresh: Fresh) -> None:
-    Path(fresh.env["SESSIOND_CONFIG"]).write_text("{ not json")
+def test_a_variable_that_is_no_boolean_is_invalid_request_and_starts_nothing(
+    fresh: Fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NO_AUTOSTART_ENV, "maybe")
+    with pytest.raises(InvalidRequest, match=f"^{NO_AUTOSTART_ENV}='maybe' is not a boolean: "):
+        Client()
+    with Client(autostart=True) as c:  # the argument wins: the variable is not read
+        assert c.ping().pid > 0
+
+
+def test_a_failed_start_is_daemon_unavailable_saying_why_and_naming_the_log(
+    fresh: Fresh,
+) -> None:
+    config = fresh.env["SESSIOND_CONFIG"]
+    Path(config).write_text("{ not json")
     with pytest.raises(DaemonUnavailable) as caught:
         Client()
     assert str(fresh.data_dir / "sessiond.log") in str(caught.value)
+    assert f": config {config} is not valid JSON" in str(caught.value)
 
 
 def readme_example(heading: str) -> str:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -133,6 +134,29 @@ def test_closing_wakes_a_thread_waiting_for_its_answer(shared: Daemon) -> None:
     assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
 
 
+def test_closing_ends_a_watch_running_in_another_thread(shared: Daemon) -> None:
+    c = shared.client(timeout=60)
+    before = c.stats().watchers
+    caught: list[BaseException] = []
+
+    def watching() -> None:
+        try:
+            for _ in c.watch():
+                pass
+        except SessionError as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=watching, daemon=True)
+    t.start()
+    wait_until(lambda: c.stats().watchers == before + 1, 10, "the watch to start")
+    c.close()
+    t.join(10)
+    assert not t.is_alive(), "close() left the watch waiting"
+    assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
+    with shared.client() as other:  # and the watch's connection is closed
+        wait_until(lambda: other.stats().watchers == before, 10, "the watch to end")
+
+
 # -- arguments, in Python's words, before anything is sent -----------------------
 
 NOW = datetime.now(UTC)
@@ -241,6 +265,11 @@ def test_a_bad_value_is_refused_in_words_naming_it_and_changes_nothing(
      ({"timeout": 0}, "timeout must be a number of seconds above 0"),
      ({"timeout": 0.0}, "timeout must be a number of seconds above 0"),
      ({"timeout": -1.5}, "timeout must be a number of seconds above 0"),
+     # Past a day, and what no clock takes (an OverflowError each, before).
+     ({"timeout": float("inf")}, "timeout must be .* at most 86400, or None to wait for ever"),
+     ({"timeout": float("nan")}, "timeout must be .* at most 86400"),
+     ({"timeout": 10**20}, "timeout must be .* at most 86400"),
+     ({"timeout": 86400.5}, "timeout must be .* at most 86400"),
      ({"autostart": "yes"}, "autostart must be True, False or None")],
 )
 def test_a_bad_constructor_argument_is_refused_before_connecting(
@@ -249,6 +278,21 @@ def test_a_bad_constructor_argument_is_refused_before_connecting(
     for make in (Client, AsyncClient):
         with pytest.raises(InvalidRequest, match=needle):
             make(tmp_path / "none.sock", **kwargs)
+
+
+@pytest.mark.parametrize("timeout", [86400, 86400.0])
+def test_both_clients_take_a_timeout_of_up_to_a_day(shared: Daemon, timeout: float) -> None:
+    with Client(shared.socket, timeout=timeout) as c:
+        assert c.ping().pid > 0
+        with c.pipeline() as p:  # its waits are polls, bounded alike
+            pending = p.ping()
+        assert pending.result().pid > 0
+
+    async def ping() -> int:
+        async with AsyncClient(shared.socket, timeout=timeout) as a:
+            return (await a.ping()).pid
+
+    assert anyio.run(ping) > 0
 
 
 UNSENDABLE: list[tuple[str, Callable[[Client, str], Any], str]] = [

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessionctl import registry
+from sessionctl import registry, usage
 from tests.conftest import Daemon, running
 from tests.rawwire import snapshot
 
@@ -61,6 +61,30 @@ def test_no_suggestion_when_nothing_is_close(d: Daemon) -> None:
     assert error_line(d, "get", "x", "--zzzzzz") == (
         "unknown option '--zzzzzz' for 'get' (see 'sessionctl help get')"
     )
+
+
+def test_after_dashes_every_word_is_an_argument_and_no_word_is_its_own_suggestion(
+    d: Daemon,
+) -> None:
+    # Before: "unknown option '--json' for 'get'; did you mean '--json'?"
+    assert error_line(d, "get", "--", "-lead", "--json") == (
+        "unexpected argument '--json' (see 'sessionctl help get')"
+    )
+    assert error_line(d, "get", "--", "-lead", "-zz") == (
+        "unexpected argument '-zz' (see 'sessionctl help get')"
+    )
+    # An unknown option before them is still one.
+    assert error_line(d, "get", "--jsn", "--", "-lead") == (
+        "unknown option '--jsn' for 'get'; did you mean '--json'? (see 'sessionctl help get')"
+    )
+    # And one argument after them is the id, however it looks.
+    r = d.ctl("get", "--json", "--", "-lead")
+    assert r.returncode == 1 and "session -lead not found" in r.stderr, r.stderr
+
+
+def test_a_word_is_never_suggested_for_itself() -> None:
+    assert usage.did_you_mean("--json", ["--json", "--jsonl"]) == "; did you mean '--jsonl'?"
+    assert usage.did_you_mean("get", ["get"]) == ""
 
 
 # Each kind of usage error, from argparse, from an argument's check, from the
