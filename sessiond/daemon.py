@@ -174,9 +174,13 @@ def asyncio_loop() -> object:
 async def serve(server: Server, where: paths.Paths) -> None:
     engine = server.engine
     activated = systemd.listen_fds()
-    # Checked outside the task group, so that a bad hand-over from systemd
-    # is reported as one line rather than inside an exception group.
+    # Checked outside the task group, and before "ready", so that a bad
+    # hand-over from systemd (the socket, the watchdog's interval, where to
+    # notify it) is reported as one line rather than inside an exception
+    # group, after a start that looked fine.
     passed = systemd.adopt_listener(activated) if activated else None
+    watchdog = systemd.watchdog_interval()
+    systemd.notify_address()
     keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
@@ -197,7 +201,6 @@ async def serve(server: Server, where: paths.Paths) -> None:
                 tg.start_soon(keeper.run, server)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
                      __version__, address, os.getpid(), engine.sessions(), engine.describe())
-            watchdog = systemd.watchdog_interval()
             # Only now: replay is done and the socket listens, so a client
             # that systemd lets through is answered.
             if systemd.notify(f"READY=1\n{_status(engine)}"):

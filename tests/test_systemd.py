@@ -323,6 +323,25 @@ def test_watchdog_pings_and_status_follows_the_session_count(
         assert d.stop() == 0
 
 
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [({"WATCHDOG_USEC": "abc"}, "WATCHDOG_USEC='abc' is not a whole number"),
+     ({"WATCHDOG_USEC": "0"}, "WATCHDOG_USEC='0' is not positive"),
+     ({"NOTIFY_SOCKET": "vsock:2:1234"}, "NOTIFY_SOCKET='vsock:2:1234' is not a Unix socket")],
+)
+def test_a_bad_watchdog_or_notify_socket_stops_the_start_in_one_line_before_ready(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], said: str,
+) -> None:
+    d = make_daemon(start=False, env=env)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(START_TIMEOUT) == 1
+    text = d.log_text()
+    assert [line for line in text.splitlines() if " ERROR " in line] == [
+        next(line for line in text.splitlines() if said in line)
+    ], text
+    assert "ready on" not in text and "Traceback" not in text, text
+
+
 # -- socket activation ---------------------------------------------------
 
 
