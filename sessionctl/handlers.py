@@ -28,6 +28,7 @@ from sessiond.errors import ConfigError, InvalidRequest, SessionExpired
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
 
+
 def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
     out(render.to_json(data) if args.json else human())
 
