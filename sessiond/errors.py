@@ -78,7 +78,8 @@ class EngineError(InternalError):
 
 
 class DaemonUnavailable(SessionError):
-    """Nothing answers on the socket (and autostart was off or failed)."""
+    """Nothing answers on the socket (and autostart was off or failed), or
+    the daemon there serves another user."""
 
     code = "unavailable"
 
