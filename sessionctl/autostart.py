@@ -115,7 +115,8 @@ def start_daemon(path: Path) -> None:
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sessiond", "--socket", os.fspath(path),
-             "--data-dir", os.fspath(data), "--log-file", os.fspath(log_path)],
+             "--data-dir", os.fspath(data), "--log-file", os.fspath(log_path),
+             "--autostarted"],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,

@@ -29,7 +29,7 @@ from sessiond import (
     snapshot,
     systemd,
 )
-from sessiond.errors import SessionError, StartError
+from sessiond.errors import DataDirTaken, SessionError, StartError
 from sessiond.failpoints import START_HOLD, hold
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-backups", type=_positive, default=logs.BACKUPS, metavar="N",
                    help=f"rotated log files kept: PATH.1 (newest) to PATH.N "
                         f"(default {logs.BACKUPS})")
+    # Given by sessionctl's autostart (sessionctl.autostart), never by
+    # people: a daemon that finds the data dir taken then lost a start race
+    # to another autostarted one, which is no error.
+    p.add_argument("--autostarted", action="store_true", help=argparse.SUPPRESS)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="report the journal's health and exit (0 healthy, 1 damaged)")
@@ -367,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
         return anyio.run(run, args, backend="asyncio", backend_options=backend_options)
+    except DataDirTaken as exc:
+        if not args.autostarted:
+            log.error("%s", exc)
+            return 1
+        # Several commands at once each started a daemon, and another won:
+        # it serves them all (sessionctl waits for it), nothing failed.
+        log.info("another sessiond (pid %s) already serves data dir %s; leaving it to it",
+                 exc.holder, exc.data_dir)
+        return 1
     except JournalDamaged as exc:
         log.error("%s", exc)
         return 1

@@ -121,6 +121,16 @@ class StartError(SessionError):
     code = "start"
 
 
+class DataDirTaken(StartError):
+    """Another daemon holds the lock of ``data_dir``: ``holder`` is its pid
+    as the lock file says (``unknown`` if it has not written it yet)."""
+
+    def __init__(self, holder: str, data_dir: str) -> None:
+        super().__init__(f"another sessiond (pid {holder}) already uses data dir {data_dir}")
+        self.holder = holder
+        self.data_dir = data_dir
+
+
 class ConfigError(InvalidRequest):
     """A configuration key or value is not acceptable."""
 
