@@ -243,6 +243,7 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
      (("default_ttl", "1e3"), "invalid value 1e3 for default_ttl: default_ttl takes a whole"),
      (("frame_timeout", "1e4"), "invalid value 1e4 for frame_timeout: frame_timeout takes a"),
      (("idle_timeout", "NaN"), "invalid value NaN for idle_timeout: idle_timeout takes a"),
+     (("idle_timeout", "1e309"), "invalid value 1e309 for idle_timeout: idle_timeout takes a"),
      (("watch_queue", "1.50"), "invalid value 1.50 for watch_queue: watch_queue takes a"),
      (("max_lifetime", "36501d"), "invalid value '36501d' for max_lifetime: max_lifetime takes")],
 )
