@@ -138,7 +138,7 @@ def start_daemon(path: Path, timeout: float | None) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sessiond", "--socket", where,
              "--data-dir", os.path.abspath(data), "--log-file", os.path.abspath(log_path),
-             "--config", os.path.abspath(config_path())],
+             "--config", os.path.abspath(config_path()), "--autostarted"],
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,

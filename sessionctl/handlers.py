@@ -25,16 +25,9 @@ from sessionctl.registry import (
     out,
 )
 from sessionctl.results import Session
-from sessiond.errors import InvalidRequest, SessionExpired, SessionsDamaged
+from sessiond.errors import ConfigError, InvalidRequest, SessionExpired, SessionsDamaged
 from sessiond.model import format_duration, now_us
 from sessiond.protocol import PAGE_MAX
-
-# The settings counted in seconds: ``config KEY VALUE`` also takes a
-# duration for them (``2h``, ``7d``), sent as whole seconds.
-SECONDS_KEYS = (
-    "default_ttl", "max_lifetime", "expired_retention", "compact_interval",
-    "frame_timeout", "send_timeout", "idle_timeout", "replicas_timeout",
-)
 
 
 def emit(args: Args, data: Any, human: Callable[[], str]) -> None:
@@ -105,29 +98,22 @@ def prepare_export(args: Args) -> Callable[[], None] | None:
 
 
 def prepare_config(args: Args) -> None:
-    """The value to send: JSON when it is JSON, else the string; for a
-    setting in seconds, a duration (``2h``) in whole seconds."""
-    from sessiond.config import parse_value
+    """The value to send, read as ``config.read_value`` reads it (as the
+    daemon reads ``SESSIOND_<KEY>``): JSON when it is JSON, else the
+    string; for a setting in seconds, a duration (``2h``) in whole seconds."""
+    from sessiond.config import read_value
 
     args.parsed = None
     if args.value is None:
         return
-    value = parse_value(args.value)
+    try:
+        value = read_value(args.key, args.value)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
         # Past what the protocol carries: as the text typed, which the
         # daemon refuses naming the key's range, as for any other value.
         value = args.value
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if args.key in SECONDS_KEYS and not number:
-        from sessiond.timeparse import DURATION_FORMS, parse_duration
-
-        try:
-            value = parse_duration(args.value)
-        except ValueError:
-            raise UsageError(
-                f"invalid value {args.value!r} for {args.key}: not a number of seconds or a "
-                f"duration; use {DURATION_FORMS}"
-            ) from None
     args.parsed = value
 
 

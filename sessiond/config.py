@@ -198,8 +198,9 @@ def merge(file: dict[str, Any], env: dict[str, Any], flags: dict[str, Any]) -> S
 
 def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Each ``SESSIOND_<KEY>`` set (an empty one counts as unset), its value
-    read as the command line reads one, and validated. Raises
-    ``ConfigError`` naming the variable."""
+    read as ``config KEY VALUE`` reads one (``read_value``: a duration for
+    the settings in seconds), and validated. Raises ``ConfigError`` naming
+    the variable."""
     values: dict[str, Any] = {}
     for key in KEYS:
         name = env_name(key)
@@ -207,7 +208,8 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         if not raw:
             continue
         try:
-            values[key] = getattr(with_value(Settings(), key, parse_value(raw), typed=raw), key)
+            value = read_value(key, raw)
+            values[key] = getattr(with_value(Settings(), key, value, typed=raw), key)
         except ConfigError as exc:
             raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from exc
     return values
@@ -352,8 +354,11 @@ def _written(text: str) -> str:
 _UNITS = {
     "default_ttl": "seconds", "max_lifetime": "seconds", "expired_retention": "seconds",
     "compact_interval": "seconds", "frame_timeout": "seconds", "send_timeout": "seconds",
-    "idle_timeout": "seconds", "compact_growth_percent": "percent",
+    "idle_timeout": "seconds", "replicas_timeout": "seconds", "compact_growth_percent": "percent",
 }
+# The settings counted in seconds: ``config KEY VALUE`` and ``SESSIOND_<KEY>``
+# also take a duration for them (``2h``, ``7d``), as whole seconds.
+SECONDS_KEYS = tuple(key for key, unit in _UNITS.items() if unit == "seconds")
 _ZERO = {"max_lifetime": "none", "expired_retention": "until cleanup"}
 
 
@@ -390,6 +395,29 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def read_value(key: str, text: str) -> Any:
+    """A value typed for ``key`` (``config KEY VALUE``, ``SESSIOND_<KEY>``):
+    JSON when it reads as JSON, else, for a setting in seconds, a duration
+    (``2h``) in whole seconds, else the string (which validation refuses or
+    takes). Raises ``ConfigError`` for a setting in seconds given neither a
+    number nor a duration."""
+    value = parse_value(text)
+    if key not in SECONDS_KEYS or (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+    ):
+        return value
+    # Imported here: only a duration needs the parser.
+    from sessiond.timeparse import DURATION_FORMS, parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ConfigError(
+            f"invalid value {text!r} for {key}: not a number of seconds or a duration; "
+            f"use {DURATION_FORMS}"
+        ) from None
 
 
 def load(path: Path) -> Settings:

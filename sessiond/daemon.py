@@ -12,13 +12,25 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import anyio.abc
 
-from sessiond import __version__, check, config, failpoints, logs, migration, paths, rebind, systemd
-from sessiond.errors import SessionError, StartError
+from sessiond import (
+    __version__,
+    check,
+    config,
+    logs,
+    migration,
+    paths,
+    rebind,
+    snapshot,
+    systemd,
+)
+from sessiond.errors import DataDirTaken, SessionError, StartError
+from sessiond.failpoints import START_DELAY, START_HOLD, hold, pause
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
 from sessiond.local import LocalEngine
@@ -34,6 +46,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sessiond")
 
+# The signals the daemon acts on (SIGHUP reloads, the others stop it). They
+# are blocked from the process's first moment (``sessiond.__main__``, and
+# again in ``main`` for whoever calls it directly) until the daemon can act on
+# them (``_until_signalled``): until then the default action of SIGHUP and
+# SIGTERM would end it on the spot, silently, in the middle of a replay
+# that can take seconds. One that comes meanwhile waits, pending, and is
+# acted on once the daemon serves.
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-backups", type=_positive, default=logs.BACKUPS, metavar="N",
                    help=f"rotated log files kept: PATH.1 (newest) to PATH.N "
                         f"(default {logs.BACKUPS})")
+    # Given by sessionctl's autostart (sessionctl.autostart), never by
+    # people: a daemon that finds the data dir taken then lost a start race
+    # to another autostarted one, which is no error.
+    p.add_argument("--autostarted", action="store_true", help=argparse.SUPPRESS)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="report the journal's health and exit (0 healthy, 1 damaged)")
@@ -93,7 +117,7 @@ async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock_fd = paths.lock_data_dir(where.lock)
-    failpoints.pause(failpoints.START_DELAY)
+    pause(START_DELAY)
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
@@ -148,6 +172,8 @@ def open_local(
         raise StartError(refusal)
     for leftover in remove_leftovers(where.journal):
         log.warning("removed %s left by an interrupted compaction", leftover)
+    announce_replay(where.journal)
+    hold(START_HOLD, SIGNALS)
     store, valid_end, needs_newline = load_store(rules_of(settings), where.journal)
     journal = Journal(where.journal, settings.fsync)
     journal.open(valid_end, needs_newline)
@@ -166,6 +192,20 @@ def open_local(
     return store, journal, layers
 
 
+def announce_replay(journal: Path) -> None:
+    """One line before a replay, which takes seconds for millions of
+    sessions: whoever looks at the log while nothing answers sees why."""
+    found = []
+    for path in (snapshot.snapshot_path(journal), journal):
+        try:
+            found.append(f"{path.stat().st_size} bytes of {path.name}")
+        except FileNotFoundError:
+            continue
+    if found:
+        log.info("replaying %s in %s; the socket answers once that is done",
+                 " and ".join(found), journal.parent)
+
+
 def asyncio_loop() -> object:
     import asyncio
 
@@ -175,9 +215,13 @@ def asyncio_loop() -> object:
 async def serve(server: Server, where: paths.Paths) -> None:
     engine = server.engine
     activated = systemd.listen_fds()
-    # Checked outside the task group, so that a bad hand-over from systemd
-    # is reported as one line rather than inside an exception group.
+    # Checked outside the task group, and before "ready", so that a bad
+    # hand-over from systemd (the socket, the watchdog's interval, where to
+    # notify it) is reported as one line rather than inside an exception
+    # group, after a start that looked fine.
     passed = systemd.adopt_listener(activated) if activated else None
+    watchdog = systemd.watchdog_interval()
+    systemd.notify_address()
     keeper: rebind.SocketKeeper | None = None
     if passed is not None:
         # systemd owns this socket and keeps it across our restarts: it
@@ -198,7 +242,6 @@ async def serve(server: Server, where: paths.Paths) -> None:
                 tg.start_soon(keeper.run, server)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
                      __version__, address, os.getpid(), engine.sessions(), engine.describe())
-            watchdog = systemd.watchdog_interval()
             # Only now: replay is done and the socket listens, so a client
             # that systemd lets through is answered.
             if systemd.notify(f"READY=1\n{_status(engine)}"):
@@ -254,29 +297,54 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
 
 
 async def _until_signalled(server: Server, where: paths.Paths) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum != signal.SIGHUP:
-                log.info("received %s", signal.Signals(signum).name)
-                return
-            try:
-                # A shutdown request lets a reload in progress finish, as
-                # SIGTERM (read after it) does.
-                with anyio.CancelScope(shield=True):
-                    await server.engine.dispatcher.reload()
-            except SessionError as exc:
-                log.error("SIGHUP: config not reloaded: %s", exc)
-                continue
-            pinned = ", ".join(
-                f"{key} ({source})" for key, source in server.live.layers.sources().items()
-                if source in (config.ENV, config.FLAG)
-            )
-            log.info("SIGHUP: reloaded %s%s", where.config,
-                     f"; still set by flag or environment: {pinned}" if pinned else "")
+    with anyio.open_signal_receiver(*SIGNALS) as signals:
+        # Handled from here on: one that came during the start (blocked
+        # since, see SIGNALS) is delivered now, a SIGHUP then reloads
+        # once, a SIGTERM stops the daemon as it would have at any time.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        try:
+            await _act_on(signals, server, where)
+        finally:
+            # Leaving the receiver puts the default actions back: a reload
+            # means nothing to a daemon on its way out, and must not end it
+            # before its journal is synced. (A second SIGTERM or SIGINT
+            # still ends it at once, as one expects of them.)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+async def _act_on(
+    signals: AsyncIterator[signal.Signals], server: Server, where: paths.Paths
+) -> None:
+    """Until SIGTERM or SIGINT; SIGHUP reloads."""
+    async for signum in signals:
+        if signum != signal.SIGHUP:
+            log.info("received %s", signal.Signals(signum).name)
+            return
+        try:
+            # A shutdown request lets a reload in progress finish, as
+            # SIGTERM (read after it) does.
+            with anyio.CancelScope(shield=True):
+                await server.engine.dispatcher.reload()
+        except SessionError as exc:
+            log.error("SIGHUP: config not reloaded: %s", exc)
+            continue
+        pinned = ", ".join(
+            f"{key} ({source})" for key, source in server.live.layers.sources().items()
+            if source in (config.ENV, config.FLAG)
+        )
+        log.info("SIGHUP: reloaded %s%s", where.config,
+                 f"; still set by flag or environment: {pinned}" if pinned else "")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Already done if sessiond.__main__ called us: see SIGNALS.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     args = parse_args(argv)
+    if args.command == "install-service" or args.check or args.repair:
+        # Commands, not the daemon: the default actions, as any program has
+        # (and systemctl, which install-service runs, must not inherit them
+        # blocked).
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     level = getattr(logging, args.log_level.upper())
     try:
         logs.setup(level, args.log_file, args.log_max_bytes, args.log_backups)
@@ -304,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             pass
         return anyio.run(run, args, backend="asyncio", backend_options=backend_options)
+    except DataDirTaken as exc:
+        if not args.autostarted:
+            log.error("%s", exc)
+            return 1
+        # Several commands at once each started a daemon, and another won:
+        # it serves them all (sessionctl waits for it), nothing failed.
+        log.info("another sessiond (pid %s) already serves data dir %s; leaving it to it",
+                 exc.holder, exc.data_dir)
+        return 1
     except JournalDamaged as exc:
         log.error("%s", exc)
         return 1

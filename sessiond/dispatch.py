@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from sessiond import compaction, config, live, standing
+from sessiond import compaction, config, live, standing, sweep
 from sessiond.errors import ConfigError, InternalError, ReadOnly, SessionError, Unsupported
 from sessiond.events import EventSource, Hub
 from sessiond.failpoints import LINE_ENCODE_ERROR, REPLY_ENCODE_ERROR, encode_fault
@@ -30,6 +30,7 @@ from sessiond.protocol import (
     LENGTH,
     NO_LENGTH,
     WRITES,
+    CleanupResult,
     CompactResult,
     Event,
     EventReply,
@@ -320,6 +321,9 @@ class Dispatcher:
 
     async def compact(self) -> CompactResult:
         return await compaction.compact(self.journal, self.store.live_slots)
+
+    async def cleanup(self, before: int | None, dry_run: bool) -> CleanupResult:
+        return await sweep.cleanup(self, before, dry_run)
 
 
 

@@ -105,7 +105,8 @@ def damaged_words(damaged: list[str]) -> str:
 
 
 class DaemonUnavailable(SessionError):
-    """Nothing answers on the socket (and autostart was off or failed)."""
+    """Nothing answers on the socket (and autostart was off or failed), or
+    the daemon there serves another user."""
 
     code = "unavailable"
 
@@ -145,6 +146,16 @@ class StartError(SessionError):
     """The daemon cannot start; the message says why and what to do."""
 
     code = "start"
+
+
+class DataDirTaken(StartError):
+    """Another daemon holds the lock of ``data_dir``: ``holder`` is its pid
+    as the lock file says (``unknown`` if it has not written it yet)."""
+
+    def __init__(self, holder: str, data_dir: str) -> None:
+        super().__init__(f"another sessiond (pid {holder}) already uses data dir {data_dir}")
+        self.holder = holder
+        self.data_dir = data_dir
 
 
 class ConfigError(InvalidRequest):

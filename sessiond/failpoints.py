@@ -5,18 +5,20 @@ legacy migration, makes a journal fsync fail with EIO, makes a compaction's
 snapshot fail to write, makes the encoding of a reply or of a journal line
 fail as a value msgpack cannot carry would, makes the daemon speak protocol
 version 1 only, makes a turn of shared mode's expiry timer fail as a bug
-would, or stops the daemon (SIGSTOP) as it starts, as long as a test wants
-a start to take.
+would, stops the daemon (SIGSTOP) as it starts, as long as a test wants
+a start to take, or holds a start at its replay until a signal has come.
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from sessiond.errors import JournalError
@@ -47,6 +49,13 @@ EXPIRY_BUG = "expiry-bug"
 # replays anything: a start that takes as long as a big journal's replay,
 # until the test sends SIGCONT.
 START_DELAY = "start-delay"
+# The start holds before its replay until a signal the daemon blocks is
+# pending (at most HOLD_SECONDS): a slow replay, without the millions of
+# sessions, for the tests of a signal that comes during a start.
+START_HOLD = "start-hold"
+HOLD_SECONDS = 60.0
+
+log = logging.getLogger("sessiond")
 
 
 class Failpoints:
@@ -59,7 +68,8 @@ class Failpoints:
         self._skip: dict[str, int] = {}
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
-        known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG, START_DELAY)
+        known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG,
+                                START_DELAY, START_HOLD)
                  + ENCODE_POINTS)
         for item in (part.strip() for part in spec.split(",")):
             if not item:
@@ -122,6 +132,19 @@ def pause(name: str) -> None:
     the process goes on at SIGCONT."""
     if failpoints().hit(name):
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def hold(name: str, signals: Iterable[signal.Signals]) -> None:
+    """Wait here, if the environment names this step, until one of
+    ``signals`` (which this thread blocks) is pending, or HOLD_SECONDS; the
+    log says when it starts to wait, for a test to send the signal then."""
+    if not failpoints().hit(name):
+        return
+    wanted = set(signals)
+    log.warning("failpoint %s: holding until a signal is pending", name)
+    deadline = time.monotonic() + HOLD_SECONDS
+    while not wanted & signal.sigpending() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -5,8 +5,8 @@ dispatcher holds (``Context``), and returns the reply and the changes it
 made to the store; the dispatcher persists those and sends the reply. Most
 handlers are one call of a rule (``sessiond.rules``) or of the store and
 the building of a reply. ``SLOW`` holds the few requests that wait on I/O
-of their own (a compaction, a change of settings): the dispatcher settles
-the batch before it awaits them.
+of their own (a compaction, a change of settings, a cleanup's commits):
+the dispatcher settles the batch before it awaits them.
 
 Adding a request: its class in ``sessiond.protocol``, its rule in
 ``sessiond.rules`` (or the store), and one function here under
@@ -98,6 +98,8 @@ class Context(Parts, Protocol):
     async def adopt(self, layers: config.Layers) -> None: ...
 
     async def compact(self) -> CompactResult: ...
+
+    async def cleanup(self, before: int | None, dry_run: bool) -> CleanupResult: ...
 
 
 Outcome = tuple[Response, list[Change]]
@@ -208,16 +210,6 @@ def list_(c: Context, req: List, now: int) -> Outcome:
     return Page(id=req.id, sessions=[r.to_session() for r in page], cursor=cursor), made
 
 
-@handles(Cleanup)
-def cleanup(c: Context, req: Cleanup, now: int) -> Outcome:
-    cleaned, made = c.store.cleanup(now, req.before, req.dry_run)
-    result = CleanupResult(
-        dry_run=req.dry_run, removed_count=len(cleaned.removed),
-        remaining_count=cleaned.remaining, removed_ids=cleaned.removed,
-    )
-    return CleanupReply(id=req.id, result=result), made
-
-
 @handles(Import)
 def import_(c: Context, req: Import, now: int) -> Outcome:
     done, made = c.store.import_sessions(now, req.sessions)
@@ -292,6 +284,14 @@ def shutdown(c: Context, req: Shutdown, now: int) -> Outcome:
 @handles(Compact, SLOW)
 async def compact(c: Context, req: Compact) -> Response:
     return CompactReply(id=req.id, result=await c.compact())
+
+
+@handles(Cleanup, SLOW)
+async def cleanup(c: Context, req: Cleanup) -> Response:
+    # A slice at a time, each committed, the loop turning between them
+    # (sessiond.sweep). (The local engine's: a shared daemon's is
+    # sessiond.shared.scans'.)
+    return CleanupReply(id=req.id, result=await c.cleanup(req.before, req.dry_run))
 
 
 @handles(ConfigSet, SLOW)

@@ -18,7 +18,7 @@ import stat
 import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
-from sessiond.errors import InvalidRequest, SessionError, StartError
+from sessiond.errors import DataDirTaken, InvalidRequest, SessionError, StartError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -230,9 +230,7 @@ def lock_data_dir(lock_path: Path) -> int:
             raise
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise StartError(
-            f"another sessiond (pid {holder}) already uses data dir {lock_path.parent}"
-        ) from None
+        raise DataDirTaken(holder, str(lock_path.parent)) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import socket
-import struct
 import time
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ from sessiond.connection import RESERVED_FOR, Batches, Connections, Stop
 from sessiond.errors import Busy, InternalError, SessionError
 from sessiond.events import EventSource
 from sessiond.live import Live
+from sessiond.peers import Refusals, peer_uid, refusal
 from sessiond.protocol import StatsInfo, error_frame
 
 log = logging.getLogger("sessiond.server")
@@ -37,7 +37,6 @@ ACCEPT_BACKOFF_MAX = 0.25
 # How long a watch that ended with an error waits for its client to hang up.
 LAST_WORD_GRACE = 2.0
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_PEERCRED = struct.Struct("3i")
 
 
 class Engine(Protocol):
@@ -73,6 +72,7 @@ class Server:
         self.event_loop = event_loop
         self.started = time.monotonic()
         self.uid = os.getuid()
+        self.refusals = Refusals(self.uid)
         self.dispatcher: Batches = engine.dispatcher
         engine.dispatcher.stats = self.stats
         # Set by a ``shutdown`` request: the daemon then stops as on SIGTERM
@@ -184,23 +184,16 @@ class Server:
         if self.listener is not None:
             await self.listener.aclose()
 
-    def _peer_uid(self, stream: SocketStream) -> int:
-        sock = stream.extra(SocketAttribute.raw_socket)
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        pid, uid, gid = _PEERCRED.unpack(raw)
-        return int(uid)
-
     async def _connection(self, stream: SocketStream) -> None:
         async with stream:
             try:
-                uid = self._peer_uid(stream)
+                uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
             except OSError as exc:
                 log.warning("refused a connection: cannot read peer credentials (%s)", exc)
                 return
             if uid != self.uid:
-                log.warning(
-                    "refused a connection from uid %d (only uid %d may connect)", uid, self.uid
-                )
+                self.refusals.note(uid)
+                await self._send_last(stream, error_frame(0, refusal(self.uid, uid)))
                 return
             reserved = self.open - self.reserve_taken >= self.live.settings.max_connections
             if self.connections.stopping or (reserved and self.reserve_taken):

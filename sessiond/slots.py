@@ -139,7 +139,19 @@ class Slots:
             return 0
         if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
             raise InvalidRequest(f"invalid list cursor {cursor!r}")
-        return bisect_right(self._seqs, int(cursor))
+        return self.after(int(cursor))
+
+    def after(self, seq: int) -> int:
+        """The first slot whose sequence number is above ``seq``."""
+        return bisect_right(self._seqs, seq)
+
+    def seq_at(self, slot: int) -> int:
+        return self._seqs[slot]
+
+    def last_seq(self) -> int:
+        """The highest sequence number given so far (-1: none): a record
+        made from now on comes after it."""
+        return self._next_seq - 1
 
     def cursor(self, slot: int) -> str | None:
         """The cursor of a page that ended before ``slot`` (``None`` at the end)."""

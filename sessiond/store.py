@@ -61,10 +61,13 @@ class ReplayRefused(InvalidRequest):
 
 
 class Cleaned(NamedTuple):
-    """What ``cleanup`` removed (or would, on a dry run)."""
+    """What ``cleanup`` removed (or would, on a dry run), how many sessions
+    remain (would, on a dry run, as far as this call looked), and the
+    sequence number the next slice starts after (``None``: no slice left)."""
 
     removed: list[str]
     remaining: int
+    resume: int | None = None
 
 
 class Store:
@@ -162,19 +165,45 @@ class Store:
     # -- operations on many sessions -------------------------------------
 
     def cleanup(
-        self, now: int, before: int | None = None, dry_run: bool = False
+        self,
+        now: int,
+        before: int | None = None,
+        dry_run: bool = False,
+        *,
+        after: int = -1,
+        upto: int | None = None,
+        most: int | None = None,
     ) -> tuple[Cleaned, list[Change]]:
         """Remove sessions that are expired (or past their deadline), and
-        with ``before`` also those whose deadline is earlier than it."""
+        with ``before`` also those whose deadline is earlier than it.
+
+        All of them, or a slice: the sessions created after sequence number
+        ``after`` and up to ``upto`` (``last_seq()`` when the cleanup
+        began: none made since), at most ``most`` slots of them; the next
+        slice starts after ``Cleaned.resume``. A session another request
+        changes between slices is judged as it is when its slice comes."""
         if before is not None and (isinstance(before, bool) or not isinstance(before, int)):
             raise InvalidRequest(f"before must be a timestamp in microseconds, not {before!r}")
-        doomed = [s for s in self._slots.records if s is not None and rules.doomed(s, now, before)]
+        slots = self._slots
+        start = slots.after(after)
+        end = len(slots) if upto is None else slots.after(upto)
+        stop = end if most is None else min(end, start + most)
+        # Read before the removals below, which may pack the slots.
+        resume = slots.seq_at(stop - 1) if start < stop < end else None
+        doomed = [
+            s for s in slots.records[start:stop] if s is not None and rules.doomed(s, now, before)
+        ]
         changes: list[Change] = []
         if not dry_run:
             for record in doomed:
                 self.put(changes, PURGED, record, None)
         remaining = len(self._index) - (len(doomed) if dry_run else 0)
-        return Cleaned([s.id for s in doomed], remaining), changes
+        return Cleaned([s.id for s in doomed], remaining, resume), changes
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest session made so far (-1:
+        none): ``cleanup``'s ``upto``."""
+        return self._slots.last_seq()
 
     def import_sessions(self, now: int, sessions: list[Session]) -> tuple[Imported, list[Change]]:
         """Merge records from elsewhere (``rules.admit`` each); a record the

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sessionctl import Client, DaemonUnavailable
-from tests.conftest import Daemon
+from tests.conftest import SESSIOND, Daemon
 
 pytestmark = pytest.mark.local_only("autostart starts a daemon with the default (local) engine")
 
@@ -51,6 +52,31 @@ def test_sessionctl_starts_the_daemon_and_goes_on(
     # The next command finds it running and starts nothing more.
     again = d.ctl("ping", "--json", env=AUTOSTART_ON)
     assert again.returncode == 0 and json.loads(again.stdout)["pid"] == pid
+
+
+@pytest.mark.parametrize(
+    ("flags", "level", "said"),
+    [(["--autostarted"], "INFO", "already serves data dir {}; leaving it to it"),
+     ([], "ERROR", "already uses data dir {}")],
+    ids=["autostarted", "by-hand"],
+)
+def test_a_daemon_that_finds_the_data_dir_taken_is_an_error_unless_autostart_raced(
+    daemon: Daemon, flags: list[str], level: str, said: str
+) -> None:
+    # An autostarted daemon that finds another there lost a race among
+    # commands started at once, which all go on with the winner: no error.
+    assert daemon.proc is not None
+    log = daemon.root / "second.log"
+    done = subprocess.run(
+        [SESSIOND, *flags, "--log-file", str(log)], env=daemon.env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 1 and done.stderr == "", done
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(
+        f" {level} another sessiond (pid {daemon.proc.pid}) {said.format(daemon.data_dir)}"
+    ), lines
 
 
 def test_no_autostart_flag_turns_it_off(make_daemon: Callable[..., Daemon]) -> None:

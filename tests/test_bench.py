@@ -131,6 +131,25 @@ def test_bench_refuses_an_unknown_case_with_exit_2() -> None:
     assert "nonsense" in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("only", ["", ",", " , "])
+def test_bench_refuses_an_only_that_names_no_case_with_exit_2(only: str) -> None:
+    result = run_bench("--only", only, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--only names no case" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("where", ["missing/x.json", "."])
+def test_bench_refuses_a_json_file_it_could_not_write_before_it_runs(
+    tmp_path: Path, where: str
+) -> None:
+    target = tmp_path / where
+    result = run_bench("--only", "cli", "--json", str(target), timeout=60)
+    assert result.returncode == 2, result.stderr
+    # One line, before anything ran.
+    assert result.stderr.startswith(f"bench: --json {target}: "), result.stderr
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
 @pytest.mark.parametrize("rounds", ["0", "two"])
 def test_bench_refuses_rounds_that_are_not_a_positive_count_with_exit_2(rounds: str) -> None:
     result = run_bench("--rounds", rounds, timeout=60)

@@ -172,6 +172,23 @@ def test_an_environment_variable_is_validated_and_named(tmp_path: Path) -> None:
     assert config.read_env({"SESSIOND_DEFAULT_TTL": "", "SESSIOND_SOCKET": "/s"}) == {}
 
 
+def test_an_environment_variable_takes_a_duration_where_config_does() -> None:
+    # Every setting in seconds, as `sessionctl config KEY 1m` reads it.
+    env = {config.env_name(key): "1m" for key in config.SECONDS_KEYS}
+    assert config.read_env(env) == dict.fromkeys(config.SECONDS_KEYS, 60)
+    assert config.read_env({"SESSIOND_DEFAULT_TTL": "1h30m"}) == {"default_ttl": 5400}
+    # Any other setting takes no duration, and a refusal quotes the value typed.
+    with pytest.raises(ConfigError, match=r"SESSIOND_MAX_FRAME_BYTES='2h': invalid value '2h'"):
+        config.read_env({"SESSIOND_MAX_FRAME_BYTES": "2h"})
+    with pytest.raises(ConfigError, match=r"SESSIOND_DEFAULT_TTL='0s': invalid value '0s' for"):
+        config.read_env({"SESSIOND_DEFAULT_TTL": "0s"})
+    with pytest.raises(ConfigError, match=r"'1e309': invalid value 1e309 for idle_timeout: "):
+        config.read_env({"SESSIOND_IDLE_TIMEOUT": "1e309"})
+    with pytest.raises(ConfigError, match="'2x': invalid value '2x' for send_timeout: not a "
+                                          "number of seconds or a duration; use whole seconds"):
+        config.read_env({"SESSIOND_SEND_TIMEOUT": "2x"})
+
+
 # -- through the daemon ------------------------------------------------------------
 
 
@@ -226,6 +243,7 @@ def test_config_set_takes_strings_and_floats(d: Daemon) -> None:
      (("default_ttl", "1e3"), "invalid value 1e3 for default_ttl: default_ttl takes a whole"),
      (("frame_timeout", "1e4"), "invalid value 1e4 for frame_timeout: frame_timeout takes a"),
      (("idle_timeout", "NaN"), "invalid value NaN for idle_timeout: idle_timeout takes a"),
+     (("idle_timeout", "1e309"), "invalid value 1e309 for idle_timeout: idle_timeout takes a"),
      (("watch_queue", "1.50"), "invalid value 1.50 for watch_queue: watch_queue takes a"),
      (("max_lifetime", "36501d"), "invalid value '36501d' for max_lifetime: max_lifetime takes")],
 )

@@ -83,11 +83,14 @@ def test_environment_variables_win_over_the_file(make_daemon: Callable[..., Daem
     d = make_daemon(start=False)
     d.config.write_text(json.dumps({"default_ttl": 100, "fsync": "no"}))
     d.extra_env.update(SESSIOND_DEFAULT_TTL="7200", SESSIOND_FSYNC="always",
-                       SESSIOND_FRAME_TIMEOUT="2.5", SESSIOND_WATCH_QUEUE="")
+                       SESSIOND_FRAME_TIMEOUT="2.5", SESSIOND_WATCH_QUEUE="",
+                       SESSIOND_EXPIRED_RETENTION="1h30m")
     d.start()
     with d.client() as c:
         assert c.create().ttl == 7200
         assert c.config("frame_timeout") == {"frame_timeout": 2.5}
+        # A duration, as `sessionctl config expired_retention 1h30m` takes it.
+        assert c.config("expired_retention") == {"expired_retention": 5400}
     st = stats(d)
     assert st["fsync"] == "always"
     sources = st["config_sources"]
@@ -107,7 +110,8 @@ def test_environment_variables_win_over_the_file(make_daemon: Callable[..., Daem
     [("SESSIOND_DEFAULT_TTL", "soon", "invalid value 'soon' for default_ttl"),
      ("SESSIOND_FSYNC", "sometimes", "invalid value 'sometimes' for fsync"),
      ("SESSIOND_MAX_FRAME_BYTES", "10", "a whole number of bytes from 1024 to"),
-     ("SESSIOND_DEFAULT_TTL", "1e3", ": invalid value 1e3 for default_ttl")],
+     ("SESSIOND_DEFAULT_TTL", "1e3", ": invalid value 1e3 for default_ttl"),
+     ("SESSIOND_IDLE_TIMEOUT", "1e309", ": invalid value 1e309 for idle_timeout")],
 )
 def test_a_bad_environment_variable_stops_the_start_naming_it(
     make_daemon: Callable[..., Daemon], name: str, value: str, needle: str

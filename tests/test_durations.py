@@ -155,8 +155,7 @@ def test_cleanup_before_a_time_to_come_also_removes_what_is_due_by_then(d: Daemo
 
 
 def test_the_settings_that_take_a_duration_are_settings_in_seconds() -> None:
-    from sessionctl.handlers import SECONDS_KEYS
-    from sessiond.config import KEYS, Settings
+    from sessiond.config import KEYS, SECONDS_KEYS, Settings
 
     assert set(SECONDS_KEYS) <= set(KEYS)
     for key in SECONDS_KEYS:

@@ -6,6 +6,7 @@ a normal client with its state intact.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import stat
@@ -16,10 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from sessionctl import Client
 from sessiond.errors import Busy, DaemonUnavailable
+from sessiond.peers import LOG_EVERY, Refusals
 from tests.conftest import SESSIONCTL, Daemon, wait_until
 from tests.rawwire import request, seed, snapshot, write_config
 
@@ -180,39 +183,109 @@ def test_unsafe_directory_is_refused_naming_it(
     assert len(snapshot(d.socket)[0]) == 3
 
 
-def test_peer_of_another_uid_is_refused_and_logged(daemon: Daemon) -> None:
+# Run as root, then as OTHER_UID: SO_PEERCRED reports the effective uid;
+# keeping the filesystem uid lets the script through the 0700 directory, so
+# that the daemon's own check is what stops it.
+AS_OTHER_UID = (
+    "import ctypes, os, socket, sys\n"
+    f"os.setgroups([]); os.setegid({OTHER_UID}); os.seteuid({OTHER_UID})\n"
+    "ctypes.CDLL(None).setfsuid(0)\n"
+)
+
+
+def as_other_uid(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root to connect as another uid (CI runs this test as root)")
+    return subprocess.run(
+        [sys.executable, "-c", AS_OTHER_UID + script, *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+def test_peer_of_another_uid_is_refused_told_why_and_logged(daemon: Daemon) -> None:
     seed(daemon.socket)
     before = snapshot(daemon.socket)
     script = (
-        "import ctypes, os, socket, sys\n"
-        "uid = int(sys.argv[3])\n"
-        "os.setgroups([]); os.setegid(uid); os.seteuid(uid)\n"
-        # SO_PEERCRED reports the effective uid; keeping the filesystem uid
-        # lets us through the 0700 directory so that the daemon's own check
-        # is what stops us.
-        "ctypes.CDLL(None).setfsuid(0)\n"
         "s = socket.socket(socket.AF_UNIX); s.settimeout(10)\n"
         "s.connect(sys.argv[1])\n"
         # The daemon may close before the request is even sent: refused at once.
         "try:\n"
         "    s.sendall(bytes.fromhex(sys.argv[2]))\n"
-        "    data = s.recv(65536)\n"
         "except (BrokenPipeError, ConnectionResetError):\n"
-        "    data = b''\n"
+        "    pass\n"
+        "data = b''\n"
+        # The daemon hangs up on a request it did not read: the stream ends,
+        # or is reset, after what it sent.
+        "try:\n"
+        "    while chunk := s.recv(65536):\n"
+        "        data += chunk\n"
+        "except ConnectionResetError:\n"
+        "    pass\n"
         "print('uid', os.geteuid(), 'reply', data.hex())\n"
     )
-    ping = request(op="create", id=1, user="intruder")
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(daemon.socket), ping.hex(), str(OTHER_UID)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )
+    create = request(op="create", id=1, user="intruder")
+    done = as_other_uid(script, str(daemon.socket), create.hex())
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["uid", str(OTHER_UID), "reply"], done.stdout
+    words = done.stdout.split()
+    assert words[:3] == ["uid", str(OTHER_UID), "reply"], done.stdout
+    # One frame, the daemon's last word (id 0), then the end of the stream.
+    reply = bytes.fromhex(words[3])
+    assert int.from_bytes(reply[:4], "big") == len(reply) - 4
+    body = msgspec.msgpack.decode(reply[4:])
+    assert (body["r"], body["id"], body["code"]) == ("error", 0, "unavailable"), body
+    assert body["message"].startswith(
+        f"refused: this sessiond serves uid {os.getuid()}; you are uid {OTHER_UID}"
+    )
     wait_until(lambda: f"refused a connection from uid {OTHER_UID}" in daemon.log_text(),
                10, "the refusal to be logged")
     assert snapshot(daemon.socket) == before
+
+
+@pytest.mark.local_only("the peer check is the server's, the same in front of every engine")
+def test_a_client_of_another_uid_says_whose_daemon_it_is_and_the_log_notes_it_once(
+    daemon: Daemon,
+) -> None:
+    script = (
+        "from sessionctl import Client\n"
+        "from sessionctl.cli import main\n"
+        "from sessiond.errors import SessionError\n"
+        "for _ in range(4):\n"
+        "    try:\n"
+        "        Client(sys.argv[1], autostart=False).ping()\n"
+        "    except SessionError as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+        "sys.exit(main(['--socket', sys.argv[1], '--no-autostart', 'get', 'abc']))\n"
+    )
+    done = as_other_uid(script, str(daemon.socket))
+    said = (f"refused: this sessiond serves uid {os.getuid()}; you are uid {OTHER_UID} (each "
+            f"user runs a daemon of their own, on a socket of their own)")
+    assert done.stdout.splitlines() == [f"DaemonUnavailable {said}"] * 4, done
+    # The CLI: one line, exit 3, as for a daemon it cannot use.
+    assert (done.returncode, done.stderr) == (3, f"sessionctl: error: {said}\n")
+    # Five refusals, one line: a peer in a loop cannot fill the owner's log.
+    assert daemon.log_text().count(f"refused a connection from uid {OTHER_UID}") == 1
+    assert answers(daemon.socket)
+
+
+def test_refusals_of_a_uid_are_logged_once_a_minute_with_a_count_of_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    refusals = Refusals(1000, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="sessiond.server"):
+        for uid in (1001, 1001, 1001, 1002):
+            refusals.note(uid)
+        now[0] = LOG_EVERY - 1
+        refusals.note(1001)
+        now[0] = LOG_EVERY + 1
+        refusals.note(1001)
+        refusals.note(1001)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a connection from uid 1001 (only uid 1000 may connect)",
+        "refused a connection from uid 1002 (only uid 1000 may connect)",
+        "refused a connection from uid 1001 (only uid 1000 may connect); 3 more from it "
+        "since the last such line, not logged",
+    ]
 
 
 # -- one daemon per data dir; stale sockets ----------------------------------

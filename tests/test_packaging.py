@@ -89,7 +89,9 @@ def test_the_wheel_installs_the_three_commands(wheel: zipfile.ZipFile) -> None:
         if target
     )
     assert entries == {
-        "sessiond": "sessiond.daemon:main",
+        # python -m sessiond's main: it blocks the daemon's signals before
+        # the daemon's modules are imported (sessiond.daemon.SIGNALS).
+        "sessiond": "sessiond.__main__:main",
         "sessionctl": "sessionctl.cli:main",
         # The legacy tool's own name, the code scripts/script.sh runs.
         "session": "sessionctl.shim:main",

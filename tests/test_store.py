@@ -637,6 +637,30 @@ def test_cleanup_before_also_removes_sessions_due_before_it() -> None:
     assert [s.id for s in store.snapshot()] == ["later"]
 
 
+def test_cleanup_in_slices_removes_what_it_would_at_once_and_spares_sessions_made_since() -> None:
+    store = Store()
+    for i in range(20):
+        make(store, sid=f"s{i:02d}", ttl=5 if i % 3 else 500)
+    upto = store.last_seq()
+    removed: list[str] = []
+    after = -1
+    slices = 0
+    while True:
+        cleaned, _ = store.cleanup(at(10), after=after, upto=upto, most=4)
+        removed += cleaned.removed
+        slices += 1
+        if slices == 2:
+            # Made while the cleanup runs, and due: not the cleanup's to remove.
+            make(store, sid="late", ttl=5)
+        if cleaned.resume is None:
+            break
+        after = cleaned.resume
+    assert slices == 5
+    assert removed == [f"s{i:02d}" for i in range(20) if i % 3]
+    assert [s.id for s in store.snapshot()] == [f"s{i:02d}" for i in range(0, 20, 3)] + ["late"]
+    assert_consistent(store, at(10))
+
+
 def test_cleanup_rejects_a_before_that_is_not_a_timestamp() -> None:
     store, _ = cleanup_fixture()
     before = state(store)

@@ -219,7 +219,9 @@ def test_service_unit_is_notify_type_hardened_and_keeps_home_visible() -> None:
     lines = set(text.splitlines())
     for want in (
         "Type=notify", "Restart=on-failure", "UMask=0077", "NoNewPrivileges=yes",
-        "RestrictAddressFamilies=AF_UNIX", "LockPersonality=yes",
+        # Internet sockets too: shared mode reaches its backend over TCP or
+        # TLS under this unit, as the README's drop-in shows.
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "LockPersonality=yes",
         "MemoryDenyWriteExecute=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
         "SystemCallArchitectures=native",
     ):
@@ -227,6 +229,23 @@ def test_service_unit_is_notify_type_hardened_and_keeps_home_visible() -> None:
     assert not any(line.startswith("ProtectHome=") for line in lines)
     exec_lines = [line for line in lines if line.startswith("ExecStart=")]
     assert len(exec_lines) == 1 and exec_lines[0].startswith("ExecStart=/")
+
+
+def test_service_unit_reload_command_makes_the_daemon_read_its_config_again(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    lines = (REPO_UNITS / "sessiond.service").read_text().splitlines()
+    reload = [line.partition("=")[2] for line in lines if line.startswith("ExecReload=")]
+    assert len(reload) == 1, reload
+    d = make_daemon()
+    assert d.proc is not None
+    d.config.write_text(json.dumps({"default_ttl": 77}))
+    # Run as systemd runs it for `systemctl --user reload sessiond`.
+    command = reload[0].replace("$MAINPID", str(d.proc.pid)).split()
+    subprocess.run(command, check=True, timeout=30)
+    wait_until(lambda: "SIGHUP: reloaded" in d.log_text(), START_TIMEOUT, "the reload")
+    with d.client() as c:
+        assert c.config("default_ttl") == {"default_ttl": 77}
 
 
 def test_socket_unit_listens_on_the_daemons_default_path_privately() -> None:
@@ -302,6 +321,25 @@ def test_watchdog_pings_and_status_follows_the_session_count(
             c.create(user="w")
         listener.wait_for("STATUS=serving 1 session", d)
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [({"WATCHDOG_USEC": "abc"}, "WATCHDOG_USEC='abc' is not a whole number"),
+     ({"WATCHDOG_USEC": "0"}, "WATCHDOG_USEC='0' is not positive"),
+     ({"NOTIFY_SOCKET": "vsock:2:1234"}, "NOTIFY_SOCKET='vsock:2:1234' is not a Unix socket")],
+)
+def test_a_bad_watchdog_or_notify_socket_stops_the_start_in_one_line_before_ready(
+    make_daemon: Callable[..., Daemon], env: dict[str, str], said: str,
+) -> None:
+    d = make_daemon(start=False, env=env)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(START_TIMEOUT) == 1
+    text = d.log_text()
+    assert [line for line in text.splitlines() if " ERROR " in line] == [
+        next(line for line in text.splitlines() if said in line)
+    ], text
+    assert "ready on" not in text and "Traceback" not in text, text
 
 
 # -- socket activation ---------------------------------------------------

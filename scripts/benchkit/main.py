@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import signal
@@ -54,12 +55,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run the Redis anchor without hiredis (the header then warns that "
                    f"it flatters us); otherwise the bench refuses: {INSTALL_HINT}")
     args = p.parse_args(argv)
-    if args.only:
+    if args.only is not None:
         args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+        if not args.only:
+            # Not "every case": a list that came out empty (a variable not
+            # set, a stray comma) is a mistake, not a request for the hour
+            # the full run takes.
+            p.error(f"--only names no case; choose from {', '.join(CASES)}")
         unknown = sorted(set(args.only) - set(CASES))
         if unknown:
             p.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
     return args
+
+
+def unwritable(path: Path) -> str | None:
+    """Why the results could not be written to ``path`` at the end of the
+    run (``None``: they can), found out before it: a file made in its
+    directory and removed, as the write will need."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "cannot be written (permission denied)"
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
+    except OSError as exc:
+        return f"cannot be written in {path.parent}: {exc.strerror}"
+    return None
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -116,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     1 when one failed or a case errored, 2 on bad usage or a refused anchor,
     130 when interrupted."""
     args = parse_args(argv)
+    if args.json is not None and (why := unwritable(args.json)) is not None:
+        # Now, not after the run: its results would be lost.
+        print(f"bench: --json {args.json}: {why}", file=sys.stderr)
+        return 2
     prof = (QUICK if args.quick else FULL).with_rounds(args.rounds)
     for exe in (SESSIOND, SESSIONCTL):
         if not exe.exists():
