@@ -236,7 +236,7 @@ def test_get_imports_no_argparse_pathlib_or_platformdirs(d: Daemon) -> None:
         sid = c.create(user="startup").id
     # The socket named by SESSIOND_SOCKET, then found at its default place
     # under XDG_RUNTIME_DIR (a link to the same socket).
-    runtime = d.root / "xdg-runtime"
+    runtime = d.root / "xrt"
     (runtime / "sessiond").mkdir(mode=0o700, parents=True, exist_ok=True)
     link = runtime / "sessiond" / "sessiond.sock"
     if not link.is_symlink():

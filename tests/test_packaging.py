@@ -140,9 +140,10 @@ def test_the_wheel_metadata_declares_the_license_and_the_pythons(
         if name and extra:
             by_extra.setdefault(extra.group(1), set()).add(name.group(0))
     # (redis-py: the suite runs shared mode against real Redis servers;
-    # trio: AsyncClient is tested under trio as well as asyncio.)
-    assert by_extra["test"] == {"pytest", "hypothesis", "pytest-timeout", "redis", "hiredis",
-                                 "trio"}
+    # trio: AsyncClient is tested under trio as well as asyncio; xdist: the
+    # suite runs on every CPU.)
+    assert by_extra["test"] == {"pytest", "hypothesis", "pytest-timeout", "pytest-xdist",
+                                 "redis", "hiredis", "trio"}
     assert by_extra["dev"] == {"ruff", "mypy"}
     assert by_extra["shared"] == {"redis", "hiredis"}
 

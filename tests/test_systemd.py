@@ -54,7 +54,7 @@ os.execv(command[0], command)
 def isolated_env(d: Daemon, **extra: str) -> dict[str, str]:
     """The daemon's environment, with ``systemctl --user`` unable to reach
     any user manager but one living in this test's directory (there is none)."""
-    runtime = d.root / "xdg-runtime"
+    runtime = d.root / "xrt"
     runtime.mkdir(mode=0o700, exist_ok=True)
     (d.root / "home").mkdir(mode=0o700, exist_ok=True)
     env = d.env
