@@ -89,7 +89,10 @@ async def _slices(
             try:
                 await d.commit(changes)
             except (ReadOnly, InternalError) as exc:
-                raise type(exc)(
+                # The base class, whatever the subclass: its message is what
+                # is made here (a subclass may take other arguments).
+                kind = ReadOnly if isinstance(exc, ReadOnly) else InternalError
+                raise kind(
                     f"{exc} (cleanup stopped: the {len(removed)} sessions it removed before "
                     f"stay removed, the rest are as they were; run it again to finish)"
                 ) from exc
