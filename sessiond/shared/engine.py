@@ -151,19 +151,23 @@ class SharedStore:
                     for sid, kind in zip(wrong, kinds, strict=True)}
             if damaged is None:
                 raise InternalError(said[wrong[0]])
-        _raise_errors([r for sid, r in zip(sids, replies[1:], strict=True) if sid not in said])
+        rest = replies[1:]
+        _raise_errors([r for sid, r in zip(sids, rest, strict=True) if sid not in said]
+                      if said else rest)
+        if damaged is None:
+            # The hot path (every read and change): no damage to set aside.
+            return _now(replies[0]), {
+                sid: record_of(sid, r) for sid, r in zip(sids, rest, strict=True)
+            }
         records: dict[str, Record | None] = {}
-        for sid, reply in zip(sids, replies[1:], strict=True):
+        for sid, reply in zip(sids, rest, strict=True):
             why = said.get(sid)
             if why is None:
                 try:
                     records[sid] = record_of(sid, reply)
                     continue
                 except InternalError as exc:
-                    if damaged is None:
-                        raise
                     why = str(exc)
-            assert damaged is not None  # else the first was raised above
             damaged[sid] = why
         return _now(replies[0]), records
 

@@ -39,7 +39,7 @@ def record_of(sid: str, values: Any) -> Record | None:
     writes it, or the meta is not a JSON object (``_damage`` says which)."""
     u, t, m, c, a, e, x, v, i, q = values
     if u is None:
-        if all(value is None for value in values):
+        if values.count(None) == len(READ):
             return None
         # Some fields without the user: no hash sessiond writes (it writes
         # every field at once). Read as absent, a create of its id would be
