@@ -52,9 +52,11 @@ class CtlWatch:
     once the test asks for it."""
 
     def __init__(self, d: Daemon, *args: str) -> None:
+        # faulthandler: a watch that outlives its Ctrl-C is made to say
+        # where it stands (SIGABRT dumps every thread's stack to stderr).
         self.proc = subprocess.Popen(
-            [SESSIONCTL, "watch", *args], env=d.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [SESSIONCTL, "watch", *args], env={**d.env, "PYTHONFAULTHANDLER": "1"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self._lines: Lines | None = None
 
@@ -73,7 +75,16 @@ class CtlWatch:
         try:
             # Generous: on a machine loaded by other test runs, a process
             # can wait seconds for a turn on a core.
-            status = self.proc.wait(30)
+            try:
+                status = self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                # Seen once under a heavy load, not reproduced since: where it hangs.
+                self.proc.send_signal(signal.SIGABRT)
+                self.proc.wait(10)
+                raise AssertionError(
+                    f"sessionctl watch still runs 30 s after SIGINT; its stacks:\n"
+                    f"{self.proc.stderr.read()}"
+                ) from None
             lines.join(30)
             return status, self.proc.stderr.read()
         finally:
