@@ -21,8 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 START_TIMEOUT = 15.0
-# The cluster bus listens on the port + 10000: the port must leave room.
-PORT_RANGE = (20000, 45000)
+# The cluster bus listens on the port + 10000: both stay below Linux's
+# default ephemeral range (32768 up), from which every outgoing connection
+# of the suite (a daemon's, redis-cli's) takes its local port.
+PORT_RANGE = (20000, 22768)
+# Tries at a start whose chosen port another process took in between.
+START_TRIES = 5
 
 
 def binary(name: str) -> str:
@@ -44,11 +48,24 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _worker_range() -> tuple[int, int]:
+    """This test process's share of PORT_RANGE: under pytest-xdist each
+    worker draws from its own, so that two never pick one port at once."""
+    low, high = PORT_RANGE
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or "1")
+    if not worker.startswith("gw") or count < 2:
+        return low, high
+    share = (high - low) // count
+    start = low + int(worker[2:]) % count * share
+    return start, start + share
+
+
 def free_port() -> int:
     """A loopback port that is free, and whose cluster-bus twin is too."""
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(1000):
-        port = rng.randrange(*PORT_RANGE)
+        port = rng.randrange(*_worker_range())
         if _port_free(port) and _port_free(port + 10000):
             return port
     raise RuntimeError("no free loopback port found for a Redis server")
@@ -83,6 +100,9 @@ class RedisNode:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = 0 if unix else (port or free_port())
+        # A port of our choosing may be taken by another process between
+        # the choice and the bind: the first start chooses again then.
+        self._chosen = not unix and not port
         self.unix = unix
         self.cluster = cluster
         self.appendonly = appendonly
@@ -128,11 +148,21 @@ class RedisNode:
         return args + list(self.extra)
 
     def start(self) -> RedisNode:
-        self.proc = subprocess.Popen(
-            self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait(self.answers, START_TIMEOUT, f"redis-server on {self.url}")
+        for attempt in range(1, START_TRIES + 1):
+            self.proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                _wait(self.answers, START_TIMEOUT, f"redis-server on {self.url}")
+            except RuntimeError as exc:
+                if not (self._chosen and "Address already in use" in str(exc)
+                        and attempt < START_TRIES):
+                    raise
+                self.port = free_port()
+                continue
+            break
+        self._chosen = False  # a restart keeps its port: the tests' URLs name it
         return self
 
     def cli(self, *args: str, check: bool = True) -> str:
