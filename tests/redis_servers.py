@@ -232,13 +232,18 @@ class RedisClusterServers:
         return self.nodes[0].url
 
     def start(self) -> RedisClusterServers:
-        for node in self.nodes:
-            node.start()
-        self.nodes[0].cli(
-            "--cluster", "create", *(n.address for n in self.nodes),
-            "--cluster-replicas", "0", "--cluster-yes",
-        )
-        _wait(self._ok, START_TIMEOUT, "the Redis cluster to report cluster_state:ok")
+        try:
+            for node in self.nodes:
+                node.start()
+            self.nodes[0].cli(
+                "--cluster", "create", *(n.address for n in self.nodes),
+                "--cluster-replicas", "0", "--cluster-yes",
+            )
+            _wait(self._ok, START_TIMEOUT, "the Redis cluster to report cluster_state:ok")
+        except BaseException:
+            # The fixture that asked never yields, so never stops them.
+            self.stop()
+            raise
         return self
 
     def _ok(self) -> bool:
