@@ -30,7 +30,7 @@ from sessiond import (
     systemd,
 )
 from sessiond.errors import DataDirTaken, SessionError, StartError
-from sessiond.failpoints import START_DELAY, START_HOLD, hold, pause
+from sessiond.failpoints import START_HOLD, hold
 from sessiond.journal import POLICIES, Journal
 from sessiond.live import Live, rules_of
 from sessiond.local import LocalEngine
@@ -117,7 +117,6 @@ async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock_fd = paths.lock_data_dir(where.lock)
-    pause(START_DELAY)
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}

@@ -5,8 +5,8 @@ legacy migration, makes a journal fsync fail with EIO, makes a compaction's
 snapshot fail to write, makes the encoding of a reply or of a journal line
 fail as a value msgpack cannot carry would, makes the daemon speak protocol
 version 1 only, makes a turn of shared mode's expiry timer fail as a bug
-would, stops the daemon (SIGSTOP) as it starts, as long as a test wants
-a start to take, or holds a start at its replay until a signal has come.
+would, or holds a start at its replay until a signal has come (as long as
+a test wants a start to take).
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
@@ -45,13 +45,10 @@ ENCODE_POINTS = (REPLY_ENCODE_ERROR, LINE_ENCODE_ERROR)
 PROTOCOL_V1 = "protocol-v1"
 # A turn of shared mode's expiry timer raises as a bug of its own would.
 EXPIRY_BUG = "expiry-bug"
-# The daemon stops itself (SIGSTOP) once it holds its data dir, before it
-# replays anything: a start that takes as long as a big journal's replay,
-# until the test sends SIGCONT.
-START_DELAY = "start-delay"
 # The start holds before its replay until a signal the daemon blocks is
 # pending (at most HOLD_SECONDS): a slow replay, without the millions of
-# sessions, for the tests of a signal that comes during a start.
+# sessions, for the tests of a signal that comes during a start and of the
+# clients that wait for a start (released with SIGHUP, which then reloads).
 START_HOLD = "start-hold"
 HOLD_SECONDS = 60.0
 
@@ -69,7 +66,7 @@ class Failpoints:
         self._left: dict[str, int | None] = {}
         self._lock = threading.Lock()  # fsyncs run in several worker threads
         known = (KILL_POINTS + (FSYNC_ERROR, SNAPSHOT_ERROR, PROTOCOL_V1, EXPIRY_BUG,
-                                START_DELAY, START_HOLD)
+                                START_HOLD)
                  + ENCODE_POINTS)
         for item in (part.strip() for part in spec.split(",")):
             if not item:
@@ -125,13 +122,6 @@ def failpoint(name: str) -> None:
     """Die here, for real, if the environment names this step."""
     if failpoints().hit(name):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def pause(name: str) -> None:
-    """Stop here (SIGSTOP), for real, if the environment names this step:
-    the process goes on at SIGCONT."""
-    if failpoints().hit(name):
-        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def hold(name: str, signals: Iterable[signal.Signals]) -> None:

@@ -4,9 +4,10 @@ started runs (a big journal takes seconds to replay), up to the client's
 is given absolute; and a daemon that fails to start is quoted, not only
 pointed at.
 
-A slow start is a real daemon stopped as it starts: the ``start-delay``
-failpoint stops it (SIGSTOP) once it holds its data dir, and the test lets
-it go on (SIGCONT).
+A slow start is a real daemon held as it starts: the ``start-hold``
+failpoint holds it at its replay, its data dir locked and its socket not yet
+bound, until the test sends it SIGHUP (which it acts on, reloading its
+config, once it serves).
 """
 
 from __future__ import annotations
@@ -32,34 +33,36 @@ pytestmark = pytest.mark.local_only("autostart starts a daemon with the default 
 OLD_BOUND = 5.0
 
 
-def stopped_daemon(where: Fresh) -> int | None:
-    """The pid of the daemon that holds the data dir, once it has stopped
-    itself (the failpoint)."""
+HOLDING = "failpoint start-hold: holding until a signal is pending"
+
+
+def held_daemon(where: Fresh) -> int | None:
+    """The pid of the daemon that holds the data dir, once the failpoint
+    holds its start."""
     try:
-        pid = int((where.data_dir / "sessiond.lock").read_text())
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
+        if HOLDING not in (where.data_dir / "sessiond.log").read_text():
+            return None
+        return int((where.data_dir / "sessiond.lock").read_text())
     except (OSError, ValueError):
         return None
-    return pid if state == "T" else None
 
 
 def test_autostart_waits_as_long_as_the_daemon_it_started_runs(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    monkeypatch.setenv(FAILPOINT, "start-delay")
+    monkeypatch.setenv(FAILPOINT, "start-hold")
     ctl = subprocess.Popen([SESSIONCTL, "ping", "--json"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    pid = wait_until(lambda: stopped_daemon(fresh), 15, "the daemon to stop as it starts")
-    stopped_at = time.monotonic()
+    pid = wait_until(lambda: held_daemon(fresh), 15, "the daemon's start to hold")
+    held_at = time.monotonic()
     try:
-        # The client started it before this saw it stopped: past the old
+        # The client started it before this saw it held: past the old
         # bound from here, it is past it for the client too.
         wait_until(lambda: ctl.poll() is not None
-                   or time.monotonic() > stopped_at + OLD_BOUND + 1, 30, "the old bound")
+                   or time.monotonic() > held_at + OLD_BOUND + 1, 30, "the old bound")
         assert ctl.poll() is None, ctl.communicate()
     finally:
-        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGHUP)
     out, err = ctl.communicate(timeout=60)
     assert ctl.returncode == 0, err
     assert json.loads(out)["pid"] == pid
@@ -68,21 +71,21 @@ def test_autostart_waits_as_long_as_the_daemon_it_started_runs(
 def test_autostart_gives_up_at_the_clients_timeout_saying_the_daemon_may_still_come(
     fresh: Fresh, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    monkeypatch.setenv(FAILPOINT, "start-delay")
+    monkeypatch.setenv(FAILPOINT, "start-hold")
     began = time.monotonic()
     try:
         with pytest.raises(DaemonUnavailable) as caught:
             Client(timeout=1.0)
         waited = time.monotonic() - began
         message = str(caught.value)
-        pid = stopped_daemon(fresh)
+        pid = held_daemon(fresh)
         assert pid is not None and f"sessiond (pid {pid}), started, has not answered" in message
         assert f"on {fresh.socket} within 1s" in message and "sessiond.log" in message
         assert 1.0 <= waited < OLD_BOUND, waited
     finally:
-        pid = stopped_daemon(fresh)
+        pid = held_daemon(fresh)
         if pid is not None:
-            os.kill(pid, signal.SIGCONT)  # it comes up, and the fixture stops it
+            os.kill(pid, signal.SIGHUP)  # it comes up, and the fixture stops it
             monkeypatch.delenv(FAILPOINT)
             wait_until(fresh.socket.exists, 15, "the daemon to answer")
 
