@@ -27,7 +27,7 @@ from sessionctl.registry import (
     Interrupted,
     UsageError,
 )
-from sessiond.model import now_us
+from sessiond.model import DEFAULT_USER, now_us
 from sessiond.protocol import ImportResult
 
 
@@ -161,6 +161,9 @@ def h_import(c: Client, args: Args) -> int:
     # Records no request could carry are skipped here, as the daemon skips
     # those its rules refuse.
     skipped = result.skipped + len(loaded.refused)
+    # What the file holds that does not come in as it is written: said, as
+    # the migration's log says it.
+    without_user = sum(1 for s in loaded.sessions if not s.user)
     reasons = loaded.refused + result.reasons
     data = {
         "imported": result.imported,
@@ -168,6 +171,8 @@ def h_import(c: Client, args: Args) -> int:
         "skipped": skipped,
         "unreadable": len(loaded.problems),
         "already_expired": result.already_expired,
+        "repeated_ids": loaded.repeated,
+        "without_user": without_user,
         "reasons": reasons,
         "problems": loaded.problems,
     }
@@ -181,6 +186,16 @@ def h_import(c: Client, args: Args) -> int:
         if expired:
             lines.append(
                 f"  {expired} of them already expired: kept for expired_retention from now"
+            )
+        if loaded.repeated:
+            lines.append(
+                f"  {plural(loaded.repeated, 'record')} repeated the id of an earlier one: "
+                f"the last record of each id was taken, in the place of its first"
+            )
+        if without_user:
+            lines.append(
+                f"  {plural(without_user, 'record')} had no user: given user {DEFAULT_USER}, "
+                f"as the legacy tool did"
             )
         lines += listed(args, [f"  skipped {r}" for r in reasons], "skipped")
         lines += listed(args, [f"  unreadable: {p}" for p in loaded.problems], "unreadable")

@@ -85,7 +85,9 @@ class _ReadPut(msgspec.Struct, tag_field="type", tag="session", kw_only=True):
     # Lenient: legacy files may lack fields we add, and carry ones we don't,
     # and the legacy tool wrote some ttls as floats or numeric strings.
     id: str
-    user: str = DEFAULT_USER
+    # A record without a user is read as one with an empty user: both enter
+    # as DEFAULT_USER (``rules``), and an import or migration counts them.
+    user: str = ""
     status: str = "active"
     ttl: int | float | str = 3600
     meta: dict[str, Any] = {}
