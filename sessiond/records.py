@@ -28,7 +28,6 @@ from msgspec.structs import asdict
 
 from sessiond.model import (
     ACTIVE,
-    DEFAULT_USER,
     EXPIRED,
     US,
     Change,
