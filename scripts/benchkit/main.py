@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from benchkit.anchor import INSTALL_HINT, check_anchor
+from benchkit.cases.commands import ensure_bytecode
 from benchkit.machine import Weather, describe
 from benchkit.measure import Ctx
 from benchkit.procs import REAPER
@@ -113,6 +114,9 @@ def _run_cases(run: Run, ctx: Ctx, only: list[str] | None) -> None:
 
 
 def _measure(run: Run, tmp: Path, only: list[str] | None) -> None:
+    # Every start the cases time (the daemon's restarts too) reads our
+    # modules compiled, as an installed copy does.
+    ensure_bytecode()
     main_sd = Sessiond(tmp / "main")
     main_sd.start()
     redis_es = RedisServer(tmp / "redis-everysec", "everysec") if run.anchor.run else None
