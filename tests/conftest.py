@@ -86,6 +86,26 @@ class Engine:
 LOCAL = Engine("local")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Our modules byte-compiled once, by the controller, before any worker
+    starts: the suite starts thousands of ``sessiond`` and ``sessionctl``
+    processes, and a development checkout has no cached bytecode until an
+    import writes it, which none does under ``PYTHONDONTWRITEBYTECODE``:
+    each process would compile every module it imports from source, which
+    no installed copy does (a fifth of the CPU of a CLI test file)."""
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller did it
+    import compileall
+
+    import sessionctl
+    import sessiond
+
+    for package in (sessiond, sessionctl):
+        root = Path(package.__file__ or "").parent
+        if not compileall.compile_dir(root, quiet=2):
+            raise pytest.UsageError(f"cannot byte-compile {root}")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         local_only = metafunc.definition.get_closest_marker("local_only")
