@@ -301,14 +301,35 @@ class Client(Operations):
     # -- frames ----------------------------------------------------------
 
     def _send(self, sock: _socket.socket, data: bytes | bytearray) -> None:
+        # send(2) in a loop rather than sendall, which does not say how much
+        # went out before it failed: a frame cut short (the send timed out,
+        # or a signal handler raised, KeyboardInterrupt say) would have the
+        # daemon read the next request as the rest of it, and every call
+        # after would wait in vain. The connection is dropped then, and the
+        # next call connects again; the request was not carried out (the
+        # daemon acts on whole frames only).
+        sent = 0
         try:
-            sock.sendall(data)
+            sent = sock.send(data)  # the usual case: all of it at once
+            if sent < len(data):
+                with memoryview(data) as view:
+                    while sent < len(view):
+                        sent += sock.send(view[sent:])
         except BlockingIOError as exc:
-            raise DaemonUnavailable(
+            error = DaemonUnavailable(
                 f"sessiond on {self._where} did not take the request in time"
-            ) from exc
+            )
+            if sent:
+                raise self._drop(error) from exc
+            raise error from exc
         except OSError as exc:
             raise self._lost(exc) from exc
+        except BaseException:
+            if sent:
+                self._drop(DaemonUnavailable(
+                    f"the connection to {self._where} was cut off mid-request; the "
+                    f"client's next call connects again"))
+            raise
 
     def _lost(self, exc: OSError) -> SessionError:
         """What a send that failed with ``exc`` raises: the client was

@@ -1,0 +1,158 @@
+"""A request that went out is never reported as not sent, and a request cut
+short never leaves the connection out of step.
+
+A pipeline stopped before its answers came (the daemon slow past the
+client's timeout, or, for an ``AsyncClient``, a cancellation of the
+caller's) leaves each ``Pending`` of a request that went out either
+answered or saying that its outcome is unknown, never "not sent": its
+write may have landed. A send cut off part-way through a frame drops the
+connection (the daemon would read the next request as the rest of that
+frame), and the next call connects again. Against a real daemon, stopped
+with SIGSTOP where a test needs it slow.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from sessionctl import AsyncClient, Client, DaemonUnavailable, Pending, Session, SessionError
+from tests.conftest import Daemon, running, wait_until
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with running(tmp_path_factory.mktemp("outcomes")) as d:
+        yield d
+
+
+class Stopped:
+    """The daemon SIGSTOPped for the block, SIGCONTed after."""
+
+    def __init__(self, d: Daemon) -> None:
+        assert d.proc is not None
+        self.proc = d.proc
+
+    def __enter__(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+# -- the blocking client ---------------------------------------------------------
+
+
+def test_a_send_that_times_out_mid_frame_drops_the_connection_and_the_next_call_is_answered(
+    shared: Daemon,
+) -> None:
+    c = Client(shared.socket, timeout=1.0)
+    with c:
+        s = c.create(user="cut-short")
+        with Stopped(shared):
+            # Far more than the socket buffers hold: part of the frame goes
+            # out, then the send times out.
+            with pytest.raises(DaemonUnavailable, match="did not take the request in time"):
+                c.set(s.id, "big", "x" * 3_000_000)
+        c.timeout = 30.0  # the next connection's, on a loaded machine
+        # Kept, the connection would carry this get as the rest of the big
+        # frame, and it would never be answered.
+        assert c.get(s.id).meta == {}
+        assert c.ping().pid == c.server_pid
+
+
+def test_a_pipeline_whose_execute_timed_out_reads_each_answer_when_asked(
+    shared: Daemon,
+) -> None:
+    with Client(shared.socket, timeout=0.5) as c:
+        s = c.create(user="timed-out")
+        with Stopped(shared):
+            with pytest.raises(DaemonUnavailable, match="did not answer in time"):
+                with c.pipeline() as p:
+                    wrote = p.set(s.id, "k", "v")
+            # Sent, and not answered yet: unknown, never "not sent".
+            with pytest.raises(DaemonUnavailable):
+                wrote.result()
+
+        def answered() -> Session | None:
+            try:
+                return wrote.result()
+            except DaemonUnavailable:
+                return None  # the client's short timeout, on a loaded machine
+
+        landed = wait_until(answered, 30, "the write's answer")
+        assert landed.meta == {"k": "v"}
+        assert c.get(s.id).version == landed.version
+
+
+# -- AsyncClient: cancellation -------------------------------------------------------
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_a_pipeline_cancelled_after_sending_says_its_outcome_is_unknown(
+    shared: Daemon,
+) -> None:
+    async with AsyncClient(shared.socket) as c:
+        s = await c.create(user="cancelled-pipeline")
+        with Stopped(shared):
+            async with c.pipeline() as p:
+                wrote = [p.set(s.id, f"k{n}", n) for n in range(10)]
+                with anyio.move_on_after(0.3) as scope:
+                    await p.execute()
+            assert scope.cancelled_caught
+        for pending in wrote:
+            with pytest.raises(DaemonUnavailable, match="unknown"):
+                pending.result()
+        # They went out, and landed; and the client is in step.
+        assert (await c.get(s.id)).meta == {f"k{n}": n for n in range(10)}
+        assert (await c.ping()).pid == c.server_pid
+
+
+@pytest.mark.anyio
+async def test_cancelled_requests_and_pipelines_never_say_a_landed_write_was_not_sent(
+    shared: Daemon,
+) -> None:
+    rng = random.Random(7)
+    async with AsyncClient(shared.socket) as c:
+        s = await c.create(user="cancelled-anywhere")
+        outcomes: dict[str, str] = {}
+        for n in range(150):
+            key = f"k{n}"
+            if n % 2:
+                with anyio.move_on_after(rng.random() * 0.003):
+                    await c.set(s.id, key, n)
+                    outcomes[key] = "answered"
+                outcomes.setdefault(key, "unknown")  # a cancelled await: unknown
+            else:
+                p = c.pipeline()
+                pending: Pending[Session] = p.set(s.id, key, n)
+                with anyio.move_on_after(rng.random() * 0.003):
+                    await p.execute()
+                try:
+                    pending.result()
+                    outcomes[key] = "answered"
+                except DaemonUnavailable:
+                    outcomes[key] = "unknown"
+                except RuntimeError:
+                    outcomes[key] = "not sent"
+                except SessionError as exc:
+                    outcomes[key] = f"refused: {exc}"
+            # Whatever was cancelled, the next call gets its own answer.
+            assert (await c.get(s.id)).id == s.id
+        landed = (await c.get(s.id)).meta
+    for key, outcome in outcomes.items():
+        if outcome == "answered":
+            assert key in landed, key
+        elif outcome == "not sent":
+            assert key not in landed, f"{key} landed, and its Pending said it was not sent"
+        else:
+            assert outcome == "unknown", (key, outcome)
