@@ -22,6 +22,7 @@ from sessiond.errors import InvalidRequest
 from sessiond.limits import (
     MAX_TIMEOUT,
     MAX_VERSION,
+    META_MAX_DEPTH,
     check_id,
     check_key,
     check_ttl,
@@ -82,9 +83,42 @@ def meta(value: object) -> dict[str, Any]:
         raise InvalidRequest(
             f"meta must be a dict of str keys to JSON values, not {type(value).__name__}"
         )
-    for name in value:
+    for name, item in value.items():
         text("a meta key", name)
+        json_value("meta", item)
     return value
+
+
+# What JSON holds, as Python's json module writes it (a tuple as an array;
+# a subclass as its base: an IntEnum is a number, a StrEnum a string).
+_SCALARS = (str, int, float, type(None))
+
+
+def json_value(name: str, value: object, depth: int = 1) -> None:
+    """Refused unless ``value`` is JSON. msgspec would send a set, a
+    date, a UUID, a Decimal, an Enum or a dataclass as some other JSON
+    value (an array, a string, an object), and the caller would read back
+    something else than what it wrote; Python's json module refuses them
+    too. Past the daemon's depth the walk stops: the daemon refuses that."""
+    if isinstance(value, _SCALARS) or depth > META_MAX_DEPTH:
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            json_value(name, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(
+                    f"{name} cannot be sent: an object key of type {type(key).__name__} is "
+                    f"not JSON; object keys are str"
+                )
+            json_value(name, item, depth + 1)
+        return
+    raise InvalidRequest(
+        f"{name} cannot be sent: a value of type {type(value).__name__} is not JSON; "
+        f"use str, int, float, bool, None, list and dict"
+    )
 
 
 def returning(value: object) -> str:
