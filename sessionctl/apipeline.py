@@ -89,7 +89,7 @@ class AsyncPipeline(Batch[D]):
                     pending._fail(errors[0])
                 if any(isinstance(e, ProtocolError) for e in errors):
                     # Out of step, as in AsyncClient._read_frame.
-                    await c._drop()
+                    c._drop()
                 raise errors[0]
 
     async def __aenter__(self) -> AsyncPipeline[D]:
