@@ -14,6 +14,7 @@ on the error paths. ``sessionctl get`` never imports it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -210,6 +211,18 @@ def timeout(value: object) -> None:
             f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
             f"or None to wait for ever, not {value!r}"
         )
+
+
+def socket(value: object) -> str:
+    """A client's socket path: a str, or what ``os.fsdecode`` takes
+    (a ``Path``, bytes)."""
+    try:
+        return os.fsdecode(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidRequest(
+            f"socket must be a path (a str or a pathlib.Path), or None for the usual "
+            f"one, not {type(value).__name__} ({value!r})"
+        ) from None
 
 
 def autostart(value: object) -> None:

@@ -96,7 +96,8 @@ class Client(Operations):
 
     Raises ``DaemonUnavailable`` when no daemon answers (or none could be
     started), ``Unsupported`` when the daemon speaks another protocol,
-    ``InvalidRequest`` for a ``timeout`` or ``autostart`` of the wrong kind
+    ``InvalidRequest`` for a ``socket`` that is not a path (a str, a
+    ``Path`` or bytes), a ``timeout`` or ``autostart`` of the wrong kind
     or out of bounds (``inf`` too), for a socket path whose ``~user`` names
     nobody, or for a ``SESSIONCTL_NO_AUTOSTART`` that is not a boolean.
     Once closed (``close()``, or the end of its ``with`` block), every

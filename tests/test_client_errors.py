@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import signal
 import socket
 import threading
@@ -314,6 +315,24 @@ def test_a_bad_constructor_argument_is_refused_before_connecting(
     for make in (Client, AsyncClient):
         with pytest.raises(InvalidRequest, match=needle):
             make(tmp_path / "none.sock", **kwargs)
+
+
+@pytest.mark.parametrize("socket_path", [5, ["a.sock"], object()])
+def test_a_socket_that_is_not_a_path_is_refused_before_connecting(socket_path: object) -> None:
+    for make in (Client, AsyncClient):
+        with pytest.raises(InvalidRequest, match="socket must be a path .*, not "):
+            make(socket_path, autostart=False)  # type: ignore[arg-type]
+
+
+def test_a_socket_path_given_as_bytes_is_a_path(shared: Daemon) -> None:
+    with Client(os.fsencode(shared.socket)) as c:  # type: ignore[arg-type]
+        assert c.path == shared.socket and c.ping().pid > 0
+
+    async def ping() -> int:
+        async with AsyncClient(os.fsencode(shared.socket)) as a:  # type: ignore[arg-type]
+            return (await a.ping()).pid
+
+    assert anyio.run(ping) > 0
 
 
 @pytest.mark.parametrize("timeout", [86400, 86400.0])
