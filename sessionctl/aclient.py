@@ -256,11 +256,12 @@ class AsyncClient(Operations):
         """One wait for the daemon, within ``timeout`` (``TimeoutError``)."""
         return nullcontext() if self.timeout is None else anyio.fail_after(self.timeout)
 
-    def _gone(self) -> SessionError:
+    def _gone(self, midway: bool = True) -> SessionError:
         """The error of a request whose connection is no more: closed by
-        ``aclose``, or dropped by a send cut short (in a pipeline, say)."""
+        ``aclose``, or dropped by a send cut short (in a pipeline, say).
+        ``midway``: the request was on its way, or awaiting its answer."""
         if self._closed:
-            return closed("AsyncClient", self._where)
+            return closed("AsyncClient", self._where, midway)
         return DaemonUnavailable(f"the connection to {self._where} was cut off mid-request")
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
@@ -270,7 +271,7 @@ class AsyncClient(Operations):
         daemon would read what follows as the rest of a frame."""
         sock = self._sock
         if sock is None:
-            raise self._gone()
+            raise self._gone(midway=False)
         sent = 0
         with memoryview(data) as view:
             try:

@@ -337,7 +337,7 @@ class Client(Operations):
         closed, or the daemon closed the connection (saying why, maybe),
         which is then dropped (see ``_drop``)."""
         if self._closed:
-            return closed("Client", self._where)
+            return closed("Client", self._where, midway=True)
         parting = self._parting_error()
         if parting is not None:
             return self._drop(parting)
@@ -392,11 +392,11 @@ class Client(Operations):
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
         except OSError as exc:
             if self._closed:
-                raise closed("Client", self._where) from exc
+                raise closed("Client", self._where, midway=True) from exc
             raise self._drop(lost(self._where, exc)) from exc
         if not chunk:
             if self._closed:
-                raise closed("Client", self._where)
+                raise closed("Client", self._where, midway=True)
             raise self._drop(lost(self._where, None))
         return chunk
 

@@ -142,8 +142,16 @@ def autostart_off_by_env() -> bool:
     )
 
 
-def closed(kind: str, where: str) -> ClientClosed:
-    """The error of every call on a closed ``Client`` or ``AsyncClient``."""
+def closed(kind: str, where: str, midway: bool = False) -> ClientClosed:
+    """The error of every call on a closed ``Client`` or ``AsyncClient``;
+    ``midway``: of a request that was on its way, or awaiting its answer,
+    when the client closed (it may have been carried out)."""
+    if midway:
+        return ClientClosed(
+            f"this {kind} (for {where}) was closed while a request was on its way or "
+            f"awaiting its answer: whether the daemon carried it out is unknown; make a new "
+            f"client to go on"
+        )
     return ClientClosed(
         f"this {kind} (for {where}) is closed; make a new one (a client closes when its "
         f"'with' block ends)"

@@ -13,14 +13,26 @@ with SIGSTOP where a test needs it slow.
 
 from __future__ import annotations
 
+import fcntl
 import random
 import signal
+import struct
+import termios
+import threading
 from collections.abc import Iterator
 
 import anyio
 import pytest
 
-from sessionctl import AsyncClient, Client, DaemonUnavailable, Pending, Session, SessionError
+from sessionctl import (
+    AsyncClient,
+    Client,
+    ClientClosed,
+    DaemonUnavailable,
+    Pending,
+    Session,
+    SessionError,
+)
 from tests.conftest import Daemon, running, wait_until
 
 
@@ -42,6 +54,13 @@ class Stopped:
 
     def __exit__(self, *exc: object) -> None:
         self.proc.send_signal(signal.SIGCONT)
+
+
+def unread(c: Client) -> int:
+    """Bytes the client sent that the daemon has not read yet (SIOCOUTQ)."""
+    sock = c._sock
+    assert sock is not None
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0])
 
 
 # -- the blocking client ---------------------------------------------------------
@@ -87,6 +106,31 @@ def test_a_pipeline_whose_execute_timed_out_reads_each_answer_when_asked(
         landed = wait_until(answered, 30, "the write's answer")
         assert landed.meta == {"k": "v"}
         assert c.get(s.id).version == landed.version
+
+
+def test_a_write_awaiting_its_answer_when_the_client_closes_says_its_outcome_is_unknown(
+    shared: Daemon,
+) -> None:
+    c = Client(shared.socket, timeout=60)
+    s = c.create(user="closed-midway")
+    caught: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            c.set(s.id, "k", "v")
+        except SessionError as exc:
+            caught.append(exc)
+
+    with Stopped(shared):
+        t = threading.Thread(target=write)
+        t.start()
+        wait_until(lambda: unread(c), 10, "the write to be sent")
+        c.close()
+        t.join(10)
+    assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
+    assert "whether the daemon carried it out is unknown" in str(caught[0])
+    with pytest.raises(ClientClosed, match="is closed; make a new one"):
+        c.ping()  # and a call after the close was never sent
 
 
 # -- AsyncClient: cancellation -------------------------------------------------------
@@ -156,3 +200,29 @@ async def test_cancelled_requests_and_pipelines_never_say_a_landed_write_was_not
             assert key not in landed, f"{key} landed, and its Pending said it was not sent"
         else:
             assert outcome == "unknown", (key, outcome)
+
+
+@pytest.mark.anyio
+async def test_an_async_write_awaiting_its_answer_when_the_client_closes_is_unknown(
+    shared: Daemon,
+) -> None:
+    c = AsyncClient(shared.socket, timeout=60)
+    s = await c.create(user="aclosed-midway")
+    caught: list[BaseException] = []
+
+    async def write() -> None:
+        try:
+            await c.set(s.id, "k", "v")
+        except SessionError as exc:
+            caught.append(exc)
+
+    with Stopped(shared):
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write)
+                await anyio.wait_all_tasks_blocked()
+                await c.aclose()
+    assert len(caught) == 1 and isinstance(caught[0], ClientClosed), caught
+    assert "whether the daemon carried it out is unknown" in str(caught[0])
+    with pytest.raises(ClientClosed, match="is closed; make a new one"):
+        await c.ping()
