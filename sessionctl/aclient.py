@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket as _socket
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
@@ -36,6 +37,7 @@ import anyio.to_thread
 
 from sessionctl import arguments
 from sessionctl.apipeline import AsyncPipeline
+from sessionctl.awatch import AsyncWatch
 from sessionctl.connection import (
     ENCODE_ERRORS,
     RECV_BYTES,
@@ -51,7 +53,7 @@ from sessionctl.connection import (
 )
 from sessionctl.importing import add_up, import_plan
 from sessionctl.operations import Operations, watch_request
-from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
+from sessionctl.results import SESSION_KINDS, Ack, Session
 from sessiond import model
 from sessiond.errors import (
     DaemonUnavailable,
@@ -125,9 +127,9 @@ class AsyncClient(Operations):
         self.server_pid: int | None = None
         # The protocol version the hello agreed on (None before it).
         self.protocol_version: int | None = None
-        # The private clients of the watches running on this one, which
-        # aclose() closes too (by id, as Client's).
-        self._watches: dict[int, AsyncClient] = {}
+        # The watches running on this one, which aclose() closes too (held
+        # weakly: a watch left without aclose() closes once it is garbage).
+        self._watches: weakref.WeakSet[AsyncWatch] = weakref.WeakSet()
 
     @property
     def path(self) -> Path:
@@ -223,9 +225,17 @@ class AsyncClient(Operations):
         ``ClientClosed``; one that another task is waiting in, a watch
         included, ends with it."""
         self._closed = True
-        for watching in list(self._watches.values()):
+        for watching in list(self._watches):
             await watching.aclose()
         self._drop()
+
+    def _forget(self) -> None:
+        """Close at once, outside any event loop (a watch that is
+        garbage): nobody waits on the connection any more."""
+        self._closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def _drop(self) -> None:
         """Close the connection, whatever it was in the middle of (a task
@@ -488,29 +498,15 @@ class AsyncClient(Operations):
         self._check_open()
         return AsyncPipeline(self, returning)
 
-    async def watch(
-        self, *, user: str | None = None, after: str | None = None
-    ) -> AsyncIterator[Event]:
+    def watch(self, *, user: str | None = None, after: str | None = None) -> AsyncWatch:
         """Events as they happen (of ``user``'s sessions, or everyone's;
         in shared mode, after the event whose ``cursor`` is ``after``), on
-        a connection of their own: ``async for event in c.watch(): ...``,
-        until the generator is closed (``contextlib.aclosing`` closes it at
-        once when the loop is left). Raises ``ClientClosed`` once this
-        client is closed, and what opening a client raises when the new
-        connection cannot be made."""
+        a connection of their own, opened at the first ``async for event
+        in c.watch(): ...`` step, until the watch is closed (``aclose()``,
+        ``async with``, ``contextlib.aclosing``; else once it is garbage).
+        A wait for an event that is cancelled loses none (see
+        ``AsyncWatch``, which says what iterating raises). Raises
+        ``ClientClosed`` once this client is closed, ``InvalidRequest``
+        for a ``user`` or ``after`` of the wrong kind."""
         self._check_open()
-        req = watch_request(user, after)
-        other = type(self)(self._where, timeout=None, autostart=self._autostart)
-        self._watches[id(other)] = other
-        try:
-            first = await other._roundtrip(req)
-            assert isinstance(first, EventReply)
-            while True:
-                reply = await other._read_frame()
-                if isinstance(reply, ErrorReply):
-                    raise from_code(reply.code, reply.message)
-                assert isinstance(reply, EventReply)
-                yield reply.event
-        finally:
-            self._watches.pop(id(other), None)
-            await other.aclose()
+        return AsyncWatch(self, watch_request(user, after))

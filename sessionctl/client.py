@@ -47,7 +47,14 @@ from sessionctl.connection import (
 from sessionctl.operations import Operations, watch_request
 from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
-from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError, Unsupported, from_code
+from sessiond.errors import (
+    ClientClosed,
+    DaemonUnavailable,
+    ProtocolError,
+    SessionError,
+    Unsupported,
+    from_code,
+)
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
@@ -589,7 +596,12 @@ class Client(Operations):
                         f"this watch's connection to {self._where} belongs to process "
                         f"{parent}, which forked this one; start a watch here"
                     )
-                reply = other._read_frame()
+                try:
+                    reply = other._read_frame()
+                except ClientClosed:
+                    # Its own connection, closed by close(): no request of
+                    # the caller's was on its way.
+                    raise closed("Client", self._where) from None
                 if isinstance(reply, ErrorReply):
                     raise from_code(reply.code, reply.message)
                 assert isinstance(reply, EventReply)

@@ -12,10 +12,13 @@ the loop.
 
 from __future__ import annotations
 
+import gc
 import logging
 import select
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing
 
 import anyio
 import anyio.lowlevel
@@ -78,3 +81,74 @@ async def test_a_request_cancelled_as_its_answer_arrives_leaves_no_noise_and_no_
             assert (await c.ping()).pid == c.server_pid  # in step
     noise = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert not noise, noise
+
+
+async def eventually(holds: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``holds`` until it does, for 30 s at most."""
+    delay = 0.005
+    try:
+        with anyio.fail_after(30):
+            while not await holds():
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_a_watch_whose_wait_is_cancelled_goes_on_and_misses_no_event(
+    shared: Daemon,
+) -> None:
+    user = f"timed-watch-{time.monotonic_ns()}"
+    async with AsyncClient(shared.socket) as c:
+        async with aclosing(c.watch(user=user)) as events:
+            before = (await c.stats()).watchers
+
+            async def first() -> None:
+                assert (await events.__anext__()).kind == "created"
+
+            # Started, and one event read: the waits below are for events.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first)
+
+                async def watching() -> bool:
+                    return (await c.stats()).watchers == before + 1
+
+                await eventually(watching, "the watch to start")
+                await c.create(user=user)
+            for _ in range(3):
+                # A caller's timeout on each wait; nothing comes meanwhile.
+                with anyio.move_on_after(0.05) as scope:
+                    await events.__anext__()
+                assert scope.cancelled_caught
+            made = [await c.create(user=user) for _ in range(3)]
+            with anyio.fail_after(30):
+                seen = [(await events.__anext__()).sid for _ in made]
+    assert seen == [s.id for s in made]
+
+
+async def test_a_watch_left_by_break_closes_its_connection_and_warns_of_nothing(
+    shared: Daemon,
+) -> None:
+    user = f"left-watch-{time.monotonic_ns()}"
+    async with AsyncClient(shared.socket) as c:
+        before = (await c.stats()).watchers
+
+        async def watch_one() -> None:
+            async for event in c.watch(user=user):  # no aclosing
+                assert event.kind == "created"
+                break
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_one)
+
+            async def watching() -> bool:
+                return (await c.stats()).watchers == before + 1
+
+            await eventually(watching, "the watch to start")
+            await c.create(user=user)
+        gc.collect()
+
+        async def closed() -> bool:
+            return (await c.stats()).watchers == before
+
+        await eventually(closed, "the watch's connection to close")

@@ -34,6 +34,7 @@ import pytest
 from sessionctl import (
     AsyncClient,
     AsyncPipeline,
+    AsyncWatch,
     Client,
     ClientClosed,
     DaemonUnavailable,
@@ -489,7 +490,9 @@ def test_nothing_listening_is_still_daemon_unavailable(tmp_path: Path) -> None:
 # -- every public method says what it raises -------------------------------------
 
 
-@pytest.mark.parametrize("cls", [Client, AsyncClient, Pipeline, AsyncPipeline, Pending])
+@pytest.mark.parametrize(
+    "cls", [Client, AsyncClient, Pipeline, AsyncPipeline, Pending, AsyncWatch]
+)
 def test_every_public_method_says_what_it_raises(cls: type) -> None:
     silent = [
         name for name, method in inspect.getmembers(cls, callable)
