@@ -69,8 +69,13 @@ class AsyncWatch:
                 conn = await self._started_connection()
                 reply = await conn._read_frame()
             except ClientClosed:
+                # Its own connection, closed by its client's aclose() or its
+                # own (from another task): no request of the caller's was
+                # on its way.
                 await self.aclose()
-                raise closed("AsyncClient", client._where) from None
+                if client._closed:
+                    raise closed("AsyncClient", client._where) from None
+                raise StopAsyncIteration from None
             except SessionError:
                 await self.aclose()
                 raise

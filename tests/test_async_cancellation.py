@@ -152,3 +152,33 @@ async def test_a_watch_left_by_break_closes_its_connection_and_warns_of_nothing(
             return (await c.stats()).watchers == before
 
         await eventually(closed, "the watch's connection to close")
+
+
+async def test_a_watch_closed_from_another_task_ends_the_loop_waiting_on_it(
+    shared: Daemon,
+) -> None:
+    seen: list[str] = []
+    async with AsyncClient(shared.socket) as c:
+        before = (await c.stats()).watchers
+        events = c.watch(user=f"closed-watch-{time.monotonic_ns()}")
+
+        async def loop() -> None:
+            async for event in events:
+                seen.append(event.kind)
+            seen.append("ended")
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(loop)
+
+                async def watching() -> bool:
+                    return (await c.stats()).watchers == before + 1
+
+                await eventually(watching, "the watch to start")
+                await events.aclose()
+        assert seen == ["ended"]
+        # The client is not closed, and the watch's connection is.
+        async def closed() -> bool:
+            return (await c.stats()).watchers == before
+
+        await eventually(closed, "the watch's connection to close")
