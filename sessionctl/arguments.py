@@ -100,8 +100,11 @@ def json_value(name: str, value: object, depth: int = 1) -> None:
     date, a UUID, a Decimal, an Enum or a dataclass as some other JSON
     value (an array, a string, an object), and the caller would read back
     something else than what it wrote; Python's json module refuses them
-    too. Past the daemon's depth the walk stops: the daemon refuses that."""
-    if isinstance(value, _SCALARS) or depth > META_MAX_DEPTH:
+    too. Nested past the daemon's depth, it is refused in the daemon's
+    words (and a value that holds itself is, rather than recursed into)."""
+    if depth > META_MAX_DEPTH:
+        raise InvalidRequest(f"meta value nested deeper than {META_MAX_DEPTH} levels")
+    if isinstance(value, _SCALARS):
         return
     if isinstance(value, (list, tuple)):
         for item in value:

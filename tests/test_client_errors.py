@@ -168,6 +168,20 @@ def test_closing_ends_a_watch_running_in_another_thread(shared: Daemon) -> None:
 NOW = datetime.now(UTC)
 
 
+def nested(depth: int) -> list[Any]:
+    """A value ``depth`` lists deep, the outermost counted."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
+
+
 class Colour(Enum):
     RED = "red"
 
@@ -240,6 +254,9 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
      "meta cannot be sent: a value of type frozenset is not JSON"),
     ("meta-uuid-key", lambda c: c.create(meta={"k": {UUID(int=1): 1}}),
      "meta cannot be sent: an object key of type UUID is not JSON"),
+    # The daemon's depth, in its words, and a value that holds itself.
+    ("value-deep", lambda c: c.set("s1", "k", nested(33)), "nested deeper than 32 levels"),
+    ("value-cycle", lambda c: c.set("s1", "k", cyclic()), "nested deeper than 32 levels"),
 ]
 
 
@@ -385,6 +402,8 @@ def test_what_json_writes_as_json_goes_through_and_reads_back_as_written(
     # number, a StrEnum a string (each reads back as what json.loads gives).
     written = {"pair": (1, 2), "n": Level.HIGH, "word": Word.YES, "deep": [{"t": ("a",)}]}
     with shared.client() as c:
+        deepest = c.set(c.create(user="deep").id, "k", nested(32))  # as deep as it goes
+        assert deepest.meta == {"k": nested(32)}
         s = c.create(user="json-like", meta=written)
         c.set(s.id, "later", (3, Level.HIGH))
         assert c.get(s.id).meta == json.loads(json.dumps({**written, "later": (3, 2)}))
