@@ -91,8 +91,9 @@ def meta(value: object) -> dict[str, Any]:
 
 
 # What JSON holds, as Python's json module writes it (a tuple as an array;
-# a subclass as its base: an IntEnum is a number, a StrEnum a string).
-_SCALARS = (str, int, float, type(None))
+# a subclass as its base: an IntEnum is a number, a StrEnum a string), a
+# float too if it is finite.
+_SCALARS = (str, int, type(None))
 
 
 def json_value(name: str, value: object, depth: int = 1) -> None:
@@ -104,6 +105,10 @@ def json_value(name: str, value: object, depth: int = 1) -> None:
     words (and a value that holds itself is, rather than recursed into)."""
     if depth > META_MAX_DEPTH:
         raise InvalidRequest(f"meta value nested deeper than {META_MAX_DEPTH} levels")
+    if isinstance(value, float):
+        if value - value != 0.0:  # inf or nan: no JSON number
+            raise InvalidRequest("meta values must be finite numbers")
+        return
     if isinstance(value, _SCALARS):
         return
     if isinstance(value, (list, tuple)):

@@ -67,8 +67,9 @@ from sessiond.protocol import (
 
 T = TypeVar("T")
 # Values that are JSON as they are, told by one type test: anything else
-# (a list, a dict, a set, a date) is checked by sessionctl.arguments.
-_PLAIN = frozenset({str, int, float, bool, type(None)})
+# (a float, which may be nan; a list, a dict, a set, a date) is checked by
+# sessionctl.arguments.
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def watch_request(user: object, after: object = None) -> Watch:

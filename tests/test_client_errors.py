@@ -257,6 +257,10 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
     # The daemon's depth, in its words, and a value that holds itself.
     ("value-deep", lambda c: c.set("s1", "k", nested(33)), "nested deeper than 32 levels"),
     ("value-cycle", lambda c: c.set("s1", "k", cyclic()), "nested deeper than 32 levels"),
+    # A float no JSON number holds, in the daemon's words.
+    ("value-nan", lambda c: c.set("s1", "k", float("nan")), "meta values must be finite"),
+    ("value-inf", lambda c: c.set("s1", "k", float("-inf")), "meta values must be finite"),
+    ("meta-inf", lambda c: c.create(meta={"k": [1.5, float("inf")]}), "must be finite"),
 ]
 
 
@@ -400,7 +404,8 @@ def test_what_json_writes_as_json_goes_through_and_reads_back_as_written(
 ) -> None:
     # As Python's json module takes them: a tuple is an array, an IntEnum a
     # number, a StrEnum a string (each reads back as what json.loads gives).
-    written = {"pair": (1, 2), "n": Level.HIGH, "word": Word.YES, "deep": [{"t": ("a",)}]}
+    written = {"pair": (1, 2), "n": Level.HIGH, "word": Word.YES, "deep": [{"t": ("a",)}],
+               "float": 1.5, "floats": [-0.0, 1e308]}
     with shared.client() as c:
         deepest = c.set(c.create(user="deep").id, "k", nested(32))  # as deep as it goes
         assert deepest.meta == {"k": nested(32)}
