@@ -7,8 +7,10 @@ caller's) leaves each ``Pending`` of a request that went out either
 answered or saying that its outcome is unknown, never "not sent": its
 write may have landed. A send cut off part-way through a frame drops the
 connection (the daemon would read the next request as the rest of that
-frame), and the next call connects again. Against a real daemon, stopped
-with SIGSTOP where a test needs it slow.
+frame), and the next call connects again. A request on its way when its
+client is closed from another thread or task says its outcome is unknown,
+unlike a call made after the close. Against a real daemon, stopped with
+SIGSTOP where a test needs it slow.
 """
 
 from __future__ import annotations
