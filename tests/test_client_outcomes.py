@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 
 import anyio
+import anyio.abc
 import pytest
 
 from sessionctl import (
@@ -35,7 +36,9 @@ from sessionctl import (
     Session,
     SessionError,
 )
+from sessionctl.connection import use_kernel_timeouts
 from tests.conftest import Daemon, running, wait_until
+from tests.test_async_client import eventually
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +61,21 @@ class Stopped:
         self.proc.send_signal(signal.SIGCONT)
 
 
-def unread(c: Client) -> int:
+def unread(c: Client | AsyncClient) -> int:
     """Bytes the client sent that the daemon has not read yet (SIOCOUTQ)."""
     sock = c._sock
     assert sock is not None
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0])
+
+
+def impatient(c: Client, timeout: float) -> Client:
+    """``c``, connected with its own (generous) timeout, now waiting at most
+    ``timeout`` on this connection: the short wait is the test's, not a
+    hello's or a setup call's on a loaded machine. The next connection has
+    the generous one again."""
+    assert c._sock is not None
+    use_kernel_timeouts(c._sock, timeout)
+    return c
 
 
 # -- the blocking client ---------------------------------------------------------
@@ -71,15 +84,14 @@ def unread(c: Client) -> int:
 def test_a_send_that_times_out_mid_frame_drops_the_connection_and_the_next_call_is_answered(
     shared: Daemon,
 ) -> None:
-    c = Client(shared.socket, timeout=1.0)
-    with c:
+    with Client(shared.socket) as c:
         s = c.create(user="cut-short")
+        impatient(c, 1.0)
         with Stopped(shared):
             # Far more than the socket buffers hold: part of the frame goes
             # out, then the send times out.
             with pytest.raises(DaemonUnavailable, match="did not take the request in time"):
                 c.set(s.id, "big", "x" * 3_000_000)
-        c.timeout = 30.0  # the next connection's, on a loaded machine
         # Kept, the connection would carry this get as the rest of the big
         # frame, and it would never be answered.
         assert c.get(s.id).meta == {}
@@ -89,8 +101,9 @@ def test_a_send_that_times_out_mid_frame_drops_the_connection_and_the_next_call_
 def test_a_pipeline_whose_execute_timed_out_reads_each_answer_when_asked(
     shared: Daemon,
 ) -> None:
-    with Client(shared.socket, timeout=0.5) as c:
+    with Client(shared.socket) as c:
         s = c.create(user="timed-out")
+        impatient(c, 0.5).timeout = 0.5  # and the pipeline's polls
         with Stopped(shared):
             with pytest.raises(DaemonUnavailable, match="did not answer in time"):
                 with c.pipeline() as p:
@@ -150,10 +163,25 @@ async def test_a_pipeline_cancelled_after_sending_says_its_outcome_is_unknown(
     async with AsyncClient(shared.socket) as c:
         s = await c.create(user="cancelled-pipeline")
         with Stopped(shared):
-            async with c.pipeline() as p:
-                wrote = [p.set(s.id, f"k{n}", n) for n in range(10)]
-                with anyio.move_on_after(0.3) as scope:
-                    await p.execute()
+            p = c.pipeline()
+            wrote = [p.set(s.id, f"k{n}", n) for n in range(10)]
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+
+                    async def execute(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+                                      = anyio.TASK_STATUS_IGNORED) -> None:
+                        with anyio.CancelScope() as scope:
+                            task_status.started(scope)
+                            await p.execute()
+
+                    scope = await tg.start(execute)
+                    # Sent (the daemon has not read it), then cancelled.
+
+                    async def sent() -> bool:
+                        return c._sock is not None and unread(c) > 0
+
+                    await eventually(sent, "the pipeline to be sent")
+                    scope.cancel()
             assert scope.cancelled_caught
         for pending in wrote:
             with pytest.raises(DaemonUnavailable, match="unknown"):
