@@ -182,3 +182,33 @@ async def test_a_watch_closed_from_another_task_ends_the_loop_waiting_on_it(
             return (await c.stats()).watchers == before
 
         await eventually(closed, "the watch's connection to close")
+
+
+async def test_a_watch_as_an_async_context_manager_closes_its_connection_at_the_end(
+    shared: Daemon,
+) -> None:
+    user = f"with-watch-{time.monotonic_ns()}"
+    async with AsyncClient(shared.socket) as c:
+        before = (await c.stats()).watchers
+        async with c.watch(user=user) as events:
+            made = await c.create(user=user)  # before the watch starts: not seen
+
+            async def later() -> None:
+                async def watching() -> bool:
+                    return (await c.stats()).watchers == before + 1
+
+                await eventually(watching, "the watch to start")
+                await c.delete(made.id)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(later)
+                with anyio.fail_after(30):
+                    event = await events.__anext__()
+            assert (event.kind, event.sid) == ("deleted", made.id)
+
+        async def closed() -> bool:
+            return (await c.stats()).watchers == before
+
+        await eventually(closed, "the watch's connection to close")
+        with pytest.raises(StopAsyncIteration):
+            await events.__anext__()  # the iteration is over
