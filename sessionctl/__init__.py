@@ -27,6 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sessionctl.aclient import AsyncClient
     from sessionctl.apipeline import AsyncPipeline
+    from sessionctl.awatch import AsyncWatch
     from sessionctl.client import Client
     from sessionctl.pipeline import Pending, Pipeline
     from sessionctl.results import Ack, Event, Session
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 _HOMES = {
     "sessionctl.aclient": ("AsyncClient",),
     "sessionctl.apipeline": ("AsyncPipeline",),
+    "sessionctl.awatch": ("AsyncWatch",),
     "sessionctl.client": ("Client",),
     "sessionctl.pipeline": ("Pending", "Pipeline"),
     "sessionctl.results": ("Ack", "Event", "Session"),
@@ -83,6 +85,7 @@ __all__ = [
     "Ack",
     "AsyncClient",
     "AsyncPipeline",
+    "AsyncWatch",
     "Busy",
     "CleanupResult",
     "Client",

@@ -7,6 +7,15 @@ alike. The parts of a connection that do no I/O (frames, the checks of a
 hello, the words of a refusal) are ``sessionctl.connection``'s, the paging
 of an import ``sessionctl.importing``'s, shared with the blocking client.
 
+The connection is a plain non-blocking socket, waited on with
+``anyio.wait_readable`` and ``anyio.wait_writable`` rather than anyio's
+socket stream: the stream's reader sets the result of a future that a
+cancellation may have cancelled in the same turn of the loop, which asyncio
+then logs as ``InvalidStateError`` (and anyio's pytest plugin raises);
+``wait_readable`` does not. It also tells exactly how much of a request
+went out before a cancellation: none (the connection stays in step) or
+part of a frame (the connection is dropped).
+
 This module alone imports anyio: ``import sessionctl``, ``Client`` and the
 command line never do.
 """
@@ -15,17 +24,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket as _socket
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import anyio
-import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from sessionctl import arguments
 from sessionctl.apipeline import AsyncPipeline
+from sessionctl.awatch import AsyncWatch
 from sessionctl.connection import (
     ENCODE_ERRORS,
     RECV_BYTES,
@@ -41,7 +53,7 @@ from sessionctl.connection import (
 )
 from sessionctl.importing import add_up, import_plan
 from sessionctl.operations import Operations, watch_request
-from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
+from sessionctl.results import SESSION_KINDS, Ack, Session
 from sessiond import model
 from sessiond.errors import (
     DaemonUnavailable,
@@ -68,9 +80,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 T = TypeVar("T")
-# A pipeline's frames go out in pieces of this size, each within the
-# client's timeout (as the blocking pipeline's each poll is).
-_SEND_PIECE = 1 << 18
 
 
 class AsyncClient(Operations):
@@ -105,7 +114,11 @@ class AsyncClient(Operations):
         self.timeout = timeout
         self._autostart = autostart
         self._closed = False
-        self._stream: anyio.abc.SocketStream | None = None
+        # Non-blocking; None until connected, and once lost or closed.
+        self._sock: _socket.socket | None = None
+        # A task is in _fill (a pipeline's reader, say): _lost leaves the
+        # socket to it rather than take the answers it waits for.
+        self._reading = False
         # Held for a whole round trip or pipeline, as Client's lock is.
         self._lock = anyio.Lock()
         self._new_id = itertools.count(1).__next__
@@ -114,9 +127,9 @@ class AsyncClient(Operations):
         self.server_pid: int | None = None
         # The protocol version the hello agreed on (None before it).
         self.protocol_version: int | None = None
-        # The private clients of the watches running on this one, which
-        # aclose() closes too (by id, as Client's).
-        self._watches: dict[int, AsyncClient] = {}
+        # The watches running on this one, which aclose() closes too (held
+        # weakly: a watch left without aclose() closes once it is garbage).
+        self._watches: weakref.WeakSet[AsyncWatch] = weakref.WeakSet()
 
     @property
     def path(self) -> Path:
@@ -133,13 +146,13 @@ class AsyncClient(Operations):
         async with self._lock:
             await self._open_locked()
 
-    async def _open_locked(self) -> anyio.abc.SocketStream:
+    async def _open_locked(self) -> _socket.socket:
         if self._closed:
             raise closed("AsyncClient", self._where)
-        if self._stream is not None:
-            return self._stream
-        stream = await self._connect(autostart_off_by(self._autostart))
-        self._stream = stream
+        if self._sock is not None:
+            return self._sock
+        sock = await self._connect(autostart_off_by(self._autostart))
+        self._sock = sock
         try:
             try:
                 hello = await self._roundtrip_locked(hello_request(PROTOCOL_VERSION))
@@ -149,23 +162,23 @@ class AsyncClient(Operations):
             assert isinstance(hello, HelloReply)
             check_hello(hello, self._where)
         except BaseException:
-            await self._drop()
+            self._drop()
             raise
         self.server_version = hello.server
         self.server_pid = hello.pid
         self.protocol_version = hello.version
         if self._closed:
             # aclose() ran in another task while this one connected.
-            await self._drop()
+            self._drop()
             raise closed("AsyncClient", self._where)
-        return stream
+        return sock
 
-    async def _connect(self, off_by: str | None, started: bool = False) -> anyio.abc.SocketStream:
-        """A connected stream; when nothing answers, a daemon started first
+    async def _connect(self, off_by: str | None, started: bool = False) -> _socket.socket:
+        """A connected socket; when nothing answers, a daemon started first
         unless ``off_by`` says what turned that off."""
         try:
             with self._waiting():
-                return await anyio.connect_unix(self._where)
+                return await self._connect_patiently()
         except TimeoutError as exc:  # an OSError too: first
             raise DaemonUnavailable(
                 f"sessiond on {self._where} did not take the connection in time"
@@ -183,6 +196,26 @@ class AsyncClient(Operations):
         )
         return await self._connect(off_by, started=True)
 
+    async def _connect_patiently(self) -> _socket.socket:
+        """connect(2) on a non-blocking socket, waiting while the daemon's
+        accept backlog is full (EAGAIN: a Unix socket's connect never waits
+        in the kernel), as ``connection.connect_patiently`` does."""
+        await anyio.lowlevel.checkpoint()
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            delay = 0.001
+            while True:
+                try:
+                    sock.connect(self._where)
+                    return sock
+                except BlockingIOError:
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        except BaseException:
+            sock.close()
+            raise
+
     def _autostart_advice(self, off_by: str) -> str:
         return python_advice(type(self).__name__, off_by)
 
@@ -192,17 +225,27 @@ class AsyncClient(Operations):
         ``ClientClosed``; one that another task is waiting in, a watch
         included, ends with it."""
         self._closed = True
-        for watching in list(self._watches.values()):
+        for watching in list(self._watches):
             await watching.aclose()
-        await self._drop()
+        self._drop()
 
-    async def _drop(self) -> None:
-        """Close the connection, whatever it was in the middle of: the
-        next request opens another, unless the client is closed."""
-        stream, self._stream = self._stream, None
+    def _forget(self) -> None:
+        """Close at once, outside any event loop (a watch that is
+        garbage): nobody waits on the connection any more."""
+        self._closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _drop(self) -> None:
+        """Close the connection, whatever it was in the middle of (a task
+        waiting on it wakes with ``ClosedResourceError``): the next
+        request opens another, unless the client is closed."""
+        sock, self._sock = self._sock, None
         self._buf.clear()
-        if stream is not None:
-            await anyio.aclose_forcefully(stream)
+        if sock is not None:
+            anyio.notify_closing(sock)
+            sock.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -223,82 +266,107 @@ class AsyncClient(Operations):
         """One wait for the daemon, within ``timeout`` (``TimeoutError``)."""
         return nullcontext() if self.timeout is None else anyio.fail_after(self.timeout)
 
-    def _gone(self) -> SessionError:
+    def _gone(self, midway: bool = True) -> SessionError:
         """The error of a request whose connection is no more: closed by
-        ``aclose``, or dropped by a send cut short (in a pipeline, say)."""
+        ``aclose``, or dropped by a send cut short (in a pipeline, say).
+        ``midway``: the request was on its way, or awaiting its answer."""
         if self._closed:
-            return closed("AsyncClient", self._where)
+            return closed("AsyncClient", self._where, midway)
         return DaemonUnavailable(f"the connection to {self._where} was cut off mid-request")
 
     async def _send(self, data: bytes | bytearray | memoryview) -> None:
-        stream = self._stream
-        if stream is None:
-            raise self._gone()
-        try:
-            for start in range(0, len(data), _SEND_PIECE):
-                with self._waiting():
-                    await stream.send(bytes(data[start : start + _SEND_PIECE]))
-        except BaseException as exc:
-            # Part of a frame may be out: the daemon would read what
-            # follows as garbage, so this connection is done with, whatever
-            # stopped the send (a timeout, a cancellation, the daemon).
-            error = await self._lost(exc)
-            await self._drop()
-            if error is None:
-                raise
-            raise error from exc
+        """Send whole frames, each wait for the socket within ``timeout``.
+        Stopped before a byte went out (a cancellation, the timeout), the
+        connection stays as it was; stopped part-way, it is dropped: the
+        daemon would read what follows as the rest of a frame."""
+        sock = self._sock
+        if sock is None:
+            raise self._gone(midway=False)
+        sent = 0
+        with memoryview(data) as view:
+            try:
+                while sent < len(view):
+                    try:
+                        sent += sock.send(view[sent:])
+                    except BlockingIOError:
+                        with self._waiting():
+                            await anyio.wait_writable(sock)
+            except BaseException as exc:
+                error = await self._lost(exc, sock)
+                # A frame cut short, or a connection the daemon closed.
+                broken = error is not None and not isinstance(exc, TimeoutError)
+                if (sent or broken) and self._sock is sock:
+                    self._drop()
+                if error is None:
+                    raise
+                raise error from exc
 
-    async def _lost(self, exc: BaseException) -> SessionError | None:
-        """What a send that failed with ``exc`` raises (``None``: ``exc``
-        itself, a cancellation say): the client was closed, or the daemon
-        closed the connection (saying why, maybe)."""
-        if self._closed or isinstance(exc, anyio.ClosedResourceError):
+    async def _lost(self, exc: BaseException, sock: _socket.socket) -> SessionError | None:
+        """What a send on ``sock`` that failed with ``exc`` raises (``None``:
+        ``exc`` itself, a cancellation say): the client was closed, or the
+        daemon closed the connection (saying why, maybe)."""
+        if self._closed or self._sock is not sock or isinstance(exc, anyio.ClosedResourceError):
             return self._gone()
         if isinstance(exc, TimeoutError):
             return DaemonUnavailable(f"sessiond on {self._where} did not take the request in time")
-        if not isinstance(exc, (anyio.BrokenResourceError, OSError)):
+        if not isinstance(exc, OSError):
             return None
         # The error the daemon closed the connection with (``busy``, say),
-        # if it sent one before closing: it is still there to read.
-        stream = self._stream
-        if stream is not None:
+        # if it sent one before closing: it is still there to read (unless
+        # a pipeline's reading task is at it, and reads what was).
+        if not self._reading:
             with anyio.move_on_after(0.5):
                 try:
-                    while True:
-                        self._buf += await stream.receive(RECV_BYTES)
+                    while chunk := await self._recv(sock):
+                        self._buf += chunk
                         while (response := self._pop_frame()) is not None:
                             if isinstance(response, ErrorReply) and response.id == 0:
                                 return from_code(response.code, response.message)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.BusyResourceError,
-                        OSError, SessionError):
-                    # Nothing (more) was said, or a pipeline's reading task
-                    # has the stream, and reads what was.
-                    pass
+                except (anyio.ClosedResourceError, anyio.BusyResourceError, OSError,
+                        SessionError):
+                    pass  # nothing (more) was said
         return lost(self._where, exc)
+
+    async def _recv(self, sock: _socket.socket) -> bytes:
+        """What the daemon has sent on ``sock``, waiting for some (b"" at
+        its end). Raises what recv(2) and ``anyio.wait_readable`` raise."""
+        while True:
+            try:
+                return sock.recv(RECV_BYTES)
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
 
     def _pop_frame(self) -> Response | None:
         return pop_frame(self._buf, self._where)
 
     async def _fill(self) -> None:
         """Receive what the daemon has sent (waiting up to ``timeout``)."""
-        stream = self._stream
-        if stream is None:
+        sock = self._sock
+        if sock is None:
             raise self._gone()
+        self._reading = True
         try:
+            # A checkpoint even when the answer is there already, as anyio's
+            # streams make: a pipeline's reader lets its sender run.
+            await anyio.lowlevel.checkpoint()
             with self._waiting():
-                chunk = await stream.receive(RECV_BYTES)
+                chunk = await self._recv(sock)
         except TimeoutError as exc:
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
-        except anyio.ClosedResourceError as exc:
-            raise self._gone() from exc
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as exc:
-            if self._closed:
-                raise closed("AsyncClient", self._where) from exc
+        except (anyio.ClosedResourceError, OSError) as exc:
+            if self._closed or self._sock is not sock:
+                # Closed by aclose(), or dropped by a send cut short.
+                raise self._gone() from exc
             # Lost: the next request connects again, as after a failed send.
-            await self._drop()
-            raise lost(
-                self._where, None if isinstance(exc, anyio.EndOfStream) else exc
-            ) from exc
+            self._drop()
+            raise lost(self._where, exc) from exc
+        finally:
+            self._reading = False
+        if not chunk:
+            if self._closed or self._sock is not sock:
+                raise self._gone()
+            self._drop()
+            raise lost(self._where, None)
         self._buf += chunk
 
     async def _read_frame(self) -> Response:
@@ -311,7 +379,7 @@ class AsyncClient(Operations):
         except ProtocolError:
             # Where the next reply starts is unknown: the connection is
             # dropped as a lost one is, and the next request connects again.
-            await self._drop()
+            self._drop()
             raise
 
     async def _roundtrip(self, req: Request) -> Response:
@@ -339,7 +407,7 @@ class AsyncClient(Operations):
                 break
             if isinstance(response, ErrorReply) and response.id == 0:
                 # The daemon's last word before it closes the connection.
-                await self._drop()
+                self._drop()
                 raise from_code(response.code, response.message)
         if isinstance(response, ErrorReply):
             raise from_code(response.code, response.message)
@@ -430,29 +498,15 @@ class AsyncClient(Operations):
         self._check_open()
         return AsyncPipeline(self, returning)
 
-    async def watch(
-        self, *, user: str | None = None, after: str | None = None
-    ) -> AsyncIterator[Event]:
+    def watch(self, *, user: str | None = None, after: str | None = None) -> AsyncWatch:
         """Events as they happen (of ``user``'s sessions, or everyone's;
         in shared mode, after the event whose ``cursor`` is ``after``), on
-        a connection of their own: ``async for event in c.watch(): ...``,
-        until the generator is closed (``contextlib.aclosing`` closes it at
-        once when the loop is left). Raises ``ClientClosed`` once this
-        client is closed, and what opening a client raises when the new
-        connection cannot be made."""
+        a connection of their own, opened at the first ``async for event
+        in c.watch(): ...`` step, until the watch is closed (``aclose()``,
+        ``async with``, ``contextlib.aclosing``; else once it is garbage).
+        A wait for an event that is cancelled loses none (see
+        ``AsyncWatch``, which says what iterating raises). Raises
+        ``ClientClosed`` once this client is closed, ``InvalidRequest``
+        for a ``user`` or ``after`` of the wrong kind."""
         self._check_open()
-        req = watch_request(user, after)
-        other = type(self)(self._where, timeout=None, autostart=self._autostart)
-        self._watches[id(other)] = other
-        try:
-            first = await other._roundtrip(req)
-            assert isinstance(first, EventReply)
-            while True:
-                reply = await other._read_frame()
-                if isinstance(reply, ErrorReply):
-                    raise from_code(reply.code, reply.message)
-                assert isinstance(reply, EventReply)
-                yield reply.event
-        finally:
-            self._watches.pop(id(other), None)
-            await other.aclose()
+        return AsyncWatch(self, watch_request(user, after))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from sessionctl.pipeline import Batch
-from sessiond.errors import ProtocolError, SessionError
+from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError
 
 if TYPE_CHECKING:
     from sessionctl.aclient import AsyncClient
@@ -38,7 +38,9 @@ class AsyncPipeline(Batch[D]):
     async def execute(self) -> None:
         """Send everything queued and settle every ``Pending``, reading the
         answers while the requests go out (see ``Pipeline.execute``, which
-        raises alike)."""
+        raises alike). Cancelled once it has begun sending, it settles the
+        ``Pending``s still unanswered with ``DaemonUnavailable``: whether
+        those were carried out is unknown."""
         if not self._frames:
             return
         c = self._client
@@ -57,16 +59,29 @@ class AsyncPipeline(Batch[D]):
             # Errors are kept rather than raised in the task group, which
             # would wrap them in an ExceptionGroup: the caller gets the
             # one that stopped the pipeline, as from Pipeline.execute.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(send_all)
-                try:
-                    self._settle_received(waiting)
-                    while waiting:
-                        await c._fill()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(send_all)
+                    try:
                         self._settle_received(waiting)
-                except SessionError as exc:
-                    errors.append(exc)
-                    tg.cancel_scope.cancel()
+                        while waiting:
+                            await c._fill()
+                            self._settle_received(waiting)
+                    except SessionError as exc:
+                        errors.append(exc)
+                        tg.cancel_scope.cancel()
+            except BaseException:
+                # Cancelled (a timeout of the caller's, say) with requests
+                # out or on their way: those unanswered may have been
+                # carried out, and are never said not to have been sent.
+                unknown = DaemonUnavailable(
+                    f"the pipeline was cancelled before the answer to this request came "
+                    f"from {c._where}: whether the daemon carried it out is unknown (it is "
+                    f"not sent again)"
+                )
+                for pending in waiting.values():
+                    pending._fail(unknown)
+                raise
             if errors:
                 # The answers still awaited will not come on this
                 # connection (nor on the next): their outcome is unknown.
@@ -74,7 +89,7 @@ class AsyncPipeline(Batch[D]):
                     pending._fail(errors[0])
                 if any(isinstance(e, ProtocolError) for e in errors):
                     # Out of step, as in AsyncClient._read_frame.
-                    await c._drop()
+                    c._drop()
                 raise errors[0]
 
     async def __aenter__(self) -> AsyncPipeline[D]:

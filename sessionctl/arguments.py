@@ -14,6 +14,7 @@ on the error paths. ``sessionctl get`` never imports it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from sessiond.errors import InvalidRequest
 from sessiond.limits import (
     MAX_TIMEOUT,
     MAX_VERSION,
+    META_MAX_DEPTH,
     check_id,
     check_key,
     check_ttl,
@@ -82,9 +84,50 @@ def meta(value: object) -> dict[str, Any]:
         raise InvalidRequest(
             f"meta must be a dict of str keys to JSON values, not {type(value).__name__}"
         )
-    for name in value:
+    for name, item in value.items():
         text("a meta key", name)
+        json_value("meta", item)
     return value
+
+
+# What JSON holds, as Python's json module writes it (a tuple as an array;
+# a subclass as its base: an IntEnum is a number, a StrEnum a string), a
+# float too if it is finite.
+_SCALARS = (str, int, type(None))
+
+
+def json_value(name: str, value: object, depth: int = 1) -> None:
+    """Refused unless ``value`` is JSON. msgspec would send a set, a
+    date, a UUID, a Decimal, an Enum or a dataclass as some other JSON
+    value (an array, a string, an object), and the caller would read back
+    something else than what it wrote; Python's json module refuses them
+    too. Nested past the daemon's depth, it is refused in the daemon's
+    words (and a value that holds itself is, rather than recursed into)."""
+    if depth > META_MAX_DEPTH:
+        raise InvalidRequest(f"meta value nested deeper than {META_MAX_DEPTH} levels")
+    if isinstance(value, float):
+        if value - value != 0.0:  # inf or nan: no JSON number
+            raise InvalidRequest("meta values must be finite numbers")
+        return
+    if isinstance(value, _SCALARS):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            json_value(name, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidRequest(
+                    f"{name} cannot be sent: an object key of type {type(key).__name__} is "
+                    f"not JSON; object keys are str"
+                )
+            json_value(name, item, depth + 1)
+        return
+    raise InvalidRequest(
+        f"{name} cannot be sent: a value of type {type(value).__name__} is not JSON; "
+        f"use str, int, float, bool, None, list and dict"
+    )
 
 
 def returning(value: object) -> str:
@@ -176,6 +219,18 @@ def timeout(value: object) -> None:
             f"timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, "
             f"or None to wait for ever, not {value!r}"
         )
+
+
+def socket(value: object) -> str:
+    """A client's socket path: a str, or what ``os.fsdecode`` takes
+    (a ``Path``, bytes)."""
+    try:
+        return os.fsdecode(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidRequest(
+            f"socket must be a path (a str or a pathlib.Path), or None for the usual "
+            f"one, not {type(value).__name__} ({value!r})"
+        ) from None
 
 
 def autostart(value: object) -> None:

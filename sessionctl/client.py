@@ -47,7 +47,14 @@ from sessionctl.connection import (
 from sessionctl.operations import Operations, watch_request
 from sessionctl.results import SESSION_KINDS, Ack, Event, EventReply, Session
 from sessiond import model
-from sessiond.errors import DaemonUnavailable, ProtocolError, SessionError, Unsupported, from_code
+from sessiond.errors import (
+    ClientClosed,
+    DaemonUnavailable,
+    ProtocolError,
+    SessionError,
+    Unsupported,
+    from_code,
+)
 from sessiond.protocol import (
     HEADER,
     OLDEST_VERSION,
@@ -96,7 +103,8 @@ class Client(Operations):
 
     Raises ``DaemonUnavailable`` when no daemon answers (or none could be
     started), ``Unsupported`` when the daemon speaks another protocol,
-    ``InvalidRequest`` for a ``timeout`` or ``autostart`` of the wrong kind
+    ``InvalidRequest`` for a ``socket`` that is not a path (a str, a
+    ``Path`` or bytes), a ``timeout`` or ``autostart`` of the wrong kind
     or out of bounds (``inf`` too), for a socket path whose ``~user`` names
     nobody, or for a ``SESSIONCTL_NO_AUTOSTART`` that is not a boolean.
     Once closed (``close()``, or the end of its ``with`` block), every
@@ -301,21 +309,42 @@ class Client(Operations):
     # -- frames ----------------------------------------------------------
 
     def _send(self, sock: _socket.socket, data: bytes | bytearray) -> None:
+        # send(2) in a loop rather than sendall, which does not say how much
+        # went out before it failed: a frame cut short (the send timed out,
+        # or a signal handler raised, KeyboardInterrupt say) would have the
+        # daemon read the next request as the rest of it, and every call
+        # after would wait in vain. The connection is dropped then, and the
+        # next call connects again; the request was not carried out (the
+        # daemon acts on whole frames only).
+        sent = 0
         try:
-            sock.sendall(data)
+            sent = sock.send(data)  # the usual case: all of it at once
+            if sent < len(data):
+                with memoryview(data) as view:
+                    while sent < len(view):
+                        sent += sock.send(view[sent:])
         except BlockingIOError as exc:
-            raise DaemonUnavailable(
+            error = DaemonUnavailable(
                 f"sessiond on {self._where} did not take the request in time"
-            ) from exc
+            )
+            if sent:
+                raise self._drop(error) from exc
+            raise error from exc
         except OSError as exc:
             raise self._lost(exc) from exc
+        except BaseException:
+            if sent:
+                self._drop(DaemonUnavailable(
+                    f"the connection to {self._where} was cut off mid-request; the "
+                    f"client's next call connects again"))
+            raise
 
     def _lost(self, exc: OSError) -> SessionError:
         """What a send that failed with ``exc`` raises: the client was
         closed, or the daemon closed the connection (saying why, maybe),
         which is then dropped (see ``_drop``)."""
         if self._closed:
-            return closed("Client", self._where)
+            return closed("Client", self._where, midway=True)
         parting = self._parting_error()
         if parting is not None:
             return self._drop(parting)
@@ -370,11 +399,11 @@ class Client(Operations):
             raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
         except OSError as exc:
             if self._closed:
-                raise closed("Client", self._where) from exc
+                raise closed("Client", self._where, midway=True) from exc
             raise self._drop(lost(self._where, exc)) from exc
         if not chunk:
             if self._closed:
-                raise closed("Client", self._where)
+                raise closed("Client", self._where, midway=True)
             raise self._drop(lost(self._where, None))
         return chunk
 
@@ -567,7 +596,12 @@ class Client(Operations):
                         f"this watch's connection to {self._where} belongs to process "
                         f"{parent}, which forked this one; start a watch here"
                     )
-                reply = other._read_frame()
+                try:
+                    reply = other._read_frame()
+                except ClientClosed:
+                    # Its own connection, closed by close(): no request of
+                    # the caller's was on its way.
+                    raise closed("Client", self._where) from None
                 if isinstance(reply, ErrorReply):
                     raise from_code(reply.code, reply.message)
                 assert isinstance(reply, EventReply)

@@ -142,8 +142,16 @@ def autostart_off_by_env() -> bool:
     )
 
 
-def closed(kind: str, where: str) -> ClientClosed:
-    """The error of every call on a closed ``Client`` or ``AsyncClient``."""
+def closed(kind: str, where: str, midway: bool = False) -> ClientClosed:
+    """The error of every call on a closed ``Client`` or ``AsyncClient``;
+    ``midway``: of a request that was on its way, or awaiting its answer,
+    when the client closed (it may have been carried out)."""
+    if midway:
+        return ClientClosed(
+            f"this {kind} (for {where}) was closed while a request was on its way or "
+            f"awaiting its answer: whether the daemon carried it out is unknown; make a new "
+            f"client to go on"
+        )
     return ClientClosed(
         f"this {kind} (for {where}) is closed; make a new one (a client closes when its "
         f"'with' block ends)"
@@ -201,10 +209,15 @@ def client_socket(
     """Where a client made with these arguments connects (a string, as
     ``str(Path)`` gives it: ``path`` makes the Path only when asked, so that
     a CLI run need not import pathlib). Raises ``InvalidRequest`` for a
-    ``timeout`` or ``autostart`` of the wrong kind, in ``sessionctl.arguments``'
-    words; the usual arguments pass without importing it."""
+    ``socket``, ``timeout`` or ``autostart`` of the wrong kind, in
+    ``sessionctl.arguments``' words; the usual arguments pass without
+    importing it."""
     from sessiond.paths import socket_location
 
+    if socket is not None and type(socket) is not str:
+        from sessionctl import arguments
+
+        socket = arguments.socket(socket)
     if not (
         (timeout is None or (type(timeout) is float and 0 < timeout <= MAX_TIMEOUT))
         and (autostart is None or type(autostart) is bool)
@@ -213,7 +226,7 @@ def client_socket(
 
         arguments.timeout(timeout)
         arguments.autostart(autostart)
-    return socket_location(os.fspath(socket) if socket is not None else None)
+    return socket_location(socket)
 
 
 def autostart_off_by(autostart: bool | None) -> str | None:

@@ -66,6 +66,10 @@ from sessiond.protocol import (
 )
 
 T = TypeVar("T")
+# Values that are JSON as they are, told by one type test: anything else
+# (a float, which may be nan; a list, a dict, a set, a date) is checked by
+# sessionctl.arguments.
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def watch_request(user: object, after: object = None) -> Watch:
@@ -178,11 +182,12 @@ class Operations:
         if meta is None:
             meta = {}
         else:
-            for key in meta:
-                if type(key) is not str:
+            for key, value in meta.items():
+                if type(key) is not str or type(value) not in _PLAIN:
                     from sessionctl import arguments as a
 
                     meta = a.meta(meta)
+                    break
         req = Create(id=0, user=user, ttl=ttl, meta=meta, sid=id)
         if returning is None and self._returning == SESSION:
             return self._submit(req, to_session)
@@ -217,10 +222,16 @@ class Operations:
         """Set ``meta[key]`` to a JSON value; with ``expect_version``, only
         if unchanged since. Raises ``SessionNotFound``, ``SessionExpired``,
         ``Conflict`` (another version), ``TooLarge``."""
-        if type(sid) is not str or type(key) is not str or expect_version is not None:
+        if (
+            type(sid) is not str
+            or type(key) is not str
+            or expect_version is not None
+            or type(value) not in _PLAIN
+        ):
             from sessionctl import arguments as a
 
             sid, key, expect_version = a.sid(sid), a.key(key), a.version(expect_version)
+            a.json_value("value", value)
         req = Set(id=0, sid=sid, key=key, value=value, expect_version=expect_version)
         if returning is None and self._returning == SESSION:
             return self._submit(req, to_session)

@@ -72,8 +72,9 @@ class Pending(Generic[T]):
     def result(self) -> T:
         """The value, or the error the daemon answered with (a
         ``SessionError``). Raises ``RuntimeError`` when the request was not
-        sent; for one sent by a block that an exception ended, reads its
-        answer first, and raises what the client's reads raise
+        sent; for one sent by a block that an exception ended, or by an
+        ``execute()`` that raised before its answer came, reads its answer
+        first, and raises what the client's reads raise
         (``DaemonUnavailable``, ``ClientClosed``: its outcome is then
         unknown)."""
         if self._value is _MISSING and self._error is None and self._sent_on is not None:
@@ -230,7 +231,8 @@ class Pipeline(Batch[D]):
         Raises ``ClientClosed`` once the client is closed,
         ``DaemonUnavailable`` when the daemon is gone or does not answer in
         the client's ``timeout``; the daemon's answer to each request is
-        its ``Pending``'s."""
+        its ``Pending``'s (after a raise, ``result()`` reads it, or says
+        its outcome is unknown)."""
         if not self._frames and not self._sent:
             return
         c = self._client
@@ -240,14 +242,25 @@ class Pipeline(Batch[D]):
             c._strays.update(waiting)
             waiting.update(self._sent)
             self._sent = {}
-            self._send_locked(data)
-            # Replies may have been read by a request in between, and
-            # settled there: those are no longer awaited.
-            strays = c._strays
-            left = [i for i in waiting if i in strays]
-            while left:
-                self._settle_strays(block=True)
-                left = [i for i in left if i in strays]
+            try:
+                self._send_locked(data)
+                # Replies may have been read by a request in between, and
+                # settled there: those are no longer awaited.
+                strays = c._strays
+                left = [i for i in waiting if i in strays]
+                while left:
+                    self._settle_strays(block=True)
+                    left = [i for i in left if i in strays]
+            except BaseException:
+                # Stopped before every answer came (the daemon slow past the
+                # timeout, say) with the connection kept: what was sent is
+                # answered on it, and each Pending reads its answer when
+                # asked, as after a block left by an exception; never "not
+                # sent". (A connection dropped settled its own already.)
+                for pending in waiting.values():
+                    if not pending._settled:
+                        pending._sent_on = self
+                raise
 
     def _send_locked(self, data: memoryview) -> None:
         """Send ``data`` (whole frames) with the client's lock held.

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import Enum, IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import anyio
 import msgspec
@@ -29,6 +34,7 @@ import pytest
 from sessionctl import (
     AsyncClient,
     AsyncPipeline,
+    AsyncWatch,
     Client,
     ClientClosed,
     DaemonUnavailable,
@@ -160,6 +166,39 @@ def test_closing_ends_a_watch_running_in_another_thread(shared: Daemon) -> None:
 # -- arguments, in Python's words, before anything is sent -----------------------
 
 NOW = datetime.now(UTC)
+
+
+def nested(depth: int) -> list[Any]:
+    """A value ``depth`` lists deep, the outermost counted."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    value["self"] = value
+    return value
+
+
+class Colour(Enum):
+    RED = "red"
+
+
+class Level(IntEnum):
+    HIGH = 2
+
+
+class Word(StrEnum):
+    YES = "yes"
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
 # An argument of the wrong type, and a number out of its bounds, are the
 # client's to refuse: before anything is sent.
 BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
@@ -202,6 +241,26 @@ BAD_ARGUMENTS: list[tuple[str, Callable[[Client], Any], str]] = [
     ("import-text", lambda c: c.import_page("abc"), "sessions must be a list of sessions"),
     ("import-many", lambda c: c.import_sessions([1, 2]), "sessions must be Session structs"),
     ("watch-user", lambda c: next(c.watch(user=5)), "user must be a str, not int (5)"),
+    # What msgspec would send as another JSON value (an array, a string, an
+    # object): the caller would read back something else than it wrote.
+    ("value-set", lambda c: c.set("s1", "k", {1, 2}),
+     "value cannot be sent: a value of type set is not JSON"),
+    ("value-date", lambda c: c.set("s1", "k", date(2026, 1, 1)), "a value of type date is not"),
+    ("value-uuid", lambda c: c.set("s1", "k", UUID(int=1)), "a value of type UUID is not JSON"),
+    ("value-decimal", lambda c: c.set("s1", "k", Decimal("1.5")), "a value of type Decimal is"),
+    ("value-enum", lambda c: c.set("s1", "k", Colour.RED), "a value of type Colour is not JSON"),
+    ("value-dataclass", lambda c: c.set("s1", "k", Point(1, 2)), "a value of type Point is not"),
+    ("meta-nested-set", lambda c: c.create(meta={"k": [{"a": frozenset({1})}]}),
+     "meta cannot be sent: a value of type frozenset is not JSON"),
+    ("meta-uuid-key", lambda c: c.create(meta={"k": {UUID(int=1): 1}}),
+     "meta cannot be sent: an object key of type UUID is not JSON"),
+    # The daemon's depth, in its words, and a value that holds itself.
+    ("value-deep", lambda c: c.set("s1", "k", nested(33)), "nested deeper than 32 levels"),
+    ("value-cycle", lambda c: c.set("s1", "k", cyclic()), "nested deeper than 32 levels"),
+    # A float no JSON number holds, in the daemon's words.
+    ("value-nan", lambda c: c.set("s1", "k", float("nan")), "meta values must be finite"),
+    ("value-inf", lambda c: c.set("s1", "k", float("-inf")), "meta values must be finite"),
+    ("meta-inf", lambda c: c.create(meta={"k": [1.5, float("inf")]}), "must be finite"),
 ]
 
 
@@ -280,6 +339,24 @@ def test_a_bad_constructor_argument_is_refused_before_connecting(
             make(tmp_path / "none.sock", **kwargs)
 
 
+@pytest.mark.parametrize("socket_path", [5, ["a.sock"], object()])
+def test_a_socket_that_is_not_a_path_is_refused_before_connecting(socket_path: object) -> None:
+    for make in (Client, AsyncClient):
+        with pytest.raises(InvalidRequest, match="socket must be a path .*, not "):
+            make(socket_path, autostart=False)  # type: ignore[arg-type]
+
+
+def test_a_socket_path_given_as_bytes_is_a_path(shared: Daemon) -> None:
+    with Client(os.fsencode(shared.socket)) as c:  # type: ignore[arg-type]
+        assert c.path == shared.socket and c.ping().pid > 0
+
+    async def ping() -> int:
+        async with AsyncClient(os.fsencode(shared.socket)) as a:  # type: ignore[arg-type]
+            return (await a.ping()).pid
+
+    assert anyio.run(ping) > 0
+
+
 @pytest.mark.parametrize("timeout", [86400, 86400.0])
 def test_both_clients_take_a_timeout_of_up_to_a_day(shared: Daemon, timeout: float) -> None:
     with Client(shared.socket, timeout=timeout) as c:
@@ -298,7 +375,7 @@ def test_both_clients_take_a_timeout_of_up_to_a_day(shared: Daemon, timeout: flo
 UNSENDABLE: list[tuple[str, Callable[[Client, str], Any], str]] = [
     ("object", lambda c, sid: c.set(sid, "k", object()),
      "value cannot be sent: a value of type object is not JSON"),
-    ("meta-set", lambda c, sid: c.create(meta={"k": {1, 2} | {object()}}),
+    ("meta-object", lambda c, sid: c.create(meta={"k": [1, 2, object()]}),
      "meta cannot be sent: a value of type object is not JSON"),
     ("huge-int", lambda c, sid: c.set(sid, "k", 2**70),
      "value cannot be sent: an integer is outside -2**63 to 2**64 - 1"),
@@ -320,6 +397,21 @@ def test_a_value_that_cannot_be_sent_names_the_argument_that_holds_it(
         assert needle in str(caught.value)
         in_words(str(caught.value))
         assert c.get(sid).meta == {}  # and the connection is in step
+
+
+def test_what_json_writes_as_json_goes_through_and_reads_back_as_written(
+    shared: Daemon,
+) -> None:
+    # As Python's json module takes them: a tuple is an array, an IntEnum a
+    # number, a StrEnum a string (each reads back as what json.loads gives).
+    written = {"pair": (1, 2), "n": Level.HIGH, "word": Word.YES, "deep": [{"t": ("a",)}],
+               "float": 1.5, "floats": [-0.0, 1e308]}
+    with shared.client() as c:
+        deepest = c.set(c.create(user="deep").id, "k", nested(32))  # as deep as it goes
+        assert deepest.meta == {"k": nested(32)}
+        s = c.create(user="json-like", meta=written)
+        c.set(s.id, "later", (3, Level.HIGH))
+        assert c.get(s.id).meta == json.loads(json.dumps({**written, "later": (3, 2)}))
 
 
 def test_a_bad_call_in_a_pipeline_raises_there_and_the_rest_is_sent(shared: Daemon) -> None:
@@ -422,7 +514,9 @@ def test_nothing_listening_is_still_daemon_unavailable(tmp_path: Path) -> None:
 # -- every public method says what it raises -------------------------------------
 
 
-@pytest.mark.parametrize("cls", [Client, AsyncClient, Pipeline, AsyncPipeline, Pending])
+@pytest.mark.parametrize(
+    "cls", [Client, AsyncClient, Pipeline, AsyncPipeline, Pending, AsyncWatch]
+)
 def test_every_public_method_says_what_it_raises(cls: type) -> None:
     silent = [
         name for name, method in inspect.getmembers(cls, callable)
