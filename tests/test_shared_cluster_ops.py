@@ -215,3 +215,28 @@ def test_requests_expiry_and_a_watch_follow_the_namespaces_slot_as_it_migrates(
         wait_until(lambda: client.hget(prefix + "s:brief", "x") is not None, 30,
                    "the session to expire on the timer after the migration")
     assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_cluster_that_is_down_fails_requests_as_unreachable_and_is_served_once_up(
+    make_cluster: Callable[..., RedisClusterServers], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    cluster = make_cluster()
+    namespace = _namespace_on(cluster, 0)
+    master, other = cluster.nodes[0], cluster.nodes[2]
+    d = make_daemon_on(backend=cluster.url, namespace=namespace)
+    r = d.ctl("create", "--id", "s1")
+    assert r.returncode == 0, r.stderr
+    # Another master dies, with no replica: slots are uncovered, and the
+    # whole Cluster answers CLUSTERDOWN, the namespace's master too.
+    other.kill()
+    wait_until(lambda: "cluster_state:fail" in master.cli("CLUSTER", "INFO"), PROMOTION,
+               "the Cluster to say it is down")
+    for args in (("get", "s1"), ("set", "s1", "k", "v"), ("create",)):
+        r = d.ctl(*args)
+        _fails_in_one_line_naming_a_node(r)
+        assert "Cluster is down" in r.stderr and "nothing of this request was done" in r.stderr
+    other.start()
+    wait_until(lambda: d.ctl("set", "s1", "k", "v").returncode == 0, PROMOTION,
+               "the daemon to be served once the Cluster is up")
+    assert get_json(d, "s1")["version"] == 2
+    assert d.proc is not None and d.proc.poll() is None

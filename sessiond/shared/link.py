@@ -63,7 +63,9 @@ MAX_CONNECTIONS = 16
 _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
 # A Cluster moving the namespace's slot between nodes answers TRYAGAIN to
 # a command on keys split between them (a script's, or any on a key not
-# created yet): it is sent again after this pause, for as long as TIMEOUT.
+# created yet), and one that lost a node CLUSTERDOWN to every command
+# until a replica takes its place: it is sent again after this pause, for
+# as long as TIMEOUT.
 TRYAGAIN_PAUSE = 0.05
 # What the engine adds to an error raised inside a script.
 _IN_SCRIPT = re.compile(r"\s*script: \w+, on @user_script:\d+\.?\s*$")
@@ -238,16 +240,22 @@ class Link:
                 missing += 1
                 await self._load_scripts()
                 continue
-            if any(isinstance(e, rx.TryAgainError) for e in errors):
-                if again and asyncio.get_running_loop().time() < until:
+            wait = next((e for e in errors if isinstance(e, _WAIT)), None)
+            if wait is not None and again:
+                if asyncio.get_running_loop().time() < until:
                     await asyncio.sleep(TRYAGAIN_PAUSE)
                     continue
-                if again:
+                if isinstance(wait, rx.TryAgainError):
                     raise BackendUnavailable(
                         f"the shared engine {self.node} is moving the namespace's slot to "
                         f"another node, and refused this request meanwhile (TRYAGAIN) for "
                         f"{TIMEOUT:g}s: nothing of it was done; try again"
                     )
+                self.last_error = f"the Cluster is down (CLUSTERDOWN {_reason(wait)})"
+                raise BackendUnavailable(
+                    f"the shared engine {self.node} cannot serve: {self.last_error}; "
+                    f"nothing of this request was done"
+                )
             for e in errors:
                 if _refuses_writes(e):
                     self.refusing = f"the shared engine {self.node} refuses writes: {_reason(e)}"
@@ -597,8 +605,10 @@ def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
     return False
 
 
-# Error replies that say the command was not run.
-_NOT_RUN = (rx.NoScriptError, rx.AskError, rx.TryAgainError)
+# Error replies that say the command was not run; those of them that say
+# it may be run a little later.
+_NOT_RUN = (rx.NoScriptError, rx.AskError, rx.TryAgainError, rx.ClusterDownError)
+_WAIT = (rx.TryAgainError, rx.ClusterDownError)
 
 
 def _elsewhere(reply: Any) -> bool:
