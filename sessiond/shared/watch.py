@@ -167,8 +167,9 @@ class StreamWatcher:
             if entry.number <= self.last_number:
                 # Numbers only grow, but in a namespace whose events the
                 # engine lost: told, after what came before it.
-                self._ends = self._afresh(f"event {entry.number} came after event "
-                                          f"{self.last_number}")
+                self._ends = self._afresh(f"the namespace's events are numbered again from "
+                                          f"{entry.number} after event {self.last_number} "
+                                          f"this watch saw")
                 break
             gap = entry.number - self.last_number - 1
             if gap > 0:
@@ -183,12 +184,14 @@ class StreamWatcher:
     def _afresh(self, what: str) -> Conflict:
         """The end of a watch whose namespace's events were numbered
         afresh: the engine lost them (FLUSHALL, a restart without
-        persistence), and the sessions with them, without an event; the
-        watcher cannot be told what it missed, nor how much."""
+        persistence, a failover to a replica that had not got the last
+        of them), and the sessions' changes with them, without an event;
+        the watcher cannot be told what it missed, nor how much."""
         return Conflict(
             f"{what}: the shared engine {self.store.link.node} lost the namespace's events "
-            f"(FLUSHALL, or a restart without persistence), and what changed with them cannot "
-            f"be told; read the sessions again (list) and watch from now"
+            f"(FLUSHALL, a restart without persistence, or a failover to a replica that lacked "
+            f"the last), and what changed with them cannot be told; read the sessions again "
+            f"(list) and watch from now"
         )
 
     def close(self) -> None:
