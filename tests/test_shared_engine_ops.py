@@ -17,7 +17,7 @@ import redis
 
 from sessiond.errors import Conflict
 from tests.conftest import Daemon, wait_until
-from tests.fleet import Watching, create, fails, get_json
+from tests.fleet import Watching, create, fails, get_json, stats
 from tests.redis_servers import RedisNode
 
 
@@ -136,3 +136,18 @@ def test_a_user_the_engines_acl_refuses_is_told_so_in_one_line(
     assert "'xread'" in str(error), error
     assert get_json(d, sid)["version"] == 1
     assert _alive(d)
+
+
+def test_stats_shows_the_engines_persistence_as_it_is_changed_on_the_server(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis(appendonly=True)
+    d = make_daemon_on(backend=node.url)
+    assert stats(d)["fsync"] == "engine: appendfsync everysec"
+    node.cli("CONFIG", "SET", "appendonly", "no")
+    wait_until(lambda: stats(d)["fsync"] == "engine: appendfsync none (appendonly no)", 30,
+               "stats to say that the engine no longer persists the sessions")
+    node.cli("CONFIG", "SET", "appendonly", "yes")
+    node.cli("CONFIG", "SET", "appendfsync", "always")
+    wait_until(lambda: stats(d)["fsync"] == "engine: appendfsync always", 30,
+               "stats to show the engine's appendfsync")

@@ -49,8 +49,9 @@ SETTINGS_POLL = 1.0
 # would vanish without a trace. (volatile-* drop only keys with a time to
 # live, which sessions do not have.)
 EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
-# The engine's maxmemory-policy is looked at again this often (seconds):
-# set to an evicting one on the server after the start, it is said.
+# The engine's maxmemory-policy and persistence are looked at again this
+# often (seconds): an evicting policy set on the server after the start is
+# said, and stats shows the persistence in force.
 POLICY_POLL = 5.0
 
 
@@ -100,9 +101,11 @@ class SharedEngine:
         """Say (once while it lasts) that the engine was set to a
         maxmemory-policy that can evict sessions after this daemon
         started, which refuses to start on one: sessions would vanish
-        without a trace when its memory is full."""
+        without a trace when its memory is full. The persistence that
+        ``stats`` shows is read again too (``CONFIG SET appendonly``)."""
         try:
             policy = await self.store.engine_setting("maxmemory-policy")
+            await self.read_persistence()
         except SessionError:
             return  # the engine is away, or refuses CONFIG: said elsewhere, or at start
         if policy in EVICTING and policy != self.evicting:
@@ -142,6 +145,13 @@ class SharedEngine:
         if unknown and unknown != self._unknown:
             log.warning(_UNKNOWN, self.store.config, ", ".join(unknown))
         self._unknown = unknown
+
+    async def read_persistence(self) -> None:
+        """The engine's persistence, as ``stats`` shows it. Raises
+        ``SessionError`` when the engine cannot be asked."""
+        appendonly = await self.store.engine_setting("appendonly")
+        fsync = await self.store.engine_setting("appendfsync")
+        self.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
 
     async def figures(self, now: int) -> dict[str, Any]:
         """Stats: the namespace's counts from the engine, this daemon's
@@ -259,9 +269,7 @@ async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -
                         "sessions by its own settings)", layers.path, ", ".join(ignored))
         engine = SharedEngine(store, live)
         engine._said_unknown(unknown)
-        appendonly = await store.engine_setting("appendonly")
-        fsync = await store.engine_setting("appendfsync")
-        engine.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
+        await engine.read_persistence()
     except BackendUnavailable as exc:
         await store.link.close()
         raise StartError(str(exc)) from exc
