@@ -221,10 +221,11 @@ class Link:
             # Sent again only if nothing of it ran that wrote: an error
             # below means its command was not run.
             again = not writes_done(commands, replies)
-            if again and moved < 2 and any(_elsewhere(e) for e in errors):
+            if again and moved < 3 and any(_elsewhere(e) for e in errors):
                 # The Cluster moved the slot (MOVED), or its node became a
                 # replica under a blocked read (UNBLOCKED): nothing was
-                # done there. Twice at most: a slot moving on meanwhile.
+                # done there. Three times at most: the slot moving on
+                # meanwhile, or nodes that do not agree yet.
                 moved += 1
                 to = next((e for e in errors if isinstance(e, rx.MovedError)), None)
                 if to is not None:
@@ -521,8 +522,10 @@ class Link:
         await self._drop_idle()
 
     async def _relocate(self) -> None:
-        """Have the next round trip find the slot's node again."""
+        """Have the next round trip find the slot's node again (and the
+        connections in use now closed once done)."""
         self._located = False
+        self._generation += 1
         await self._drop_idle()
 
     async def _drop_idle(self) -> None:
