@@ -148,7 +148,7 @@ def test_a_failover_by_hand_is_followed_and_an_open_watch_goes_on(
     r = d.ctl("set", "s1", "k", "v")
     assert r.returncode == 0, r.stderr
     w.until(lambda e: e.kind == "updated" and e.sid == "s1")
-    assert w.error is None
+    assert w.error is None, (w.error, d.log_text())
     assert "UNBLOCKED" not in d.log_text()
 
 
@@ -208,7 +208,7 @@ def test_requests_expiry_and_a_watch_follow_the_namespaces_slot_as_it_migrates(
     assert get_json(d, "stays")["version"] == 3
     w.until(lambda e: e.kind == "updated" and e.sid == "moved" and e.session is not None
             and e.session.meta == {"n": "3"})
-    assert w.error is None
+    assert w.error is None, (w.error, d.log_text())
     # The lease and the index of deadlines moved with the slot: expiry goes
     # on there, on its own.
     r = d.ctl("create", "--id", "brief", "--ttl", "1")
