@@ -220,8 +220,8 @@ async def _read(
 
 
 def _number(count: Any) -> int | None:
-    """The count of events as the engine holds it (``None``: none yet is
-    0; something else, damaged, is not checked here)."""
+    """The count of events as the engine holds it: 0 while it holds none;
+    ``None`` for something that is no count (damaged), not checked here."""
     if count is None:
         return 0
     try:
