@@ -133,7 +133,7 @@ def test_a_user_the_engines_acl_refuses_is_told_so_in_one_line(
     sid = create(d)
     with d.client() as c:
         error = fails(lambda: next(iter(c.watch())))
-    assert "'xread'" in str(error), error
+    assert "'xread'" in str(error) and "+@all on the keys ~sd:*" in str(error), error
     assert get_json(d, sid)["version"] == 1
     assert _alive(d)
 

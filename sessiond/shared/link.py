@@ -67,6 +67,8 @@ _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
 # until a replica takes its place: it is sent again after this pause, for
 # as long as TIMEOUT.
 TRYAGAIN_PAUSE = 0.05
+# What an ACL user of the daemon's needs (the README's words).
+_NEEDS = "the user needs the commands of +@all on the keys ~sd:*"
 # What the engine adds to an error raised inside a script.
 _IN_SCRIPT = re.compile(r"\s*script: \w+, on @user_script:\d+\.?\s*$")
 
@@ -319,6 +321,8 @@ class Link:
                 text = _reason(reply)
                 if text.startswith("WRONGTYPE"):
                     text += await self._wrong_types(command)
+                elif isinstance(reply, rx.NoPermissionError):
+                    text += f" (NOPERM: {_NEEDS})"
                 reply = EngineError(
                     f"the shared engine {self.node} answered an error: {text}", _reason(reply)
                 )
@@ -501,8 +505,7 @@ class Link:
         elif isinstance(exc, rx.NoPermissionError):
             # Reached, and refused by its ACL (INFO or CLUSTER SLOTS, as it
             # is found): not a trouble of the network.
-            self.last_error = (f"its ACL refuses this daemon's user: {exc} (the user needs the "
-                               f"commands of +@all on the keys ~sd:*)")
+            self.last_error = f"its ACL refuses this daemon's user: {exc} ({_NEEDS})"
             return BackendUnavailable(f"the shared engine {self.node} {self.last_error}")
         else:
             self.last_error = _why(exc)
