@@ -242,3 +242,20 @@ def test_a_cluster_that_is_down_fails_requests_as_unreachable_and_is_served_once
                "the daemon to be served once the Cluster is up")
     assert get_json(d, "s1")["version"] == 2
     assert d.proc is not None and d.proc.poll() is None
+
+
+def test_a_user_the_clusters_acl_refuses_cluster_slots_is_told_in_one_line_at_start(
+    make_cluster: Callable[..., RedisClusterServers], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    cluster = make_cluster()
+    for node in cluster.nodes:
+        node.cli("ACL", "SETUSER", "nocluster", "on", ">pw-nocluster", "~sd:*", "+@all",
+                 "-cluster")
+    d = make_daemon_on(backend=f"redis://nocluster:pw-nocluster@{cluster.nodes[0].address}",
+                       start=False)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1, d.log_text()
+    said = [line for line in d.log_text().splitlines() if "ERROR" in line]
+    assert len(said) == 1 and "Traceback" not in d.log_text(), d.log_text()
+    assert "CLUSTER SLOTS" in said[0] and "+@all on the keys ~sd:*" in said[0], said
+    assert "pw-nocluster" not in said[0], said

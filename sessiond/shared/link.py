@@ -507,6 +507,13 @@ class Link:
             # is found): not a trouble of the network.
             self.last_error = f"its ACL refuses this daemon's user: {exc} ({_NEEDS})"
             return BackendUnavailable(f"the shared engine {self.node} {self.last_error}")
+        elif isinstance(exc, rx.RedisClusterException):
+            # redis-py's words for any node that would not answer CLUSTER
+            # SLOTS, an ACL's refusal included ("Cluster mode is not
+            # enabled"): where to look is said with them.
+            self.last_error = (f"no node of the Cluster said which holds the namespace's slot "
+                               f"(CLUSTER SLOTS): {exc} (if they live, {_NEEDS}, CLUSTER "
+                               f"among them)")
         else:
             self.last_error = _why(exc)
         return BackendUnavailable(
