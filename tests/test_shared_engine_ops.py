@@ -12,6 +12,7 @@ Each test runs a Redis of its own (tests/redis_servers.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -151,3 +152,28 @@ def test_stats_shows_the_engines_persistence_as_it_is_changed_on_the_server(
     node.cli("CONFIG", "SET", "appendfsync", "always")
     wait_until(lambda: stats(d)["fsync"] == "engine: appendfsync always", 30,
                "stats to show the engine's appendfsync")
+
+
+def test_a_failover_behind_the_engines_name_is_followed_by_the_next_change(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+    tmp_path: Path,
+) -> None:
+    # A managed engine's endpoint: a name the provider moves to the new
+    # primary at a failover (here a socket path, a symlink it moves).
+    old_path, new_path = tmp_path / "old.sock", tmp_path / "new.sock"
+    old = make_redis(extra=("--unixsocket", str(old_path), "--unixsocketperm", "600"))
+    new = make_redis(extra=("--unixsocket", str(new_path), "--unixsocketperm", "600"))
+    endpoint = tmp_path / "engine.sock"
+    endpoint.symlink_to(old_path)
+    d = make_daemon_on(backend=f"unix://{endpoint}")
+    assert create(d)
+    # The old primary made a replica of the new one, the name moved; the
+    # daemon's connections still reach the old one, which refuses writes.
+    old.cli("REPLICAOF", "127.0.0.1", str(new.port))
+    moving = tmp_path / "moving.sock"
+    moving.symlink_to(new_path)
+    moving.replace(endpoint)
+    r = d.ctl("create", "--id", "after")
+    assert r.returncode == 0, r.stderr
+    assert new.cli("EXISTS", "sd:{" + d.namespace + "}:s:after").strip() == "1"
+    assert not stats(d)["read_only"]

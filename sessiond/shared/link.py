@@ -207,6 +207,7 @@ class Link:
             within += self.replicas_timeout
         until = asyncio.get_running_loop().time() + TIMEOUT
         moved = missing = 0
+        demoted = False
         while True:
             replies = await self._round_trip(sent, writes, within)
             waited = replies.pop() if waiting else None
@@ -236,6 +237,14 @@ class Link:
                     await self._moved_to(*to.node_addr)
                 else:
                     await self._relocate()
+                continue
+            if again and not demoted and any(isinstance(e, rx.ReadOnlyError) for e in errors):
+                # A replica now (a failover behind a name that moved to the
+                # new primary, as managed engines do): connections made
+                # from now on reach whatever the name says, once.
+                demoted = True
+                self._generation += 1
+                await self._drop_idle()
                 continue
             if again and missing < 2 and any(isinstance(e, rx.NoScriptError) for e in errors):
                 # The engine forgot the scripts (a restart, SCRIPT FLUSH), or
@@ -608,9 +617,10 @@ def _no_retry() -> Retry:
 
 def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
     """Whether a script ran (and may have written): then the round trip
-    cannot simply be sent again. A script the engine did not run answered
-    why (missing, its slot elsewhere or moving). (Ours send a script
-    alone, or reads with it.)"""
+    cannot simply be sent again. A script the engine did not run, or whose
+    first write it refused (READONLY), answered why (missing, its slot
+    elsewhere or moving, a replica). (Ours send a script alone, or reads
+    with it.)"""
     for command, reply in zip(commands, replies, strict=True):
         name = str(command[0]).upper()
         if name == "EVALSHA" and not isinstance(reply, _NOT_RUN) and not _elsewhere(reply):
@@ -618,9 +628,12 @@ def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
     return False
 
 
-# Error replies that say the command was not run; those of them that say
-# it may be run a little later.
-_NOT_RUN = (rx.NoScriptError, rx.AskError, rx.TryAgainError, rx.ClusterDownError)
+# Error replies that say the command wrote nothing (not run, or its first
+# write refused: READONLY); those of them that say it may be run a little
+# later.
+_NOT_RUN = (
+    rx.NoScriptError, rx.AskError, rx.TryAgainError, rx.ClusterDownError, rx.ReadOnlyError,
+)
 _WAIT = (rx.TryAgainError, rx.ClusterDownError)
 
 
