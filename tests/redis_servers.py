@@ -222,10 +222,13 @@ class RedisNode:
 
 
 class RedisClusterServers:
-    """Three masters, no replicas, every slot assigned."""
+    """Three masters, every slot assigned; ``replicas`` replicas each."""
 
-    def __init__(self, root: Path, masters: int = 3) -> None:
-        self.nodes = [RedisNode(root / f"n{i}", cluster=True) for i in range(masters)]
+    def __init__(self, root: Path, masters: int = 3, replicas: int = 0) -> None:
+        self.replicas = replicas
+        self.nodes = [
+            RedisNode(root / f"n{i}", cluster=True) for i in range(masters * (1 + replicas))
+        ]
 
     @property
     def url(self) -> str:
@@ -237,9 +240,11 @@ class RedisClusterServers:
                 node.start()
             self.nodes[0].cli(
                 "--cluster", "create", *(n.address for n in self.nodes),
-                "--cluster-replicas", "0", "--cluster-yes",
+                "--cluster-replicas", str(self.replicas), "--cluster-yes",
             )
             _wait(self._ok, START_TIMEOUT, "the Redis cluster to report cluster_state:ok")
+            if self.replicas:
+                _wait(self._synced, START_TIMEOUT, "the replicas to sync with their masters")
         except BaseException:
             # The fixture that asked never yields, so never stops them.
             self.stop()
@@ -248,6 +253,34 @@ class RedisClusterServers:
 
     def _ok(self) -> bool:
         return all("cluster_state:ok" in n.cli("CLUSTER", "INFO") for n in self.nodes)
+
+    def _synced(self) -> bool:
+        return all("master_link_status:up" in n.cli("INFO", "replication")
+                   for n in self.nodes if "role:slave" in n.cli("INFO", "replication"))
+
+    def master_of(self, key: str) -> RedisNode:
+        """The master whose slots hold ``key``, as it says itself."""
+        slot = int(self.nodes[0].cli("CLUSTER", "KEYSLOT", key).strip())
+        for node in self.nodes:
+            for line in node.cli("CLUSTER", "NODES").splitlines():
+                flags, ranges = line.split()[2], line.split()[8:]
+                if "myself" not in flags or "master" not in flags:
+                    continue
+                for r in ranges:
+                    low, _, high = r.partition("-")
+                    if not r.startswith("[") and int(low) <= slot <= int(high or low):
+                        return node
+        raise RuntimeError(f"no master says it holds the slot of {key}")
+
+    def replica_of(self, master: RedisNode) -> RedisNode:
+        """A replica of ``master``, in sync with it."""
+        me = master.cli("CLUSTER", "MYID").strip()
+        for node in self.nodes:
+            info = node.cli("INFO", "replication")
+            if (node is not master and "role:slave" in info and f"master_port:{master.port}"
+                    in info and "master_link_status:up" in info):
+                return node
+        raise RuntimeError(f"no replica of {me} is in sync")
 
     def flush(self) -> None:
         for node in self.nodes:

@@ -16,6 +16,7 @@ dependency (``pip install '.[shared]'``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import anyio.abc
@@ -48,6 +49,10 @@ SETTINGS_POLL = 1.0
 # would vanish without a trace. (volatile-* drop only keys with a time to
 # live, which sessions do not have.)
 EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+# The engine's maxmemory-policy and persistence are looked at again this
+# often (seconds): an evicting policy set on the server after the start is
+# said, and stats shows the persistence in force.
+POLICY_POLL = 5.0
 
 
 class SharedEngine:
@@ -66,6 +71,7 @@ class SharedEngine:
         self.appendfsync: str | None = None
         self._unreadable: str | None = None  # why the settings cannot be read, said once
         self._unknown: list[str] = []  # keys of the namespace's settings left out, said once
+        self.evicting: str | None = None  # the engine's evicting policy, said once
 
     def _settings_changed(self, settings: config.Settings) -> None:
         self._follow(settings)
@@ -83,9 +89,34 @@ class SharedEngine:
         tg.start_soon(self._poll_settings)
 
     async def _poll_settings(self) -> None:
+        polled = time.monotonic()
         while True:
             await anyio.sleep(SETTINGS_POLL)
             await self._reload()
+            if time.monotonic() - polled >= POLICY_POLL:
+                polled = time.monotonic()
+                await self._check_policy()
+
+    async def _check_policy(self) -> None:
+        """Say (once while it lasts) that the engine was set to a
+        maxmemory-policy that can evict sessions after this daemon
+        started, which refuses to start on one: sessions would vanish
+        without a trace when its memory is full. The persistence that
+        ``stats`` shows is read again too (``CONFIG SET appendonly``)."""
+        try:
+            policy = await self.store.engine_setting("maxmemory-policy")
+            await self.read_persistence()
+        except SessionError:
+            return  # the engine is away, or refuses CONFIG: said elsewhere, or at start
+        if policy in EVICTING and policy != self.evicting:
+            log.error("the shared engine %s now runs with maxmemory-policy %s, which can evict "
+                      "sessions to make room (they would vanish without a trace); set it back "
+                      "to noeviction on the server", self.store.link.node, policy)
+            self.evicting = policy
+        elif policy not in EVICTING and self.evicting is not None:
+            log.info("the shared engine %s runs with maxmemory-policy %s again: sessions are "
+                     "not evicted", self.store.link.node, policy)
+            self.evicting = None
 
     async def _reload(self) -> None:
         """The namespace's settings read again (another daemon changed one,
@@ -114,6 +145,13 @@ class SharedEngine:
         if unknown and unknown != self._unknown:
             log.warning(_UNKNOWN, self.store.config, ", ".join(unknown))
         self._unknown = unknown
+
+    async def read_persistence(self) -> None:
+        """The engine's persistence, as ``stats`` shows it. Raises
+        ``SessionError`` when the engine cannot be asked."""
+        appendonly = await self.store.engine_setting("appendonly")
+        fsync = await self.store.engine_setting("appendfsync")
+        self.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
 
     async def figures(self, now: int) -> dict[str, Any]:
         """Stats: the namespace's counts from the engine, this daemon's
@@ -231,9 +269,7 @@ async def open_engine(backend: Backend, namespace: str, layers: config.Layers) -
                         "sessions by its own settings)", layers.path, ", ".join(ignored))
         engine = SharedEngine(store, live)
         engine._said_unknown(unknown)
-        appendonly = await store.engine_setting("appendonly")
-        fsync = await store.engine_setting("appendfsync")
-        engine.appendfsync = "none (appendonly no)" if appendonly == "no" else fsync
+        await engine.read_persistence()
     except BackendUnavailable as exc:
         await store.link.close()
         raise StartError(str(exc)) from exc

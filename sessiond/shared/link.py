@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 from redis import exceptions as rx
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -49,7 +49,7 @@ from sessiond.errors import (
     SessionError,
 )
 from sessiond.shared.url import Backend
-from sessiond.shared.wire import Borrowed, Command, Lean, pack
+from sessiond.shared.wire import Borrowed, Command, Lean, NotSent, pack
 
 Connected = Lean | Borrowed
 
@@ -61,6 +61,14 @@ TIMEOUT = 2.0
 MAX_CONNECTIONS = 16
 # Refusals to write, as redis-py names them: the engine's reason is passed on.
 _REFUSALS = (rx.ReadOnlyError, rx.OutOfMemoryError, rx.MasterDownError)
+# A Cluster moving the namespace's slot between nodes answers TRYAGAIN to
+# a command on keys split between them (a script's, or any on a key not
+# created yet), and one that lost a node CLUSTERDOWN to every command
+# until a replica takes its place: it is sent again after this pause, for
+# as long as TIMEOUT.
+TRYAGAIN_PAUSE = 0.05
+# What an ACL user of the daemon's needs (the README's words).
+_NEEDS = "the user needs the commands of +@all on the keys ~sd:*"
 # What the engine adds to an error raised inside a script.
 _IN_SCRIPT = re.compile(r"\s*script: \w+, on @user_script:\d+\.?\s*$")
 
@@ -78,6 +86,13 @@ class Link:
         self._host = ""
         self._port = 0
         self._located = False
+        # Bumped at each locate: a connection taken before it, to the node
+        # that held the slot then, is closed rather than kept.
+        self._generation = 0
+        self._locating = asyncio.Lock()
+        # The Cluster's nodes as last seen (host, port): where the next
+        # locate asks, besides the URL's node, which may be the one that died.
+        self._nodes: list[tuple[str, int]] = []
         self._kwargs: dict[str, Any] = {}
         self._class: type[AbstractConnection] = Connection
         self._idle: list[Connected] = []
@@ -106,6 +121,21 @@ class Link:
     async def locate(self) -> None:
         """Find the node that holds the namespace (the URL's, or in a
         Cluster the master of its slot). Raises ``BackendUnavailable``."""
+        try:
+            if self.cluster:
+                # Found again (the slot's node died or moved): the URL's
+                # node may be the one that died; the Cluster's others say.
+                await self._locate_in_cluster()
+            else:
+                await self._probe()
+        except (rx.RedisError, rx.RedisClusterException, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+        self._located = True
+        self._generation += 1
+        await self._drop_idle()
+
+    async def _probe(self) -> None:
+        """Whether the URL's node is a Cluster's; if not, it is the node."""
         b = self.backend
         # RESP2: replies of one shape whatever redis-py's default (the
         # readers here take RESP3's too).
@@ -122,29 +152,40 @@ class Link:
                 self._path, self._host, self._port = b.path, b.host, b.port
                 self.node = b.shown
             else:
-                cluster = RedisCluster(
-                    host=b.host, port=b.port, password=b.password, username=b.username,
-                    ssl=b.tls, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-                    protocol=2,
-                )
-                try:
-                    with anyio.fail_after(TIMEOUT * 2):
-                        await cluster.initialize()
-                    node = cluster.get_node_from_key(self.slot_key)
-                    if node is None:
-                        raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
-                    self._class = node.connection_class
-                    self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
-                    self._path, self._host, self._port = "", node.host, int(node.port)
-                    self.node = f"{b.scheme}://{node.host}:{node.port} (cluster)"
-                finally:
-                    await cluster.aclose()
-        except (rx.RedisError, OSError, TimeoutError) as exc:
-            raise self._unavailable(exc) from exc
+                await self._locate_in_cluster()
         finally:
             await probe.aclose()
-        self._located = True
-        await self._drop_idle()
+
+    async def _locate_in_cluster(self) -> None:
+        """The master that holds the slot, as the Cluster's nodes say: the
+        URL's asked first at start; later the nodes last seen first and the
+        one the link used last, and the URL's, after them (either may be a
+        master that died, whose replica took over its slots)."""
+        b = self.backend
+        used = (self._host, self._port)
+        asked = [n for n in self._nodes if n != used] + [used, (b.host, b.port)]
+        startup = [ClusterNode(h, p) for h, p in dict.fromkeys(asked) if h]
+        cluster = RedisCluster(
+            startup_nodes=startup, password=b.password, username=b.username,
+            ssl=b.tls, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+            protocol=2,
+        )
+        try:
+            with anyio.fail_after(TIMEOUT * 2):
+                await cluster.initialize()
+            node = cluster.get_node_from_key(self.slot_key)
+            if node is None:
+                raise rx.ClusterDownError(f"no node holds the slot of {self.slot_key}")
+            self._nodes = [(n.host, int(n.port)) for n in cluster.get_nodes()]
+            self._class = node.connection_class
+            self._kwargs = dict(node.connection_kwargs, retry=_no_retry())
+            where = f"{b.scheme}://{node.host}:{node.port} (cluster)"
+            if self._host and where != self.node:
+                log.info("the namespace's slot is now served by %s (was %s)", where, self.node)
+            self._path, self._host, self._port = "", node.host, int(node.port)
+            self.node = where
+        finally:
+            await cluster.aclose()
 
     # -- round trips -------------------------------------------------------
 
@@ -164,9 +205,15 @@ class Link:
             ms = max(1, round(self.replicas_timeout * 1000))
             sent = [*commands, ("WAIT", self.replicas, ms)]
             within += self.replicas_timeout
-        for attempt in (1, 2):
+        until = asyncio.get_running_loop().time() + TIMEOUT
+        moved = missing = 0
+        demoted = False
+        while True:
             replies = await self._round_trip(sent, writes, within)
             waited = replies.pop() if waiting else None
+            if any(isinstance(r, rx.AskError) and not isinstance(r, rx.MovedError)
+                   for r in replies):
+                waited = await self._follow_asks(commands, replies, writes, within, waited)
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
                 if writes:
@@ -174,16 +221,53 @@ class Link:
                 if waiting:
                     self._check_replicas(waited)
                 return replies
-            moved = any(isinstance(e, (rx.MovedError, rx.AskError)) for e in errors)
-            missing = any(isinstance(e, rx.NoScriptError) for e in errors)
-            if attempt == 1 and moved:
-                # The Cluster moved the slot: nothing was done there.
-                log.info("the engine's slot moved; following it")
-                await self.locate()
+            # Sent again only if nothing of it ran that wrote: an error
+            # below means its command was not run.
+            again = not writes_done(commands, replies)
+            if again and moved < 3 and any(_elsewhere(e) for e in errors):
+                # The Cluster moved the slot (MOVED), or its node became a
+                # replica under a blocked read (UNBLOCKED): nothing was
+                # done there. Three times at most: the slot moving on
+                # meanwhile, or nodes that do not agree yet.
+                moved += 1
+                to = next((e for e in errors if isinstance(e, rx.MovedError)), None)
+                if to is not None:
+                    # The node that answered knows where the slot is now:
+                    # the others may not have heard yet.
+                    await self._moved_to(*to.node_addr)
+                else:
+                    await self._relocate()
                 continue
-            if attempt == 1 and missing and not writes_done(commands, replies):
+            if again and not demoted and any(isinstance(e, rx.ReadOnlyError) for e in errors):
+                # A replica now (a failover behind a name that moved to the
+                # new primary, as managed engines do): connections made
+                # from now on reach whatever the name says, once.
+                demoted = True
+                self._generation += 1
+                await self._drop_idle()
+                continue
+            if again and missing < 2 and any(isinstance(e, rx.NoScriptError) for e in errors):
+                # The engine forgot the scripts (a restart, SCRIPT FLUSH), or
+                # the slot is on a node that never had them.
+                missing += 1
                 await self._load_scripts()
                 continue
+            wait = next((e for e in errors if isinstance(e, _WAIT)), None)
+            if wait is not None and again:
+                if asyncio.get_running_loop().time() < until:
+                    await asyncio.sleep(TRYAGAIN_PAUSE)
+                    continue
+                if isinstance(wait, rx.TryAgainError):
+                    raise BackendUnavailable(
+                        f"the shared engine {self.node} is moving the namespace's slot to "
+                        f"another node, and refused this request meanwhile (TRYAGAIN) for "
+                        f"{TIMEOUT:g}s: nothing of it was done; try again"
+                    )
+                self.last_error = f"the Cluster is down (CLUSTERDOWN {_reason(wait)})"
+                raise BackendUnavailable(
+                    f"the shared engine {self.node} cannot serve: {self.last_error}; "
+                    f"nothing of this request was done"
+                )
             for e in errors:
                 if _refuses_writes(e):
                     self.refusing = f"the shared engine {self.node} refuses writes: {_reason(e)}"
@@ -191,7 +275,49 @@ class Link:
             if waiting:
                 self._check_replicas(waited)
             return await self._ours(commands, replies)
-        raise AssertionError("unreachable")
+
+    async def _follow_asks(
+        self, commands: Sequence[Command], replies: list[Any], writes: bool, within: float,
+        waited: Any,
+    ) -> Any:
+        """Send the commands the engine answered ASK (the Cluster is moving
+        the namespace's slot, and their keys are on the node it moves to)
+        to that node, each after ASKING, as redis-py's Cluster client
+        does; their replies take the ASKs' places in ``replies``. A script
+        goes as EVAL: that node may not have it. Returns WAIT's answer for
+        the writes made there (or ``waited``, none were)."""
+        asked = [i for i, r in enumerate(replies)
+                 if isinstance(r, rx.AskError) and not isinstance(r, rx.MovedError)]
+        host, port = replies[asked[0]].node_addr
+        sent: list[Command] = []
+        for i in asked:
+            command = commands[i]
+            source = self._scripts.get(_bytes(command[1])) if command[0] == "EVALSHA" else None
+            sent += [("ASKING",), command if source is None else ("EVAL", source, *command[2:])]
+        waiting = waited is not None
+        if waiting:
+            sent.append(("WAIT", self.replicas, max(1, round(self.replicas_timeout * 1000))))
+        conn = await self._open(host, int(port), "")
+        try:
+            got = await conn.exchange(pack(sent), len(sent), within)
+        except (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError) as exc:
+            if writes:
+                raise OutcomeUnknown(
+                    f"the shared engine {host}:{port} (the node the namespace's slot is moving "
+                    f"to) stopped answering after the change was sent ({_why(exc)}): it may or "
+                    f"may not have been made; read the session to see"
+                ) from exc
+            raise self._unavailable(exc) from exc
+        finally:
+            await conn.aclose()
+        for n, i in enumerate(asked):
+            replies[i] = got[2 * n + 1]
+        if waiting:
+            there = got[-1]
+            if isinstance(there, rx.ResponseError) or isinstance(waited, rx.ResponseError):
+                return there if isinstance(there, rx.ResponseError) else waited
+            return min(int(there), int(waited))
+        return waited
 
     async def _ours(self, commands: Sequence[Command], replies: list[Any]) -> list[Any]:
         """``replies`` with each error the engine answered as an
@@ -204,6 +330,8 @@ class Link:
                 text = _reason(reply)
                 if text.startswith("WRONGTYPE"):
                     text += await self._wrong_types(command)
+                elif isinstance(reply, rx.NoPermissionError):
+                    text += f" (NOPERM: {_NEEDS})"
                 reply = EngineError(
                     f"the shared engine {self.node} answered an error: {text}", _reason(reply)
                 )
@@ -253,23 +381,51 @@ class Link:
         else:
             await self._turn()
         try:
-            conn = await self._connection()
-            try:
-                replies = await conn.exchange(pack(commands), len(commands), within)
-            except BaseException as exc:
-                # Whatever went wrong, the connection may be out of step.
-                await conn.aclose()
-                if isinstance(exc, (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError)):
-                    # Written: the engine may have applied it.
-                    if writes:
+            for fresh in (False, True):
+                try:
+                    conn, reused = await self._connection(new=fresh)
+                except BackendUnavailable:
+                    if self.cluster:
+                        # The node died (refused, silent): a replica may
+                        # take over its slots, which the next call looks for.
+                        await self._relocate()
+                    raise
+                generation = self._generation
+                try:
+                    replies = await conn.exchange(pack(commands), len(commands), within)
+                except BaseException as exc:
+                    # Whatever went wrong, the connection may be out of step.
+                    await conn.aclose()
+                    if not isinstance(exc, _LOST):
+                        raise
+                    if reused and not fresh and (isinstance(exc, NotSent)
+                                                 or (not writes and _closed(exc))):
+                        # An idle connection the engine closed (CLIENT KILL,
+                        # its timeout): sent again on a new one, a read, or
+                        # a change it never got.
+                        continue
+                    if self.cluster:
+                        # The node may have died and a replica taken over.
+                        await self._relocate()
+                    if writes and not isinstance(exc, NotSent):
+                        # Written: the engine may have applied it.
                         raise OutcomeUnknown(
                             f"the shared engine {self.node} stopped answering after the "
                             f"change was sent ({_why(exc)}): it may or may not have been "
                             f"made; read the session to see"
                         ) from exc
                     raise self._unavailable(exc) from exc
-                raise
-            self._idle.append(conn)
+                refused = next((r for r in replies if isinstance(r, rx.ConnectionError)), None)
+                if refused is not None:
+                    # The engine refused the connection itself (maxclients,
+                    # LOADING a dataset): it ran none of the commands.
+                    await conn.aclose()
+                    raise self._unavailable(refused)
+                if generation == self._generation:
+                    self._idle.append(conn)
+                else:
+                    await conn.aclose()  # to the node that held the slot before
+                break
         finally:
             self._hand_back()
         self.last_error = None
@@ -295,18 +451,26 @@ class Link:
                 return
         self._free += 1
 
-    async def _connection(self) -> Connected:
-        """An idle connection that is still open, or a new one."""
-        while self._idle:
+    async def _connection(self, new: bool = False) -> tuple[Connected, bool]:
+        """An idle connection that is still open (unless ``new``), or a new
+        one; and whether it was idle."""
+        while self._idle and not new:
             conn = self._idle.pop()
             if conn.sendable():
-                return conn
+                return conn, True
             await conn.aclose()
         if not self._located:
-            await self.locate()
+            async with self._locating:
+                if not self._located:  # (another call may have located it)
+                    await self.locate()
+        return await self._open(self._host, self._port, self._path), False
+
+    async def _open(self, host: str, port: int, path: str) -> Connected:
+        """A new connection to the node at ``path`` or ``host:port``.
+        Raises ``BackendUnavailable``."""
         try:
             if self.backend.tls:
-                borrowed = self._class(**self._kwargs)
+                borrowed = self._class(**{**self._kwargs, "host": host, "port": port})
                 try:
                     with anyio.fail_after(TIMEOUT):
                         await borrowed.connect()  # type: ignore[no-untyped-call]
@@ -314,7 +478,7 @@ class Link:
                     await borrowed.disconnect()
                     raise
                 return Borrowed(borrowed)
-            lean = await Lean.open(self._host, self._port, self._path, TIMEOUT)
+            lean = await Lean.open(host, port, path, TIMEOUT)
             try:
                 await self._hello(lean)
             except BaseException:
@@ -337,6 +501,8 @@ class Link:
             return
         replies = await conn.exchange(pack(commands), len(commands), TIMEOUT)
         for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, rx.ConnectionError):
+                raise reply  # maxclients reached, LOADING: in the engine's words
             if isinstance(reply, rx.ResponseError):
                 if command[0] == "AUTH" and not isinstance(reply, rx.AuthenticationError):
                     raise rx.AuthenticationError(str(reply)) from reply
@@ -345,11 +511,41 @@ class Link:
     def _unavailable(self, exc: BaseException) -> SessionError:
         if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError)):
             self.last_error = f"authentication refused: {exc}"
+        elif isinstance(exc, rx.NoPermissionError):
+            # Reached, and refused by its ACL (INFO or CLUSTER SLOTS, as it
+            # is found): not a trouble of the network.
+            self.last_error = f"its ACL refuses this daemon's user: {exc} ({_NEEDS})"
+            return BackendUnavailable(f"the shared engine {self.node} {self.last_error}")
+        elif isinstance(exc, rx.RedisClusterException):
+            # redis-py's words for any node that would not answer CLUSTER
+            # SLOTS, an ACL's refusal included ("Cluster mode is not
+            # enabled"): where to look is said with them.
+            self.last_error = (f"no node of the Cluster said which holds the namespace's slot "
+                               f"(CLUSTER SLOTS): {exc} (if they live, {_NEEDS}, CLUSTER "
+                               f"among them)")
         else:
             self.last_error = _why(exc)
         return BackendUnavailable(
             f"the shared engine {self.node} cannot be reached: {self.last_error}"
         )
+
+    async def _moved_to(self, host: str, port: int) -> None:
+        """The slot's node is ``host:port`` (a MOVED said so)."""
+        if (host, int(port)) == (self._host, self._port) and self._located:
+            return  # another call heard it first
+        where = f"{self.backend.scheme}://{host}:{port} (cluster)"
+        log.info("the namespace's slot is now served by %s (was %s)", where, self.node)
+        self._path, self._host, self._port, self.node = "", host, int(port), where
+        self._located = True
+        self._generation += 1
+        await self._drop_idle()
+
+    async def _relocate(self) -> None:
+        """Have the next round trip find the slot's node again (and the
+        connections in use now closed once done)."""
+        self._located = False
+        self._generation += 1
+        await self._drop_idle()
 
     async def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
@@ -420,14 +616,50 @@ def _no_retry() -> Retry:
 
 
 def writes_done(commands: Sequence[Command], replies: list[Any]) -> bool:
-    """Whether a command other than a script that was missing ran and
-    wrote: then the round trip cannot simply be sent again. (Ours send a
-    script alone, or reads with it.)"""
+    """Whether a script ran (and may have written): then the round trip
+    cannot simply be sent again. A script the engine did not run, or whose
+    first write it refused (READONLY), answered why (missing, its slot
+    elsewhere or moving, a replica). (Ours send a script alone, or reads
+    with it.)"""
     for command, reply in zip(commands, replies, strict=True):
         name = str(command[0]).upper()
-        if name == "EVALSHA" and not isinstance(reply, rx.NoScriptError):
+        if name == "EVALSHA" and not isinstance(reply, _NOT_RUN) and not _elsewhere(reply):
             return True
     return False
+
+
+# Error replies that say the command wrote nothing (not run, or its first
+# write refused: READONLY); those of them that say it may be run a little
+# later.
+_NOT_RUN = (
+    rx.NoScriptError, rx.AskError, rx.TryAgainError, rx.ClusterDownError, rx.ReadOnlyError,
+)
+_WAIT = (rx.TryAgainError, rx.ClusterDownError)
+
+
+def _elsewhere(reply: Any) -> bool:
+    """Whether ``reply`` says the namespace's slot is served elsewhere now:
+    MOVED, or UNBLOCKED (a blocked read on a master that became a
+    replica)."""
+    return isinstance(reply, rx.MovedError) or (
+        isinstance(reply, rx.ResponseError) and str(reply).startswith("UNBLOCKED")
+    )
+
+
+def _bytes(value: str | bytes | int | float) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+# What a lost connection raises: the engine went away, or closed it.
+_LOST = (rx.ConnectionError, rx.TimeoutError, OSError, TimeoutError)
+
+
+def _closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection the engine closed (not one that
+    went silent, nor one refused)."""
+    return isinstance(exc, (ConnectionError, rx.ConnectionError)) and not isinstance(
+        exc, (ConnectionRefusedError, TimeoutError, rx.TimeoutError)
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from sessiond.errors import BackendUnavailable, InvalidRequest, SessionError
+from sessiond.errors import BackendUnavailable, Conflict, InvalidRequest, SessionError
 from sessiond.model import ACTIVE, Session, now_us
 from sessiond.protocol import Event, EventReply, Response, frame
 from sessiond.shared.engine import SharedStore
@@ -119,12 +119,23 @@ class StreamWatcher:
         self.registry = registry
         self.last_id = "0-0"
         self.last_number = 0
+        # Why the watch ends once what came before is sent: the namespace's
+        # events numbered afresh (``_afresh``).
+        self._ends: Conflict | None = None
         registry.add(self)
 
     async def hello(self, req_id: int) -> Response:
-        """The first reply: watching, from the cursor given or from now."""
+        """The first reply: watching, from the cursor given or from now.
+        Raises ``InvalidRequest`` for a cursor no event can have,
+        ``Conflict`` for one past the namespace's last event (the engine
+        lost its events since)."""
         if self.after is not None:
             self.last_id, self.last_number = parse_cursor(self.after)
+            (reply,) = await self.store.link.call([("HGET", self.store.counters, "events")])
+            count = _number(reply)
+            if count is not None and count < self.last_number:
+                raise self._afresh(f"the cursor {self.after} is past the namespace's last "
+                                   f"event ({count})")
         else:
             self.last_id, self.last_number = await _last(self.store)
         start = f"{self.last_id}/{self.last_number}"
@@ -135,8 +146,16 @@ class StreamWatcher:
     async def next(self) -> bytes:
         """Events after the last one sent (empty when none came within a
         short wait, so that the server can look whether it stops)."""
-        entries = await _read(self.store, self.last_id)
+        if self._ends is not None:
+            raise self._ends
+        entries, count = await _read(self.store, self.last_id, counted=True)
         out: list[bytes] = []
+        if count is not None and count < self.last_number:
+            # Read before the wait: the engine lost its events meanwhile,
+            # and the stream's new ids may even be behind this one.
+            self._ends = self._afresh(f"after event {self.last_number} this watch saw, the "
+                                      f"namespace's count of events is {count}")
+            entries = []
         for entry_id, fields in entries:
             try:
                 entry = Entry(entry_id, fields)
@@ -145,6 +164,13 @@ class StreamWatcher:
                 # an event's number counts events, and it is none.
                 self.last_id = _text(entry_id)
                 continue
+            if entry.number <= self.last_number:
+                # Numbers only grow, but in a namespace whose events the
+                # engine lost: told, after what came before it.
+                self._ends = self._afresh(f"the namespace's events are numbered again from "
+                                          f"{entry.number} after event {self.last_number} "
+                                          f"this watch saw")
+                break
             gap = entry.number - self.last_number - 1
             if gap > 0:
                 lagged = Event(kind="lagged", sid=None, at=entry.at, dropped=gap)
@@ -155,23 +181,53 @@ class StreamWatcher:
             out.append(entry.frame())
         return b"".join(out)
 
+    def _afresh(self, what: str) -> Conflict:
+        """The end of a watch whose namespace's events were numbered
+        afresh: the engine lost them (FLUSHALL, a restart without
+        persistence, a failover to a replica that had not got the last
+        of them), and the sessions' changes with them, without an event;
+        the watcher cannot be told what it missed, nor how much."""
+        return Conflict(
+            f"{what}: the shared engine {self.store.link.node} lost the namespace's events "
+            f"(FLUSHALL, a restart without persistence, or a failover to a replica that lacked "
+            f"the last), and what changed with them cannot be told; read the sessions again "
+            f"(list) and watch from now"
+        )
+
     def close(self) -> None:
         self.registry.discard(self)
 
 
-async def _read(store: SharedStore, after: str) -> list[Any]:
+async def _read(
+    store: SharedStore, after: str, counted: bool = False
+) -> tuple[list[Any], int | None]:
     """The stream's entries after ``after`` as the engine gave them: ids
-    and fields."""
-    (reply,) = await store.link.call([(
-        "XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", store.events, after,
-    )])
+    and fields; and, ``counted``, the namespace's count of events read
+    just before (``None``: not asked, or not a count)."""
+    read = ("XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", store.events, after)
+    if counted:
+        count, reply = await store.link.call([("HGET", store.counters, "events"), read])
+    else:
+        count, (reply,) = None, await store.link.call([read])
     if isinstance(reply, Exception):
         raise reply
+    number = _number(count) if counted else None
     if not reply:
-        return []
+        return [], number
     # One stream asked for: its entries, however the reply is shaped.
     entries: list[Any] = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-    return entries
+    return entries, number
+
+
+def _number(count: Any) -> int | None:
+    """The count of events as the engine holds it: 0 while it holds none;
+    ``None`` for something that is no count (damaged), not checked here."""
+    if count is None:
+        return 0
+    try:
+        return int(count)
+    except (TypeError, ValueError):
+        return None
 
 
 async def _last_id(store: SharedStore) -> str:
@@ -234,7 +290,7 @@ class NamespaceReader:
             try:
                 if after is None:
                     after = await _last_id(self.store)
-                entries = await _read(self.store, after)
+                entries, _ = await _read(self.store, after)
             except SessionError as exc:
                 # The engine is away (the expiry timer says so, and the
                 # link to every request), or its stream is not one (a key

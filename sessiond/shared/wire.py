@@ -13,7 +13,8 @@ better tool.
 Both answer ``exchange``: the replies to packed commands, an error reply
 as a redis-py exception (the link and its callers tell them apart by
 class), ``TimeoutError`` when the engine does not answer within the
-deadline (``within`` seconds), ``ConnectionError`` when the connection is lost.
+deadline (``within`` seconds), ``ConnectionError`` when the connection is lost
+(``NotSent`` when it was before anything was written).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _error(reply: hiredis.ReplyError) -> rx.ResponseError:
 
 def _replies(raw: list[Any]) -> list[Any]:
     return [_error(r) if isinstance(r, hiredis.ReplyError) else r for r in raw]
+
+
+class NotSent(ConnectionError):
+    """The connection was closed before the commands were written: the
+    engine got none of them."""
 
 
 class Lean(asyncio.Protocol):
@@ -107,6 +113,11 @@ class Lean(asyncio.Protocol):
         The caller checks ``sendable`` first: a connection found dead then
         sent nothing."""
         assert self._transport is not None
+        if not self.sendable():
+            # Closed by the engine since it was checked (at once, with
+            # maxclients reached, which it said first): nothing is sent.
+            said = next((r for r in self._got if isinstance(r, hiredis.ReplyError)), None)
+            raise NotSent(str(said) if said is not None else "the engine closed the connection")
         loop = asyncio.get_running_loop()
         self._want, self._got = count, []
         waiter = self._waiter = loop.create_future()
