@@ -211,10 +211,13 @@ class Link:
         while True:
             replies = await self._round_trip(sent, writes, within)
             waited = replies.pop() if waiting else None
-            if any(isinstance(r, rx.AskError) and not isinstance(r, rx.MovedError)
-                   for r in replies):
-                waited = await self._follow_asks(commands, replies, writes, within, waited)
             errors = [r for r in replies if isinstance(r, rx.ResponseError)]
+            # Looked for among the errors alone: a batch's replies are
+            # walked once when none is one (every request's path).
+            if errors and any(isinstance(e, rx.AskError) and not isinstance(e, rx.MovedError)
+                              for e in errors):
+                waited = await self._follow_asks(commands, replies, writes, within, waited)
+                errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
                 if writes:
                     self.refusing = None
