@@ -22,6 +22,7 @@ from sessiond import (
     __version__,
     check,
     config,
+    datadir,
     logs,
     migration,
     paths,
@@ -116,7 +117,7 @@ def _positive(text: str) -> int:
 async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
-    lock_fd = paths.lock_data_dir(where.lock)
+    lock = paths.lock_data_dir(where.lock)
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
@@ -127,18 +128,20 @@ async def run(args: argparse.Namespace) -> int:
         if url:
             engine = await open_shared(args, start, url, layers)
             try:
-                await serve(Server(engine, engine.live, loop_name), where)
+                keeper = datadir.DataDirKeeper(lock, None)
+                await serve(Server(engine, engine.live, loop_name), where, keeper)
             finally:
                 await engine.stop()
             return 0
         store, journal, layers = open_local(where, layers)
         try:
             live = Live(layers)
-            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where)
+            keeper = datadir.DataDirKeeper(lock, journal)
+            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where, keeper)
         finally:
             journal.close()
     finally:
-        os.close(lock_fd)
+        lock.close()
     return 0
 
 
@@ -211,7 +214,7 @@ def asyncio_loop() -> object:
     return asyncio.get_running_loop()
 
 
-async def serve(server: Server, where: paths.Paths) -> None:
+async def serve(server: Server, where: paths.Paths, data: datadir.DataDirKeeper) -> None:
     engine = server.engine
     activated = systemd.listen_fds()
     # Checked outside the task group, and before "ready", so that a bad
@@ -239,6 +242,7 @@ async def serve(server: Server, where: paths.Paths) -> None:
             server.start(listener, tg)
             if keeper is not None:
                 tg.start_soon(keeper.run, server)
+            tg.start_soon(data.run)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
                      __version__, address, os.getpid(), engine.sessions(), engine.describe())
             # Only now: replay is done and the socket listens, so a client

@@ -406,6 +406,16 @@ class Journal:
         self.settlement.refuse(refused, self.readonly.enter(exc, what), by_syncer=group is None)
         self.readonly.entered()
 
+    def lost(self, why: str) -> None:
+        """The file at ``path`` is no longer the one written (``why``: see
+        ``sessiond.datadir``): turn read-only, refusing every batch queued,
+        until a compaction writes the whole state to ``path`` again."""
+        refused, self._queue = self._queue, []
+        # As for the background fsync, a group in the writer thread may yet
+        # be written: what is refused here is behind it (``by_syncer``).
+        self.settlement.refuse(refused, self.readonly.lose(why), by_syncer=True)
+        self.readonly.entered()
+
     async def try_resume(self) -> bool:
         """Whether writes are accepted, after trying to leave read-only mode
         (``ReadOnlyMode.try_resume``: only a write refused for want of room
