@@ -38,7 +38,7 @@ from sessiond.local import LocalEngine
 from sessiond.model import now_us
 from sessiond.records import journal_lines
 from sessiond.replay import JournalDamaged, load_store, remove_leftovers
-from sessiond.server import Engine, Server
+from sessiond.server import Engine, Server, raise_open_files_limit
 from sessiond.store import Store
 
 TYPE_CHECKING = False
@@ -118,6 +118,7 @@ async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
     lock = paths.lock_data_dir(where.lock)
+    raise_open_files_limit()
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
