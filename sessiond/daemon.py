@@ -137,6 +137,7 @@ async def run(args: argparse.Namespace) -> int:
         store, journal, layers = open_local(where, layers)
         try:
             live = Live(layers)
+            journal.home = lock.home
             keeper = datadir.DataDirKeeper(lock, journal)
             await serve(Server(LocalEngine(store, journal, live), live, loop_name), where, keeper)
         finally:

@@ -16,6 +16,12 @@ holding them open: nothing fails, and that is the danger.
   nothing acknowledged is lost unless the daemon dies before the rewrite
   (PostgreSQL, which checks its lock file once a minute, shuts down
   instead; the state here lives in memory and can be put back).
+* **The data dir itself.** Moved away or removed (and perhaps made again,
+  by another daemon that now holds the new one): writes are refused as
+  above, and nothing is written at the path until it leads to the
+  directory this daemon locked again (``compaction.at_home``), when the
+  rewrite puts the journal back. (A restart meanwhile would start on
+  whatever is at the path, without what the moved directory holds.)
 * **The lock file.** The data dir stays locked without it (the lock is on
   the directory too: ``paths.DataDirLock``), but it names the holder to
   clients, autostart and a second daemon: it is written again, saying so.
@@ -71,9 +77,34 @@ class DataDirKeeper:
             self.check()
 
     def check(self) -> None:
+        if not self._at_home():
+            return
         if self.journal is not None:
             self._check_journal(self.journal)
         self._check_lock()
+
+    def _at_home(self) -> bool:
+        """Whether the data dir's path still leads to the directory locked.
+        When it does not (moved away, removed, another made in its place),
+        nothing is written there: writes are refused until it is back."""
+        directory = self.lock.path.parent
+        try:
+            now = _at(directory)
+        except OSError as exc:
+            self._say(f"cannot tell whether data dir {directory} is still this daemon's: "
+                      f"{describe(exc)}")
+            return False
+        if now == self.lock.home:
+            return True
+        journal = self.journal
+        if journal is not None and not journal.readonly.file_lost:
+            journal.lost(f"data dir {directory} was moved, removed or replaced while the "
+                         f"daemon ran, so what is written would not be found at the next "
+                         f"start; put it back, or restart sessiond")
+        elif journal is None:
+            self._say(f"data dir {directory} was moved, removed or replaced while the "
+                      f"daemon ran; restart sessiond")
+        return False
 
     def _check_journal(self, journal: Journal) -> None:
         file = journal.file

@@ -100,6 +100,10 @@ class Journal:
         self.policy = policy
         # The file, once open; replaced by each compaction.
         self.file: JournalFile | None = None
+        # The data dir this daemon locked (device, inode), set by the
+        # daemon: a compaction writes into the directory at ``path``'s
+        # parent only while it is that one (``compaction.at_home``).
+        self.home: tuple[int, int] | None = None
         self.fsyncs = 0
         self._dirty = False
         self._queue: list[Batch] = []

@@ -226,12 +226,16 @@ class DataDirLock:
     ``file_fd`` is replaced when the daemon writes a removed lock file
     again (``sessiond.datadir``)."""
 
-    __slots__ = ("path", "dir_fd", "file_fd")
+    __slots__ = ("path", "dir_fd", "file_fd", "home")
 
     def __init__(self, path: Path, dir_fd: int | None, file_fd: int) -> None:
         self.path = path
         self.dir_fd = dir_fd
         self.file_fd = file_fd
+        # The data dir locked (device, inode): a directory moved away, and
+        # another made at its path, is not it.
+        st = os.fstat(dir_fd) if dir_fd is not None else os.stat(path.parent)
+        self.home = (st.st_dev, st.st_ino)
 
     def close(self) -> None:
         for fd in (self.file_fd, self.dir_fd):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sessionctl import Client
-from sessiond.errors import ReadOnly, SessionNotFound
+from sessiond.errors import DaemonUnavailable, ReadOnly, SessionError, SessionNotFound
 from tests.conftest import Daemon, wait_until
 
 pytestmark = pytest.mark.local_only("the journal and the data dir's lock")
@@ -31,6 +31,15 @@ def exists(c: Client, sid: str) -> bool:
     try:
         c.get(sid)
     except SessionNotFound:
+        return False
+    return True
+
+
+def answers(socket: Path) -> bool:
+    try:
+        with Client(socket, timeout=5) as c:
+            c.ping()
+    except DaemonUnavailable:
         return False
     return True
 
@@ -62,7 +71,8 @@ def test_a_second_daemon_is_refused_after_the_lock_file_was_removed(
     # The first writes its lock file again, naming itself for clients.
     wait_until(lambda: lock.exists() and lock.read_text().strip() == str(first.proc.pid),
                what="the lock file written again")
-    assert "lock file" in first.log_text() and "wrote it again" in first.log_text()
+    wait_until(lambda: "was removed while this daemon ran: wrote it again" in first.log_text(),
+               what="the daemon to say so")
     with first.client() as c:
         c.create(id="after", user="u")
     first.kill()
@@ -116,3 +126,55 @@ def test_a_journal_replaced_by_another_file_is_written_again_from_memory(
     d.start()
     with d.client() as c:
         assert exists(c, "kept") and exists(c, "next")
+
+
+def test_a_data_dir_moved_away_gets_nothing_written_at_its_path_until_it_is_back(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    moved = d.root / "data.moved"
+    acknowledged = ["before"]
+    with d.client() as c:
+        c.create(id="before", user="u")
+        d.data_dir.rename(moved)
+        # Acknowledged until the daemon notices (they are in memory and in
+        # the moved directory), then refused.
+        tries = iter(range(10_000))
+
+        def refused() -> bool:
+            sid = f"w{next(tries)}"
+            if created(c, sid):
+                acknowledged.append(sid)
+                return False
+            return True
+
+        wait_until(refused, what="writes refused")
+    # Another daemon makes a data dir at the path, and holds it.
+    other = make_daemon(start=False, root=d.root)
+    other_socket = d.root / "run" / "other.sock"
+    other.extra_env["SESSIOND_SOCKET"] = str(other_socket)
+    other.start(wait=False)
+    wait_until(lambda: answers(other_socket), 15, "the other daemon")
+    with Client(other_socket) as c:
+        c.create(id="others", user="u")
+    with d.client() as c:
+        # A rewrite ('compact' asks for one now) is refused rather than
+        # write over the other's journal: before, the daemon put the whole
+        # of its state there.
+        with pytest.raises(SessionError, match="no longer the directory this daemon locked"):
+            c.compact()
+        with pytest.raises(ReadOnly):
+            c.create(id="refused", user="u")
+    assert not holds(d.journal, "before") and holds(d.journal, "others")
+    assert other.stop() == 0
+    d.data_dir.rename(d.root / "data.other")
+    moved.rename(d.data_dir)
+    with d.client() as c:
+        c.compact()
+        c.create(id="after", user="u")
+    acknowledged.append("after")
+    d.kill()
+    d.start()
+    with d.client() as c:
+        assert all(exists(c, sid) for sid in acknowledged)
+        assert not exists(c, "others") and not exists(c, "refused")
