@@ -30,6 +30,7 @@ from sessiond import (
     snapshot,
     systemd,
 )
+from sessiond.diskio import describe
 from sessiond.errors import DataDirTaken, SessionError, StartError
 from sessiond.failpoints import START_HOLD, hold
 from sessiond.journal import POLICIES, Journal
@@ -187,7 +188,15 @@ def open_local(
         initial = store.cap_lifetimes(now)
         initial += store.expire_due(now) + store.purge_due(now)
         if initial:
-            journal.append_at_start(journal_lines(initial))
+            try:
+                journal.append_at_start(journal_lines(initial))
+            except OSError as exc:
+                raise StartError(
+                    f"cannot write to journal {where.journal}: {describe(exc)}; the "
+                    f"{len(initial)} changes replay implies (sessions that expired while "
+                    f"the daemon was down, or a lowered max_lifetime) must be on disk before "
+                    f"it serves: make room (or fix the disk), then start it again"
+                ) from exc
         if migrated is not None:
             migration.mark_migrated(where.data_dir, migrated)
     except BaseException:

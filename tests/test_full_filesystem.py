@@ -14,11 +14,12 @@ import errno
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon
+from tests.conftest import Daemon, wait_until
 
 pytestmark = pytest.mark.local_only("the daemon's own files on a filesystem of the test's")
 
@@ -96,3 +97,28 @@ def test_a_setting_the_config_file_cannot_take_is_refused_exit_1_and_changes_not
     d.stop()
     d.start()
     assert d.ctl("config", "default_ttl").stdout == "100\n"
+
+
+def test_a_start_that_cannot_write_what_replay_implies_says_so_and_starts_once_there_is_room(
+    make_daemon: Callable[..., Daemon], small_fs: Path
+) -> None:
+    d = make_daemon(env={"SESSIOND_DATA_DIR": str(small_fs / "data")})
+    with d.client() as c:
+        # Enough that their expiries need more than the journal's last page.
+        for i in range(40):
+            c.create(id=f"due{i}", user="u", ttl=1, meta={"pad": "x" * 200})
+        expires = c.get("due39").expires_at
+    assert d.stop() == 0
+    filler = fill(small_fs)
+    wait_until(lambda: datetime.now(UTC) > expires, what="the session's deadline")
+    d.start(wait=False)
+    assert d.proc is not None
+    assert d.proc.wait(15) == 1
+    # Before: "[Errno 28] No space left on device", and nothing else.
+    log = d.log_text()
+    assert f"cannot write to journal {small_fs / 'data' / 'data.jsonl'}" in log, log
+    assert "No space left on device" in log and "make room" in log, log
+    filler.unlink()
+    d.start()
+    with d.client() as c:
+        assert all(c.get(f"due{i}").status == "expired" for i in range(40))
