@@ -16,6 +16,8 @@ another path is told what it always was.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 
 from sessiond.paths import LOCK_NAME, data_dir
 
@@ -95,6 +97,33 @@ def listening(pid: int) -> set[str]:
         if name is not None:
             found.add(name)
     return found
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def no_answer(where: str, sock: socket.socket | None) -> str:
+    """What to say when the daemon on ``where`` (connected on ``sock``) did
+    not answer in time: that, and, when the process listening there is
+    stopped (SIGSTOP, Ctrl-Z, a debugger), which one and how to resume
+    it. The kernel keeps the listener's pid for a connection even before
+    the daemon accepts it."""
+    said = f"sessiond on {where} did not answer in time"
+    if sock is None:
+        return said
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        with open(f"/proc/{_PEERCRED.unpack(raw)[0]}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return said
+    pid = _PEERCRED.unpack(raw)[0]
+    # The state follows the command's name, which may hold anything.
+    state = stat.rpartition(b")")[2].split()[:1]
+    if state in ([b"T"], [b"t"]):
+        return (f"{said}: its process (pid {pid}) is stopped (SIGSTOP, Ctrl-Z or a "
+                f"debugger); 'kill -CONT {pid}' resumes it")
+    return said
 
 
 def socket_missing(where: str, pid: int) -> str:
