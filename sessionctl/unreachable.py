@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 
 from sessiond.paths import LOCK_NAME, data_dir
@@ -134,15 +135,36 @@ def socket_missing(where: str, pid: int) -> str:
     )
 
 
+def not_a_socket(where: str, pid: int) -> str | None:
+    """What to tell a client when the daemon ``pid`` listens on a socket
+    bound to ``where`` but something that is no socket is at that path
+    now (which the daemon leaves alone: it is not its to remove); ``None``
+    when a socket (or nothing) is there."""
+    try:
+        st = os.lstat(where)
+    except OSError:
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        return None
+    return (
+        f"sessiond (pid {pid}) holds {data_dir()} and listens on {where}, but a file that "
+        f"is no socket is at that path now, which it leaves alone; remove it, and the "
+        f"daemon binds the path again within a second or two"
+    )
+
+
 def connect_failed(where: str, exc: OSError) -> str | None:
     """A better reason than ``exc`` for failing to connect to ``where``, if
-    there is one: the daemon runs but its socket is gone, or the path is
-    one no socket can have. ``None``: say what the caller would have."""
-    if isinstance(exc, FileNotFoundError):
+    there is one: the daemon runs but its socket is gone or replaced by a
+    file, or the path is one no socket can have. ``None``: say what the
+    caller would have."""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
         pid = holder()
-        if pid is not None and listens_on(pid, where):
+        if pid is None or not listens_on(pid, where):
+            return None
+        if isinstance(exc, FileNotFoundError):
             return socket_missing(where, pid)
-        return None
+        return not_a_socket(where, pid)
     if exc.errno is None and "too long" in str(exc):
         # connect(2) refuses such a path with no errno ("AF_UNIX path too long").
         return (
