@@ -352,7 +352,9 @@ class AsyncClient(Operations):
             with self._waiting():
                 chunk = await self._recv(sock)
         except TimeoutError as exc:
-            raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
+            from sessionctl.unreachable import no_answer
+
+            raise DaemonUnavailable(no_answer(self._where, sock)) from exc
         except (anyio.ClosedResourceError, OSError) as exc:
             if self._closed or self._sock is not sock:
                 # Closed by aclose(), or dropped by a send cut short.

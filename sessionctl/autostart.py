@@ -187,7 +187,7 @@ def _wait_for_holder(
     Raises ``DaemonUnavailable`` when it does not, and at once when it
     listens on another path (it was started there by hand): it never
     will."""
-    from sessionctl.unreachable import holder, listening
+    from sessionctl.unreachable import holder, listening, not_a_socket
 
     where = os.fspath(path)
     while _other_daemon_alive(data, ours):
@@ -195,6 +195,12 @@ def _wait_for_holder(
             return
         pid = holder(data)
         bound = listening(pid) if pid is not None else set()
+        if pid is not None and (where in bound or os.path.abspath(where) in bound):
+            squatted = not_a_socket(where, pid)
+            if squatted is not None:
+                # The daemon will not remove it: waiting would only end in
+                # the timeout, with a wrong reason.
+                raise DaemonUnavailable(squatted)
         if bound and where not in bound and os.path.abspath(where) not in bound:
             raise DaemonUnavailable(
                 f"another sessiond (pid {pid}) holds data dir {data} and listens on "

@@ -396,7 +396,9 @@ class Client(Operations):
         try:
             chunk = sock.recv(size)
         except (TimeoutError, BlockingIOError) as exc:
-            raise DaemonUnavailable(f"sessiond on {self._where} did not answer in time") from exc
+            from sessionctl.unreachable import no_answer
+
+            raise DaemonUnavailable(no_answer(self._where, sock)) from exc
         except OSError as exc:
             if self._closed:
                 raise closed("Client", self._where, midway=True) from exc

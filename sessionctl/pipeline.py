@@ -293,7 +293,9 @@ class Pipeline(Batch[D]):
             while sent < len(data):
                 ready = poller.poll(wait_ms)
                 if not ready:
-                    raise DaemonUnavailable(f"sessiond on {c._where} did not answer in time")
+                    from sessionctl.unreachable import no_answer
+
+                    raise DaemonUnavailable(no_answer(c._where, sock))
                 mask = ready[0][1]
                 if mask & (select.POLLIN | select.POLLHUP | select.POLLERR):
                     self._settle_strays(block=True)

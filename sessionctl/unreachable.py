@@ -16,6 +16,9 @@ another path is told what it always was.
 from __future__ import annotations
 
 import os
+import socket
+import stat
+import struct
 
 from sessiond.paths import LOCK_NAME, data_dir
 
@@ -97,6 +100,33 @@ def listening(pid: int) -> set[str]:
     return found
 
 
+_PEERCRED = struct.Struct("3i")
+
+
+def no_answer(where: str, sock: socket.socket | None) -> str:
+    """What to say when the daemon on ``where`` (connected on ``sock``) did
+    not answer in time: that, and, when the process listening there is
+    stopped (SIGSTOP, Ctrl-Z, a debugger), which one and how to resume
+    it. The kernel keeps the listener's pid for a connection even before
+    the daemon accepts it."""
+    said = f"sessiond on {where} did not answer in time"
+    if sock is None:
+        return said
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        with open(f"/proc/{_PEERCRED.unpack(raw)[0]}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return said
+    pid = _PEERCRED.unpack(raw)[0]
+    # The state follows the command's name, which may hold anything.
+    state = stat.rpartition(b")")[2].split()[:1]
+    if state in ([b"T"], [b"t"]):
+        return (f"{said}: its process (pid {pid}) is stopped (SIGSTOP, Ctrl-Z or a "
+                f"debugger); 'kill -CONT {pid}' resumes it")
+    return said
+
+
 def socket_missing(where: str, pid: int) -> str:
     """What to tell a client when the daemon ``pid`` runs but ``where`` is gone."""
     return (
@@ -105,15 +135,36 @@ def socket_missing(where: str, pid: int) -> str:
     )
 
 
+def not_a_socket(where: str, pid: int) -> str | None:
+    """What to tell a client when the daemon ``pid`` listens on a socket
+    bound to ``where`` but something that is no socket is at that path
+    now (which the daemon leaves alone: it is not its to remove); ``None``
+    when a socket (or nothing) is there."""
+    try:
+        st = os.lstat(where)
+    except OSError:
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        return None
+    return (
+        f"sessiond (pid {pid}) holds {data_dir()} and listens on {where}, but a file that "
+        f"is no socket is at that path now, which it leaves alone; remove it, and the "
+        f"daemon binds the path again within a second or two"
+    )
+
+
 def connect_failed(where: str, exc: OSError) -> str | None:
     """A better reason than ``exc`` for failing to connect to ``where``, if
-    there is one: the daemon runs but its socket is gone, or the path is
-    one no socket can have. ``None``: say what the caller would have."""
-    if isinstance(exc, FileNotFoundError):
+    there is one: the daemon runs but its socket is gone or replaced by a
+    file, or the path is one no socket can have. ``None``: say what the
+    caller would have."""
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
         pid = holder()
-        if pid is not None and listens_on(pid, where):
+        if pid is None or not listens_on(pid, where):
+            return None
+        if isinstance(exc, FileNotFoundError):
             return socket_missing(where, pid)
-        return None
+        return not_a_socket(where, pid)
     if exc.errno is None and "too long" in str(exc):
         # connect(2) refuses such a path with no errno ("AF_UNIX path too long").
         return (

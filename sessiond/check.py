@@ -9,7 +9,6 @@ journal without its unreadable lines (``replay.repair``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sessiond import paths, snapshot
@@ -80,7 +79,7 @@ def do_repair(where: paths.Paths) -> int:
     missing = _nothing_there(where, "repair")
     if missing is not None:
         raise missing
-    lock_fd = paths.lock_data_dir(where.lock)
+    lock = paths.lock_data_dir(where.lock)
     try:
         stale = snapshot.snapshot_path(where.journal)
         if where.journal.exists() and stale.exists():
@@ -91,7 +90,7 @@ def do_repair(where: paths.Paths) -> int:
             print(f"removed the snapshot {stale}: the next compaction writes a new one")
         backup, dropped = repair(where.journal, loader(Store()))
     finally:
-        os.close(lock_fd)
+        lock.close()
     print(f"backup kept at {backup}")
     ids = sorted({sid for *_, sid in dropped if sid})
     print(f"dropped {len(dropped)} unreadable lines" + (f" (ids: {', '.join(ids)})" if ids else ""))

@@ -71,6 +71,7 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
         # capture (and perhaps in the records too).
         accepted, errors = rewrites.start_capture()
         try:
+            at_home(path, journal.home)
             kept = await anyio.to_thread.run_sync(
                 write_snapshot, tmp, records, len(records), snap
             )
@@ -79,7 +80,7 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
             await journal.settlement.wait(accepted)
             async with rewrites.holding_writes(errors) as tail:
                 fd, size, dir_error = await anyio.to_thread.run_sync(
-                    finish, path, tmp, tail, snap
+                    finish, path, tmp, tail, snap, journal.home
                 )
                 # Swapped while the writes are held: no thread uses the old fd.
                 old = journal.swap(fd, size, 2 if tail else 1)
@@ -90,6 +91,9 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close_replaced, old.fd)
                 await anyio.to_thread.run_sync(snap.release)
+        except Elsewhere as exc:
+            # Nothing of ours is there to remove (another daemon's may be).
+            raise JournalError(f"compaction failed: {exc}") from exc
         except (OSError, Abandoned) as exc:
             why = describe(exc) if isinstance(exc, OSError) else str(exc)
             if isinstance(exc, OSError):
@@ -112,6 +116,27 @@ async def compact(journal: Journal, slots: Callable[[], Sequence[Record | None]]
             log.warning("%s: rewritten in full, which freed no room to append: writes stay "
                         "refused", path)
         return CompactResult(bytes_before=before, bytes_after=size, sessions=kept, seconds=seconds)
+
+
+class Elsewhere(Exception):
+    """The data dir at the journal's path is not the one this daemon locked."""
+
+
+def at_home(path: Path, home: tuple[int, int] | None) -> None:
+    """Raises ``Elsewhere`` unless the directory of ``path`` is the data
+    dir locked (``home``; ``None``: not known, taken as it): one moved
+    away while the daemon ran, and another made at its path (by another
+    daemon, perhaps, which holds that one), must not get this daemon's
+    files. ``sessiond.datadir`` refuses writes meanwhile."""
+    if home is None:
+        return
+    try:
+        st = os.stat(path.parent)
+    except OSError as exc:
+        raise Elsewhere(f"data dir {path.parent}: {describe(exc)}") from exc
+    if (st.st_dev, st.st_ino) != home:
+        raise Elsewhere(f"data dir {path.parent} is no longer the directory this daemon "
+                        f"locked (moved away, or replaced)")
 
 
 def write_snapshot(
@@ -151,12 +176,16 @@ def write_snapshot(
 
 
 def finish(
-    path: Path, tmp: Path, tail: bytes, snap: snapshot.Writer
+    path: Path, tmp: Path, tail: bytes, snap: snapshot.Writer, home: tuple[int, int] | None
 ) -> tuple[int, int, OSError | None]:
     """Append ``tail`` (the writes captured meanwhile) to the temp file,
     fsync it and rename it over the journal at ``path``; then the snapshot.
     Returns the new journal's descriptor, its size, and the error of the
-    directory fsync if that failed (the renames are done either way)."""
+    directory fsync if that failed (the renames are done either way).
+    Raises ``Elsewhere`` when the data dir is no longer ``home``."""
+    # Asked again: the directory could have moved while the records were
+    # written (and ``tmp`` would now name a file in another's).
+    at_home(path, home)
     # Not O_APPEND: it becomes the journal (see ``Journal.open``).
     fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
     try:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from sessiond.errors import ConfigError, Conflict
+from sessiond.errors import ConfigError, Conflict, ReadOnly
 from sessiond.limits import MAX_TTL
 
 Seconds = Annotated[int, msgspec.Meta(ge=0, le=MAX_TTL)]
@@ -249,7 +249,8 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
     """Set ``key`` in the config file, leaving its other keys as they are
     there now (a hand edit not yet reloaded is kept). Returns what the file
     held before (``None``: there was none), for ``restore``. Raises
-    ``ConfigError``."""
+    ``ConfigError`` (the file holds a bad value), ``ReadOnly`` (it cannot
+    be written)."""
     before = read_json_object(path, "config ")
     if before is not None:
         try:
@@ -262,14 +263,14 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
 
 
 def restore(path: Path, before: dict[str, Any] | None) -> None:
-    """Put back what ``persist_key`` replaced. Raises ``ConfigError``."""
+    """Put back what ``persist_key`` replaced. Raises ``ReadOnly``."""
     if before is not None:
         save(path, before)
         return
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot remove config {path}: {exc.strerror}") from exc
+        raise ReadOnly(f"cannot remove config {path}: {exc.strerror}") from exc
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:
@@ -451,7 +452,7 @@ def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:
 
 
 def save(path: Path, settings: Settings | dict[str, Any]) -> None:
-    """Write atomically (``sessiond.diskio``); raises ``ConfigError``."""
+    """Write atomically (``sessiond.diskio``); raises ``ReadOnly`` when it cannot be written."""
     # Imported here: ``sessionctl config`` reads this module, and needs no
     # tempfile to do it.
     from sessiond.diskio import atomic_write
@@ -462,4 +463,7 @@ def save(path: Path, settings: Settings | dict[str, Any]) -> None:
         make_private_dirs(path.parent)
         atomic_write(path, data)
     except OSError as exc:
-        raise ConfigError(f"cannot write config {path}: {exc.strerror}") from exc
+        # Not the value's fault (a full disk, a read-only one): refused as a
+        # write the journal cannot take is, exit 1, not a usage error.
+        raise ReadOnly(f"cannot write config {path}: {exc.strerror}; the setting is "
+                       f"unchanged") from exc

@@ -22,6 +22,7 @@ from sessiond import (
     __version__,
     check,
     config,
+    datadir,
     logs,
     migration,
     paths,
@@ -29,6 +30,7 @@ from sessiond import (
     snapshot,
     systemd,
 )
+from sessiond.diskio import describe
 from sessiond.errors import DataDirTaken, SessionError, StartError
 from sessiond.failpoints import START_HOLD, hold
 from sessiond.journal import POLICIES, Journal
@@ -37,7 +39,7 @@ from sessiond.local import LocalEngine
 from sessiond.model import now_us
 from sessiond.records import journal_lines
 from sessiond.replay import JournalDamaged, load_store, remove_leftovers
-from sessiond.server import Engine, Server
+from sessiond.server import Engine, Server, raise_open_files_limit
 from sessiond.store import Store
 
 TYPE_CHECKING = False
@@ -116,7 +118,8 @@ def _positive(text: str) -> int:
 async def run(args: argparse.Namespace) -> int:
     where = paths.resolve(args.socket, args.data_dir, args.config)
     paths.private_dir(where.data_dir)
-    lock_fd = paths.lock_data_dir(where.lock)
+    lock = paths.lock_data_dir(where.lock)
+    raise_open_files_limit()
     logs.start_rotating()  # the log file is ours to rotate only now
     try:
         flags = {"fsync": args.fsync} if args.fsync else {}
@@ -127,18 +130,21 @@ async def run(args: argparse.Namespace) -> int:
         if url:
             engine = await open_shared(args, start, url, layers)
             try:
-                await serve(Server(engine, engine.live, loop_name), where)
+                keeper = datadir.DataDirKeeper(lock, None)
+                await serve(Server(engine, engine.live, loop_name), where, keeper)
             finally:
                 await engine.stop()
             return 0
         store, journal, layers = open_local(where, layers)
         try:
             live = Live(layers)
-            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where)
+            journal.home = lock.home
+            keeper = datadir.DataDirKeeper(lock, journal)
+            await serve(Server(LocalEngine(store, journal, live), live, loop_name), where, keeper)
         finally:
             journal.close()
     finally:
-        os.close(lock_fd)
+        lock.close()
     return 0
 
 
@@ -182,7 +188,15 @@ def open_local(
         initial = store.cap_lifetimes(now)
         initial += store.expire_due(now) + store.purge_due(now)
         if initial:
-            journal.append_at_start(journal_lines(initial))
+            try:
+                journal.append_at_start(journal_lines(initial))
+            except OSError as exc:
+                raise StartError(
+                    f"cannot write to journal {where.journal}: {describe(exc)}; the "
+                    f"{len(initial)} changes replay implies (sessions that expired while "
+                    f"the daemon was down, or a lowered max_lifetime) must be on disk before "
+                    f"it serves: make room (or fix the disk), then start it again"
+                ) from exc
         if migrated is not None:
             migration.mark_migrated(where.data_dir, migrated)
     except BaseException:
@@ -211,7 +225,7 @@ def asyncio_loop() -> object:
     return asyncio.get_running_loop()
 
 
-async def serve(server: Server, where: paths.Paths) -> None:
+async def serve(server: Server, where: paths.Paths, data: datadir.DataDirKeeper) -> None:
     engine = server.engine
     activated = systemd.listen_fds()
     # Checked outside the task group, and before "ready", so that a bad
@@ -239,6 +253,7 @@ async def serve(server: Server, where: paths.Paths) -> None:
             server.start(listener, tg)
             if keeper is not None:
                 tg.start_soon(keeper.run, server)
+            tg.start_soon(data.run)
             log.info("sessiond %s ready on %s (pid %d, %d sessions, %s)",
                      __version__, address, os.getpid(), engine.sessions(), engine.describe())
             # Only now: replay is done and the socket listens, so a client

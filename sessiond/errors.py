@@ -57,7 +57,8 @@ class Unsupported(SessionError):
 
 
 class ReadOnly(SessionError):
-    """Writes are refused because the journal could not be written."""
+    """Writes are refused because the journal (or, for a setting, the
+    config file) could not be written."""
 
     code = "read_only"
 

@@ -100,6 +100,10 @@ class Journal:
         self.policy = policy
         # The file, once open; replaced by each compaction.
         self.file: JournalFile | None = None
+        # The data dir this daemon locked (device, inode), set by the
+        # daemon: a compaction writes into the directory at ``path``'s
+        # parent only while it is that one (``compaction.at_home``).
+        self.home: tuple[int, int] | None = None
         self.fsyncs = 0
         self._dirty = False
         self._queue: list[Batch] = []
@@ -404,6 +408,16 @@ class Journal:
         refused = (group or []) + self._queue
         self._queue = []
         self.settlement.refuse(refused, self.readonly.enter(exc, what), by_syncer=group is None)
+        self.readonly.entered()
+
+    def lost(self, why: str) -> None:
+        """The file at ``path`` is no longer the one written (``why``: see
+        ``sessiond.datadir``): turn read-only, refusing every batch queued,
+        until a compaction writes the whole state to ``path`` again."""
+        refused, self._queue = self._queue, []
+        # As for the background fsync, a group in the writer thread may yet
+        # be written: what is refused here is behind it (``by_syncer``).
+        self.settlement.refuse(refused, self.readonly.lose(why), by_syncer=True)
         self.readonly.entered()
 
     async def try_resume(self) -> bool:

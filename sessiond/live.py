@@ -62,9 +62,10 @@ async def set_key(live: Live, key: str, value: Any, adopt: Adopt) -> dict[str, A
     """Validate, persist that one key atomically, then put it in force.
 
     Raises ``ConfigError`` (a bad key or value), ``Conflict`` (a flag or an
-    environment variable sets the key), ``ReadOnly`` (the changes the new
-    value makes, such as a lowered max_lifetime's, could not be persisted:
-    the file and the settings are as they were)."""
+    environment variable sets the key), ``ReadOnly`` (the config file
+    cannot be written, or the changes the new value makes, such as a
+    lowered max_lifetime's, could not be persisted: the file and the
+    settings are as they were)."""
     async with live.lock:
         new = live.layers.with_key(key, value)
         value = getattr(new.settings, key)

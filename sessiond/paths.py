@@ -213,9 +213,87 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def lock_data_dir(lock_path: Path) -> int:
-    """Exclusive lock on the data dir, held for the daemon's life. Raises
-    ``StartError`` when another daemon holds it or it cannot be made."""
+class DataDirLock:
+    """The data dir's lock, held for the daemon's life: ``close`` lets go.
+
+    Two locks. One on the directory itself (flock of its descriptor):
+    removing or replacing a file inside cannot undo it, so a tmp cleaner
+    that took ``sessiond.lock`` away (or an ``rm`` of it by hand) lets no
+    second daemon start on the same journal, where the two would write
+    over each other's lines. And one on the lock file, which names the
+    holder's pid for others to read, and is the lock a daemon of an older
+    version takes (so that it and this one exclude each other too).
+    ``file_fd`` is replaced when the daemon writes a removed lock file
+    again (``sessiond.datadir``)."""
+
+    __slots__ = ("path", "dir_fd", "file_fd", "home")
+
+    def __init__(self, path: Path, dir_fd: int | None, file_fd: int) -> None:
+        self.path = path
+        self.dir_fd = dir_fd
+        self.file_fd = file_fd
+        # The data dir locked (device, inode): a directory moved away, and
+        # another made at its path, is not it.
+        st = os.fstat(dir_fd) if dir_fd is not None else os.stat(path.parent)
+        self.home = (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        for fd in (self.file_fd, self.dir_fd):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.file_fd, self.dir_fd = -1, None
+
+
+def lock_holder(lock_path: Path) -> str:
+    """The pid the lock file names, as text (``unknown`` when it names
+    none, or there is no lock file to read)."""
+    try:
+        with open(lock_path, "rb") as f:
+            text = f.read(32)
+    except OSError:
+        return "unknown"
+    return text.decode(errors="replace").strip() or "unknown"
+
+
+def _lock_directory(lock_path: Path) -> int | None:
+    """The data dir (``lock_path``'s parent) open and flocked; ``None``
+    where its filesystem cannot lock a directory (NFS emulates flock with
+    byte-range locks, which need a file open for writing): the lock file
+    alone then, as before. Raises ``DataDirTaken`` when another daemon
+    holds it, ``StartError`` when it cannot be opened."""
+    directory = lock_path.parent
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StartError(
+            f"cannot use data dir {directory}: it cannot be opened: {exc.strerror or exc}"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise DataDirTaken(lock_holder(lock_path), str(directory)) from None
+        return None
+    return fd
+
+
+def lock_data_dir(lock_path: Path) -> DataDirLock:
+    """Exclusive lock on the data dir (``DataDirLock``), held for the
+    daemon's life. Raises ``DataDirTaken`` when another daemon holds it,
+    ``StartError`` when it cannot be made."""
+    dir_fd = _lock_directory(lock_path)
+    try:
+        fd = _lock_file(lock_path)
+    except BaseException:
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
+    return DataDirLock(lock_path, dir_fd, fd)
+
+
+def _lock_file(lock_path: Path) -> int:
+    """The lock file, open, flocked and naming this process."""
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -227,6 +305,7 @@ def lock_data_dir(lock_path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            os.close(fd)
             raise
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)

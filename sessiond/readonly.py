@@ -8,6 +8,9 @@ Rules (the journal's part of the durability contract, ``sessiond.journal``):
 * After a failed fsync it stays so until a compaction writes the whole
   in-memory state to a fresh file (PostgreSQL's "fsyncgate": the file's
   pages cannot be trusted).
+* After the file was taken from its path while the daemon ran (removed,
+  renamed, replaced: ``sessiond.datadir``), likewise until a compaction
+  has written the whole state to the path again (``lose``).
 * After a write the kernel refused for want of room (ENOSPC, EDQUOT, EFBIG:
   it took none of it, and the file is cut back to its last good size), as
   soon as space can be reserved after the lines again (``try_resume``):
@@ -47,6 +50,8 @@ class ReadOnlyMode:
         self.failed: str | None = None
         # The failure was a write refused for want of room (see try_resume).
         self._room_failure = False
+        # The file was taken from its path while the daemon ran (``lose``).
+        self.file_lost = False
         self.write_errors = 0
         # Called after a failure, so that the owner can start the compaction
         # that leads out of read-only mode without waiting for its timer.
@@ -70,6 +75,19 @@ class ReadOnlyMode:
                 f"'sessionctl compact' retries now)"
             )
         log.error("%s: %s", self.path, self.failed)
+        return self.failed
+
+    def lose(self, why: str) -> str:
+        """The journal's file is no longer at its path (``why``:
+        ``sessiond.datadir``): refuse writes until a compaction has written
+        the whole state there again; returns the refusals' message."""
+        self._room_failure = False
+        self.file_lost = True
+        self.failed = (
+            f"{why}; writes are refused until the journal has been written again in full "
+            f"from memory (sessiond retries on its own; 'sessionctl compact' retries now)"
+        )
+        log.error("%s", self.failed)
         return self.failed
 
     def figures(self) -> dict[str, Any]:
@@ -120,3 +138,4 @@ class ReadOnlyMode:
             log.warning("journal rewritten in full: writes are accepted again")
         self.failed = None
         self._room_failure = False
+        self.file_lost = False

@@ -7,7 +7,8 @@ checks that its path still leads to the socket it bound (the same device
 and inode). When the path is gone it binds it again (``bind_socket``
 re-creates the private directory too) and accepts there, and says so in
 its log. When something else is at the path (another daemon's socket, say)
-it warns once and leaves it alone: it is not this daemon's to remove.
+it warns once and leaves it alone: it is not this daemon's to remove. A
+socket there that nothing listens on any more is replaced, as at start.
 
 Not for a socket passed by systemd: systemd owns that one, and binds it
 again itself when its socket unit is restarted.
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from sessiond.server import Server
 log = logging.getLogger("sessiond")
 
 CHECK_INTERVAL = 1.0
+# How often something else found at the path is looked at again.
+JUDGE_AGAIN = 30.0
 Identity = tuple[int, int]
 
 
@@ -56,6 +60,9 @@ class SocketKeeper:
         # Taken just after the bind, before any client could connect.
         self.bound_as = self._identity()
         self._said: str | None = None  # the last problem logged (said once)
+        # What else was last found at the path, and judged (see ``check``).
+        self._judged: Identity | None = None
+        self._judge_again = 0.0
 
     def _identity(self) -> Identity | None:
         """Of the socket just bound (``None`` if that cannot be told: the
@@ -88,19 +95,34 @@ class SocketKeeper:
                       f"{describe(exc)}")
             return
         if now is not None:
-            if now != self.bound_as:
+            if now == self.bound_as:
+                self._said = None
+                return
+            if now == self._judged and time.monotonic() < self._judge_again:
+                return
+            # Something else is there. A socket nothing listens on (another
+            # program's, which ended without removing it) is replaced, as at
+            # start (``bind_socket``); a live one, or anything else, is left
+            # alone. Judged when first found, then every ``JUDGE_AGAIN``
+            # (a live one may end): the probe connects to it, and a live
+            # program need not hear from us every second. In a thread: a
+            # live one with a full backlog makes the probe wait.
+            self._judged = now
+            self._judge_again = time.monotonic() + JUDGE_AGAIN
+            try:
+                sock = await anyio.to_thread.run_sync(self._bind, self.path)
+            except (SessionError, OSError):
                 self._say(f"socket {self.path} no longer leads to this daemon (another "
                           f"daemon's socket, or a file, is there now): leaving it alone; "
                           f"clients cannot reach this daemon until it is removed")
-            else:
-                self._said = None
-            return
-        try:
-            sock = self._bind(self.path)
-        except (SessionError, OSError) as exc:
-            self._say(f"socket {self.path} is gone and could not be bound again: {exc}; "
-                      f"retrying every {CHECK_INTERVAL:g}s")
-            return
+                return
+        else:
+            try:
+                sock = self._bind(self.path)
+            except (SessionError, OSError) as exc:
+                self._say(f"socket {self.path} is gone and could not be bound again: {exc}; "
+                          f"retrying every {CHECK_INTERVAL:g}s")
+                return
         try:
             self.bound_as = self._identity()
             await server.listen_on(sock)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 import time
 from typing import Any, Protocol
@@ -37,6 +38,42 @@ ACCEPT_BACKOFF_MAX = 0.25
 # How long a watch that ended with an error waits for its client to hang up.
 LAST_WORD_GRACE = 2.0
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Descriptors kept free of connections, under the open files limit: for
+# what the daemon opens itself (a compaction's temp files and directory
+# fsyncs, a snapshot, the config file's atomic write, the log's rotation,
+# a socket bound again) and the one connection kept beyond the limit (see
+# ``connection.RESERVED_OPS``). Connections that would eat into it are
+# answered ``busy``, as Redis lowers ``maxclients`` to fit its limit:
+# without it, clients past the limit waited unanswered in the listen
+# backlog until their own timeout, and a compaction could fail for want of
+# a descriptor.
+FD_HEADROOM = 32
+
+
+def raise_open_files_limit() -> None:
+    """The soft open files limit up to the hard one, as systemd advises a
+    program that does not use select() (the soft 1024 it gives services is
+    for those that do): else 1000 connections, the default
+    ``max_connections``, would not fit. A failure is logged, no reason not
+    to start: ``connection_room`` fits the connections to what there is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if resource.RLIM_INFINITY in (soft, hard) or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("could not raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return
+    log.debug("raised the open files limit from %d to %d", soft, hard)
+
+
+def connection_room() -> int:
+    """How many connections the open files limit leaves room for (read at
+    each accept: ``prlimit`` may change it while the daemon runs)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 62
+    return max(1, soft - FD_HEADROOM)
 
 
 class Engine(Protocol):
@@ -195,7 +232,8 @@ class Server:
                 self.refusals.note(uid)
                 await self._send_last(stream, error_frame(0, refusal(self.uid, uid)))
                 return
-            reserved = self.open - self.reserve_taken >= self.live.settings.max_connections
+            limit = min(self.live.settings.max_connections, connection_room())
+            reserved = self.open - self.reserve_taken >= limit
             if self.connections.stopping or (reserved and self.reserve_taken):
                 await self._send_last(stream, error_frame(0, self._busy()))
                 return
@@ -225,8 +263,13 @@ class Server:
     def _busy(self) -> Busy:
         """Why a connection is turned away (out of ``_connection``: its
         locals would stay in the frame every open connection holds)."""
+        room = connection_room()
         if self.connections.stopping:
             why = "shutting down"
+        elif room < self.live.settings.max_connections:
+            why = (f"too many connections for the open files limit (RLIMIT_NOFILE "
+                   f"{room + FD_HEADROOM} leaves room for {room}, and the one more kept for "
+                   f"{RESERVED_FOR} is in use; raise it with 'ulimit -n' or LimitNOFILE=)")
         else:
             why = (f"too many connections (max_connections={self.live.settings.max_connections}, "
                    f"and the one more kept for {RESERVED_FOR} is in use)")

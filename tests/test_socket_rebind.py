@@ -167,3 +167,65 @@ def test_a_client_sent_to_another_path_is_not_told_of_the_running_daemon(
     assert result.returncode == 3
     assert f"no sessiond answers on {other}" in result.stderr
     assert "holds" not in result.stderr
+
+
+def put_at_the_path(daemon: Daemon, make: Callable[[], None]) -> None:
+    """Take the daemon's path for something of another program's (``make``
+    puts it there), once the daemon's socket file is gone."""
+
+    def take_path() -> bool | None:
+        daemon.socket.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            make()
+        except FileExistsError:
+            return None  # the daemon was first
+        except OSError as exc:
+            if "Address already in use" in str(exc):
+                return None
+            raise
+        return True
+
+    lose_socket(daemon, take_path)
+
+
+def test_a_file_at_the_path_is_named_to_clients_at_once(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+
+    def a_file() -> None:
+        with open(daemon.socket, "x") as f:
+            f.write("not a socket\n")
+
+    put_at_the_path(daemon, a_file)
+    wait_until(lambda: "no longer leads to this daemon" in daemon.log_text(), 15,
+               "the daemon to notice")
+    said = f"sessiond (pid {pid}) holds {daemon.data_dir} and listens on {daemon.socket}, " \
+           f"but a file that is no socket is at that path now"
+    # Before: "no sessiond answers (Connection refused)"; and a command
+    # that autostarts waited its whole timeout, then said the socket was
+    # missing and had not been bound again.
+    for env in ({}, {"SESSIONCTL_NO_AUTOSTART": ""}):
+        result = daemon.ctl("ping", env=env)
+        assert result.returncode == 3, result
+        assert result.stderr.count("\n") == 1 and said in result.stderr, result.stderr
+    assert daemon.socket.read_text() == "not a socket\n"
+    daemon.socket.unlink()
+    wait_until(lambda: daemon.ctl("ping").returncode == 0, 15, "the socket to be bound again")
+
+
+def test_a_socket_that_nothing_listens_on_any_more_is_replaced(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def bound_and_left() -> None:
+        # Bound and closed, as a program that ended without removing it.
+        foreign.bind(str(daemon.socket))
+        foreign.close()
+
+    try:
+        put_at_the_path(daemon, bound_and_left)
+    finally:
+        foreign.close()
+    # Before: left alone for good, as if another program still used it.
+    wait_until(lambda: daemon.ctl("ping").returncode == 0, 15, "the socket to be bound again")
+    assert REBOUND in daemon.log_text()
