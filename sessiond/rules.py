@@ -106,12 +106,13 @@ def get(s: Sessions, now: int, sid: str, touch: bool = False) -> tuple[Record, l
     record = lazy_expire(s, require(s, sid), now, changes)
     if touch and record.expired_at is None:
         version = next_version(sid, record.version)
-        deadline = capped_deadline(s.rules, record, now, record.ttl)
-        if deadline <= now:
+        at = moment(record, now)
+        deadline = capped_deadline(s.rules, record, at, record.ttl)
+        if deadline <= at:
             # max_lifetime was lowered below this session's age: sliding it
             # would move its deadline into the past.
             return expire_record(s, record, now, changes), changes
-        after = _replace(record, last_access=now, expires_at=deadline, version=version)
+        after = _replace(record, last_access=at, expires_at=deadline, version=version)
         s.put(changes, UPDATED, record, after)
         record = after
     return record, changes
@@ -200,7 +201,7 @@ def _update(
     after = _replace(
         record,
         meta_json=s.shared_meta(meta_json),
-        last_access=now,
+        last_access=moment(record, now),
         version=record.version + 1,  # below MAX_VERSION: writable() saw to it
     )
     changes: list[Change] = []
@@ -238,8 +239,9 @@ def refresh(
     # Reviving a session the timer has not got to yet expires it first, a
     # version of its own: the refresh's must still fit after it.
     next_version(sid, bumped(record.version) if due else record.version)
-    deadline = capped_deadline(s.rules, record, now, ttl)
-    if deadline <= now:
+    at = moment(record, now)
+    deadline = capped_deadline(s.rules, record, at, ttl)
+    if deadline <= at:
         raise SessionExpired(
             f"session {sid} has reached max_lifetime ({s.rules.max_lifetime}s "
             f"from its creation); it cannot be refreshed"
@@ -251,7 +253,7 @@ def refresh(
     after = _replace(
         record,
         ttl=s.shared_ttl(ttl),
-        last_access=now,
+        last_access=at,
         expires_at=deadline,
         expired_at=None,
         # Its retention will count from its next expiry, which is later.
@@ -364,6 +366,17 @@ def normalise(s: Sessions, rec: Session) -> Record:
 # -- time ------------------------------------------------------------------
 
 
+def moment(record: Record, now: int) -> int:
+    """The time a change to ``record`` is stamped with: ``now``, but never
+    before the session's last access. A wall clock stepped back (NTP, a
+    restored VM) must not move a session's own history back: a
+    ``last_access`` before its ``created_at`` or before an earlier access,
+    a deadline slid to before the one it had. Deadlines stay wall-clock
+    moments (what is due is still judged by ``now``)."""
+    return now if now >= record.last_access else record.last_access
+
+
+
 def capped_deadline(rules: Rules, record: Record, now: int, ttl: int) -> int:
     deadline = now + ttl * US
     cap = rules.max_lifetime
@@ -384,7 +397,9 @@ def expire_record(s: Sessions, record: Record, now: int, out: list[Change]) -> R
     # record reads the same whether the timer, a get, or a replay after
     # downtime expired it, and retention counts from the real expiry.
     after = _replace(
-        record, expired_at=min(now, record.expires_at), version=bumped(record.version)
+        record,
+        expired_at=min(moment(record, now), record.expires_at),
+        version=bumped(record.version),
     )
     s.put(out, EXPIRED, record, after)
     return after
