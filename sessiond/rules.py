@@ -26,6 +26,7 @@ import msgspec
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound
 from sessiond.limits import (
     MAX_VERSION,
+    TIME_MAX,
     check_key,
     check_meta,
     check_meta_value,
@@ -142,7 +143,7 @@ def create(
     meta_json = s.shared_meta(check_meta(meta)) if meta else EMPTY_META
     cap = rules.max_lifetime
     record = Record(
-        expires_at=now + (min(ttl, cap) if cap else ttl) * US,
+        expires_at=min(now + (min(ttl, cap) if cap else ttl) * US, TIME_MAX),
         id=sid,
         user=sys.intern(user) if user else DEFAULT_USER,
         ttl=s.shared_ttl(ttl),
@@ -378,11 +379,15 @@ def moment(record: Record, now: int) -> int:
 
 
 def capped_deadline(rules: Rules, record: Record, now: int, ttl: int) -> int:
+    """``now + ttl``, within ``max_lifetime`` and the end of 9999: a stamp
+    past that (a clock far ahead, a session imported with stamps there)
+    would make a journal line no reader takes, and the daemon would not
+    start again."""
     deadline = now + ttl * US
     cap = rules.max_lifetime
     if cap:
         deadline = min(deadline, record.created_at + cap * US)
-    return deadline
+    return min(deadline, TIME_MAX)
 
 
 def lazy_expire(s: Sessions, record: Record, now: int, out: list[Change]) -> Record:

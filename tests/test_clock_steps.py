@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,41 @@ def test_a_backward_step_never_moves_a_sessions_stamps_back(
         expired = c.expire(s.id)
         assert expired.expired_at_us is not None
         assert expired.expired_at_us >= expired.last_access_us >= expired.created_at_us
+
+
+# The end of 9999: the last moment a journal line can carry.
+LAST = "9999-12-31T23:59:59.999999Z"
+
+
+def test_a_clock_near_the_end_of_9999_keeps_deadlines_readable(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    d, offset = clocked(make_daemon, tmp_path)
+    late = datetime(9999, 12, 1, tzinfo=UTC).timestamp()
+    step(offset, late - time.time())
+    sid = ctl_json(d, "create", "--ttl", "36500d")["id"]
+    assert ctl_json(d, "get", sid)["expires_at"] == LAST
+    # What the journal holds is read again at the next start.
+    d.restart()
+    got = ctl_json(d, "get", sid)
+    assert (got["status"], got["expires_at"]) == ("active", LAST)
+
+
+def test_touching_a_session_last_seen_late_in_9999_keeps_its_deadline_readable(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    d, _ = clocked(make_daemon, tmp_path)
+    stamp = "9999-12-31T23:00:00.000000Z"
+    record = {
+        "type": "session", "id": "late", "user": "u", "status": "active", "ttl": 7200,
+        "meta": {}, "created_at": stamp, "last_access": stamp, "expires_at": LAST,
+    }
+    path = tmp_path / "late.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    done = d.ctl("import", str(path))
+    assert done.returncode == 0, done.stderr
+    touched = ctl_json(d, "get", "late", "--touch")
+    assert (touched["last_access"], touched["expires_at"]) == (stamp, LAST)
+    d.restart()
+    got = ctl_json(d, "get", "late")
+    assert (got["version"], got["expires_at"]) == (2, LAST)
