@@ -140,3 +140,16 @@ def test_touching_a_session_last_seen_late_in_9999_keeps_its_deadline_readable(
     d.restart()
     got = ctl_json(d, "get", "late")
     assert (got["version"], got["expires_at"]) == (2, LAST)
+
+
+def test_a_forward_step_is_not_counted_as_the_timers_lateness(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    d, offset = clocked(make_daemon, tmp_path)
+    sid = ctl_json(d, "create", "--ttl", "1h")["id"]
+    step(offset, 2 * HOUR)
+    wait_until(lambda: expired_line(d, sid), 15, "the timer to expire the session")
+    stats = ctl_json(d, "stats")
+    assert stats["expiries_done"] == 1
+    # The timer looks at least every second; an hour is the clock's step.
+    assert 0 <= stats["expiry_lag_p99_ms"] <= stats["expiry_lag_max_ms"] < 60_000
