@@ -107,13 +107,14 @@ def get(s: Sessions, now: int, sid: str, touch: bool = False) -> tuple[Record, l
     record = lazy_expire(s, require(s, sid), now, changes)
     if touch and record.expired_at is None:
         version = next_version(sid, record.version)
-        at = moment(record, now)
-        deadline = capped_deadline(s.rules, record, at, record.ttl)
-        if deadline <= at:
+        deadline = capped_deadline(s.rules, record, now, record.ttl)
+        if deadline <= now:
             # max_lifetime was lowered below this session's age: sliding it
             # would move its deadline into the past.
             return expire_record(s, record, now, changes), changes
-        after = _replace(record, last_access=at, expires_at=deadline, version=version)
+        after = _replace(
+            record, last_access=moment(record, now), expires_at=deadline, version=version
+        )
         s.put(changes, UPDATED, record, after)
         record = after
     return record, changes
@@ -240,9 +241,8 @@ def refresh(
     # Reviving a session the timer has not got to yet expires it first, a
     # version of its own: the refresh's must still fit after it.
     next_version(sid, bumped(record.version) if due else record.version)
-    at = moment(record, now)
-    deadline = capped_deadline(s.rules, record, at, ttl)
-    if deadline <= at:
+    deadline = capped_deadline(s.rules, record, now, ttl)
+    if deadline <= now:
         raise SessionExpired(
             f"session {sid} has reached max_lifetime ({s.rules.max_lifetime}s "
             f"from its creation); it cannot be refreshed"
@@ -254,7 +254,7 @@ def refresh(
     after = _replace(
         record,
         ttl=s.shared_ttl(ttl),
-        last_access=at,
+        last_access=moment(record, now),
         expires_at=deadline,
         expired_at=None,
         # Its retention will count from its next expiry, which is later.
@@ -368,14 +368,14 @@ def normalise(s: Sessions, rec: Session) -> Record:
 
 
 def moment(record: Record, now: int) -> int:
-    """The time a change to ``record`` is stamped with: ``now``, but never
-    before the session's last access. A wall clock stepped back (NTP, a
-    restored VM) must not move a session's own history back: a
-    ``last_access`` before its ``created_at`` or before an earlier access,
-    a deadline slid to before the one it had. Deadlines stay wall-clock
-    moments (what is due is still judged by ``now``)."""
+    """The stamp of a change to ``record`` (its ``last_access``, an
+    ``expired_at``): ``now``, but never before the session's last access,
+    so that a wall clock stepped back (NTP, a restored VM) does not move a
+    session's history back (a ``last_access`` before its ``created_at``,
+    or before an earlier access). Deadlines are not stamps: they stay
+    ``now + ttl`` by the wall clock, so that a session stamped while the
+    clock was ahead does not outlive its ttl by the size of the step."""
     return now if now >= record.last_access else record.last_access
-
 
 
 def capped_deadline(rules: Rules, record: Record, now: int, ttl: int) -> int:
@@ -400,10 +400,12 @@ def lazy_expire(s: Sessions, record: Record, now: int, out: list[Change]) -> Rec
 def expire_record(s: Sessions, record: Record, now: int, out: list[Change]) -> Record:
     # A session expires at its deadline, not when someone notices: the
     # record reads the same whether the timer, a get, or a replay after
-    # downtime expired it, and retention counts from the real expiry.
+    # downtime expired it, and retention counts from the real expiry. One
+    # expired before its deadline (``expire``) expires now, stamped as any
+    # change (``moment``).
     after = _replace(
         record,
-        expired_at=min(moment(record, now), record.expires_at),
+        expired_at=record.expires_at if record.expires_at <= now else moment(record, now),
         version=bumped(record.version),
     )
     s.put(out, EXPIRED, record, after)

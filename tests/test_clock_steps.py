@@ -91,17 +91,38 @@ def test_a_backward_step_never_moves_a_sessions_stamps_back(
         step(offset, -HOUR)
         touched = c.get(s.id, touch=True)
         assert touched.last_access_us >= s.last_access_us >= s.created_at_us
-        # Its deadline slides from the moment it was last seen, not back.
-        assert touched.expires_at_us >= s.expires_at_us
         changed = c.set(s.id, "k", "v")
         assert changed.version == touched.version + 1
         assert changed.last_access_us >= touched.last_access_us
         refreshed = c.refresh(s.id, ttl=60)
         assert refreshed.last_access_us >= changed.last_access_us
-        assert refreshed.expires_at_us == refreshed.last_access_us + 60 * US
         expired = c.expire(s.id)
         assert expired.expired_at_us is not None
         assert expired.expired_at_us >= expired.last_access_us >= expired.created_at_us
+
+
+def stepped_now(seconds: float) -> int:
+    return time.time_ns() // 1000 + round(seconds * US)
+
+
+def test_a_deadline_slides_from_the_clock_not_from_a_stamp_ahead_of_it(
+    make_daemon: Any, tmp_path: Path
+) -> None:
+    """A session stamped while the clock was an hour ahead does not outlive
+    its ttl by that hour once the clock is set right: a touch or a refresh
+    gives it now + ttl."""
+    d, offset = clocked(make_daemon, tmp_path)
+    step(offset, HOUR)
+    with d.client() as c:
+        s = c.create(ttl=600)
+        step(offset, 0)
+        lo = stepped_now(0)
+        touched = c.get(s.id, touch=True)
+        refreshed = c.refresh(s.id, ttl=60)
+        hi = stepped_now(0)
+    assert touched.last_access_us == refreshed.last_access_us == s.last_access_us
+    assert lo + 600 * US <= touched.expires_at_us <= hi + 600 * US
+    assert lo + 60 * US <= refreshed.expires_at_us <= hi + 60 * US
 
 
 # The end of 9999: the last moment a journal line can carry.
@@ -122,23 +143,17 @@ def test_a_clock_near_the_end_of_9999_keeps_deadlines_readable(
     assert (got["status"], got["expires_at"]) == ("active", LAST)
 
 
-def test_touching_a_session_last_seen_late_in_9999_keeps_its_deadline_readable(
+def test_refreshing_a_session_near_the_end_of_9999_keeps_its_deadline_readable(
     make_daemon: Any, tmp_path: Path
 ) -> None:
-    d, _ = clocked(make_daemon, tmp_path)
-    stamp = "9999-12-31T23:00:00.000000Z"
-    record = {
-        "type": "session", "id": "late", "user": "u", "status": "active", "ttl": 7200,
-        "meta": {}, "created_at": stamp, "last_access": stamp, "expires_at": LAST,
-    }
-    path = tmp_path / "late.jsonl"
-    path.write_text(json.dumps(record) + "\n")
-    done = d.ctl("import", str(path))
-    assert done.returncode == 0, done.stderr
-    touched = ctl_json(d, "get", "late", "--touch")
-    assert (touched["last_access"], touched["expires_at"]) == (stamp, LAST)
+    d, offset = clocked(make_daemon, tmp_path)
+    late = datetime(9999, 12, 31, 12, tzinfo=UTC).timestamp()
+    step(offset, late - time.time())
+    sid = ctl_json(d, "create", "--ttl", "1h")["id"]
+    refreshed = ctl_json(d, "refresh", sid, "--ttl", "1d")
+    assert refreshed["expires_at"] == LAST
     d.restart()
-    got = ctl_json(d, "get", "late")
+    got = ctl_json(d, "get", sid)
     assert (got["version"], got["expires_at"]) == (2, LAST)
 
 
