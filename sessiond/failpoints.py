@@ -7,6 +7,11 @@ fail as a value msgpack cannot carry would, makes the daemon speak protocol
 version 1 only, makes a turn of shared mode's expiry timer fail as a bug
 would, or holds a start at its replay until a signal has come (as long as
 a test wants a start to take).
+``SESSIOND_CLOCK_OFFSET_FILE`` names a file holding a number of seconds
+(``-3600``, ``7200.5``) added to the wall clock of every process that has
+it in its environment (``offset_clock``): a test steps the clock of a
+running daemon for real, as NTP, a resumed laptop or a restored VM step
+the machine's, without touching the machine's clock.
 The disk calls a failpoint can fail are in ``sessiond.diskio``, which asks
 ``failpoints()`` before each.
 """
@@ -135,6 +140,38 @@ def hold(name: str, signals: Iterable[signal.Signals]) -> None:
     deadline = time.monotonic() + HOLD_SECONDS
     while not wanted & signal.sigpending() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+CLOCK_OFFSET_ENV = "SESSIOND_CLOCK_OFFSET_FILE"
+
+
+def offset_clock(clock: Callable[[], int]) -> Callable[[], int]:
+    """``clock`` (microseconds) plus the seconds in the file that
+    ``SESSIOND_CLOCK_OFFSET_FILE`` names, read again whenever the file
+    changes (a missing or empty file: no offset). A file that does not
+    hold a number raises ``JournalError`` at the first read of the clock:
+    a test that wrote it wrong must not run on the real clock unawares."""
+    path = os.environ[CLOCK_OFFSET_ENV]
+    seen: list[Any] = [None, 0]  # the file's (mtime, size, inode), the offset
+
+    def offset_now() -> int:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return clock()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != seen[0]:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+            try:
+                seen[1] = round(float(text or "0") * 1_000_000)
+            except ValueError as exc:
+                raise JournalError(f"{CLOCK_OFFSET_ENV}: {path}: not a number: {text!r}") from exc
+            seen[0] = key
+        offset: int = seen[1]
+        return clock() + offset
+
+    return offset_now
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -151,6 +151,15 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+if os.environ.get("SESSIOND_CLOCK_OFFSET_FILE"):
+    # Tests only: a wall clock a test can step while the daemon runs (see
+    # sessiond.failpoints.offset_clock). Chosen here, once, so that every
+    # other process pays nothing.
+    from sessiond.failpoints import offset_clock
+
+    now_us = offset_clock(now_us)  # noqa: F811
+
+
 def new_id() -> str:
     """128 random bits as 32 hex characters."""
     return os.urandom(16).hex()

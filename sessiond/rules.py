@@ -26,6 +26,7 @@ import msgspec
 from sessiond.errors import Conflict, InvalidRequest, SessionExpired, SessionNotFound
 from sessiond.limits import (
     MAX_VERSION,
+    TIME_MAX,
     check_key,
     check_meta,
     check_meta_value,
@@ -111,7 +112,9 @@ def get(s: Sessions, now: int, sid: str, touch: bool = False) -> tuple[Record, l
             # max_lifetime was lowered below this session's age: sliding it
             # would move its deadline into the past.
             return expire_record(s, record, now, changes), changes
-        after = _replace(record, last_access=now, expires_at=deadline, version=version)
+        after = _replace(
+            record, last_access=moment(record, now), expires_at=deadline, version=version
+        )
         s.put(changes, UPDATED, record, after)
         record = after
     return record, changes
@@ -141,7 +144,7 @@ def create(
     meta_json = s.shared_meta(check_meta(meta)) if meta else EMPTY_META
     cap = rules.max_lifetime
     record = Record(
-        expires_at=now + (min(ttl, cap) if cap else ttl) * US,
+        expires_at=min(now + (min(ttl, cap) if cap else ttl) * US, TIME_MAX),
         id=sid,
         user=sys.intern(user) if user else DEFAULT_USER,
         ttl=s.shared_ttl(ttl),
@@ -200,7 +203,7 @@ def _update(
     after = _replace(
         record,
         meta_json=s.shared_meta(meta_json),
-        last_access=now,
+        last_access=moment(record, now),
         version=record.version + 1,  # below MAX_VERSION: writable() saw to it
     )
     changes: list[Change] = []
@@ -251,7 +254,7 @@ def refresh(
     after = _replace(
         record,
         ttl=s.shared_ttl(ttl),
-        last_access=now,
+        last_access=moment(record, now),
         expires_at=deadline,
         expired_at=None,
         # Its retention will count from its next expiry, which is later.
@@ -364,12 +367,27 @@ def normalise(s: Sessions, rec: Session) -> Record:
 # -- time ------------------------------------------------------------------
 
 
+def moment(record: Record, now: int) -> int:
+    """The stamp of a change to ``record`` (its ``last_access``, an
+    ``expired_at``): ``now``, but never before the session's last access,
+    so that a wall clock stepped back (NTP, a restored VM) does not move a
+    session's history back (a ``last_access`` before its ``created_at``,
+    or before an earlier access). Deadlines are not stamps: they stay
+    ``now + ttl`` by the wall clock, so that a session stamped while the
+    clock was ahead does not outlive its ttl by the size of the step."""
+    return now if now >= record.last_access else record.last_access
+
+
 def capped_deadline(rules: Rules, record: Record, now: int, ttl: int) -> int:
+    """``now + ttl``, within ``max_lifetime`` and the end of 9999: a stamp
+    past that (a clock far ahead, a session imported with stamps there)
+    would make a journal line no reader takes, and the daemon would not
+    start again."""
     deadline = now + ttl * US
     cap = rules.max_lifetime
     if cap:
         deadline = min(deadline, record.created_at + cap * US)
-    return deadline
+    return min(deadline, TIME_MAX)
 
 
 def lazy_expire(s: Sessions, record: Record, now: int, out: list[Change]) -> Record:
@@ -382,9 +400,13 @@ def lazy_expire(s: Sessions, record: Record, now: int, out: list[Change]) -> Rec
 def expire_record(s: Sessions, record: Record, now: int, out: list[Change]) -> Record:
     # A session expires at its deadline, not when someone notices: the
     # record reads the same whether the timer, a get, or a replay after
-    # downtime expired it, and retention counts from the real expiry.
+    # downtime expired it, and retention counts from the real expiry. One
+    # expired before its deadline (``expire``) expires now, stamped as any
+    # change (``moment``).
     after = _replace(
-        record, expired_at=min(now, record.expires_at), version=bumped(record.version)
+        record,
+        expired_at=record.expires_at if record.expires_at <= now else moment(record, now),
+        version=bumped(record.version),
     )
     s.put(out, EXPIRED, record, after)
     return after

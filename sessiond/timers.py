@@ -44,15 +44,30 @@ Commit = Callable[[list[Change]], Awaitable[None]]
 class Lateness:
     """How late expiries were, in milliseconds past their deadlines: the
     latest ``LAGS_KEPT`` (for the p99) and the worst. Each expiry timer,
-    local or shared, keeps one."""
+    local or shared, keeps one.
+
+    How late the timer was, not how far the wall clock moved: a deadline
+    expired after a look that left nothing due fell due after that look,
+    so its lag is at most the monotonic time since. Without that bound a
+    clock stepped an hour forward (NTP, a resumed laptop) would report an
+    hour's lag, kept as the worst for good."""
 
     def __init__(self) -> None:
         self.lags: deque[float] = deque(maxlen=LAGS_KEPT)
         self.worst = 0.0
+        self._clear: float | None = None  # time.monotonic() of that look
+
+    def caught_up(self, looked: float) -> None:
+        """A look begun at ``looked`` (``time.monotonic()``, taken no later
+        than the clock it judged by) left nothing due."""
+        self._clear = looked
 
     def add(self, now: int, deadline: int) -> None:
         """An expiry done at ``now`` of a session due at ``deadline``."""
-        lag = (now - deadline) / 1000
+        late = now - deadline
+        if self._clear is not None:
+            late = min(late, round((time.monotonic() - self._clear) * US))
+        lag = late / 1000
         self.lags.append(lag)
         if lag > self.worst:
             self.worst = lag
@@ -98,6 +113,7 @@ class ExpiryTimer:
     async def run(self) -> None:
         store = self.store
         while True:
+            looked = time.monotonic()
             now = now_us()
             expired = store.expire_due(now, EXPIRY_BATCH)
             purged = store.purge_due(now, EXPIRY_BATCH)
@@ -124,6 +140,8 @@ class ExpiryTimer:
                 delay = max(0.0, (deadline - now_us()) / US)
             if failed:
                 delay = TIMER_RETRY
+            elif deadline is None or deadline > now:
+                self.lateness.caught_up(looked)
             if delay > 0:
                 with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
                     await self._wake.wait()

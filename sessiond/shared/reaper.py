@@ -171,6 +171,8 @@ class Reaper:
                     candidates.append(rules.purge_key(after) + retention)
         if len(due.expiring) >= EXPIRY_BATCH or len(due.purging) >= EXPIRY_BATCH:
             return pause
+        if all(applied):
+            self.lateness.caught_up(asked)
         self._target = min(candidates) if candidates else math.inf
         if not candidates:
             return math.inf
