@@ -203,7 +203,8 @@ def _update(
     after = _replace(
         record,
         meta_json=s.shared_meta(meta_json),
-        last_access=moment(record, now),
+        # moment(record, now), inline: every set and unset comes here.
+        last_access=now if now >= record.last_access else record.last_access,
         version=record.version + 1,  # below MAX_VERSION: writable() saw to it
     )
     changes: list[Change] = []
