@@ -11,6 +11,7 @@ reason; whether the others are acceptable is for the daemon's rules to say.
 from __future__ import annotations
 
 import errno
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,10 @@ def _read_file(path: Path) -> bytes:
         raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
 
 
+# A second line with something on it (found in place: the file may be big).
+_LINE_AFTER = re.compile(rb"\n[ \t\r\n]*[^ \t\r\n]")
+
+
 def _lone_object(data: bytes) -> str | None:
     """What is wrong with a file that is one JSON object and no record a
     line (``{"sessions": [...]}``, or a record spread over lines): said
@@ -145,7 +150,7 @@ def _lone_object(data: bytes) -> str | None:
         return None  # not one JSON document: JSONL, or damage its lines show
     if not isinstance(value, dict):
         return None
-    if "type" in value and len(data.strip().splitlines()) == 1:
+    if "type" in value and _LINE_AFTER.search(data) is None:
         return None  # JSONL of one record
     keys = ", ".join(repr(k) for k in list(value)[:5]) or "no keys"
     return (f"holds one JSON object ({keys}), not an export: a JSON export is an array "
