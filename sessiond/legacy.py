@@ -10,6 +10,9 @@ reason; whether the others are acceptable is for the daemon's rules to say.
 
 from __future__ import annotations
 
+import errno
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,15 +83,19 @@ def read_sessions(path: Path) -> Loaded:
     """Every session in ``path`` (last record for an id wins, in the place
     of its first; delete lines remove), and a description of each line that
     could not be read."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
+    data = _read_file(path)
     # Editors on some systems save UTF-8 with a byte-order mark.
     data = data.removeprefix(b"\xef\xbb\xbf")
-    if data.lstrip()[:1] == b"[":
+    head = data.lstrip()[:1]
+    if head == b"[":
         return _read_array(path, data)
     loaded = Loaded(format="jsonl")
+    if head == b"{":
+        shape = _lone_object(data)
+        if shape is not None:
+            loaded.format = "json"
+            loaded.problems.append(f"{path}: {shape}")
+            return loaded
     if data.startswith(CSV_HEADER):
         loaded.format = "csv"
         loaded.problems.append(
@@ -108,12 +115,57 @@ def read_sessions(path: Path) -> Loaded:
     return loaded
 
 
+def _read_file(path: Path) -> bytes:
+    """The bytes of ``path``: a regular file, or a pipe (``/dev/stdin``,
+    ``<(...)``), which is read until its writer closes it. Raises
+    ``OSError`` for what cannot be read, a device among them: ``/dev/zero``
+    or ``/dev/urandom`` would be read until memory runs out, a terminal
+    until Ctrl-D."""
+    try:
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, "is a directory, not a file")
+            kind = ("a character device" if stat.S_ISCHR(mode) else
+                    "a block device" if stat.S_ISBLK(mode) else
+                    "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise OSError(errno.EINVAL, f"is {kind}, not a file")
+        return path.read_bytes()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot read {path}: {exc.strerror}") from exc
+
+
+# A second line with something on it (found in place: the file may be big).
+_LINE_AFTER = re.compile(rb"\n[ \t\r\n]*[^ \t\r\n]")
+
+
+def _lone_object(data: bytes) -> str | None:
+    """What is wrong with a file that is one JSON object and no record a
+    line (``{"sessions": [...]}``, or a record spread over lines): said
+    once, where reading it as JSONL would call each of its lines
+    unreadable for reasons that mislead. ``None`` for anything else."""
+    try:
+        value = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # not one JSON document: JSONL, or damage its lines show
+    if not isinstance(value, dict):
+        return None
+    if "type" in value and _LINE_AFTER.search(data) is None:
+        return None  # JSONL of one record
+    keys = ", ".join(repr(k) for k in list(value)[:5]) or "no keys"
+    return (f"holds one JSON object ({keys}), not an export: a JSON export is an array "
+            f"of records, a JSONL export or data.jsonl one record a line")
+
+
 def _read_array(path: Path, data: bytes) -> Loaded:
     loaded = Loaded(format="json")
     try:
         items = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         loaded.problems.append(f"{path}: not a valid JSON export: {exc}")
+        return loaded
+    except RecursionError:
+        loaded.problems.append(f"{path}: not a valid JSON export: nested too deeply")
         return loaded
     if not isinstance(items, list):
         loaded.problems.append(f"{path}: a JSON export must be an array of records")
