@@ -98,32 +98,6 @@ def test_import_keeps_records_with_odd_ttls_and_names_an_unreadable_one(
     assert all("is not a number of seconds" in p for p in report["problems"])
 
 
-def test_import_says_how_many_records_repeat_an_id_or_have_no_user(daemon: Daemon) -> None:
-    # The migration's log says both; a hand import says them to its caller.
-    created = now_us()
-    blank = json.loads(legacy("blank", 60, created))
-    blank["user"] = ""
-    missing = json.loads(legacy("missing", 60, created))
-    del missing["user"]
-    lines = [legacy("twice", 60, created), json.dumps(blank), json.dumps(missing),
-             legacy("twice", 90, created)]
-    path = daemon.root / "odd.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    done = daemon.ctl("import", str(path), "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert (report["imported"], report["repeated_ids"], report["without_user"]) == (3, 1, 2)
-    found = stored(daemon)
-    assert (found["blank"].user, found["missing"].user, found["twice"].ttl) == (
-        "anonymous", "anonymous", 90
-    )
-    again = daemon.ctl("import", str(path))
-    assert again.returncode == 0, again.stderr
-    assert "1 record repeated the id of an earlier one: the last record of each id was " \
-        "taken" in again.stdout
-    assert "2 records had no user: given user anonymous" in again.stdout
-
-
 @pytest.mark.parametrize(
     ("ttl", "seconds"),
     [(1.5, 2), (0.001, 1), (2.0, 2), ("3600", 3600), ("+60", 60), ("1e2", 100), (-1.5, -1),
