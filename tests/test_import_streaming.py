@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from sessiond.limits import RECORD_TEXT_MAX
-from tests.conftest import Daemon, running, stored
+from tests.conftest import SESSIONCTL, Daemon, running, stored
 
 MB = 1024 * 1024
 # What a reader may map in all. Importing a small file takes a sessionctl
@@ -76,15 +77,25 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield daemon
 
 
-def import_limited(d: Daemon, path: Path) -> dict[str, object]:
-    import subprocess
-
-    from tests.conftest import SESSIONCTL
-
-    r = subprocess.run(
-        [SESSIONCTL, "import", "--json", str(path)], env=d.env, capture_output=True,
-        text=True, timeout=60, check=False, preexec_fn=limited(CLI_LIMIT),
-    )
+def import_limited(d: Daemon, path: Path, piped: bool = False) -> dict[str, object]:
+    """``sessionctl import --json`` of ``path`` (through a pipe, as
+    ``/dev/stdin``, when ``piped``) within ``CLI_LIMIT``: its report."""
+    if piped:
+        with path.open("rb") as source:
+            cat = subprocess.Popen(["cat"], stdin=source, stdout=subprocess.PIPE)
+        assert cat.stdout is not None
+        with cat.stdout:
+            r = subprocess.run(
+                [SESSIONCTL, "import", "--json", "/dev/stdin"], env=d.env, stdin=cat.stdout,
+                capture_output=True, text=True, timeout=60, check=False,
+                preexec_fn=limited(CLI_LIMIT),
+            )
+        cat.wait(60)
+    else:
+        r = subprocess.run(
+            [SESSIONCTL, "import", "--json", str(path)], env=d.env, capture_output=True,
+            text=True, timeout=60, check=False, preexec_fn=limited(CLI_LIMIT),
+        )
     assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr, r.stderr[-2000:]
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert r.stderr.startswith("sessionctl: error: 1 unreadable record in "), r.stderr
@@ -105,6 +116,20 @@ def test_a_line_past_the_cap_is_skipped_unread_and_the_lines_around_it_come_in(
     ]
     assert {"line-1", "line-2", "line-4"} <= set(stored(d))
     assert "huge" not in stored(d)
+
+
+def test_a_pipe_with_a_line_past_the_cap_is_read_through_and_the_rest_comes_in(
+    d: Daemon, tmp_path: Path
+) -> None:
+    path = tmp_path / "huge.jsonl"
+    write_with_huge(path, CLI_HUGE, [record("pipe-1")], [record("pipe-3")])
+    report = import_limited(d, path, piped=True)
+    assert (report["imported"], report["unreadable"]) == (2, 1), report
+    assert report["problems"] == [
+        f"/dev/stdin: line 2: longer than {RECORD_TEXT_MAX} bytes, more than any session "
+        f"the daemon accepts: skipped unread"
+    ]
+    assert {"pipe-1", "pipe-3"} <= set(stored(d))
 
 
 def test_an_element_of_a_json_export_past_the_cap_is_skipped_unread(
