@@ -6,6 +6,13 @@ unreadable line is reported with its number, never dropped in silence. A
 record that reads but that no request could carry (an integer beyond
 msgpack's, such as a version of 2**64) is refused here, by id and with its
 reason; whether the others are acceptable is for the daemon's rules to say.
+
+A file is read a chunk at a time (``sessiond.streams``), never whole: what
+its reading holds is the sessions read so far, all of them until the end
+(the last record of an id is taken in the place of its first, which only
+the end of the file tells), and a record longer than ``RECORD_TEXT_MAX`` is
+read past, never held, and reported as unreadable with its line or index.
+Its format is told by its first ``streams.HEAD`` bytes.
 """
 
 from __future__ import annotations
