@@ -108,7 +108,10 @@ def test_a_line_past_the_cap_is_skipped_unread_and_the_lines_around_it_come_in(
 ) -> None:
     path = tmp_path / "huge.jsonl"
     write_with_huge(path, CLI_HUGE, [record("line-1"), record("line-2")], [record("line-4")])
-    report = import_limited(d, path)
+    try:
+        report = import_limited(d, path)
+    finally:
+        path.unlink()  # pytest keeps the temp dirs of recent runs
     assert (report["imported"], report["unreadable"]) == (3, 1), report
     assert report["problems"] == [
         f"{path}: line 3: longer than {RECORD_TEXT_MAX} bytes, more than any session the "
@@ -123,7 +126,10 @@ def test_a_pipe_with_a_line_past_the_cap_is_read_through_and_the_rest_comes_in(
 ) -> None:
     path = tmp_path / "huge.jsonl"
     write_with_huge(path, CLI_HUGE, [record("pipe-1")], [record("pipe-3")])
-    report = import_limited(d, path, piped=True)
+    try:
+        report = import_limited(d, path, piped=True)
+    finally:
+        path.unlink()
     assert (report["imported"], report["unreadable"]) == (2, 1), report
     assert report["problems"] == [
         f"/dev/stdin: line 2: longer than {RECORD_TEXT_MAX} bytes, more than any session "
@@ -140,7 +146,10 @@ def test_an_element_of_a_json_export_past_the_cap_is_skipped_unread(
     # this one is JSON all through.
     write_with_huge(path, CLI_HUGE, [record("elem-0")], [record("elem-2"), record("elem-3")],
                     separator=b",\n  ", opening=b"[\n  ", closing=b"\n]\n", hole=False)
-    report = import_limited(d, path)
+    try:
+        report = import_limited(d, path)
+    finally:
+        path.unlink()  # pytest keeps the temp dirs of recent runs
     assert (report["imported"], report["unreadable"]) == (3, 1), report
     assert report["problems"] == [
         f"{path}: record 1: longer than {RECORD_TEXT_MAX} bytes, more than any session the "
@@ -158,6 +167,7 @@ def test_the_migration_skips_a_line_past_the_cap_unread_and_imports_the_rest(
     legacy.mkdir(parents=True)
     write_with_huge(legacy / "data.jsonl", DAEMON_HUGE, [record("mig-1")], [record("mig-3")])
     dm.start(preexec_fn=limited(DAEMON_LIMIT))
+    (legacy / "data.jsonl").unlink()  # read at the start, and never again
     assert set(stored(dm)) == {"mig-1", "mig-3"}
     log = dm.log_text()
     assert "MemoryError" not in log, log[-2000:]
