@@ -163,7 +163,7 @@ def h_import(c: Client, args: Args) -> int:
     skipped = result.skipped + len(loaded.refused)
     # What the file holds that does not come in as it is written: said, as
     # the migration's log says it.
-    without_user = sum(1 for s in loaded.sessions if not s.user)
+    without_user = loaded.without_user
     reasons = loaded.refused + result.reasons
     data = {
         "imported": result.imported,

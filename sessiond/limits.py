@@ -26,6 +26,18 @@ USER_MAX: Final = 256
 META_MAX_BYTES: Final = 64 * 1024
 META_MAX_DEPTH: Final = 32
 MAX_TTL: Final = 100 * 365 * 86400  # a century: beyond that it is a typo
+# The longest record a file to import may hold on one line (or as one
+# element of a JSON export), in bytes: a longer one is skipped as an
+# unreadable record without ever being held whole. The largest record the
+# rules accept is its meta (META_MAX_BYTES as compact JSON) and a few
+# kilobytes of fields (a user of 256 characters escaped as surrogate
+# pairs is 3 KiB). Spelled by another JSON writer it grows at most
+# threefold: json.dumps's ASCII escapes triple a character's bytes at
+# worst, its ", " and ": " add half of a one-byte element at worst, never
+# both to the same byte. 4 MiB (the default max_frame_bytes) leaves
+# twenty times that for spaces put between the tokens by hand or by a
+# tool, and is a bounded buffer all the same.
+RECORD_TEXT_MAX: Final = 64 * META_MAX_BYTES
 # Versions are counted in a signed 64-bit integer, as every client and the
 # wire (msgpack) can hold it: a record that enters with a version outside
 # 1..MAX_VERSION is refused, and one that reaches it is changed no more by

@@ -25,8 +25,8 @@ from sessiond.diskio import atomic_write, fsync_dir
 from sessiond.errors import SessionError, StartError
 from sessiond.failpoints import MIGRATION_COMMITTED, failpoint
 from sessiond.journal import Journal
-from sessiond.legacy import legacy_default_ttl, legacy_dir, read_sessions
-from sessiond.model import DEFAULT_USER, Session, now_us
+from sessiond.legacy import Loaded, legacy_default_ttl, legacy_dir, read_sessions
+from sessiond.model import DEFAULT_USER, now_us
 from sessiond.records import journal_lines
 from sessiond.store import Store
 
@@ -92,7 +92,7 @@ def migrate_legacy(
     result, changes = store.import_sessions(now_us(), sessions)
     for problem in loaded.problems + loaded.refused + result.reasons:
         log.warning("legacy import: %s", problem)
-    _note_rewritten(store, sessions, loaded.repeated)
+    _note_rewritten(loaded)
     for start in range(0, len(changes), COMMIT_SESSIONS):
         journal.append_at_start(journal_lines(changes[start:start + COMMIT_SESSIONS]))
         failpoint(MIGRATION_COMMITTED)
@@ -107,19 +107,18 @@ def migrate_legacy(
     return layers, legacy_file
 
 
-def _note_rewritten(store: Store, sessions: list[Session], repeated: int) -> None:
+def _note_rewritten(loaded: Loaded) -> None:
     """Say what the import made of records other than as the file has them:
-    nothing of the user's data changes without a word in the log."""
-    if repeated:
+    nothing of the user's data changes without a word in the log. The
+    counts are the file's, as ``sessionctl import`` reports them."""
+    if loaded.repeated:
         log.warning("legacy import: %d lines repeat the id of an earlier line; the last "
-                    "line of each id is imported, in the place of its first", repeated)
+                    "line of each id is imported, in the place of its first", loaded.repeated)
     # The user the legacy tool gave a session created without one: no
-    # session of the daemon is without one. (In the store: imported now,
-    # since a resumed migration passes only those the store lacked.)
-    blank = sum(1 for s in sessions if not s.user and s.id in store)
-    if blank:
+    # session of the daemon is without one.
+    if loaded.without_user:
         log.info("legacy import: %d sessions with an empty user imported as user %s",
-                 blank, DEFAULT_USER)
+                 loaded.without_user, DEFAULT_USER)
 
 
 def _begin(begun: Path, legacy_file: Path) -> None:

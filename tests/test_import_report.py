@@ -5,7 +5,9 @@ user a record lacks is given by the rules both engines run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from sessiond.legacy import read_sessions
 from sessiond.model import now_us
 from tests.conftest import Daemon, stored
 from tests.test_legacy_records import legacy
@@ -35,3 +37,21 @@ def test_import_says_how_many_records_repeat_an_id_or_have_no_user(daemon: Daemo
     assert "1 record repeated the id of an earlier one: the last record of each id was " \
         "taken" in again.stdout
     assert "2 records had no user: given user anonymous" in again.stdout
+
+
+def test_the_reader_counts_the_records_without_a_user_once_for_every_caller(
+    tmp_path: Path,
+) -> None:
+    # The migration's log and sessionctl import both read the count off
+    # what the file's reader returns, as they read the repeated ids.
+    created = now_us()
+    blank = json.loads(legacy("blank", 60, created))
+    blank["user"] = ""
+    missing = json.loads(legacy("missing", 60, created))
+    del missing["user"]
+    lines = [legacy("twice", 60, created), json.dumps(blank), json.dumps(missing),
+             legacy("twice", 90, created), legacy("named", 60, created)]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    loaded = read_sessions(path)
+    assert (len(loaded.sessions), loaded.repeated, loaded.without_user) == (4, 1, 2)
