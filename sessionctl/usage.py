@@ -82,7 +82,7 @@ class TopParser(Parser):
 
     def format_help(self) -> str:
         lines = [
-            "usage: sessionctl [--socket PATH] [--json] [--no-autostart] COMMAND [ARGS]",
+            "usage: sessionctl [--socket PATH] [--json] [--no-autostart] [-l] COMMAND [ARGS]",
             "",
             "Talk to sessiond, the per-user session-state daemon (started on first use).",
             "",
@@ -145,7 +145,8 @@ def synopsis(name: str, sub: argparse.ArgumentParser) -> str:
 
 
 def _option_words(arg: Arg) -> str:
-    return f"{arg.name} {arg.metavar}" if arg.kind not in (FLAG,) and arg.metavar else arg.name
+    name = arg.name if arg.short is None else f"{arg.short}, {arg.name}"
+    return f"{name} {arg.metavar}" if arg.kind not in (FLAG,) and arg.metavar else name
 
 
 def _typed(check: Callable[[str], object]) -> Callable[[str], object]:

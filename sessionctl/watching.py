@@ -34,7 +34,7 @@ FIRST_DELAY = 0.05
 MAX_DELAY = 1.0
 
 
-def show(ev: Event, as_json: bool) -> None:
+def show(ev: Event, as_json: bool, full: bool = False) -> None:
     if as_json:
         data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at_us)}
         if ev.session is not None:
@@ -46,7 +46,10 @@ def show(ev: Event, as_json: bool) -> None:
         out(f"{iso(ev.at_us)} lagged, {plural(ev.dropped, 'event')} dropped")
     elif ev.kind != "watching":
         user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-        out(f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}")
+        line = f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}"
+        # Asked at each event: a terminal may be resized during a watch.
+        columns = render.screen_columns(full)
+        out(line if columns is None else render.clip(line, columns))
     sys.stdout.flush()
 
 
@@ -83,7 +86,7 @@ def h_watch(c: Client, args: Args) -> int:
         while True:
             try:
                 for ev in client.watch(user=args.user, after=cursor):
-                    show(ev, args.json)
+                    show(ev, args.json, args.full)
                     if ev.cursor is not None:
                         cursor = ev.cursor
                 return EXIT_OK
