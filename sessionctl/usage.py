@@ -9,8 +9,9 @@ cannot disagree about what a command takes. ``help`` runs here too.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sessionctl.registry import (
     APPEND,
@@ -29,6 +30,9 @@ from sessionctl.registry import (
     dashed_value,
     out,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 GLOBAL_DESTS = frozenset({"help", "version_option", *(arg.dest for arg in GLOBALS)})
 
@@ -54,7 +58,16 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return ""
 
 
+
 class Parser(argparse.ArgumentParser):
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse's own swallows a failed write, so that help written to a
+        # full disk (``--help > /dev/full``) exited 0 having shown nothing:
+        # it fails here as any other output does, and a closed pipe
+        # (``| head``) ends quietly, in ``cli.main``.
+        if message:
+            (file or sys.stderr).write(message)
+
     def error(self, message: str) -> NoReturn:
         # A subcommand's prog is "sessionctl NAME": point at that command's help.
         raise UsageError(f"{message} {see_help(self.prog.partition(' ')[2])}")
