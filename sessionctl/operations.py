@@ -355,7 +355,9 @@ class Operations:
         """Validate, apply live and persist one setting; returns every
         setting. Raises ``InvalidRequest`` for an unknown key or a value
         the key does not take (the message says what it takes),
-        ``Conflict`` when a flag or a variable of the daemon sets it."""
+        ``Conflict`` when a flag or a variable of the daemon sets it, or
+        when its config file, edited by hand, is not valid (nothing is
+        written), ``ReadOnly`` when the file cannot be written."""
         from sessionctl import arguments as a
 
         return self._submit(ConfigSet(id=0, key=a.text("key", key), value=value), to_config)

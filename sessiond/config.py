@@ -249,15 +249,22 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
     """Set ``key`` in the config file, leaving its other keys as they are
     there now (a hand edit not yet reloaded is kept). Returns what the file
     held before (``None``: there was none), for ``restore``. Raises
-    ``ConfigError`` (the file holds a bad value), ``ReadOnly`` (it cannot
-    be written)."""
-    before = read_json_object(path, "config ")
+    ``Conflict`` (the file, edited by hand, is not valid: nothing is
+    written), ``ReadOnly`` (it cannot be written)."""
+    # The value was valid; the file is what is wrong, so this is a refusal
+    # (exit 1), not a usage error: ``config KEY VALUE`` itself was right.
+    try:
+        before = read_json_object(path, "config ")
+    except ConfigError as exc:
+        raise Conflict(f"{exc}; fix the file first (the setting is unchanged)") from exc
     if before is not None:
         try:
             validate({k: v for k, v in before.items() if k not in START_KEYS})
         except ConfigError as exc:
             # Written back as it is, the file would stop the next start.
-            raise ConfigError(f"config {path}: {exc}; fix the file first") from exc
+            raise Conflict(
+                f"config {path}: {exc}; fix the file first (the setting is unchanged)"
+            ) from exc
     save(path, {**(before or {}), key: value})
     return before
 

@@ -220,6 +220,23 @@ def legacy_files(d: Daemon, default_ttl: int) -> None:
 def test_config_set_refuses_to_write_back_a_file_broken_by_hand(daemon: Daemon) -> None:
     daemon.config.write_text('{"fsync": "sometimes"}')
     done = daemon.ctl("config", "default_ttl", "60")
-    assert done.returncode == 2 and "fix the file first" in done.stderr
+    assert done.returncode == 1 and "fix the file first" in done.stderr
     assert daemon.config.read_text() == '{"fsync": "sometimes"}'
+    assert daemon.ctl("config", "default_ttl").stdout == "3600\n"
+
+
+def test_config_set_on_a_file_that_is_not_json_is_refused_not_a_usage_error(
+    daemon: Daemon,
+) -> None:
+    # A hand edit left half-done: the command typed is right, the file is
+    # not, so it is a refusal (exit 1) naming the file, not a usage error
+    # pointing at the command's help.
+    daemon.config.write_text('{"default_ttl": ')
+    done = daemon.ctl("config", "default_ttl", "60")
+    assert done.returncode == 1, done.stderr
+    line, = done.stderr.splitlines()
+    assert line.startswith(f"sessionctl: error: config {daemon.config} is not valid JSON")
+    assert "fix the file first (the setting is unchanged)" in line
+    assert "sessionctl help" not in line
+    assert daemon.config.read_text() == '{"default_ttl": '
     assert daemon.ctl("config", "default_ttl").stdout == "3600\n"
