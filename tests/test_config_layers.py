@@ -240,3 +240,26 @@ def test_config_set_on_a_file_that_is_not_json_is_refused_not_a_usage_error(
     assert "sessionctl help" not in line
     assert daemon.config.read_text() == '{"default_ttl": '
     assert daemon.ctl("config", "default_ttl").stdout == "3600\n"
+
+
+def test_a_reload_logs_what_changed_and_a_bad_file_keeps_the_settings_in_force(
+    daemon: Daemon,
+) -> None:
+    assert daemon.proc is not None
+
+    def reloaded(count: int, needle: str) -> None:
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_until(lambda: daemon.log_text().count("SIGHUP:") == count, what="the reload")
+        last = [line for line in daemon.log_text().splitlines() if "SIGHUP:" in line][-1]
+        assert needle in last, last
+
+    daemon.config.write_text(json.dumps({"default_ttl": 120, "fsync": "always"}))
+    reloaded(1, f"SIGHUP: reloaded {daemon.config}: default_ttl 3600 -> 120, "
+                "fsync 'everysec' -> 'always'")
+    daemon.config.write_text('{"default_ttl": 60,')  # an edit left half-done
+    reloaded(2, "ERROR SIGHUP: config not reloaded, the settings in force are kept: "
+                f"config {daemon.config} is not valid JSON")
+    assert daemon.ctl("config", "default_ttl").stdout == "120\n"
+    daemon.config.write_text(json.dumps({"fsync": "always", "default_ttl": 120}))
+    reloaded(3, f"SIGHUP: reloaded {daemon.config}: no setting changed")
+    assert "Traceback" not in daemon.log_text()
