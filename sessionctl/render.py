@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, TextIO
 
 import msgspec
@@ -223,16 +223,21 @@ def _fitted(widths: list[int], floors: list[int], free: Sequence[int], excess: i
     return widths
 
 
-def fields(rows: Iterable[tuple[str, Any]], columns: int | None = None) -> str:
+def fields(rows: Iterable[tuple[str, Any]], columns: int | None = None,
+           whole: Collection[str] = ()) -> str:
     """``key   value`` lines with the values aligned, both escaped (so a
     caller passes them raw, and escaping happens once); with ``columns``
-    (``screen_columns``), each value cut to fit that width."""
-    shown = [(escape(str(k)), escape(str(v))) for k, v in rows]
-    keys = max((width(k) for k, _ in shown), default=0)
+    (``screen_columns``), each value cut to fit that width, but those of
+    the keys in ``whole`` (an id), and a key (a meta key may be 256
+    characters) cut to a third of it at most."""
+    raw = [(str(k), escape(str(k)), escape(str(v))) for k, v in rows]
+    keys = max((width(k) for _, k, _ in raw), default=0)
     if columns is not None:
+        keys = min(keys, max(columns // 3, MIN_FITTED))
         room = max(columns - keys - 2, MIN_FITTED)
-        shown = [(k, clip(v, room)) for k, v in shown]
-    return "\n".join(f"{_pad(k, keys)}  {v}" for k, v in shown)
+        raw = [(name, clip(k, keys), v if name in whole else clip(v, room))
+               for name, k, v in raw]
+    return "\n".join(f"{_pad(k, keys)}  {v}" for _, k, v in raw)
 
 
 def meta_text(value: Any) -> str:
@@ -259,7 +264,7 @@ def session_fields(s: Session, now: int, columns: int | None = None) -> str:
         rows.append(("expired", iso(s.expired_at_us)))
     rows.append(("version", s.version))
     rows.extend((f"meta.{k}", meta_text(v)) for k, v in s.meta.items())
-    return fields(rows, columns)
+    return fields(rows, columns, whole=("id",))
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], columns: int | None = None,

@@ -180,3 +180,22 @@ def test_watch_lines_fit_the_terminal(daemon: Daemon) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         os.close(master)
+
+
+def test_get_never_cuts_the_id_and_a_long_meta_key_does_not_squeeze_every_value(
+    daemon: Daemon,
+) -> None:
+    long_key = "k" * 200
+    with daemon.client() as c:
+        sid = c.create(user="alice", meta={long_key: "v", "note": LONG_META}).id
+    status, lines = on_terminal(daemon, "get", sid, columns=80)
+    assert status == 0
+    assert max(widths(lines)) <= 80, lines
+    # The key column is cut to a third of the width, not the values to nothing.
+    status_row = next(line for line in lines if line.startswith("status"))
+    assert "active (expires in " in status_row and "\u2026" not in status_row, status_row
+    key_row = next(line for line in lines if line.startswith("meta.kkk"))
+    assert key_row.endswith("\u2026  v"), key_row
+    status, lines = on_terminal(daemon, "get", sid, columns=30)
+    assert status == 0
+    assert any(line.endswith(sid) for line in lines), lines  # an id is never cut
