@@ -30,7 +30,9 @@ def assert_one_error_line(r: subprocess.CompletedProcess[str], what: str) -> Non
     assert "Traceback" not in r.stderr, (what, r.stderr)
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sessionctl: error: "), (what, r.stderr)
-    assert "No space left on device" in lines[0], (what, r.stderr)
+    # Says what failed, as coreutils' "write error" does: not a bare errno text.
+    assert lines[0] == "sessionctl: error: cannot write the output: No space left on device", (
+        what, r.stderr)
 
 
 def test_help_to_a_full_disk_is_one_error_line_and_status_1(daemon: Daemon) -> None:
