@@ -299,8 +299,15 @@ def h_config(c: Client, args: Args) -> int:
     elif args.key or args.json:
         data = c.config(args.key)
     else:
-        data, sources = c.config_sources()
-        out(render.config_table(data, sources, render.screen_columns(args.full)))
+        listing = c.config_listing()
+        out(render.config_table(listing.values, listing.sources,
+                                render.screen_columns(args.full)))
+        if listing.file_note is not None:
+            # After the table, on stderr, as systemctl warns of a unit file
+            # changed on disk: the table shows what is in force.
+            sys.stdout.flush()
+            sys.stderr.write(render.escape_message(
+                f"sessionctl: warning: {listing.file_note}") + "\n")
         return EXIT_OK
     if args.key and args.value is None and not args.json:
         out(render.escape(render.meta_text(data[args.key])))

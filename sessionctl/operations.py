@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sessionctl.results import (
     SESSION_KINDS,
     Ack,
+    ConfigListing,
     Session,
     to_ack,
     to_cleanup,
     to_compacted,
     to_config,
+    to_config_listing,
     to_config_sources,
     to_deleted,
     to_imported,
@@ -373,6 +375,14 @@ class Operations:
 
         req = ConfigGet(id=0, key=None if key is None else a.text("key", key))
         return self._submit(req, to_config_sources)
+
+    @operation
+    def config_listing(self) -> Reply[ConfigListing]:
+        """Every setting, where each came from, the daemon's config file and
+        why what it now holds is not in force (edited since it was read,
+        or invalid), as ``sessionctl config`` shows them. Raises only what
+        every operation raises (see ``Operations``)."""
+        return self._submit(ConfigGet(id=0), to_config_listing)
 
     @operation
     def import_page(self, sessions: Sequence[Session | model.Session]) -> Reply[ImportResult]:

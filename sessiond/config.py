@@ -186,6 +186,24 @@ def layered(path: Path, environ: Mapping[str, str], flags: dict[str, Any]) -> La
     return Layers(path, merge(file, env, flags), file, env, flags)
 
 
+def pending(layers: Layers) -> str | None:
+    """Why the config file, as it now is, is not what is in force (``None``:
+    it is): edited (or written by ``config`` beside a hand edit) since it
+    was read, or no longer readable or valid. For ``config``'s listing, as
+    systemctl warns of a unit file changed on disk; a small file, read in
+    a moment."""
+    try:
+        on_disk = read_file(layers.path)
+    except ConfigError as exc:
+        return f"{exc}; the settings read before stay in force"
+    if on_disk == layers.file:
+        return None
+    import os
+
+    return (f"config {layers.path} has changed since the daemon read it; reload it "
+            f"(kill -HUP {os.getpid()}) to put the file in force")
+
+
 def reload(layers: Layers) -> Layers:
     """``layers`` with the config file read again (SIGHUP): the environment
     and the flags still win. Raises ``ConfigError``."""

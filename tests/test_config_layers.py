@@ -263,3 +263,37 @@ def test_a_reload_logs_what_changed_and_a_bad_file_keeps_the_settings_in_force(
     daemon.config.write_text(json.dumps({"fsync": "always", "default_ttl": 120}))
     reloaded(3, f"SIGHUP: reloaded {daemon.config}: no setting changed")
     assert "Traceback" not in daemon.log_text()
+
+
+def test_config_listing_warns_of_a_file_edited_since_it_was_read_until_reloaded(
+    daemon: Daemon,
+) -> None:
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    # What `config KEY VALUE` writes is what is in force: no warning (a
+    # float, and a duration written as seconds, read back equal).
+    for key, value in (("frame_timeout", "11"), ("default_ttl", "2h")):
+        assert daemon.ctl("config", key, value).returncode == 0
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    edited = {**file_of(daemon), "default_ttl": 60}
+    daemon.config.write_text(json.dumps(edited))
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0
+    assert "default_ttl             7200      file" in listed.stdout  # what is in force
+    assert listed.stderr == (
+        f"sessionctl: warning: config {daemon.config} has changed since the daemon read it; "
+        f"reload it (kill -HUP {pid}) to put the file in force\n"
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: daemon.ctl("config").stderr == "", what="the reload")
+    assert daemon.ctl("config", "default_ttl").stdout == "60\n"
+    daemon.config.write_text('{"default_ttl": 60')  # an edit left half-done
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0 and "default_ttl             60 " in listed.stdout
+    assert listed.stderr.startswith(
+        f"sessionctl: warning: config {daemon.config} is not valid JSON: ")
+    assert listed.stderr.endswith("; the settings read before stay in force\n")
+    # A program reading --json gets the values alone, and no warning.
+    as_json = daemon.ctl("config", "--json")
+    assert json.loads(as_json.stdout)["default_ttl"] == 60 and as_json.stderr == ""
