@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
 from sessiond import config
 from sessiond.model import US, iso, now_us
-from tests.conftest import Daemon, wait_until
+from tests.conftest import SESSIONCTL, Daemon, wait_until
 
 pytestmark = pytest.mark.local_only(
     "config.json's layer under the environment and the flags (shared mode's namespace "
@@ -297,3 +298,18 @@ def test_config_listing_warns_of_a_file_edited_since_it_was_read_until_reloaded(
     # A program reading --json gets the values alone, and no warning.
     as_json = daemon.ctl("config", "--json")
     assert json.loads(as_json.stdout)["default_ttl"] == 60 and as_json.stderr == ""
+
+
+def test_config_writes_racing_from_many_processes_lose_no_setting(daemon: Daemon) -> None:
+    wanted = {"default_ttl": 100, "expired_retention": 200, "compact_interval": 300,
+              "idle_timeout": 601.0, "max_connections": 999, "watch_queue": 9999,
+              "compact_growth_percent": 150, "send_timeout": 12.0}
+    procs = [subprocess.Popen([SESSIONCTL, "config", key, str(value)], env=daemon.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for key, value in wanted.items()]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert file_of(daemon) == wanted  # whole JSON, every key: none lost, none torn
+    listed = daemon.ctl("config", "--json")
+    assert {k: json.loads(listed.stdout)[k] for k in wanted} == wanted
