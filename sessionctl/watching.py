@@ -46,10 +46,13 @@ def show(ev: Event, as_json: bool, full: bool = False) -> None:
         out(f"{iso(ev.at_us)} lagged, {plural(ev.dropped, 'event')} dropped")
     elif ev.kind != "watching":
         user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-        line = f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}"
-        # Asked at each event: a terminal may be resized during a watch.
+        head = f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}"
+        # Asked at each event: a terminal may be resized during a watch. The
+        # user is cut to fit, never the id (ids are ASCII: len is width).
         columns = render.screen_columns(full)
-        out(line if columns is None else render.clip(line, columns))
+        if columns is not None:
+            user = render.clip(user, max(columns - len(head), render.MIN_FITTED))
+        out(head + user)
     sys.stdout.flush()
 
 

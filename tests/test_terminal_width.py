@@ -164,18 +164,22 @@ def test_watch_lines_fit_the_terminal(daemon: Daemon) -> None:
     os.close(slave)
     try:
         wait_until(lambda: watchers(daemon) == 1, 15, "the watch to be registered")
+        long_id = "i" * 128
         with Client(daemon.socket) as c:
             sid = c.create(user=LONG_USER).id
+            c.create(user=LONG_USER, id=long_id)
         seen = bytearray()
 
         def shown() -> bool:
             if select.select([master], [], [], 0.1)[0]:
                 seen.extend(os.read(master, 65536))
-            return b"\n" in seen
+            return seen.count(b"\n") >= 2
 
-        wait_until(shown, 15, "the watch to show the event")
-        line = seen.decode().splitlines()[0]
-        assert sid in line and len(line) == 80 and line.endswith("\u2026"), line
+        wait_until(shown, 15, "the watch to show the events")
+        first, second = seen.decode().splitlines()[:2]
+        assert sid in first and len(first) == 80 and first.endswith("\u2026"), first
+        # The user is what is cut, never the id, however long.
+        assert f" {long_id} user=u" in second and second.endswith("\u2026"), second
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
