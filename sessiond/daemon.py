@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="read the backend's password from FILE "
                         "(else SESSIOND_BACKEND_PASSWORD, else the URL's)")
     p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
+                   choices=["debug", "info", "warning", "error"],
+                   help="log verbosity (default: info)")
     p.add_argument("--log-file", type=Path, metavar="PATH",
                    help="log to PATH (created 0600), rotated by size, instead of stderr; "
                         "stderr goes there too")
