@@ -227,12 +227,13 @@ def fields(rows: Iterable[tuple[str, Any]], columns: int | None = None,
            whole: Collection[str] = ()) -> str:
     """``key   value`` lines with the values aligned, both escaped (so a
     caller passes them raw, and escaping happens once); with ``columns``
-    (``screen_columns``), each value cut to fit that width, but those of
-    the keys in ``whole`` (an id), and a key (a meta key may be 256
-    characters) cut to a third of it at most."""
+    (``screen_columns``), lines wider than that are fitted to it: each
+    value cut to fit, but those of the keys in ``whole`` (an id), and the
+    keys (a meta key may be 256 characters) to a third of it at most."""
     raw = [(str(k), escape(str(k)), escape(str(v))) for k, v in rows]
     keys = max((width(k) for _, k, _ in raw), default=0)
-    if columns is not None:
+    values = max((width(v) for name, _, v in raw if name not in whole), default=0)
+    if columns is not None and keys + 2 + values > columns:
         keys = min(keys, max(columns // 3, MIN_FITTED))
         room = max(columns - keys - 2, MIN_FITTED)
         raw = [(name, clip(k, keys), v if name in whole else clip(v, room))

@@ -203,3 +203,13 @@ def test_get_never_cuts_the_id_and_a_long_meta_key_does_not_squeeze_every_value(
     status, lines = on_terminal(daemon, "get", sid, columns=30)
     assert status == 0
     assert any(line.endswith(sid) for line in lines), lines  # an id is never cut
+
+
+def test_get_cuts_nothing_when_every_line_fits(daemon: Daemon) -> None:
+    key = "a_fairly_long_meta_key_of_forty_chars_xx"
+    with daemon.client() as c:
+        sid = c.create(user="alice", meta={key: "v"}).id
+    status, lines = on_terminal(daemon, "get", sid, columns=100)
+    assert status == 0
+    assert f"meta.{key}  v" in lines, lines
+    assert not any("\u2026" in line for line in lines), lines
