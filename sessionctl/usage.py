@@ -58,7 +58,6 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return ""
 
 
-
 class Parser(argparse.ArgumentParser):
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
         # argparse's own swallows a failed write, so that help written to a

@@ -15,6 +15,7 @@ way: for the daemon's life, they win.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,8 +199,6 @@ def pending(layers: Layers) -> str | None:
         return f"{exc}; the settings read before stay in force"
     if on_disk == layers.file:
         return None
-    import os
-
     return (f"config {layers.path} has changed since the daemon read it; reload it "
             f"(kill -HUP {os.getpid()}) to put the file in force")
 
