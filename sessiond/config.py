@@ -199,8 +199,10 @@ def pending(layers: Layers) -> str | None:
         return f"{exc}; the settings read before stay in force"
     if on_disk == layers.file:
         return None
+    # In shared mode the namespace's settings sit above the file's.
+    above = "" if layers.namespace is None else " (the namespace's settings still win over it)"
     return (f"config {layers.path} has changed since the daemon read it; reload it "
-            f"(kill -HUP {os.getpid()}) to put the file in force")
+            f"(kill -HUP {os.getpid()}) to put the file in force{above}")
 
 
 def reload(layers: Layers) -> Layers:
