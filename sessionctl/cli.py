@@ -284,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.close(devnull)
         return EXIT_OK
     except OSError as exc:
+        import errno  # an error's path only
+
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            # A write without a file's name is stdout's (every file the
+            # commands open is named in its error): said as coreutils'
+            # "write error" says it, not as a bare "No space left on device".
+            return fail(f"cannot write the output: {exc.strerror}", EXIT_FAILED)
         where = f" ({exc.filename})" if exc.filename else ""
         return fail(f"{exc.strerror or exc}{where}", EXIT_FAILED)
     except KeyboardInterrupt:

@@ -132,7 +132,8 @@ def expired(sid: str, *, refreshing: bool = False) -> SessionExpired:
 
 
 def show_session(c: Client, args: Args, s: Any) -> int:
-    emit(args, render.session_dict(s), lambda: render.session_fields(s, now_us()))
+    emit(args, render.session_dict(s), lambda: render.session_fields(
+        s, now_us(), render.screen_columns(args.full)))
     return EXIT_OK
 
 
@@ -238,7 +239,8 @@ def h_list(c: Client, args: Args) -> int:
         render.write_json_array(sys.stdout, (render.session_dict(s) for s in sessions))
     else:
         shown: list[Session] = list(sessions)
-        out(render.session_table(shown, now_us(), more=sessions.more))
+        out(render.session_table(shown, now_us(), more=sessions.more,
+                                 columns=render.screen_columns(args.full)))
     warn_damaged(sessions.damaged)
     return EXIT_OK
 
@@ -255,7 +257,7 @@ def h_stats(c: Client, args: Args) -> int:
             data["read_only_reason"] = value
         else:
             data[key] = value
-    emit(args, data, lambda: render.stats_fields(st, now_us()))
+    emit(args, data, lambda: render.stats_fields(st, now_us(), render.screen_columns(args.full)))
     return EXIT_OK
 
 
@@ -297,13 +299,21 @@ def h_config(c: Client, args: Args) -> int:
     elif args.key or args.json:
         data = c.config(args.key)
     else:
-        data, sources = c.config_sources()
-        out(render.config_table(data, sources))
+        listing = c.config_listing()
+        out(render.config_table(listing.values, listing.sources,
+                                render.screen_columns(args.full)))
+        if listing.file_note is not None:
+            # After the table, on stderr, as systemctl warns of a unit file
+            # changed on disk: the table shows what is in force.
+            sys.stdout.flush()
+            sys.stderr.write(render.escape_message(
+                f"sessionctl: warning: {listing.file_note}") + "\n")
         return EXIT_OK
     if args.key and args.value is None and not args.json:
         out(render.escape(render.meta_text(data[args.key])))
         return EXIT_OK
-    emit(args, data, lambda: render.fields((k, render.meta_text(v)) for k, v in data.items()))
+    emit(args, data, lambda: render.fields(((k, render.meta_text(v)) for k, v in data.items()),
+                                           render.screen_columns(args.full)))
     return EXIT_OK
 
 

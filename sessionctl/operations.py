@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from sessionctl.results import (
     SESSION_KINDS,
     Ack,
+    ConfigListing,
     Session,
     to_ack,
     to_cleanup,
     to_compacted,
     to_config,
+    to_config_listing,
     to_config_sources,
     to_deleted,
     to_imported,
@@ -355,7 +357,9 @@ class Operations:
         """Validate, apply live and persist one setting; returns every
         setting. Raises ``InvalidRequest`` for an unknown key or a value
         the key does not take (the message says what it takes),
-        ``Conflict`` when a flag or a variable of the daemon sets it."""
+        ``Conflict`` when a flag or a variable of the daemon sets it, or
+        when its config file, edited by hand, is not valid (nothing is
+        written), ``ReadOnly`` when the file cannot be written."""
         from sessionctl import arguments as a
 
         return self._submit(ConfigSet(id=0, key=a.text("key", key), value=value), to_config)
@@ -371,6 +375,14 @@ class Operations:
 
         req = ConfigGet(id=0, key=None if key is None else a.text("key", key))
         return self._submit(req, to_config_sources)
+
+    @operation
+    def config_listing(self) -> Reply[ConfigListing]:
+        """Every setting, where each came from, the daemon's config file and
+        why what it now holds is not in force (edited since it was read,
+        or invalid), as ``sessionctl config`` shows them. Raises only what
+        every operation raises (see ``Operations``)."""
+        return self._submit(ConfigGet(id=0), to_config_listing)
 
     @operation
     def import_page(self, sessions: Sequence[Session | model.Session]) -> Reply[ImportResult]:

@@ -275,8 +275,13 @@ GLOBALS = (
     Arg("--json", FLAG, help="print the result as JSON on stdout, and nothing else"),
     Arg("--no-autostart", FLAG,
         help="do not start sessiond when none answers (or SESSIONCTL_NO_AUTOSTART=1)"),
+    # systemctl's -l/--full: on a terminal, tables are fitted to its width
+    # (the widest free-text column cut short with "…"); this shows them whole.
+    Arg("--full", FLAG, short="-l",
+        help="on a terminal, show every value whole rather than fit to its width"),
 )
-GLOBAL_DEFAULTS: dict[str, object] = {"socket": None, "json": False, "no_autostart": False}
+GLOBAL_DEFAULTS: dict[str, object] = {"socket": None, "json": False, "no_autostart": False,
+                                      "full": False}
 # Options whose value may start with a dash and a digit (``--before -7d``,
 # seven days ago): taken as their value, where argparse would see an option.
 DASHED_VALUES = frozenset({"--before"})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, TextIO
 
 import msgspec
@@ -138,12 +140,105 @@ def _pad(text: str, columns: int) -> str:
     return text + " " * (columns - width(text))
 
 
-def fields(rows: Iterable[tuple[str, Any]]) -> str:
+# -- fitting a terminal --------------------------------------------------------
+#
+# As systemctl and loginctl do: on a terminal, output for people is fitted to
+# its width by cutting the widest free-text column short with an ellipsis,
+# so that a long value does not wrap every row; ``-l``/``--full`` shows
+# everything, and so does any output that is not a terminal (a pipe, a file,
+# ``--json``), where a cut value would be lost to whoever reads it.
+
+# A free-text column is never cut narrower than this, nor than its header.
+MIN_FITTED = 8
+
+
+def screen_columns(full: bool) -> int | None:
+    """The width to fit output for people to: ``$COLUMNS`` or the
+    terminal's, when stdout is a terminal and ``full`` (``-l``/``--full``)
+    is not asked; ``None`` (show everything) otherwise."""
+    if full:
+        return None
+    try:
+        fd = sys.stdout.fileno()
+        if not os.isatty(fd):
+            return None
+        # systemd's rule: $COLUMNS, when it is a number, wins.
+        wanted = os.environ.get("COLUMNS", "")
+        if wanted.isascii() and wanted.isdigit() and int(wanted) > 0:
+            return int(wanted)
+        # A terminal that does not know its size says 0: nothing to fit to.
+        return os.get_terminal_size(fd).columns or None
+    except (OSError, ValueError):  # no stdout file, or no size to be had
+        return None
+
+
+def ellipsis() -> str:
+    """An ellipsis, or three dots where stdout cannot encode one (an ASCII
+    locale)."""
+    try:
+        "\u2026".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "..."
+    return "\u2026"
+
+
+def clip(text: str, columns: int) -> str:
+    """``text`` cut to ``columns`` terminal columns, ending in an ellipsis
+    where it was cut (wide characters counted as ``width`` counts them)."""
+    if width(text) <= columns:
+        return text
+    mark = ellipsis()
+    room = max(columns - len(mark), 0)
+    if text.isascii():
+        return text[:room] + mark
+    used = 0
+    kept: list[str] = []
+    for ch in text:
+        used += width(ch)
+        if used > room:
+            break
+        kept.append(ch)
+    return "".join(kept) + mark
+
+
+def _fitted(widths: list[int], floors: list[int], free: Sequence[int], excess: int) -> list[int]:
+    """``widths`` with the ``free`` columns narrowed by ``excess`` columns in
+    all, the widest first (ties shared), none below its floor: as much of
+    the excess as they can give."""
+    widths = list(widths)
+    while excess > 0:
+        open_ = [i for i in free if widths[i] > floors[i]]
+        if not open_:
+            break
+        top = max(widths[i] for i in open_)
+        tied = [i for i in open_ if widths[i] == top]
+        # The tied columns go down together to the next widest or their floor.
+        below = max([widths[i] for i in open_ if widths[i] < top]
+                    + [max(floors[i] for i in tied)])
+        cut = min(excess, (top - below) * len(tied))
+        each, extra = divmod(cut, len(tied))
+        for n, i in enumerate(tied):
+            widths[i] -= each + (1 if n < extra else 0)
+        excess -= cut
+    return widths
+
+
+def fields(rows: Iterable[tuple[str, Any]], columns: int | None = None,
+           whole: Collection[str] = ()) -> str:
     """``key   value`` lines with the values aligned, both escaped (so a
-    caller passes them raw, and escaping happens once)."""
-    shown = [(escape(str(k)), escape(str(v))) for k, v in rows]
-    columns = max((width(k) for k, _ in shown), default=0)
-    return "\n".join(f"{_pad(k, columns)}  {v}" for k, v in shown)
+    caller passes them raw, and escaping happens once); with ``columns``
+    (``screen_columns``), lines wider than that are fitted to it: each
+    value cut to fit, but those of the keys in ``whole`` (an id), and the
+    keys (a meta key may be 256 characters) to a third of it at most."""
+    raw = [(str(k), escape(str(k)), escape(str(v))) for k, v in rows]
+    keys = max((width(k) for _, k, _ in raw), default=0)
+    values = max((width(v) for name, _, v in raw if name not in whole), default=0)
+    if columns is not None and keys + 2 + values > columns:
+        keys = min(keys, max(columns // 3, MIN_FITTED))
+        room = max(columns - keys - 2, MIN_FITTED)
+        raw = [(name, clip(k, keys), v if name in whole else clip(v, room))
+               for name, k, v in raw]
+    return "\n".join(f"{_pad(k, keys)}  {v}" for _, k, v in raw)
 
 
 def meta_text(value: Any) -> str:
@@ -156,7 +251,7 @@ def ttl_text(ttl: int) -> str:
     return f"{ttl}s" if words == f"{ttl}s" else f"{ttl}s ({words})"
 
 
-def session_fields(s: Session, now: int) -> str:
+def session_fields(s: Session, now: int, columns: int | None = None) -> str:
     rows: list[tuple[str, Any]] = [
         ("id", s.id),
         ("user", s.user),
@@ -170,20 +265,31 @@ def session_fields(s: Session, now: int) -> str:
         rows.append(("expired", iso(s.expired_at_us)))
     rows.append(("version", s.version))
     rows.extend((f"meta.{k}", meta_text(v)) for k, v in s.meta.items())
-    return fields(rows)
+    return fields(rows, columns, whole=("id",))
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], columns: int | None = None,
+          free: Sequence[int] = ()) -> str:
     """Aligned columns, every cell escaped (a newline in a value must not
-    start a row of its own)."""
+    start a row of its own). With ``columns`` (``screen_columns``), rows
+    wider than that are fitted to it by cutting the ``free`` columns (by
+    index: free text, never an id) short, the widest first."""
     lines = [[escape(cell) for cell in line] for line in (header, *rows)]
     widths = [max(width(line[i]) for line in lines) for i in range(len(header))]
+    if columns is not None and free:
+        excess = sum(widths) + 2 * (len(widths) - 1) - columns
+        if excess > 0:
+            floors = [max(width(cell), MIN_FITTED) for cell in lines[0]]
+            widths = _fitted(widths, floors, free, excess)
+            lines = [[clip(cell, widths[i]) if i in free else cell
+                      for i, cell in enumerate(line)] for line in lines]
     return "\n".join(
         "  ".join(_pad(cell, widths[i]) for i, cell in enumerate(line)).rstrip() for line in lines
     )
 
 
-def session_table(sessions: list[Session], now: int, *, more: bool = False) -> str:
+def session_table(sessions: list[Session], now: int, *, more: bool = False,
+                  columns: int | None = None) -> str:
     """The table and its count line, which says when ``--limit`` left out
     sessions that match."""
     rows = [
@@ -202,15 +308,18 @@ def session_table(sessions: list[Session], now: int, *, more: bool = False) -> s
         count += " shown; more match (raise --limit to see them)"
     if not rows:
         return count
-    return table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows) + f"\n\n{count}"
+    # USER and META are free text (a user may be 256 characters, meta 64 KiB).
+    shown = table(("ID", "USER", "STATUS", "TTL", "DEADLINE", "META"), rows, columns, (1, 5))
+    return f"{shown}\n\n{count}"
 
 
-def config_table(data: dict[str, Any], sources: dict[str, str]) -> str:
+def config_table(data: dict[str, Any], sources: dict[str, str],
+                 columns: int | None = None) -> str:
     """Settings with where each came from (default, file, env, flag)."""
     if not sources:  # a daemon too old to say
-        return fields((k, meta_text(v)) for k, v in data.items())
+        return fields(((k, meta_text(v)) for k, v in data.items()), columns)
     rows = [(k, meta_text(v), sources.get(k, "?")) for k, v in data.items()]
-    return table(("KEY", "VALUE", "SOURCE"), rows)
+    return table(("KEY", "VALUE", "SOURCE"), rows, columns, (1,))
 
 
 def human_bytes(n: float) -> str:
@@ -221,7 +330,7 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def stats_fields(st: StatsInfo, now: int) -> str:
+def stats_fields(st: StatsInfo, now: int, columns: int | None = None) -> str:
     """``stats`` for people: durations, sizes and times in words, "never"
     or "no" where the daemon says null."""
     lag = f"max {st.expiry_lag_max_ms:g} ms, p99 {st.expiry_lag_p99_ms:g} ms"
@@ -268,4 +377,4 @@ def stats_fields(st: StatsInfo, now: int) -> str:
                      f"unreachable: {st.backend_error or 'no reason given'}"))
         rows.append(("expiry lease", "held here" if st.expiry_lease else
                      "held by another daemon" if st.backend_ok else "not held here"))
-    return fields(rows)
+    return fields(rows, columns)

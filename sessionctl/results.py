@@ -218,6 +218,23 @@ to_stats = _reply(StatsReply, lambda r: r.stats)
 to_cleanup = _reply(CleanupReply, lambda r: r.result)
 to_config = _reply(ConfigReply, lambda r: r.config)
 to_config_sources = _reply(ConfigReply, lambda r: (r.config, r.sources))
+
+
+class ConfigListing(msgspec.Struct, kw_only=True):
+    """Every setting in force (``values``), where each came from
+    (``sources``: default, file, env, flag or namespace), the daemon's
+    config file (``file``) and why what that file now holds is not in
+    force (``file_note``; ``None``: it is). ``sources`` is empty, ``file``
+    and ``file_note`` ``None``, from a daemon too old to say."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    file: str | None = None
+    file_note: str | None = None
+
+
+to_config_listing = _reply(ConfigReply, lambda r: ConfigListing(
+    values=r.config, sources=r.sources, file=r.file, file_note=r.file_note))
 to_imported = _reply(ImportReply, lambda r: r.result)
 to_compacted = _reply(CompactReply, lambda r: r.result)
 to_pong = _reply(Pong, lambda r: r)

@@ -9,8 +9,9 @@ cannot disagree about what a command takes. ``help`` runs here too.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sessionctl.registry import (
     APPEND,
@@ -29,6 +30,9 @@ from sessionctl.registry import (
     dashed_value,
     out,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 GLOBAL_DESTS = frozenset({"help", "version_option", *(arg.dest for arg in GLOBALS)})
 
@@ -55,6 +59,14 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
 
 
 class Parser(argparse.ArgumentParser):
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse's own swallows a failed write, so that help written to a
+        # full disk (``--help > /dev/full``) exited 0 having shown nothing:
+        # it fails here as any other output does, and a closed pipe
+        # (``| head``) ends quietly, in ``cli.main``.
+        if message:
+            (file or sys.stderr).write(message)
+
     def error(self, message: str) -> NoReturn:
         # A subcommand's prog is "sessionctl NAME": point at that command's help.
         raise UsageError(f"{message} {see_help(self.prog.partition(' ')[2])}")
@@ -82,7 +94,7 @@ class TopParser(Parser):
 
     def format_help(self) -> str:
         lines = [
-            "usage: sessionctl [--socket PATH] [--json] [--no-autostart] COMMAND [ARGS]",
+            "usage: sessionctl [--socket PATH] [--json] [--no-autostart] [-l] COMMAND [ARGS]",
             "",
             "Talk to sessiond, the per-user session-state daemon (started on first use).",
             "",
@@ -145,7 +157,8 @@ def synopsis(name: str, sub: argparse.ArgumentParser) -> str:
 
 
 def _option_words(arg: Arg) -> str:
-    return f"{arg.name} {arg.metavar}" if arg.kind not in (FLAG,) and arg.metavar else arg.name
+    name = arg.name if arg.short is None else f"{arg.short}, {arg.name}"
+    return f"{name} {arg.metavar}" if arg.kind not in (FLAG,) and arg.metavar else name
 
 
 def _typed(check: Callable[[str], object]) -> Callable[[str], object]:

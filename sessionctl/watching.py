@@ -34,7 +34,7 @@ FIRST_DELAY = 0.05
 MAX_DELAY = 1.0
 
 
-def show(ev: Event, as_json: bool) -> None:
+def show(ev: Event, as_json: bool, full: bool = False) -> None:
     if as_json:
         data: dict[str, Any] = {"event": ev.kind, "id": ev.sid, "at": iso(ev.at_us)}
         if ev.session is not None:
@@ -46,7 +46,13 @@ def show(ev: Event, as_json: bool) -> None:
         out(f"{iso(ev.at_us)} lagged, {plural(ev.dropped, 'event')} dropped")
     elif ev.kind != "watching":
         user = f" user={render.escape(ev.session.user)}" if ev.session else ""
-        out(f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}{user}")
+        head = f"{iso(ev.at_us)} {ev.kind} {render.escape(str(ev.sid))}"
+        # Asked at each event: a terminal may be resized during a watch. The
+        # user is cut to fit, never the id (ids are ASCII: len is width).
+        columns = render.screen_columns(full)
+        if columns is not None:
+            user = render.clip(user, max(columns - len(head), render.MIN_FITTED))
+        out(head + user)
     sys.stdout.flush()
 
 
@@ -83,7 +89,7 @@ def h_watch(c: Client, args: Args) -> int:
         while True:
             try:
                 for ev in client.watch(user=args.user, after=cursor):
-                    show(ev, args.json)
+                    show(ev, args.json, args.full)
                     if ev.cursor is not None:
                         cursor = ev.cursor
                 return EXIT_OK

@@ -15,6 +15,7 @@ way: for the daemon's life, they win.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,24 @@ def layered(path: Path, environ: Mapping[str, str], flags: dict[str, Any]) -> La
     return Layers(path, merge(file, env, flags), file, env, flags)
 
 
+def pending(layers: Layers) -> str | None:
+    """Why the config file, as it now is, is not what is in force (``None``:
+    it is): edited (or written by ``config`` beside a hand edit) since it
+    was read, or no longer readable or valid. For ``config``'s listing, as
+    systemctl warns of a unit file changed on disk; a small file, read in
+    a moment."""
+    try:
+        on_disk = read_file(layers.path)
+    except ConfigError as exc:
+        return f"{exc}; the settings read before stay in force"
+    if on_disk == layers.file:
+        return None
+    # In shared mode the namespace's settings sit above the file's.
+    above = "" if layers.namespace is None else " (the namespace's settings still win over it)"
+    return (f"config {layers.path} has changed since the daemon read it; reload it "
+            f"(kill -HUP {os.getpid()}) to put the file in force{above}")
+
+
 def reload(layers: Layers) -> Layers:
     """``layers`` with the config file read again (SIGHUP): the environment
     and the flags still win. Raises ``ConfigError``."""
@@ -249,15 +268,22 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
     """Set ``key`` in the config file, leaving its other keys as they are
     there now (a hand edit not yet reloaded is kept). Returns what the file
     held before (``None``: there was none), for ``restore``. Raises
-    ``ConfigError`` (the file holds a bad value), ``ReadOnly`` (it cannot
-    be written)."""
-    before = read_json_object(path, "config ")
+    ``Conflict`` (the file, edited by hand, is not valid: nothing is
+    written), ``ReadOnly`` (it cannot be written)."""
+    # The value was valid; the file is what is wrong, so this is a refusal
+    # (exit 1), not a usage error: ``config KEY VALUE`` itself was right.
+    try:
+        before = read_json_object(path, "config ")
+    except ConfigError as exc:
+        raise Conflict(f"{exc}; fix the file first (the setting is unchanged)") from exc
     if before is not None:
         try:
             validate({k: v for k, v in before.items() if k not in START_KEYS})
         except ConfigError as exc:
             # Written back as it is, the file would stop the next start.
-            raise ConfigError(f"config {path}: {exc}; fix the file first") from exc
+            raise Conflict(
+                f"config {path}: {exc}; fix the file first (the setting is unchanged)"
+            ) from exc
     save(path, {**(before or {}), key: value})
     return before
 

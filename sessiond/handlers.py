@@ -240,7 +240,10 @@ def config_get(c: Parts, req: ConfigGet, now: int) -> Outcome:
             )
         data = {req.key: data[req.key]}
     sources = {key: layers.source(key) for key in data}
-    return ConfigReply(id=req.id, config=data, sources=sources), []
+    if req.key is not None:
+        return ConfigReply(id=req.id, config=data, sources=sources), []
+    return ConfigReply(id=req.id, config=data, sources=sources, file=str(layers.path),
+                       file_note=config.pending(layers)), []
 
 
 @handles(Ping)

@@ -62,7 +62,8 @@ async def set_key(live: Live, key: str, value: Any, adopt: Adopt) -> dict[str, A
     """Validate, persist that one key atomically, then put it in force.
 
     Raises ``ConfigError`` (a bad key or value), ``Conflict`` (a flag or an
-    environment variable sets the key), ``ReadOnly`` (the config file
+    environment variable sets the key, or the config file, edited by hand,
+    is not valid), ``ReadOnly`` (the config file
     cannot be written, or the changes the new value makes, such as a
     lowered max_lifetime's, could not be persisted: the file and the
     settings are as they were)."""

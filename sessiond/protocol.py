@@ -313,11 +313,19 @@ class CleanupReply(Response, tag="cleanup"):
     result: CleanupResult
 
 
-class ConfigReply(Response, tag="config"):
+class ConfigReply(Response, tag="config", omit_defaults=True):
     config: dict[str, Any]
     # Of each key in ``config``: default, file, env or flag (empty from an
     # older daemon).
     sources: dict[str, str] = {}
+    # The listing of every setting (no key asked) also names the config
+    # file, and says why what the file now holds is not what is in force
+    # (``None``: it is), as systemctl warns of a unit file changed on disk.
+    # ``None`` both from an older daemon; left out of the frame when
+    # ``None`` (``omit_defaults``), so that any other answer is the bytes it
+    # always was, and a client that does not know them reads it as before.
+    file: str | None = None
+    file_note: str | None = None
 
 
 class ImportResult(msgspec.Struct, kw_only=True):

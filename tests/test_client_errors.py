@@ -78,6 +78,7 @@ OPERATIONS: list[tuple[str, Callable[[Any], Any]]] = [
     ("config", lambda c: c.config()),
     ("set_config", lambda c: c.set_config("idle_timeout", 600)),
     ("config_sources", lambda c: c.config_sources()),
+    ("config_listing", lambda c: c.config_listing()),
     ("import_page", lambda c: c.import_page([])),
     ("compact", lambda c: c.compact()),
     ("ping", lambda c: c.ping()),

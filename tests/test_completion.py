@@ -86,7 +86,8 @@ def test_bash_completes_each_commands_options_from_the_table(d: Daemon) -> None:
         own = [n for arg in command.arguments for n in arg.names if n.startswith("-")]
         assert bash(d, name, "-") == [*own, *globals_, "-h", "--help"], name
     assert bash(d, "get", "--t") == ["--touch"]
-    assert bash(d, "--") == ["--socket", "--json", "--no-autostart", "--version", "--help"]
+    assert bash(d, "--") == ["--socket", "--json", "--no-autostart", "--full", "--version",
+                             "--help"]
 
 
 def test_bash_completes_choices_config_keys_and_values(d: Daemon) -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 
 import pytest
 
 from sessiond import config
 from sessiond.model import US, iso, now_us
-from tests.conftest import Daemon, wait_until
+from tests.conftest import SESSIONCTL, Daemon, wait_until
 
 pytestmark = pytest.mark.local_only(
     "config.json's layer under the environment and the flags (shared mode's namespace "
@@ -220,6 +221,95 @@ def legacy_files(d: Daemon, default_ttl: int) -> None:
 def test_config_set_refuses_to_write_back_a_file_broken_by_hand(daemon: Daemon) -> None:
     daemon.config.write_text('{"fsync": "sometimes"}')
     done = daemon.ctl("config", "default_ttl", "60")
-    assert done.returncode == 2 and "fix the file first" in done.stderr
+    assert done.returncode == 1 and "fix the file first" in done.stderr
     assert daemon.config.read_text() == '{"fsync": "sometimes"}'
     assert daemon.ctl("config", "default_ttl").stdout == "3600\n"
+
+
+def test_config_set_on_a_file_that_is_not_json_is_refused_not_a_usage_error(
+    daemon: Daemon,
+) -> None:
+    # A hand edit left half-done: the command typed is right, the file is
+    # not, so it is a refusal (exit 1) naming the file, not a usage error
+    # pointing at the command's help.
+    daemon.config.write_text('{"default_ttl": ')
+    done = daemon.ctl("config", "default_ttl", "60")
+    assert done.returncode == 1, done.stderr
+    line, = done.stderr.splitlines()
+    assert line.startswith(f"sessionctl: error: config {daemon.config} is not valid JSON")
+    assert "fix the file first (the setting is unchanged)" in line
+    assert "sessionctl help" not in line
+    assert daemon.config.read_text() == '{"default_ttl": '
+    assert daemon.ctl("config", "default_ttl").stdout == "3600\n"
+
+
+def test_a_reload_logs_what_changed_and_a_bad_file_keeps_the_settings_in_force(
+    daemon: Daemon,
+) -> None:
+    assert daemon.proc is not None
+
+    def reloaded(count: int, needle: str) -> None:
+        daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        wait_until(lambda: daemon.log_text().count("SIGHUP:") == count, what="the reload")
+        last = [line for line in daemon.log_text().splitlines() if "SIGHUP:" in line][-1]
+        assert needle in last, last
+
+    daemon.config.write_text(json.dumps({"default_ttl": 120, "fsync": "always"}))
+    reloaded(1, f"SIGHUP: reloaded {daemon.config}: default_ttl 3600 -> 120, "
+                "fsync 'everysec' -> 'always'")
+    daemon.config.write_text('{"default_ttl": 60,')  # an edit left half-done
+    reloaded(2, "ERROR SIGHUP: config not reloaded, the settings in force are kept: "
+                f"config {daemon.config} is not valid JSON")
+    assert daemon.ctl("config", "default_ttl").stdout == "120\n"
+    daemon.config.write_text(json.dumps({"fsync": "always", "default_ttl": 120}))
+    reloaded(3, f"SIGHUP: reloaded {daemon.config}: no setting changed")
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_config_listing_warns_of_a_file_edited_since_it_was_read_until_reloaded(
+    daemon: Daemon,
+) -> None:
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    # What `config KEY VALUE` writes is what is in force: no warning (a
+    # float, and a duration written as seconds, read back equal).
+    for key, value in (("frame_timeout", "11"), ("default_ttl", "2h")):
+        assert daemon.ctl("config", key, value).returncode == 0
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    edited = {**file_of(daemon), "default_ttl": 60}
+    daemon.config.write_text(json.dumps(edited))
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0
+    assert "default_ttl             7200      file" in listed.stdout  # what is in force
+    assert listed.stderr == (
+        f"sessionctl: warning: config {daemon.config} has changed since the daemon read it; "
+        f"reload it (kill -HUP {pid}) to put the file in force\n"
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: daemon.ctl("config").stderr == "", what="the reload")
+    assert daemon.ctl("config", "default_ttl").stdout == "60\n"
+    daemon.config.write_text('{"default_ttl": 60')  # an edit left half-done
+    listed = daemon.ctl("config")
+    assert listed.returncode == 0 and "default_ttl             60 " in listed.stdout
+    assert listed.stderr.startswith(
+        f"sessionctl: warning: config {daemon.config} is not valid JSON: ")
+    assert listed.stderr.endswith("; the settings read before stay in force\n")
+    # A program reading --json gets the values alone, and no warning.
+    as_json = daemon.ctl("config", "--json")
+    assert json.loads(as_json.stdout)["default_ttl"] == 60 and as_json.stderr == ""
+
+
+def test_config_writes_racing_from_many_processes_lose_no_setting(daemon: Daemon) -> None:
+    wanted = {"default_ttl": 100, "expired_retention": 200, "compact_interval": 300,
+              "idle_timeout": 601.0, "max_connections": 999, "watch_queue": 9999,
+              "compact_growth_percent": 150, "send_timeout": 12.0}
+    procs = [subprocess.Popen([SESSIONCTL, "config", key, str(value)], env=daemon.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for key, value in wanted.items()]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert file_of(daemon) == wanted  # whole JSON, every key: none lost, none torn
+    listed = daemon.ctl("config", "--json")
+    assert {k: json.loads(listed.stdout)[k] for k in wanted} == wanted

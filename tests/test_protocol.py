@@ -166,6 +166,11 @@ SAMPLES: dict[str, Any] = {
     ),
     "response.config": ConfigReply(id=15, config={"default_ttl": 7200},
                                    sources={"default_ttl": "file"}),
+    "response.config.listing": ConfigReply(
+        id=24, config={"default_ttl": 7200}, sources={"default_ttl": "file"},
+        file="/home/u/.config/sessiond/config.json",
+        file_note="config /home/u/.config/sessiond/config.json has changed since the daemon "
+                  "read it; reload it (kill -HUP 4242) to put the file in force"),
     "response.import": ImportReply(id=16, result=ImportResult(
         imported=1, updated=1, skipped=1, reasons=["s3: already there at version 4"],
         already_expired=1,
