@@ -241,6 +241,19 @@ class Client(Operations):
             pending._fail(error)
         return error
 
+    def _release(self) -> None:
+        """Close the connection while nothing is on it; the next call
+        connects again. For the CLI's ``watch``, which runs on a connection
+        of its own: the command's would sit idle, counted against the
+        daemon's ``max_connections``, until its ``idle_timeout``."""
+        with self._hold():
+            if self._strays:
+                return  # answers still to be read on it
+            sock, self._sock = self._sock, None
+            self._buf.clear()
+        if sock is not None:
+            sock.close()
+
     @property
     def path(self) -> Path:
         """The socket this client is connected to."""

@@ -87,6 +87,7 @@ def h_watch(c: Client, args: Args) -> int:
     cursor: str | None = None
     try:
         while True:
+            client._release()  # the watch has a connection of its own
             try:
                 for ev in client.watch(user=args.user, after=cursor):
                     show(ev, args.json, args.full)

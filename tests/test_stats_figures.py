@@ -63,6 +63,9 @@ def test_stats_count_connections_and_watchers(daemon: Daemon) -> None:
     watch = CtlWatch(daemon)
     try:
         wait_until(lambda: stats(daemon)["watchers"] == 1, 15, "the watch to be counted")
+        # The watch's connection and the stats command's: the one the watch
+        # command opened first is not left idle beside its watch.
+        assert stats(daemon)["connections"] == 2
     finally:
         watch.interrupt()
     wait_until(lambda: stats(daemon)["watchers"] == 0, 15, "the watch to be gone")
