@@ -24,6 +24,7 @@ from sessiond.journal import Journal
 from sessiond.live import Live
 from sessiond.model import US, Change, now_us
 from sessiond.store import Store
+from sessiond.ticks import until_tick
 
 log = logging.getLogger("sessiond.server")
 
@@ -32,7 +33,9 @@ log = logging.getLogger("sessiond.server")
 EXPIRY_BATCH = 4096
 TIMER_RETRY = 1.0
 # Deadlines are wall-clock, the sleep is monotonic: waking at least this
-# often bounds how late a step of the wall clock can make an expiry.
+# often bounds how late a step of the wall clock can make an expiry. (The
+# local timer wakes at each tick instead, ``sessiond.ticks``: as often, and
+# together with the daemon's other looks.)
 TIMER_MAX_SLEEP = 1.0
 # How often a read-only journal is asked whether it can take writes again.
 RESUME_INTERVAL = 1.0
@@ -143,7 +146,7 @@ class ExpiryTimer:
             elif deadline is None or deadline > now:
                 self.lateness.caught_up(looked)
             if delay > 0:
-                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
+                with anyio.move_on_after(min(delay, until_tick())):
                     await self._wake.wait()
             else:
                 # More is due (a batch was full): let requests in between.
