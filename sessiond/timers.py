@@ -155,12 +155,12 @@ class ExpiryTimer:
 
 class Compactor:
     """Rewrites the journal on growth, on the interval, and to leave
-    read-only mode.
+    read-only mode, backing off (1 s, doubled up to 30 s) while
+    compactions fail: ``sessionctl compact`` still tries at once.
 
     While the journal is read-only: every ``RESUME_INTERVAL``, see whether
     an append fits again (after a write refused for want of room;
-    ``Journal.try_resume``), and otherwise try a compaction, backing off
-    while they fail."""
+    ``Journal.try_resume``), and otherwise try a compaction."""
 
     def __init__(self, store: Store, journal: Journal, live: Live) -> None:
         self.store = store
@@ -207,19 +207,25 @@ class Compactor:
             grown = rewrites.due(j.size, s.compact_growth_percent, s.compact_min_bytes)
             if not (readonly.failed or timer_due or grown):
                 continue
-            if readonly.failed and time.monotonic() < next_try:
+            if time.monotonic() < next_try:
                 continue
+            done = False
             try:
                 await compaction.compact(j, self.store.live_slots)
                 last = time.monotonic()
+                done = True
             except JournalError as exc:
                 log.error("%s", exc)
-            if readonly.failed is None:
+            if done and readonly.failed is None:
                 retry, next_try = 1.0, 0.0
             else:
                 # Failed, or done and the rewritten journal has no room to
                 # append to either: as often again would only rewrite it
                 # over and over. Room that appears meanwhile is found by
-                # try_resume above, every RESUME_INTERVAL.
+                # try_resume above, every RESUME_INTERVAL. (A compaction
+                # that failed while appends still fit, on a disk with room
+                # for the lines but not for a rewrite, was tried again at
+                # every commit: the CPU of a core spent writing temp files
+                # that took the room the appends needed.)
                 next_try = time.monotonic() + retry
                 retry = min(retry * 2, 30.0)
