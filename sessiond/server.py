@@ -188,8 +188,16 @@ class Server:
                         cause = exc if isinstance(exc, OSError) else exc.__cause__
                         if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
                             raise
-                        if cause.errno in _OUT_OF_DESCRIPTORS and self._turn_away(listener, cause):
-                            continue
+                        if cause.errno in _OUT_OF_DESCRIPTORS:
+                            turned = self._turn_away(listener, cause)
+                            if turned is None:
+                                # Nothing waits, and accept() fails before it
+                                # looks: wait for a client, not in a loop.
+                                await anyio.wait_readable(
+                                    listener.extra(SocketAttribute.raw_socket)
+                                )
+                            if turned is not False:
+                                continue
                         if not backoff:
                             log.warning("accept failed (%s); backing off until descriptors "
                                         "are free again", cause.strerror)
@@ -206,11 +214,11 @@ class Server:
         finally:
             ended.set()
 
-    def _turn_away(self, listener: SocketListener, cause: OSError) -> bool:
+    def _turn_away(self, listener: SocketListener, cause: OSError) -> bool | None:
         """accept() found no descriptor free: answer the client it left
         waiting ``busy`` (or refused, for another uid) with the spare
         descriptor (``sessiond.spare``), rather than leave it unanswered
-        until its own timeout. Whether the spare did it."""
+        until its own timeout. ``SpareDescriptor.turn_away``'s answer."""
         if not self._turning_away:
             log.warning("accept failed (%s): turning connections away as busy until "
                         "descriptors are free again", cause.strerror)

@@ -49,13 +49,15 @@ class SpareDescriptor:
 
     def turn_away(
         self, listener: socket.socket, answer: Callable[[socket.socket], bytes]
-    ) -> bool:
+    ) -> bool | None:
         """With the spare closed, accept one connection waiting on
         ``listener`` (non-blocking), send it ``answer(connection)`` (one
-        frame, which an empty socket buffer takes whole) and close it; then hold the
-        spare again. Returns whether the spare was there to do it (then
-        the caller may accept again at once: the backlog is one shorter,
-        or was empty)."""
+        frame, which an empty socket buffer takes whole) and close it; then
+        hold the spare again. Returns ``True`` when one was answered,
+        ``None`` when none was waiting (accept(2) fails for want of a
+        descriptor before it looks at the backlog: the caller waits for
+        one to arrive), ``False`` when the spare could not do it (the
+        caller backs off, as without one)."""
         if not self.take():
             return False
         assert self.fd is not None
@@ -64,9 +66,8 @@ class SpareDescriptor:
         try:
             conn, _ = listener.accept()
         except BlockingIOError:
-            # Another took it first, or the client gave up: nothing waits.
             self.take()
-            return True
+            return None
         except OSError as exc:
             log.debug("accept with the spare descriptor closed failed: %s", describe(exc))
             self.take()
