@@ -48,6 +48,14 @@ MAX_BAD_FRAMES = 100
 # ``frame_buffer_bytes`` while it arrives; smaller ones (every ordinary
 # request) always proceed.
 SMALL_FRAME_BYTES = 65536
+# Replies left unread, across all connections, are held up to this many
+# connections' ``max_reply_queue_bytes`` (64 MiB at the default): past it, a
+# connection that leaves its replies unread is closed at once rather than
+# after send_timeout. Without it, clients that pipeline big reads and never
+# read the answers made the daemon hold max_reply_queue_bytes for each, up
+# to max_connections of them: 4 GiB at the defaults (measured: 1.1 GB for
+# 300 such clients).
+UNREAD_REPLY_CONNECTIONS = 16
 
 BUSY: Final = 0
 IDLE: Final = 1  # waiting for the first byte of a frame
@@ -189,6 +197,9 @@ class Connections:
         self._conns: set[Conn] = set()
         # Bytes reserved by large frames still arriving, on all connections.
         self.frame_bytes_held = 0
+        # Bytes of replies that connections wait to send, their clients not
+        # reading them (see ``UNREAD_REPLY_CONNECTIONS``).
+        self.reply_bytes_held = 0
         self._deadline_target = math.inf
         self._deadline_wake = anyio.Event()
 
@@ -393,16 +404,30 @@ class Connections:
             raise anyio.BrokenResourceError from exc
         if sent == len(data):
             return
-        rest = memoryview(data)[sent:]
-        deadline = time.monotonic() + self.live.settings.send_timeout
-        while rest:
-            await self._wait(conn, SEND, deadline)
-            try:
-                rest = rest[sock.send(rest) :]
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise anyio.BrokenResourceError from exc
+        held = len(data)
+        s = self.live.settings
+        limit = UNREAD_REPLY_CONNECTIONS * s.max_reply_queue_bytes
+        if self.reply_bytes_held and self.reply_bytes_held + held > limit:
+            log.warning(
+                "closing a connection that leaves its replies unread: replies left unread "
+                "on other connections hold %d bytes (%d connections' max_reply_queue_bytes)",
+                self.reply_bytes_held, UNREAD_REPLY_CONNECTIONS,
+            )
+            raise Stop()
+        self.reply_bytes_held += held
+        try:
+            rest = memoryview(data)[sent:]
+            deadline = time.monotonic() + s.send_timeout
+            while rest:
+                await self._wait(conn, SEND, deadline)
+                try:
+                    rest = rest[sock.send(rest) :]
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise anyio.BrokenResourceError from exc
+        finally:
+            self.reply_bytes_held -= held
 
     async def _wait(self, conn: Conn, kind: int, deadline: float) -> None:
         """Until the socket is ready (readable, or writable for ``SEND``);

@@ -40,10 +40,11 @@ import anyio
 from sessiond import paths
 from sessiond.diskio import describe
 from sessiond.journal import Journal
+from sessiond.ticks import TICK, until_tick
 
 log = logging.getLogger("sessiond")
 
-CHECK_INTERVAL = 1.0
+CHECK_INTERVAL = TICK
 Identity = tuple[int, int]
 
 
@@ -71,9 +72,10 @@ class DataDirKeeper:
         self._said: str | None = None  # the lock's last problem logged (said once)
 
     async def run(self) -> None:
-        """Check every ``CHECK_INTERVAL`` seconds, for the daemon's life."""
+        """Check every ``CHECK_INTERVAL`` seconds (at each tick:
+        ``sessiond.ticks``), for the daemon's life."""
         while True:
-            await anyio.sleep(CHECK_INTERVAL)
+            await anyio.sleep(until_tick())
             self.check()
 
     def check(self) -> None:

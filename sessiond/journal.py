@@ -70,6 +70,7 @@ from sessiond.journalfile import JournalFile
 from sessiond.readonly import ReadOnlyMode
 from sessiond.rewrites import Rewrites
 from sessiond.settlement import Batch, Settlement, Undo
+from sessiond.ticks import until_tick
 from sessiond.writer import WriterThread
 
 POLICIES = ("always", "everysec", "no")
@@ -106,6 +107,9 @@ class Journal:
         self.home: tuple[int, int] | None = None
         self.fsyncs = 0
         self._dirty = False
+        # Set when lines start waiting for the everysec syncer's fsync:
+        # with none waiting it sleeps on this, not once a second.
+        self._dirtied = anyio.Event()
         self._queue: list[Batch] = []
         self._wake = anyio.Event()
         # A group is forming for an fsync on the event loop: commits join it.
@@ -334,8 +338,9 @@ class Journal:
             # An fsync of the whole file, or one of these bytes alone when
             # nothing was waiting for one (``_write_sync``).
             self._dirty = False
-        else:
+        elif not self._dirty:
             self._dirty = True
+            self._dirtied.set()
         capture = self.rewrites.capture
         if capture is not None:
             # Captured only once written: a refused batch must not reach
@@ -377,9 +382,14 @@ class Journal:
         self.sync_seconds += (seconds - self.sync_seconds) / 8
 
     async def run_syncer(self) -> None:
-        """``everysec``: fsync at most about a second behind the writes."""
+        """``everysec``: fsync at most about a second behind the writes (at
+        the tick after the first write that waits: ``sessiond.ticks``).
+        With nothing written since the last fsync, it sleeps until a write."""
         while True:
-            await anyio.sleep(1)
+            if not self._dirty:
+                self._dirtied = anyio.Event()
+                await self._dirtied.wait()
+            await anyio.sleep(until_tick())
             if self.policy != "everysec" or not self._dirty or self.readonly.failed is not None:
                 continue
             self._dirty = False

@@ -30,10 +30,11 @@ from sessiond import paths
 from sessiond.diskio import describe
 from sessiond.errors import SessionError, StartError
 from sessiond.server import Server
+from sessiond.ticks import TICK, until_tick
 
 log = logging.getLogger("sessiond")
 
-CHECK_INTERVAL = 1.0
+CHECK_INTERVAL = TICK
 # How often something else found at the path is looked at again.
 JUDGE_AGAIN = 30.0
 Identity = tuple[int, int]
@@ -82,9 +83,10 @@ class SocketKeeper:
             return False
 
     async def run(self, server: Server) -> None:
-        """Check every ``CHECK_INTERVAL`` seconds, for the daemon's life."""
+        """Check every ``CHECK_INTERVAL`` seconds (at each tick:
+        ``sessiond.ticks``), for the daemon's life."""
         while True:
-            await anyio.sleep(CHECK_INTERVAL)
+            await anyio.sleep(until_tick())
             await self.check(server)
 
     async def check(self, server: Server) -> None:

@@ -18,6 +18,7 @@ import os
 import resource
 import socket
 import time
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -31,6 +32,7 @@ from sessiond.events import EventSource
 from sessiond.live import Live
 from sessiond.peers import Refusals, peer_uid, refusal
 from sessiond.protocol import StatsInfo, error_frame
+from sessiond.spare import SpareDescriptor
 
 log = logging.getLogger("sessiond.server")
 
@@ -38,6 +40,8 @@ ACCEPT_BACKOFF_MAX = 0.25
 # How long a watch that ended with an error waits for its client to hang up.
 LAST_WORD_GRACE = 2.0
 _ACCEPT_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# Those a spare descriptor helps with (``sessiond.spare``).
+_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE}
 # Descriptors kept free of connections, under the open files limit: for
 # what the daemon opens itself (a compaction's temp files and directory
 # fsyncs, a snapshot, the config file's atomic write, the log's rotation,
@@ -129,8 +133,13 @@ class Server:
         self._accepting = anyio.CancelScope()
         self._accept_ended = anyio.Event()
         self._accept_stopped = False
+        # Whether connections are being turned away for want of descriptors
+        # (logged when it starts and when it ends).
+        self._turning_away = False
         self.listener: SocketListener | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        # Closed to answer a client when accept() finds no descriptor free.
+        self.spare = SpareDescriptor()
 
     async def stats(self, now: int) -> StatsInfo:
         """Every part's figures."""
@@ -179,6 +188,16 @@ class Server:
                         cause = exc if isinstance(exc, OSError) else exc.__cause__
                         if not isinstance(cause, OSError) or cause.errno not in _ACCEPT_ERRNOS:
                             raise
+                        if cause.errno in _OUT_OF_DESCRIPTORS:
+                            turned = self._turn_away(listener, cause)
+                            if turned is None:
+                                # Nothing waits, and accept() fails before it
+                                # looks: wait for a client, not in a loop.
+                                await anyio.wait_readable(
+                                    listener.extra(SocketAttribute.raw_socket)
+                                )
+                            if turned is not False:
+                                continue
                         if not backoff:
                             log.warning("accept failed (%s); backing off until descriptors "
                                         "are free again", cause.strerror)
@@ -187,12 +206,43 @@ class Server:
                         backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX) or 0.01
                         await anyio.sleep(backoff)
                         continue
-                    if backoff:
+                    if backoff or self._turning_away:
                         log.info("accepting connections again")
                         backoff = 0.0
+                        self._turning_away = False
                     tg.start_soon(self._connection, stream)
         finally:
             ended.set()
+
+    def _turn_away(self, listener: SocketListener, cause: OSError) -> bool | None:
+        """accept() found no descriptor free: answer the client it left
+        waiting ``busy`` (or refused, for another uid) with the spare
+        descriptor (``sessiond.spare``), rather than leave it unanswered
+        until its own timeout. ``SpareDescriptor.turn_away``'s answer."""
+        if not self._turning_away:
+            log.warning("accept failed (%s): turning connections away as busy until "
+                        "descriptors are free again", cause.strerror)
+        self._turning_away = True
+        return self.spare.turn_away(
+            listener.extra(SocketAttribute.raw_socket), partial(self._answer_out_of, cause)
+        )
+
+    def _answer_out_of(self, cause: OSError, sock: socket.socket) -> bytes:
+        """The one frame a connection accepted with the spare descriptor gets."""
+        try:
+            uid = peer_uid(sock)
+        except OSError:
+            uid = self.uid  # cannot tell: it hears only that the daemon is busy
+        if uid != self.uid:
+            self.refusals.note(uid)
+            return error_frame(0, refusal(self.uid, uid))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if cause.errno == errno.EMFILE:
+            why = (f"out of file descriptors (the open files limit, RLIMIT_NOFILE {soft}, is "
+                   f"used up; raise it with 'ulimit -n' or LimitNOFILE=)")
+        else:
+            why = "out of file descriptors (the system's file table is full)"
+        return error_frame(0, Busy(f"daemon busy: {why}; try again"))
 
     async def listen_on(self, sock: socket.socket) -> None:
         """Accept on ``sock`` from now on, and close the listener before it
@@ -218,6 +268,7 @@ class Server:
         self._accept_stopped = True
         self._accepting.cancel()
         await self._accept_ended.wait()
+        self.spare.release()
         if self.listener is not None:
             await self.listener.aclose()
 

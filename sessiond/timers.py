@@ -24,6 +24,7 @@ from sessiond.journal import Journal
 from sessiond.live import Live
 from sessiond.model import US, Change, now_us
 from sessiond.store import Store
+from sessiond.ticks import until_tick
 
 log = logging.getLogger("sessiond.server")
 
@@ -32,7 +33,9 @@ log = logging.getLogger("sessiond.server")
 EXPIRY_BATCH = 4096
 TIMER_RETRY = 1.0
 # Deadlines are wall-clock, the sleep is monotonic: waking at least this
-# often bounds how late a step of the wall clock can make an expiry.
+# often bounds how late a step of the wall clock can make an expiry. (The
+# local timer wakes at each tick instead, ``sessiond.ticks``: as often, and
+# together with the daemon's other looks.)
 TIMER_MAX_SLEEP = 1.0
 # How often a read-only journal is asked whether it can take writes again.
 RESUME_INTERVAL = 1.0
@@ -143,7 +146,7 @@ class ExpiryTimer:
             elif deadline is None or deadline > now:
                 self.lateness.caught_up(looked)
             if delay > 0:
-                with anyio.move_on_after(min(delay, TIMER_MAX_SLEEP)):
+                with anyio.move_on_after(min(delay, until_tick())):
                     await self._wake.wait()
             else:
                 # More is due (a batch was full): let requests in between.
@@ -152,12 +155,12 @@ class ExpiryTimer:
 
 class Compactor:
     """Rewrites the journal on growth, on the interval, and to leave
-    read-only mode.
+    read-only mode, backing off (1 s, doubled up to 30 s) while
+    compactions fail: ``sessionctl compact`` still tries at once.
 
     While the journal is read-only: every ``RESUME_INTERVAL``, see whether
     an append fits again (after a write refused for want of room;
-    ``Journal.try_resume``), and otherwise try a compaction, backing off
-    while they fail."""
+    ``Journal.try_resume``), and otherwise try a compaction."""
 
     def __init__(self, store: Store, journal: Journal, live: Live) -> None:
         self.store = store
@@ -204,19 +207,25 @@ class Compactor:
             grown = rewrites.due(j.size, s.compact_growth_percent, s.compact_min_bytes)
             if not (readonly.failed or timer_due or grown):
                 continue
-            if readonly.failed and time.monotonic() < next_try:
+            if time.monotonic() < next_try:
                 continue
+            done = False
             try:
                 await compaction.compact(j, self.store.live_slots)
                 last = time.monotonic()
+                done = True
             except JournalError as exc:
                 log.error("%s", exc)
-            if readonly.failed is None:
+            if done and readonly.failed is None:
                 retry, next_try = 1.0, 0.0
             else:
                 # Failed, or done and the rewritten journal has no room to
                 # append to either: as often again would only rewrite it
                 # over and over. Room that appears meanwhile is found by
-                # try_resume above, every RESUME_INTERVAL.
+                # try_resume above, every RESUME_INTERVAL. (A compaction
+                # that failed while appends still fit, on a disk with room
+                # for the lines but not for a rewrite, was tried again at
+                # every commit: the CPU of a core spent writing temp files
+                # that took the room the appends needed.)
                 next_try = time.monotonic() + retry
                 retry = min(retry * 2, 30.0)

@@ -171,3 +171,62 @@ def test_small_frames_are_never_refused_for_the_frame_buffer(
             small.send(whole[3:])
             reply = small.read_frame()
             assert reply is not None and reply["r"] == "pong", reply
+
+
+# Clients that pipeline big reads and never read the answers: each may make
+# the daemon hold max_reply_queue_bytes (4 MiB) and a reply; without a bound
+# across connections, 60 of them made it hold about 270 MB more.
+UNREADING = 60
+UNREAD_PEAK_MB = 170
+
+
+def pages_read(raw: Raw) -> int:
+    """Whole page frames read off ``raw``, up to 20 or the end of the
+    connection (after which a frame may be cut short: not counted)."""
+    data = b""
+    while True:
+        whole, at = 0, 0
+        while len(data) - at >= 4:
+            n = int.from_bytes(data[at : at + 4], "big")
+            if len(data) - at - 4 < n:
+                break
+            whole, at = whole + 1, at + 4 + n
+        if whole == 20:
+            return whole
+        chunk = raw.sock.recv(1 << 20)
+        if not chunk:
+            return whole
+        data += chunk
+
+
+def test_replies_left_unread_are_held_within_a_bound_across_connections(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = make_daemon()
+    with d.client() as c:
+        with c.pipeline(returning="ack") as p:
+            for i in range(1000):
+                p.create(id=f"s{i}", user="u", meta={"pad": "p" * 1000})
+    # Pages of about 1 MiB each, 20 asked for on each connection.
+    pages = b"".join(request(op="list", id=n, limit=1000) for n in range(20))
+    unreading = [Raw(d.socket, timeout=30) for _ in range(UNREADING)]
+    try:
+        for raw in unreading:
+            raw.send(pages)  # and then read nothing
+        with d.client() as c:
+            # Once each connection has its answers built (held, or closed
+            # for want of room), the others are still answered.
+            wait_until(
+                lambda: d.log_text().count("leaves its replies unread") >= UNREADING - 20,
+                30, "the connections past the bound to be closed",
+            )
+            peak = peak_mb(d)
+            assert peak < UNREAD_PEAK_MB, f"peak {peak:.0f} MB with {UNREADING} unread pipelines"
+            assert c.get("s0").meta == {"pad": "p" * 1000}
+        # Those held get every page as they read; those closed, what was
+        # sent before they were (a part of their pages), then the end.
+        served = sum(pages_read(raw) == 20 for raw in unreading)
+        assert 1 <= served <= 20, served
+    finally:
+        for raw in unreading:
+            raw.close()

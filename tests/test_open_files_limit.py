@@ -5,6 +5,7 @@ timeout), and the daemon keeps the descriptors its journal needs."""
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from sessiond.errors import Busy
 from tests.conftest import Daemon, wait_until
-from tests.rawwire import Raw
+from tests.rawwire import Raw, fd_count
 
 pytestmark = pytest.mark.local_only("the daemon's own descriptors: its journal's among them")
 
@@ -93,3 +94,64 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one(
     assert d.proc is not None
     soft, hard = resource.prlimit(d.proc.pid, resource.RLIMIT_NOFILE)
     assert (soft, hard) == (4096, 4096)
+
+
+def starved_ping(
+    d: Daemon, pid: int, limits: tuple[int, int], holders: list[Raw]
+) -> dict[str, Any]:
+    """A ping's answer on a new connection, once the daemon has no
+    descriptor free: the holes among its descriptors filled with
+    connections of ``holders`` (an accepted connection takes the lowest
+    free number), then its soft open files limit lowered to those it
+    holds, so that accept() finds none free however high its spare is.
+    (A connection it was still closing may free one after that: then the
+    ping is served, and the caller tries again.)"""
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    while True:
+        held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        free = next(n for n in range(max(held) + 2) if n not in held)
+        if free > max(held):
+            break
+        holders.append(Raw(d.socket))
+        got = holders[-1].call(op="ping", id=1)
+        assert got["r"] == "pong", got
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free, limits[1]))
+    with Raw(d.socket, timeout=10) as r:
+        reply = ping(r)
+        if reply["r"] == "error":
+            assert r.at_eof()
+        return reply
+
+
+def test_a_client_is_told_busy_when_accept_finds_no_descriptor_free(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # The descriptors used up by something other than connections (here
+    # the limit lowered under the running daemon, as prlimit does, to the
+    # ones it holds): accept() itself fails. Before, the client waited
+    # unanswered in the backlog until its own timeout; the spare
+    # descriptor lets the daemon accept it, say why and close it.
+    d = make_daemon()
+    assert d.proc is not None
+    pid = d.proc.pid
+    before = fd_count(pid)
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    holders: list[Raw] = []
+    try:
+        for _ in range(5):
+            reply = wait_until(
+                lambda: (r := starved_ping(d, pid, (soft, hard), holders))["r"] != "pong" and r,
+                what="a ping with no descriptor free",
+            )
+            assert reply["code"] == "busy", reply
+            assert "out of file descriptors" in reply["message"], reply
+            assert "RLIMIT_NOFILE" in reply["message"], reply
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for holder in holders:
+            holder.close()
+    # Descriptors free again: served as ever, and none was lost on the way.
+    with d.client(timeout=10) as c:
+        assert c.create(id="after", user="u").id == "after"
+    wait_until(lambda: fd_count(pid) == before, what="the daemon's descriptors as before")
+    wait_until(lambda: "accepting connections again" in d.log_text(), what="the log's all clear")
