@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -63,6 +64,17 @@ _id_decoder = msgspec.msgpack.Decoder(_IdOnly)
 
 
 
+class _Turn:
+    """A commit awaiting its turn to be announced: its changes (``None``
+    once refused), and whether the journal has returned."""
+
+    __slots__ = ("changes", "returned")
+
+    def __init__(self, changes: list[Change]) -> None:
+        self.changes: list[Change] | None = changes
+        self.returned = False
+
+
 class Dispatcher:
     """Runs batches of requests against one store and one journal, and
     tells watchers and the other parts what was committed.
@@ -94,6 +106,9 @@ class Dispatcher:
         self.started = time.monotonic()
         # Called after every commit (the timers: see ``sessiond.timers``).
         self.noticers: list[Callable[[], None]] = []
+        # Commits on their way to the journal, oldest first: their changes
+        # are announced to watchers in this order (``commit``).
+        self._announcing: deque[_Turn] = deque()
         self.handlers = HANDLERS
         # The encoders of replies and journal lines: themselves, unless a
         # failpoint makes them fail (chosen once, not per request).
@@ -285,11 +300,31 @@ class Dispatcher:
                 f"internal error: the change could not be written to the journal ({exc!r}); "
                 f"it was not made"
             ) from exc
-        await self.journal.commit(data, lambda: store.revert(changes))
-        if self.hub.watchers:
-            self.hub.publish(changes, now_us())
+        # Announced in the order the store made them, which is the order
+        # the journal takes them in: a commit written inline may return
+        # before an older one, queued for the writer thread, resumes its
+        # task, and a watcher would see a session's versions out of order.
+        turn = _Turn(changes)
+        self._announcing.append(turn)
+        try:
+            await self.journal.commit(data, lambda: store.revert(changes))
+        except BaseException:
+            turn.changes = None  # refused (reverted) or cancelled: not made
+            raise
+        finally:
+            turn.returned = True
+            self._announce()
         for notice in self.noticers:
             notice()
+
+    def _announce(self) -> None:
+        """Publish the commits at the head of the line whose commits have
+        returned; one still on its way holds back those behind it."""
+        line = self._announcing
+        while line and line[0].returned:
+            changes = line.popleft().changes
+            if changes is not None and self.hub.watchers:
+                self.hub.publish(changes, now_us())
 
     async def adopt(self, layers: config.Layers) -> None:
         """Put new settings in force, and persist what the store's rules

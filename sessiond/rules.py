@@ -269,7 +269,8 @@ def refresh(
 def admit(s: Sessions, now: int, session: Session, out: list[Change]) -> tuple[str, bool]:
     """Import one record from elsewhere: a new id is imported, a record with
     a higher version (or the same version and a later ``last_access``)
-    replaces ours, anything else is skipped. Returns what happened
+    replaces ours, anything else is skipped, and so is a record created
+    before ours (an earlier session under the same id). Returns what happened
     (``created``, ``updated``, or the reason it was skipped) and whether it
     came in already expired; raises ``InvalidRequest`` if the rules refuse
     it.
@@ -289,6 +290,11 @@ def admit(s: Sessions, now: int, session: Session, out: list[Change]) -> tuple[s
     if current is None:
         s.put(out, CREATED, None, rec)
         return CREATED, late
+    if rec.created_at < current.created_at:
+        # A session that held this id before the one here (deleted since,
+        # and the id made again): its versions count apart, and a high one
+        # must not bring the deleted session back over the new one.
+        return "an earlier session under this id (created before the one held)", False
     if (rec.version, rec.last_access) > (current.version, current.last_access):
         s.put(out, UPDATED, current, rec)
         return UPDATED, late

@@ -17,7 +17,7 @@ import pytest
 from sessiond.errors import DaemonUnavailable
 from tests.conftest import SESSIONCTL, Daemon, wait_until
 from tests.fleet import Watching
-from tests.threads import take_until
+from tests.threads import in_threads, take_until
 
 
 def brief(seen: list[Any]) -> str:
@@ -225,3 +225,36 @@ def test_a_watcher_that_does_not_read_never_slows_the_daemon_and_is_told_it_lagg
     ns = [e["session"]["meta"]["n"] for e in received if e["event"] == "updated"]
     assert ns == sorted(ns)
     assert received[-1]["id"] == marker.id
+
+
+@pytest.mark.local_only(
+    "the order in which the local journal's commits return; the shared engine's events "
+    "are the stream's order (tests/test_shared_events.py)"
+)
+def test_a_watch_sees_a_sessions_versions_in_order_while_many_clients_change_it(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # Under everysec a commit that finds the second's fsync on its way
+    # queues for the writer thread, and one made just after it finds the
+    # journal idle and is written at once: it returned first, and was
+    # announced first, before the older version of the same session.
+    d = make_daemon("--fsync", "everysec",
+                    config={"watch_queue": 1_000_000, "watch_queue_bytes": 1 << 30})
+    with d.client() as c:
+        sid = c.create(ttl=3600).id
+    watch = Watching(d)
+    watch.started(d)
+    # Writers race for long enough to meet three of everysec's syncs.
+    until = time.monotonic() + 3.5
+
+    def write(n: int) -> None:
+        with d.client() as c:
+            while time.monotonic() < until:
+                c.set(sid, "by", n, returning="ack")
+
+    in_threads(write, 8, 60, "a writer did not finish")
+    with d.client() as c:
+        last = c.get(sid).version
+    versions = [e.session.version for e in watch.count(last - 1, timeout=30)
+                if e.session is not None]
+    assert versions == list(range(2, last + 1))

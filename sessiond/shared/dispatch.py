@@ -223,9 +223,22 @@ class SharedDispatcher:
             applied = await self.store.commit([made for _, made in groups], now)
         except SessionError as exc:
             return await self._refused(run, exc)
-        for (i, _), ok in zip(groups, applied, strict=True):
-            if not ok:
-                replies[i] = await self._again(run[i])
+        refused: dict[int, list[Change]] = {
+            i: made for (i, made), ok in zip(groups, applied, strict=True) if not ok
+        }
+        if refused:
+            # Run again, in order, each refused request and every request
+            # after it on a session it changed: those were answered on a
+            # view that held its changes (a read would show a state that
+            # never was, a refusal be judged on one), and the commit
+            # refused the later changes too.
+            stale: set[str] = set()
+            for i, req in enumerate(run):
+                lost = refused.get(i)
+                if lost is not None:
+                    stale.update(c.sid for c in lost)
+                if lost is not None or getattr(req, "sid", None) in stale:
+                    replies[i] = await self._again(req)
         return replies
 
     def _apply(self, on: _OnView, req: Request, now: int) -> tuple[Response, list[Change]]:

@@ -203,6 +203,17 @@ def record_args(first: Record | None, record: Record | None) -> list[Any]:
     return ["1", len(puts) // 2, *puts, len(gone), *gone, put, drop, score]
 
 
+def expected(record: Record) -> str:
+    """What the commit script compares a record with before it writes:
+    its version and its place in creation order (``q``). The version alone
+    would let a change read from a session that was then deleted, and made
+    again under its id up to the same version, land on the new one (the
+    versions of an id start again at 1; its places never come again). A
+    record made earlier in the same commit has no place yet: its version
+    alone is compared, in a script that made it a moment before."""
+    return f"{record.version}/{record.seq if record.seq >= 0 else ''}"
+
+
 class Group:
     """One request's changes, as the commit script takes them."""
 
@@ -244,7 +255,7 @@ class Group:
         out: list[Any] = [len(self.final)]
         for sid, record in self.final.items():
             first = self.first[sid]
-            out += [key_index[sid], sid, ABSENT if first is None else first.version]
+            out += [key_index[sid], sid, ABSENT if first is None else expected(first)]
             out += record_args(first, record)
         out += self.deltas
         users = [(u, n) for u, n in self.users.items() if n]

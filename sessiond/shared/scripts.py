@@ -28,7 +28,9 @@ _READ = ", ".join(f"'{name}'" for name in READ)
 # a fraction of what a sorted set costs a member.)
 # ARGV: maxlen, origin (the daemon's mark on its events), groups, then each
 # group (one request's changes, applied all or none): its records, each as
-#   key index, sid, expected version ("-": absent), then "0" (removed) or
+#   key index, sid, expected version and place in creation order as
+#   "VERSION/SEQ" (``hashes.expected``; "VERSION/" for a record an earlier
+#   group made; "-": absent), then "0" (removed) or
 #   "1", the fields to set (a count, then names and values), the fields to
 #   remove (a count, then names), the index to enter it in and the one to
 #   take it out of ("d" due, "p" purge, "-" none), and its score there
@@ -149,9 +151,14 @@ for g = 1, tonumber(ARGV[3]) do
     local key = KEYS[tonumber(ARGV[p])]
     local expect = ARGV[p + 2]
     -- Read before the first write; read again once a group wrote it.
-    local v
-    if was[key] then v = was[key][1] else v = redis.call('HGET', key, 'v') end
-    if poisoned[key] or (expect == '-' and v) or (expect ~= '-' and v ~= expect) then
+    local r = was[key] or redis.call('HMGET', key, 'v', 'q')
+    -- The version and the place in creation order: versions start again
+    -- at 1 when an id is deleted and made again, places never come again.
+    -- (No place is expected of a record an earlier group of this script
+    -- made: its place was not known when the groups were built.)
+    local version, place = string.match(expect, '^([^/]*)/(.*)$')
+    if poisoned[key] or (expect == '-' and r[1])
+        or (expect ~= '-' and (r[1] ~= version or (place ~= '' and r[2] ~= place))) then
       ok = false
     end
     p = past(p)
