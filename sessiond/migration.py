@@ -117,8 +117,8 @@ def _note_rewritten(loaded: Loaded) -> None:
     # The user the legacy tool gave a session created without one: no
     # session of the daemon is without one.
     if loaded.without_user:
-        log.info("legacy import: %d sessions with an empty user imported as user %s",
-                 loaded.without_user, DEFAULT_USER)
+        log.info("legacy import: %d records of the file have an empty user; the sessions "
+                 "they make are user %s", loaded.without_user, DEFAULT_USER)
 
 
 def _begin(begun: Path, legacy_file: Path) -> None:

@@ -186,9 +186,9 @@ def test_an_empty_or_missing_user_comes_in_as_anonymous_and_the_log_counts_them(
     d.start()
     found = all_sessions(d)
     assert [found[r["id"]].user for r in records] == ["user0", "anonymous", "user2", "anonymous"]
-    assert "legacy import: 2 sessions with an empty user imported as user anonymous" in (
-        d.log_text()
-    )
+    said = ("legacy import: 2 records of the file have an empty user; the sessions they "
+            "make are user anonymous")
+    assert said in d.log_text()
 
 
 def test_an_id_on_two_lines_comes_in_as_the_last_in_the_place_of_the_first(
