@@ -413,11 +413,12 @@ COMMANDS: dict[str, Command] = {
     "watch": Command("print events as they happen, until interrupted", (
         Arg("--user", VALUE, _user, metavar="U", help="only events of this user's sessions"),
         Arg("--no-reconnect", FLAG,
-            help="end (exit 3) when the connection to the daemon is lost, instead of "
-                 "waiting for a daemon to answer again"),
+            help="end (exit 3) when the connection to the daemon (or its engine) is lost, "
+                 "instead of waiting for it to answer again"),
         Arg("--reconnect-timeout", VALUE, _patience, metavar="DURATION",
             default=WATCH_RECONNECT_SECONDS,
-            help=f"how long to wait for a daemon to answer again before giving up (exit 3; "
+            help=f"how long to wait for a daemon (or its engine) to answer again before "
+                 f"giving up (exit 3; "
                  f"default: {WATCH_RECONNECT_SECONDS}s)"),
     ), "sessionctl.watching:h_watch"),
     "ping": Command("check that the daemon answers", (), "sessionctl.handlers:h_ping"),

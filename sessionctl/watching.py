@@ -8,9 +8,12 @@ watching; it says so in one line on stderr, since the events in between
 were missed. It never starts a daemon to reconnect to: one stopped on
 purpose (to run ``sessiond --repair``, say) must stay stopped. Past the
 timeout, or at once with ``--no-reconnect``, it ends with exit status 3.
-A shared daemon whose engine is away is not a lost connection: the daemon
-answers, and would refuse a watch again at once, so the watch ends there,
-with exit status 3 and the engine's own words.
+A shared daemon whose engine goes away (a restart, a failover) ends its
+watches too, in the engine's words: a watch that has shown an event (and
+so holds its cursor) asks again with the same backoff and patience, and
+resumes after the last event shown once the engine is back, nothing
+missed that the engine keeps. One that has shown none, or ``--no-reconnect``,
+ends there with exit status 3, as does a watch refused at its start.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from sessiond.model import iso
 LOST = (DaemonUnavailable, Busy)
 FIRST_DELAY = 0.05
 MAX_DELAY = 1.0
+# A watch that ran this long before the engine was found away had been
+# answered (a request to an engine away fails within about two seconds):
+# a new outage, given the whole patience again.
+ANSWERED_AFTER = 5.0
 
 
 def show(ev: Event, as_json: bool, full: bool = False) -> None:
@@ -78,6 +85,31 @@ def reconnect(args: Args, where: str, lost: Exception) -> Client:
         delay = min(delay * 2, MAX_DELAY)
 
 
+def _engine_away(
+    args: Args, where: str, exc: BackendUnavailable, asked: float,
+    away_until: float | None, delay: float,
+) -> tuple[float, float]:
+    """Wait before asking for the watch again while the engine is away;
+    the deadline and the next delay. Raises ``BackendUnavailable`` once
+    ``--reconnect-timeout`` has passed since the engine was found away."""
+    now = time.monotonic()
+    if away_until is None or now - asked > ANSWERED_AFTER:
+        away_until, delay = now + args.reconnect_timeout, FIRST_DELAY
+        sys.stderr.write(
+            f"sessionctl: watch: {exc}; asking sessiond on {where} again for up to "
+            f"{args.reconnect_timeout:g}s, to resume after the last event shown\n"
+        )
+        sys.stderr.flush()
+    left = away_until - now
+    if left <= 0:
+        raise BackendUnavailable(
+            f"watch: the engine did not come back within {args.reconnect_timeout:g}s "
+            f"({exc}); giving up"
+        ) from None
+    time.sleep(min(delay, left))
+    return away_until, min(delay * 2, MAX_DELAY)
+
+
 def h_watch(c: Client, args: Args) -> int:
     where = str(c.path)
     client = c
@@ -85,17 +117,26 @@ def h_watch(c: Client, args: Args) -> int:
     # one, and a watch that comes back resumes after it (nothing missed
     # that the engine still keeps); a local daemon's do not.
     cursor: str | None = None
+    # While the engine of a shared daemon is away: when to give up, and the
+    # next wait between asks.
+    away_until: float | None = None
+    delay = FIRST_DELAY
     try:
         while True:
             client._release()  # the watch has a connection of its own
+            asked = time.monotonic()
             try:
                 for ev in client.watch(user=args.user, after=cursor):
+                    away_until = None
                     show(ev, args.json, args.full)
                     if ev.cursor is not None:
                         cursor = ev.cursor
                 return EXIT_OK
-            except BackendUnavailable:
-                raise
+            except BackendUnavailable as exc:
+                if args.no_reconnect or cursor is None:
+                    raise
+                away_until, delay = _engine_away(args, where, exc, asked, away_until, delay)
+                continue
             except LOST as exc:
                 if args.no_reconnect:
                     raise

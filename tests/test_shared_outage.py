@@ -21,6 +21,7 @@ from sessiond.errors import BackendUnavailable, OutcomeUnknown
 from tests.conftest import Daemon, wait_until
 from tests.fleet import Watching, fails, figures
 from tests.redis_servers import RedisNode
+from tests.test_watch import CtlWatch, watchers
 
 PASSWORD = "outage-S3cret-pw"
 # A request must fail within 2 s of the engine's silence; the CLI's own
@@ -199,3 +200,58 @@ def test_a_watch_ends_saying_the_engine_is_away(
     r = d.ctl("watch")
     assert r.returncode == 3
     _names_the_engine(r.stderr, node)
+
+
+def test_sessionctl_watch_waits_for_the_engine_and_resumes_after_the_last_event_shown(
+    engine_and_daemon: tuple[RedisNode, Daemon],
+) -> None:
+    node, d = engine_and_daemon
+    w = CtlWatch(d, "--json")
+    try:
+        wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
+        with d.client() as c:
+            sid = c.create(meta={"k": "before"}).id
+        w.lines.until(lambda line: json.loads(line)["event"] == "created")
+        node.kill()
+        # The daemon's watch ended (stats answers with the engine away).
+        wait_until(lambda: watchers(d) == 0, 15, "the watch to be ended by the daemon")
+        node.start()
+        with d.client() as c:
+            wait_until(lambda: _answers(c, sid), 15, "the daemon to serve again")
+            c.set(sid, "k", "after")
+        # Whether the watch asked again before or after this change, it
+        # resumes at its cursor: the change is shown.
+        seen = w.lines.until(lambda line: json.loads(line)["event"] == "updated", 30)
+        assert json.loads(seen[-1])["session"]["meta"] == {"k": "after"}
+    finally:
+        status, err = w.interrupt()
+    assert status == 0, err
+    assert "to resume after the last event shown" in err, err
+    _names_the_engine(err, node)
+
+
+def test_sessionctl_watch_gives_up_when_the_engine_stays_away_past_its_patience(
+    engine_and_daemon: tuple[RedisNode, Daemon],
+) -> None:
+    node, d = engine_and_daemon
+    w = CtlWatch(d, "--json", "--reconnect-timeout", "1")
+    try:
+        wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
+        with d.client() as c:
+            c.create()
+        w.lines.until(lambda line: json.loads(line)["event"] == "created")
+        node.kill()
+        status = w.proc.wait(30)
+        w.lines.join(10)
+        assert w.proc.stderr is not None
+        err = w.proc.stderr.read()
+    finally:
+        w.proc.kill()
+        w.proc.wait(10)
+        for pipe in (w.proc.stdout, w.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert status == 3, err
+    assert "the engine did not come back within 1s" in err, err
+    _names_the_engine(err, node)
+    assert len(err.strip().splitlines()) == 2, err  # the wait said once, then the end
