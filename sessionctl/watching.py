@@ -27,7 +27,7 @@ from sessionctl.client import Client
 from sessionctl.handlers import CliClient, plural
 from sessionctl.registry import EXIT_OK, Args, out
 from sessionctl.results import Event
-from sessiond.errors import BackendUnavailable, Busy, DaemonUnavailable
+from sessiond.errors import BackendUnavailable, Busy, DaemonUnavailable, SessionError
 from sessiond.model import iso
 
 # What a lost connection looks like, and what a daemon on its way up or
@@ -63,51 +63,58 @@ def show(ev: Event, as_json: bool, full: bool = False) -> None:
     sys.stdout.flush()
 
 
+class Patience:
+    """Asking again, with a growing delay, for up to ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline = time.monotonic() + seconds
+        self._delay = FIRST_DELAY
+
+    def wait(self, giving_up: SessionError) -> None:
+        """Sleep until the next ask; raises ``giving_up`` once the time is
+        up. The last ask is at the deadline itself: the whole time is given."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise giving_up from None
+        time.sleep(min(self._delay, left))
+        self._delay = min(self._delay * 2, MAX_DELAY)
+
+
 def reconnect(args: Args, where: str, lost: Exception) -> Client:
     """A client on ``where`` once a daemon answers there again, within
     ``--reconnect-timeout``; else ``DaemonUnavailable``. Starts no daemon."""
-    patience = args.reconnect_timeout
-    deadline = time.monotonic() + patience
-    delay = FIRST_DELAY
+    patience = Patience(args.reconnect_timeout)
     while True:
         try:
             return CliClient(where, autostart=False)
         except LOST as exc:
             last = exc
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise DaemonUnavailable(
-                f"watch: lost the connection to sessiond on {where} ({lost}), and no daemon "
-                f"answered there again within {patience}s ({last}); giving up"
-            ) from None
-        # The last try is at the deadline itself: the whole patience is given.
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, MAX_DELAY)
+        patience.wait(DaemonUnavailable(
+            f"watch: lost the connection to sessiond on {where} ({lost}), and no daemon "
+            f"answered there again within {patience.seconds}s ({last}); giving up"
+        ))
 
 
 def _engine_away(
-    args: Args, where: str, exc: BackendUnavailable, asked: float,
-    away_until: float | None, delay: float,
-) -> tuple[float, float]:
-    """Wait before asking for the watch again while the engine is away;
-    the deadline and the next delay. Raises ``BackendUnavailable`` once
-    ``--reconnect-timeout`` has passed since the engine was found away."""
-    now = time.monotonic()
-    if away_until is None or now - asked > ANSWERED_AFTER:
-        away_until, delay = now + args.reconnect_timeout, FIRST_DELAY
+    args: Args, where: str, exc: BackendUnavailable, asked: float, away: Patience | None
+) -> Patience:
+    """Wait before asking for the watch again while the engine is away (a
+    new ``Patience`` when the watch had been answered since the last);
+    raises ``BackendUnavailable`` once ``--reconnect-timeout`` has passed
+    since the engine was found away."""
+    if away is None or time.monotonic() - asked > ANSWERED_AFTER:
+        away = Patience(args.reconnect_timeout)
         sys.stderr.write(
             f"sessionctl: watch: {exc}; asking sessiond on {where} again for up to "
             f"{args.reconnect_timeout:g}s, to resume after the last event shown\n"
         )
         sys.stderr.flush()
-    left = away_until - now
-    if left <= 0:
-        raise BackendUnavailable(
-            f"watch: the engine did not come back within {args.reconnect_timeout:g}s "
-            f"({exc}); giving up"
-        ) from None
-    time.sleep(min(delay, left))
-    return away_until, min(delay * 2, MAX_DELAY)
+    away.wait(BackendUnavailable(
+        f"watch: the engine did not come back within {args.reconnect_timeout:g}s "
+        f"({exc}); giving up"
+    ))
+    return away
 
 
 def h_watch(c: Client, args: Args) -> int:
@@ -117,17 +124,15 @@ def h_watch(c: Client, args: Args) -> int:
     # one, and a watch that comes back resumes after it (nothing missed
     # that the engine still keeps); a local daemon's do not.
     cursor: str | None = None
-    # While the engine of a shared daemon is away: when to give up, and the
-    # next wait between asks.
-    away_until: float | None = None
-    delay = FIRST_DELAY
+    # How long to ask again while the engine of a shared daemon is away.
+    away: Patience | None = None
     try:
         while True:
             client._release()  # the watch has a connection of its own
             asked = time.monotonic()
             try:
                 for ev in client.watch(user=args.user, after=cursor):
-                    away_until = None
+                    away = None
                     show(ev, args.json, args.full)
                     if ev.cursor is not None:
                         cursor = ev.cursor
@@ -135,7 +140,7 @@ def h_watch(c: Client, args: Args) -> int:
             except BackendUnavailable as exc:
                 if args.no_reconnect or cursor is None:
                     raise
-                away_until, delay = _engine_away(args, where, exc, asked, away_until, delay)
+                away = _engine_away(args, where, exc, asked, away)
                 continue
             except LOST as exc:
                 if args.no_reconnect:
