@@ -11,16 +11,15 @@ to 30 s, and compacts again once there is room.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import tmpfs
 from tests.conftest import Daemon, wait_until
-from tests.test_full_filesystem import fill
+from tests.tmpfs import fill
 
 pytestmark = pytest.mark.local_only("the journal's compaction on a filesystem of the test's")
 
@@ -31,20 +30,7 @@ SETS = 200
 def roomy_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs (room for the journal's reserved space), unmounted
     after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "fs"
-    where.mkdir(mode=0o700)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=700", "tmpfs", str(where)],
-        capture_output=True, text=True, check=False,
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
+    yield from tmpfs.mounted(tmp_path, "8m")
 
 
 def test_a_failing_compaction_backs_off_instead_of_running_at_every_commit(

@@ -10,8 +10,6 @@ busy.)"""
 
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -19,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import tmpfs
 from tests.conftest import Daemon, wait_until
+from tests.tmpfs import fill
 
 pytestmark = pytest.mark.local_only("the daemon's own files on a filesystem of the test's")
 
@@ -27,38 +27,11 @@ pytestmark = pytest.mark.local_only("the daemon's own files on a filesystem of t
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where = tmp_path / "fs"
-    where.mkdir(mode=0o700)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=700", "tmpfs", str(where)],
-        capture_output=True, text=True, check=False,
-    )
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
+    yield from tmpfs.mounted(tmp_path, "1m")
 
 
 def remount(where: Path, mode: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{mode}", str(where)], check=True)
-
-
-def fill(where: Path) -> Path:
-    """A file that takes every byte left; remove it to make room."""
-    filler = where / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC, exc
-    finally:
-        os.close(fd)
-    return filler
 
 
 def one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
