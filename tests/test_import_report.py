@@ -13,17 +13,23 @@ from tests.conftest import Daemon, stored
 from tests.test_legacy_records import legacy
 
 
-def test_import_says_how_many_records_repeat_an_id_or_have_no_user(daemon: Daemon) -> None:
-    # The migration's log says both; a hand import says them to its caller.
+def odd_records(path: Path, *more: str) -> Path:
+    """A legacy file at ``path``: an id on two lines (ttl 60, then 90), a
+    record with an empty user, one with no user field, then ``more``."""
     created = now_us()
     blank = json.loads(legacy("blank", 60, created))
     blank["user"] = ""
     missing = json.loads(legacy("missing", 60, created))
     del missing["user"]
     lines = [legacy("twice", 60, created), json.dumps(blank), json.dumps(missing),
-             legacy("twice", 90, created)]
-    path = daemon.root / "odd.jsonl"
+             legacy("twice", 90, created), *more]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_import_says_how_many_records_repeat_an_id_or_have_no_user(daemon: Daemon) -> None:
+    # The migration's log says both; a hand import says them to its caller.
+    path = odd_records(daemon.root / "odd.jsonl")
     done = daemon.ctl("import", str(path), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -44,14 +50,6 @@ def test_the_reader_counts_the_records_without_a_user_once_for_every_caller(
 ) -> None:
     # The migration's log and sessionctl import both read the count off
     # what the file's reader returns, as they read the repeated ids.
-    created = now_us()
-    blank = json.loads(legacy("blank", 60, created))
-    blank["user"] = ""
-    missing = json.loads(legacy("missing", 60, created))
-    del missing["user"]
-    lines = [legacy("twice", 60, created), json.dumps(blank), json.dumps(missing),
-             legacy("twice", 90, created), legacy("named", 60, created)]
-    path = tmp_path / "odd.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+    path = odd_records(tmp_path / "odd.jsonl", legacy("named", 60, now_us()))
     loaded = read_sessions(path)
     assert (len(loaded.sessions), loaded.repeated, loaded.without_user) == (4, 1, 2)
