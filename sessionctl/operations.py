@@ -20,6 +20,7 @@ from sessionctl.results import (
     SESSION_KINDS,
     Ack,
     ConfigListing,
+    ReloadResult,
     Session,
     to_ack,
     to_cleanup,
@@ -31,6 +32,7 @@ from sessionctl.results import (
     to_imported,
     to_page,
     to_pong,
+    to_reloaded,
     to_session,
     to_stats,
     to_stopping,
@@ -57,6 +59,7 @@ from sessiond.protocol import (
     Ping,
     Pong,
     Refresh,
+    Reload,
     Request,
     Response,
     Set,
@@ -383,6 +386,15 @@ class Operations:
         or invalid), as ``sessionctl config`` shows them. Raises only what
         every operation raises (see ``Operations``)."""
         return self._submit(ConfigGet(id=0), to_config_listing)
+
+    @operation
+    def reload(self) -> Reply[ReloadResult]:
+        """Have the daemon read its config file again and put it in force,
+        as SIGHUP does, and say what changed. Raises ``Conflict`` when the
+        file (or, in shared mode, the namespace's settings) is not valid:
+        the settings in force are kept; ``ReadOnly`` as ``set_config``
+        does; ``Unsupported`` from a daemon too old to know the request."""
+        return self._submit(Reload(id=0), to_reloaded)
 
     @operation
     def import_page(self, sessions: Sequence[Session | model.Session]) -> Reply[ImportResult]:

@@ -328,6 +328,13 @@ SHUTDOWN_NOTES = (
     "starts a daemon again unless autostart is off. Exit status 3 when no daemon answers "
     "(there is nothing to stop: shutdown never starts one)."
 )
+RELOAD_NOTES = (
+    "Waits until the file is in force and prints what changed. Flags and environment "
+    "variables the daemon started with still win over the file, and in shared mode the "
+    "namespace's settings (set with 'sessionctl config KEY VALUE') do; the output names them. "
+    "A file that is not valid changes nothing: exit status 1, saying why. Exit status 3 when "
+    "no daemon answers (it reads the file when it starts: reload never starts one)."
+)
 
 # In the order the overview lists them.
 COMMANDS: dict[str, Command] = {
@@ -409,6 +416,8 @@ COMMANDS: dict[str, Command] = {
             help="new value (parsed as JSON when it is JSON, else a string); the settings "
                  "in seconds also take a duration: " + _DURATION),
     ), "sessionctl.handlers:h_config", prepare="sessionctl.handlers:prepare_config"),
+    "reload": Command("read the config file again and put it in force (as SIGHUP does)", (),
+                      "sessionctl.reload:h_reload", daemon=False, notes=RELOAD_NOTES),
     "compact": Command("rewrite the journal now", (), "sessionctl.handlers:h_compact"),
     "watch": Command("print events as they happen, until interrupted", (
         Arg("--user", VALUE, _user, metavar="U", help="only events of this user's sessions"),

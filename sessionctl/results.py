@@ -27,6 +27,7 @@ from sessiond.protocol import (
     Deleted,
     ImportReply,
     Pong,
+    Reloaded,
     Response,
     StatsReply,
     Stopping,
@@ -239,3 +240,18 @@ to_imported = _reply(ImportReply, lambda r: r.result)
 to_compacted = _reply(CompactReply, lambda r: r.result)
 to_pong = _reply(Pong, lambda r: r)
 to_stopping = _reply(Stopping, lambda r: r.pid)
+
+
+class ReloadResult(msgspec.Struct, kw_only=True):
+    """What a reload put in force: the config file read (``file``), each
+    setting it changed (``changed``: key -> [before, after]) and each key
+    a layer above the file still sets (``above``: key -> flag, env or
+    namespace), whose value in the file is not in force."""
+
+    file: str
+    changed: dict[str, list[Any]]
+    above: dict[str, str]
+
+
+to_reloaded = _reply(Reloaded, lambda r: ReloadResult(file=r.file, changed=r.changed,
+                                                      above=r.above))

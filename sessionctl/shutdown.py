@@ -34,8 +34,10 @@ from sessiond.service import SERVICE, SOCKET, service_pid, systemctl
 WAIT_SECONDS = 30.0
 
 
-def _connect(where: str) -> Client:
-    """A client of the daemon on ``where``, which must be running already."""
+def connect_running(where: str, verb: str) -> Client:
+    """A client of the daemon on ``where``, which must be running already:
+    none answering is ``DaemonUnavailable``, saying there is nothing to
+    ``verb`` (``shutdown`` and ``reload`` never start one)."""
     try:
         return CliClient(where, autostart=False)
     except DaemonUnavailable as exc:
@@ -46,7 +48,7 @@ def _connect(where: str) -> Client:
             if connect_failed(where, cause) is None:
                 raise DaemonUnavailable(
                     f"no sessiond answers on {where} ({cause.strerror}): there is nothing "
-                    f"to stop"
+                    f"to {verb}"
                 ) from None
         raise
 
@@ -79,7 +81,7 @@ def wait_gone(pid: int, seconds: float) -> bool:
 
 def h_shutdown(args: Args) -> int:
     where = socket_location(args.socket)
-    with _connect(where) as c:
+    with connect_running(where, "stop") as c:
         pid = c.server_pid
         version = c.server_version
         by_systemd = service_pid() == pid

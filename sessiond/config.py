@@ -202,13 +202,45 @@ def pending(layers: Layers) -> str | None:
     # In shared mode the namespace's settings sit above the file's.
     above = "" if layers.namespace is None else " (the namespace's settings still win over it)"
     return (f"config {layers.path} has changed since the daemon read it; reload it "
-            f"(kill -HUP {os.getpid()}) to put the file in force{above}")
+            f"(sessionctl reload, or kill -HUP {os.getpid()}) to put the file in force{above}")
 
 
 def reload(layers: Layers) -> Layers:
-    """``layers`` with the config file read again (SIGHUP): the environment
-    and the flags still win. Raises ``ConfigError``."""
+    """``layers`` with the config file read again (SIGHUP, ``sessionctl
+    reload``): the environment and the flags still win. Raises
+    ``ConfigError``."""
     return layers.with_file(read_file(layers.path))
+
+
+def changes(before: Settings, after: Settings) -> dict[str, list[Any]]:
+    """The settings that differ: key -> [value before, value after]."""
+    old = as_dict(before)
+    return {key: [old[key], value] for key, value in as_dict(after).items()
+            if old[key] != value}
+
+
+def above_file(layers: Layers) -> dict[str, str]:
+    """What keeps a reload from putting the file's value of a key in force:
+    every key a flag or a variable sets (for the daemon's life), and each
+    key the file sets that the namespace's settings set too (shared mode);
+    key -> that layer."""
+    return {key: source for key, source in layers.sources().items()
+            if source in (FLAG, ENV) or (source == NAMESPACE and key in layers.file)}
+
+
+def describe_reload(path: str, changed: Mapping[str, list[Any]], above: Mapping[str, str]) -> str:
+    """A reload in one line, for the log and ``sessionctl reload``, as
+    PostgreSQL logs one: whether the edit took is seen at once."""
+    what = ", ".join(f"{key} {_shown(was)} -> {_shown(now)}" for key, (was, now) in changed.items())
+    text = f"reloaded {path}: {what or 'no setting changed'}"
+    pinned = ", ".join(f"{key} ({source})" for key, source in above.items() if source != NAMESPACE)
+    if pinned:
+        text += f"; still set by flag or environment: {pinned}"
+    shared = ", ".join(key for key, source in above.items() if source == NAMESPACE)
+    if shared:
+        text += (f"; the namespace's settings win over the file's: {shared} "
+                 f"(change them with sessionctl config)")
+    return text
 
 
 def merge(file: dict[str, Any], env: dict[str, Any], flags: dict[str, Any]) -> Settings:

@@ -31,6 +31,7 @@ from sessiond.protocol import (
     Hello,
     Peer,
     Ping,
+    Reload,
     Shutdown,
     Stats,
     error_frame,
@@ -69,10 +70,11 @@ SEND: Final = 3  # waiting to send replies
 # the one that would undo it included, as PostgreSQL's
 # superuser_reserved_connections and MySQL's extra admin connection avoid.)
 RESERVED_OPS: Final = frozenset(
-    cls.__struct_config__.tag for cls in (Hello, Ping, Stats, ConfigGet, ConfigSet, Shutdown)
+    cls.__struct_config__.tag
+    for cls in (Hello, Ping, Stats, ConfigGet, ConfigSet, Reload, Shutdown)
 )
 # The commands that send them, for people.
-RESERVED_FOR: Final = "sessionctl config, stats, ping and shutdown"
+RESERVED_FOR: Final = "sessionctl config, reload, stats, ping and shutdown"
 
 
 class _Op(msgspec.Struct):

@@ -335,28 +335,15 @@ async def _act_on(
         if signum != signal.SIGHUP:
             log.info("received %s", signal.Signals(signum).name)
             return
-        before = config.as_dict(server.live.settings)
         try:
             # A shutdown request lets a reload in progress finish, as
             # SIGTERM (read after it) does.
             with anyio.CancelScope(shield=True):
-                await server.engine.dispatcher.reload()
+                done = await server.engine.dispatcher.reload()
         except SessionError as exc:
-            log.error("SIGHUP: config not reloaded, the settings in force are kept: %s", exc)
+            log.error("SIGHUP: %s", exc)
             continue
-        # What changed, as PostgreSQL logs a reload: an operator who sent the
-        # signal sees at once whether the edit took.
-        after = config.as_dict(server.live.settings)
-        changed = ", ".join(
-            f"{key} {before[key]!r} -> {value!r}" for key, value in after.items()
-            if before[key] != value
-        )
-        pinned = ", ".join(
-            f"{key} ({source})" for key, source in server.live.layers.sources().items()
-            if source in (config.ENV, config.FLAG)
-        )
-        log.info("SIGHUP: reloaded %s: %s%s", where.config, changed or "no setting changed",
-                 f"; still set by flag or environment: {pinned}" if pinned else "")
+        log.info("SIGHUP: %s", done)
 
 
 def main(argv: list[str] | None = None) -> int:

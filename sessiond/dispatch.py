@@ -350,9 +350,10 @@ class Dispatcher:
             self.live.put(old)
             raise
 
-    async def reload(self) -> None:
-        """Read the config file again and put it in force (SIGHUP)."""
-        await live.reload(self.live, self.adopt)
+    async def reload(self) -> live.Reloaded:
+        """Read the config file again and put it in force (SIGHUP,
+        ``reload``). Raises as ``live.reload`` does."""
+        return await live.reload(self.live, self.adopt)
 
     async def compact(self) -> CompactResult:
         return await compaction.compact(self.journal, self.store.live_slots)

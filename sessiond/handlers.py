@@ -15,6 +15,7 @@ Adding a request: its class in ``sessiond.protocol``, its rule in
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +58,8 @@ from sessiond.protocol import (
     Ping,
     Pong,
     Refresh,
+    Reload,
+    Reloaded,
     Request,
     Response,
     SessionReply,
@@ -69,6 +72,8 @@ from sessiond.protocol import (
     Unset,
 )
 from sessiond.store import Store
+
+log = logging.getLogger("sessiond.server")
 
 
 class Parts(Protocol):
@@ -282,6 +287,20 @@ def shutdown(c: Context, req: Shutdown, now: int) -> Outcome:
 
 
 # -- requests that wait on I/O of their own -------------------------------------
+
+
+class Reloads(Protocol):
+    """A dispatcher that can read its settings again (either engine's)."""
+
+    async def reload(self) -> live.Reloaded: ...
+
+
+@handles(Reload, SLOW)
+async def reload(c: Reloads, req: Reload) -> Response:
+    done = await c.reload()
+    log.info("reload request: %s", done)
+    return Reloaded(id=req.id, file=done.path, changed=done.changed, above=done.above)
+
 
 
 @handles(Compact, SLOW)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from sessiond import config
-from sessiond.errors import ReadOnly
+from sessiond.errors import ConfigError, Conflict, ReadOnly
 from sessiond.rules import Rules
 
 log = logging.getLogger("sessiond.server")
@@ -81,9 +82,38 @@ async def set_key(live: Live, key: str, value: Any, adopt: Adopt) -> dict[str, A
         return {key: value}
 
 
-async def reload(live: Live, adopt: Adopt) -> None:
-    """Read the config file again and put it in force (SIGHUP): flags and
-    environment variables still win. Raises ``ConfigError`` (the file is
-    bad: nothing changes) or ``ReadOnly`` as ``set_key`` does."""
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload did: the file read, the settings it changed (key ->
+    [before, after]) and the keys a layer above the file still sets
+    (``config.above_file``)."""
+
+    path: str
+    changed: dict[str, list[Any]]
+    above: dict[str, str]
+
+    def __str__(self) -> str:
+        return config.describe_reload(self.path, self.changed, self.above)
+
+
+Above = Callable[[config.Layers], Awaitable[config.Layers]]
+
+
+async def reload(live: Live, adopt: Adopt, above: Above | None = None) -> Reloaded:
+    """Read the config file again and put it in force (SIGHUP, ``sessionctl
+    reload``): flags and environment variables still win, and in shared
+    mode the namespace's settings (``above`` lays them over the file's).
+    Raises ``Conflict`` (the file, or the namespace's settings, are not
+    valid: nothing changes, the message says so) or ``ReadOnly`` as
+    ``set_key`` does."""
     async with live.lock:
-        await adopt(config.reload(live.layers))
+        before = live.settings
+        try:
+            layers = await anyio.to_thread.run_sync(config.reload, live.layers)
+            if above is not None:
+                layers = await above(layers)
+        except ConfigError as exc:
+            raise Conflict(f"config not reloaded, the settings in force are kept: {exc}") from exc
+        await adopt(layers)
+        return Reloaded(str(layers.path), config.changes(before, live.settings),
+                        config.above_file(live.layers))

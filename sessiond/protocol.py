@@ -197,6 +197,11 @@ class Shutdown(Request, tag="shutdown"):
     """Stop the daemon, as SIGTERM does; answered before it stops."""
 
 
+class Reload(Request, tag="reload"):
+    """Read the config file again and put it in force, as SIGHUP does;
+    answered once it is in force (or refused, the settings unchanged)."""
+
+
 class Response(msgspec.Struct, tag_field="r", kw_only=True):
     id: int
 
@@ -379,6 +384,16 @@ class Stopping(Response, tag="stopping"):
     answered the requests in flight and synced its journal."""
 
     pid: int
+
+
+class Reloaded(Response, tag="reloaded"):
+    """The answer to ``Reload``: the file read, the settings that changed
+    (key -> [before, after]) and the keys a layer above the file still
+    sets (key -> ``flag``, ``env`` or ``namespace``)."""
+
+    file: str
+    changed: dict[str, list[Any]]
+    above: dict[str, str]
 
 
 class ErrorReply(Response, tag="error"):

@@ -284,7 +284,7 @@ def test_config_listing_warns_of_a_file_edited_since_it_was_read_until_reloaded(
     assert "default_ttl             7200      file" in listed.stdout  # what is in force
     assert listed.stderr == (
         f"sessionctl: warning: config {daemon.config} has changed since the daemon read it; "
-        f"reload it (kill -HUP {pid}) to put the file in force\n"
+        f"reload it (sessionctl reload, or kill -HUP {pid}) to put the file in force\n"
     )
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: daemon.ctl("config").stderr == "", what="the reload")

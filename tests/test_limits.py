@@ -251,7 +251,7 @@ def test_connection_over_max_connections_is_told_busy(make_daemon: Callable[...,
 
 
 @pytest.mark.local_only("the connection limit is the server's, the same on either engine")
-def test_a_daemon_full_of_connections_still_answers_config_stats_and_shutdown(
+def test_a_daemon_full_of_connections_still_answers_config_reload_stats_and_shutdown(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     d = make_daemon()
@@ -262,12 +262,18 @@ def test_a_daemon_full_of_connections_still_answers_config_stats_and_shutdown(
         refused = d.ctl("get", sid)
         assert refused.returncode == 1, refused.stderr
         assert "max_connections=1" in refused.stderr
-        assert "kept beyond them serves only sessionctl config, stats" in refused.stderr
+        assert "kept beyond them serves only sessionctl config, reload, stats" in refused.stderr
         stats = d.ctl("stats", "--json")
         assert stats.returncode == 0 and json.loads(stats.stdout)["connections"] == 2
         assert d.ctl("config", "max_connections").stdout == "1\n"
         # The way out, without editing the file and SIGHUP.
         assert d.ctl("config", "max_connections", "100").returncode == 0
+        assert d.ctl("get", sid).returncode == 0
+        assert d.ctl("config", "max_connections", "1").returncode == 0
+        # Or by editing the file and reloading it.
+        d.config.write_text(json.dumps({"max_connections": 100}))
+        reloaded = d.ctl("reload")
+        assert "max_connections 1 -> 100" in reloaded.stdout, reloaded.stderr
         assert d.ctl("get", sid).returncode == 0
         assert d.ctl("config", "max_connections", "1").returncode == 0
         assert d.ctl("shutdown").returncode == 0

@@ -57,6 +57,8 @@ from sessiond.protocol import (
     Ping,
     Pong,
     Refresh,
+    Reload,
+    Reloaded,
     SessionReply,
     Set,
     Shutdown,
@@ -171,6 +173,10 @@ SAMPLES: dict[str, Any] = {
         file="/home/u/.config/sessiond/config.json",
         file_note="config /home/u/.config/sessiond/config.json has changed since the daemon "
                   "read it; reload it (kill -HUP 4242) to put the file in force"),
+    "request.reload": Reload(id=25),
+    "response.reloaded": Reloaded(id=25, file="/home/u/.config/sessiond/config.json",
+                                  changed={"default_ttl": [3600, 7200]},
+                                  above={"fsync": "env"}),
     "response.import": ImportReply(id=16, result=ImportResult(
         imported=1, updated=1, skipped=1, reasons=["s3: already there at version 4"],
         already_expired=1,

@@ -29,6 +29,7 @@ def test_config_listing_warns_of_a_hand_edit_under_the_namespaces_settings(
     assert listed.returncode == 0
     assert listed.stderr == (
         f"sessionctl: warning: config {d.config} has changed since the daemon read it; reload "
-        f"it (kill -HUP {d.proc.pid}) to put the file in force (the namespace's settings "
+        f"it (sessionctl reload, or kill -HUP {d.proc.pid}) to put the file in force (the "
+        f"namespace's settings "
         f"still win over it)\n"
     )

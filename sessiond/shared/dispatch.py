@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from sessiond import config
+from sessiond import config, live
 from sessiond.dispatch import guess_id, no_stop
 from sessiond.errors import (
     BackendUnavailable,
@@ -324,12 +324,18 @@ class SharedDispatcher:
         lowered it (``scans.config_set``)."""
         self.live.put(layers)
 
-    async def reload(self) -> None:
-        """The namespace's settings read again from the engine (SIGHUP,
-        and every change another daemon makes). Keys it does not know are
-        left out, and said by the engine's reading of them (``SharedEngine``)."""
-        layers, _ = await scans.namespace_layers(self.store, self.live.layers)
-        await self.adopt(layers)
+    async def reload(self) -> live.Reloaded:
+        """The config file and the namespace's settings read again (SIGHUP,
+        ``reload``); the namespace's win over the file's. Keys it does not
+        know are left out, and said by the engine's reading of them
+        (``SharedEngine``, which also reads the namespace's again at every
+        change another daemon makes). Raises as ``live.reload`` does, and
+        ``BackendUnavailable``."""
+
+        async def with_namespace(layers: config.Layers) -> config.Layers:
+            return (await scans.namespace_layers(self.store, layers))[0]
+
+        return await live.reload(self.live, self.adopt, with_namespace)
 
     async def compact(self) -> CompactResult:
         now, counters, _, _ = await self.store.stats()
