@@ -50,12 +50,15 @@ MAX_BAD_FRAMES = 100
 # request) always proceed.
 SMALL_FRAME_BYTES = 65536
 # Replies left unread, across all connections, are held up to this many
-# connections' ``max_reply_queue_bytes`` (64 MiB at the default): past it, a
-# connection that leaves its replies unread is closed at once rather than
-# after send_timeout. Without it, clients that pipeline big reads and never
-# read the answers made the daemon hold max_reply_queue_bytes for each, up
-# to max_connections of them: 4 GiB at the defaults (measured: 1.1 GB for
-# 300 such clients).
+# connections' ``max_reply_queue_bytes`` (64 MiB at the default): past it,
+# the connections whose clients have read nothing for longest are closed at
+# once rather than after send_timeout, as Redis's maxmemory-clients evicts
+# clients. Without it, clients that pipeline big reads and never read the
+# answers made the daemon hold max_reply_queue_bytes for each, up to
+# max_connections of them: 4 GiB at the defaults (measured: 1.1 GB for 300
+# such clients). Longest unread, not the connection whose reply tips the
+# total: that one may well be a client reading a big answer as fast as it
+# comes, and a client that reads is never the one that stalled longest.
 UNREAD_REPLY_CONNECTIONS = 16
 
 BUSY: Final = 0
@@ -99,7 +102,7 @@ class Conn(Peer):
 
     __slots__ = (
         "sock", "fd", "loop", "kind", "deadline", "expired", "waiter", "writing", "reading",
-        "readable", "reserved",
+        "readable", "reserved", "unread", "stalled", "crowded",
     )
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
@@ -119,6 +122,12 @@ class Conn(Peer):
         self.readable = False
         # The connection kept beyond max_connections: RESERVED_OPS only.
         self.reserved = False
+        # Bytes of replies its client has yet to read (counted in
+        # ``Connections.reply_bytes_held``), since when it has read none of
+        # them, and whether it is to close to make room for others'.
+        self.unread = 0
+        self.stalled = math.inf
+        self.crowded = False
 
     async def wait(self, writable: bool) -> None:
         """Until the socket is readable (or writable), or ``interrupt()``."""
@@ -406,20 +415,14 @@ class Connections:
             raise anyio.BrokenResourceError from exc
         if sent == len(data):
             return
-        held = len(data)
+        rest = memoryview(data)[sent:]
         s = self.live.settings
-        limit = UNREAD_REPLY_CONNECTIONS * s.max_reply_queue_bytes
-        if self.reply_bytes_held and self.reply_bytes_held + held > limit:
-            log.warning(
-                "closing a connection that leaves its replies unread: replies left unread "
-                "on other connections hold %d bytes (%d connections' max_reply_queue_bytes)",
-                self.reply_bytes_held, UNREAD_REPLY_CONNECTIONS,
-            )
-            raise Stop()
-        self.reply_bytes_held += held
+        self._make_room(len(rest), UNREAD_REPLY_CONNECTIONS * s.max_reply_queue_bytes)
+        conn.stalled = time.monotonic()
+        conn.unread = len(rest)
+        self.reply_bytes_held += conn.unread
         try:
-            rest = memoryview(data)[sent:]
-            deadline = time.monotonic() + s.send_timeout
+            deadline = conn.stalled + s.send_timeout
             while rest:
                 await self._wait(conn, SEND, deadline)
                 try:
@@ -428,8 +431,38 @@ class Connections:
                     continue
                 except OSError as exc:
                     raise anyio.BrokenResourceError from exc
+                conn.stalled = time.monotonic()
+                self.reply_bytes_held -= conn.unread - len(rest)
+                conn.unread = len(rest)
         finally:
-            self.reply_bytes_held -= held
+            self.reply_bytes_held -= conn.unread
+            conn.unread = 0
+            conn.stalled = math.inf
+
+    def _make_room(self, more: int, limit: int) -> None:
+        """Close the connections whose clients have read none of their
+        replies for longest, until ``more`` bytes of unread replies fit in
+        ``limit`` (one reply larger than that alone is let through, as it
+        always was: ``max_reply_queue_bytes`` bounds the batches it comes
+        from)."""
+        over = self.reply_bytes_held + more - limit
+        if over <= 0:
+            return
+        stalled = sorted((c for c in self._conns if c.unread and not c.crowded),
+                         key=lambda c: c.stalled)
+        now = time.monotonic()
+        for conn in stalled:
+            if over <= 0:
+                break
+            log.warning(
+                "closing a connection whose client has read none of its replies for %.1fs: "
+                "replies left unread hold %d bytes, past %d connections' "
+                "max_reply_queue_bytes", now - conn.stalled, self.reply_bytes_held,
+                UNREAD_REPLY_CONNECTIONS,
+            )
+            conn.crowded = True
+            conn.interrupt()
+            over -= conn.unread
 
     async def _wait(self, conn: Conn, kind: int, deadline: float) -> None:
         """Until the socket is ready (readable, or writable for ``SEND``);
@@ -449,6 +482,8 @@ class Connections:
             conn.deadline = math.inf
         if conn.expired:
             raise self._expired(kind)
+        if conn.crowded:
+            raise Stop()
 
     def _expired(self, kind: int) -> Stop:
         s = self.live.settings

@@ -199,16 +199,26 @@ def pages_read(raw: Raw) -> int:
         data += chunk
 
 
-def test_replies_left_unread_are_held_within_a_bound_across_connections(
-    make_daemon: Callable[..., Daemon],
-) -> None:
+# Pages of about 1 MiB each, 20 asked for on each connection.
+PAGES = b"".join(request(op="list", id=n, limit=1000) for n in range(20))
+CLOSED = "closing a connection whose client has read none of its replies"
+
+
+def with_big_pages(make_daemon: Callable[..., Daemon]) -> Daemon:
+    """A daemon whose whole list is a page of about 1 MiB."""
     d = make_daemon()
     with d.client() as c:
         with c.pipeline(returning="ack") as p:
             for i in range(1000):
                 p.create(id=f"s{i}", user="u", meta={"pad": "p" * 1000})
-    # Pages of about 1 MiB each, 20 asked for on each connection.
-    pages = b"".join(request(op="list", id=n, limit=1000) for n in range(20))
+    return d
+
+
+def test_replies_left_unread_are_held_within_a_bound_across_connections(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    d = with_big_pages(make_daemon)
+    pages = PAGES
     unreading = [Raw(d.socket, timeout=30) for _ in range(UNREADING)]
     try:
         for raw in unreading:
@@ -217,7 +227,7 @@ def test_replies_left_unread_are_held_within_a_bound_across_connections(
             # Once each connection has its answers built (held, or closed
             # for want of room), the others are still answered.
             wait_until(
-                lambda: d.log_text().count("leaves its replies unread") >= UNREADING - 20,
+                lambda: d.log_text().count(CLOSED) >= UNREADING - 20,
                 30, "the connections past the bound to be closed",
             )
             peak = peak_mb(d)
@@ -227,6 +237,32 @@ def test_replies_left_unread_are_held_within_a_bound_across_connections(
         # sent before they were (a part of their pages), then the end.
         served = sum(pages_read(raw) == 20 for raw in unreading)
         assert 1 <= served <= 20, served
+    finally:
+        for raw in unreading:
+            raw.close()
+
+
+def test_a_client_reading_a_big_answer_is_served_and_those_that_read_nothing_longest_closed(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # The bound used to close the connection whose reply tipped the total
+    # over it: a client reading 20 MiB of pages as fast as they came was
+    # closed while others that had read nothing for seconds were kept.
+    d = with_big_pages(make_daemon)
+    unreading = [Raw(d.socket, timeout=30) for _ in range(24)]
+    try:
+        for raw in unreading:
+            raw.send(PAGES)  # and then read nothing
+        # Those past the bound have begun to be closed: the rest hold
+        # about as much as the bound allows.
+        wait_until(lambda: d.log_text().count("closing a connection") >= 5, 30,
+                   "the connections past the bound to be closed")
+        with Raw(d.socket, timeout=30) as reader:
+            reader.send(PAGES)
+            assert pages_read(reader) == 20
+        assert pages_read(unreading[0]) < 20  # the one that read nothing longest
+        assert any(pages_read(raw) == 20 for raw in unreading[-8:])
+        assert d.log_text().count("closing a connection") == d.log_text().count(CLOSED)
     finally:
         for raw in unreading:
             raw.close()
