@@ -238,3 +238,24 @@ def compacted_size(slots: Sequence[Record | None], count: int) -> int:
     if len(sample) == count:
         return len(put_lines(sample))
     return round(len(put_lines(sample)) / len(sample) * count)
+
+
+# An automatic compaction starts only with this many times the rewritten
+# journal's lines free on its filesystem: the new journal, its snapshot
+# (about half as big), and room left over for the appends meanwhile. One
+# that started short of it failed with the disk full, after its temp files
+# had taken the room the appends needed.
+ROOM_FACTOR = 2
+
+
+def room_short(path: Path, need: int) -> str | None:
+    """Why the filesystem of the journal at ``path`` lacks the room a
+    rewrite of about ``need`` bytes of lines takes (``None``: it has it).
+    Raises ``OSError``."""
+    st = os.statvfs(path.parent)
+    free = st.f_bavail * st.f_frsize
+    want = need * ROOM_FACTOR
+    if free >= want:
+        return None
+    return (f"it needs about {want} bytes free (the new journal and its snapshot, and "
+            f"room for the appends meanwhile), and {free} are")

@@ -19,6 +19,7 @@ import anyio.lowlevel
 
 from sessiond import compaction
 from sessiond.compaction import compacted_size
+from sessiond.diskio import describe
 from sessiond.errors import InternalError, JournalError, ReadOnly
 from sessiond.journal import Journal
 from sessiond.live import Live
@@ -183,6 +184,20 @@ class Compactor:
         store = self.store
         return {"compaction_needs_bytes": compacted_size(store.live_slots(), len(store))}
 
+    async def _short_of_room(self, journal: Journal) -> str | None:
+        """Why the journal's filesystem lacks the room for a rewrite
+        (``compaction.ROOM_FACTOR``), or ``None``. Only for a compaction of
+        its own accord: one asked for (``compact``), or the way out of
+        read-only mode, is tried whatever the free space, which it may find
+        it needs less of."""
+        need = compacted_size(self.store.live_slots(), len(self.store))
+        try:
+            return await anyio.to_thread.run_sync(compaction.room_short, journal.path, need)
+        except OSError as exc:
+            log.warning("cannot tell the free space for a compaction of %s (%s): trying it",
+                        journal.path, describe(exc))
+            return None
+
     async def run(self) -> None:
         retry = 1.0
         next_try = 0.0  # when a compaction may be tried again after failures
@@ -208,6 +223,14 @@ class Compactor:
             if not (readonly.failed or timer_due or grown):
                 continue
             if time.monotonic() < next_try:
+                continue
+            short = None if readonly.failed else await self._short_of_room(j)
+            if short is not None:
+                # As after a failure: the room is looked at again later.
+                log.warning("automatic compaction of %s put off: %s; looking again in %gs",
+                            j.path, short, retry)
+                next_try = time.monotonic() + retry
+                retry = min(retry * 2, 30.0)
                 continue
             done = False
             try:

@@ -1,12 +1,15 @@
-"""A compaction that fails is not tried again at every commit.
+"""A compaction that cannot be done is not tried again at every commit, and
+one of the daemon's own accord is not begun without the room it needs.
 
 A disk with room for the journal's appends (the space it reserves ahead of
-its lines) but none for a rewrite: the compaction the journal's growth asks
-for fails. Before, the compactor tried again after every commit while
-writes came in: dozens of failed rewrites a second, each writing a temp
-file into what room there was (which the appends then lacked) and costing
-most of a core. It now backs off while compactions fail, 1 s doubled up
-to 30 s, and compacts again once there is room.
+its lines) but none for a rewrite. Before, the compactor tried the rewrite
+the journal's growth asks for after every commit while writes came in:
+dozens of failed rewrites a second, each writing a temp file into what room
+there was (which the appends then lacked) and costing most of a core. It
+now puts an automatic compaction off while the filesystem has less free
+than about twice the rewritten journal (the new file, its snapshot and
+room to spare), and backs off while it must (1 s doubled up to 30 s), as
+it does while compactions fail; it compacts again once there is room.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def roomy_fs(tmp_path: Path) -> Iterator[Path]:
     yield from tmpfs.mounted(tmp_path, "8m")
 
 
-def test_a_failing_compaction_backs_off_instead_of_running_at_every_commit(
+def test_a_compaction_without_room_is_put_off_and_backs_off_instead_of_running_at_every_commit(
     make_daemon: Callable[..., Daemon], roomy_fs: Path
 ) -> None:
     data = roomy_fs / "data"
@@ -53,11 +56,17 @@ def test_a_failing_compaction_backs_off_instead_of_running_at_every_commit(
         for n in range(SETS):
             c.set("s0", "n", n)
         seconds = time.monotonic() - began
-        failed = d.log_text().count("compaction failed")
-        assert failed >= 1, d.log_text()
+        put_off = d.log_text().count("automatic compaction of")
+        assert put_off >= 1, d.log_text()
         # Backing off from 1 s, doubled: far fewer than one a commit.
-        assert failed <= 2 + seconds, f"{failed} failed compactions in {seconds:.1f}s"
+        assert put_off <= 2 + seconds, f"{put_off} compactions put off in {seconds:.1f}s"
+        # Not even begun: no temp file took the appends' room.
+        assert "compaction failed" not in d.log_text()
         assert not any(p.name.endswith(".tmp") for p in data.iterdir()), list(data.iterdir())
+        line = next(x for x in d.log_text().splitlines() if "automatic compaction of" in x)
+        assert f"automatic compaction of {data / 'data.jsonl'} put off: it needs about " in line
+        assert "bytes free (the new journal and its snapshot" in line
+        assert line.endswith("looking again in 1s")
         before = c.stats().compactions
         filler.unlink()
 
