@@ -21,6 +21,7 @@ from sessiond.live import Live
 from sessiond.protocol import StatsInfo
 from sessiond.store import Store
 from sessiond.timers import Compactor, ExpiryTimer
+from sessiond.trim import Trimmer
 
 
 class LocalEngine:
@@ -33,7 +34,9 @@ class LocalEngine:
         self.dispatcher = Dispatcher(store, journal, self.hub, live, _no_stats)
         self.expiry = ExpiryTimer(store, self.dispatcher.commit)
         self.compactor = Compactor(store, journal, live)
-        self.dispatcher.noticers += [self.expiry.notice, self.compactor.notice]
+        self.trimmer = Trimmer(store)
+        self.dispatcher.noticers += [self.expiry.notice, self.compactor.notice,
+                                     self.trimmer.notice]
         # A failed write turns the journal read-only: start what ends that
         # now, not when the compactor's timer next fires.
         journal.readonly.on_failure = self.compactor.wake
@@ -49,6 +52,7 @@ class LocalEngine:
         tg.start_soon(self.journal.run_syncer)
         tg.start_soon(self.expiry.run)
         tg.start_soon(self.compactor.run)
+        tg.start_soon(self.trimmer.run)
 
     async def figures(self, now: int) -> dict[str, Any]:
         return {

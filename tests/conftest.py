@@ -319,6 +319,16 @@ class Daemon:
 
         wait_until(ready, timeout, "sessiond to answer")
 
+    def memory_mb(self, field: str = "VmRSS") -> float:
+        """A size of the daemon's memory from /proc/PID/status, in MB:
+        ``VmRSS`` (resident now) or ``VmHWM`` (its peak so far)."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError(f"no {field} in /proc/PID/status")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

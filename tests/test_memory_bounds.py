@@ -39,12 +39,7 @@ HOLDERS = 100
 
 def peak_mb(d: Daemon) -> float:
     """The daemon's peak resident set size so far."""
-    assert d.proc is not None
-    with open(f"/proc/{d.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/PID/status")
+    return d.memory_mb("VmHWM")
 
 
 def large_frame(d: Daemon) -> dict[str, Any]:
