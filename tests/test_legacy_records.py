@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from sessiond.model import US, Session, iso, now_us
+from sessionctl.results import Session
+from sessiond import model
+from sessiond.model import US, iso, now_us
 from sessiond.records import LineError, decode_line, put_line
 from tests.conftest import Daemon, run_sessiond, stored
 
@@ -120,8 +122,8 @@ def test_a_journal_that_begins_with_a_byte_order_mark_starts(
     d = make_daemon(start=False)
     d.data_dir.mkdir(mode=0o700)
     now = now_us()
-    first = Session(id="first", user="u", status="active", ttl=600, meta={"a": 1},
-                    created_at=now, last_access=now, expires_at=now + 600 * US)
+    first = model.Session(id="first", user="u", status="active", ttl=600, meta={"a": 1},
+                          created_at=now, last_access=now, expires_at=now + 600 * US)
     d.journal.write_bytes(BOM + put_line(first) + legacy("second", 600, now).encode() + b"\n")
     check = run_sessiond(d, "--check")
     assert check.returncode == 0 and "2 readable lines" in check.stdout, check.stdout
