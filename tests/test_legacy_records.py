@@ -107,7 +107,7 @@ def test_import_keeps_records_with_odd_ttls_and_names_an_unreadable_one(
 )
 def test_a_ttl_becomes_whole_seconds_rounding_a_fraction_up(ttl: Any, seconds: int) -> None:
     got = decode_line(legacy("x", ttl, 0).encode())
-    assert isinstance(got, Session) and got.ttl == seconds
+    assert isinstance(got, model.Session) and got.ttl == seconds
 
 
 @pytest.mark.parametrize("ttl", ["", "abc", "nan", "inf", "1e400", "١٢", "9" * 5000, True])
