@@ -127,13 +127,22 @@ def test_the_lease_holder_asks_for_its_lease_about_once_a_second_not_once_a_turn
     wait_until(lambda: figures(d).expiry_lease, 10, "the daemon to hold the lease")
     before = _calls(node)
     started = time.monotonic()
-    with d.client() as c:
-        for _ in range(EXPIRING):
-            c.create(ttl=1)
-    wait_until(lambda: figures(d).expiries_done >= EXPIRING, 30, "every session to expire")
+    # On a loaded machine the timer may wake late and expire many at once,
+    # turning only a few times: again, until it has turned often enough
+    # for once a turn and once a second to differ.
+    for rounds in range(1, 6):
+        with d.client() as c:
+            for _ in range(EXPIRING):
+                c.create(ttl=1)
+        expected = rounds * EXPIRING
+        wait_until(lambda: figures(d).expiries_done >= expected, 30,  # noqa: B023
+                   "every session to expire")
+        turns = _grown(before, _calls(node), "zrange") // 2  # two ZRANGEs a turn
+        if turns > 10:
+            break
     seconds = time.monotonic() - started
     after = _calls(node)
-    turns = _grown(before, after, "zrange") // 2  # what is due: two ZRANGEs a turn
+    turns = _grown(before, after, "zrange") // 2
     tries = _grown(before, after, "get")
-    assert turns > 10, f"the timer turned {turns} times for {EXPIRING} expiries"
+    assert turns > 10, f"the timer turned {turns} times for {rounds * EXPIRING} expiries"
     assert tries <= seconds + 2, f"{tries} looks at the lease in {seconds:.1f}s ({turns} turns)"
