@@ -144,7 +144,16 @@ def h_create(c: Client, args: Args) -> int:
 
 
 def h_get(c: Client, args: Args) -> int:
-    return show_session(c, args, c.get(args.id, touch=args.touch))
+    s = c.get(args.id, touch=args.touch)
+    if args.key is None:
+        return show_session(c, args, s)
+    if args.key not in s.meta:
+        # As 'git config KEY' does for a key it lacks: a script tells the
+        # absent from the empty.
+        raise CommandFailed(f"session {s.id} has no metadata key {args.key!r}")
+    value = s.meta[args.key]
+    emit(args, {args.key: value}, lambda: render.escape(render.meta_text(value)))
+    return EXIT_OK
 
 
 def h_set(c: Client, args: Args) -> int:

@@ -345,8 +345,11 @@ COMMANDS: dict[str, Command] = {
         Arg("--meta", APPEND, _meta, metavar="K=V", help="a metadata string; repeat for more"),
         Arg("--id", VALUE, _sid, metavar="ID", help="use this id instead of a random one"),
     ), "sessionctl.handlers:h_create"),
-    "get": Command("show a session, with the time it has left", (
+    "get": Command("show a session, with the time it has left, or one metadata value", (
         _id(),
+        Arg("key", OPTIONAL, check=_key, metavar="KEY",
+            help="print this metadata key's value alone, as 'config KEY' prints a setting "
+                 "(exit 1 when the session has no such key)"),
         Arg("--touch", FLAG, help="update last access and slide the deadline"),
     ), "sessionctl.handlers:h_get"),
     "set": Command("set a metadata key (the value is stored as a string)", (
