@@ -206,7 +206,10 @@ class ArrayReader:
                 said = str(exc)
                 after = _TRAILING.search(said)
                 if after is not None:
-                    return self._pos + int(after.group(1)) - 1
+                    # Whole in what is read, but past the cap all the same:
+                    # read past, as one that runs past the buffer is.
+                    length = int(after.group(1)) - 1
+                    return self._pos + length if length <= cap else None
                 at = _AT_BYTE.search(said)
                 # A number cut by the chunk's end reads as malformed there.
                 if said != _TRUNCATED and (self._eof or at is None
