@@ -261,7 +261,7 @@ async def serve(server: Server, where: paths.Paths, data: datadir.DataDirKeeper)
             # that systemd lets through is answered.
             if systemd.notify(f"READY=1\n{_status(engine)}"):
                 tg.start_soon(_report_to_systemd, engine, watchdog)
-            await _until_stopped(server, where)
+            await _until_stopped(server)
             log.info("stopping: answering requests in flight")
             systemd.notify("STOPPING=1")
             await server.stop_listening()
@@ -297,7 +297,7 @@ async def _report_to_systemd(engine: Engine, watchdog: float | None) -> None:
             systemd.notify("\n".join(lines))
 
 
-async def _until_stopped(server: Server, where: paths.Paths) -> None:
+async def _until_stopped(server: Server) -> None:
     """Until SIGTERM, SIGINT or a ``shutdown`` request; SIGHUP reloads."""
     async with anyio.create_task_group() as tg:
 
@@ -307,18 +307,18 @@ async def _until_stopped(server: Server, where: paths.Paths) -> None:
             tg.cancel_scope.cancel()
 
         tg.start_soon(until_requested)
-        await _until_signalled(server, where)
+        await _until_signalled(server)
         tg.cancel_scope.cancel()
 
 
-async def _until_signalled(server: Server, where: paths.Paths) -> None:
+async def _until_signalled(server: Server) -> None:
     with anyio.open_signal_receiver(*SIGNALS) as signals:
         # Handled from here on: one that came during the start (blocked
         # since, see SIGNALS) is delivered now, a SIGHUP then reloads
         # once, a SIGTERM stops the daemon as it would have at any time.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         try:
-            await _act_on(signals, server, where)
+            await _act_on(signals, server)
         finally:
             # Leaving the receiver puts the default actions back: a reload
             # means nothing to a daemon on its way out, and must not end it
@@ -327,9 +327,7 @@ async def _until_signalled(server: Server, where: paths.Paths) -> None:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
 
 
-async def _act_on(
-    signals: AsyncIterator[signal.Signals], server: Server, where: paths.Paths
-) -> None:
+async def _act_on(signals: AsyncIterator[signal.Signals], server: Server) -> None:
     """Until SIGTERM or SIGINT; SIGHUP reloads."""
     async for signum in signals:
         if signum != signal.SIGHUP:

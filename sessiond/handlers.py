@@ -302,7 +302,6 @@ async def reload(c: Reloads, req: Reload) -> Response:
     return Reloaded(id=req.id, file=done.path, changed=done.changed, above=done.above)
 
 
-
 @handles(Compact, SLOW)
 async def compact(c: Context, req: Compact) -> Response:
     return CompactReply(id=req.id, result=await c.compact())
