@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from sessionctl import Client
 from tests.conftest import Daemon, run_sessiond
 from tests.fleet import Watching, redis_of
 from tests.redis_servers import RedisNode
@@ -30,6 +31,7 @@ FIRST_RELEASE = GOLDEN / "first_release"
 # What a daemon keeps reserved after its lines; the first release left about
 # this much behind when it was killed (the sample holds the lines alone).
 RESERVED = 1 << 20
+AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
 
 
 def _put_in_place(d: Daemon, sample: Path) -> list[dict[str, Any]]:
@@ -96,6 +98,39 @@ def test_a_compaction_the_first_release_left_half_done_loses_nothing(
     d.start()
     assert _listed(d) == expected
     assert sorted(p.name for p in d.data_dir.iterdir() if "tmp" in p.name) == []
+
+
+@pytest.mark.local_only("autostart on another socket, beside a data dir of the first release")
+def test_a_daemon_started_on_another_socket_beside_sessions_says_they_are_elsewhere(
+    make_daemon: Callable[..., Daemon], started: list[int], tmp_path: Path
+) -> None:
+    # The first releases' `sessionctl --socket OTHER` ran its daemon on the
+    # default data dir; today's gives OTHER a data dir of its own. After an
+    # upgrade the daemon started there is empty: said, not left to seem a
+    # loss of every session.
+    d = make_daemon(start=False)
+    expected = _put_in_place(d, FIRST_RELEASE / "clean")
+    other = tmp_path / "other.sock"
+    r = d.ctl("--socket", str(other), "list", "--ids", env=AUTOSTART_ON)
+    with Client(other, timeout=10) as c:
+        started.append(c.ping().pid)
+    assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("sessionctl: warning: sessiond started on this socket with a data "
+                           "dir of its own, ")
+    assert f"the sessions in {d.data_dir} are the default socket's" in line
+    # Said once: the next start there finds its own journal.
+    assert d.ctl("--socket", str(other), "shutdown").returncode == 0
+    r = d.ctl("--socket", str(other), "list", "--ids", env=AUTOSTART_ON)
+    with Client(other, timeout=10) as c:
+        started.append(c.ping().pid)
+    assert (r.returncode, r.stderr) == (0, "")
+    # And the default socket's daemon has them.
+    r = d.ctl("list", "--ids", env=AUTOSTART_ON)
+    with d.client(timeout=10) as c:
+        started.append(c.ping().pid)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.split() == [s["id"] for s in expected]
 
 
 def test_a_namespace_a_protocol_2_daemon_wrote_is_served_as_it_showed_it(
