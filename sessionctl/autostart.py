@@ -106,17 +106,19 @@ def start_advice(where: str) -> str:
     return f"start it with '{shlex.join(words)}'"
 
 
-def start_daemon(path: Path, timeout: float | None) -> None:
+def start_daemon(path: Path, timeout: float | None) -> str | None:
     """Make a daemon answer on ``path`` or raise ``DaemonUnavailable``:
     the one started is waited for as long as it runs (it may be replaying
-    a big journal), up to ``timeout`` seconds (``None``: no limit)."""
+    a big journal), up to ``timeout`` seconds (``None``: no limit).
+    Returns what a person should know of the start (``apart``), if any."""
     _started[:] = [p for p in _started if p.poll() is None]
     if owned_by_units(path):
         _start_with_systemd(path)
-        return
+        return None
     from sessiond.paths import SOCKET_PATH_MAX, config_path, data_dir, private_dir
 
     data = daemon_data_dir(path)
+    note = apart(data, data_dir())
     # Each level private, from the data dir down: a parent that mkdir
     # makes on the way is made with the umask's mode, which the default
     # daemon would then refuse as its data dir.
@@ -152,7 +154,7 @@ def start_daemon(path: Path, timeout: float | None) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     while not _past(deadline):
         if _answers(path):
-            return
+            return note
         code = proc.poll()
         if code is not None and not _answers(path):
             # It may have lost a race to another autostarted daemon, or the
@@ -160,7 +162,7 @@ def start_daemon(path: Path, timeout: float | None) -> None:
             # it again within a few seconds): that one is waited for then.
             if code != 0 and _other_daemon_alive(data, proc.pid):
                 _wait_for_holder(path, data, proc.pid, deadline, timeout)
-                return
+                return None
             reason = _reason(log_path, offset, proc.pid)
             raise DaemonUnavailable(
                 f"sessiond exited with status {code} before answering on {path}"
@@ -172,6 +174,30 @@ def start_daemon(path: Path, timeout: float | None) -> None:
         f"{timeout:g}s (a big journal takes a while to replay: it may answer soon); "
         f"see {log_path}"
     )
+
+
+def apart(data: Path, top: Path) -> str | None:
+    """Said when a daemon is about to start on another socket for the
+    first time (``data``, its data dir, holds no journal yet) while the
+    data dir ``top`` holds sessions: a ``sessionctl`` of the first
+    releases started the daemon of every socket on ``top``, so after an
+    upgrade the sessions a daemon there kept for this socket would seem
+    gone, when they are the default socket's. ``None`` otherwise."""
+    from sessiond.paths import JOURNAL_NAME
+
+    if data == top or (data / JOURNAL_NAME).exists():
+        return None
+    try:
+        with open(top / JOURNAL_NAME, "rb") as journal:
+            # Lines, not the zeros a running daemon keeps reserved.
+            first = journal.read(1)
+    except OSError:
+        return None  # none there (or none to read): nothing to be told
+    if first in (b"", b"\0"):
+        return None
+    return (f"sessiond started on this socket with a data dir of its own, {data}, empty; "
+            f"the sessions in {top} are the default socket's (sessionctl of the first "
+            f"releases kept every socket's there: export them there, import them here)")
 
 
 def _past(deadline: float | None) -> bool:

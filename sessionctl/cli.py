@@ -204,7 +204,9 @@ def run(args: Args) -> int:
 
 def version(args: Args) -> int:
     """This client's version and protocol, and, unless ``--client``, the
-    daemon's version if one answers (none is started for this)."""
+    daemon's version and the protocol it agreed to if one answers (none is
+    started for this): after an upgrade, the daemon left running from
+    before may give the same version number, never a newer protocol."""
     data: dict[str, object] = {"sessionctl": __version__, "protocol": PROTOCOL_VERSION}
     lines = [f"sessionctl {__version__} (protocol {PROTOCOL_VERSION})"]
     if not args.client:
@@ -214,9 +216,10 @@ def version(args: Args) -> int:
         where = socket_location(args.socket)
         try:
             with CliClient(where, autostart=False, timeout=VERSION_TIMEOUT) as c:
-                data["sessiond"] = {"version": c.server_version, "pid": c.server_pid,
-                                    "socket": where}
-                lines.append(f"sessiond {c.server_version} (pid {c.server_pid}, on {where})")
+                data["sessiond"] = {"version": c.server_version, "protocol": c.protocol_version,
+                                    "pid": c.server_pid, "socket": where}
+                lines.append(f"sessiond {c.server_version} (protocol {c.protocol_version}, "
+                             f"pid {c.server_pid}, on {where})")
         except DaemonUnavailable:
             data["sessiond"] = None
             lines.append(f"sessiond: none answers on {where}")

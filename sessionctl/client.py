@@ -277,8 +277,15 @@ class Client(Operations):
                 raise error from exc
         from sessionctl.autostart import start_daemon
 
-        start_daemon(self.path, self.timeout)
+        note = start_daemon(self.path, self.timeout)
+        if note is not None:
+            self._started_apart(note)
         return self._connect(off_by, started=True)
+
+    def _started_apart(self, note: str) -> None:
+        """What ``start_daemon`` said a person should know of the daemon it
+        started (its data dir, of its own, empty beside one that holds
+        sessions). A library prints nothing; the CLI warns."""
 
     def _autostart_advice(self, off_by: str) -> str:
         """How to let the client start the daemon, in the words of whoever

@@ -69,6 +69,10 @@ class CliClient(Client):
         also = f" and unset {NO_AUTOSTART_ENV}" if set_too else ""
         return f"let sessionctl start it (drop --no-autostart{also})"
 
+    def _started_apart(self, note: str) -> None:
+        sys.stderr.write(f"sessionctl: warning: {note}\n")
+        sys.stderr.flush()
+
 
 def connect(args: Args) -> Client:
     # --no-autostart turns autostart off; without it, SESSIONCTL_NO_AUTOSTART

@@ -1,6 +1,7 @@
 """``sessionctl version`` and ``sessionctl --version``: this client's version
-and protocol, and the version and pid of the daemon that answers, if one
-does; none is started to ask it. ``version --client`` asks no daemon."""
+and protocol, and the version, protocol and pid of the daemon that answers,
+if one does; none is started to ask it. ``version --client`` asks no
+daemon."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from collections.abc import Callable
 
 from sessiond import PROTOCOL_VERSION, __version__
+from sessiond.failpoints import FAILPOINT_ENV, PROTOCOL_V1
 from tests.conftest import Daemon
 
 AUTOSTART_ON = {"SESSIONCTL_NO_AUTOSTART": ""}
@@ -19,15 +21,33 @@ def test_version_names_the_client_and_the_daemon_that_answers(daemon: Daemon) ->
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.splitlines() == [
         f"sessionctl {__version__} (protocol {PROTOCOL_VERSION})",
-        f"sessiond {__version__} (pid {daemon.proc.pid}, on {daemon.socket})",
+        f"sessiond {__version__} (protocol {PROTOCOL_VERSION}, pid {daemon.proc.pid}, "
+        f"on {daemon.socket})",
     ]
     r = daemon.ctl("version", "--json")
     assert r.returncode == 0 and r.stderr == ""
     assert json.loads(r.stdout) == {
         "sessionctl": __version__,
         "protocol": PROTOCOL_VERSION,
-        "sessiond": {"version": __version__, "pid": daemon.proc.pid, "socket": str(daemon.socket)},
+        "sessiond": {"version": __version__, "protocol": PROTOCOL_VERSION,
+                     "pid": daemon.proc.pid, "socket": str(daemon.socket)},
     }
+
+
+def test_version_tells_an_older_daemon_by_the_protocol_it_speaks(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # After an upgrade, the daemon still running may be the one before it:
+    # its version number may read the same, its protocol does not.
+    d = make_daemon(env={FAILPOINT_ENV: PROTOCOL_V1})
+    assert d.proc is not None
+    r = d.ctl("version")
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines()[1] == (
+        f"sessiond {__version__} (protocol 1, pid {d.proc.pid}, on {d.socket})"
+    )
+    r = d.ctl("version", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["sessiond"]["protocol"] == 1
 
 
 def test_dash_dash_version_is_the_version_command(daemon: Daemon) -> None:
