@@ -20,6 +20,7 @@ import msgspec
 from sessionctl.results import AnyReply
 from sessiond.errors import (
     ClientClosed,
+    ConnectionLost,
     DaemonUnavailable,
     InvalidRequest,
     ProtocolError,
@@ -158,7 +159,7 @@ def closed(kind: str, where: str, midway: bool = False) -> ClientClosed:
     )
 
 
-def lost(where: str, exc: BaseException | None) -> DaemonUnavailable:
+def lost(where: str, exc: BaseException | None) -> ConnectionLost:
     """The error of a request whose connection to ``where`` was lost
     (``exc`` the failure, ``None`` for an end of stream): the request may
     or may not have been carried out, so it is not sent again; the
@@ -169,9 +170,9 @@ def lost(where: str, exc: BaseException | None) -> DaemonUnavailable:
     else:
         cause = exc.__cause__
         what = str(exc) or (str(cause) if cause is not None else "") or type(exc).__name__
-    return DaemonUnavailable(
+    return ConnectionLost(
         f"connection to {where} lost ({what}); whether the daemon carried out the "
-        f"request is unknown, and the client's next call connects again"
+        f"request is unknown, and the client's next call connects again", what
     )
 
 

@@ -27,7 +27,13 @@ from sessionctl.client import Client
 from sessionctl.handlers import CliClient, plural
 from sessionctl.registry import EXIT_OK, Args, out
 from sessionctl.results import Event
-from sessiond.errors import BackendUnavailable, Busy, DaemonUnavailable, SessionError
+from sessiond.errors import (
+    BackendUnavailable,
+    Busy,
+    ConnectionLost,
+    DaemonUnavailable,
+    SessionError,
+)
 from sessiond.model import iso
 
 # What a lost connection looks like, and what a daemon on its way up or
@@ -81,6 +87,12 @@ class Patience:
         self._delay = min(self._delay * 2, MAX_DELAY)
 
 
+def _why(lost: Exception) -> str:
+    """What happened to a watch's connection: not what a lost request's
+    error adds about its outcome, which means nothing to a watch."""
+    return lost.why if isinstance(lost, ConnectionLost) else str(lost)
+
+
 def reconnect(args: Args, where: str, lost: Exception) -> Client:
     """A client on ``where`` once a daemon answers there again, within
     ``--reconnect-timeout``; else ``DaemonUnavailable``. Starts no daemon."""
@@ -91,7 +103,7 @@ def reconnect(args: Args, where: str, lost: Exception) -> Client:
         except LOST as exc:
             last = exc
         patience.wait(DaemonUnavailable(
-            f"watch: lost the connection to sessiond on {where} ({lost}), and no daemon "
+            f"watch: lost the connection to sessiond on {where} ({_why(lost)}), and no daemon "
             f"answered there again within {patience.seconds}s ({last}); giving up"
         ))
 
@@ -154,7 +166,7 @@ def h_watch(c: Client, args: Args) -> int:
                       else "events in between were missed")
             sys.stderr.write(
                 f"sessionctl: watch: reconnected to sessiond on {where} (pid "
-                f"{client.server_pid}) after losing the connection ({lost}); {missed}\n"
+                f"{client.server_pid}) after losing the connection ({_why(lost)}); {missed}\n"
             )
             sys.stderr.flush()
     except KeyboardInterrupt:

@@ -112,6 +112,16 @@ class DaemonUnavailable(SessionError):
     code = "unavailable"
 
 
+class ConnectionLost(DaemonUnavailable):
+    """The connection to the daemon was lost (a client's own: never sent
+    over the wire); ``why`` is what happened to it, without what that
+    means for a request, which the message says."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class BackendUnavailable(DaemonUnavailable):
     """The daemon answers, but the shared engine it stores sessions in does
     not: nothing was done; try again."""
