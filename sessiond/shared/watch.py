@@ -280,6 +280,11 @@ class NamespaceReader:
         self.on_deadline = on_deadline
         self._down: str | None = None  # why the stream cannot be read, said once
         self._foreign: set[str] = set()  # what was wrong with entries skipped, said once
+        # The highest count of events read, or number of an event heard;
+        # and the number of the last event heard. Both only grow, unless
+        # the engine lost events (``_went_back``).
+        self.heard = 0
+        self.last_number = 0
 
     async def run(self) -> None:
         # From the stream's last entry, by its id: "$" would mean the last
@@ -290,7 +295,7 @@ class NamespaceReader:
             try:
                 if after is None:
                     after = await _last_id(self.store)
-                entries, _ = await _read(self.store, after)
+                entries, count = await _read(self.store, after, counted=True)
             except SessionError as exc:
                 # The engine is away (the expiry timer says so, and the
                 # link to every request), or its stream is not one (a key
@@ -304,9 +309,30 @@ class NamespaceReader:
             if self._down is not None:
                 log.info("events of other daemons heard again")
                 self._down = None
+            if count is not None and count < self.heard:
+                # Read where the engine's stream ends now: the ids of its
+                # new events may be behind the last heard (the new primary's
+                # clock behind the old one's).
+                after = None
+                await self._went_back(
+                    count, f"the namespace's count of events is {count}, after event "
+                           f"{self.heard} this daemon heard")
+                continue
+            if count is not None:
+                self.heard = max(self.heard, count)
             own = self.store.origin.encode()
             for entry_id, fields in entries:
                 after = _text(entry_id)
+                number = _number_in(fields)
+                if number is not None:
+                    if number <= self.last_number:
+                        # The count came back past the loss before this
+                        # read: the numbers come again.
+                        await self._went_back(
+                            number, f"the namespace's events are numbered again from "
+                                    f"{number} after event {self.last_number} this daemon heard")
+                    self.last_number = number
+                    self.heard = max(self.heard, number)
                 # The origin is the last field the commit script adds: its
                 # own events are passed over without being read further.
                 if isinstance(fields, list) and fields[-2:] == [b"o", own]:
@@ -323,6 +349,25 @@ class NamespaceReader:
             if entries and len(entries) < COUNT:
                 await anyio.sleep(GATHER)
 
+    async def _went_back(self, count: int, what: str) -> None:
+        """The engine lost events this daemon heard, and the changes that
+        made them: acknowledged writes, gone. Nothing here can bring them
+        back, nor tell which sessions they were; it is said, and what this
+        daemon holds from the engine is read again (the settings; what
+        falls due, at the expiry timer's next turn) rather than trusted."""
+        log.error(
+            "the shared engine %s went back in time: %s; it lost changes that were acknowledged "
+            "(FLUSHALL, a restart from an older save or without appendonly, the last second "
+            "under appendfsync everysec, or a failover to a replica that lacked them, which the "
+            "replicas setting guards against): the sessions, settings and events are served as "
+            "it holds them now, and watches that saw the lost events are ended",
+            self.store.link.node, what,
+        )
+        self.heard = self.last_number = count
+        await self.on_config()
+        # A deadline as early as can be: the expiry timer looks at once.
+        self.on_deadline(0)
+
     def _skipped(self, entry_id: str, why: str) -> None:
         """An entry that is no event, passed over by every reader of the
         stream (watchers too): said once for each thing wrong with one."""
@@ -331,6 +376,18 @@ class NamespaceReader:
             log.warning("the namespace's stream %s holds entries no sessiond added (%s, the "
                         "first): %s; passed over, here and by every watch",
                         self.store.events, entry_id, why)
+
+
+def _number_in(fields: Any) -> int | None:
+    """The number of an event as the commit script adds it (its first
+    field), without reading the rest; ``None`` for an entry that is no
+    event."""
+    if isinstance(fields, list) and len(fields) >= 2 * len(_FIELDS) and fields[0] == b"n":
+        try:
+            return int(fields[1])
+        except ValueError:
+            return None
+    return None
 
 
 def _fields(fields: Any) -> dict[str, Any]:
