@@ -15,11 +15,13 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
+from sessiond.errors import Conflict
 from tests.conftest import Daemon, wait_until
-from tests.fleet import create, get_json, tag
+from tests.fleet import Watching, create, get_json, tag
 from tests.redis_servers import RedisNode
 
 WENT_BACK = "went back in time"
@@ -43,6 +45,18 @@ def _heard_up_to(node: RedisNode, d: Daemon, timeout: float = 20) -> None:
                 if said.startswith("XREAD") and said.endswith(f"{stream} {last}"):
                     return
     raise AssertionError(f"the daemon's reader did not read after {last} in {timeout}s")
+
+
+def _ahead() -> str:
+    """A stream id ten minutes ahead of the clock."""
+    return f"{int(time.time() * 1000) + 600_000}-0"
+
+
+def _added(r: Any, d: Daemon, sid: str, number: int, entry_id: str = "*") -> None:
+    """An event of ``d``'s namespace as another daemon adds it (without its
+    session: a watcher shows it all the same)."""
+    r.xadd(tag(d) + "events", {"n": number, "k": "updated", "s": sid, "a": 0,
+                               "u": "anonymous", "r": b"", "o": "elsewhere"}, id=entry_id)
 
 
 def _lose_the_tail(node: RedisNode) -> None:
@@ -102,3 +116,115 @@ def test_a_daemon_says_so_when_the_count_of_events_came_back_past_the_loss_first
     assert len(said) == 1, said
     assert "numbered again from 2 after event 3 this daemon heard" in said[0], said
     assert get_json(a, sid)["version"] == 5
+
+
+def test_a_watch_resumed_after_a_lost_event_is_ended_even_once_the_count_passed_it(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    w = Watching(d)
+    w.started(d)
+    sid = create(d)
+    node.cli("SAVE")
+    assert d.ctl("set", sid, "k", "lost").returncode == 0
+    lost = w.until(lambda e: e.kind == "updated")[-1]
+    assert lost.cursor is not None and lost.cursor.endswith("/2")
+    _lose_the_tail(node)
+    wait_until(lambda: d.ctl("get", sid).returncode == 0, 20, "the daemon to be served again")
+    # More events than were lost: the count passes the cursor's number.
+    after = [create(d) for _ in range(2)]
+    resumed = Watching(d, after=lost.cursor)
+    error = resumed.ended(15)
+    assert isinstance(error, Conflict) and "lost the namespace's events" in str(error), error
+    assert not [e for e in resumed.nothing_more() if e.sid in after]
+
+
+def test_a_watch_resumed_after_a_lost_event_of_a_clock_ahead_is_ended_not_left_waiting(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    sid = create(d)
+    node.cli("SAVE")
+    # The lost event as a primary whose clock was ten minutes ahead of its
+    # replica's added it: the replica, promoted, numbers its next events
+    # on from the last it had, with ids behind the lost one's.
+    ahead = _ahead()
+    with redis.Redis(host="127.0.0.1", port=node.port) as r:
+        _added(r, d, sid, 2, ahead)
+        r.hincrby(tag(d) + "counters", "events", 1)
+    cursor = f"{ahead}/2"
+    # Before the loss, a watch resumes there.
+    before = Watching(d, after=cursor)
+    before.started(d)
+    _lose_the_tail(node)
+    wait_until(lambda: d.ctl("get", sid).returncode == 0, 20, "the daemon to be served again")
+    after = [create(d) for _ in range(2)]
+    resumed = Watching(d, after=cursor)
+    error = resumed.ended(15)
+    assert isinstance(error, Conflict) and "lost the namespace's events" in str(error), error
+    assert "is not in the namespace's stream" in str(error), error
+    assert not [e for e in resumed.nothing_more() if e.sid in after]
+    # A watch from now hears the new events.
+    fresh = Watching(d)
+    fresh.started(d)
+    last = create(d)
+    fresh.until(lambda e: e.kind == "created" and e.sid == last)
+
+
+def _failover_behind(node: RedisNode, d: Daemon, sid: str, heard: Callable[[], Any]) -> None:
+    """An event added by a primary whose clock is ten minutes ahead, heard
+    (``heard`` waits for it), then lost by a failover to a replica that
+    had only what came before it, and took two more events before the
+    daemon read again: their ids behind the one it heard."""
+    events, counters = tag(d) + "events", tag(d) + "counters"
+    with redis.Redis(host="127.0.0.1", port=node.port) as r:
+        saved = {key: r.dump(key) for key in (events, counters)}
+        with r.pipeline(transaction=True) as lost:
+            _added(lost, d, sid, 2, _ahead())
+            lost.hincrby(counters, "events", 1)
+            lost.execute()
+        heard()
+        with r.pipeline(transaction=True) as failover:
+            for key, value in saved.items():
+                failover.restore(key, 0, value, replace=True)
+            for number in (2, 3):
+                _added(failover, d, sid, number)
+            failover.hset(counters, "events", 3)
+            failover.execute()
+
+
+def test_a_watch_is_ended_when_the_new_events_ids_are_behind_the_last_it_saw(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    w = Watching(d)
+    w.started(d)
+    sid = create(d)
+    w.until(lambda e: e.kind == "created" and e.sid == sid)
+    _failover_behind(node, d, sid, lambda: w.until(
+        lambda e: e.cursor is not None and e.cursor.endswith("/2")))
+    # Not left waiting, past events it would never be shown, for as long
+    # as the clocks differ.
+    error = w.ended(15)
+    assert isinstance(error, Conflict) and "lost the namespace's events" in str(error), error
+    assert "none after event 2 this watch saw is after it" in str(error), error
+    fresh = Watching(d)
+    fresh.started(d)
+    last = create(d)
+    fresh.until(lambda e: e.kind == "created" and e.sid == last)
+
+
+def test_a_daemon_says_so_when_the_new_events_ids_are_behind_the_last_it_heard(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    a = make_daemon_on(backend=node.url)
+    sid = create(a)
+    _failover_behind(node, a, sid, lambda: _heard_up_to(node, a))
+    wait_until(lambda: WENT_BACK in a.log_text(), 20, "a to say the engine went back")
+    said = [line for line in a.log_text().splitlines() if WENT_BACK in line]
+    assert len(said) == 1 and "none after event 2 this daemon heard" in said[0], said
+    assert "Traceback" not in a.log_text()

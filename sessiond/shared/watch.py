@@ -131,11 +131,23 @@ class StreamWatcher:
         lost its events since)."""
         if self.after is not None:
             self.last_id, self.last_number = parse_cursor(self.after)
-            (reply,) = await self.store.link.call([("HGET", self.store.counters, "events")])
+            events = self.store.events
+            reply, at, first = await self.store.link.call([
+                ("HGET", self.store.counters, "events"),
+                ("XRANGE", events, self.last_id, self.last_id),
+                ("XRANGE", events, "-", "+", "COUNT", 1),
+            ])
             count = _number(reply)
             if count is not None and count < self.last_number:
                 raise self._afresh(f"the cursor {self.after} is past the namespace's last "
                                    f"event ({count})")
+            if self.last_number > 0 and not _holds(at, first, self.last_id, self.last_number):
+                # Lost, and the count came back past it since: the new
+                # events' ids may be behind the lost one's (the new
+                # primary's clock behind the old one's), and a read after
+                # it would pass over them, for as long as the difference.
+                raise self._afresh(f"the event of the cursor {self.after} is not in the "
+                                   f"namespace's stream, which holds later ones")
         else:
             self.last_id, self.last_number = await _last(self.store)
         start = f"{self.last_id}/{self.last_number}"
@@ -156,6 +168,14 @@ class StreamWatcher:
             self._ends = self._afresh(f"after event {self.last_number} this watch saw, the "
                                       f"namespace's count of events is {count}")
             entries = []
+        elif count is not None and count > self.last_number and not entries:
+            # Events after the last one sent, and none of them after it in
+            # the stream: their ids are behind its (the lost event added by
+            # a primary whose clock was ahead of the one promoted since); a
+            # read after it would pass over them until that clock caught up.
+            self._ends = self._afresh(f"the namespace's count of events is {count}, and none "
+                                      f"after event {self.last_number} this watch saw is after "
+                                      f"it in the stream")
         for entry_id, fields in entries:
             try:
                 entry = Entry(entry_id, fields)
@@ -196,6 +216,29 @@ class StreamWatcher:
 
     def close(self) -> None:
         self.registry.discard(self)
+
+
+def _holds(at: Any, first: Any, entry_id: str, number: int) -> bool:
+    """Whether the stream holds the event ``number`` a cursor names at
+    ``entry_id`` (``at``: XRANGE of that id), or held it and trimmed it
+    (``first``: its first entry, later than the cursor's), as it may: a
+    watch resumed then is told how many it missed. An entry no sessiond
+    added at that id is a cursor of a watch from now that began there."""
+    for reply in (at, first):
+        if isinstance(reply, Exception):
+            raise reply
+    if at:
+        try:
+            return bool(Entry(at[0][0], at[0][1]).number == number)
+        except Foreign:
+            return True
+    return bool(first) and _order(entry_id) < _order(_text(first[0][0]))
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream id as the engine orders them."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def _read(
@@ -294,7 +337,8 @@ class NamespaceReader:
         while True:
             try:
                 if after is None:
-                    after = await _last_id(self.store)
+                    after, self.last_number = await _last(self.store)
+                    self.heard = max(self.heard, self.last_number)
                 entries, count = await _read(self.store, after, counted=True)
             except SessionError as exc:
                 # The engine is away (the expiry timer says so, and the
@@ -309,14 +353,12 @@ class NamespaceReader:
             if self._down is not None:
                 log.info("events of other daemons heard again")
                 self._down = None
-            if count is not None and count < self.heard:
-                # Read where the engine's stream ends now: the ids of its
-                # new events may be behind the last heard (the new primary's
-                # clock behind the old one's).
+            lost = None if count is None else self._lost(count, bool(entries))
+            if count is not None and lost is not None:
+                # Read on from where the engine's stream ends now: the ids
+                # of its new events may be behind the last heard.
                 after = None
-                await self._went_back(
-                    count, f"the namespace's count of events is {count}, after event "
-                           f"{self.heard} this daemon heard")
+                await self._went_back(count, lost)
                 continue
             if count is not None:
                 self.heard = max(self.heard, count)
@@ -348,6 +390,21 @@ class NamespaceReader:
                     self.on_deadline(entry.session.expires_at)
             if entries and len(entries) < COUNT:
                 await anyio.sleep(GATHER)
+
+    def _lost(self, count: int, read: bool) -> str | None:
+        """What says that the engine lost events this daemon heard, given
+        the count of events read before a read that found events (or
+        none): ``None`` when nothing does."""
+        if count < self.heard:
+            return (f"the namespace's count of events is {count}, after event {self.heard} "
+                    f"this daemon heard")
+        if count > self.last_number and not read:
+            # Events after the last heard, and none after it in the stream:
+            # their ids are behind its (a new primary's clock behind the
+            # old one's, which added the lost events).
+            return (f"the namespace's count of events is {count}, and none after event "
+                    f"{self.last_number} this daemon heard is after it in the stream")
+        return None
 
     async def _went_back(self, count: int, what: str) -> None:
         """The engine lost events this daemon heard, and the changes that
