@@ -228,3 +228,92 @@ def test_a_daemon_says_so_when_the_new_events_ids_are_behind_the_last_it_heard(
     said = [line for line in a.log_text().splitlines() if WENT_BACK in line]
     assert len(said) == 1 and "none after event 2 this daemon heard" in said[0], said
     assert "Traceback" not in a.log_text()
+
+
+def _hash(node: RedisNode, d: Daemon, sid: str) -> dict[str, str]:
+    """A session's hash as the engine holds it, read behind the daemon's
+    back (no read of it expires anything)."""
+    with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as r:
+        return dict(r.hgetall(tag(d) + "s:" + sid))
+
+
+def test_an_expiry_the_engine_lost_is_made_again_once_at_the_deadline(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    sid = create(d, "--ttl", "1")
+    node.cli("SAVE")
+    wait_until(lambda: "x" in _hash(node, d, sid), 20, "the timer to expire the session")
+    first = _hash(node, d, sid)
+    assert first["x"] == first["e"]
+    _lose_the_tail(node)
+    assert "x" not in _hash(node, d, sid), "the save held the session active"
+    # The timer finds it due again (nothing tells it of the loss but its
+    # look at the deadlines), without a restart: expired at its deadline.
+    wait_until(lambda: "x" in _hash(node, d, sid), 20, "the timer to expire it again")
+    again = _hash(node, d, sid)
+    assert again["x"] == again["e"] == first["e"] and again["v"] == first["v"]
+    assert node.cli("HGET", tag(d) + "counters", "expiries").strip() == "1"
+    # Once: one event of its expiry in what the engine holds, and nothing
+    # more made of it.
+    assert get_json(d, sid)["version"] == int(first["v"])
+    with redis.Redis(host="127.0.0.1", port=node.port) as r:
+        kinds = [fields[b"k"] for _, fields in r.xrange(tag(d) + "events")
+                 if fields[b"s"] == sid.encode()]
+    assert kinds == [b"created", b"expired"], kinds
+
+
+def _wait_for_setting(d: Daemon, key: str, value: str) -> None:
+    wait_until(lambda: d.ctl("config", key).stdout == value + "\n", 20,
+               f"{key} {value} in force")
+
+
+def test_a_setting_the_engine_lost_is_no_longer_in_force_on_any_daemon(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    a = make_daemon_on(backend=node.url)
+    b = make_daemon_on(backend=node.url, namespace=a.namespace)
+    node.cli("SAVE")
+    assert a.ctl("config", "default_ttl", "100").returncode == 0
+    wait_until(lambda: b.ctl("config", "default_ttl").stdout == "100\n", 20,
+               "b to have the setting")
+    _lose_the_tail(node)
+    # The daemons follow the engine: what a daemon started now would read.
+    for d in (a, b):
+        _wait_for_setting(d, "default_ttl", "3600")
+    assert get_json(a, create(a))["ttl"] == 3600
+
+
+def test_changes_acknowledged_under_the_replicas_setting_survive_the_replicas_promotion(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    primary = make_redis(extra=("--repl-diskless-sync-delay", "0"))
+    replica = make_redis(extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    wait_until(lambda: "connected_slaves:1" in primary.cli("INFO", "replication"), 15,
+               "the replica to follow its primary")
+    d = make_daemon_on(backend=primary.url)
+    assert d.ctl("config", "replicas_timeout", "3").returncode == 0
+    assert d.ctl("config", "replicas", "1").returncode == 0
+    sid = create(d)
+    made = [create(d) for _ in range(3)]
+    for n in range(3):
+        assert d.ctl("set", sid, "n", str(n)).returncode == 0
+    # The primary dies the moment the last change is acknowledged, and its
+    # replica is promoted: every acknowledged change is there.
+    primary.kill()
+    replica.cli("REPLICAOF", "NO", "ONE")
+    e = make_daemon_on(backend=replica.url, namespace=d.namespace)
+    assert get_json(e, sid)["version"] == 4 and get_json(e, sid)["meta"] == {"n": "2"}
+    assert all(get_json(e, m)["version"] == 1 for m in made)
+    # The new primary has no replica yet: a change is made, but not
+    # acknowledged as the setting asks, until it is lowered.
+    assert e.ctl("config", "replicas_timeout", "0.2").returncode == 3
+    _wait_for_setting(e, "replicas_timeout", "0.2")
+    r = e.ctl("set", sid, "n", "alone")
+    assert r.returncode == 3 and "only 0 of the 1 replicas" in r.stderr, r.stderr
+    assert get_json(e, sid)["meta"] == {"n": "alone"}
+    e.ctl("config", "replicas", "0")
+    _wait_for_setting(e, "replicas", "0")
+    assert e.ctl("set", sid, "n", "acknowledged").returncode == 0
