@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import redis
 
 from sessiond.errors import Conflict
 from tests.conftest import Daemon, wait_until
 from tests.fleet import Watching, create, get_json, tag
-from tests.redis_servers import RedisNode
+from tests.redis_servers import RedisClusterServers, RedisNode
 
 WENT_BACK = "went back in time"
 
@@ -317,3 +318,67 @@ def test_changes_acknowledged_under_the_replicas_setting_survive_the_replicas_pr
     e.ctl("config", "replicas", "0")
     _wait_for_setting(e, "replicas", "0")
     assert e.ctl("set", sid, "n", "acknowledged").returncode == 0
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Cluster of this test's own: three masters, a replica each."""
+    made = RedisClusterServers(tmp_path_factory.mktemp("own-cluster"), replicas=1)
+    made.start()
+    yield made
+    made.stop()
+
+
+def _namespace_on(cluster: RedisClusterServers, master: RedisNode) -> str:
+    for n in range(10_000):
+        if cluster.master_of("sd:{" + f"lost{n}" + "}:counters") is master:
+            return f"lost{n}"
+    raise AssertionError("no namespace found on that master")
+
+
+def test_a_takeover_by_a_replica_that_lacked_the_last_changes_is_served_as_it_holds(
+    cluster: RedisClusterServers, make_daemon_on: Callable[..., Daemon],
+) -> None:
+    master = cluster.nodes[0]
+    namespace = _namespace_on(cluster, master)
+    replica = cluster.replica_of(master)
+    d = make_daemon_on(backend=cluster.url, namespace=namespace)
+    w = Watching(d)
+    w.started(d)
+    r = d.ctl("create", "--id", "s1")
+    assert r.returncode == 0, r.stderr
+    assert master.cli("WAIT", "1", "10000").strip() == "1"
+    # The replica falls behind; the master acknowledges two changes it
+    # never gets, then stops answering, and the replica takes over.
+    replica.pause()
+    try:
+        # Past what the sockets hold, the master drops the replica that
+        # does not read (its output buffer over the limit): what follows
+        # never reaches it.
+        master.cli("CONFIG", "SET", "client-output-buffer-limit", "replica 1mb 1mb 0")
+        with redis.Redis(host="127.0.0.1", port=master.port) as r:
+            r.set("{" + namespace + "}filler", b"x" * (32 << 20))
+        wait_until(lambda: "connected_slaves:0" in master.cli("INFO", "replication"), 20,
+                   "the master to drop its replica")
+        assert d.ctl("set", "s1", "k", "lost").returncode == 0
+        assert d.ctl("create", "--id", "s2").returncode == 0
+        w.until(lambda e: e.kind == "created" and e.sid == "s2")
+        master.pause()
+    finally:
+        replica.resume()
+    try:
+        assert replica.cli("CLUSTER", "FAILOVER", "TAKEOVER").strip() == "OK"
+        wait_until(lambda: "role:master" in replica.cli("INFO", "replication"), 20,
+                   "the replica to take over")
+    finally:
+        master.resume()
+    # The daemon follows the slot and serves what the new master holds;
+    # the watch that saw the lost events is ended, saying why.
+    wait_until(lambda: d.ctl("get", "s1").returncode == 0, 40, "the daemon to follow the slot")
+    assert get_json(d, "s1")["version"] == 1 and get_json(d, "s1")["meta"] == {}
+    assert d.ctl("get", "s2").returncode == 1
+    error = w.ended(20)
+    assert isinstance(error, Conflict) and "lost the namespace's events" in str(error), error
+    r = d.ctl("set", "s1", "k", "after")
+    assert r.returncode == 0, r.stderr
+    assert get_json(d, "s1")["version"] == 2
