@@ -8,7 +8,8 @@ a watch that saw lost events is ended rather than left waiting.
 
 Each test runs a Redis of its own (tests/redis_servers.py), without
 persistence but the saves it asks for: a restart then comes back with
-what the last ``SAVE`` held, the tail after it lost."""
+what the last ``SAVE`` held, the tail after it lost; or a primary and its
+replica, or a Cluster whose replica takes over without the last writes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import redis
 
 from sessiond.errors import Conflict
 from tests.conftest import Daemon, wait_until
-from tests.fleet import Watching, create, get_json, tag
+from tests.fleet import Watching, create, fails, get_json, tag
 from tests.redis_servers import RedisClusterServers, RedisNode
 
 WENT_BACK = "went back in time"
@@ -382,3 +383,28 @@ def test_a_takeover_by_a_replica_that_lacked_the_last_changes_is_served_as_it_ho
     r = d.ctl("set", "s1", "k", "after")
     assert r.returncode == 0, r.stderr
     assert get_json(d, "s1")["version"] == 2
+
+
+def test_a_list_resumed_past_what_the_engine_kept_fails_rather_than_end_short(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    kept = [create(d) for _ in range(3)]
+    node.cli("SAVE")
+    lost = [create(d) for _ in range(3)]
+    with d.client() as c:
+        page, cursor = c.list_page(limit=5)
+        assert [s.id for s in page] == kept + lost[:2] and cursor == "5"
+    _lose_the_tail(node)
+    wait_until(lambda: d.ctl("get", kept[0]).returncode == 0, 20, "the daemon to be served again")
+    # Made after the loss, in a place the cursor passed: the next page
+    # would be empty, and the list seem complete without it.
+    made = create(d)
+    with d.client() as c:
+        error = fails(lambda: c.list_page(limit=5, cursor=cursor))
+        assert isinstance(error, Conflict), repr(error)
+        assert "the list cursor 5 is past the namespace's last session (4)" in str(error)
+        assert "list again from the start" in str(error)
+        page, cursor = c.list_page(limit=5)
+        assert [s.id for s in page] == [*kept, made] and cursor is None

@@ -160,13 +160,15 @@ async def list_page(
     creation order, within ``PAGE_MAX_BYTES``; a past-due one expired. One
     the engine holds damaged is passed over and named in ``damaged``."""
     after = _cursor(req.cursor)
+    given = after > 0
     page: list[Record] = []
     damaged: list[Damaged] = []
     size = 0
     cursor: str | None = None
     while True:
         want = req.limit - len(page)
-        now, last, more, entries = await store.page(after, want, req.user)
+        now, last, more, entries = await store.page(after, want, req.user, cursor=given)
+        given = False
         changes: list[list[Change]] = []
         for entry in entries:
             if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
