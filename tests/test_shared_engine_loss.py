@@ -13,6 +13,7 @@ replica, or a Cluster whose replica takes over without the last writes."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from sessiond.errors import Conflict
 from tests.conftest import Daemon, wait_until
 from tests.fleet import Watching, create, fails, get_json, tag
 from tests.redis_servers import RedisClusterServers, RedisNode
+from tests.test_watch import CtlWatch, watchers
 
 WENT_BACK = "went back in time"
 
@@ -408,3 +410,36 @@ def test_a_list_resumed_past_what_the_engine_kept_fails_rather_than_end_short(
         assert "list again from the start" in str(error)
         page, cursor = c.list_page(limit=5)
         assert [s.id for s in page] == [*kept, made] and cursor is None
+
+
+def test_sessionctl_watch_waiting_for_an_engine_that_comes_back_without_its_events_ends(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    sid = create(d)
+    node.cli("SAVE")
+    w = CtlWatch(d, "--json")
+    try:
+        wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
+        assert d.ctl("set", sid, "k", "lost").returncode == 0
+        w.lines.until(lambda line: json.loads(line)["event"] == "updated")
+        _lose_the_tail(node)
+        wait_until(lambda: d.ctl("get", sid).returncode == 0, 20, "the daemon to be served again")
+        for _ in range(3):
+            assert d.ctl("set", sid, "k", "after").returncode == 0
+        # Resumed after the lost event, it is told, and ends: not left
+        # waiting for events it would be shown out of their order.
+        status = w.proc.wait(30)
+        w.lines.join(10)
+        assert w.proc.stderr is not None
+        err = w.proc.stderr.read()
+    finally:
+        w.proc.kill()
+        w.proc.wait(10)
+        for pipe in (w.proc.stdout, w.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert status == 1, err
+    assert "lost the namespace's events" in err and "watch from now" in err, err
+    assert err.strip().splitlines()[-1].startswith("sessionctl: error: "), err
