@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -318,8 +320,9 @@ def test_changes_acknowledged_under_the_replicas_setting_survive_the_replicas_pr
     r = e.ctl("set", sid, "n", "alone")
     assert r.returncode == 3 and "only 0 of the 1 replicas" in r.stderr, r.stderr
     assert get_json(e, sid)["meta"] == {"n": "alone"}
-    e.ctl("config", "replicas", "0")
-    _wait_for_setting(e, "replicas", "0")
+    # Lowered, the setting is acknowledged under its new count: the way on.
+    r = e.ctl("config", "replicas", "0")
+    assert r.returncode == 0, r.stderr
     assert e.ctl("set", sid, "n", "acknowledged").returncode == 0
 
 
@@ -443,3 +446,42 @@ def test_sessionctl_watch_waiting_for_an_engine_that_comes_back_without_its_even
     assert status == 1, err
     assert "lost the namespace's events" in err and "watch from now" in err, err
     assert err.strip().splitlines()[-1].startswith("sessionctl: error: "), err
+
+
+def test_a_change_is_held_to_the_replicas_setting_it_was_sent_under(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    primary = make_redis(extra=("--repl-diskless-sync-delay", "0"))
+    replica = make_redis(extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    wait_until(lambda: "connected_slaves:1" in primary.cli("INFO", "replication"), 15,
+               "the replica to follow its primary")
+    a = make_daemon_on(backend=primary.url)
+    b = make_daemon_on(backend=primary.url, namespace=a.namespace)
+    sid = create(a)
+    # Long enough for what happens while the replica is paused, on a
+    # loaded machine.
+    assert a.ctl("config", "replicas_timeout", "20").returncode == 0
+    assert a.ctl("config", "replicas", "1").returncode == 0
+    _wait_for_setting(b, "replicas", "1")
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    replica.pause()
+    try:
+        # a's change waits for the replica; meanwhile b raises the setting,
+        # which a puts in force for the changes after it.
+        setting = threading.Thread(target=lambda: results.setdefault(
+            "set", a.ctl("set", sid, "k", "v")))
+        setting.start()
+        wait_until(lambda: "cmd=wait" in primary.cli("CLIENT", "LIST"), 20,
+                   "a's change to wait for the replica")
+        raising = threading.Thread(target=lambda: results.setdefault(
+            "config", b.ctl("config", "replicas", "2")))
+        raising.start()
+        _wait_for_setting(a, "replicas", "2")
+    finally:
+        replica.resume()
+    setting.join(30)
+    raising.join(30)
+    # Both had the one replica they were sent asking for.
+    assert results["set"].returncode == 0, results["set"].stderr
+    assert results["config"].returncode == 0, results["config"].stderr
+    assert get_json(a, sid)["meta"] == {"k": "v"}

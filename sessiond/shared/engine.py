@@ -332,11 +332,15 @@ class SharedStore:
             self.on_deadline(min(deadlines))
         return applied
 
-    async def set_setting(self, key: str, value: bytes, now: int) -> None:
+    async def set_setting(
+        self, key: str, value: bytes, now: int, replicas: int | None = None
+    ) -> None:
+        """Store a setting of the namespace (``replicas``: acknowledged once
+        that many replicas have it, rather than the setting's count)."""
         (reply,) = await self.link.call([(
             "EVALSHA", self._config_set, 3, self.config, self.counters, self.events,
             key, value, self.maxlen, now,
-        )], writes=True)
+        )], writes=True, replicas=replicas)
         if isinstance(reply, Exception):
             raise reply
 

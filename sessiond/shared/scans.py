@@ -371,7 +371,12 @@ async def config_set(
                 f"persists the sessions, by its own {owned}; set that on the server"
             )
         now = await store.time()
-        await store.set_setting(req.key, json.dumps(value).encode(), now)
+        # The replicas setting lowered is held to its new count: the way
+        # on when replicas are gone (a change acknowledged under the
+        # setting before it would fail as of unknown outcome), and losing
+        # it in a failover leaves the stricter count in force.
+        lowered = (min(value, live.settings.replicas) if req.key == "replicas" else None)
+        await store.set_setting(req.key, json.dumps(value).encode(), now, replicas=lowered)
         await adopt(new)
         cap = new.settings.max_lifetime
         if req.key == "max_lifetime" and cap:
