@@ -153,7 +153,10 @@ for g = 1, tonumber(ARGV[3]) do
     -- Read before the first write; read again once a group wrote it.
     local r = was[key] or redis.call('HMGET', key, 'v', 'q')
     -- The version and the place in creation order: versions start again
-    -- at 1 when an id is deleted and made again, places never come again.
+    -- at 1 when an id is deleted and made again, places never come again
+    -- (but after the engine lost the writes that gave them: the counter
+    -- goes back with them, and the same id would have to be made again at
+    -- the same place between a batch's read and its commit).
     -- (No place is expected of a record an earlier group of this script
     -- made: its place was not known when the groups were built.)
     local version, place = string.match(expect, '^([^/]*)/(.*)$')
