@@ -485,3 +485,39 @@ def test_a_change_is_held_to_the_replicas_setting_it_was_sent_under(
     assert results["set"].returncode == 0, results["set"].stderr
     assert results["config"].returncode == 0, results["config"].stderr
     assert get_json(a, sid)["meta"] == {"k": "v"}
+
+
+def _read_after(node: RedisNode, d: Daemon, entry_id: str, times: int, timeout: float = 20) -> None:
+    """Wait until the engine was asked ``times`` times to read ``d``'s
+    stream after ``entry_id`` (MONITOR shows the reads)."""
+    stream = tag(d) + "events"
+    seen = 0
+    deadline = time.monotonic() + timeout
+    with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=timeout) as r:
+        with r.monitor() as m:
+            while seen < times and time.monotonic() < deadline:
+                said = m.next_command()["command"]
+                seen += said.startswith("XREAD") and said.endswith(f"{stream} {entry_id}")
+    assert seen >= times, f"{seen} reads after {entry_id} in {timeout}s"
+
+
+def test_a_stream_deleted_by_hand_is_no_loss_to_a_daemon_started_on_it_nor_to_a_watch(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    for _ in range(2):
+        create(d)
+    # The events went, their count stayed: no change was lost.
+    node.cli("DEL", tag(d) + "events")
+    d.restart()
+    w = Watching(d)
+    w.started(d)
+    # Its reader and the watch read on, several times each, from the
+    # stream's (empty) start.
+    _read_after(node, d, "0-0", 4)
+    made = create(d)
+    seen = w.until(lambda e: e.sid == made)
+    assert [e.kind for e in seen] == ["lagged", "created"] and seen[0].dropped == 2, seen
+    assert w.error is None
+    assert WENT_BACK not in d.log_text(), d.log_text()

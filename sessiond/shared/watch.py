@@ -119,6 +119,11 @@ class StreamWatcher:
         self.registry = registry
         self.last_id = "0-0"
         self.last_number = 0
+        # Whether ``last_number`` is an event's this watch read or was
+        # resumed after (not the stream's last as it started: with the
+        # stream's newest entries deleted by hand, that may be behind the
+        # count without any loss).
+        self._anchored = False
         # Why the watch ends once what came before is sent: the namespace's
         # events numbered afresh (``_afresh``).
         self._ends: Conflict | None = None
@@ -148,6 +153,7 @@ class StreamWatcher:
                 # it would pass over them, for as long as the difference.
                 raise self._afresh(f"the event of the cursor {self.after} is not in the "
                                    f"namespace's stream, which holds later ones")
+            self._anchored = self.last_number > 0
         else:
             self.last_id, self.last_number = await _last(self.store)
         start = f"{self.last_id}/{self.last_number}"
@@ -168,7 +174,7 @@ class StreamWatcher:
             self._ends = self._afresh(f"after event {self.last_number} this watch saw, the "
                                       f"namespace's count of events is {count}")
             entries = []
-        elif count is not None and count > self.last_number and not entries:
+        elif count is not None and count > self.last_number and not entries and self._anchored:
             # Events after the last one sent, and none of them after it in
             # the stream: their ids are behind its (the lost event added by
             # a primary whose clock was ahead of the one promoted since); a
@@ -196,6 +202,7 @@ class StreamWatcher:
                 lagged = Event(kind="lagged", sid=None, at=entry.at, dropped=gap)
                 out.append(frame(EventReply(id=0, event=lagged)))
             self.last_id, self.last_number = entry.id, entry.number
+            self._anchored = True
             if entry.kind == CONFIG or (self.user is not None and entry.user != self.user):
                 continue
             out.append(entry.frame())
@@ -328,6 +335,7 @@ class NamespaceReader:
         # the engine lost events (``_went_back``).
         self.heard = 0
         self.last_number = 0
+        self._anchored = False  # as ``StreamWatcher._anchored``
 
     async def run(self) -> None:
         # From the stream's last entry, by its id: "$" would mean the last
@@ -339,6 +347,7 @@ class NamespaceReader:
                 if after is None:
                     after, self.last_number = await _last(self.store)
                     self.heard = max(self.heard, self.last_number)
+                    self._anchored = False
                 entries, count = await _read(self.store, after, counted=True)
             except SessionError as exc:
                 # The engine is away (the expiry timer says so, and the
@@ -375,6 +384,7 @@ class NamespaceReader:
                                     f"{number} after event {self.last_number} this daemon heard")
                     self.last_number = number
                     self.heard = max(self.heard, number)
+                    self._anchored = True
                 # The origin is the last field the commit script adds: its
                 # own events are passed over without being read further.
                 if isinstance(fields, list) and fields[-2:] == [b"o", own]:
@@ -398,7 +408,7 @@ class NamespaceReader:
         if count < self.heard:
             return (f"the namespace's count of events is {count}, after event {self.heard} "
                     f"this daemon heard")
-        if count > self.last_number and not read:
+        if count > self.last_number and not read and self._anchored:
             # Events after the last heard, and none after it in the stream:
             # their ids are behind its (a new primary's clock behind the
             # old one's, which added the lost events).
