@@ -521,3 +521,18 @@ def test_a_stream_deleted_by_hand_is_no_loss_to_a_daemon_started_on_it_nor_to_a_
     assert [e.kind for e in seen] == ["lagged", "created"] and seen[0].dropped == 2, seen
     assert w.error is None
     assert WENT_BACK not in d.log_text(), d.log_text()
+
+
+def test_counters_deleted_by_hand_are_said_once_not_at_every_read(
+    make_redis: Callable[..., RedisNode], make_daemon_on: Callable[..., Daemon],
+) -> None:
+    node = make_redis()
+    d = make_daemon_on(backend=node.url)
+    create(d)
+    last = _last_event(node, d)
+    _heard_up_to(node, d)
+    node.cli("DEL", tag(d) + "counters")
+    wait_until(lambda: WENT_BACK in d.log_text(), 20, "the daemon to say the count went back")
+    _read_after(node, d, last, 4)
+    said = [line for line in d.log_text().splitlines() if WENT_BACK in line]
+    assert len(said) == 1, said

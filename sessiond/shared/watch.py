@@ -345,8 +345,10 @@ class NamespaceReader:
         while True:
             try:
                 if after is None:
+                    # Not counted in ``heard``: the stream's last event may
+                    # be past the count (its key deleted by hand), which
+                    # would then be taken for a loss at every read.
                     after, self.last_number = await _last(self.store)
-                    self.heard = max(self.heard, self.last_number)
                     self._anchored = False
                 entries, count = await _read(self.store, after, counted=True)
             except SessionError as exc:
