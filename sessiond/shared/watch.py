@@ -429,7 +429,8 @@ class NamespaceReader:
             "(FLUSHALL, a restart from an older save or without appendonly, the last second "
             "under appendfsync everysec, or a failover to a replica that lacked them, which the "
             "replicas setting guards against): the sessions, settings and events are served as "
-            "it holds them now, and watches that saw the lost events are ended",
+            "it holds them now (the versions the lost changes had are given again), and "
+            "watches that saw the lost events are ended",
             self.store.link.node, what,
         )
         self.heard = self.last_number = count
