@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from sessiond.errors import EngineError, InternalError
+from sessiond.errors import Conflict, EngineError, InternalError
 from sessiond.model import US, Change, Record
 from sessiond.shared import scripts
 from sessiond.shared.hashes import READ, Group, record_of
@@ -181,18 +181,31 @@ class SharedStore:
                 f"in the engine")
 
     async def page(
-        self, after: int, want: int, user: str | None, most: int = SCAN_MOST
+        self, after: int, want: int, user: str | None, most: int = SCAN_MOST,
+        cursor: bool = False,
     ) -> tuple[int, int, bool, list[Record | Damaged]]:
         """The engine's time, then up to ``want`` records (of ``user``) after
         sequence number ``after`` in creation order: the last sequence number
         looked at, whether records follow it, and the records, a session
         the engine holds damaged (which cannot be told from another user's
-        when its key is no hash) in its place as a ``Damaged``."""
-        time, (last, more, flat) = await self._calls([
+        when its key is no hash) in its place as a ``Damaged``. Raises
+        ``Conflict`` for an ``after`` that is a list's ``cursor`` past every
+        sequence number given: the engine lost the sessions made since."""
+        time, (last, more, flat, top) = await self._calls([
             ("TIME",),
             ("EVALSHA", self._page, 2, self.order, self.counters, self.prefix, after, want,
              max(most, want), user or ""),
         ])
+        if cursor and after > int(top):
+            # The page after it would be empty, and the list seem done,
+            # while sessions made since the loss take the places it passed.
+            raise Conflict(
+                f"the list cursor {after} is past the namespace's last session ({top}): the "
+                f"shared engine {self.link.node} lost the sessions made since the list "
+                f"began (FLUSHALL, a restart from an older save or without persistence, or a "
+                f"failover to a replica that lacked the last), and what changed with them "
+                f"cannot be told; list again from the start"
+            )
         entries: list[Record | Damaged] = []
         it = iter(flat)
         for sid, seq, fields in zip(it, it, it, strict=True):
@@ -319,11 +332,15 @@ class SharedStore:
             self.on_deadline(min(deadlines))
         return applied
 
-    async def set_setting(self, key: str, value: bytes, now: int) -> None:
+    async def set_setting(
+        self, key: str, value: bytes, now: int, replicas: int | None = None
+    ) -> None:
+        """Store a setting of the namespace (``replicas``: acknowledged once
+        that many replicas have it, rather than the setting's count)."""
         (reply,) = await self.link.call([(
             "EVALSHA", self._config_set, 3, self.config, self.counters, self.events,
             key, value, self.maxlen, now,
-        )], writes=True)
+        )], writes=True, replicas=replicas)
         if isinstance(reply, Exception):
             raise reply
 

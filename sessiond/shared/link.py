@@ -189,22 +189,27 @@ class Link:
 
     # -- round trips -------------------------------------------------------
 
-    async def call(self, commands: Sequence[Command], *, writes: bool = False) -> list[Any]:
+    async def call(
+        self, commands: Sequence[Command], *, writes: bool = False, replicas: int | None = None,
+    ) -> list[Any]:
         """Send ``commands`` in one round trip and return their replies in
         order; an error reply is returned as an ``InternalError`` with the
         engine's text (the caller decides), but for those below. Raises
         ``BackendUnavailable`` (nothing
         was applied), ``OutcomeUnknown`` (``writes``, and the engine may
         have applied them, or applied them and fewer replicas than
-        ``replicas`` have them), ``ReadOnly`` (the engine refuses writes)."""
-        waiting = writes and self.replicas > 0
+        ``replicas`` have them), ``ReadOnly`` (the engine refuses writes).
+        ``replicas`` (a count) waits for that many rather than the setting's."""
+        # The setting as the call is made: one changed while it waits (by
+        # another daemon, or this one's reload) is for later calls.
+        asked = (self.replicas if replicas is None else replicas, self.replicas_timeout)
+        waiting = writes and asked[0] > 0
         sent, within = commands, TIMEOUT
         if waiting:
             # In the same round trip: WAIT answers once the replicas have
             # every write this connection made, the commands above included.
-            ms = max(1, round(self.replicas_timeout * 1000))
-            sent = [*commands, ("WAIT", self.replicas, ms)]
-            within += self.replicas_timeout
+            sent = [*commands, _wait(asked)]
+            within += asked[1]
         until = asyncio.get_running_loop().time() + TIMEOUT
         moved = missing = 0
         demoted = False
@@ -216,13 +221,14 @@ class Link:
             # walked once when none is one (every request's path).
             if errors and any(isinstance(e, rx.AskError) and not isinstance(e, rx.MovedError)
                               for e in errors):
-                waited = await self._follow_asks(commands, replies, writes, within, waited)
+                waited = await self._follow_asks(commands, replies, writes, within, waited,
+                                                 asked)
                 errors = [r for r in replies if isinstance(r, rx.ResponseError)]
             if not errors:
                 if writes:
                     self.refusing = None
                 if waiting:
-                    self._check_replicas(waited)
+                    self._check_replicas(waited, asked)
                 return replies
             # Sent again only if nothing of it ran that wrote: an error
             # below means its command was not run.
@@ -276,12 +282,12 @@ class Link:
                     self.refusing = f"the shared engine {self.node} refuses writes: {_reason(e)}"
                     raise ReadOnly(self.refusing)
             if waiting:
-                self._check_replicas(waited)
+                self._check_replicas(waited, asked)
             return await self._ours(commands, replies)
 
     async def _follow_asks(
         self, commands: Sequence[Command], replies: list[Any], writes: bool, within: float,
-        waited: Any,
+        waited: Any, wanted: tuple[int, float],
     ) -> Any:
         """Send the commands the engine answered ASK (the Cluster is moving
         the namespace's slot, and their keys are on the node it moves to)
@@ -299,7 +305,7 @@ class Link:
             sent += [("ASKING",), command if source is None else ("EVAL", source, *command[2:])]
         waiting = waited is not None
         if waiting:
-            sent.append(("WAIT", self.replicas, max(1, round(self.replicas_timeout * 1000))))
+            sent.append(_wait(wanted))
         conn = await self._open(host, int(port), "")
         try:
             got = await conn.exchange(pack(sent), len(sent), within)
@@ -360,20 +366,20 @@ class Link:
             return ""
         return f" ({'; '.join(wrong)}: changed outside sessiond)"
 
-    def _check_replicas(self, reply: Any) -> None:
+    def _check_replicas(self, reply: Any, asked: tuple[int, float]) -> None:
         """WAIT's answer: how many replicas have the writes (or why the
-        engine would not say)."""
+        engine would not say), against the ``asked`` replicas and timeout."""
         if isinstance(reply, rx.ResponseError):
             raise OutcomeUnknown(
                 f"the change was sent to the shared engine {self.node}, which would not say "
                 f"how many replicas have it ({_reason(reply)}); read the session to see"
             )
         have = int(reply)
-        if have < self.replicas:
+        if have < asked[0]:
             raise OutcomeUnknown(
                 f"the change was made on the shared engine {self.node}, but only {have} of "
-                f"the {self.replicas} replicas the replicas setting asks for had it within "
-                f"{self.replicas_timeout:g}s: a failover now could lose it"
+                f"the {asked[0]} replicas the replicas setting asks for had it within "
+                f"{asked[1]:g}s: a failover now could lose it"
             )
 
     async def _round_trip(
@@ -573,6 +579,11 @@ class Link:
         await self._round_trip(
             [("SCRIPT", "LOAD", s) for s in self._scripts.values()], False, TIMEOUT
         )
+
+
+def _wait(asked: tuple[int, float]) -> Command:
+    """WAIT for ``asked``: so many replicas, within so many seconds."""
+    return ("WAIT", asked[0], max(1, round(asked[1] * 1000)))
 
 
 def _refuses_writes(error: rx.ResponseError) -> bool:

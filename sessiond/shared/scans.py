@@ -160,13 +160,15 @@ async def list_page(
     creation order, within ``PAGE_MAX_BYTES``; a past-due one expired. One
     the engine holds damaged is passed over and named in ``damaged``."""
     after = _cursor(req.cursor)
+    given = after > 0
     page: list[Record] = []
     damaged: list[Damaged] = []
     size = 0
     cursor: str | None = None
     while True:
         want = req.limit - len(page)
-        now, last, more, entries = await store.page(after, want, req.user)
+        now, last, more, entries = await store.page(after, want, req.user, cursor=given)
+        given = False
         changes: list[list[Change]] = []
         for entry in entries:
             if len(page) >= req.limit or size >= PAGE_MAX_BYTES:
@@ -369,7 +371,12 @@ async def config_set(
                 f"persists the sessions, by its own {owned}; set that on the server"
             )
         now = await store.time()
-        await store.set_setting(req.key, json.dumps(value).encode(), now)
+        # The replicas setting lowered is held to its new count: the way
+        # on when replicas are gone (a change acknowledged under the
+        # setting before it would fail as of unknown outcome), and losing
+        # it in a failover leaves the stricter count in force.
+        lowered = (min(value, live.settings.replicas) if req.key == "replicas" else None)
+        await store.set_setting(req.key, json.dumps(value).encode(), now, replicas=lowered)
         await adopt(new)
         cap = new.settings.max_lifetime
         if req.key == "max_lifetime" and cap:

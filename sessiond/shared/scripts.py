@@ -153,7 +153,10 @@ for g = 1, tonumber(ARGV[3]) do
     -- Read before the first write; read again once a group wrote it.
     local r = was[key] or redis.call('HMGET', key, 'v', 'q')
     -- The version and the place in creation order: versions start again
-    -- at 1 when an id is deleted and made again, places never come again.
+    -- at 1 when an id is deleted and made again, places never come again
+    -- (but after the engine lost the writes that gave them: the counter
+    -- goes back with them, and the same id would have to be made again at
+    -- the same place between a batch's read and its commit).
     -- (No place is expected of a record an earlier group of this script
     -- made: its place was not known when the groups were built.)
     local version, place = string.match(expect, '^([^/]*)/(.*)$')
@@ -247,7 +250,8 @@ return results
 # record may follow it, then each record as its id, its sequence number
 # and HMGET of READ. A key that is no hash (set outside sessiond) answers
 # its type in place of the fields, for the daemon to pass over and name,
-# whoever's it is: which user's it was cannot be told.
+# whoever's it is: which user's it was cannot be told. Last, the highest
+# sequence number given (which only grows, unless the engine lost some).
 PAGE: Final = """
 local prefix, after, user = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local want, most = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -284,7 +288,7 @@ while more == 0 and bucket * 128 <= top do
   if more == 0 then last = math.max(last, math.min(bucket * 128 + 127, top)) end
   bucket = bucket + 1
 end
-return {last, more, out}
+return {last, more, out, top}
 """
 
 # The namespace's layout of keys: KEYS counters, the first layout's order

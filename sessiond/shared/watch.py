@@ -119,6 +119,11 @@ class StreamWatcher:
         self.registry = registry
         self.last_id = "0-0"
         self.last_number = 0
+        # Whether ``last_number`` is an event's this watch read or was
+        # resumed after (not the stream's last as it started: with the
+        # stream's newest entries deleted by hand, that may be behind the
+        # count without any loss).
+        self._anchored = False
         # Why the watch ends once what came before is sent: the namespace's
         # events numbered afresh (``_afresh``).
         self._ends: Conflict | None = None
@@ -131,11 +136,24 @@ class StreamWatcher:
         lost its events since)."""
         if self.after is not None:
             self.last_id, self.last_number = parse_cursor(self.after)
-            (reply,) = await self.store.link.call([("HGET", self.store.counters, "events")])
+            events = self.store.events
+            reply, at, first = await self.store.link.call([
+                ("HGET", self.store.counters, "events"),
+                ("XRANGE", events, self.last_id, self.last_id),
+                ("XRANGE", events, "-", "+", "COUNT", 1),
+            ])
             count = _number(reply)
             if count is not None and count < self.last_number:
                 raise self._afresh(f"the cursor {self.after} is past the namespace's last "
                                    f"event ({count})")
+            if self.last_number > 0 and not _holds(at, first, self.last_id, self.last_number):
+                # Lost, and the count came back past it since: the new
+                # events' ids may be behind the lost one's (the new
+                # primary's clock behind the old one's), and a read after
+                # it would pass over them, for as long as the difference.
+                raise self._afresh(f"the event of the cursor {self.after} is not in the "
+                                   f"namespace's stream, which holds later ones")
+            self._anchored = self.last_number > 0
         else:
             self.last_id, self.last_number = await _last(self.store)
         start = f"{self.last_id}/{self.last_number}"
@@ -156,6 +174,14 @@ class StreamWatcher:
             self._ends = self._afresh(f"after event {self.last_number} this watch saw, the "
                                       f"namespace's count of events is {count}")
             entries = []
+        elif count is not None and count > self.last_number and not entries and self._anchored:
+            # Events after the last one sent, and none of them after it in
+            # the stream: their ids are behind its (the lost event added by
+            # a primary whose clock was ahead of the one promoted since); a
+            # read after it would pass over them until that clock caught up.
+            self._ends = self._afresh(f"the namespace's count of events is {count}, and none "
+                                      f"after event {self.last_number} this watch saw is after "
+                                      f"it in the stream")
         for entry_id, fields in entries:
             try:
                 entry = Entry(entry_id, fields)
@@ -176,6 +202,7 @@ class StreamWatcher:
                 lagged = Event(kind="lagged", sid=None, at=entry.at, dropped=gap)
                 out.append(frame(EventReply(id=0, event=lagged)))
             self.last_id, self.last_number = entry.id, entry.number
+            self._anchored = True
             if entry.kind == CONFIG or (self.user is not None and entry.user != self.user):
                 continue
             out.append(entry.frame())
@@ -196,6 +223,29 @@ class StreamWatcher:
 
     def close(self) -> None:
         self.registry.discard(self)
+
+
+def _holds(at: Any, first: Any, entry_id: str, number: int) -> bool:
+    """Whether the stream holds the event ``number`` a cursor names at
+    ``entry_id`` (``at``: XRANGE of that id), or held it and trimmed it
+    (``first``: its first entry, later than the cursor's), as it may: a
+    watch resumed then is told how many it missed. An entry no sessiond
+    added at that id is a cursor of a watch from now that began there."""
+    for reply in (at, first):
+        if isinstance(reply, Exception):
+            raise reply
+    if at:
+        try:
+            return bool(Entry(at[0][0], at[0][1]).number == number)
+        except Foreign:
+            return True
+    return bool(first) and _order(entry_id) < _order(_text(first[0][0]))
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    """A stream id as the engine orders them."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 async def _read(
@@ -280,6 +330,12 @@ class NamespaceReader:
         self.on_deadline = on_deadline
         self._down: str | None = None  # why the stream cannot be read, said once
         self._foreign: set[str] = set()  # what was wrong with entries skipped, said once
+        # The highest count of events read, or number of an event heard;
+        # and the number of the last event heard. Both only grow, unless
+        # the engine lost events (``_went_back``).
+        self.heard = 0
+        self.last_number = 0
+        self._anchored = False  # as ``StreamWatcher._anchored``
 
     async def run(self) -> None:
         # From the stream's last entry, by its id: "$" would mean the last
@@ -289,8 +345,12 @@ class NamespaceReader:
         while True:
             try:
                 if after is None:
-                    after = await _last_id(self.store)
-                entries, _ = await _read(self.store, after)
+                    # Not counted in ``heard``: the stream's last event may
+                    # be past the count (its key deleted by hand), which
+                    # would then be taken for a loss at every read.
+                    after, self.last_number = await _last(self.store)
+                    self._anchored = False
+                entries, count = await _read(self.store, after, counted=True)
             except SessionError as exc:
                 # The engine is away (the expiry timer says so, and the
                 # link to every request), or its stream is not one (a key
@@ -304,9 +364,29 @@ class NamespaceReader:
             if self._down is not None:
                 log.info("events of other daemons heard again")
                 self._down = None
+            lost = None if count is None else self._lost(count, bool(entries))
+            if count is not None and lost is not None:
+                # Read on from where the engine's stream ends now: the ids
+                # of its new events may be behind the last heard.
+                after = None
+                await self._went_back(count, lost)
+                continue
+            if count is not None:
+                self.heard = max(self.heard, count)
             own = self.store.origin.encode()
             for entry_id, fields in entries:
                 after = _text(entry_id)
+                number = _number_in(fields)
+                if number is not None:
+                    if number <= self.last_number:
+                        # The count came back past the loss before this
+                        # read: the numbers come again.
+                        await self._went_back(
+                            number, f"the namespace's events are numbered again from "
+                                    f"{number} after event {self.last_number} this daemon heard")
+                    self.last_number = number
+                    self.heard = max(self.heard, number)
+                    self._anchored = True
                 # The origin is the last field the commit script adds: its
                 # own events are passed over without being read further.
                 if isinstance(fields, list) and fields[-2:] == [b"o", own]:
@@ -323,6 +403,41 @@ class NamespaceReader:
             if entries and len(entries) < COUNT:
                 await anyio.sleep(GATHER)
 
+    def _lost(self, count: int, read: bool) -> str | None:
+        """What says that the engine lost events this daemon heard, given
+        the count of events read before a read that found events (or
+        none): ``None`` when nothing does."""
+        if count < self.heard:
+            return (f"the namespace's count of events is {count}, after event {self.heard} "
+                    f"this daemon heard")
+        if count > self.last_number and not read and self._anchored:
+            # Events after the last heard, and none after it in the stream:
+            # their ids are behind its (a new primary's clock behind the
+            # old one's, which added the lost events).
+            return (f"the namespace's count of events is {count}, and none after event "
+                    f"{self.last_number} this daemon heard is after it in the stream")
+        return None
+
+    async def _went_back(self, count: int, what: str) -> None:
+        """The engine lost events this daemon heard, and the changes that
+        made them: acknowledged writes, gone. Nothing here can bring them
+        back, nor tell which sessions they were; it is said, and what this
+        daemon holds from the engine is read again (the settings; what
+        falls due, at the expiry timer's next turn) rather than trusted."""
+        log.error(
+            "the shared engine %s went back in time: %s; it lost changes that were acknowledged "
+            "(FLUSHALL, a restart from an older save or without appendonly, the last second "
+            "under appendfsync everysec, or a failover to a replica that lacked them, which the "
+            "replicas setting guards against): the sessions, settings and events are served as "
+            "it holds them now (the versions the lost changes had are given again), and "
+            "watches that saw the lost events are ended",
+            self.store.link.node, what,
+        )
+        self.heard = self.last_number = count
+        await self.on_config()
+        # A deadline as early as can be: the expiry timer looks at once.
+        self.on_deadline(0)
+
     def _skipped(self, entry_id: str, why: str) -> None:
         """An entry that is no event, passed over by every reader of the
         stream (watchers too): said once for each thing wrong with one."""
@@ -331,6 +446,18 @@ class NamespaceReader:
             log.warning("the namespace's stream %s holds entries no sessiond added (%s, the "
                         "first): %s; passed over, here and by every watch",
                         self.store.events, entry_id, why)
+
+
+def _number_in(fields: Any) -> int | None:
+    """The number of an event as the commit script adds it (its first
+    field), without reading the rest; ``None`` for an entry that is no
+    event."""
+    if isinstance(fields, list) and len(fields) >= 2 * len(_FIELDS) and fields[0] == b"n":
+        try:
+            return int(fields[1])
+        except ValueError:
+            return None
+    return None
 
 
 def _fields(fields: Any) -> dict[str, Any]:
