@@ -146,12 +146,12 @@ def check_server(sock: _socket.socket, where: str) -> None:
             f"nothing was sent to it"
         ) from exc
     uid = int.from_bytes(raw[4:8], sys.byteorder, signed=True)
-    me = os.getuid()
+    me = os.geteuid()  # the kernel records effective uids, the listener's too
     if uid != me:
         raise DaemonUnavailable(
             f"refused: what listens on {where} runs as uid {uid}, not as you (uid {me}): it "
-            f"is not your sessiond, and nothing was sent to it; remove it, or use another "
-            f"socket (--socket, SESSIOND_SOCKET)"
+            f"is not your sessiond (each user runs a daemon of their own, on a socket of "
+            f"their own), and nothing was sent to it"
         )
 
 
