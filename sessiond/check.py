@@ -79,6 +79,10 @@ def do_repair(where: paths.Paths) -> int:
     missing = _nothing_there(where, "repair")
     if missing is not None:
         raise missing
+    # As the daemon does before it writes there: a data dir another user
+    # can write holds what they put in it (a lock file that is a symlink to
+    # a file of ours, which taking the lock would truncate).
+    paths.private_dir(where.data_dir)
     lock = paths.lock_data_dir(where.lock)
     try:
         stale = snapshot.snapshot_path(where.journal)

@@ -344,10 +344,17 @@ def lock_data_dir(lock_path: Path) -> DataDirLock:
 
 
 def _lock_file(lock_path: Path) -> int:
-    """The lock file, open, flocked and naming this process."""
+    """The lock file, open, flocked and naming this process. Never through
+    a symlink (``O_NOFOLLOW``): taking the lock truncates the file, and no
+    daemon makes its lock file a symlink."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StartError(
+                f"cannot use data dir {lock_path.parent}: its lock file {lock_path.name} is a "
+                f"symlink, which is never followed; remove it"
+            ) from exc
         raise StartError(
             f"cannot use data dir {lock_path.parent}: its lock file {lock_path.name} cannot be "
             f"opened: {exc.strerror or exc}"
