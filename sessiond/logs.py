@@ -150,6 +150,13 @@ def open_log(path: str) -> int:
         if st.st_uid != uid and not (st.st_uid == 0 and not stat.S_ISREG(st.st_mode)):
             raise LogRefused(errno.EPERM, f"it is owned by uid {st.st_uid}, not by you (uid "
                                           f"{uid}), who would read what this daemon logs", path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            # A hard link made in a shared directory to a file of the
+            # user's (its journal) would have the log appended to that file,
+            # as Postfix refuses to deliver to a mailbox with another name.
+            raise LogRefused(errno.EPERM, f"it has {st.st_nlink} hard links, so it is also "
+                                          f"another file of yours, which the log would be "
+                                          f"appended to", path)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)

@@ -74,6 +74,27 @@ def test_a_symlink_of_another_uid_at_the_log_path_is_not_followed(
     assert snapshot(d.socket) == before
 
 
+def test_a_hard_link_at_the_log_path_is_refused_and_its_file_left_alone(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Where hard links to others' files are allowed (fs.protected_hardlinks
+    off), another user could link the user's journal in under the log's
+    name: the log would be appended to it."""
+    d = make_daemon()
+    seed(d.socket)
+    before = snapshot(d.socket)
+    d.stop()
+    journal = d.journal.read_bytes()
+    planted = d.root / "shared.log"
+    os.link(d.journal, planted)
+    d.extra_args += ["--log-file", str(planted)]
+    refused(d, f"cannot use the log file {planted}: it has 2 hard links")
+    assert d.journal.read_bytes() == journal
+    d.extra_args.clear()
+    d.start()
+    assert snapshot(d.socket) == before
+
+
 def test_the_users_own_symlink_and_dev_null_are_written(
     make_daemon: Callable[..., Daemon],
 ) -> None:
