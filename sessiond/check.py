@@ -32,6 +32,12 @@ def _nothing_there(where: paths.Paths, doing: str) -> SessionError | None:
             f"no journal at {where.journal}: nothing to {doing} (a daemon that ran with "
             f"this data dir would have left one)"
         )
+    if not where.journal.is_file():
+        # A FIFO (planted in a data dir of someone else's) would hold the
+        # read until its writer closes it: for ever, if they like.
+        return JournalError(
+            f"{where.journal} is not a regular file, so it is no journal: nothing to {doing}"
+        )
     return None
 
 

@@ -7,11 +7,13 @@ is not private: in a directory another user made (``SESSIOND_DATA_DIR`` in
 /tmp, refused by the daemon, then "repaired" by its user), a lock file
 planted as a symlink to a file of the user's had that file truncated. The
 repair now refuses such a data dir as the daemon does, and a lock file that
-is a symlink is never opened through.
+is a symlink is never opened through; and neither reads a journal that is
+no regular file (a FIFO would hold them for ever).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -63,3 +65,17 @@ def test_a_lock_file_that_is_a_symlink_is_never_opened_through(
         assert d.proc.wait(30) == 1, d.log_text()
         assert said in d.log_text()
     assert precious.read_text() == PRECIOUS
+
+
+@pytest.mark.parametrize("how", ["--check", "--repair"])
+def test_a_journal_that_is_a_fifo_is_refused_at_once_not_read_for_ever(
+    make_daemon: Callable[..., Daemon], how: str
+) -> None:
+    """A data dir of someone else's, checked: a FIFO in the journal's place
+    held ``--check`` until its writer closed it."""
+    d = make_daemon(start=False)
+    d.data_dir.mkdir(mode=0o700)
+    os.mkfifo(d.journal, 0o600)
+    r = run_sessiond(d, how)
+    assert r.returncode == 1, r
+    assert f"{d.journal} is not a regular file, so it is no journal" in r.stderr
