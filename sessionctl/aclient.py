@@ -43,6 +43,7 @@ from sessionctl.connection import (
     RECV_BYTES,
     autostart_off_by,
     check_hello,
+    check_server,
     client_socket,
     closed,
     hello_request,
@@ -199,7 +200,8 @@ class AsyncClient(Operations):
     async def _connect_patiently(self) -> _socket.socket:
         """connect(2) on a non-blocking socket, waiting while the daemon's
         accept backlog is full (EAGAIN: a Unix socket's connect never waits
-        in the kernel), as ``connection.connect_patiently`` does."""
+        in the kernel), as ``connection.connect_patiently`` does; the
+        listener checked before anything is sent (``check_server``)."""
         await anyio.lowlevel.checkpoint()
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -208,13 +210,16 @@ class AsyncClient(Operations):
             while True:
                 try:
                     sock.connect(self._where)
-                    return sock
                 except BlockingIOError:
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 0.05)
+                else:
+                    break
+            check_server(sock, self._where)
         except BaseException:
             sock.close()
             raise
+        return sock
 
     def _autostart_advice(self, off_by: str) -> str:
         return python_advice(type(self).__name__, off_by)

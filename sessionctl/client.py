@@ -33,6 +33,7 @@ from sessionctl.connection import (
     RECV_BYTES,
     autostart_off_by,
     check_hello,
+    check_server,
     client_socket,
     closed,
     connect_patiently,
@@ -269,12 +270,18 @@ class Client(Operations):
         try:
             connect_patiently(sock, self._where, self.timeout)
             use_kernel_timeouts(sock, self.timeout)
-            return sock
         except OSError as exc:
             sock.close()
             error = refusal(self._where, exc, off_by, started, self._autostart_advice)
             if error is not None:
                 raise error from exc
+        else:
+            try:
+                check_server(sock, self._where)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
         from sessionctl.autostart import start_daemon
 
         note = start_daemon(self.path, self.timeout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import os
 import socket as _socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -122,6 +123,37 @@ def connect_patiently(sock: _socket.socket, path: str, timeout: float | None) ->
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+# struct ucred (SO_PEERCRED): pid, uid, gid, each a C int.
+_UCRED_BYTES = 12
+
+
+def check_server(sock: _socket.socket, where: str) -> None:
+    """Raises ``DaemonUnavailable`` unless what listens on ``where``, just
+    connected on ``sock``, runs as this user (``SO_PEERCRED``: the uid of
+    the process that called listen(2), which the kernel vouches for, as
+    PostgreSQL's ``requirepeer`` checks it). Asked before a byte is sent:
+    a socket of another user at the path (a runtime dir that is not
+    private, or one that another user made first) would otherwise be told
+    every session this client sends, and could answer anything. The
+    daemon serves its own user only, so another uid is never the right
+    one, root's included."""
+    try:
+        raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED_BYTES)
+    except OSError as exc:
+        raise DaemonUnavailable(
+            f"cannot tell who listens on {where} (SO_PEERCRED: {exc.strerror or exc}), so "
+            f"nothing was sent to it"
+        ) from exc
+    uid = int.from_bytes(raw[4:8], sys.byteorder, signed=True)
+    me = os.geteuid()  # the kernel records effective uids, the listener's too
+    if uid != me:
+        raise DaemonUnavailable(
+            f"refused: what listens on {where} runs as uid {uid}, not as you (uid {me}): it "
+            f"is not your sessiond (each user runs a daemon of their own, on a socket of "
+            f"their own), and nothing was sent to it"
+        )
 
 
 def autostart_off_by_env() -> bool:

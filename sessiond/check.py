@@ -32,6 +32,12 @@ def _nothing_there(where: paths.Paths, doing: str) -> SessionError | None:
             f"no journal at {where.journal}: nothing to {doing} (a daemon that ran with "
             f"this data dir would have left one)"
         )
+    if not where.journal.is_file():
+        # A FIFO (planted in a data dir of someone else's) would hold the
+        # read until its writer closes it: for ever, if they like.
+        return JournalError(
+            f"{where.journal} is not a regular file, so it is no journal: nothing to {doing}"
+        )
     return None
 
 
@@ -79,6 +85,10 @@ def do_repair(where: paths.Paths) -> int:
     missing = _nothing_there(where, "repair")
     if missing is not None:
         raise missing
+    # As the daemon does before it writes there: a data dir another user
+    # can write holds what they put in it (a lock file that is a symlink to
+    # a file of ours, which taking the lock would truncate).
+    paths.private_dir(where.data_dir)
     lock = paths.lock_data_dir(where.lock)
     try:
         stale = snapshot.snapshot_path(where.journal)

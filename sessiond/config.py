@@ -270,7 +270,7 @@ def read_file(path: Path) -> dict[str, Any]:
     """The config file's own settings, validated (``{}`` when there is
     none); its start keys (``START_KEYS``) are left to ``start_options``.
     Raises ``ConfigError`` naming the file."""
-    data = read_json_object(path, "config ")
+    data = read_config(path)
     if data is None:
         return {}
     settings = {k: v for k, v in data.items() if k not in START_KEYS}
@@ -288,7 +288,7 @@ START_KEYS = ("backend", "namespace", "backend_password_file")
 def start_options(path: Path) -> dict[str, str]:
     """The config file's start keys (``backend``, ``namespace``,
     ``backend_password_file``), each a string. Raises ``ConfigError``."""
-    data = read_json_object(path, "config ") or {}
+    data = read_config(path) or {}
     found = {k: data[k] for k in START_KEYS if k in data}
     for key, value in found.items():
         if not isinstance(value, str) or not value:
@@ -305,7 +305,7 @@ def persist_key(path: Path, key: str, value: Any) -> dict[str, Any] | None:
     # The value was valid; the file is what is wrong, so this is a refusal
     # (exit 1), not a usage error: ``config KEY VALUE`` itself was right.
     try:
-        before = read_json_object(path, "config ")
+        before = read_config(path)
     except ConfigError as exc:
         raise Conflict(f"{exc}; fix the file first (the setting is unchanged)") from exc
     if before is not None:
@@ -481,13 +481,56 @@ def read_value(key: str, text: str) -> Any:
 
 def load(path: Path) -> Settings:
     """Read ``config.json``; absent means all defaults."""
-    data = read_json_object(path, "config ")
+    data = read_config(path)
     if data is None:
         return Settings()
     try:
         return validate(data)
     except ConfigError as exc:
         raise ConfigError(f"config {path}: {exc}") from exc
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """The config file's JSON object (``None``: there is none), once it is
+    known to be the user's alone (``trusted``). Raises ``ConfigError``."""
+    trusted(path)
+    return read_json_object(path, "config ")
+
+
+def trusted(path: Path) -> None:
+    """Raises ``ConfigError`` unless the config file at ``path`` (if any)
+    is the user's or root's, writable by nobody else, in directories that
+    nobody else can write (``paths.safe_ancestors``). Its ``backend`` says
+    where the sessions go and ``backend_password_file`` what is read as a
+    password: another user who could write it could have every session
+    sent to a server of theirs. OpenSSH refuses a ``~/.ssh/config``
+    writable by others for the same reason."""
+    from sessiond.paths import UnsafePath, safe_ancestors
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    uid = os.getuid()
+    why = None
+    if st.st_uid not in (uid, 0):
+        why = f"is owned by uid {st.st_uid}, not by you (uid {uid}) or root"
+    elif st.st_mode & 0o022:
+        why = (f"is writable by group or others (mode {st.st_mode & 0o7777:o}; run "
+               f"'chmod go-w {path}')")
+    if why is not None:
+        raise ConfigError(
+            f"config {path} {why}: whoever can write it could send your sessions to a "
+            f"server of theirs (its backend key), so it is not read"
+        )
+    try:
+        safe_ancestors(path)
+    except UnsafePath as exc:
+        raise ConfigError(f"config {path} is not read: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
 
 
 def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:

@@ -360,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(level)  # stderr, then: say why we do not start
         log.error("%s", exc)
         return 1
+    if args.backend:
+        from sessiond.cmdline import hide_backend_password
+
+        # ps shows every user our command line: a password there is hidden.
+        hide_backend_password(args.backend)
     # A write past RLIMIT_FSIZE must fail with EFBIG, not kill us.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

@@ -21,9 +21,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from logging.handlers import RotatingFileHandler
@@ -98,8 +101,7 @@ class LogFile(RotatingFileHandler):
         self._point_stderr_here()
 
     def _open(self) -> io.TextIOWrapper:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                     0o600)
+        fd = open_log(self.baseFilename)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
@@ -116,6 +118,52 @@ class LogFile(RotatingFileHandler):
         os.dup2(self.stream.fileno(), 2)
 
 
+class LogRefused(OSError):
+    """A log file that is not this user's to write (``open_log``)."""
+
+
+def open_log(path: str) -> int:
+    """``path`` open for appending, created 0600: a descriptor. Refused
+    (``LogRefused``) when it is another user's: a file of theirs would be
+    told everything this daemon logs, and a symlink of theirs (planted
+    under the name in ``/tmp``) would have the daemon append its lines to
+    whatever of this user's it points at, its journal among them. A symlink
+    of the user's or root's is followed, as ``sessiond.diskio`` follows
+    one; a device of root's (``/dev/null``, a terminal) is written to.
+    Raises ``OSError``."""
+    uid = os.getuid()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if st.st_uid not in (uid, 0):
+            raise LogRefused(errno.EPERM, f"it is a symlink of uid {st.st_uid}, not yours "
+                                          f"(uid {uid}): not followed", path)
+    else:
+        flags |= os.O_NOFOLLOW  # a symlink put there since: refused (ELOOP), not followed
+    # Non-blocking: a FIFO with no reader fails at once instead of hanging.
+    fd = os.open(path, flags, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != uid and not (st.st_uid == 0 and not stat.S_ISREG(st.st_mode)):
+            raise LogRefused(errno.EPERM, f"it is owned by uid {st.st_uid}, not by you (uid "
+                                          f"{uid}), who would read what this daemon logs", path)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            # A hard link made in a shared directory to a file of the
+            # user's (its journal) would have the log appended to that file,
+            # as Postfix refuses to deliver to a mailbox with another name.
+            raise LogRefused(errno.EPERM, f"it has {st.st_nlink} hard links, so it is also "
+                                          f"another file of yours, which the log would be "
+                                          f"appended to", path)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def setup(level: int, log_file: Path | None = None, max_bytes: int = MAX_BYTES,
           backups: int = BACKUPS) -> None:
     """Send the log where it fits (see the module's text).
@@ -125,6 +173,8 @@ def setup(level: int, log_file: Path | None = None, max_bytes: int = MAX_BYTES,
     if log_file is not None:
         try:
             handler = LogFile(log_file, max_bytes, backups)
+        except LogRefused as exc:
+            raise StartError(f"cannot use the log file {log_file}: {exc.strerror}") from exc
         except OSError as exc:
             raise StartError(f"cannot open the log file {log_file}: {describe(exc)}") from exc
         handler.setFormatter(logging.Formatter(FORMAT))

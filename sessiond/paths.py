@@ -194,7 +194,9 @@ def make_private_dirs(path: Path) -> None:
 def private_dir(path: Path) -> Path:
     """Create ``path`` 0700 if missing (and every directory above it that
     is: see ``make_private_dirs``); refuse one that is a symlink, is owned
-    by someone else, or is open to group or others."""
+    by someone else, or is open to group or others, and one that another
+    user could put something else in the place of (``safe_ancestors``).
+    Raises ``UnsafePath``, ``OSError``."""
     make_private_dirs(path)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
@@ -210,7 +212,56 @@ def private_dir(path: Path) -> Path:
             f"unsafe permissions: {path} is open to group or others "
             f"(mode {stat.S_IMODE(st.st_mode):o}; run 'chmod 700 {path}')"
         )
+    safe_ancestors(path)
     return path
+
+
+def safe_ancestors(path: Path) -> None:
+    """Refuse ``path`` when a directory above it lets another user replace
+    it. A private directory keeps others out of what is in it, not out of
+    its own name: whoever can write the directory that holds it can rename
+    it away (even a directory of ours, full) and make their own in its
+    place, with a socket of theirs for our clients to talk to or a journal
+    of theirs for our next start to replay. So, as OpenSSH's StrictModes
+    and tmux's socket directory check, every directory above it, on the
+    path as given and on the path it resolves to, must be ours or root's
+    and writable by nobody else, unless it is sticky (``/tmp``: there only
+    an entry's owner can rename it). A symlink on the way must be ours or
+    root's too. An ``XDG_RUNTIME_DIR`` (or a ``/tmp/runtime-UID``) that
+    another user made first is refused here. Raises ``UnsafePath``,
+    ``OSError``."""
+    uid = os.getuid()
+    given = os.path.abspath(path)
+    real = os.path.realpath(given)
+    seen: set[str] = set()
+    for chain in (given, real):
+        level = os.path.dirname(chain)
+        while level not in seen:
+            seen.add(level)
+            st = os.lstat(level)
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid not in (uid, 0):
+                    raise UnsafePath(
+                        f"unsafe permissions: {level}, on the way to {path}, is a symlink of "
+                        f"uid {st.st_uid} (neither you, uid {uid}, nor root), who can point "
+                        f"it elsewhere"
+                    )
+            elif st.st_uid not in (uid, 0):
+                raise UnsafePath(
+                    f"unsafe permissions: {level}, above {path}, is owned by uid "
+                    f"{st.st_uid} (neither you, uid {uid}, nor root), who could put another "
+                    f"directory in the place of {path}"
+                )
+            elif st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                raise UnsafePath(
+                    f"unsafe permissions: {level}, above {path}, is writable by group or "
+                    f"others (mode {stat.S_IMODE(st.st_mode):o}) and not sticky: they could "
+                    f"put another directory in the place of {path}; run 'chmod go-w {level}'"
+                )
+            parent = os.path.dirname(level)
+            if parent == level:
+                break
+            level = parent
 
 
 class DataDirLock:
@@ -293,10 +344,17 @@ def lock_data_dir(lock_path: Path) -> DataDirLock:
 
 
 def _lock_file(lock_path: Path) -> int:
-    """The lock file, open, flocked and naming this process."""
+    """The lock file, open, flocked and naming this process. Never through
+    a symlink (``O_NOFOLLOW``): taking the lock truncates the file, and no
+    daemon makes its lock file a symlink."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StartError(
+                f"cannot use data dir {lock_path.parent}: its lock file {lock_path.name} is a "
+                f"symlink, which is never followed; remove it"
+            ) from exc
         raise StartError(
             f"cannot use data dir {lock_path.parent}: its lock file {lock_path.name} cannot be "
             f"opened: {exc.strerror or exc}"

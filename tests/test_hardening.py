@@ -257,12 +257,18 @@ def test_a_client_of_another_uid_says_whose_daemon_it_is_and_the_log_notes_it_on
         "sys.exit(main(['--socket', sys.argv[1], '--no-autostart', 'get', 'abc']))\n"
     )
     done = as_other_uid(script, str(daemon.socket))
-    said = (f"refused: this sessiond serves uid {os.getuid()}; you are uid {OTHER_UID} (each "
-            f"user runs a daemon of their own, on a socket of their own)")
+    # The client sees whose daemon it is before it sends a byte
+    # (tests/test_client_refuses_foreign_server.py); the daemon refuses the
+    # connection all the same.
+    said = (f"refused: what listens on {daemon.socket} runs as uid {os.getuid()}, not as you "
+            f"(uid {OTHER_UID}): it is not your sessiond (each user runs a daemon of their "
+            f"own, on a socket of their own), and nothing was sent to it")
     assert done.stdout.splitlines() == [f"DaemonUnavailable {said}"] * 4, done
     # The CLI: one line, exit 3, as for a daemon it cannot use.
     assert (done.returncode, done.stderr) == (3, f"sessionctl: error: {said}\n")
     # Five refusals, one line: a peer in a loop cannot fill the owner's log.
+    wait_until(lambda: f"refused a connection from uid {OTHER_UID}" in daemon.log_text(),
+               10, "the refusal to be logged")
     assert daemon.log_text().count(f"refused a connection from uid {OTHER_UID}") == 1
     assert answers(daemon.socket)
 

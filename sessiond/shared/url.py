@@ -11,7 +11,9 @@ moment it is read: what is logged, shown in ``stats`` or put in an error is
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,11 +118,21 @@ def password_from(environ: dict[str, str], password_file: str | None) -> str | N
     file wins), or ``None``. Raises ``ConfigError`` naming the file."""
     if password_file:
         try:
-            text = Path(password_file).expanduser().read_text()
+            with Path(password_file).expanduser().open() as f:
+                mode = os.fstat(f.fileno()).st_mode
+                text = f.read()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the backend password file {password_file}: {exc.strerror}"
             ) from exc
+        if mode & 0o004:
+            # As ssh refuses a private key others can read: the password
+            # opens every session of every daemon on the backend.
+            raise ConfigError(
+                f"the backend password file {password_file} can be read by every user of "
+                f"this machine (mode {stat.S_IMODE(mode):o}), so it is not used; run "
+                f"'chmod o-r {password_file}'"
+            )
         return text.rstrip("\r\n")
     value = environ.get(PASSWORD_ENV)
     return value if value else None
