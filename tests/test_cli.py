@@ -416,6 +416,15 @@ def test_unreachable_daemon_exit_3_says_which_socket_and_how_to_start(
 # -- bad input: exit 2, one line, nothing changed -------------------------------
 
 
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Iterator[Daemon]:
+    """A daemon of the bad-input tests alone: they compare its whole state
+    before and after, and a session of another test expiring in between
+    (on a loaded machine, a minute is soon) would change it."""
+    with running(tmp_path_factory.mktemp("quiet"), engine) as daemon:
+        yield daemon
+
+
 BAD_INPUT = [
     (("create", "--ttl", "0"), "ttl"),
     (("create", "--ttl", "-5"), "ttl"),
@@ -454,8 +463,9 @@ BAD_INPUT = [
     ("args", "needle"), BAD_INPUT, ids=[" ".join(a) or "-" for a, _ in BAD_INPUT]
 )
 def test_bad_input_is_exit_2_one_line_and_changes_nothing(
-    d: Daemon, args: tuple[str, ...], needle: str
+    quiet: Daemon, args: tuple[str, ...], needle: str
 ) -> None:
+    d = quiet
     with d.client() as c:
         if "fixed-session" not in {s.id for s in c.list(user="fixed")}:
             c.create(id="fixed-session", user="fixed")
