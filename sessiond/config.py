@@ -505,32 +505,20 @@ def trusted(path: Path) -> None:
     password: another user who could write it could have every session
     sent to a server of theirs. OpenSSH refuses a ``~/.ssh/config``
     writable by others for the same reason."""
-    from sessiond.paths import UnsafePath, safe_ancestors
+    from sessiond.paths import others_could_write
 
     try:
-        st = path.stat()
+        why = others_could_write(path)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    uid = os.getuid()
-    why = None
-    if st.st_uid not in (uid, 0):
-        why = f"is owned by uid {st.st_uid}, not by you (uid {uid}) or root"
-    elif st.st_mode & 0o022:
-        why = (f"is writable by group or others (mode {st.st_mode & 0o7777:o}; run "
-               f"'chmod go-w {path}')")
-    if why is not None:
-        raise ConfigError(
-            f"config {path} {why}: whoever can write it could send your sessions to a "
-            f"server of theirs (its backend key), so it is not read"
-        )
-    try:
-        safe_ancestors(path)
-    except UnsafePath as exc:
-        raise ConfigError(f"config {path} is not read: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    if why is None:
+        return
+    raise ConfigError(
+        f"config {path} {why}: whoever can write it could send your sessions to a "
+        f"server of theirs (its backend key), so it is not read"
+    )
 
 
 def read_json_object(path: Path, what: str = "") -> dict[str, Any] | None:

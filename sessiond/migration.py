@@ -27,6 +27,7 @@ from sessiond.failpoints import MIGRATION_COMMITTED, failpoint
 from sessiond.journal import Journal
 from sessiond.legacy import Loaded, legacy_default_ttl, legacy_dir, read_sessions
 from sessiond.model import DEFAULT_USER, now_us
+from sessiond.paths import others_could_write
 from sessiond.records import journal_lines
 from sessiond.store import Store
 
@@ -64,6 +65,20 @@ def migrate_legacy(
             _abandon(begun, legacy_file, len(store), "it is no longer a file")
         return layers, None
     try:
+        # Another user who could write the file could have put sessions of
+        # their choosing in it (an id an application then trusts): not
+        # imported, as OpenSSH reads no key file others can write.
+        for path in (legacy_file, source / "config.json"):
+            unsafe = _others_could_write(path)
+            if unsafe is None:
+                continue
+            if resuming:
+                _abandon(begun, legacy_file, len(store), f"{path} {unsafe}")
+            else:
+                log.error("legacy import skipped: %s %s, so another user could have "
+                          "written it; fix that, then import it with 'sessionctl import %s'",
+                          path, unsafe, legacy_file)
+            return layers, None
         loaded = read_sessions(legacy_file)
     except OSError as exc:
         if resuming:
@@ -105,6 +120,15 @@ def migrate_legacy(
         f"; {present} imported before the interruption" if resuming else "",
     )
     return layers, legacy_file
+
+
+def _others_could_write(path: Path) -> str | None:
+    """``paths.others_could_write``, with no file no concern. Raises
+    ``OSError``."""
+    try:
+        return others_could_write(path)
+    except FileNotFoundError:
+        return None
 
 
 def _note_rewritten(loaded: Loaded) -> None:

@@ -264,6 +264,26 @@ def safe_ancestors(path: Path) -> None:
             level = parent
 
 
+def others_could_write(path: Path) -> str | None:
+    """Why someone else could have written the file at ``path`` (``None``:
+    only we or root could): it is another uid's, or writable by group or
+    others, or a directory above it lets another user put a file of theirs
+    in its place (``safe_ancestors``, whose words it then quotes). Raises
+    ``OSError`` (``FileNotFoundError`` when there is no such file)."""
+    st = path.stat()
+    uid = os.getuid()
+    if st.st_uid not in (uid, 0):
+        return f"is owned by uid {st.st_uid}, not by you (uid {uid}) or root"
+    if st.st_mode & 0o022:
+        return (f"is writable by group or others (mode {st.st_mode & 0o7777:o}; run "
+                f"'chmod go-w {path}')")
+    try:
+        safe_ancestors(path)
+    except UnsafePath as exc:
+        return f"is where another user could replace it ({exc})"
+    return None
+
+
 class DataDirLock:
     """The data dir's lock, held for the daemon's life: ``close`` lets go.
 

@@ -70,8 +70,9 @@ def test_a_config_file_in_a_directory_others_can_write_is_refused_at_start(
     config = shared / "config.json"
     config.write_text(SETTINGS)
     d.extra_env["SESSIOND_CONFIG"] = str(config)
-    refused(d, f"config {config} is not read: unsafe permissions: {shared}, above {config}, "
-               f"is writable by group or others")
+    refused(d, f"config {config} is where another user could replace it (unsafe permissions: "
+               f"{shared}, above {config}, is writable by group or others",
+            "so it is not read")
 
 
 def test_a_config_file_opened_to_others_later_is_neither_reloaded_nor_written(

@@ -117,6 +117,28 @@ def test_first_start_imports_the_legacy_files_once_and_never_touches_them(
     assert {p.name: os.stat(p).st_mtime_ns for p in legacy.iterdir()} == stamps
 
 
+@pytest.mark.parametrize("name", ["data.jsonl", "config.json"])
+def test_legacy_files_another_user_could_write_are_not_migrated(
+    make_daemon: Callable[..., Daemon], name: str
+) -> None:
+    # Whoever could write them could have put sessions of their choosing
+    # (an id an application then trusts) in the user's store.
+    d = make_daemon(start=False)
+    legacy = d.root / "home" / ".session"
+    write_legacy_file(legacy / "data.jsonl", now_us())
+    (legacy / "config.json").write_text('{"default_ttl": 1234}')
+    (legacy / name).chmod(0o666)
+    d.start()
+    assert all_sessions(d) == {}
+    line, = [x for x in d.log_text().splitlines() if "legacy import skipped" in x]
+    assert f"{legacy / name} is writable by group or others (mode 666" in line
+    assert f"import it with 'sessionctl import {legacy / 'data.jsonl'}'" in line
+    # Once fixed, the next start of that still empty store brings it across.
+    (legacy / name).chmod(0o644)
+    d.restart()
+    assert len(all_sessions(d)) == SESSIONS
+
+
 def test_a_legacy_file_whose_sessions_all_vanish_is_still_imported_only_once(
     make_daemon: Callable[..., Daemon],
 ) -> None:
