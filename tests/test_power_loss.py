@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SESSIOND, Daemon, needs, stored, wait_until
+from tests.conftest import SESSIOND, Daemon, needs, run_sessiond, stored, wait_until
 
 pytestmark = pytest.mark.local_only("the local journal's files on disk")
 
@@ -141,3 +141,38 @@ def test_a_first_start_makes_its_data_dir_and_journal_durable_before_acknowledgi
         f"covered: {[str(p) for p in lost]}"
     )
     wait_until(lambda: crashed.stop() == 0, 30, "the daemon to stop")
+
+
+def test_repair_cuts_the_lines_after_a_write_a_power_cut_lost(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """Under ``everysec`` the lines written since the last sync can reach
+    the disk in any order: a power cut may keep a later line and lose an
+    earlier one, which reads back as zeros (the journal's space is
+    allocated ahead). The start refuses the damage; ``--repair`` must then
+    cut the journal where the lost write begins, not keep the lines after
+    it: those would bring back changes without the earlier ones they may
+    follow from, a state that never was. The backup keeps every byte."""
+    d = make_daemon("--fsync", "everysec")
+    with d.client() as c:
+        for i in range(10):
+            c.create(id=f"s{i}", user="alice", meta={"n": i})
+        before = stored(d)
+    d.kill()
+    raw = d.journal.read_bytes()
+    starts = [0] + [n + 1 for n, b in enumerate(raw) if b == ord("\n")]
+    # The 7th line's write never reached the disk; the 8th, 9th and 10th did
+    # (its zeros run into the 8th: one unreadable line, then two more).
+    lost_from, lost_to = starts[6], starts[7]
+    crashed = raw[:lost_from] + b"\0" * (lost_to - lost_from) + raw[lost_to:]
+    d.journal.write_bytes(crashed)
+    d.start(wait=False)
+    assert d.proc is not None and d.proc.wait(30) == 1
+    assert "--repair" in d.log_text()
+    repaired = run_sessiond(d, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    d.start()
+    assert stored(d) == {f"s{i}": before[f"s{i}"] for i in range(6)}
+    assert "power cut" in repaired.stdout and "3 lines in all" in repaired.stdout
+    backups = list(d.data_dir.glob("data.jsonl.bak-*"))
+    assert [b.read_bytes() for b in backups] == [crashed]
