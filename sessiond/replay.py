@@ -57,8 +57,9 @@ class Scan:
     # Zeros that end the file: space the daemon reserved ahead of its writes.
     reserved_bytes: int = 0
     damaged: list[Damage] = field(default_factory=list)
-    # ``cut_at_zeros``: the line (number, offset) holding zeros where the
-    # tail that ``torn_bytes`` counts begins; None when there is none.
+    # The first unreadable line holding zeros (number, offset): where a
+    # write was lost to a power cut. With ``cut_at_zeros``, where the tail
+    # that ``torn_bytes`` counts begins. None when there is none.
     zeros_at: tuple[int, int] | None = None
 
 
@@ -259,8 +260,11 @@ class _Reader:
 
     def _damage(self, raw: bytes, reason: str, exc: LineError) -> None:
         """A complete line that cannot be read (or that the loader refused)."""
-        if self.cut_at_zeros and b"\0" in raw:
-            raise _ZerosHere
+        if b"\0" in raw:
+            if self.cut_at_zeros:
+                raise _ZerosHere
+            if self.result.zeros_at is None:
+                self.result.zeros_at = (self.lineno + 1, self.offset)
         self.lineno += 1
         if self.stop_on_damage:
             raise JournalDamaged(self.path, self.lineno, self.offset, reason) from exc

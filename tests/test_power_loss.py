@@ -169,6 +169,9 @@ def test_repair_cuts_the_lines_after_a_write_a_power_cut_lost(
     d.start(wait=False)
     assert d.proc is not None and d.proc.wait(30) == 1
     assert "--repair" in d.log_text()
+    check = run_sessiond(d, "--check")
+    assert check.returncode == 1
+    assert f"line 7 (byte offset {lost_from}) holds zeros" in check.stdout
     repaired = run_sessiond(d, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     d.start()
