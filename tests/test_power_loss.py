@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from sessiond import config
+from sessiond.errors import ReadOnly
 from tests.conftest import SESSIOND, Daemon, needs, run_sessiond, stored, wait_until
 
 pytestmark = pytest.mark.local_only("the local journal's files on disk")
@@ -43,7 +45,7 @@ def traced_start(d: Daemon, trace: Path, *args: str) -> None:
     log = d.log.open("ab")
     d.proc = subprocess.Popen(
         [strace, "-f", "-y", "-s", "256", "-X", "raw", "-o", str(trace),
-         "-e", "trace=mkdir,openat,fsync,fdatasync,pwrite64,pwritev2",
+         "-e", "trace=mkdir,openat,fsync,fdatasync,pwrite64,pwritev2,unlink,unlinkat",
          SESSIOND, *args],
         env=d.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
     )
@@ -179,3 +181,44 @@ def test_repair_cuts_the_lines_after_a_write_a_power_cut_lost(
     assert "power cut" in repaired.stdout and "3 lines in all" in repaired.stdout
     backups = list(d.data_dir.glob("data.jsonl.bak-*"))
     assert [b.read_bytes() for b in backups] == [crashed]
+
+
+def test_a_refused_config_change_stays_refused_after_a_power_cut(
+    make_daemon: Callable[..., Daemon], tmp_path: Path,
+) -> None:
+    """``config KEY VALUE`` writes the file first; when the change is then
+    refused (here a lowered max_lifetime whose changes the journal cannot
+    take), the file is put back as it was, which for a file that did not
+    exist is a removal. That removal must be durable before the refusal is
+    answered, or a power cut brings the refused setting back in force."""
+    d = make_daemon(start=False, env={"SESSIOND_FAILPOINT": "fsync-error@2"})
+    trace = tmp_path / "trace"
+    traced_start(d, trace, "--fsync", "always")
+    with d.client() as c:
+        c.create(id="kept", ttl=3600)
+        with pytest.raises(ReadOnly):
+            c.create(id="refused")
+    refused = d.ctl("config", "max_lifetime", "1")
+    assert refused.returncode == 1 and "max_lifetime not changed" in refused.stderr
+    assert not d.config.exists()
+    assert d.ctl("shutdown").returncode == 0
+    assert d.proc is not None
+    d.proc.wait(30)
+    lines = trace.read_text(errors="replace").splitlines()
+    removed = max(
+        n for n, line in enumerate(lines)
+        if (m := _CALL.match(line)) and m.group(1) in ("unlink", "unlinkat")
+        and int(m.group(3)) == 0 and f'"{d.config}"' in line
+    )
+    synced = [n for n, path in synced_dirs(lines, len(lines)) if path == d.config.parent]
+    crashed = Daemon(tmp_path / "after-the-cut")
+    crashed.root.mkdir(mode=0o700)
+    shutil.copytree(d.data_dir, crashed.data_dir)
+    if not any(n > removed for n in synced):
+        # The removal never reached the disk: the file the change wrote
+        # (as ``config`` writes it) is what the next start reads.
+        config.save(crashed.config, {"max_lifetime": 1})
+    crashed.start()
+    assert crashed.ctl("config", "max_lifetime").stdout == "0\n"
+    assert "kept" in stored(crashed)
+    wait_until(lambda: crashed.stop() == 0, 30, "the daemon to stop")
