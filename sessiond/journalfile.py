@@ -67,12 +67,7 @@ class JournalFile:
         zeros a daemon that did not stop cleanly had reserved). Raises
         ``OSError``."""
         # Not O_APPEND: writes go to ``size``, inside the reserved zeros.
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            created = False
-        except FileNotFoundError:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            created = True
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if os.fstat(fd).st_size > valid_end:
                 os.ftruncate(fd, valid_end)
@@ -83,12 +78,12 @@ class JournalFile:
             # behind lines that this daemon syncs, and an ``always`` commit
             # syncs its own bytes only.
             os.fsync(fd)
-            if created:
-                # A new file's name is an entry of the directory, which the
-                # file's own fsync does not make durable: without this a
-                # power cut could take the journal away, with every write
-                # acknowledged (synced, under ``always``) into it.
-                fsync_dir(path.parent)
+            # And the file's name, an entry of the directory that the file's
+            # own fsync does not make durable: a journal made just now (or by
+            # a daemon killed before anything synced its directory) could
+            # otherwise vanish in a power cut, with every write acknowledged
+            # (synced, under ``always``) into it.
+            fsync_dir(path.parent)
             size = os.fstat(fd).st_size
         except OSError:
             os.close(fd)
