@@ -56,6 +56,11 @@ def check(where: paths.Paths) -> int:
               f"a start cuts them, as a clean stop does")
     for line in iter_damage(report):
         print(f"damaged: {line}")
+    if report.zeros_at is not None:
+        lineno, offset = report.zeros_at
+        print(f"line {lineno} (byte offset {offset}) holds zeros: a write that never reached "
+              f"the disk (a power cut); --repair cuts the journal there, with every line "
+              f"after it (written later)")
     print(snapshot_state(where.journal))
     if report.damaged:
         print(f"{len(report.damaged)} damaged lines: run 'sessiond --repair'")

@@ -325,8 +325,13 @@ def restore(path: Path, before: dict[str, Any] | None) -> None:
     if before is not None:
         save(path, before)
         return
+    from sessiond.diskio import fsync_dir
+
     try:
         path.unlink(missing_ok=True)
+        # As a write is made durable: else a power cut could bring back
+        # the file, and the setting refused with it, at the next start.
+        fsync_dir(path.parent)
     except OSError as exc:
         raise ReadOnly(f"cannot remove config {path}: {exc.strerror}") from exc
 

@@ -22,7 +22,14 @@ import logging
 import os
 from pathlib import Path
 
-from sessiond.diskio import WRITE_ERRNOS, describe, pwrite_all, pwrite_synced, sync_data
+from sessiond.diskio import (
+    WRITE_ERRNOS,
+    describe,
+    fsync_dir,
+    pwrite_all,
+    pwrite_synced,
+    sync_data,
+)
 
 log = logging.getLogger("sessiond.journal")
 
@@ -71,6 +78,12 @@ class JournalFile:
             # behind lines that this daemon syncs, and an ``always`` commit
             # syncs its own bytes only.
             os.fsync(fd)
+            # And the file's name, an entry of the directory that the file's
+            # own fsync does not make durable: a journal made just now (or by
+            # a daemon killed before anything synced its directory) could
+            # otherwise vanish in a power cut, with every write acknowledged
+            # (synced, under ``always``) into it.
+            fsync_dir(path.parent)
             size = os.fstat(fd).st_size
         except OSError:
             os.close(fd)

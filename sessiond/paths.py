@@ -188,7 +188,28 @@ def make_private_dirs(path: Path) -> None:
         try:
             os.mkdir(level, 0o700)
         except FileExistsError:
-            pass  # made by another process meanwhile: theirs, left alone
+            continue  # made by another process meanwhile: theirs, left alone
+        # The new directory is an entry of its parent, durable only once
+        # the parent is synced: else a power cut could take it away with
+        # the journal (or settings) written inside it since.
+        _sync_directory(level.parent)
+
+
+def _sync_directory(path: Path) -> None:
+    """fsync a directory (``diskio.fsync_dir``, which ``sessionctl``'s
+    start-up does not import). Raises ``OSError``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        # A parent we may search but not read (mode 0711, say): no
+        # descriptor of it to sync, and the system's own write-back makes
+        # the entry durable in the end. Refusing to start over it would
+        # trade a narrow window after a first start for no start at all.
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def private_dir(path: Path) -> Path:

@@ -57,6 +57,10 @@ class Scan:
     # Zeros that end the file: space the daemon reserved ahead of its writes.
     reserved_bytes: int = 0
     damaged: list[Damage] = field(default_factory=list)
+    # The first unreadable line holding zeros (number, offset): where a
+    # write was lost to a power cut. With ``cut_at_zeros``, where the tail
+    # that ``torn_bytes`` counts begins. None when there is none.
+    zeros_at: tuple[int, int] | None = None
 
 
 Item = Record | Session | str
@@ -102,6 +106,7 @@ def scan(
     load: Loader | None = None,
     start: int = 0,
     lineno: int = 0,
+    cut_at_zeros: bool = False,
 ) -> Scan:
     """Read every line, feeding puts and deletes to ``load`` (or to the
     callbacks), in order; from byte offset ``start`` on (the end of the
@@ -115,11 +120,18 @@ def scan(
     fed. Any other unreadable line (including one that the loader
     refuses) raises ``JournalDamaged``, or with ``stop_on_damage`` false is
     listed in ``damaged``. ``keep`` receives every line that was read, as
-    it was."""
+    it was.
+
+    ``cut_at_zeros`` (``repair``): an unreadable line holding zero bytes,
+    which the daemon never writes inside a line, is where a write never
+    reached the disk (a power cut): that line and every line after it,
+    written later and so no more durable, are the torn tail
+    (``torn_bytes``, ``zeros_at``), read no further."""
     result = Scan(valid_end=start)
     if not path.exists():
         return result
     reader = _Reader(path, load or per_item(on_put, on_delete), stop_on_damage, keep, result)
+    reader.cut_at_zeros = cut_at_zeros
     # Damage after the start is reported as a whole scan would: numbered
     # and placed from the head of the file.
     reader.lineno, reader.offset = lineno, start
@@ -131,8 +143,17 @@ def scan(
         end = _lines_end(f.fileno(), start, size)
         result.reserved_bytes = size - end
         f.seek(start)
-        reader.run(f, end)
+        try:
+            reader.run(f, end)
+        except _ZerosHere:
+            result.zeros_at = (reader.lineno + 1, reader.offset)
+            result.torn_bytes = end - reader.offset
     return result
+
+
+class _ZerosHere(Exception):
+    """The line being read holds zeros: the torn tail of a power cut
+    begins here (``scan``'s ``cut_at_zeros``)."""
 
 
 def _lines_end(fd: int, start: int, size: int) -> int:
@@ -169,6 +190,7 @@ class _Reader:
         self.result = result
         self.lineno = 0  # lines before the current one
         self.offset = 0  # bytes before the current line
+        self.cut_at_zeros = False
 
     def run(self, f: io.BufferedIOBase, end: int) -> None:
         """Read the lines from where ``f`` stands up to ``end``."""
@@ -238,6 +260,11 @@ class _Reader:
 
     def _damage(self, raw: bytes, reason: str, exc: LineError) -> None:
         """A complete line that cannot be read (or that the loader refused)."""
+        if b"\0" in raw:
+            if self.cut_at_zeros:
+                raise _ZerosHere
+            if self.result.zeros_at is None:
+                self.result.zeros_at = (self.lineno + 1, self.offset)
         self.lineno += 1
         if self.stop_on_damage:
             raise JournalDamaged(self.path, self.lineno, self.offset, reason) from exc
@@ -297,7 +324,10 @@ def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     if not path.exists():
         raise JournalError(f"there is no journal at {path}: nothing to repair")
     kept: list[bytes] = []
-    report = scan(path, stop_on_damage=False, keep=kept.append, load=load)
+    # Lines after a write lost to a power cut are cut with it, not kept:
+    # kept, they would make a state that never was (a later change without
+    # an earlier one it may follow from). The backup holds them.
+    report = scan(path, stop_on_damage=False, keep=kept.append, load=load, cut_at_zeros=True)
     data = path.read_bytes()
     backup = _backup_name(path)
     _write_new(backup, data)
@@ -306,8 +336,14 @@ def repair(path: Path, load: Loader | None = None) -> tuple[Path, list[Damage]]:
     if report.torn_bytes:
         end = len(data) - report.reserved_bytes
         torn = data[end - report.torn_bytes : end]
+        if report.zeros_at is None:
+            why = "torn final line"
+        else:
+            lines = torn.count(b"\n") + (not torn.endswith(b"\n"))
+            why = (f"zeros where a write never reached the disk (a power cut): cut with "
+                   f"what follows, {lines} lines in all, written after it")
         dropped.append((
-            data.count(b"\n", 0, end) + 1, end - report.torn_bytes, "torn final line",
+            data.count(b"\n", 0, end - report.torn_bytes) + 1, end - report.torn_bytes, why,
             line_id(torn),
         ))
     if not dropped:

@@ -1,7 +1,8 @@
 """How an ``always`` commit reaches the disk: the write and its sync in one
 system call (pwritev2 with RWF_DSYNC); an fdatasync of the whole file where
 earlier writes still wait for one (just after a switch from everysec, or
-while the everysec syncer is at it); one fsync when the journal is opened;
+while the everysec syncer is at it); an fsync of the file and one of its
+directory when the journal is opened;
 write and fdatasync where the flag is refused; and how failures are named.
 The calls are real; the tests watch them go by."""
 
@@ -209,7 +210,9 @@ def test_opening_syncs_what_a_killed_daemon_left_unsynced(tmp_path: Path, calls:
     path.write_bytes(left)
 
     async def steps(journal: Journal) -> None:
-        assert calls.take() == ["fsync"], "opening syncs the file once"
+        # The file once, then its directory (the journal's name: a power
+        # cut must not take the file away from under what is synced into it).
+        assert calls.take() == ["fsync", "fsync"], "opening syncs the file and its directory"
         await journal.commit(put_line(session(2)), lambda: None)
         assert calls.take() == ["pwritev2 dsync"]
 
