@@ -66,19 +66,19 @@ def test_no_suggestion_when_nothing_is_close(d: Daemon) -> None:
 def test_after_dashes_every_word_is_an_argument_and_no_word_is_its_own_suggestion(
     d: Daemon,
 ) -> None:
-    # Before: "unknown option '--json' for 'get'; did you mean '--json'?"
-    assert error_line(d, "get", "--", "-lead", "--json") == (
-        "unexpected argument '--json' (see 'sessionctl help get')"
+    # Before: "unknown option '--json' for 'delete'; did you mean '--json'?"
+    assert error_line(d, "delete", "--", "-lead", "--json") == (
+        "unexpected argument '--json' (see 'sessionctl help delete')"
     )
-    assert error_line(d, "get", "--", "-lead", "-zz") == (
-        "unexpected argument '-zz' (see 'sessionctl help get')"
+    assert error_line(d, "delete", "--", "-lead", "-zz") == (
+        "unexpected argument '-zz' (see 'sessionctl help delete')"
     )
     # An unknown option before them is still one.
-    assert error_line(d, "get", "--jsn", "--", "-lead") == (
-        "unknown option '--jsn' for 'get'; did you mean '--json'? (see 'sessionctl help get')"
+    assert error_line(d, "delete", "--jsn", "--", "-lead") == (
+        "unknown option '--jsn' for 'delete'; did you mean '--json'? (see 'sessionctl help delete')"
     )
     # And one argument after them is the id, however it looks.
-    r = d.ctl("get", "--json", "--", "-lead")
+    r = d.ctl("delete", "--json", "--", "-lead")
     assert r.returncode == 1 and "session -lead not found" in r.stderr, r.stderr
 
 
@@ -90,7 +90,7 @@ def test_a_word_is_never_suggested_for_itself() -> None:
 # Each kind of usage error, from argparse, from an argument's check, from the
 # checks made before the daemon is reached, and from the daemon itself.
 POINTED = [
-    ("get",), ("get", "bad/id"), ("get", "a", "b"), ("create", "--ttl", "0"),
+    ("get",), ("get", "bad/id"), ("get", "a", "b", "c"), ("create", "--ttl", "0"),
     ("create", "--meta", "novalue"), ("list", "--limit", "ten"),
     ("cleanup", "--before", "yesterday"), ("cleanup", "-q", "--verbose"),
     ("import", "/nonexistent/file"), ("export", "--format", "csv", "--json"),
