@@ -58,8 +58,12 @@ SMALL_FRAME_BYTES = 65536
 # max_connections of them: 4 GiB at the defaults (measured: 1.1 GB for 300
 # such clients). Longest unread, not the connection whose reply tips the
 # total: that one may well be a client reading a big answer as fast as it
-# comes, and a client that reads is never the one that stalled longest.
+# comes, and a client that reads is never the one that stalled longest
+# (``Connections._make_room``).
 UNREAD_REPLY_CONNECTIONS = 16
+# How long a client must have read nothing to be closed for another's
+# reply; one that waits less is no sign of a client that does not read.
+STALLED_SECONDS = 1.0
 
 BUSY: Final = 0
 IDLE: Final = 1  # waiting for the first byte of a frame
@@ -440,17 +444,29 @@ class Connections:
             conn.stalled = math.inf
 
     def _make_room(self, more: int, limit: int) -> None:
-        """Close the connections whose clients have read none of their
-        replies for longest, until ``more`` bytes of unread replies fit in
-        ``limit`` (one reply larger than that alone is let through, as it
-        always was: ``max_reply_queue_bytes`` bounds the batches it comes
-        from)."""
+        """Make room for ``more`` bytes of unread replies within ``limit``:
+        close the connections whose clients have read none of theirs for
+        longest, if those stalled ``STALLED_SECONDS`` at least hold enough;
+        else ``Stop`` this one, as the connections that would go have
+        hardly begun to wait (a burst of clients that read nothing must not
+        turn the bound into a round of closing each other while their
+        memory is still held). One reply larger than ``limit`` alone is let
+        through, as it always was: ``max_reply_queue_bytes`` bounds the
+        batches it comes from."""
         over = self.reply_bytes_held + more - limit
-        if over <= 0:
+        if over <= 0 or not self.reply_bytes_held:
             return
-        stalled = sorted((c for c in self._conns if c.unread and not c.crowded),
-                         key=lambda c: c.stalled)
         now = time.monotonic()
+        stalled = sorted((c for c in self._conns
+                          if c.unread and not c.crowded and now - c.stalled >= STALLED_SECONDS),
+                         key=lambda c: c.stalled)
+        if sum(c.unread for c in stalled) < over:
+            log.warning(
+                "closing a connection whose client has read none of its replies yet: replies "
+                "left unread on others hold %d bytes (%d connections' max_reply_queue_bytes)",
+                self.reply_bytes_held, UNREAD_REPLY_CONNECTIONS,
+            )
+            raise Stop()
         for conn in stalled:
             if over <= 0:
                 break

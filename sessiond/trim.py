@@ -8,8 +8,9 @@ the daemon's resident size stays at its high mark for good (measured:
 same reason (``MEMORY PURGE``, and jemalloc's own purging). The trimmer
 watches the store's size after each commit, and once it has fallen by
 ``TRIM_AFTER`` sessions from its high mark asks the allocator to hand back
-what it can (``malloc_trim(0)``), on the next tick, off the event loop: a
-mass delete going on meanwhile is trimmed after, not at every step.
+what it can (``malloc_trim(0)``), off the event loop, at each tick while
+the store goes on shrinking and once after: a mass delete going on
+meanwhile is trimmed as it goes and when it is done, not at every step.
 
 Where the C library has no ``malloc_trim`` (musl) the trimmer says so
 once in the log and does nothing: its allocator returns memory in its own
@@ -77,8 +78,16 @@ class Trimmer:
             return
         while True:
             await self._wake.wait()
-            # A mass delete takes many commits: trim once it has had a tick.
-            await anyio.sleep(until_tick())
-            self._wake = anyio.Event()
+            # A mass delete takes many commits, and what it frees is freed
+            # as they go (and by the journal's writer after them): trim at
+            # each tick while the store goes on shrinking, and once after.
+            last = None
+            while True:
+                await anyio.sleep(until_tick())
+                count = len(self.store)
+                await anyio.to_thread.run_sync(trim)
+                if last is not None and count >= last:
+                    break
+                last = count
             self.high = len(self.store)
-            await anyio.to_thread.run_sync(trim)
+            self._wake = anyio.Event()
