@@ -422,8 +422,7 @@ def test_sessionctl_watch_waiting_for_an_engine_that_comes_back_without_its_even
     d = make_daemon_on(backend=node.url)
     sid = create(d)
     node.cli("SAVE")
-    w = CtlWatch(d, "--json")
-    try:
+    with CtlWatch(d, "--json") as w:
         wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
         assert d.ctl("set", sid, "k", "lost").returncode == 0
         w.lines.until(lambda line: json.loads(line)["event"] == "updated")
@@ -433,16 +432,7 @@ def test_sessionctl_watch_waiting_for_an_engine_that_comes_back_without_its_even
             assert d.ctl("set", sid, "k", "after").returncode == 0
         # Resumed after the lost event, it is told, and ends: not left
         # waiting for events it would be shown out of their order.
-        status = w.proc.wait(30)
-        w.lines.join(10)
-        assert w.proc.stderr is not None
-        err = w.proc.stderr.read()
-    finally:
-        w.proc.kill()
-        w.proc.wait(10)
-        for pipe in (w.proc.stdout, w.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        status, err = w.ended()
     assert status == 1, err
     assert "lost the namespace's events" in err and "watch from now" in err, err
     assert err.strip().splitlines()[-1].startswith("sessionctl: error: "), err

@@ -234,23 +234,13 @@ def test_sessionctl_watch_gives_up_when_the_engine_stays_away_past_its_patience(
     engine_and_daemon: tuple[RedisNode, Daemon],
 ) -> None:
     node, d = engine_and_daemon
-    w = CtlWatch(d, "--json", "--reconnect-timeout", "1")
-    try:
+    with CtlWatch(d, "--json", "--reconnect-timeout", "1") as w:
         wait_until(lambda: watchers(d) == 1, 15, "the watch to start")
         with d.client() as c:
             c.create()
         w.lines.until(lambda line: json.loads(line)["event"] == "created")
         node.kill()
-        status = w.proc.wait(30)
-        w.lines.join(10)
-        assert w.proc.stderr is not None
-        err = w.proc.stderr.read()
-    finally:
-        w.proc.kill()
-        w.proc.wait(10)
-        for pipe in (w.proc.stdout, w.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        status, err = w.ended()
     assert status == 3, err
     assert "the engine did not come back within 1s" in err, err
     _names_the_engine(err, node)

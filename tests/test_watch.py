@@ -67,11 +67,32 @@ class CtlWatch:
             self._lines = Lines(self.proc.stdout)
         return self._lines
 
+    def __enter__(self) -> CtlWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Gone, whatever it was doing (again: a no-op)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
     def interrupt(self) -> tuple[int, str]:
         """Ctrl-C: the exit status and what it wrote to stderr."""
-        lines = self.lines  # drained, so that it never blocks on a full pipe
+        _ = self.lines  # drained from before, so that it never blocks on a full pipe
         self.proc.send_signal(signal.SIGINT)
-        assert self.proc.stderr is not None and self.proc.stdout is not None
+        return self.ended()
+
+    def ended(self) -> tuple[int, str]:
+        """Once it has ended (by itself, or after ``interrupt``): the exit
+        status and what it wrote to stderr. It is gone after, either way."""
+        lines = self.lines  # drained, so that it never blocks on a full pipe
+        assert self.proc.stderr is not None
         try:
             # Generous: on a machine loaded by other test runs, a process
             # can wait seconds for a turn on a core.
@@ -82,16 +103,13 @@ class CtlWatch:
                 self.proc.send_signal(signal.SIGABRT)
                 self.proc.wait(10)
                 raise AssertionError(
-                    f"sessionctl watch still runs 30 s after SIGINT; its stacks:\n"
+                    f"sessionctl watch still runs 30 s on; its stacks:\n"
                     f"{self.proc.stderr.read()}"
                 ) from None
             lines.join(30)
             return status, self.proc.stderr.read()
         finally:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc.stdout.close()
-            self.proc.stderr.close()
+            self.close()
 
 
 def watchers(d: Daemon) -> int:
