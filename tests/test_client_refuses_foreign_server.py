@@ -25,8 +25,7 @@ import pytest
 
 from sessionctl import AsyncClient, Client, DaemonUnavailable
 from tests.conftest import SESSIONCTL
-
-OTHER_UID = 65534
+from tests.isolation import OTHER_UID
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.getuid() != 0,

@@ -24,9 +24,8 @@ from sessionctl import Client
 from sessiond.errors import Busy, DaemonUnavailable
 from sessiond.peers import LOG_EVERY, Refusals
 from tests.conftest import SESSIONCTL, Daemon, wait_until
+from tests.isolation import OTHER_UID
 from tests.rawwire import request, seed, snapshot, write_config
-
-OTHER_UID = 65534  # nobody
 
 
 def mode(path: Path) -> int:

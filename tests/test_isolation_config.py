@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
+from tests import isolation
 from tests.conftest import Daemon, wait_until
-
-OTHER_UID = 65534  # nobody
+from tests.isolation import OTHER_UID, needs_root
 
 pytestmark = pytest.mark.local_only("the config file is read the same in front of every engine")
 
@@ -27,11 +27,7 @@ SETTINGS = '{"default_ttl": 600}\n'
 
 
 def refused(d: Daemon, *fragments: str) -> None:
-    d.start(wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(30) == 1, d.log_text()
-    for fragment in fragments:
-        assert fragment in d.log_text(), d.log_text()
+    isolation.refused(d, *fragments)
     assert not d.socket.exists()
 
 
@@ -52,8 +48,7 @@ def test_a_config_file_others_can_write_is_refused_at_start(
 def test_a_config_file_of_another_uid_is_refused_at_start(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to give a file to another uid (CI runs as root)")
+    needs_root()
     d = make_daemon(start=False)
     d.config.write_text(SETTINGS)
     os.chown(d.config, OTHER_UID, OTHER_UID)

@@ -13,30 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Daemon
+from tests.isolation import OTHER_UID, needs_root, refused
 from tests.rawwire import seed, snapshot
 
-OTHER_UID = 65534  # nobody
-
 pytestmark = pytest.mark.local_only("the log file is opened before any engine")
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to give a file to another uid (CI runs as root)")
-
-
-def refused(d: Daemon, *fragments: str) -> str:
-    d.start(wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(30) == 1, d.log_text()
-    text = d.log_text()
-    for fragment in fragments:
-        assert fragment in text, text
-    return text
 
 
 def test_a_log_file_of_another_uid_is_refused_and_left_unread(
@@ -54,24 +39,40 @@ def test_a_log_file_of_another_uid_is_refused_and_left_unread(
     assert not d.socket.exists()
 
 
-def test_a_symlink_of_another_uid_at_the_log_path_is_not_followed(
-    make_daemon: Callable[..., Daemon],
+def journal_planted_as_the_log(
+    make_daemon: Callable[..., Daemon], plant: Callable[[Path, Path], object], words: str
 ) -> None:
-    needs_root()
+    """A daemon's journal put at its log path by ``plant(journal, path)``:
+    the start is refused saying ``words`` (the path formatted in), the
+    journal is left as it was, and the daemon serves it whole once started
+    without that log."""
     d = make_daemon()
     seed(d.socket)
     before = snapshot(d.socket)
     d.stop()
     journal = d.journal.read_bytes()
     planted = d.root / "shared.log"
-    planted.symlink_to(d.journal)
-    os.lchown(planted, OTHER_UID, OTHER_UID)
+    plant(d.journal, planted)
     d.extra_args += ["--log-file", str(planted)]
-    refused(d, f"cannot use the log file {planted}: it is a symlink of uid {OTHER_UID}")
+    refused(d, words.format(path=planted))
     assert d.journal.read_bytes() == journal
     d.extra_args.clear()
     d.start()
     assert snapshot(d.socket) == before
+
+
+def test_a_symlink_of_another_uid_at_the_log_path_is_not_followed(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    needs_root()
+
+    def plant(journal: Path, path: Path) -> None:
+        path.symlink_to(journal)
+        os.lchown(path, OTHER_UID, OTHER_UID)
+
+    journal_planted_as_the_log(
+        make_daemon, plant,
+        f"cannot use the log file {{path}}: it is a symlink of uid {OTHER_UID}")
 
 
 def test_a_hard_link_at_the_log_path_is_refused_and_its_file_left_alone(
@@ -80,19 +81,8 @@ def test_a_hard_link_at_the_log_path_is_refused_and_its_file_left_alone(
     """Where hard links to others' files are allowed (fs.protected_hardlinks
     off), another user could link the user's journal in under the log's
     name: the log would be appended to it."""
-    d = make_daemon()
-    seed(d.socket)
-    before = snapshot(d.socket)
-    d.stop()
-    journal = d.journal.read_bytes()
-    planted = d.root / "shared.log"
-    os.link(d.journal, planted)
-    d.extra_args += ["--log-file", str(planted)]
-    refused(d, f"cannot use the log file {planted}: it has 2 hard links")
-    assert d.journal.read_bytes() == journal
-    d.extra_args.clear()
-    d.start()
-    assert snapshot(d.socket) == before
+    journal_planted_as_the_log(
+        make_daemon, os.link, "cannot use the log file {path}: it has 2 hard links")
 
 
 def test_the_users_own_symlink_and_dev_null_are_written(

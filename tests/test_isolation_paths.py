@@ -23,27 +23,10 @@ import pytest
 
 from sessionctl import Client, DaemonUnavailable
 from tests.conftest import SESSIONCTL, Daemon, wait_until
+from tests.isolation import OTHER_UID, needs_root, refused
 from tests.rawwire import seed, snapshot
 
-OTHER_UID = 65534  # nobody
-
 pytestmark = pytest.mark.local_only("the paths are checked before any engine is opened")
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to give a directory to another uid (CI runs as root)")
-
-
-def refused(d: Daemon, *fragments: str) -> str:
-    """Start ``d``, expect it to refuse (exit 1) saying ``fragments``."""
-    d.start(wait=False)
-    assert d.proc is not None
-    assert d.proc.wait(30) == 1, d.log_text()
-    text = d.log_text()
-    for fragment in fragments:
-        assert fragment in text, text
-    return text
 
 
 def serves(d: Daemon, sock: Path) -> None:
@@ -108,7 +91,7 @@ def test_a_sticky_directory_above_like_tmp_is_accepted(
 def test_a_directory_above_owned_by_another_uid_is_refused(
     make_daemon: Callable[..., Daemon], which: str
 ) -> None:
-    needs_root()
+    needs_root("a directory")
     d = make_daemon(start=False)
     shared = d.root / "shared"
     shared.mkdir(mode=0o755)
@@ -120,7 +103,7 @@ def test_a_directory_above_owned_by_another_uid_is_refused(
 def test_a_symlink_of_another_uid_on_the_way_is_refused(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    needs_root()
+    needs_root("a directory")
     d = make_daemon(start=False)
     real = d.root / "real"
     real.mkdir(mode=0o755)
@@ -138,7 +121,7 @@ def test_a_runtime_dir_another_user_made_first_is_refused_at_autostart(
     """The attack as it happened: the other user makes the runtime dir the
     victim will name, open to all; autostart's daemon refused to use it,
     and the client says why."""
-    needs_root()
+    needs_root("a directory")
     runtime = tmp_path / "rt"  # short: the socket path has 107 bytes at most
     runtime.mkdir()
     os.chown(runtime, OTHER_UID, OTHER_UID)
