@@ -65,6 +65,15 @@ def _added(r: Any, d: Daemon, sid: str, number: int, entry_id: str = "*") -> Non
                                "u": "anonymous", "r": b"", "o": "elsewhere"}, id=entry_id)
 
 
+def _changes_after_the_save(node: RedisNode, d: Daemon, sid: str) -> None:
+    """The engine saves; then two acknowledged changes of ``sid`` that the
+    save lacks, whose events ``d`` has heard (``_lose_the_tail`` loses them)."""
+    node.cli("SAVE")
+    for value in ("lost", "lost too"):
+        assert d.ctl("set", sid, "k", value).returncode == 0
+    _heard_up_to(node, d)
+
+
 def _lose_the_tail(node: RedisNode) -> None:
     """The engine dies and comes back with what its last save held."""
     node.kill()
@@ -77,10 +86,7 @@ def test_a_daemon_says_in_its_log_that_the_engine_lost_acknowledged_changes(
     node = make_redis()
     d = make_daemon_on(backend=node.url)
     sid = create(d)
-    node.cli("SAVE")
-    for value in ("lost", "lost too"):
-        assert d.ctl("set", sid, "k", value).returncode == 0
-    _heard_up_to(node, d)
+    _changes_after_the_save(node, d, sid)
     _lose_the_tail(node)
     wait_until(lambda: WENT_BACK in d.log_text(), 20, "the daemon to say the engine went back")
     said = [line for line in d.log_text().splitlines() if WENT_BACK in line]
@@ -102,10 +108,7 @@ def test_a_daemon_says_so_when_the_count_of_events_came_back_past_the_loss_first
     a = make_daemon_on(backend=node.url)
     b = make_daemon_on(backend=node.url, namespace=a.namespace)
     sid = create(a)
-    node.cli("SAVE")
-    for value in ("lost", "lost too"):
-        assert a.ctl("set", sid, "k", value).returncode == 0
-    _heard_up_to(node, a)
+    _changes_after_the_save(node, a, sid)
     assert a.proc is not None
     # a sees nothing of the engine while it comes back and b writes more
     # than was lost: the count alone would not tell.
