@@ -19,8 +19,6 @@ way.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -39,13 +37,14 @@ TRIM_AFTER = 10_000
 
 
 def malloc_trim() -> Callable[[], int] | None:
-    """The C library's ``malloc_trim(0)``, or ``None`` where it has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """The C library's ``malloc_trim(0)``, or ``None`` where it has none.
+    Looked up among the symbols this process has loaded already (the C
+    library's among them), not by ``ctypes.util.find_library``, which runs
+    ``ldconfig``."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
@@ -71,6 +70,8 @@ class Trimmer:
             self._wake.set()
 
     async def run(self) -> None:
+        # Looked up at the first need, not on the way to serving.
+        await self._wake.wait()
         trim = malloc_trim()
         if trim is None:
             log.info("the C library has no malloc_trim: memory freed by sessions gone is "
